@@ -1,0 +1,1 @@
+"""Data models shared by every layer: tasks, pools and workflows (pydantic, no I/O)."""

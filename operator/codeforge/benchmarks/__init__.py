@@ -1,0 +1,1 @@
+"""Benchmarks behind `codeforge bench`; results are printed as tables and written as JSON."""

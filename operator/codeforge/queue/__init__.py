@@ -1,0 +1,25 @@
+"""Per-pool priority task queues with leases: the `TaskQueue` protocol and its memory and Redis backends."""
+
+from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease, TaskQueue
+from codeforge.queue.errors import (
+    LeaseLostError,
+    QueueConfigError,
+    QueueError,
+    QueueUnavailableError,
+    TaskCancelledError,
+    TaskNotFoundError,
+)
+from codeforge.queue.factory import open_queue
+
+__all__ = [
+    "DEFAULT_RESULT_TTL_SECONDS",
+    "Lease",
+    "LeaseLostError",
+    "QueueConfigError",
+    "QueueError",
+    "QueueUnavailableError",
+    "TaskCancelledError",
+    "TaskNotFoundError",
+    "TaskQueue",
+    "open_queue",
+]

@@ -1,0 +1,31 @@
+"""Errors the task queue raises; each message says what happened and what to do."""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """Base class of every task-queue error."""
+
+
+class QueueConfigError(QueueError, ValueError):
+    """A queue URL or option is wrong; the message names it and the fix."""
+
+
+class QueueUnavailableError(QueueError, ConnectionError):
+    """The backend cannot be reached (after retries)."""
+
+
+class LeaseLostError(QueueError):
+    """The caller's lease is gone (expired and redelivered, or a newer claim holds the task).
+
+    The fencing token is stale, so the call was refused and nothing was recorded: another consumer owns
+    the task now. Stop working on it.
+    """
+
+
+class TaskCancelledError(LeaseLostError):
+    """The task was cancelled while the caller held it; nothing was recorded."""
+
+
+class TaskNotFoundError(QueueError, KeyError):
+    """No task with that id exists in that pool (it never did, or its record expired)."""
