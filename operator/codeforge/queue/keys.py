@@ -1,0 +1,26 @@
+"""Redis key names in one place. Every key of a pool shares the hash tag `{pool}`, so each Lua script
+touches a single Redis Cluster slot."""
+
+from __future__ import annotations
+
+KEY_PREFIX = "cf"
+
+
+def pool_prefix(pool: str) -> str:
+    return f"{KEY_PREFIX}:{{{pool}}}:"
+
+
+def wake_key(pool: str) -> str:
+    return pool_prefix(pool) + "wake"
+
+
+def task_key(pool: str, task_id: str) -> str:
+    return pool_prefix(pool) + "t:" + task_id
+
+
+def done_channel(pool: str) -> str:
+    return pool_prefix(pool) + "done"
+
+
+def pool_from_channel(channel: str) -> str:
+    return channel[len(KEY_PREFIX) + 2 : channel.rindex("}")]

@@ -1,0 +1,11 @@
+-- ARGV: id, reason, ttl_seconds. Returns 1 when a queued or running task was cancelled, else 0.
+local id = ARGV[1]
+local tk = P .. 't:' .. id
+local state = redis.call('HGET', tk, 'state')
+if state ~= 'queued' and state ~= 'running' then return 0 end
+redis.call('ZREM', P .. 'ready', id)
+redis.call('ZREM', P .. 'delayed', id)
+redis.call('ZREM', P .. 'inflight', id)
+finish(tk, id, 'cancelled', ARGV[2], nil, tonumber(ARGV[3]))
+sync_tokens()
+return 1

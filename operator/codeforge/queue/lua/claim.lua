@@ -1,0 +1,33 @@
+-- ARGV: consumer, max_tasks. Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
+local now = now_ms()
+reap(now, 100)
+promote(now, 1000)
+local popped = redis.call('ZPOPMIN', P .. 'ready', tonumber(ARGV[2]))
+local out = {now, -1}
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local tk = P .. 't:' .. id
+  local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
+  local fence = redis.call('HINCRBY', tk, 'fence', 1)
+  local info = redis.call('HMGET', tk, 'lease', 'data')
+  local exp = now + tonumber(info[1])
+  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp)
+  redis.call('ZADD', P .. 'inflight', exp, id)
+  out[#out + 1] = id
+  out[#out + 1] = info[2]
+  out[#out + 1] = attempts
+  out[#out + 1] = fence
+  out[#out + 1] = exp
+end
+sync_tokens()
+if #popped == 0 then
+  -- When nothing is ready, tell the caller when something will be (a retry backoff or a lease running out),
+  -- so its blocking wait ends exactly then instead of polling.
+  local due = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  local exp = redis.call('ZRANGE', P .. 'inflight', 0, 0, 'WITHSCORES')
+  local next_due = -1
+  if due[2] then next_due = tonumber(due[2]) end
+  if exp[2] and (next_due < 0 or tonumber(exp[2]) < next_due) then next_due = tonumber(exp[2]) end
+  out[2] = next_due
+end
+return out

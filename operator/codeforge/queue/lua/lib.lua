@@ -1,0 +1,107 @@
+-- Shared helpers, prepended to every script. KEYS[1] is the pool's key prefix "cf:{pool}:"; every key a
+-- script touches starts with it, so all of them hash to one Redis Cluster slot.
+-- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
+-- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
+-- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error),
+-- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0error\0result".
+local P = KEYS[1]
+local WAKE_CAP = 10000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- One wake-up token per ready task (capped), so a blocked BLPOP wakes exactly one idle consumer per task.
+-- Re-synchronised after every change: stale tokens are trimmed, lost ones (a consumer that died between
+-- BLPOP and claim) are replaced.
+local function sync_tokens()
+  local want = redis.call('ZCARD', P .. 'ready')
+  if want > WAKE_CAP then want = WAKE_CAP end
+  local have = redis.call('LLEN', P .. 'wake')
+  if have > want then
+    if want == 0 then redis.call('DEL', P .. 'wake') else redis.call('LTRIM', P .. 'wake', 0, want - 1) end
+  elseif have < want then
+    local n = want - have
+    while n > 0 do
+      local k = math.min(n, 1000)
+      local tokens = {}
+      for i = 1, k do tokens[i] = '1' end
+      redis.call('RPUSH', P .. 'wake', unpack(tokens))
+      n = n - k
+    end
+  end
+end
+
+local function publish_done(id, state, attempts, err, result)
+  redis.call('PUBLISH', P .. 'done',
+    id .. '\0' .. state .. '\0' .. tostring(attempts) .. '\0' .. (err or '') .. '\0' .. (result or ''))
+end
+
+local function to_ready(tk, id)
+  redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
+  redis.call('ZADD', P .. 'ready', redis.call('HGET', tk, 'score'), id)
+end
+
+local function finish(tk, id, state, err, result, ttl)
+  redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '', 'consumer', '')
+  redis.call('EXPIRE', tk, ttl)
+  publish_done(id, state, redis.call('HGET', tk, 'attempts'), err, result)
+end
+
+local function retry_or_bury(tk, id, err, now, delay_ms)
+  local attempts = tonumber(redis.call('HGET', tk, 'attempts'))
+  if attempts >= tonumber(redis.call('HGET', tk, 'max')) then
+    err = err .. '; gave up after ' .. attempts .. ' attempts'
+    redis.call('HSET', tk, 'state', 'dead', 'error', err, 'consumer', '')
+    redis.call('ZADD', P .. 'dead', now, id)
+    publish_done(id, 'dead', attempts, err, nil)
+    return 'dead'
+  end
+  redis.call('HSET', tk, 'error', err)
+  if delay_ms > 0 then
+    redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
+    redis.call('ZADD', P .. 'delayed', now + delay_ms, id)
+  else
+    to_ready(tk, id)
+  end
+  return 'queued'
+end
+
+-- Expired leases go back to the queue (or to the dead-letter queue); the fence moves on, so the old
+-- holder's complete/fail/heartbeat is refused.
+local function reap(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local tk = P .. 't:' .. id
+    redis.call('ZREM', P .. 'inflight', id)
+    redis.call('HINCRBY', tk, 'fence', 1)
+    local info = redis.call('HMGET', tk, 'lease', 'attempts')
+    retry_or_bury(tk, id, 'lease expired after ' .. (tonumber(info[1]) / 1000) .. 's (attempt ' .. info[2] .. ')',
+      now, 0)
+  end
+  return #ids
+end
+
+local function promote(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', P .. 'delayed', id)
+    to_ready(P .. 't:' .. id, id)
+  end
+  return #ids
+end
+
+-- nil when the caller still holds the task under `fence`, else why not: gone, cancelled or stale.
+local function check_holder(tk, fence, now)
+  local st = redis.call('HMGET', tk, 'state', 'fence', 'exp')
+  if not st[1] then return 'gone' end
+  if st[1] == 'cancelled' then return 'cancelled' end
+  if st[1] ~= 'running' or st[2] ~= fence then return 'stale' end
+  if tonumber(st[3]) <= now then
+    reap(now, 100)
+    sync_tokens()
+    return 'stale'
+  end
+  return nil
+end

@@ -1,0 +1,358 @@
+"""In-process TaskQueue: the embedded mode's queue (`codeforge run`) and the reference for the contract.
+
+One asyncio event loop owns it. Idle claimers wait on futures that an enqueue resolves (one waiter per
+task, no herd); timers for leases and retry backoffs bound the wait precisely, so there is no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.queue.base import Lease
+from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
+
+
+@dataclass
+class _Record:
+    task: Task
+    seq: int
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0
+    fence: int = 0
+    consumer: str = ""
+    expires_at: float = 0.0
+    ready_at: float = 0.0
+    enqueued_at: float = field(default_factory=time.time)
+    result: Any = None
+    error: str | None = None
+
+    def outcome(self) -> TaskOutcome:
+        return TaskOutcome(
+            id=self.task.id,
+            pool=self.task.pool,
+            state=self.state,
+            result=self.result,
+            error=self.error,
+            attempts=self.attempts,
+        )
+
+
+@dataclass
+class _Pool:
+    records: dict[str, _Record] = field(default_factory=dict)
+    ready: list[tuple[int, int, str]] = field(default_factory=list)  # (priority, seq, id), lazily pruned
+    delayed: list[tuple[float, str]] = field(default_factory=list)  # (ready_at, id), lazily pruned
+    in_flight: dict[str, _Record] = field(default_factory=dict)
+    dead: dict[str, _Record] = field(default_factory=dict)  # insertion order = dead-letter order
+    claimers: deque[asyncio.Future[None]] = field(default_factory=deque)
+    watchers: dict[str, list[asyncio.Future[TaskOutcome]]] = field(default_factory=dict)
+    consumers: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+class MemoryTaskQueue:
+    """TaskQueue kept in this process's memory; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _Pool] = {}
+        self._seq = itertools.count(1)
+        self._closed = False
+
+    def _pool(self, name: str) -> _Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            validate_pool_name(name)
+            pool = self._pools[name] = _Pool()
+        return pool
+
+    # -- producing ---------------------------------------------------------------------------------
+
+    async def enqueue(self, task: Task) -> bool:
+        pool = self._pool(task.pool)
+        if task.id in pool.records:
+            return False
+        record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
+        pool.records[task.id] = record
+        self._make_ready(pool, record)
+        return True
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
+        return [await self.enqueue(task) for task in tasks]
+
+    def _make_ready(self, pool: _Pool, record: _Record) -> None:
+        record.state = TaskState.QUEUED
+        record.consumer = ""
+        record.ready_at = 0.0
+        heapq.heappush(pool.ready, (int(record.task.priority), record.seq, record.task.id))
+        self._wake_one(pool)
+
+    @staticmethod
+    def _wake_one(pool: _Pool) -> None:
+        while pool.claimers:
+            waiter = pool.claimers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- consuming ---------------------------------------------------------------------------------
+
+    async def claim(self, pool: str, consumer: str, timeout: float | None = 0.0) -> Lease | None:
+        leases = await self.claim_many(pool, consumer, 1, timeout)
+        return leases[0] if leases else None
+
+    async def claim_many(
+        self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
+    ) -> list[Lease]:
+        state = self._pool(pool)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            leases = self._take(state, consumer, max_tasks)
+            if leases or self._closed:
+                return leases
+            wait = self._next_timer(state)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                wait = remaining if wait is None else min(wait, remaining)
+            waiter = asyncio.get_running_loop().create_future()
+            state.claimers.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, wait)
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _take(self, pool: _Pool, consumer: str, max_tasks: int) -> list[Lease]:
+        now = time.time()
+        self._expire(pool, now)
+        self._promote(pool, now)
+        leases: list[Lease] = []
+        while pool.ready and len(leases) < max_tasks:
+            _, seq, task_id = heapq.heappop(pool.ready)
+            record = pool.records.get(task_id)
+            if record is None or record.state is not TaskState.QUEUED or record.seq != seq or record.ready_at:
+                continue  # cancelled, or a stale heap entry
+            record.state = TaskState.RUNNING
+            record.attempts += 1
+            record.fence += 1
+            record.consumer = consumer
+            record.expires_at = now + record.task.lease_seconds
+            pool.in_flight[task_id] = record
+            leases.append(self._lease(record))
+        if leases and pool.ready:
+            self._wake_one(pool)  # more work is waiting: pass the baton
+        return leases
+
+    @staticmethod
+    def _lease(record: _Record) -> Lease:
+        task = record.task.model_copy(update={"attempts": record.attempts})
+        return Lease(task=task, fence=record.fence, consumer=record.consumer, expires_at=record.expires_at)
+
+    def _next_timer(self, pool: _Pool) -> float | None:
+        """Seconds until the next lease expiry or retry becomes due, so a waiter wakes exactly then."""
+        times = [r.expires_at for r in pool.in_flight.values()]
+        times += [ready_at for ready_at, _ in pool.delayed[:1]]
+        if not times:
+            return None
+        return max(min(times) - time.time(), 0.001)
+
+    def _promote(self, pool: _Pool, now: float) -> None:
+        while pool.delayed and pool.delayed[0][0] <= now:
+            ready_at, task_id = heapq.heappop(pool.delayed)
+            record = pool.records.get(task_id)
+            if record and record.state is TaskState.QUEUED and record.ready_at == ready_at:
+                self._make_ready(pool, record)
+
+    def _expire(self, pool: _Pool, now: float) -> int:
+        expired = [r for r in pool.in_flight.values() if r.expires_at <= now]
+        for record in expired:
+            del pool.in_flight[record.task.id]
+            record.fence += 1  # the old holder's token is stale from now on
+            error = f"lease expired after {record.task.lease_seconds:g}s (attempt {record.attempts})"
+            self._retry_or_bury(pool, record, error, 0.0)
+        return len(expired)
+
+    def _retry_or_bury(self, pool: _Pool, record: _Record, error: str, delay: float) -> TaskState:
+        record.error = error
+        if record.attempts >= record.task.max_attempts:
+            record.state = TaskState.DEAD
+            record.error = f"{error}; gave up after {record.attempts} attempts"
+            pool.dead[record.task.id] = record
+            self._settle(pool, record)
+            return TaskState.DEAD
+        if delay > 0:
+            record.state = TaskState.QUEUED
+            record.ready_at = time.time() + delay
+            heapq.heappush(pool.delayed, (record.ready_at, record.task.id))
+            self._wake_one(pool)  # so a waiting claimer re-arms its timer for the due time
+        else:
+            self._make_ready(pool, record)
+        return TaskState.QUEUED
+
+    def _held(self, lease: Lease) -> tuple[_Pool, _Record]:
+        pool = self._pool(lease.pool)
+        record = pool.records.get(lease.id)
+        if record is None:
+            raise LeaseLostError(f"task {lease.id!r} of pool {lease.pool!r} no longer exists")
+        self._expire(pool, time.time())
+        if record.state is TaskState.CANCELLED:
+            raise TaskCancelledError(f"task {lease.id!r} was cancelled: {record.error}")
+        if record.state is not TaskState.RUNNING or record.fence != lease.fence:
+            raise LeaseLostError(
+                f"lease on task {lease.id!r} is stale (fence {lease.fence}, current {record.fence}, "
+                f"state {record.state.value}): another consumer owns it now"
+            )
+        return pool, record
+
+    async def heartbeat(self, lease: Lease) -> Lease:
+        _, record = self._held(lease)
+        record.expires_at = time.time() + record.task.lease_seconds
+        return Lease(task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=record.expires_at)
+
+    async def complete(self, lease: Lease, result: Any = None) -> None:
+        pool, record = self._held(lease)
+        del pool.in_flight[record.task.id]
+        record.state = TaskState.SUCCEEDED
+        record.result = result
+        record.error = None
+        self._settle(pool, record)
+
+    async def complete_many(self, items: Sequence[tuple[Lease, Any]]) -> list[LeaseLostError | None]:
+        refusals: list[LeaseLostError | None] = []
+        for lease, result in items:
+            try:
+                await self.complete(lease, result)
+                refusals.append(None)
+            except LeaseLostError as exc:
+                refusals.append(exc)
+        return refusals
+
+    async def fail(
+        self, lease: Lease, error: str, *, retryable: bool = True, retry_delay: float = 0.0
+    ) -> TaskState:
+        pool, record = self._held(lease)
+        del pool.in_flight[record.task.id]
+        if not retryable:
+            record.state = TaskState.FAILED
+            record.error = error
+            self._settle(pool, record)
+            return TaskState.FAILED
+        return self._retry_or_bury(pool, record, error, retry_delay)
+
+    async def release(self, lease: Lease) -> None:
+        pool, record = self._held(lease)
+        del pool.in_flight[record.task.id]
+        record.attempts -= 1
+        record.fence += 1
+        self._make_ready(pool, record)
+
+    async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
+        state = self._pool(pool)
+        record = state.records.get(task_id)
+        if record is None or record.state.terminal:
+            return False
+        state.in_flight.pop(task_id, None)
+        record.state = TaskState.CANCELLED
+        record.error = reason
+        self._settle(state, record)
+        return True
+
+    def _settle(self, pool: _Pool, record: _Record) -> None:
+        for waiter in pool.watchers.pop(record.task.id, []):
+            if not waiter.done():
+                waiter.set_result(record.outcome())
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def get(self, pool: str, task_id: str) -> TaskOutcome | None:
+        record = self._pool(pool).records.get(task_id)
+        return record.outcome() if record else None
+
+    async def wait_result(self, pool: str, task_id: str, timeout: float | None = None) -> TaskOutcome:
+        state = self._pool(pool)
+        record = state.records.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(f"no task {task_id!r} in pool {pool!r}")
+        if record.state.terminal:
+            return record.outcome()
+        waiter: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+        state.watchers.setdefault(task_id, []).append(waiter)
+        # Expiries are applied lazily; keep them moving while somebody waits on this pool.
+        while True:
+            wait = self._next_timer(state)
+            try:
+                if timeout is not None and (wait is None or wait > timeout):
+                    return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                return await asyncio.wait_for(asyncio.shield(waiter), wait)
+            except TimeoutError:
+                if timeout is not None and wait is not None and wait <= timeout:
+                    timeout -= wait
+                    self._expire(state, time.time())
+                    self._promote(state, time.time())
+                    continue
+                waiter.cancel()
+                raise TimeoutError(f"task {task_id!r} of pool {pool!r} did not finish in time") from None
+
+    async def stats(self, pool: str) -> QueueStats:
+        state = self._pool(pool)
+        now = time.time()
+        self._expire(state, now)
+        self._promote(state, now)
+        queued = [r for r in state.records.values() if r.state is TaskState.QUEUED]
+        ready = [r for r in queued if not r.ready_at]
+        oldest = min((r.enqueued_at for r in ready), default=now)
+        return QueueStats(
+            pool=pool,
+            queued=len(ready),
+            delayed=len(queued) - len(ready),
+            in_flight=len(state.in_flight),
+            dead=len(state.dead),
+            oldest_age_seconds=max(now - oldest, 0.0),
+        )
+
+    async def dead_letters(self, pool: str, limit: int = 100) -> list[TaskOutcome]:
+        return [r.outcome() for r in list(self._pool(pool).dead.values())[:limit]]
+
+    async def requeue_dead(self, pool: str, task_id: str) -> bool:
+        state = self._pool(pool)
+        record = state.dead.pop(task_id, None)
+        if record is None:
+            return False
+        record.attempts = 0
+        record.error = None
+        self._make_ready(state, record)
+        return True
+
+    async def reap(self, pool: str) -> int:
+        state = self._pool(pool)
+        count = self._expire(state, time.time())
+        self._promote(state, time.time())
+        return count
+
+    async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:
+        self._pool(pool).consumers[consumer] = (state, time.time() + ttl)
+
+    async def consumer_states(self, pool: str) -> dict[str, str]:
+        now = time.time()
+        return {c: s for c, (s, until) in self._pool(pool).consumers.items() if until > now}
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        for pool in self._pools.values():
+            while pool.claimers:
+                waiter = pool.claimers.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
