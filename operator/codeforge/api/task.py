@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
 MAX_PAYLOAD_BYTES: Final = 512 * 1024
 #: Pool names become Redis hash tags (`{pool}`), so braces are excluded; `namespace/name` is allowed.
-POOL_NAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$")
+POOL_NAME_RE: Final = re.compile(
+    r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"
+)
 TASK_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
 
 JSONValue = Any
@@ -80,7 +82,9 @@ class Task(BaseModel):
 
     id: str = Field(description="Caller-chosen id; enqueue is idempotent on it within a pool.")
     pool: str = Field(description="The AgentPool whose queue holds the task.")
-    workflow: str = Field(default="", description="Owning Workflow (uid or namespace/name), empty for ad-hoc tasks.")
+    workflow: str = Field(
+        default="", description="Owning Workflow (uid or namespace/name), empty for ad-hoc tasks."
+    )
     step: str = Field(default="", description="Workflow step that produced the task.")
     priority: Priority = Priority.MEDIUM
     payload: JSONValue = Field(default=None, description="Free JSON handed to the agent's handler.")
@@ -95,7 +99,7 @@ class Task(BaseModel):
     def _check_id(cls, value: str) -> str:
         if not TASK_ID_RE.match(value):
             raise ValueError(
-                "task id must be 1-256 characters of letters, digits and ._:/@=+- (got %r)" % value[:80]
+                f"task id must be 1-256 characters of letters, digits and ._:/@=+- (got {value[:80]!r})"
             )
         return value
 
@@ -114,7 +118,9 @@ class Task(BaseModel):
         try:
             encoded = json.dumps(self.payload, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"payload must be JSON-serialisable (dicts, lists, strings, numbers, bools, null): {exc}")
+            raise ValueError(
+                f"payload must be JSON-serialisable (dicts, lists, strings, numbers, bools, null): {exc}"
+            ) from None
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload is {len(encoded)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit: "

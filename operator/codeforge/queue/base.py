@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState
+from codeforge.queue.errors import LeaseLostError
 
 #: How long a finished task's record (and result) stays readable; idempotent re-enqueues find it meanwhile.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600

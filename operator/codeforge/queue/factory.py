@@ -48,7 +48,9 @@ def check_url(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        raise QueueConfigError(f"queue URL scheme {scheme!r} is not supported: use one of {', '.join(SCHEMES)}")
+        raise QueueConfigError(
+            f"queue URL scheme {scheme!r} is not supported: use one of {', '.join(SCHEMES)}"
+        )
     if scheme != "memory":
         try:
             hosts = parts.netloc.rsplit("@", 1)[-1]

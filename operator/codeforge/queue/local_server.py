@@ -111,7 +111,9 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                log = (self.workdir / "redis.log").read_text() if (self.workdir / "redis.log").exists() else ""
+                log = (
+                    (self.workdir / "redis.log").read_text() if (self.workdir / "redis.log").exists() else ""
+                )
                 raise RuntimeError(f"redis-server exited at start: {err}{log[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
                 if self._ping():

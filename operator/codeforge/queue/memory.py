@@ -217,7 +217,9 @@ class MemoryTaskQueue:
     async def heartbeat(self, lease: Lease) -> Lease:
         _, record = self._held(lease)
         record.expires_at = time.time() + record.task.lease_seconds
-        return Lease(task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=record.expires_at)
+        return Lease(
+            task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=record.expires_at
+        )
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
         pool, record = self._held(lease)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -22,8 +23,6 @@ from urllib.parse import urlsplit
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
 from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease
@@ -85,7 +84,9 @@ def _client_options(url: str, password: str | None) -> tuple[list[tuple[str, int
     query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
     if scheme.startswith("rediss"):
         options["ssl"] = True
-        options["ssl_cert_reqs"] = query.get("ssl_cert_reqs", "required" if "ssl_ca_certs" in query else "none")
+        options["ssl_cert_reqs"] = query.get(
+            "ssl_cert_reqs", "required" if "ssl_ca_certs" in query else "none"
+        )
         for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             if key in query:
                 options[key] = query[key]
@@ -100,7 +101,11 @@ def _client_options(url: str, password: str | None) -> tuple[list[tuple[str, int
 class _ResultWatcher:
     """Resolves `wait_result` futures from the pools' `done` Pub/Sub channels (one subscription per pool)."""
 
-    def __init__(self, connect: Callable[[], Awaitable[Redis]], fetch: Callable[[str, str], Awaitable[TaskOutcome | None]]):
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Redis]],
+        fetch: Callable[[str, str], Awaitable[TaskOutcome | None]],
+    ):
         self._connect = connect
         self._fetch = fetch
         self._waiters: dict[tuple[str, str], list[asyncio.Future[TaskOutcome]]] = {}
@@ -247,7 +252,8 @@ class RedisTaskQueue:
         retry_seconds: float = 30.0,
         result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
     ) -> None:
-        self._r = client
+        # redis-py types every command as `Awaitable[T] | T` (sync and async share stubs): treat it as Any.
+        self._r: Any = client
         self.url = url
         self.cluster = isinstance(client, RedisCluster)
         self.retry_seconds = retry_seconds
@@ -283,7 +289,7 @@ class RedisTaskQueue:
                         "CODEFORGE_REDIS_PASSWORD or CODEFORGE_REDIS_PASSWORD_FILE"
                     ) from None
                 raise QueueError(f"Redis at {safe_url} answered: {exc}") from None
-            except (TRANSIENT + (redis_errors.RedisError,)) as exc:
+            except (*TRANSIENT, redis_errors.RedisError) as exc:
                 await single.aclose()
                 raise QueueUnavailableError(
                     f"cannot reach Redis at {safe_url}: {exc}. Check the host and port, that redis-server "
@@ -294,8 +300,13 @@ class RedisTaskQueue:
                 async def single_pubsub() -> Redis:
                     return Redis(host=hosts[0][0], port=hosts[0][1], **options)
 
-                return cls(single, url=safe_url, pubsub_connect=single_pubsub, retry_seconds=retry_seconds,
-                           result_ttl=result_ttl)
+                return cls(
+                    single,
+                    url=safe_url,
+                    pubsub_connect=single_pubsub,
+                    retry_seconds=retry_seconds,
+                    result_ttl=result_ttl,
+                )
             await single.aclose()  # a cluster node behind a plain URL: talk to the cluster
         options.pop("db", None)
         client = RedisCluster(
@@ -308,7 +319,7 @@ class RedisTaskQueue:
         except redis_errors.AuthenticationError:
             await client.aclose()
             raise QueueConfigError(f"Redis Cluster at {safe_url} refused the password") from None
-        except (TRANSIENT + (redis_errors.RedisError,)) as exc:
+        except (*TRANSIENT, redis_errors.RedisError) as exc:
             await client.aclose()
             raise QueueUnavailableError(
                 f"cannot reach Redis Cluster at {safe_url}: {exc}. Check the node addresses and that the "
@@ -330,8 +341,13 @@ class RedisTaskQueue:
                     await candidate.aclose()
             raise QueueUnavailableError(f"no Redis Cluster node answers: {last}")
 
-        return cls(client, url=safe_url, pubsub_connect=cluster_pubsub, retry_seconds=retry_seconds,
-                   result_ttl=result_ttl)
+        return cls(
+            client,
+            url=safe_url,
+            pubsub_connect=cluster_pubsub,
+            retry_seconds=retry_seconds,
+            result_ttl=result_ttl,
+        )
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying transient failures with capped exponential backoff for retry_seconds."""
@@ -354,9 +370,9 @@ class RedisTaskQueue:
 
         async def call() -> Any:
             try:
-                return await self._r.evalsha(self._shas[name], 1, prefix, *args)  # type: ignore[arg-type]
+                return await self._r.evalsha(self._shas[name], 1, prefix, *args)
             except redis_errors.NoScriptError:
-                return await self._r.eval(self._sources[name], 1, prefix, *args)  # type: ignore[arg-type]
+                return await self._r.eval(self._sources[name], 1, prefix, *args)
 
         return await self._retrying(call)
 
@@ -413,7 +429,7 @@ class RedisTaskQueue:
             if next_due_ms >= 0:
                 wait = min(wait, max((next_due_ms - now_ms) / 1000.0, 0.0) + 0.002)
             # Block until an enqueue pushes a wake-up token (or a retry / lease expiry is due).
-            await self._retrying(lambda: self._r.blpop([wake], timeout=max(wait, 0.01)))  # type: ignore[arg-type,list-item]
+            await self._retrying(functools.partial(self._r.blpop, [wake], timeout=max(wait, 0.01)))
 
     @staticmethod
     def _leases(pool: str, consumer: str, reply: list[Any]) -> list[Lease]:
@@ -446,7 +462,9 @@ class RedisTaskQueue:
         reply = await self._script("heartbeat", lease.pool, lease.id, lease.fence)
         if reply[0] != "ok":
             raise self._refusal(reply[0], lease)
-        return Lease(task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=int(reply[1]) / 1000.0)
+        return Lease(
+            task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=int(reply[1]) / 1000.0
+        )
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
         refusal = (await self.complete_many([(lease, result)]))[0]
@@ -467,7 +485,9 @@ class RedisTaskQueue:
                     args += [lease.id, lease.fence, _encode_result(result)]
                 codes = await self._script("complete", pool, *args)
                 for (lease, _), code in zip(chunk, codes, strict=True):
-                    refusals[(pool, lease.id, lease.fence)] = None if code == "ok" else self._refusal(code, lease)
+                    refusals[(pool, lease.id, lease.fence)] = (
+                        None if code == "ok" else self._refusal(code, lease)
+                    )
         for lease, _ in items:
             out.append(refusals[(lease.pool, lease.id, lease.fence)])
         return out
@@ -500,7 +520,7 @@ class RedisTaskQueue:
         validate_pool_name(pool)
         key = task_key(pool, task_id)
         state, attempts, result, error = await self._retrying(
-            lambda: self._r.hmget(key, ["state", "attempts", "result", "error"])  # type: ignore[arg-type]
+            lambda: self._r.hmget(key, ["state", "attempts", "result", "error"])
         )
         if state is None:
             return None
@@ -525,7 +545,9 @@ class RedisTaskQueue:
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
             except TimeoutError:
-                raise TimeoutError(f"task {task_id!r} of pool {pool!r} did not finish within {timeout}s") from None
+                raise TimeoutError(
+                    f"task {task_id!r} of pool {pool!r} did not finish within {timeout}s"
+                ) from None
         finally:
             self._watcher.forget(pool, task_id, future)
 
