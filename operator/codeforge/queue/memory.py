@@ -289,21 +289,21 @@ class MemoryTaskQueue:
             return record.outcome()
         waiter: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
         state.watchers.setdefault(task_id, []).append(waiter)
-        # Expiries are applied lazily; keep them moving while somebody waits on this pool.
+        # Expiries are applied lazily: while somebody waits, wake at each due time to apply them.
+        remaining = timeout
         while True:
             wait = self._next_timer(state)
+            step = wait if remaining is None else (remaining if wait is None else min(wait, remaining))
             try:
-                if timeout is not None and (wait is None or wait > timeout):
-                    return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-                return await asyncio.wait_for(asyncio.shield(waiter), wait)
+                return await asyncio.wait_for(asyncio.shield(waiter), step)
             except TimeoutError:
-                if timeout is not None and wait is not None and wait <= timeout:
-                    timeout -= wait
-                    self._expire(state, time.time())
-                    self._promote(state, time.time())
-                    continue
-                waiter.cancel()
-                raise TimeoutError(f"task {task_id!r} of pool {pool!r} did not finish in time") from None
+                if remaining is not None:
+                    remaining -= step or 0.0
+                    if remaining <= 0:
+                        waiter.cancel()
+                        raise TimeoutError(f"task {task_id!r} of pool {pool!r} is not done") from None
+                self._expire(state, time.time())
+                self._promote(state, time.time())
 
     async def stats(self, pool: str) -> QueueStats:
         state = self._pool(pool)
