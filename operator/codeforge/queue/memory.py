@@ -222,6 +222,9 @@ class MemoryTaskQueue:
         )
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
+        done = self._pool(lease.pool).records.get(lease.id)
+        if done and done.state is TaskState.SUCCEEDED and done.fence == lease.fence and done.result == result:
+            return  # the same call again (a retry): already recorded, not a second recording
         pool, record = self._held(lease)
         del pool.in_flight[record.task.id]
         record.state = TaskState.SUCCEEDED

@@ -10,8 +10,8 @@ for i = 0, n - 1 do
   local refused = check_holder(tk, fence, now)
   if refused == 'stale' then
     -- A retried call whose first try went through finds its own result: not a second recording.
-    local st = redis.call('HMGET', tk, 'state', 'fence')
-    if st[1] == 'succeeded' and st[2] == fence then refused = 'dup' end
+    local st = redis.call('HMGET', tk, 'state', 'fence', 'result')
+    if st[1] == 'succeeded' and st[2] == fence and st[3] == ARGV[b + 2] then refused = 'dup' end
   end
   if refused then
     out[#out + 1] = refused == 'dup' and 'ok' or refused
