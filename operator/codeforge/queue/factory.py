@@ -2,7 +2,8 @@
 
 - `memory://`                          in-process queue (embedded mode, unit tests)
 - `redis://[:password@]host:port[/db]`  one Redis server; a cluster node is detected and used as a cluster
-- `rediss://...`                        the same over TLS (`?ssl_ca_certs=/path/ca.pem` to verify)
+- `rediss://...`                        the same over TLS, verified against the system CAs or
+                                        `?ssl_ca_certs=/path/ca.pem` (`?ssl_cert_reqs=none` opts out)
 - `redis+cluster://host:port[,host:port...]`, `rediss+cluster://...`   a Redis Cluster, explicitly
 
 The password may also come from `CODEFORGE_REDIS_PASSWORD` or a file named by

@@ -84,9 +84,8 @@ def _client_options(url: str, password: str | None) -> tuple[list[tuple[str, int
     query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
     if scheme.startswith("rediss"):
         options["ssl"] = True
-        options["ssl_cert_reqs"] = query.get(
-            "ssl_cert_reqs", "required" if "ssl_ca_certs" in query else "none"
-        )
+        # Verify the server against the system CAs (or ssl_ca_certs) unless the URL opts out explicitly.
+        options["ssl_cert_reqs"] = query.get("ssl_cert_reqs", "required")
         for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             if key in query:
                 options[key] = query[key]
@@ -275,22 +274,13 @@ class RedisTaskQueue:
             single = Redis(host=hosts[0][0], port=hosts[0][1], **options)
             try:
                 info = await single.info("cluster")
-            except redis_errors.AuthenticationError as exc:
-                await single.aclose()
-                raise QueueConfigError(
-                    f"Redis at {safe_url} refused the password ({exc}): set it in the URL "
-                    "(redis://:PASSWORD@host:port), CODEFORGE_REDIS_PASSWORD or CODEFORGE_REDIS_PASSWORD_FILE"
-                ) from None
-            except redis_errors.ResponseError as exc:
-                await single.aclose()
-                if "NOAUTH" in str(exc) or "Authentication required" in str(exc):
-                    raise QueueConfigError(
-                        f"Redis at {safe_url} requires a password: set it in the URL, "
-                        "CODEFORGE_REDIS_PASSWORD or CODEFORGE_REDIS_PASSWORD_FILE"
-                    ) from None
-                raise QueueError(f"Redis at {safe_url} answered: {exc}") from None
             except (*TRANSIENT, redis_errors.RedisError) as exc:
                 await single.aclose()
+                auth = _auth_problem(safe_url, exc, options.get("password"))
+                if auth:
+                    raise auth from None
+                if isinstance(exc, redis_errors.ResponseError):
+                    raise QueueError(f"Redis at {safe_url} answered: {exc}") from None
                 raise QueueUnavailableError(
                     f"cannot reach Redis at {safe_url}: {exc}. Check the host and port, that redis-server "
                     "runs there, and for TLS use rediss://"
@@ -316,11 +306,11 @@ class RedisTaskQueue:
         )
         try:
             await client.initialize()
-        except redis_errors.AuthenticationError:
+        except (*TRANSIENT, redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
             await client.aclose()
-            raise QueueConfigError(f"Redis Cluster at {safe_url} refused the password") from None
-        except (*TRANSIENT, redis_errors.RedisError) as exc:
-            await client.aclose()
+            auth = _auth_problem(safe_url, exc, options.get("password"))
+            if auth:
+                raise auth from None
             raise QueueUnavailableError(
                 f"cannot reach Redis Cluster at {safe_url}: {exc}. Check the node addresses and that the "
                 "cluster is formed (redis-cli --cluster check)"
@@ -597,6 +587,28 @@ class RedisTaskQueue:
     async def close(self) -> None:
         await self._watcher.close()
         await self._r.aclose()
+
+
+def _auth_problem(url: str, exc: BaseException, password: str | None) -> QueueConfigError | None:
+    """A clear configuration error when `exc` (or what it wraps: redis-py's cluster client wraps the
+    first node's error) is an authentication failure; None otherwise."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = " ".join(str(e) for e in chain)
+    auth_markers = ("NOAUTH", "Authentication required", "WRONGPASS", "invalid username-password")
+    if not any(isinstance(e, redis_errors.AuthenticationError) for e in chain) and not any(
+        marker in text for marker in auth_markers
+    ):
+        return None
+    where = (
+        "set it in the URL (redis://:PASSWORD@host:port), CODEFORGE_REDIS_PASSWORD "
+        "or CODEFORGE_REDIS_PASSWORD_FILE"
+    )
+    if not password or "required" in text.lower():
+        return QueueConfigError(f"Redis at {url} requires a password: {where}")
+    return QueueConfigError(f"Redis at {url} refused the password ({text}): {where}")
 
 
 def _encode_result(result: Any) -> str:
