@@ -2,11 +2,133 @@
 
 from __future__ import annotations
 
+import asyncio
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
+
+ALL_SYSTEMS = "codeforge,raw,celery,arq,rq,dramatiq"
 
 
 @app.callback()
 def _bench() -> None:
     """Benchmarks: queue latency and throughput against peers."""
+
+
+def _names(value: str) -> list[str]:
+    from codeforge.benchmarks.queue_bench import SYSTEMS
+
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown system(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(SYSTEMS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _counts(value: str, flag: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{flag} takes a comma list of whole numbers, e.g. 1,3,100 (got {value!r})"
+        ) from None
+    if not counts or any(c < 1 for c in counts):
+        raise typer.BadParameter(f"{flag} needs counts of at least 1, e.g. 1,3,100 (got {value!r})")
+    return sorted(set(counts))
+
+
+@app.command("queue")
+def queue(
+    systems: Annotated[str, typer.Option(help="Comma list of systems to measure.")] = ALL_SYSTEMS,
+    consumers: Annotated[
+        str | None, typer.Option(help="Consumer counts for the latency and idle-wakeup runs [1,3,100,500].")
+    ] = None,
+    throughput_consumers: Annotated[
+        str | None, typer.Option(help="Consumer counts for the throughput runs [1,16,100].")
+    ] = None,
+    tasks: Annotated[int | None, typer.Option(min=1, help="Tasks per throughput run [20000].")] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="Latency samples per consumer count [300].")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
+    ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
+    ] = None,
+) -> None:
+    """Enqueue-to-start latency, idle wake-up and throughput: codeforge vs a raw LPUSH/BRPOP floor, peers."""
+    from codeforge.benchmarks.queue_bench import BenchConfig
+
+    names = _names(systems)
+    cfg = BenchConfig.quick(names) if quick else BenchConfig(systems=names)
+    if consumers is not None:
+        cfg.consumers = _counts(consumers, "--consumers")
+    if throughput_consumers is not None:
+        cfg.throughput_consumers = _counts(throughput_consumers, "--throughput-consumers")
+    if tasks is not None:
+        cfg.tasks = tasks
+    if samples is not None:
+        cfg.latency_samples = samples
+    command = shlex.join(["codeforge", *sys.argv[1:]])
+    raise typer.Exit(_run(cfg, json_path, redis_url, command))
+
+
+def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    import redis
+
+    from codeforge.benchmarks import report
+    from codeforge.benchmarks.queue_bench import BenchConfig, Runner
+    from codeforge.queue.errors import QueueConfigError
+    from codeforge.queue.local_server import LocalRedis
+
+    assert isinstance(cfg, BenchConfig)
+    err = Console(stderr=True, highlight=False)
+
+    def progress(line: str) -> None:
+        err.print(line, markup=False)
+
+    server: LocalRedis | None = None
+    try:
+        if redis_url is None:
+            try:
+                server = LocalRedis().start()
+            except (QueueConfigError, RuntimeError) as exc:
+                err.print(f"[red]error:[/red] cannot start a private redis-server: {exc}")
+                return 2
+            url = server.url
+        else:
+            url = redis_url
+        try:
+            machine = report.machine_info(url)
+        except (redis.RedisError, ValueError) as exc:
+            err.print(
+                f"[red]error:[/red] cannot reach Redis at {url!r} ({exc}): start it, fix the URL, "
+                "or drop --redis-url to let the benchmark start its own redis-server"
+            )
+            return 2
+        err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        with tempfile.TemporaryDirectory(prefix="codeforge-bench-") as logdir:
+            runner = Runner(cfg, url, owns_server=server is not None, logdir=Path(logdir), progress=progress)
+            rows = asyncio.run(runner.run())
+        report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 150))
+        if json_path is not None:
+            settings = {k: v for k, v in dataclasses.asdict(cfg).items()}
+            report.write_json(json_path, report.document(machine, command, rows, settings))
+            err.print(f"wrote {json_path}")
+        return 0
+    finally:
+        if server is not None:
+            server.stop()

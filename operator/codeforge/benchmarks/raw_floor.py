@@ -1,0 +1,90 @@
+"""The floor: a bare LPUSH / BRPOP loop on the same Redis (no leases, no acks, no retries).
+
+Run as a worker: `python -m codeforge.benchmarks.raw_floor --consumers N` (configured by the harness's
+environment). Each consumer is an asyncio task blocking in BRPOP on its own connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+
+import redis
+import redis.asyncio as aioredis
+
+from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
+from codeforge.benchmarks.system import System, split_consumers
+
+#: Values per LPUSH when sending a burst: pipelining is fair for the floor too.
+BURST_CHUNK = 500
+
+
+class RawFloor(System):
+    name = "raw"
+
+    def version(self) -> str:
+        return f"redis-py {redis.__version__}"
+
+    def describe(self, consumers: int) -> str:
+        procs, per = split_consumers(consumers)
+        return f"{procs} process(es) x {per} asyncio BRPOP consumers"
+
+    def worker_commands(self, consumers: int, *, throughput: bool = False) -> list[list[str]]:
+        procs, per = split_consumers(consumers)
+        return [["-m", "codeforge.benchmarks.raw_floor", "--consumers", str(per)] for _ in range(procs)]
+
+    async def open(self) -> None:
+        self._client = aioredis.Redis.from_url(self.ctx.url)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, seq: int) -> None:
+        sent = time.time_ns()
+        await self._client.lpush(self.ctx.queue, f"{seq}:{sent}")
+
+    async def send_many(self, seqs: range) -> None:
+        for start in range(seqs.start, seqs.stop, BURST_CHUNK):
+            chunk = range(start, min(start + BURST_CHUNK, seqs.stop))
+            sent = time.time_ns()
+            await self._client.lpush(self.ctx.queue, *(f"{seq}:{sent}" for seq in chunk))
+
+
+async def _consume(url: str, key: str, stop: asyncio.Event) -> None:
+    client = aioredis.Redis.from_url(url)
+    rec = recorder()
+    try:
+        while not stop.is_set():
+            item = await client.brpop([key], timeout=1)
+            if item is None:
+                continue
+            start = time.time_ns()
+            seq, sent = item[1].split(b":")
+            rec.record(int(seq), int(sent), start)
+    finally:
+        await client.aclose()
+
+
+async def _main(consumers: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    url, key = os.environ[ENV_URL], os.environ[ENV_QUEUE]
+    tasks = [asyncio.create_task(_consume(url, key, stop)) for _ in range(consumers)]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--consumers", type=int, default=1)
+    asyncio.run(_main(parser.parse_args().consumers))
+
+
+if __name__ == "__main__":
+    main()
