@@ -1,0 +1,307 @@
+"""The AgentPool custom resource: a Deployment of `codeforge-agent` pods for one role, scaled from its queue.
+
+The models are the single source of the CRD schema (`codeforge.api.crd` renders them), so every field carries
+its description, default and bounds here. Field names are snake_case in Python and camelCase in Kubernetes.
+Rules that span fields are CEL rules (`x-kubernetes-validations`), checked by the API server itself, and
+mirrored by pydantic validators so `AgentPoolSpec.model_validate` refuses the same manifests.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP: Final = "codeforge.ai"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "AgentPool"
+PLURAL: Final = "agentpools"
+
+#: Kubernetes quantities ("500m", "2Gi", 4) and int-or-string fields ("25%", 3).
+IntOrString = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
+#: Opaque Kubernetes structures we pass through untouched (affinity, valueFrom): the API server checks them
+#: when it admits the Deployment, so repeating their huge schemas here would only add drift.
+OpaqueObject = Annotated[
+    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+]
+
+
+def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` for CEL validation rules: (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+class CamelModel(BaseModel):
+    """Base of every CRD model: camelCase in Kubernetes, unknown fields refused, defaults filled in."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The object as it reads in a manifest (camelCase, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class HandlerSpec(CamelModel):
+    """Which handler the agents run, and its settings.
+
+    Each settings key becomes the agent's `CODEFORGE_<KEY>` variable (`pythonFunction` ->
+    `CODEFORGE_PYTHON_FUNCTION`); lists and objects are passed as JSON. codeforge-agent validates them.
+    """
+
+    kind: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Handler kind known to codeforge-agent: echo, sleep, fail, python, command, http, openai",
+    )
+    settings: OpaqueObject = Field(
+        default_factory=dict,
+        description="Handler settings, e.g. {pythonFunction: 'my_agents.research:run'} or "
+        "{command: ['python3', 'agent.py']}; each key becomes CODEFORGE_<KEY> in the agent.",
+    )
+
+
+class ResourceRequirements(CamelModel):
+    requests: dict[str, IntOrString] = Field(
+        default_factory=dict, description="e.g. {cpu: 500m, memory: 1Gi}"
+    )
+    limits: dict[str, IntOrString] = Field(default_factory=dict, description="e.g. {memory: 2Gi}")
+
+
+class EnvVar(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("!(has(self.value) && has(self.valueFrom))", "set either value or valueFrom, not both")
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=253)
+    value: str | None = None
+    value_from: OpaqueObject | None = Field(
+        default=None, description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef...)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
+        return self
+
+
+class LocalObjectReference(CamelModel):
+    name: str = Field(min_length=1, max_length=253)
+    optional: bool | None = None
+
+
+class EnvFromSource(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "has(self.secretRef) != has(self.configMapRef)",
+                "set exactly one of secretRef and configMapRef",
+            )
+        )
+    )
+
+    prefix: str | None = Field(default=None, max_length=253)
+    secret_ref: LocalObjectReference | None = Field(default=None, description="All keys of a Secret as env.")
+    config_map_ref: LocalObjectReference | None = Field(default=None, description="All keys of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("envFrom: set exactly one of secretRef and configMapRef")
+        return self
+
+
+class Toleration(CamelModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class QueueSettings(CamelModel):
+    """How agents hold the tasks they claim."""
+
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="Longest lease between heartbeats; a task whose agent stops heartbeating is requeued "
+        "after it. Agents heartbeat every third of it.",
+    )
+    task_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86400,
+        description="Per-task time limit (default: only the task's deadline).",
+    )
+
+
+class ScalingPolicy(CamelModel):
+    """One direction's limits, after the HorizontalPodAutoscaler's `behavior`.
+
+    Within any `periodSeconds`, replicas change by at most the larger of `maxStep` pods and `maxStepPercent`
+    of the current replicas (no limit when both are unset). A recommendation must hold for the whole
+    `stabilizationWindowSeconds` before it is acted on, which damps flapping.
+    """
+
+    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
+    max_step: int | None = Field(default=None, ge=1, description="Most pods added or removed per period.")
+    max_step_percent: int | None = Field(
+        default=None, ge=1, le=1000, description="Most pods added or removed per period, in percent."
+    )
+    period_seconds: int = Field(default=15, ge=1, le=1800)
+
+
+def _default_scale_down() -> ScalingPolicy:
+    # Agents hold long tasks: wait two minutes of low demand before removing any.
+    return ScalingPolicy(stabilization_window_seconds=120)
+
+
+class AutoscalingMode(enum.StrEnum):
+    QUEUE = "queue"  # the operator scales from queue depth
+    EXTERNAL = "external"  # an HPA / KEDA drives spec.replicas through the scale subresource
+
+
+class Autoscaling(CamelModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+        )
+    )
+
+    mode: AutoscalingMode = Field(
+        default=AutoscalingMode.QUEUE,
+        description="queue: the operator sets replicas from queue depth; external: spec.replicas "
+        "(set by an HPA or KEDA through the scale subresource) is followed and never overridden.",
+    )
+    min_replicas: int = Field(default=1, ge=0, le=10000)
+    max_replicas: int = Field(default=10, ge=1, le=10000)
+    target_tasks_per_agent: int = Field(
+        default=1, ge=1, le=1000, description="Queued plus in-flight tasks one agent is meant to carry."
+    )
+    scale_up: ScalingPolicy = Field(default_factory=ScalingPolicy)
+    scale_down: ScalingPolicy = Field(default_factory=_default_scale_down)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class PodDisruptionBudgetSpec(CamelModel):
+    enabled: bool = True
+    max_unavailable: IntOrString = Field(
+        default="10%", description="Pods a voluntary disruption (drain) may take down at once."
+    )
+
+
+class AgentPoolSpec(CamelModel):
+    """Desired state of a pool of agents for one role."""
+
+    role: str = Field(
+        min_length=1, max_length=63, description="The role its agents play (research, review, ...)."
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Agent image running codeforge-agent (default: the operator's CODEFORGE_AGENT_IMAGE).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    handler: HandlerSpec
+    concurrency: int = Field(default=1, ge=1, le=256, description="Tasks one agent runs at once.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Replicas wanted by an external autoscaler (scale subresource); "
+        "used only in autoscaling mode external.",
+    )
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, description="Secrets and ConfigMaps (API keys...) exposed as env."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: OpaqueObject | None = Field(default=None, description="A core/v1 Affinity.")
+    service_account_name: str | None = Field(default=None, max_length=253)
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on agent pods.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    termination_grace_period_seconds: int = Field(
+        default=120, ge=0, le=86400, description="Time an agent gets to finish its tasks when stopped."
+    )
+    metrics_port: int = Field(
+        default=8080, ge=1, le=65535, description="Agent port serving /healthz, /readyz and /metrics."
+    )
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(default_factory=PodDisruptionBudgetSpec)
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(CamelModel):
+    """A condition in the standard Kubernetes shape (metav1.Condition)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(min_length=1, max_length=316)
+    status: ConditionStatus
+    reason: str = Field(min_length=1, max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str = Field(description="RFC 3339 time the status last changed.")
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class AgentPoolPhase(enum.StrEnum):
+    PENDING = "Pending"  # Deployment created, no agent ready yet
+    READY = "Ready"  # agents ready and the pool at its desired size
+    SCALING = "Scaling"  # moving towards a new size
+    DEGRADED = "Degraded"  # image pull failures, queue unreachable, ...
+
+
+class AgentPoolStatus(CamelModel):
+    """Observed state, written by the operator in one patch per reconcile."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    phase: AgentPoolPhase | None = None
+    replicas: int = Field(default=0, description="Agent pods that exist (the scale subresource reads it).")
+    ready_replicas: int = 0
+    desired_replicas: int = Field(default=0, description="What the autoscaler (or spec.replicas) asks for.")
+    selector: str = Field(default="", description="Label selector of the agent pods, for HPA and KEDA.")
+    queued: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    oldest_task_age_seconds: float = 0.0
+    busy_agents: int | None = None
+    idle_agents: int | None = None
+    last_scale_time: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+def pool_queue_name(namespace: str, name: str) -> str:
+    """The queue an AgentPool's agents consume (Redis hash tag `{namespace/name}`)."""
+    return f"{namespace}/{name}"

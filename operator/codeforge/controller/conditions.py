@@ -1,0 +1,177 @@
+"""AgentPool conditions (Ready, Progressing, Degraded) and the reasons they carry, after KubeRay and Kueue.
+
+Every reason is a constant here, with its meaning, so `kubectl describe`, alerts and docs can rely on it.
+
+| Type        | Status | Reason           | Meaning                                                       |
+|-------------|--------|------------------|---------------------------------------------------------------|
+| Ready       | True   | AgentsReady      | at least as many agents are ready as desired                  |
+| Ready       | False  | AgentsNotReady   | fewer ready agents than desired (starting, crashing, pending) |
+| Ready       | False  | InvalidSpec      | the spec cannot be turned into a Deployment                   |
+| Progressing | True   | ScalingUp        | the Deployment is growing towards the desired size            |
+| Progressing | True   | ScalingDown      | agents are being removed (idle ones first)                    |
+| Progressing | True   | RollingOut       | a new pod template is being rolled out                        |
+| Progressing | False  | Stable           | the Deployment matches the desired size and template          |
+| Degraded    | True   | ImagePullFailed  | agents cannot pull their image (ErrImagePull, BackOff)        |
+| Degraded    | True   | AgentsCrashing   | agents restart in a loop (CrashLoopBackOff)                   |
+| Degraded    | True   | QueueUnreachable | the operator cannot read the pool's queue; replicas are held  |
+| Degraded    | True   | DeploymentFailed | the Deployment reports a failure (quota, progress deadline)   |
+| Degraded    | True   | InvalidSpec      | see Ready/InvalidSpec                                         |
+| Degraded    | False  | AsExpected       | nothing is wrong                                              |
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from codeforge.api.agentpool import AgentPoolPhase
+
+JSON = dict[str, Any]
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Reason(enum.StrEnum):
+    AGENTS_READY = "AgentsReady"
+    AGENTS_NOT_READY = "AgentsNotReady"
+    INVALID_SPEC = "InvalidSpec"
+    SCALING_UP = "ScalingUp"
+    SCALING_DOWN = "ScalingDown"
+    ROLLING_OUT = "RollingOut"
+    STABLE = "Stable"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    AGENTS_CRASHING = "AgentsCrashing"
+    QUEUE_UNREACHABLE = "QueueUnreachable"
+    DEPLOYMENT_FAILED = "DeploymentFailed"
+    AS_EXPECTED = "AsExpected"
+
+
+#: Container waiting reasons that mean the image cannot be pulled.
+IMAGE_PULL_REASONS: Final = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CRASH_REASONS: Final = frozenset({"CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError"})
+
+
+@dataclass(frozen=True, slots=True)
+class PodProblem:
+    pod: str
+    reason: str  # the container's waiting reason
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one reconcile saw; everything the conditions are computed from."""
+
+    desired: int
+    replicas: int = 0  # Deployment status.replicas
+    ready: int = 0
+    updated: int = 0  # pods already on the current template
+    deployment_current: bool = True  # the Deployment controller has observed the latest generation
+    deployment_failure: str | None = None  # message of a failed Deployment condition
+    pod_problems: Sequence[PodProblem] = field(default_factory=tuple)
+    queue_error: str | None = None
+    spec_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionValue:
+    type: ConditionType
+    status: bool
+    reason: Reason
+    message: str
+
+
+def _summarise(problems: Iterable[PodProblem], limit: int = 3) -> str:
+    problems = list(problems)
+    shown = "; ".join(
+        f"{p.pod}: {p.reason}{' (' + p.message + ')' if p.message else ''}" for p in problems[:limit]
+    )
+    more = f" and {len(problems) - limit} more" if len(problems) > limit else ""
+    return shown + more
+
+
+def evaluate(obs: Observation) -> list[ConditionValue]:
+    """The three conditions for one observation, in a stable order."""
+    ready, progressing, degraded = ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED
+    if obs.spec_error is not None:
+        return [
+            ConditionValue(ready, False, Reason.INVALID_SPEC, obs.spec_error),
+            ConditionValue(progressing, False, Reason.INVALID_SPEC, obs.spec_error),
+            ConditionValue(degraded, True, Reason.INVALID_SPEC, obs.spec_error),
+        ]
+    if obs.ready >= obs.desired:
+        ready_value = ConditionValue(
+            ready, True, Reason.AGENTS_READY, f"{obs.ready}/{obs.desired} agents ready"
+        )
+    else:
+        ready_value = ConditionValue(
+            ready, False, Reason.AGENTS_NOT_READY, f"{obs.ready}/{obs.desired} agents ready"
+        )
+
+    if not obs.deployment_current or obs.updated < min(obs.replicas, obs.desired):
+        progress = ConditionValue(progressing, True, Reason.ROLLING_OUT, "rolling out a new agent template")
+    elif obs.replicas < obs.desired or obs.ready < obs.desired:
+        progress = ConditionValue(
+            progressing, True, Reason.SCALING_UP, f"scaling up to {obs.desired} ({obs.ready} ready)"
+        )
+    elif obs.replicas > obs.desired:
+        progress = ConditionValue(
+            progressing, True, Reason.SCALING_DOWN, f"scaling down from {obs.replicas} to {obs.desired}"
+        )
+    else:
+        progress = ConditionValue(progressing, False, Reason.STABLE, f"{obs.desired} agents")
+
+    pulls = [p for p in obs.pod_problems if p.reason in IMAGE_PULL_REASONS]
+    crashes = [p for p in obs.pod_problems if p.reason in CRASH_REASONS]
+    if pulls:
+        health = ConditionValue(degraded, True, Reason.IMAGE_PULL_FAILED, _summarise(pulls))
+    elif obs.queue_error is not None:
+        health = ConditionValue(degraded, True, Reason.QUEUE_UNREACHABLE, obs.queue_error)
+    elif crashes:
+        health = ConditionValue(degraded, True, Reason.AGENTS_CRASHING, _summarise(crashes))
+    elif obs.deployment_failure is not None:
+        health = ConditionValue(degraded, True, Reason.DEPLOYMENT_FAILED, obs.deployment_failure)
+    else:
+        health = ConditionValue(degraded, False, Reason.AS_EXPECTED, "")
+    return [ready_value, progress, health]
+
+
+def phase(values: Sequence[ConditionValue]) -> AgentPoolPhase:
+    """The one-word summary for `kubectl get`: Degraded beats Scaling beats Pending/Ready."""
+    by_type = {v.type: v for v in values}
+    if by_type[ConditionType.DEGRADED].status:
+        return AgentPoolPhase.DEGRADED
+    if by_type[ConditionType.PROGRESSING].status:
+        return AgentPoolPhase.SCALING
+    return AgentPoolPhase.READY if by_type[ConditionType.READY].status else AgentPoolPhase.PENDING
+
+
+def merge(
+    existing: Sequence[JSON], values: Iterable[ConditionValue], now: str, generation: int | None
+) -> list[JSON]:
+    """New conditions list; `lastTransitionTime` moves only when a condition's status flips."""
+    previous = {c.get("type"): c for c in existing}
+    merged: list[JSON] = []
+    for value in values:
+        status = "True" if value.status else "False"
+        before = previous.get(value.type.value)
+        since = before["lastTransitionTime"] if before and before.get("status") == status else now
+        condition: JSON = {
+            "type": value.type.value,
+            "status": status,
+            "reason": value.reason.value,
+            "message": value.message[:32768],
+            "lastTransitionTime": since,
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        merged.append(condition)
+    return merged

@@ -1,0 +1,81 @@
+"""Operator configuration from its environment (the Deployment of the operator sets these).
+
+- CODEFORGE_QUEUE_URL: the queue the operator reads (stats) and workflows write; default memory://
+- CODEFORGE_AGENT_QUEUE_URL: the queue URL given to agent pods; default CODEFORGE_QUEUE_URL
+- CODEFORGE_AGENT_IMAGE: image of pools whose spec names none; default ghcr.io/codeforge/agent:latest
+- CODEFORGE_AGENT_REDIS_PASSWORD_SECRET: `secret/key` mounted into agents as their Redis password
+- CODEFORGE_AGENT_LOG_FORMAT: the agents' log format, text or json; default json
+- CODEFORGE_AUTOSCALE_INTERVAL: seconds between autoscaling reconciles of each pool; default 1
+- CODEFORGE_METRICS_PORT: port of the operator's Prometheus /metrics; unset: not served
+- CODEFORGE_STATUS_INTERVAL: seconds between status writes that only refresh queue gauges; default 5
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from codeforge.controller.builders import DEFAULT_AGENT_IMAGE, AgentDefaults
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name}={raw!r}: expected a TCP port (1-65535)")
+    return int(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    queue_url: str = "memory://"
+    agents: AgentDefaults = field(default_factory=lambda: AgentDefaults(queue_url="memory://"))
+    autoscale_interval: float = 1.0
+    status_interval: float = 5.0
+    metrics_port: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        queue_url = env.get("CODEFORGE_QUEUE_URL", "").strip() or "memory://"
+        secret = None
+        if raw := env.get("CODEFORGE_AGENT_REDIS_PASSWORD_SECRET", "").strip():
+            name, sep, key = raw.partition("/")
+            if not sep or not name or not key:
+                raise ConfigError(f"CODEFORGE_AGENT_REDIS_PASSWORD_SECRET={raw!r}: use `secret-name/key`")
+            secret = (name, key)
+        log_format = env.get("CODEFORGE_AGENT_LOG_FORMAT", "json").strip() or "json"
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"CODEFORGE_AGENT_LOG_FORMAT={log_format!r}: use text or json")
+        agents = AgentDefaults(
+            queue_url=env.get("CODEFORGE_AGENT_QUEUE_URL", "").strip() or queue_url,
+            image=env.get("CODEFORGE_AGENT_IMAGE", "").strip() or DEFAULT_AGENT_IMAGE,
+            redis_password_secret=secret,
+            log_format=log_format,
+        )
+        return cls(
+            queue_url=queue_url,
+            agents=agents,
+            autoscale_interval=_seconds(env, "CODEFORGE_AUTOSCALE_INTERVAL", 1.0),
+            status_interval=_seconds(env, "CODEFORGE_STATUS_INTERVAL", 5.0),
+            metrics_port=_port(env, "CODEFORGE_METRICS_PORT"),
+        )

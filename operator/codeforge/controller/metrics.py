@@ -1,0 +1,55 @@
+"""The operator's Prometheus metrics for AgentPools, served on CODEFORGE_METRICS_PORT (`/metrics`).
+
+Pool series are labelled `pool="namespace/name"`; they are removed when a pool is deleted, so 20 pools keep
+a few dozen series, not an ever-growing set.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge
+
+POOL_GAUGES: Final = {
+    "queued": Gauge("codeforge_queue_depth", "Tasks ready to claim in the pool's queue.", ["pool"]),
+    "inFlight": Gauge("codeforge_queue_in_flight", "Tasks claimed by agents, under a lease.", ["pool"]),
+    "dead": Gauge("codeforge_queue_dead", "Tasks in the pool's dead-letter queue.", ["pool"]),
+    "oldestTaskAgeSeconds": Gauge(
+        "codeforge_queue_oldest_task_age_seconds", "Age of the oldest ready task.", ["pool"]
+    ),
+    "desiredReplicas": Gauge("codeforge_agentpool_desired_replicas", "Agents the pool should run.", ["pool"]),
+    "readyReplicas": Gauge("codeforge_agentpool_ready_replicas", "Agents ready.", ["pool"]),
+}
+SCALE_DECISIONS: Final = Counter(
+    "codeforge_scale_decisions_total",
+    "Replica changes applied to agent Deployments, by direction.",
+    ["pool", "direction"],
+)
+RECONCILE_ERRORS: Final = Counter(
+    "codeforge_reconcile_errors_total", "AgentPool reconciles that failed and will be retried.", ["pool"]
+)
+
+
+def observe_status(pool: str, status: dict[str, object]) -> None:
+    for field, gauge in POOL_GAUGES.items():
+        value = status.get(field)
+        if isinstance(value, int | float):
+            gauge.labels(pool=pool).set(value)
+
+
+def forget(pool: str) -> None:
+    """Drop a deleted pool's series."""
+    for gauge in POOL_GAUGES.values():
+        try:
+            gauge.remove(pool)
+        except KeyError:
+            pass
+    for direction in ("up", "down"):
+        try:
+            SCALE_DECISIONS.remove(pool, direction)
+        except KeyError:
+            pass
+    try:
+        RECONCILE_ERRORS.remove(pool)
+    except KeyError:
+        pass

@@ -1,0 +1,84 @@
+"""What the whole operator process shares: its configuration, one Kubernetes client and one queue connection.
+
+The startup handler puts a `Runtime` into Kopf's operator-wide memo; every object's memo is a shallow copy of
+it, so the AgentPool handlers (and the Workflow handlers, once written) reach the same connections through
+`memo.runtime`. The queue connection is retried with a pause when the queue is down, and the reason is kept
+for the QueueUnreachable conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import prometheus_client
+
+from codeforge.controller.config import OperatorConfig
+from codeforge.controller.kube import KubeApi
+from codeforge.controller.settings import configure
+from codeforge.queue import TaskQueue, open_queue
+
+#: Read once at import: Kopf timers take their interval when the handlers are declared.
+CONFIG = OperatorConfig.from_env()
+#: Wait between attempts to (re)connect to the queue.
+QUEUE_RETRY_SECONDS = 5.0
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass
+class Runtime:
+    """Operator-wide connections, shared by every object's memo (memos are shallow copies of this one)."""
+
+    config: OperatorConfig
+    kube: KubeApi | None = None
+    queue: TaskQueue | None = None
+    queue_retry_at: float = 0.0
+    queue_error: str = "the operator is not connected to the queue yet"
+
+    def api(self) -> KubeApi:
+        # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.
+        if self.kube is None:
+            self.kube = KubeApi.from_kubernetes_config()
+        return self.kube
+
+    async def connected_queue(self, logger: Logger) -> TaskQueue | None:
+        if self.queue is None and time.monotonic() >= self.queue_retry_at:
+            try:
+                self.queue = await open_queue(self.config.queue_url)
+            except Exception as exc:  # any backend failure: retry later, report QueueUnreachable meanwhile
+                self.queue_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
+                self.queue_error = f"queue unreachable: {exc}"
+                logger.warning(
+                    "queue %s unreachable, retrying in %ss: %s",
+                    self.config.queue_url,
+                    QUEUE_RETRY_SECONDS,
+                    exc,
+                )
+        return self.queue
+
+    async def close(self) -> None:
+        if self.kube is not None:
+            await self.kube.close()
+        if self.queue is not None:
+            await self.queue.close()
+
+
+@kopf.on.startup()
+async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
+    configure(settings)
+    if CONFIG.queue_url.startswith("memory://"):
+        logger.warning("CODEFORGE_QUEUE_URL is unset: using an in-process queue that no agent pod can reach")
+    memo.runtime = Runtime(config=CONFIG)
+    if CONFIG.metrics_port is not None:
+        prometheus_client.start_http_server(CONFIG.metrics_port)  # a daemon thread; exits with the process
+    await memo.runtime.connected_queue(logger)
+
+
+@kopf.on.cleanup()
+async def stop(*, memo: Any, **_: Any) -> None:
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        await runtime.close()
