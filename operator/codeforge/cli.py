@@ -19,6 +19,14 @@ def _register() -> None:
 
     app.add_typer(bench_app, name="bench", help="Benchmarks: queue latency and throughput against peers.")
 
+    from codeforge.api.crd_cli import crds_command
+
+    app.command("crds")(crds_command)
+
+    from codeforge.embedded.command import run_command
+
+    app.command("run")(run_command)
+
 
 def main() -> None:
     _register()

@@ -58,7 +58,7 @@ MAX_BLOCK_SECONDS = 30.0
 BATCH = 500
 
 
-def _client_options(url: str, password: str | None) -> tuple[list[tuple[str, int]], dict[str, Any], bool]:
+def client_options(url: str, password: str | None) -> tuple[list[tuple[str, int]], dict[str, Any], bool]:
     """(hosts, redis-py options, cluster?) from a queue URL."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -268,7 +268,7 @@ class RedisTaskQueue:
         cls, url: str, *, retry_seconds: float = 30.0, result_ttl: int = DEFAULT_RESULT_TTL_SECONDS
     ) -> RedisTaskQueue:
         check_url(url)
-        hosts, options, cluster = _client_options(url, password_from_env())
+        hosts, options, cluster = client_options(url, password_from_env())
         safe_url = _redact(url)
         if not cluster:
             single = Redis(host=hosts[0][0], port=hosts[0][1], **options)

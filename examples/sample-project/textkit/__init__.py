@@ -1,0 +1,1 @@
+"""textkit: tiny text helpers (the sample project CodeForge's demo workflow extends)."""

@@ -1,0 +1,181 @@
+"""`codeforge run WORKFLOW.yaml`: run a Workflow manifest in one process, or against Redis.
+
+Default: the memory queue, in-process agents with the handlers the file's AgentPools name, checkpoints in
+memory. With `--queue redis://...`: the Redis queue, checkpoints in the same Redis (so a rerun with the same
+`--workflow-id` resumes), and one `codeforge-agent` process per pool (`--no-agents` when agents run
+elsewhere). Exit codes: 0 succeeded, 1 the workflow failed, 2 the manifest or an option is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import uuid
+from asyncio import FIRST_COMPLETED
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:  # LangGraph and the agent runtime load only when a workflow runs: `--help` stays fast
+    from codeforge.embedded.manifest import Manifest
+    from codeforge.orchestrator import WorkflowOutcome
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def run_command(
+    manifest: Annotated[Path, typer.Argument(help="Workflow manifest (YAML; AgentPools may follow in it).")],
+    queue: Annotated[
+        str,
+        typer.Option("--queue", help="memory:// (in-process) or redis://host:port/0, redis+cluster://..."),
+    ] = "memory://",
+    output: Annotated[Output, typer.Option("--output", "-o", help="text (live view) or json.")] = Output.text,
+    workflow_id: Annotated[
+        str | None,
+        typer.Option(
+            "--workflow-id", help="Run id (LangGraph thread id); reuse it to resume a run on Redis."
+        ),
+    ] = None,
+    agents: Annotated[
+        bool, typer.Option("--agents/--no-agents", help="Start the pools' agents (off: they run elsewhere).")
+    ] = True,
+    input_json: Annotated[
+        str | None, typer.Option("--input", help="JSON that replaces the Workflow's spec.input.")
+    ] = None,
+) -> None:
+    """Run a Workflow manifest locally and print its final state; exit 1 when it fails."""
+    from codeforge.embedded.manifest import ManifestError, load_manifest
+    from codeforge.queue import QueueConfigError, QueueError
+    from codeforge.queue.factory import check_url
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        check_url(queue)
+        loaded = load_manifest(manifest)
+        if input_json is not None:
+            loaded = _with_input(loaded, input_json)
+    except (ManifestError, QueueConfigError) as exc:
+        console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    run_id = (
+        workflow_id
+        or loaded.workflow.metadata.uid
+        or f"{loaded.workflow.metadata.name}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents))
+    except (QueueError, ManifestError) as exc:
+        console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    except KeyboardInterrupt:
+        hint = "" if queue.startswith("memory") else f"; resume it with --workflow-id {run_id}"
+        console.print(f"codeforge run: interrupted{hint}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_outcome(outcome, output)
+    if outcome.status != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _with_input(loaded: Manifest, text: str) -> Manifest:
+    from codeforge.embedded.manifest import Manifest, ManifestError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"--input is not JSON: {exc}") from None
+    spec = loaded.workflow.spec.model_copy(update={"input": value})
+    return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
+
+
+async def _run(loaded: Manifest, url: str, run_id: str, output: Output, agents: bool) -> WorkflowOutcome:
+    from rich.live import Live
+
+    from codeforge.embedded.agents import AgentProcesses, InProcessAgents
+    from codeforge.embedded.manifest import ManifestError
+    from codeforge.embedded.progress import ProgressBoard, console_for
+    from codeforge.orchestrator import ProgressEvent, WorkflowRunner
+    from codeforge.orchestrator.checkpoint import open_checkpointer
+    from codeforge.queue import TaskQueue, open_queue
+
+    spec = loaded.workflow.spec
+    board = ProgressBoard(spec)
+    console = console_for()
+    live = output is Output.text and console.is_terminal
+
+    def on_event(event: ProgressEvent) -> None:
+        board.apply(event)
+        if output is Output.text and not live and (line := board.line(event)):
+            console.print(line, soft_wrap=True)
+
+    task_queue: TaskQueue = await open_queue(url)
+    processes: AgentProcesses | None = None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if url.startswith("memory"):
+                runner = WorkflowRunner(task_queue)
+                if agents:
+                    in_process = InProcessAgents(task_queue, loaded.pools.values(), loaded.directory)
+                    await stack.enter_async_context(in_process)
+            else:
+                saver = await open_checkpointer(url)
+                stack.push_async_callback(saver.client.aclose)
+                runner = WorkflowRunner(task_queue, saver)
+                if agents:
+                    processes = stack.enter_context(
+                        AgentProcesses(url, loaded.pools.values(), loaded.directory)
+                    )
+            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event))
+            watchers: set[asyncio.Task[Any]] = {job}
+            if processes is not None:
+                watchers.add(asyncio.create_task(processes.died()))
+            view = Live(board.render(), console=console, refresh_per_second=8) if live else None
+            with view or contextlib.nullcontext():
+                try:
+                    while not any(w.done() for w in watchers):
+                        await asyncio.wait(
+                            watchers, timeout=0.125 if view else None, return_when=FIRST_COMPLETED
+                        )
+                        if view is not None:
+                            view.update(board.render())
+                finally:
+                    for watcher in watchers - {job}:
+                        watcher.cancel()
+            if not job.done():  # an agent process died: stop; the run resumes with the same --workflow-id
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+                died = next(w for w in watchers if w is not job)
+                raise ManifestError(str(died.result()))
+            return job.result()
+    finally:
+        await task_queue.close()
+
+
+def _print_outcome(outcome: WorkflowOutcome, output: Output) -> None:
+    from rich.pretty import Pretty
+
+    if output is Output.json:
+        sys.stdout.write(json.dumps(outcome.to_dict(), indent=2, default=str) + "\n")
+        return
+    console = Console(highlight=False)
+    colour = "green" if outcome.status == "succeeded" else "red"
+    console.print(f"workflow {outcome.workflow}: [{colour}]{outcome.status}[/] in {outcome.duration:.2f}s")
+    if outcome.error:
+        console.print(f"[red]error:[/] {outcome.error}", soft_wrap=True)
+    console.print(Pretty(_final_state(outcome), expand_all=False))
+
+
+def _final_state(outcome: WorkflowOutcome) -> dict[str, Any]:
+    return {"results": outcome.results, "steps": [f"{h['step']}: {h['status']}" for h in outcome.history]}

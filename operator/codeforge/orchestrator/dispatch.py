@@ -1,0 +1,197 @@
+"""Run one part of a step: a task in the pool's queue, awaited without polling, retried per the step's policy.
+
+Task ids are deterministic: `{workflow}/{step}/v{visit}/p{index}/a{attempt}`. Enqueue is idempotent on the id,
+so a node that LangGraph re-executes after a crash finds the task it dispatched before (queued, running or
+finished) and waits for that one instead of creating a twin: the in-flight step is re-attached, not re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from codeforge.api.task import Priority, Task, TaskOutcome, TaskState
+from codeforge.api.workflow import Step
+from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
+from codeforge.orchestrator.joins import FAILED, SUCCEEDED
+from codeforge.queue import TaskNotFoundError, TaskQueue
+
+#: Deliveries the queue makes of one attempt's task when an agent dies or reports a retryable error; the
+#: step's `retries` policy then decides on a fresh attempt (new task id) after its backoff.
+DELIVERIES_PER_ATTEMPT: Final = 3
+CANCELLED = "cancelled"
+
+
+def task_id(workflow: str, step: str, visit: int, index: int, attempt: int) -> str:
+    return f"{workflow}/{step}/v{visit}/p{index}/a{attempt}"
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
+@dataclass
+class RunContext:
+    """Per-run, in-process coordination that is not part of the checkpointed state."""
+
+    workflow: str
+    priority: Priority
+    emit: EventSink
+    in_flight: asyncio.Semaphore
+    deadline: float | None  # Unix time the whole workflow must end by
+    running: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))  # cleared while suspended
+    #: "step#visit" -> set once a part succeeded, so firstSuccess can cancel the other parts
+    winners: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: task id -> pool of every task dispatched and not yet finished, to cancel them on timeout or cancel
+    outstanding: dict[str, str] = field(default_factory=dict)
+
+    def winner(self, key: str) -> asyncio.Event:
+        return self.winners.setdefault(key, asyncio.Event())
+
+
+@dataclass(frozen=True, slots=True)
+class PartRequest:
+    step: Step
+    visit: int
+    index: int
+    payload: Any
+    first_success: bool
+
+
+@dataclass
+class StepDispatcher:
+    """Runs the parts of one workflow run; LangGraph hands it to the nodes as the runtime context."""
+
+    queue: TaskQueue
+    ctx: RunContext
+
+    async def run_part(self, req: PartRequest) -> dict[str, Any]:
+        """Dispatch and await one part, with retries; returns its outcome record for the join."""
+        step, started = req.step, time.time()
+        last: dict[str, Any] = {}
+        for attempt in range(step.retries.max + 1):
+            tid = task_id(self.ctx.workflow, step.name, req.visit, req.index, attempt)
+            if attempt and await self.queue.get(step.pool, tid) is None:
+                await asyncio.sleep(step.retries.delay(attempt))  # skipped when resuming an existing retry
+            outcome = await self._attempt(req, tid, attempt)
+            last = {
+                "index": req.index,
+                "attempts": attempt + 1,
+                "task_id": tid,
+                "started": started,
+                **outcome,
+            }
+            last["finished"] = time.time()
+            if outcome["status"] in (SUCCEEDED, CANCELLED):
+                return last
+            self.ctx.emit(
+                ProgressEvent(
+                    EventKind.ATTEMPT_FAILED,
+                    self.ctx.workflow,
+                    step.name,
+                    req.index,
+                    attempt,
+                    tid,
+                    FAILED,
+                    outcome.get("error") or "",
+                    time.time() - started,
+                )
+            )
+            if outcome.get("final"):
+                break
+        last.pop("final", None)
+        return last
+
+    async def _attempt(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any]:
+        step = req.step
+        await self.ctx.running.wait()  # suspended workflows dispatch nothing new
+        timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
+        async with self.ctx.in_flight:
+            try:
+                task = Task(
+                    id=tid,
+                    pool=step.pool,
+                    workflow=self.ctx.workflow,
+                    step=step.name,
+                    priority=step.priority or self.ctx.priority,
+                    payload=req.payload,
+                    max_attempts=DELIVERIES_PER_ATTEMPT,
+                    deadline=self._task_deadline(step),
+                )
+            except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
+                message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+                hint = " (narrow what the task receives with the step's `input` expression)"
+                return {"status": FAILED, "error": f"cannot build the task: {message}{hint}", "final": True}
+            self.ctx.outstanding[tid] = step.pool
+            created = await self.queue.enqueue(task)
+            self.ctx.emit(
+                ProgressEvent(
+                    EventKind.TASK_DISPATCHED,
+                    self.ctx.workflow,
+                    step.name,
+                    req.index,
+                    attempt,
+                    tid,
+                    "queued" if created else "reattached",
+                )
+            )
+            # Not in a `finally`: when the run is cancelled mid-wait the task stays listed, so the runner
+            # can cancel it in the queue.
+            try:
+                outcome = await self._wait(req, tid, timeout)
+            except TimeoutError:
+                await self.queue.cancel(step.pool, tid, "timed out")
+                self.ctx.outstanding.pop(tid, None)
+                return {"status": FAILED, "error": f"step {step.name!r} timed out after {timeout:.3g}s"}
+            except TaskNotFoundError:
+                self.ctx.outstanding.pop(tid, None)
+                return {
+                    "status": FAILED,
+                    "error": f"task {tid} vanished from pool {step.pool!r}",
+                    "final": True,
+                }
+            self.ctx.outstanding.pop(tid, None)
+        if outcome is None:
+            return {"status": CANCELLED, "error": "another part succeeded first"}
+        if outcome.state is TaskState.SUCCEEDED:
+            if req.first_success:
+                self.ctx.winner(f"{step.name}#{req.visit}").set()
+            return {"status": SUCCEEDED, "result": outcome.result}
+        error = outcome.error or outcome.state.value
+        if outcome.state is TaskState.CANCELLED:
+            return {"status": FAILED, "error": f"task cancelled: {error}", "final": True}
+        return {"status": FAILED, "error": error}
+
+    def _task_deadline(self, step: Step) -> float | None:
+        """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""
+        ends = [self.ctx.deadline] if self.ctx.deadline is not None else []
+        if step.timeout_seconds is not None:
+            ends.append(time.time() + step.timeout_seconds)
+        return min(ends, default=None)
+
+    async def _wait(self, req: PartRequest, tid: str, timeout: float | None) -> TaskOutcome | None:
+        """The task's outcome, or None when a sibling won a firstSuccess race (the task is then cancelled)."""
+        if not req.first_success:
+            return await self.queue.wait_result(req.step.pool, tid, timeout)
+        waiter = asyncio.ensure_future(self.queue.wait_result(req.step.pool, tid, timeout))
+        won = asyncio.ensure_future(self.ctx.winner(f"{req.step.name}#{req.visit}").wait())
+        try:
+            await asyncio.wait({waiter, won}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+        finally:
+            won.cancel()
+        if waiter.done():
+            return waiter.result()
+        waiter.cancel()
+        await self.queue.cancel(req.step.pool, tid, "another part succeeded first")
+        outcome = await self.queue.get(req.step.pool, tid)
+        if outcome is not None and outcome.state is TaskState.SUCCEEDED:
+            return outcome  # finished in the same instant: keep its result
+        return None

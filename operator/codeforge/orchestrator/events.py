@@ -1,0 +1,46 @@
+"""Progress events of a workflow run: what the CLI's live view and the operator's status consume."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class EventKind(enum.StrEnum):
+    WORKFLOW_STARTED = "workflow_started"
+    WORKFLOW_RESUMED = "workflow_resumed"  # restarted from a checkpoint
+    STEP_STARTED = "step_started"  # the step's task(s) are about to be dispatched
+    TASK_DISPATCHED = "task_dispatched"  # one task (fan-out part, attempt) is queued or re-attached
+    ATTEMPT_FAILED = "attempt_failed"  # a task ended without success; a retry may follow
+    STEP_FINISHED = "step_finished"  # the join is done: status succeeded or failed
+    WORKFLOW_FINISHED = "workflow_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    kind: EventKind
+    workflow: str
+    step: str = ""
+    index: int | None = None
+    attempt: int | None = None
+    task_id: str = ""
+    status: str = ""  # succeeded | failed | cancelled | reattached | queued
+    message: str = ""
+    duration: float | None = None  # seconds, on *_finished and attempt_failed
+    parts: int | None = None  # fan-out width, on step_started
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+EventSink = Callable[[ProgressEvent], None]
+
+
+def ignore_events(_: ProgressEvent) -> None:
+    return None

@@ -1,0 +1,204 @@
+"""Run a Workflow: compile its graph, start or resume it from its checkpoint (thread id = workflow id)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from asyncio import FIRST_COMPLETED
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph.state import CompiledStateGraph
+
+from codeforge.api.workflow import WorkflowSpec
+from codeforge.orchestrator.compiler import GraphCompiler
+from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
+from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
+from codeforge.orchestrator.state import RunState
+from codeforge.queue import TaskQueue
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+GRAPH_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class WorkflowOutcome:
+    workflow: str
+    status: str  # succeeded | failed | cancelled
+    results: dict[str, Any]
+    error: str | None
+    history: list[dict[str, Any]]
+    duration: float
+    resumed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow,
+            "status": self.status,
+            "error": self.error,
+            "results": self.results,
+            "history": self.history,
+            "duration": round(self.duration, 6),
+            "resumed": self.resumed,
+        }
+
+
+@dataclass
+class RunControl:
+    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel."""
+
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.running.set()
+
+    def suspend(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the run and cancel its outstanding tasks; `run()` returns status "cancelled"."""
+        self.reason = reason
+        self.cancelled.set()
+
+
+class WorkflowRunner:
+    """Runs workflows on a task queue, durable through a LangGraph checkpointer.
+
+    `run()` is idempotent on the workflow id: it starts a new run, resumes an interrupted one from its last
+    checkpoint (completed steps are not run again; in-flight tasks are re-attached by their ids), or returns
+    the outcome of a finished one.
+    """
+
+    def __init__(self, queue: TaskQueue, checkpointer: BaseCheckpointSaver[Any] | None = None) -> None:
+        self.queue = queue
+        self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
+        #: compiled graphs by spec: compiling costs more than running a step, and a graph is spec-only
+        self._graphs: OrderedDict[str, CompiledStateGraph[RunState, StepDispatcher]] = OrderedDict()
+
+    def graph(self, spec: WorkflowSpec) -> CompiledStateGraph[RunState, StepDispatcher]:
+        key = spec.model_dump_json()
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = GraphCompiler(spec).build().compile(checkpointer=self.checkpointer)
+            self._graphs[key] = graph
+            if len(self._graphs) > GRAPH_CACHE_SIZE:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        return graph
+
+    async def run(
+        self,
+        workflow_id: str,
+        spec: WorkflowSpec,
+        *,
+        emit: EventSink = ignore_events,
+        control: RunControl | None = None,
+    ) -> WorkflowOutcome:
+        control = control or RunControl()
+        if spec.suspend:
+            control.suspend()
+        config: RunnableConfig = {
+            "configurable": {"thread_id": workflow_id},
+            # a superstep per part batch and per join, plus begin: bounded by maxStepRuns
+            "recursion_limit": 2 * spec.max_step_runs + 10,
+        }
+        ctx = RunContext(
+            workflow=workflow_id,
+            priority=spec.priority,
+            emit=emit,
+            in_flight=asyncio.Semaphore(spec.max_tasks_in_flight),
+            deadline=None,
+            running=control.running,
+        )
+        dispatcher = StepDispatcher(self.queue, ctx)
+        graph = self.graph(spec)
+        snapshot = await graph.aget_state(config)
+        values: dict[str, Any] = dict(snapshot.values or {})
+        started_at = float(values.get("started_at") or time.time())
+        if values and not snapshot.next:
+            return self._outcome(workflow_id, values, started_at, resumed=True)  # finished before
+        resumed = bool(values)
+        graph_input: RunState | None = None if resumed else {"input": spec.input, "started_at": started_at}
+        if spec.timeout_seconds is not None:
+            ctx.deadline = started_at + spec.timeout_seconds
+        emit(
+            ProgressEvent(EventKind.WORKFLOW_RESUMED if resumed else EventKind.WORKFLOW_STARTED, workflow_id)
+        )
+        job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
+        stop = asyncio.ensure_future(control.cancelled.wait())
+        try:
+            await asyncio.wait(
+                {job, stop}, timeout=self._seconds_left(ctx.deadline), return_when=FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            if not job.done():
+                # Timeout, cancel(), or this coroutine cancelled (shutdown): stop the graph. Its queued tasks
+                # are cancelled only on timeout and cancel(); after a shutdown a restart re-attaches them.
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        cancelled = job.cancelled() and control.cancelled.is_set()
+        if job.cancelled():
+            await self._cancel_outstanding(ctx)
+            values = dict((await graph.aget_state(config)).values or {})
+            values["error"] = (
+                f"cancelled: {control.reason}"
+                if cancelled
+                else f"workflow timed out after {spec.timeout_seconds:g}s (spec.timeoutSeconds)"
+            )
+        else:
+            values = job.result()  # a queue or checkpoint error propagates; the run can resume later
+        outcome = self._outcome(workflow_id, values, started_at, resumed=resumed, cancelled=cancelled)
+        emit(
+            ProgressEvent(
+                EventKind.WORKFLOW_FINISHED,
+                workflow_id,
+                status=outcome.status,
+                message=outcome.error or "",
+                duration=outcome.duration,
+            )
+        )
+        return outcome
+
+    async def forget(self, workflow_id: str) -> None:
+        """Delete a run's checkpoints (the Workflow was deleted)."""
+        await self.checkpointer.adelete_thread(workflow_id)
+
+    async def _cancel_outstanding(self, ctx: RunContext) -> None:
+        for tid, pool in list(ctx.outstanding.items()):
+            with contextlib.suppress(Exception):  # best effort: the task may have just finished
+                await self.queue.cancel(pool, tid, "workflow ended")
+        ctx.outstanding.clear()
+
+    @staticmethod
+    def _seconds_left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - time.time(), 0.0)
+
+    @staticmethod
+    def _outcome(
+        workflow_id: str, values: dict[str, Any], started_at: float, *, resumed: bool, cancelled: bool = False
+    ) -> WorkflowOutcome:
+        error = values.get("error")
+        return WorkflowOutcome(
+            workflow=workflow_id,
+            status=CANCELLED if cancelled else FAILED if error else SUCCEEDED,
+            results=dict(values.get("results") or {}),
+            error=error,
+            history=list(values.get("history") or []),
+            duration=time.time() - started_at,
+            resumed=resumed,
+        )

@@ -1,0 +1,45 @@
+"""The LangGraph state of a workflow run, and the reducers that merge what parallel nodes write."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+
+def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Later writes win per key (results of a step revisited in a loop replace the earlier ones)."""
+    return {**(left or {}), **(right or {})}
+
+
+def merge_parts(
+    left: dict[str, dict[str, Any]] | None, right: dict[str, dict[str, Any] | None] | None
+) -> dict[str, dict[str, Any]]:
+    """Fan-in: parts of one step visit ("step#visit") arrive from parallel Send tasks; keep all of them.
+    The join writes None for its visit once the parts are merged into `results`, so they do not pile up."""
+    merged = dict(left or {})
+    for key, parts in (right or {}).items():
+        if parts is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = {**merged.get(key, {}), **parts}
+    return merged
+
+
+class RunState(TypedDict, total=False):
+    input: Any  # the workflow's spec.input
+    results: Annotated[dict[str, Any], merge_dicts]  # step name -> joined result of its latest visit
+    parts: Annotated[dict[str, dict[str, Any]], merge_parts]  # "step#visit" -> {index: part outcome}
+    visits: Annotated[dict[str, int], merge_dicts]  # step name -> visits so far
+    history: Annotated[list[dict[str, Any]], operator.add]  # one record per finished step visit
+    route: dict[str, Any]  # the join's routing decision: {"to": step or END, "visit": n}
+    error: str | None  # set when the workflow failed
+    started_at: float  # Unix time the run began; the workflow timeout counts from it across restarts
+
+
+def public_state(state: RunState) -> dict[str, Any]:
+    """What CEL sees as `state` and a task receives by default."""
+    return {"input": state.get("input"), "results": state.get("results", {})}
+
+
+def parts_key(step: str, visit: int) -> str:
+    return f"{step}#{visit}"

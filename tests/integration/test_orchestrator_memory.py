@@ -1,0 +1,302 @@
+"""Workflows end to end on the memory queue with real in-process agents (codeforge_agent, python handler):
+each routing branch, each join policy, retries, timeouts, failure routing, loops and progress events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import yaml
+
+from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
+from codeforge.embedded.agents import InProcessAgents
+from codeforge.embedded.manifest import PoolSpec
+from codeforge.orchestrator import EventKind, ProgressEvent, RunControl, WorkflowOutcome, WorkflowRunner
+from codeforge.queue import TaskQueue, open_queue
+
+FUNCS = "support.workflow_agents"
+
+
+def py(pool: str, fn: str) -> PoolSpec:
+    return PoolSpec(pool, "python", {"pythonFunction": f"{FUNCS}:{fn}"}, concurrency=8)
+
+
+POOLS = [
+    py("classify", "classify"),
+    py("tag", "tag"),
+    py("flaky", "flaky"),
+    py("broken", "always_fail"),
+    py("vote", "vote"),
+    py("race", "race"),
+    py("slow", "slow"),
+    py("counter", "counter"),
+]
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[TaskQueue]:
+    q = await open_queue("memory://")
+    async with InProcessAgents(q, POOLS):
+        yield q
+    await q.close()
+
+
+def spec(text: str) -> WorkflowSpec:
+    return parse_workflow_spec(yaml.safe_load(text))
+
+
+async def run(queue: TaskQueue, text: str, events: list[ProgressEvent] | None = None) -> WorkflowOutcome:
+    sink = events.append if events is not None else (lambda _: None)
+    return await WorkflowRunner(queue).run("wf-test", spec(text), emit=sink)
+
+
+ROUTING = """
+input: {kind: %s}
+steps:
+  - {name: assign, pool: classify}
+  - {name: research, pool: tag}
+  - {name: debate, pool: tag}
+  - {name: implement, pool: tag}
+edges:
+  - {from: assign, to: research, when: 'result.type == "research_needed"'}
+  - {from: assign, to: debate, when: 'result.type == "debate_needed"'}
+  - {from: assign, to: implement}
+  - {from: research, to: implement}
+  - {from: debate, to: implement}
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("research_needed", ["assign", "research", "implement"]),
+        ("debate_needed", ["assign", "debate", "implement"]),
+        ("direct", ["assign", "implement"]),
+    ],
+)
+async def test_conditional_routing_takes_each_branch(queue: TaskQueue, kind: str, path: list[str]) -> None:
+    outcome = await run(queue, ROUTING % kind)
+    assert outcome.status == "succeeded", outcome.error
+    assert [h["step"] for h in outcome.history] == path
+    assert outcome.results["implement"]["step"] == "implement"
+
+
+async def test_join_all_keeps_results_in_index_order(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        input: {files: [a.py, b.py, c.py, d.py]}
+        steps: [{name: each, pool: tag, forEach: state.input.files, input: 'item + "!"'}]
+        """,
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert [r["item"] for r in outcome.results["each"]] == ["a.py", "b.py", "c.py", "d.py"]
+    assert [r["input"] for r in outcome.results["each"]] == ["a.py!", "b.py!", "c.py!", "d.py!"]
+
+
+async def test_for_each_over_an_empty_list_gives_an_empty_result(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue, "input: {files: []}\nsteps: [{name: each, pool: tag, forEach: state.input.files}]"
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["each"] == []
+
+
+async def test_join_majority_picks_the_choice_of_most_parts(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        steps:
+          - {name: debate, pool: vote, parallel: 3, join: majority, params: {votes: [rewrite, patch, patch]}}
+          - {name: patch, pool: tag}
+          - {name: rewrite, pool: tag}
+        edges:
+          - {from: debate, to: patch, when: 'result.choice == "patch"'}
+          - {from: debate, to: rewrite, when: 'result.choice == "rewrite"'}
+        """,
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["debate"]["choice"] == "patch"
+    assert outcome.results["debate"]["votes"] == {"patch": 2, "rewrite": 1}
+    assert [h["step"] for h in outcome.history] == ["debate", "patch"]
+
+
+async def test_join_majority_fails_without_a_majority(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        "steps: [{name: debate, pool: vote, parallel: 3, join: majority, params: {votes: [a, b, c]}}]",
+    )
+    assert outcome.status == "failed"
+    assert "no majority among 3 parts" in (outcome.error or "")
+
+
+async def test_join_first_success_takes_the_fastest_and_cancels_the_rest(queue: TaskQueue) -> None:
+    events: list[ProgressEvent] = []
+    outcome = await run(
+        queue,
+        "steps: [{name: race, pool: race, parallel: 3, join: firstSuccess, params: {delays: [3, 0.05, 3]}}]",
+        events,
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["race"] == {"winner": 1}
+    assert outcome.duration < 2.5  # did not wait for the slow parts
+    for index in (0, 2):
+        record = await queue.get("race", f"wf-test/race/v1/p{index}/a0")
+        assert record is not None
+        assert record.state.value == "cancelled"
+
+
+async def test_retry_then_success(queue: TaskQueue) -> None:
+    events: list[ProgressEvent] = []
+    outcome = await run(
+        queue, "steps: [{name: work, pool: flaky, retries: {max: 2, backoffSeconds: 0.01}}]", events
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["work"]["task"] == "wf-test/work/v1/p0/a1"
+    assert outcome.history[0]["attempts"] == 2
+    failed = [e for e in events if e.kind is EventKind.ATTEMPT_FAILED]
+    assert [(e.attempt, e.message) for e in failed] == [(0, "flaky: first attempt fails")]
+
+
+async def test_a_failed_step_fails_the_workflow_with_its_message(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        steps: [{name: a, pool: broken, params: {why: disk full}}, {name: b, pool: tag}]
+        edges: [{from: a, to: b}]
+        """,
+    )
+    assert outcome.status == "failed"
+    assert outcome.error == "step 'a' failed: always_fail: disk full"
+    assert [h["step"] for h in outcome.history] == ["a"]
+
+
+async def test_an_edge_can_route_a_failure(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        steps: [{name: a, pool: broken}, {name: recover, pool: tag}, {name: b, pool: tag}]
+        edges:
+          - {from: a, to: recover, when: 'step.status == "failed"'}
+          - {from: a, to: b}
+        """,
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert [h["step"] for h in outcome.history] == ["a", "recover"]
+
+
+async def test_step_timeout_fails_the_attempt_and_cancels_its_task(queue: TaskQueue) -> None:
+    outcome = await run(queue, "steps: [{name: s, pool: slow, timeoutSeconds: 0.3, params: {seconds: 5}}]")
+    assert outcome.status == "failed"
+    assert "timed out after 0.3s" in (outcome.error or "")
+    assert outcome.duration < 3
+    record = await queue.get("slow", "wf-test/s/v1/p0/a0")
+    assert record is not None
+    assert record.state.value == "cancelled"
+
+
+async def test_workflow_timeout(queue: TaskQueue) -> None:
+    outcome = await run(queue, "timeoutSeconds: 0.4\nsteps: [{name: s, pool: slow, params: {seconds: 5}}]")
+    assert outcome.status == "failed"
+    assert outcome.error == "workflow timed out after 0.4s (spec.timeoutSeconds)"
+    assert outcome.duration < 3
+
+
+async def test_a_loop_runs_until_its_condition_fails(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        steps: [{name: loop, pool: counter}]
+        edges: [{from: loop, to: loop, when: 'result.n < 3'}]
+        """,
+    )
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["loop"] == {"n": 3}
+    assert [h["visit"] for h in outcome.history] == [1, 2, 3]
+
+
+async def test_max_step_runs_bounds_a_loop(queue: TaskQueue) -> None:
+    outcome = await run(
+        queue,
+        """
+        maxStepRuns: 4
+        steps: [{name: loop, pool: counter}]
+        edges: [{from: loop, to: loop, when: 'result.n < 100'}]
+        """,
+    )
+    assert outcome.status == "failed"
+    assert "spec.maxStepRuns" in (outcome.error or "")
+    assert len(outcome.history) == 4
+
+
+async def test_progress_events_describe_the_run(queue: TaskQueue) -> None:
+    events: list[ProgressEvent] = []
+    outcome = await run(queue, ROUTING % "direct", events)
+    assert outcome.status == "succeeded"
+    kinds = [(e.kind.value, e.step) for e in events if e.kind is not EventKind.TASK_DISPATCHED]
+    assert kinds == [
+        ("workflow_started", ""),
+        ("step_started", "assign"),
+        ("step_finished", "assign"),
+        ("step_started", "implement"),
+        ("step_finished", "implement"),
+        ("workflow_finished", ""),
+    ]
+    finished = [e for e in events if e.kind is EventKind.STEP_FINISHED]
+    assert all(e.status == "succeeded" and e.duration is not None and e.duration >= 0 for e in finished)
+
+
+async def test_running_a_finished_workflow_again_returns_its_outcome(queue: TaskQueue) -> None:
+    runner = WorkflowRunner(queue)
+    text = ROUTING % "direct"
+    first = await runner.run("wf-again", spec(text))
+    events: list[ProgressEvent] = []
+    second = await runner.run("wf-again", spec(text), emit=events.append)
+    assert second.results == first.results
+    assert second.resumed
+    assert not [e for e in events if e.kind is EventKind.TASK_DISPATCHED]
+
+
+async def test_a_suspended_workflow_dispatches_nothing_until_resumed(queue: TaskQueue) -> None:
+    control = RunControl()
+    job = asyncio.create_task(
+        WorkflowRunner(queue).run(
+            "wf-s", spec("suspend: true\nsteps: [{name: a, pool: tag}]"), control=control
+        )
+    )
+    await asyncio.sleep(0.3)
+    assert await queue.get("tag", "wf-s/a/v1/p0/a0") is None
+    assert not job.done()
+    control.resume()
+    outcome = await asyncio.wait_for(job, 10)
+    assert outcome.status == "succeeded", outcome.error
+
+
+async def test_an_oversized_payload_fails_the_step_with_a_hint(queue: TaskQueue) -> None:
+    outcome = await run(queue, "input: {blob: %s}\nsteps: [{name: a, pool: tag}]" % ("x" * 600_000))
+    assert outcome.status == "failed"
+    assert "over the 524288-byte limit" in (outcome.error or "")
+    assert "`input` expression" in (outcome.error or "")
+
+
+async def test_cancel_stops_the_run_and_its_tasks(queue: TaskQueue) -> None:
+    control = RunControl()
+    runner = WorkflowRunner(queue)
+    job = asyncio.create_task(
+        runner.run("wf-c", spec("steps: [{name: s, pool: slow, params: {seconds: 5}}]"), control=control)
+    )
+    for _ in range(100):
+        record = await queue.get("slow", "wf-c/s/v1/p0/a0")
+        if record is not None and record.state.value == "running":
+            break
+        await asyncio.sleep(0.02)
+    control.cancel("the Workflow was deleted")
+    outcome = await asyncio.wait_for(job, 5)
+    assert outcome.status == "cancelled"
+    assert outcome.error == "cancelled: the Workflow was deleted"
+    record = await queue.get("slow", "wf-c/s/v1/p0/a0")
+    assert record is not None
+    assert record.state.value == "cancelled"
+    await runner.forget("wf-c")
+    assert await runner.checkpointer.aget_tuple({"configurable": {"thread_id": "wf-c"}}) is None
