@@ -172,7 +172,11 @@ class AutoscalingMode(enum.StrEnum):
 class Autoscaling(CamelModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
-            ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+            # has() guards: the API server checks the rule against the bare default `{}` too.
+            (
+                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "minReplicas must not exceed maxReplicas",
+            ),
         )
     )
 

@@ -1,0 +1,141 @@
+{{/* Names, labels and the values every template derives from. */}}
+
+{{- define "codeforge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "codeforge.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "codeforge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object; pass (dict "ctx" $ "component" "operator"). */}}
+{{- define "codeforge.labels" -}}
+helm.sh/chart: {{ include "codeforge.chart" .ctx }}
+{{ include "codeforge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: codeforge
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "codeforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "codeforge.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "codeforge.operator.fullname" -}}
+{{- printf "%s-operator" (include "codeforge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "codeforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "codeforge.operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "codeforge.peeringName" -}}
+{{- default (include "codeforge.fullname" .) .Values.operator.peering.name -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches: the list, or the release namespace in namespaced scope. */}}
+{{- define "codeforge.watchNamespaces" -}}
+{{- if .Values.operator.watchNamespaces -}}
+{{- join "," .Values.operator.watchNamespaces -}}
+{{- else if eq .Values.rbac.scope "namespaced" -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "codeforge.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- Redis */}}
+
+{{- define "codeforge.redis.fullname" -}}
+{{- printf "%s-redis" (include "codeforge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "codeforge.redis.headless" -}}
+{{- printf "%s-redis-headless" (include "codeforge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret holding the Redis password ("" when an external Redis has none). */}}
+{{- define "codeforge.redis.secretName" -}}
+{{- if eq .Values.redis.mode "external" -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- else -}}
+{{- default (include "codeforge.redis.fullname" .) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "codeforge.redis.secretKey" -}}
+{{- if eq .Values.redis.mode "external" -}}
+{{- .Values.redis.external.existingSecretPasswordKey -}}
+{{- else -}}
+{{- .Values.redis.auth.existingSecretPasswordKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The queue URL the operator and the agents get, derived from redis.mode (the password is never in it). */}}
+{{- define "codeforge.queueUrl" -}}
+{{- $host := printf "%s.%s.svc.%s" (include "codeforge.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- if eq .Values.redis.mode "cluster" -}}
+{{- printf "redis+cluster://%s:6379" $host -}}
+{{- else if eq .Values.redis.mode "standalone" -}}
+{{- printf "redis://%s:6379/0" $host -}}
+{{- else -}}
+{{- required "redis.external.url is required when redis.mode is external" .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod and container security: non-root, read-only root filesystem, no capabilities. */}}
+{{- define "codeforge.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "codeforge.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Checks across values that the schema cannot express; rendered (empty) by the operator Deployment. */}}
+{{- define "codeforge.validate" -}}
+{{- if eq .Values.redis.mode "cluster" -}}
+{{- $nodes := int .Values.redis.cluster.nodes -}}
+{{- $per := add1 (int .Values.redis.cluster.replicasPerMaster) -}}
+{{- if or (ne (mod $nodes $per) 0) (lt (div $nodes $per) 3) -}}
+{{- fail (printf "redis.cluster.nodes (%d) must be a multiple of 1 + redis.cluster.replicasPerMaster (%d) with at least 3 masters" $nodes $per) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not .Values.operator.peering.enabled) (gt (int .Values.operator.replicas) 1) -}}
+{{- fail "operator.replicas > 1 needs operator.peering.enabled: without peering every replica would be active" -}}
+{{- end -}}
+{{- end -}}
