@@ -1,0 +1,345 @@
+"""Agent settings from command-line flags and `CODEFORGE_*` environment variables (flags win).
+
+The operator configures agent pods through the environment; people running an agent by hand use flags.
+Every option is declared once in OPTIONS, which builds the argparse parser, reads the environment and
+renders the README's table (`options_table()`; a unit test checks the README lists every variable).
+Bad values raise ConfigError naming the flag, the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from codeforge.api.task import validate_pool_name
+from codeforge.queue.errors import QueueConfigError
+from codeforge.queue.factory import check_url
+
+HANDLER_KINDS = ("echo", "sleep", "fail", "python", "command", "http", "openai")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the flag / variable and how to fix it."""
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Which handler runs the tasks and its settings (only the chosen kind's fields matter)."""
+
+    kind: str = "echo"
+    python_function: str = ""
+    command: tuple[str, ...] = ()
+    command_cwd: str | None = None
+    command_env: Mapping[str, str] = field(default_factory=dict)
+    http_url: str = ""
+    http_headers: Mapping[str, str] = field(default_factory=dict)
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    openai_api_key_file: str | None = None
+    openai_system_prompt: str | None = None
+    openai_temperature: float | None = None
+    openai_max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the claim loop needs. Build it directly for in-process agents, or with `from_sources`."""
+
+    pool: str
+    queue_url: str = "memory://"
+    role: str = ""
+    agent_id: str = ""
+    concurrency: int = 1
+    lease_seconds: float = 30.0
+    task_timeout: float | None = None
+    grace_seconds: float = 25.0
+    claim_wait: float = 1.0
+    reap_interval: float = 1.0
+    state_ttl: float = 15.0
+    handler: HandlerConfig = field(default_factory=HandlerConfig)
+    health_host: str = "0.0.0.0"
+    health_port: int | None = 8080
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        try:
+            validate_pool_name(self.pool)
+        except ValueError as exc:
+            raise ConfigError(f"--pool / CODEFORGE_POOL: {exc}") from None
+        if not self.agent_id:
+            object.__setattr__(self, "agent_id", default_agent_id())
+        if self.concurrency < 1:
+            raise ConfigError(f"--concurrency / CODEFORGE_CONCURRENCY must be >= 1, got {self.concurrency}")
+        for name in ("lease_seconds", "claim_wait", "reap_interval", "state_ttl"):
+            if getattr(self, name) <= 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} / CODEFORGE_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.grace_seconds < 0:
+            raise ConfigError(
+                f"--grace-seconds / CODEFORGE_GRACE_SECONDS must be >= 0, got {self.grace_seconds}"
+            )
+        if self.task_timeout is not None and self.task_timeout <= 0:
+            raise ConfigError(f"--task-timeout / CODEFORGE_TASK_TIMEOUT must be > 0, got {self.task_timeout}")
+        if self.handler.kind not in HANDLER_KINDS:
+            raise ConfigError(
+                f"--handler / CODEFORGE_HANDLER: unknown handler {self.handler.kind!r}: "
+                f"use one of {', '.join(HANDLER_KINDS)}"
+            )
+        if self.handler.kind == "python" and not self.handler.python_function:
+            raise ConfigError(
+                "the python handler needs --python-function / CODEFORGE_PYTHON_FUNCTION "
+                "(e.g. 'my_agents.research:run')"
+            )
+        if self.handler.kind == "command" and not self.handler.command:
+            raise ConfigError(
+                "the command handler needs --command / CODEFORGE_COMMAND (e.g. 'python3 agent.py')"
+            )
+        if self.handler.kind == "http" and not self.handler.http_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "the http handler needs --http-url / CODEFORGE_HTTP_URL, an http(s) URL "
+                f"(got {self.handler.http_url!r})"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"--log-format / CODEFORGE_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
+            )
+        try:
+            check_url(self.queue_url)
+        except QueueConfigError as exc:
+            raise ConfigError(f"--queue-url / CODEFORGE_QUEUE_URL: {exc}") from None
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> AgentConfig:
+        """Flags first, then `CODEFORGE_*` variables, then defaults."""
+        env = os.environ if env is None else env
+        namespace = build_parser().parse_args(argv)
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            raw = getattr(namespace, option.dest)
+            if raw is None:
+                raw = env.get(option.env) or None
+            if raw is None:
+                continue
+            try:
+                values[option.dest] = option.convert(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{option.flag} / {option.env}: {exc}") from None
+        if "pool" not in values:
+            raise ConfigError("no pool: set --pool or CODEFORGE_POOL to the AgentPool whose queue to serve")
+        if "queue_url" not in values:
+            raise ConfigError(
+                "no queue: set --queue-url or CODEFORGE_QUEUE_URL (e.g. redis://redis:6379/0, "
+                "redis+cluster://redis:6379, rediss://redis:6380/0)"
+            )
+        values["queue_url"] = with_ca_file(values["queue_url"], env.get("CODEFORGE_REDIS_CA_FILE"))
+        handler_fields = {f for f in HandlerConfig.__dataclass_fields__}
+        handler = HandlerConfig(**{k: v for k, v in values.items() if k in handler_fields or k == "kind"})
+        rest = {k: v for k, v in values.items() if k not in handler_fields and k != "kind"}
+        return cls(handler=handler, **rest)
+
+
+def default_agent_id() -> str:
+    """Pod name (HOSTNAME in Kubernetes) plus pid, unique even with several agents in one container."""
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
+
+
+def with_ca_file(url: str, ca_file: str | None) -> str:
+    """Add `ssl_ca_certs` from CODEFORGE_REDIS_CA_FILE (the Redis TLS CA) to a rediss:// URL."""
+    if not ca_file:
+        return url
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("rediss"):
+        raise ConfigError(
+            f"CODEFORGE_REDIS_CA_FILE is set but the queue URL scheme is {parts.scheme!r}: "
+            "use rediss:// (or rediss+cluster://) for TLS, or unset CODEFORGE_REDIS_CA_FILE"
+        )
+    if not Path(ca_file).is_file():
+        raise ConfigError(
+            f"CODEFORGE_REDIS_CA_FILE={ca_file!r} is not a readable file: mount the CA certificate"
+        )
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("ssl_ca_certs", ca_file)
+    # safe="/": the queue backend reads query values verbatim (it does not percent-decode them).
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+# ---- value parsers: each raises ValueError with a message that says what is expected ----
+
+
+def whole_number(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number of seconds, got {raw!r}")
+    return value
+
+
+def optional_seconds(raw: str) -> float | None:
+    return None if raw.strip().lower() in ("", "none", "0", "off") else seconds(raw)
+
+
+def health_port(raw: str) -> int | None:
+    """`off` disables the health server; 0 lets the OS pick a free port (logged at start)."""
+    if raw.strip().lower() in ("off", "none", "-1"):
+        return None
+    port = whole_number(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a TCP port 0-65535 or 'off', got {raw!r}")
+    return port
+
+
+def argv_list(raw: str) -> tuple[str, ...]:
+    """A JSON list (`["python3", "agent.py"]`) or a shell-quoted string (`python3 agent.py`)."""
+    text = raw.strip()
+    if text.startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+            raise ValueError("expected a non-empty JSON list of strings")
+        return tuple(value)
+    parts = shlex.split(text)
+    if not parts:
+        raise ValueError("expected a program and its arguments, got nothing")
+    return tuple(parts)
+
+
+def string_map(raw: str) -> dict[str, str]:
+    """A JSON object (`{"A": "1"}`) or comma-separated `KEY=VALUE` pairs."""
+    text = raw.strip()
+    if text.startswith("{"):
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("expected a JSON object of strings")
+        return {str(k): str(v) for k, v in value.items()}
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {item!r}")
+        pairs[key.strip()] = val
+    return pairs
+
+
+def choice(options: Sequence[str]) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return convert
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def log_level(raw: str) -> str:
+    return choice(("debug", "info", "warning", "error"))(raw).upper()
+
+
+def number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    dest: str
+    convert: Callable[[str], Any]
+    help: str
+    default: str = ""
+    #: Public name when it differs from the field (the handler kind is `--handler`, `CODEFORGE_HANDLER`).
+    name: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + (self.name or self.dest).replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "CODEFORGE_" + (self.name or self.dest).upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("pool", text, "AgentPool whose queue this agent serves (e.g. `team-a/research`). Required."),
+    Option("queue_url", text, "Queue URL: `redis://`, `rediss://` (TLS), `redis+cluster://`, `memory://`. "
+           "Required. Password from `CODEFORGE_REDIS_PASSWORD` or `CODEFORGE_REDIS_PASSWORD_FILE`, "
+           "TLS CA from `CODEFORGE_REDIS_CA_FILE`."),
+    Option("role", text, "Role name (research, review, ...), shown in every log line.", ""),
+    Option("agent_id", text, "Consumer name in the queue.", "`$HOSTNAME-<pid>`"),
+    Option("concurrency", whole_number, "Tasks run at once by this agent.", "1"),
+    Option("lease_seconds", seconds, "Heartbeat cadence: each lease is renewed every third of "
+           "min(this, the task's lease_seconds).", "30"),
+    Option("task_timeout", optional_seconds, "Per-task time limit; the task's deadline shortens it. "
+           "`off` = only the deadline.", "off"),
+    Option("grace_seconds", seconds, "On SIGTERM: how long in-flight tasks may finish before they are "
+           "cancelled and handed back for retry. Keep below the pod's terminationGracePeriodSeconds.", "25"),
+    Option("claim_wait", seconds, "Longest blocking claim; bounds how fast a SIGTERM stops claiming.", "1"),
+    Option("reap_interval", seconds, "How often the agent requeues tasks whose lease expired.", "1"),
+    Option("state_ttl", seconds, "TTL of the busy/idle record the agent keeps refreshed in the queue.", "15"),
+    Option("kind", choice(HANDLER_KINDS), "Handler: " + ", ".join(HANDLER_KINDS) + ".", "echo", "handler"),
+    Option("python_function", text,
+           "python handler: `module:function` (sync or async), called with the task."),
+    Option("command", argv_list, "command handler: program and arguments, shell-quoted or a JSON list."),
+    Option("command_cwd", text, "command handler: working directory.", "the agent's"),
+    Option("command_env", string_map, "command handler: extra environment, `A=1,B=2` or a JSON object."),
+    Option("http_url", text, "http handler: URL the task JSON is POSTed to."),
+    Option("http_headers", string_map, "http handler: extra request headers, `K=V,...` or a JSON object."),
+    Option("openai_base_url", text, "openai handler: base URL of an OpenAI-compatible API.",
+           "`https://api.openai.com/v1`"),
+    Option("openai_model", text, "openai handler: model name.", "`gpt-4o-mini`"),
+    Option("openai_api_key_file", text, "openai handler: file holding the API key (a mounted Secret); "
+           "or set `CODEFORGE_OPENAI_API_KEY` (no flag, so the key never shows in `ps`)."),
+    Option("openai_system_prompt", text, "openai handler: system message put before the task's messages."),
+    Option("openai_temperature", number, "openai handler: sampling temperature.", "the API's"),
+    Option("openai_max_tokens", whole_number, "openai handler: completion token limit.", "the API's"),
+    Option("health_host", text, "Address of the /healthz, /readyz, /metrics server.", "`0.0.0.0`"),
+    Option("health_port", health_port, "Port of that server; 0 = any free port, `off` = no server.", "8080"),
+    Option("log_format", choice(LOG_FORMATS), "`text` or `json` (one JSON object per line).", "text"),
+    Option("log_level", log_level, "debug, info, warning or error.", "info"),
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codeforge-agent",
+        description="Serve one AgentPool's task queue: claim tasks, run the handler, report results. "
+        "Every flag can also be set by the CODEFORGE_* variable named in its help.",
+    )
+    for option in OPTIONS:
+        default = f" Default: {option.default}." if option.default else ""
+        parser.add_argument(
+            option.flag, dest=option.dest, default=None, help=f"{option.help}{default} [{option.env}]"
+        )
+    return parser
+
+
+def options_table() -> str:
+    """The README's configuration table."""
+    rows = ["| Flag | Environment | Meaning | Default |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        rows.append(f"| `{option.flag}` | `{option.env}` | {option.help} | {option.default} |")
+    return "\n".join(rows)

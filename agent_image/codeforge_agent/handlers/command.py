@@ -1,0 +1,121 @@
+"""The `command` handler: run a program per task, task JSON on stdin, result JSON from stdout.
+
+- exit 0: stdout is the result (empty stdout means `null`); stdout that is not JSON fails the task;
+- non-zero exit or death by signal: the task fails (retryable) with the tail of stderr;
+- the program runs in its own process group, so on timeout, cancellation or agent shutdown the whole
+  group (the program and anything it spawned) is killed, not just the direct child.
+
+The program's environment is the agent's (minus the Redis and API-key secrets) plus the configured extra
+variables and `CODEFORGE_TASK_ID`, `CODEFORGE_TASK_POOL`, `CODEFORGE_TASK_ATTEMPT`,
+`CODEFORGE_TASK_WORKFLOW`, `CODEFORGE_TASK_STEP`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from codeforge.api.task import Task
+from codeforge_agent.handlers.base import HandlerError, TaskContext, ensure_json, tail, task_json
+
+#: Secrets the agent itself needs but a user program must not inherit.
+SECRET_ENV = frozenset(
+    {
+        "CODEFORGE_REDIS_PASSWORD",
+        "CODEFORGE_REDIS_PASSWORD_FILE",
+        "CODEFORGE_QUEUE_URL",
+        "CODEFORGE_OPENAI_API_KEY",
+        "CODEFORGE_OPENAI_API_KEY_FILE",
+    }
+)
+
+
+def kill_group(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group the program leads (it was started in a new session)."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class CommandHandler:
+    kind = "command"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if not argv:
+            raise ValueError("command handler needs a program: set --command / CODEFORGE_COMMAND")
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.extra_env = dict(env or {})
+
+    def _environment(self, task: Task, context: TaskContext) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env.update(self.extra_env)
+        env.update(
+            CODEFORGE_TASK_ID=task.id,
+            CODEFORGE_TASK_POOL=task.pool,
+            CODEFORGE_TASK_ATTEMPT=str(context.attempt),
+            CODEFORGE_TASK_WORKFLOW=task.workflow,
+            CODEFORGE_TASK_STEP=task.step,
+        )
+        return env
+
+    async def __call__(self, task: Task, context: TaskContext) -> Any:
+        stdin = json.dumps(task_json(task)).encode()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self._environment(task, context),
+                start_new_session=True,  # own process group: a timeout kills its children too
+            )
+        except OSError as exc:
+            raise HandlerError(
+                f"command handler: cannot start {self.argv[0]!r}: {exc.strerror or exc} "
+                "(check --command / CODEFORGE_COMMAND and --command-cwd)",
+                retryable=False,
+            ) from None
+        try:
+            stdout, stderr = await process.communicate(stdin)
+        finally:
+            # Timeout or shutdown cancels us mid-communicate: take the whole group down with us.
+            kill_group(process)
+        if process.returncode != 0:
+            code = process.returncode
+            how = (
+                f"was killed by signal {-code}"
+                if code is not None and code < 0
+                else f"exited with code {code}"
+            )
+            err = tail(stderr) or "(no stderr)"
+            raise HandlerError(f"command {self.argv[0]!r} {how}; stderr: {err}")
+        text = stdout.decode("utf-8", errors="replace").strip()
+        if not text:
+            return None
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HandlerError(
+                f"command {self.argv[0]!r} printed output that is not JSON ({exc.msg} at line {exc.lineno}); "
+                f"stdout starts: {text[:200]!r}; stderr: {tail(stderr, 500) or '(none)'} "
+                "(print only the result JSON to stdout and send logs to stderr)",
+                retryable=False,
+            ) from None
+        return ensure_json(result, f"command {self.argv[0]!r}")
+
+    async def aclose(self) -> None:
+        return None

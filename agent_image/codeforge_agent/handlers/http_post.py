@@ -1,0 +1,101 @@
+"""The `http` handler: POST the task JSON to a URL and take the JSON response as the result.
+
+For agents that are microservices. 2xx with a JSON body succeeds; 408, 429 and 5xx are retryable
+(honouring Retry-After); other 4xx fail the task permanently with the response body's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from codeforge.api.task import Task
+from codeforge_agent.handlers.base import HandlerError, TaskContext, ensure_json, tail, task_json
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+def retry_after(headers: Mapping[str, str]) -> float:
+    """Seconds from a Retry-After header (delta-seconds form only), else 0."""
+    try:
+        return max(0.0, float(headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
+
+
+class SessionOwner:
+    """Lazily opens one aiohttp session (it must be created inside the running event loop)."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def post_json(
+    owner: SessionOwner,
+    url: str,
+    body: Any,
+    *,
+    headers: Mapping[str, str],
+    timeout: float | None,
+    who: str,
+) -> Any:
+    """POST JSON, return the decoded JSON response or raise HandlerError saying what went wrong."""
+    try:
+        async with owner.session().post(
+            url, json=body, headers=dict(headers), timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            text = await response.text(errors="replace")
+            if response.status >= 300:
+                retryable = response.status >= 500 or response.status in RETRYABLE_STATUS
+                raise HandlerError(
+                    f"{who}: {url} answered HTTP {response.status} {response.reason}: {tail(text, 1000)}",
+                    retryable=retryable,
+                    retry_delay=retry_after(response.headers),
+                )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # TimeoutError here is aiohttp's own; the loop's task timeout is a cancellation, not caught here.
+        reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+        raise HandlerError(f"{who}: request to {url} failed: {reason}") from None
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        raise HandlerError(
+            f"{who}: {url} answered HTTP {response.status} with a body that is not JSON: {text[:200]!r}",
+            retryable=False,
+        ) from None
+
+
+class HttpHandler(SessionOwner):
+    kind = "http"
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"http handler: --http-url / CODEFORGE_HTTP_URL must be an http(s) URL, got {url!r}"
+            )
+        self.url = url
+        self.headers = dict(headers or {})
+
+    async def __call__(self, task: Task, context: TaskContext) -> Any:
+        headers = {
+            "X-CodeForge-Task-Id": task.id,
+            "X-CodeForge-Attempt": str(context.attempt),
+            **self.headers,
+        }
+        result = await post_json(
+            self, self.url, task_json(task), headers=headers, timeout=context.timeout, who="http handler"
+        )
+        return ensure_json(result, f"http handler ({self.url})")

@@ -1,0 +1,104 @@
+"""The agent reaches a password-protected TLS Redis with the password and CA from mounted files."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codeforge.api.task import Task, TaskState
+from codeforge.queue import open_queue
+from codeforge.queue.local_server import LocalRedis
+from support.agent_procs import agent_env, running_agents, start_agent
+
+pytestmark = pytest.mark.redis
+PASSWORD = "s3cret-agent-pass"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(server cert, server key, CA cert) for 127.0.0.1."""
+    d = tmp_path_factory.mktemp("agent-tls")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
+        cwd=d,
+    )  # fmt: skip
+    return d / "server.crt", d / "server.key", d / "ca.crt"
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tls_files: tuple[Path, Path, Path]) -> Iterator[LocalRedis]:
+    server = LocalRedis(tls=tls_files, password=PASSWORD).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secret_dir(tmp_path: Path) -> Path:
+    (tmp_path / "password").write_text(PASSWORD + "\n")  # Secret files often end with a newline
+    return tmp_path
+
+
+async def test_password_file_and_ca_file_reach_tls_redis(
+    tls_redis: LocalRedis, tls_files: tuple[Path, Path, Path], secret_dir: Path
+) -> None:
+    pool = f"agent-{uuid.uuid4().hex[:8]}"
+    url = f"rediss://127.0.0.1:{tls_redis.port}/0"  # no password in the URL
+    env = agent_env(pool, url)
+    env["CODEFORGE_REDIS_PASSWORD_FILE"] = str(secret_dir / "password")
+    env["CODEFORGE_REDIS_CA_FILE"] = str(tls_files[2])
+    queue = await open_queue(f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0?ssl_ca_certs={tls_files[2]}")
+    try:
+        async with running_agents(env) as [agent]:
+            await queue.enqueue(Task(id="s1", pool=pool, payload={"ok": True}))
+            outcome = await queue.wait_result(pool, "s1", timeout=30)
+            log = agent.log
+    finally:
+        await queue.close()
+    assert outcome.state is TaskState.SUCCEEDED
+    assert PASSWORD not in log
+
+
+async def test_wrong_password_exits_2_with_a_clear_message(
+    tls_redis: LocalRedis, tls_files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "password").write_text("not-the-password")
+    env = agent_env("agent-wrong", f"rediss://127.0.0.1:{tls_redis.port}/0")
+    env["CODEFORGE_REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
+    env["CODEFORGE_REDIS_CA_FILE"] = str(tls_files[2])
+    agent = start_agent(env)
+    try:
+        assert await agent.wait(timeout=60) == 2
+        log = agent.log
+    finally:
+        agent.kill()
+        agent.log_path.unlink()
+    assert "configuration error" in log
+    assert "refused the password" in log
+    assert "Traceback" not in log
+    assert "not-the-password" not in log
