@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -249,3 +250,19 @@ async def test_rediss_to_a_plain_server_is_a_clear_error(
         await open_queue(f"rediss://127.0.0.1:{plain_redis.port}/0?ssl_ca_certs={tls_files[2]}")
     assert time.monotonic() - start < 15
     assert f"127.0.0.1:{plain_redis.port}" in str(info.value)
+
+
+async def test_percent_encoded_password_in_the_url() -> None:
+    """A password with URL-special characters is written percent-encoded and decoded before use."""
+    special = "p@ss:w/rd%#?"
+    server = LocalRedis(password=special).start()
+    try:
+        await open_and_check(f"redis://:{quote(special, safe='')}@127.0.0.1:{server.port}/0")
+    finally:
+        server.stop()
+
+
+async def test_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "ca.pem"
+    with pytest.raises(QueueConfigError, match=r"ssl_ca_certs=.*names no readable file"):
+        await open_queue(f"rediss://127.0.0.1:{free_port()}/0?ssl_ca_certs={quote(str(missing), safe='')}")

@@ -14,11 +14,12 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -67,8 +68,8 @@ def client_options(url: str, password: str | None) -> tuple[list[tuple[str, int]
     username = None
     if userinfo:
         user, _, pw = userinfo.partition(":")
-        username = user or None
-        password = pw or password
+        username = unquote(user) or None
+        password = unquote(pw) or password
     hosts: list[tuple[str, int]] = []
     for item in hostlist.split(","):
         host, _, port = item.rpartition(":") if ":" in item else (item, "", "6379")
@@ -81,13 +82,18 @@ def client_options(url: str, password: str | None) -> tuple[list[tuple[str, int]
         "socket_keepalive": True,
         "health_check_interval": 0,
     }
-    query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
+    query = dict(parse_qsl(parts.query))
     if scheme.startswith("rediss"):
         options["ssl"] = True
         # Verify the server against the system CAs (or ssl_ca_certs) unless the URL opts out explicitly.
         options["ssl_cert_reqs"] = query.get("ssl_cert_reqs", "required")
         for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             if key in query:
+                if not os.path.isfile(query[key]):
+                    raise QueueConfigError(
+                        f"queue URL option {key}={query[key]!r} names no readable file: "
+                        "point it at the mounted certificate (e.g. /etc/codeforge/redis-tls/ca.crt)"
+                    )
                 options[key] = query[key]
     db = parts.path.strip("/")
     if db:
