@@ -37,7 +37,7 @@ def cluster_url(redis_cluster: LocalRedisCluster) -> str:
 
 @pytest.fixture
 async def fresh_redis() -> AsyncIterator[LocalRedis]:
-    """A private server for tests that kill or restart it (AOF on, fsync always: nothing acknowledged is lost)."""
+    """A private server for tests that kill or restart it; AOF with fsync always loses no write."""
     server = LocalRedis(appendonly=True, appendfsync="always").start()
     yield server
     server.stop()

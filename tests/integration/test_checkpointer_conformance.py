@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from redis.asyncio.cluster import RedisCluster
@@ -49,7 +50,7 @@ async def test_one_thread_lives_in_one_cluster_slot(cluster_url: str) -> None:
     assert isinstance(client, RedisCluster)
     prefix = f"cf:cp:slot-{uuid.uuid4().hex[:8]}"
     saver = RedisCheckpointSaver(client, prefix=prefix)
-    config = {"configurable": {"thread_id": "wf-1234", "checkpoint_ns": ""}}
+    config: RunnableConfig = {"configurable": {"thread_id": "wf-1234", "checkpoint_ns": ""}}
     try:
         checkpoint = empty_checkpoint()
         checkpoint["channel_values"] = {"a": 1, "b": [1, 2]}
@@ -63,7 +64,7 @@ async def test_one_thread_lives_in_one_cluster_slot(cluster_url: str) -> None:
         loaded = await saver.aget_tuple(config)
         assert loaded is not None
         assert loaded.checkpoint["channel_values"] == {"a": 1, "b": [1, 2]}
-        assert [(w[1], w[2]) for w in loaded.pending_writes] == [("a", 2), ("b", [3])]
+        assert [(w[1], w[2]) for w in loaded.pending_writes or []] == [("a", 2), ("b", [3])]
     finally:
         await saver.adelete_thread("wf-1234")
         assert [k async for k in client.scan_iter(match=f"{prefix}:{{wf-1234}}*")] == []
