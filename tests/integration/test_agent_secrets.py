@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,42 +12,15 @@ from codeforge.api.task import Task, TaskState
 from codeforge.queue import open_queue
 from codeforge.queue.local_server import LocalRedis
 from support.agent_procs import agent_env, running_agents, start_agent
+from support.tls import make_server_tls
 
 pytestmark = pytest.mark.redis
 PASSWORD = "s3cret-agent-pass"
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(server cert, server key, CA cert) for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("agent-tls")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        cwd=d,
-    )
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
-        cwd=d,
-    )  # fmt: skip
-    return d / "server.crt", d / "server.key", d / "ca.crt"
+    return make_server_tls(tmp_path_factory.mktemp("agent-tls"))
 
 
 @pytest.fixture(scope="module")

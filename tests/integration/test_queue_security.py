@@ -6,7 +6,6 @@ made in a temporary directory for this module only.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from codeforge.api.task import TaskState
 from codeforge.queue import QueueConfigError, QueueError, QueueUnavailableError, TaskQueue, open_queue
 from codeforge.queue.local_server import LocalRedis, LocalRedisCluster, free_port
 from support.tasks import make_task, unique_pool
+from support.tls import make_ca, make_server_tls
 
 pytestmark = pytest.mark.redis
 
@@ -149,37 +149,9 @@ async def test_password_on_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- TLS ------------------------------------------------------------------------------------------------
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", f"/CN={name}",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / "ca.crt", directory / "ca.key"
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(server cert, server key, CA cert): a CA signs a certificate valid for 127.0.0.1 and localhost."""
-    directory = tmp_path_factory.mktemp("tls")
-    ca_cert, _ = make_ca(directory, "codeforge-test-ca")
-    openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-        cwd=directory,
-    )  # fmt: skip
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / "server.crt", directory / "server.key", ca_cert
+    return make_server_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
