@@ -27,6 +27,10 @@ def _register() -> None:
 
     app.command("run")(run_command)
 
+    from codeforge.controller.command import operator_command
+
+    app.command("operator")(operator_command)
+
 
 def main() -> None:
     _register()

@@ -145,6 +145,12 @@ def _workflow_resource() -> CustomResource | None:
         return None
     spec_model = getattr(workflow, "WorkflowSpec", None)
     status_model = getattr(workflow, "WorkflowStatus", None)
+    if status_model is None:  # the status model has its own module
+        try:
+            from codeforge.api import workflow_status
+        except ImportError:
+            return None
+        status_model = workflow_status.WorkflowStatus
     if spec_model is None or status_model is None:
         return None
     return CustomResource(

@@ -4,6 +4,6 @@ Kopf handlers stay thin and call plain functions (`*_reconcile`, `builders`, `au
 The Workflow handlers join here (`from codeforge.controller import workflow_handlers`) once written.
 """
 
-from codeforge.controller import agentpool_handlers, runtime
+from codeforge.controller import agentpool_handlers, runtime, workflow_handlers
 
-__all__ = ["agentpool_handlers", "runtime"]
+__all__ = ["agentpool_handlers", "runtime", "workflow_handlers"]

@@ -1,0 +1,113 @@
+"""The Workflow custom resource's `status`: what `kubectl get workflows` and `kubectl describe` show.
+
+The operator writes it (batched, see `controller.workflow_status_writer`); it stays compact because etcd
+holds only a summary: one entry per step (its latest visit), a progress string for the printer column, and
+the result inline only while it is small. A larger result stays in Redis and the status names its key.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any, Final
+
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from codeforge.api.agentpool import CamelModel, Condition
+
+#: Results whose JSON is larger than this stay in Redis (`status.resultRef`); etcd objects are capped at
+#: 1.5 MiB and every watcher of Workflows receives the whole object on each change.
+RESULT_INLINE_LIMIT: Final = 4096
+#: Messages are cut to this many characters (a traceback must not bloat the object).
+MESSAGE_LIMIT: Final = 1024
+
+FreeJSON = Annotated[Any, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class WorkflowPhase(enum.StrEnum):
+    PENDING = "Pending"  # accepted, the run has not started yet
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"  # spec.suspend: no new task is dispatched; running ones finish
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"  # a step failed without a route for its failure, or the spec is invalid
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (WorkflowPhase.SUCCEEDED, WorkflowPhase.FAILED, WorkflowPhase.CANCELLED)
+
+
+class StepPhase(enum.StrEnum):
+    RUNNING = "Running"  # its task(s) are queued or being worked on
+    RETRYING = "Retrying"  # an attempt failed; the step's retry policy runs another one
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class StepStatus(CamelModel):
+    """The latest visit of one step (a step revisited in a loop shows its last visit and the count)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    pool: str | None = Field(default=None, description="The AgentPool that runs the step.")
+    phase: StepPhase
+    visits: int = Field(default=1, ge=0, description="How many times the step ran (loops revisit steps).")
+    attempts: int = Field(default=0, ge=0, description="Attempts of the latest visit (retries included).")
+    parts: int | None = Field(default=None, ge=0, description="Fan-out width (parallel / forEach).")
+    agent: str | None = Field(default=None, description="The agent that ran the latest attempt.")
+    start_time: str | None = Field(default=None, description="RFC 3339.")
+    finish_time: str | None = Field(default=None, description="RFC 3339.")
+    message: str = Field(default="", max_length=MESSAGE_LIMIT)
+
+
+class ResultRef(CamelModel):
+    """Where a result too large for the status is kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    redis_key: str = Field(description="A Redis string holding the result as JSON.")
+    size_bytes: int = Field(ge=0)
+
+
+class WorkflowStatus(CamelModel):
+    """Observed state of a Workflow, written by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    phase: WorkflowPhase | None = None
+    progress: str | None = Field(default=None, description="Finished steps / all steps, like 3/6.")
+    current_step: str | None = Field(default=None, description="The steps running now, comma-separated.")
+    message: str | None = Field(default=None, max_length=MESSAGE_LIMIT)
+    start_time: str | None = Field(default=None, description="RFC 3339.")
+    completion_time: str | None = Field(default=None, description="RFC 3339.")
+    steps: list[StepStatus] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    result: FreeJSON = Field(
+        default=None,
+        description=f"Step results by step name, when their JSON fits {RESULT_INLINE_LIMIT} bytes.",
+    )
+    result_ref: ResultRef | None = Field(default=None, description="Where a larger result is kept.")
+    retries: int = Field(default=0, ge=0, description="Retries requested through the retry annotation.")
+    retry_token: str | None = Field(default=None, description="The last retry annotation acted upon.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+def progress(finished: int, total: int) -> str:
+    return f"{finished}/{total}"
+
+
+def truncate(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def encoded_size(value: Any) -> int:
+    """Size of the JSON the status would carry."""
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())

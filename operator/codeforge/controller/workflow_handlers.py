@@ -1,0 +1,180 @@
+"""Kopf handlers of the Workflow kind: thin wrappers around `workflow_runs` and `workflow_tracker`.
+
+- create / resume / spec update: validate. A bad spec gives phase Failed and an `Invalid` condition whose
+  message names each bad field (one status patch; the operator carries on). Fixing the spec of such a
+  Workflow puts it back to Pending, and the run starts.
+- a daemon per Workflow that is not finished: starts or resumes its LangGraph run (thread id = uid) and
+  reports progress through the batched status writer. Kopf stops it when the Workflow is deleted, when the
+  operator exits, or when it pauses for a peer (HA): the standby's daemon resumes from the checkpoint.
+- `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
+- delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
+- retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
+  codeforge.ai/retry="$(date +%s)" --overwrite` (see `workflow_retry`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from codeforge.api.agentpool import API_VERSION, GROUP, VERSION
+from codeforge.api.workflow import KIND, PLURAL, WorkflowSpecError, parse_workflow_spec
+from codeforge.controller import workflow_metrics
+from codeforge.controller.kube import Kind
+from codeforge.controller.runtime import Logger
+from codeforge.controller.workflow_runs import (
+    Unavailable,
+    WorkflowObject,
+    WorkflowRuntime,
+    WorkflowSettings,
+    cleanup,
+    drive,
+    wants_run,
+)
+from codeforge.controller.workflow_status_writer import StatusWriter, WorkflowRef
+from codeforge.controller.workflow_tracker import ConditionType, Transition, invalid_status, pending_status
+
+WORKFLOWS = Kind(API_VERSION, PLURAL)
+
+
+def _ref(meta: kopf.Meta) -> WorkflowRef:
+    return WorkflowRef(namespace=meta.namespace or "default", name=meta.name or "", uid=meta.uid or "")
+
+
+@kopf.on.startup()
+async def start_workflows(*, memo: Any, **_: Any) -> None:
+    """The status writer and the run registry, shared by every Workflow's memo."""
+
+    async def patch_status(ref: WorkflowRef, body: dict[str, Any]) -> None:
+        # `name/status` is the status subresource (the path keeps the slash).
+        await memo.runtime.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", body)
+
+    def post_event(ref: WorkflowRef, transition: Transition) -> None:
+        target: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
+        }
+        kopf.event(
+            kopf.Body(target),  # type: ignore[arg-type]  # an object reference is all Kopf reads
+            type=transition.type,
+            reason=transition.reason,
+            message=transition.message,
+        )
+
+    settings = WorkflowSettings.from_env()
+    writer = StatusWriter(
+        patch_status,
+        post_event,
+        interval=settings.status_interval,
+        writes_per_second=settings.writes_per_second,
+    )
+    memo.workflows = WorkflowRuntime(settings=settings, writer=writer)
+
+
+@kopf.on.cleanup()
+async def stop_workflows(*, memo: Any, **_: Any) -> None:
+    workflows: WorkflowRuntime | None = getattr(memo, "workflows", None)
+    if workflows is not None:
+        await workflows.close()
+
+
+def _is_invalid(status: kopf.Status) -> bool:
+    return any(
+        c.get("type") == ConditionType.INVALID and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def validate_workflow(
+    *,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    """Report an invalid spec; a spec fixed after it was reported invalid makes the Workflow Pending again.
+    A valid Workflow's status is left to its run (one writer per object)."""
+    generation = meta.get("generation")
+    workflow_metrics.observe_phase(meta.uid or "", status.get("phase"))
+    try:
+        parsed = parse_workflow_spec(dict(spec))
+    except WorkflowSpecError as exc:
+        message = str(exc)
+        if _invalid_message(status) != message:  # not on every resume of the same invalid spec
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1024])
+        logger.error("invalid Workflow spec:\n%s", message)
+        patch.status.update(invalid_status(dict(status), message, generation))
+        workflow_metrics.observe_phase(meta.uid or "", "Failed")
+        return
+    if _is_invalid(status):
+        patch.status.update(pending_status(dict(status), len(parsed.steps), generation))
+
+
+def _invalid_message(status: kopf.Status) -> str:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == ConditionType.INVALID:
+            return str(condition.get("message", ""))
+    return ""
+
+
+def _wants_run(annotations: kopf.Annotations, status: kopf.Status, **_: Any) -> bool:
+    return wants_run(dict(annotations), dict(status))
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    when=_wants_run,
+    cancellation_backoff=5.0,  # graceful: the daemon reacts to `stopped` (cancels its tasks on deletion)
+    cancellation_timeout=10.0,
+)
+async def run_workflow(
+    *,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: Any,
+    logger: Logger,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    obj = WorkflowObject(
+        ref=_ref(meta),
+        generation=meta.get("generation"),
+        spec=dict(spec),
+        status=dict(status),
+        annotations=lambda: dict(body.metadata.annotations),  # the live body: fresh on every read
+    )
+
+    def deleted() -> bool:
+        reason = stopped.reason
+        return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+
+    await drive(memo.workflows, memo.runtime, obj, stopped, deleted, logger)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
+def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
+    """A run not active here (yet) reads spec.suspend when it starts."""
+    memo.workflows.set_suspended(meta.uid or "", bool(new))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete_workflow(
+    *, meta: kopf.Meta, status: kopf.Status, memo: Any, logger: Logger, **_: Any
+) -> None:
+    try:
+        await cleanup(memo.workflows, memo.runtime, _ref(meta), dict(status), logger)
+    except Unavailable as exc:
+        # The finalizer holds the Workflow until its keys can be removed: nothing is left behind in Redis.
+        raise kopf.TemporaryError(f"cannot clean up the Workflow's Redis keys yet: {exc}", delay=5) from exc

@@ -1,0 +1,202 @@
+"""Batched, rate-limited status writes for running Workflows, and their step-transition Events.
+
+Progress events arrive far faster than etcd should be written (a fan-out of 50 parts emits 100+ events in a
+second). Runs only update their in-memory `WorkflowTracker`; one writer task per operator sends the latest
+rendered status of each changed Workflow:
+
+- at most one status patch per Workflow per `interval` (CODEFORGE_WORKFLOW_STATUS_INTERVAL, default 2 s);
+  a final status (Succeeded, Failed, Cancelled) is written at once (`flush`);
+- at most `writes_per_second` patches in total (CODEFORGE_STATUS_WRITES_PER_SECOND, default 20), a token
+  bucket shared by every Workflow, oldest-written first, so 200 busy Workflows do not flood the API server;
+- unchanged statuses are not written at all;
+- the step transitions gathered since the last write are posted as Kubernetes Events with it, at most
+  `EVENTS_PER_WRITE` per write (the rest are summed up in one Event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from codeforge.controller import workflow_metrics
+from codeforge.controller.kube import KubeApiError, NotFoundError
+from codeforge.controller.workflow_tracker import Transition, WorkflowTracker
+
+JSON = dict[str, Any]
+EVENTS_PER_WRITE: Final = 5
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRef:
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+#: Sends `{"status": ...}` as a merge patch to the Workflow's status subresource.
+PatchStatus = Callable[[WorkflowRef, JSON], Awaitable[None]]
+#: Posts one Kubernetes Event on the Workflow (type, reason, message).
+PostEvent = Callable[[WorkflowRef, Transition], None]
+
+
+class TokenBucket:
+    """`rate` acquisitions per second on average, bursts up to `rate`."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self._tokens = self.capacity
+        self._clock = clock
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def acquire(self) -> None:
+        self._refill()
+        while self._tokens < 1.0:
+            await asyncio.sleep((1.0 - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= 1.0
+
+
+@dataclass
+class _Entry:
+    ref: WorkflowRef
+    tracker: WorkflowTracker
+    written_version: int = -1
+    written_at: float = float("-inf")
+    written: JSON | None = None
+    urgent: bool = False
+    flushed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        patch: PatchStatus,
+        post: PostEvent | None = None,
+        *,
+        interval: float = 2.0,
+        writes_per_second: float = 20.0,
+    ) -> None:
+        self._patch = patch
+        self._post = post
+        self.interval = interval
+        self.bucket = TokenBucket(writes_per_second)
+        self._entries: dict[str, _Entry] = {}
+        self._wake = asyncio.Event()
+        self.writes = 0  # patches sent, for tests and the benchmark
+
+    def track(self, ref: WorkflowRef, tracker: WorkflowTracker) -> None:
+        self._entries[ref.uid] = _Entry(ref, tracker)
+        self._wake.set()
+
+    def untrack(self, uid: str) -> None:
+        self._entries.pop(uid, None)
+
+    def changed(self) -> None:
+        """A tracker changed: the loop looks at it once its interval has passed."""
+        self._wake.set()
+
+    async def flush(self, uid: str, timeout: float = 30.0) -> bool:
+        """Write this Workflow's status now (still under the global cap); False if it could not be written."""
+        entry = self._entries.get(uid)
+        if entry is None:
+            return False
+        if entry.tracker.version == entry.written_version and not entry.tracker.transitions:
+            return True
+        entry.urgent = True
+        entry.flushed.clear()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(entry.flushed.wait(), timeout)
+        return entry.tracker.version == entry.written_version
+
+    async def run(self) -> None:
+        """The writer loop; runs until cancelled (operator cleanup)."""
+        while True:
+            delay = self._next_delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            await self.write_due()
+
+    def _dirty(self, entry: _Entry) -> bool:
+        return entry.tracker.version != entry.written_version or bool(entry.tracker.transitions)
+
+    def _next_delay(self) -> float | None:
+        now = time.monotonic()
+        waits = [
+            max(e.written_at + self.interval - now, 0.0) for e in self._entries.values() if self._dirty(e)
+        ]
+        return min(waits) if waits else None
+
+    async def write_due(self) -> int:
+        """Write every Workflow whose status changed and whose interval passed; returns the count."""
+        now = time.monotonic()
+        due = [
+            e
+            for e in self._entries.values()
+            if self._dirty(e) and (e.urgent or now - e.written_at >= self.interval)
+        ]
+        due.sort(key=lambda e: (not e.urgent, e.written_at))
+        for entry in due:
+            await self.bucket.acquire()
+            await self._write(entry)
+        return len(due)
+
+    async def _write(self, entry: _Entry) -> None:
+        version = entry.tracker.version
+        status = entry.tracker.render()
+        transitions = entry.tracker.take_transitions()
+        try:
+            if status != entry.written:
+                await self._patch(entry.ref, {"status": status})
+                self.writes += 1
+        except NotFoundError:
+            self.untrack(entry.ref.uid)  # deleted meanwhile
+            entry.flushed.set()
+            return
+        except (TimeoutError, KubeApiError, OSError) as exc:
+            # Kept dirty: the next round writes the then-latest status.
+            logger.warning("status of Workflow %s not written, will retry: %s", entry.ref.key, exc)
+            entry.tracker.transitions[:0] = transitions
+            entry.written_at = time.monotonic()
+            return
+        entry.written, entry.written_version, entry.written_at = status, version, time.monotonic()
+        workflow_metrics.observe_phase(entry.ref.uid, status.get("phase"))
+        entry.urgent = False
+        entry.flushed.set()
+        self._post_events(entry.ref, transitions)
+
+    def _post_events(self, ref: WorkflowRef, transitions: list[Transition]) -> None:
+        if self._post is None or not transitions:
+            return
+        shown = transitions
+        if len(transitions) > EVENTS_PER_WRITE:
+            # Keep the first ones and the latest (often the Workflow's own ending); sum up the middle.
+            middle = transitions[EVENTS_PER_WRITE - 2 : -1]
+            summary = Transition(
+                "Normal",
+                "StepTransitions",
+                f"{len(middle)} more step transitions, the last: {middle[-1].message}",
+            )
+            shown = [*transitions[: EVENTS_PER_WRITE - 2], summary, transitions[-1]]
+        for transition in shown:
+            try:
+                self._post(ref, transition)
+            except Exception as exc:  # Events are informative: never let one break the status loop
+                logger.warning("event on Workflow %s not posted: %s", ref.key, exc)

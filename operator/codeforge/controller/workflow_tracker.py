@@ -1,0 +1,392 @@
+"""Fold a Workflow run's progress events into its status (pure: no I/O, so tests call it directly).
+
+The tracker starts from the status already stored (an operator restart keeps step times and visits), applies
+each `ProgressEvent` in memory, and renders the whole `status` on demand; the status writer decides when to
+send it. Step transitions are also kept as `Transition`s, which become Kubernetes Events.
+
+Conditions of a Workflow and their reasons:
+
+| Type     | Status | Reason           | Meaning                                                             |
+|----------|--------|------------------|---------------------------------------------------------------------|
+| Invalid  | True   | InvalidSpec      | the spec cannot run; the message names each bad field               |
+| Running  | True   | Running          | steps are being dispatched                                          |
+| Running  | False  | Pending          | accepted, not started yet                                           |
+| Running  | False  | Suspended        | spec.suspend is true: nothing new is dispatched                     |
+| Running  | False  | Finished         | the run ended (see Finished)                                        |
+| Finished | True   | Succeeded        | every step on the taken path succeeded                              |
+| Finished | True   | Failed           | a step failed with no edge routing its failure, or the run errored  |
+| Finished | True   | Cancelled        | the run was cancelled                                               |
+| Finished | False  | InProgress       | not finished                                                        |
+| Degraded | True   | QueueUnreachable | the queue or checkpoint store cannot be reached; retried w/ backoff |
+| Degraded | False  | AsExpected       | nothing is wrong                                                    |
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from codeforge.api.workflow import WorkflowSpec
+from codeforge.api.workflow_status import (
+    StepPhase,
+    StepStatus,
+    WorkflowPhase,
+    progress,
+    truncate,
+)
+from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
+
+JSON = dict[str, Any]
+#: Which step phases count as finished for the progress column.
+FINISHED_STEPS: Final = frozenset({StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED})
+_OUTCOME_PHASES: Final = {
+    "succeeded": WorkflowPhase.SUCCEEDED,
+    "failed": WorkflowPhase.FAILED,
+    "cancelled": WorkflowPhase.CANCELLED,
+}
+_STEP_PHASES: Final = {
+    "succeeded": StepPhase.SUCCEEDED,
+    "failed": StepPhase.FAILED,
+    "cancelled": StepPhase.CANCELLED,
+}
+
+
+class ConditionType(enum.StrEnum):
+    INVALID = "Invalid"
+    RUNNING = "Running"
+    FINISHED = "Finished"
+    DEGRADED = "Degraded"
+
+
+class Reason(enum.StrEnum):
+    INVALID_SPEC = "InvalidSpec"
+    RUNNING = "Running"
+    PENDING = "Pending"
+    SUSPENDED = "Suspended"
+    FINISHED = "Finished"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    IN_PROGRESS = "InProgress"
+    QUEUE_UNREACHABLE = "QueueUnreachable"
+    AS_EXPECTED = "AsExpected"
+
+
+def rfc3339(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A step transition, posted as a Kubernetes Event on the Workflow."""
+
+    type: str  # Normal | Warning
+    reason: str  # StepStarted, StepSucceeded, StepFailed, StepRetrying, ...
+    message: str
+
+
+def merge_conditions(
+    existing: Sequence[Mapping[str, Any]],
+    values: Iterable[tuple[ConditionType, bool, Reason, str]],
+    now: str,
+    generation: int | None,
+    drop: Iterable[ConditionType] = (),
+) -> list[JSON]:
+    """Conditions after an update; `lastTransitionTime` moves only when a status flips."""
+    by_type = {c.get("type"): dict(c) for c in existing}
+    for gone in drop:
+        by_type.pop(gone.value, None)
+    for ctype, status, reason, message in values:
+        text = "True" if status else "False"
+        before = by_type.get(ctype.value)
+        since = before["lastTransitionTime"] if before and before.get("status") == text else now
+        condition: JSON = {
+            "type": ctype.value,
+            "status": text,
+            "reason": reason.value,
+            "message": truncate(message, 32768),
+            "lastTransitionTime": since,
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        by_type[ctype.value] = condition
+    return [c for c in by_type.values() if c.get("type")]
+
+
+def invalid_status(
+    existing: Mapping[str, Any], message: str, generation: int | None, now: str | None = None
+) -> JSON:
+    """The status of a Workflow whose spec cannot run: Failed, with an Invalid condition naming the fields."""
+    now = now or now_rfc3339()
+    conditions = merge_conditions(
+        existing.get("conditions") or [],
+        [
+            (ConditionType.INVALID, True, Reason.INVALID_SPEC, message),
+            (ConditionType.RUNNING, False, Reason.FINISHED, "the spec is invalid"),
+            (ConditionType.FINISHED, True, Reason.FAILED, "the spec is invalid"),
+        ],
+        now,
+        generation,
+    )
+    first_line = message.splitlines()[0] if message else "invalid spec"
+    return {
+        "phase": WorkflowPhase.FAILED.value,
+        "message": truncate(f"invalid spec: {first_line}"),
+        "observedGeneration": generation,
+        "completionTime": existing.get("completionTime") or now,
+        "conditions": conditions,
+    }
+
+
+def pending_status(existing: Mapping[str, Any], total_steps: int, generation: int | None) -> JSON:
+    """A valid Workflow the run has not picked up yet (also after its spec was fixed)."""
+    conditions = merge_conditions(
+        existing.get("conditions") or [],
+        [
+            (ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start"),
+            (ConditionType.FINISHED, False, Reason.IN_PROGRESS, ""),
+        ],
+        now_rfc3339(),
+        generation,
+        drop=[ConditionType.INVALID],
+    )
+    return {
+        "phase": WorkflowPhase.PENDING.value,
+        "progress": progress(0, total_steps),
+        "message": None,
+        "completionTime": None,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+@dataclass
+class StepView:
+    name: str
+    phase: StepPhase
+    pool: str | None = None
+    visits: int = 0
+    attempts: int = 0
+    parts: int | None = None
+    agent: str | None = None
+    start_time: str | None = None
+    finish_time: str | None = None
+    message: str = ""
+
+    def to_status(self) -> JSON:
+        return StepStatus.model_validate(self.__dict__ | {"message": truncate(self.message)}).to_k8s()
+
+
+@dataclass
+class WorkflowTracker:
+    """The in-memory status of one Workflow while its run is active in this operator."""
+
+    step_names: list[str]
+    pools: dict[str, str] = field(default_factory=dict)  # step -> pool, as the spec names it
+    generation: int | None = None
+    phase: WorkflowPhase = WorkflowPhase.PENDING
+    suspended: bool = False
+    message: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    steps: dict[str, StepView] = field(default_factory=dict)
+    result: Any = None
+    result_ref: JSON | None = None
+    retries: int = 0
+    retry_token: str | None = None
+    degraded: str | None = None  # why the queue or checkpoint store is unreachable
+    degraded_by_probe: bool = False  # set by the queue probe (which also clears it)
+    conditions: list[JSON] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    version: int = 0  # bumped on every change; the writer compares it with what it wrote
+
+    @classmethod
+    def from_status(
+        cls, spec: WorkflowSpec, status: Mapping[str, Any], generation: int | None
+    ) -> WorkflowTracker:
+        """Continue from the stored status (after an operator restart, or for a retry)."""
+        tracker = cls(
+            step_names=[s.name for s in spec.steps],
+            pools={s.name: s.pool for s in spec.steps},
+            generation=generation,
+        )
+        tracker.suspended = spec.suspend
+        if phase := status.get("phase"):
+            tracker.phase = WorkflowPhase(phase)
+        tracker.message = status.get("message")
+        tracker.start_time = status.get("startTime")
+        tracker.completion_time = status.get("completionTime")
+        tracker.retries = int(status.get("retries") or 0)
+        tracker.retry_token = status.get("retryToken")
+        tracker.conditions = [dict(c) for c in status.get("conditions") or []]
+        for raw in status.get("steps") or []:
+            step = StepStatus.model_validate(raw)
+            tracker.steps[step.name] = StepView(**step.model_dump())
+        return tracker
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def apply(self, event: ProgressEvent) -> None:
+        at = rfc3339(event.at)
+        kind = event.kind
+        if kind in (EventKind.WORKFLOW_STARTED, EventKind.WORKFLOW_RESUMED):
+            self.phase = WorkflowPhase.RUNNING
+            self.start_time = self.start_time or at
+            self.completion_time = None
+            self.message = "resumed from its checkpoint" if kind is EventKind.WORKFLOW_RESUMED else None
+        elif kind is EventKind.STEP_STARTED:
+            step = self._step(event.step)
+            step.phase, step.visits, step.attempts = StepPhase.RUNNING, step.visits + 1, 0
+            step.parts, step.start_time, step.finish_time, step.message = event.parts, at, None, ""
+            self._transition("Normal", "StepStarted", f"step {event.step} started (visit {step.visits})")
+        elif kind is EventKind.TASK_DISPATCHED:
+            step = self._step(event.step)
+            if step.phase not in (StepPhase.RUNNING, StepPhase.RETRYING) or step.visits == 0:
+                # Not seen starting: a resumed run re-attaching after the status was lost.
+                step.visits = max(step.visits, 1)
+                step.start_time = step.start_time or at
+            step.phase = StepPhase.RUNNING
+            step.attempts = max(step.attempts, (event.attempt or 0) + 1)
+        elif kind is EventKind.ATTEMPT_FAILED:
+            step = self._step(event.step)
+            step.phase, step.message = StepPhase.RETRYING, event.message
+            self._transition(
+                "Warning",
+                "StepAttemptFailed",
+                f"step {event.step} attempt {(event.attempt or 0) + 1} failed: "
+                f"{truncate(event.message, 200)}",
+            )
+        elif kind is EventKind.STEP_FINISHED:
+            step = self._step(event.step)
+            step.phase = _STEP_PHASES.get(event.status, StepPhase.FAILED)
+            step.attempts = max(step.attempts, event.attempt or 0)
+            step.finish_time, step.message = at, event.message
+            took = f" in {event.duration:.3g}s" if event.duration is not None else ""
+            if step.phase is StepPhase.SUCCEEDED:
+                self._transition("Normal", "StepSucceeded", f"step {event.step} succeeded{took}")
+            else:
+                self._transition(
+                    "Warning",
+                    f"Step{step.phase.value}",
+                    f"step {event.step} {step.phase.value.lower()}{took}: {truncate(event.message, 200)}",
+                )
+        else:  # WORKFLOW_FINISHED: `finish()` applies the run's outcome, with its result
+            return
+        self.version += 1
+
+    def finish(self, outcome: WorkflowOutcome, result: Any, result_ref: JSON | None) -> None:
+        """The run returned: its outcome is final (also for a run that had finished before a restart)."""
+        self.result, self.result_ref = result, result_ref
+        phase = _OUTCOME_PHASES.get(outcome.status, WorkflowPhase.FAILED)
+        self._finish(phase, outcome.error or "", now_rfc3339())
+
+    def _finish(self, phase: WorkflowPhase, message: str, at: str) -> None:
+        first = self.phase is not phase or self.completion_time is None
+        self.degraded, self.degraded_by_probe = None, False  # an ended run no longer waits for anything
+        self.phase, self.message = phase, message or None
+        self.completion_time = self.completion_time if not first else at
+        for step in self.steps.values():
+            if step.phase in (StepPhase.RUNNING, StepPhase.RETRYING) and phase.finished:
+                step.phase, step.finish_time = StepPhase.CANCELLED, at
+        if first:
+            kind = "Normal" if phase is WorkflowPhase.SUCCEEDED else "Warning"
+            self._transition(kind, f"Workflow{phase.value}", message or f"workflow {phase.value.lower()}")
+        self.version += 1
+
+    def set_suspended(self, suspended: bool) -> None:
+        if suspended != self.suspended:
+            self.suspended = suspended
+            self._transition("Normal", "Suspended" if suspended else "Resumed", "spec.suspend changed")
+            self.version += 1
+
+    def set_degraded(self, reason: str | None) -> None:
+        if reason != self.degraded:
+            self.degraded = reason
+            self.version += 1
+
+    def begin_retry(self, token: str | None, step: str | None) -> None:
+        """A retry of the failed run starts: back to Running, the failed step starts again."""
+        self.retries += 1
+        self.retry_token = token
+        self.phase, self.message, self.completion_time = WorkflowPhase.RUNNING, None, None
+        self.result = self.result_ref = None
+        if step is not None:  # the rewound step starts its next visit (no StepStarted event comes for it)
+            view = self._step(step)
+            view.phase, view.visits, view.attempts = StepPhase.RUNNING, view.visits + 1, 0
+            view.start_time, view.finish_time, view.message = now_rfc3339(), None, ""
+        self._transition("Normal", "Retrying", f"retry {self.retries}: from step {step or '(start)'}")
+        self.version += 1
+
+    def _step(self, name: str) -> StepView:
+        if name not in self.steps:
+            self.steps[name] = StepView(name=name, phase=StepPhase.RUNNING, pool=self.pools.get(name))
+        return self.steps[name]
+
+    def _transition(self, type_: str, reason: str, message: str) -> None:
+        self.transitions.append(Transition(type_, reason, message))
+
+    def take_transitions(self) -> list[Transition]:
+        taken, self.transitions = self.transitions, []
+        return taken
+
+    # -- rendering ---------------------------------------------------------------------------------------
+
+    @property
+    def effective_phase(self) -> WorkflowPhase:
+        if self.suspended and not self.phase.finished:
+            return WorkflowPhase.SUSPENDED
+        return self.phase
+
+    def render(self, now: str | None = None) -> JSON:
+        """The whole status; absent optional fields are null so a merge patch removes stale values."""
+        now = now or now_rfc3339()
+        phase = self.effective_phase
+        order = {name: i for i, name in enumerate(self.step_names)}
+        steps = sorted(self.steps.values(), key=lambda s: order.get(s.name, len(order)))
+        finished = sum(1 for s in steps if s.phase in FINISHED_STEPS)
+        running = [s.name for s in steps if s.phase in (StepPhase.RUNNING, StepPhase.RETRYING)]
+        self.conditions = merge_conditions(
+            self.conditions, self._condition_values(phase), now, self.generation
+        )
+        return {
+            "observedGeneration": self.generation,
+            "phase": phase.value,
+            "progress": progress(finished, len(self.step_names)),
+            "currentStep": ",".join(running) if running and not phase.finished else None,
+            "message": truncate(self.message) if self.message else None,
+            "startTime": self.start_time,
+            "completionTime": self.completion_time if phase.finished else None,
+            "steps": [s.to_status() for s in steps],
+            "result": self.result,
+            "resultRef": self.result_ref,
+            "retries": self.retries,
+            "retryToken": self.retry_token,
+            "conditions": self.conditions,
+        }
+
+    def _condition_values(self, phase: WorkflowPhase) -> list[tuple[ConditionType, bool, Reason, str]]:
+        running: tuple[ConditionType, bool, Reason, str]
+        if phase is WorkflowPhase.RUNNING:
+            running = (ConditionType.RUNNING, True, Reason.RUNNING, "")
+        elif phase is WorkflowPhase.SUSPENDED:
+            running = (ConditionType.RUNNING, False, Reason.SUSPENDED, "spec.suspend is true")
+        elif phase is WorkflowPhase.PENDING:
+            running = (ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start")
+        else:
+            running = (ConditionType.RUNNING, False, Reason.FINISHED, "")
+        if phase.finished:
+            finished = (ConditionType.FINISHED, True, Reason(phase.value), self.message or "")
+        else:
+            finished = (ConditionType.FINISHED, False, Reason.IN_PROGRESS, "")
+        if self.degraded:
+            degraded = (ConditionType.DEGRADED, True, Reason.QUEUE_UNREACHABLE, self.degraded)
+        else:
+            degraded = (ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "")
+        return [running, finished, degraded]
