@@ -14,7 +14,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help deps lint fmt test test-fast demo bench crds clean
+.PHONY: help deps lint fmt test test-fast demo bench clean control-plane
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,8 +42,14 @@ fmt: deps ## format and auto-fix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint ## lint, then the whole test suite on real Redis (single server and 6-node cluster)
+test: lint control-plane ## lint, then all tests: real Redis (server, 6-node cluster), real Kubernetes control plane
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The chart and end-to-end tests need helm, kubectl and the control plane: build them (once per machine,
+# then a no-op) before pytest starts. Without Go those tests skip and say why.
+control-plane:
+	@if command -v go >/dev/null 2>&1; then bash hack/cluster/build.sh; \
+	else echo ">> Go is not installed: the chart and Kubernetes end-to-end tests will be skipped"; fi
 
 test-fast: deps ## the suite without lint and without slow tests
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
