@@ -335,6 +335,22 @@ async def test_stale_fencing_token_is_refused_everywhere(queue: TaskQueue, pool:
     assert (outcome.state, outcome.result) == (TaskState.SUCCEEDED, {"by": "b"})
 
 
+async def test_the_outcome_names_the_agent_that_finished_it(queue: TaskQueue, pool: str) -> None:
+    await queue.enqueue(make_task(pool, "who"))
+    lease = await queue.claim(pool, "agent-a", timeout=2)
+    assert lease is not None
+    running = await queue.get(pool, "who")
+    assert running is not None
+    assert running.consumer == "agent-a"
+    waiter = asyncio.create_task(queue.wait_result(pool, "who", timeout=5))
+    await asyncio.sleep(0.05)  # waiting already: the outcome arrives by notification, not by a read
+    await queue.complete(lease, "done")
+    waited = await waiter
+    stored = await queue.get(pool, "who")
+    assert stored is not None
+    assert (waited.consumer, stored.consumer) == ("agent-a", "agent-a")
+
+
 async def test_a_result_is_recorded_once(queue: TaskQueue, pool: str) -> None:
     await queue.enqueue(make_task(pool, "once"))
     lease = await claim_one(queue, pool)

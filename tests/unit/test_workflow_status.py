@@ -88,10 +88,18 @@ def test_progress_current_step_and_step_details_follow_the_events() -> None:
     tracker.apply(event(EventKind.WORKFLOW_STARTED))
     tracker.apply(event(EventKind.STEP_STARTED, "research", parts=1))
     tracker.apply(event(EventKind.TASK_DISPATCHED, "research", index=0, attempt=0, status="queued"))
-    tracker.apply(event(EventKind.STEP_FINISHED, "research", status="succeeded", attempt=1, duration=0.5))
+    tracker.apply(
+        event(
+            EventKind.STEP_FINISHED, "research", status="succeeded", attempt=1, duration=0.5, agent="agent-7"
+        )
+    )
     tracker.apply(event(EventKind.STEP_STARTED, "debate", parts=3))
     tracker.apply(event(EventKind.TASK_DISPATCHED, "debate", index=0, attempt=0))
-    tracker.apply(event(EventKind.ATTEMPT_FAILED, "debate", index=0, attempt=0, message="agent crashed"))
+    tracker.apply(
+        event(
+            EventKind.ATTEMPT_FAILED, "debate", index=0, attempt=0, message="agent crashed", agent="agent-2"
+        )
+    )
     tracker.apply(event(EventKind.TASK_DISPATCHED, "debate", index=0, attempt=1))
     status = tracker.render()
     assert status["phase"] == "Running"
@@ -102,6 +110,8 @@ def test_progress_current_step_and_step_details_follow_the_events() -> None:
     assert research["startTime"]
     assert research["finishTime"]
     assert research["pool"] == "work"
+    assert research["agent"] == "agent-7"
+    assert debate["agent"] == "agent-2"
     assert (debate["phase"], debate["attempts"], debate["parts"]) == ("Running", 2, 3)
     assert debate["message"] == "agent crashed"
     reasons = [t.reason for t in tracker.take_transitions()]

@@ -140,6 +140,9 @@ class TaskOutcome(BaseModel):
     result: JSONValue = None
     error: str | None = None
     attempts: int = 0
+    consumer: str | None = Field(
+        default=None, description="The agent holding the task, or that finished it last."
+    )
 
 
 class QueueStats(BaseModel):

@@ -257,6 +257,7 @@ class WorkflowTracker:
         elif kind is EventKind.ATTEMPT_FAILED:
             step = self._step(event.step)
             step.phase, step.message = StepPhase.RETRYING, event.message
+            step.agent = event.agent or step.agent
             self._transition(
                 "Warning",
                 "StepAttemptFailed",
@@ -268,6 +269,7 @@ class WorkflowTracker:
             step.phase = _STEP_PHASES.get(event.status, StepPhase.FAILED)
             step.attempts = max(step.attempts, event.attempt or 0)
             step.finish_time, step.message = at, event.message
+            step.agent = event.agent or step.agent
             took = f" in {event.duration:.3g}s" if event.duration is not None else ""
             if step.phase is StepPhase.SUCCEEDED:
                 self._transition("Normal", "StepSucceeded", f"step {event.step} succeeded{took}")

@@ -83,6 +83,7 @@ class GraphCompiler:
             joined = join(step, parts)
             started = min((p.get("started", time.time()) for p in parts.values()), default=time.time())
             attempts = max((p.get("attempts", 0) for p in parts.values()), default=0)
+            agents = ", ".join(sorted({p["agent"] for p in parts.values() if p.get("agent")}))
             duration = time.time() - started
             record = {
                 "step": step.name,
@@ -103,6 +104,7 @@ class GraphCompiler:
                     message=joined.error or "",
                     duration=duration,
                     parts=len(parts),
+                    agent=agents,
                 )
             )
             results = dict(state.get("results", {}))

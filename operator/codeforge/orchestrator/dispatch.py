@@ -100,6 +100,7 @@ class StepDispatcher:
                     FAILED,
                     outcome.get("error") or "",
                     time.time() - started,
+                    agent=outcome.get("agent", ""),
                 )
             )
             if outcome.get("final"):
@@ -158,14 +159,15 @@ class StepDispatcher:
             self.ctx.outstanding.pop(tid, None)
         if outcome is None:
             return {"status": CANCELLED, "error": "another part succeeded first"}
+        agent = {"agent": outcome.consumer} if outcome.consumer else {}
         if outcome.state is TaskState.SUCCEEDED:
             if req.first_success:
                 self.ctx.winner(f"{step.name}#{req.visit}").set()
-            return {"status": SUCCEEDED, "result": outcome.result}
+            return {"status": SUCCEEDED, "result": outcome.result, **agent}
         error = outcome.error or outcome.state.value
         if outcome.state is TaskState.CANCELLED:
-            return {"status": FAILED, "error": f"task cancelled: {error}", "final": True}
-        return {"status": FAILED, "error": error}
+            return {"status": FAILED, "error": f"task cancelled: {error}", "final": True, **agent}
+        return {"status": FAILED, "error": error, **agent}
 
     def _task_deadline(self, step: Step) -> float | None:
         """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""

@@ -31,6 +31,7 @@ class ProgressEvent:
     message: str = ""
     duration: float | None = None  # seconds, on *_finished and attempt_failed
     parts: int | None = None  # fan-out width, on step_started
+    agent: str = ""  # the agent(s) that ran the task(s), on attempt_failed and step_finished
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class _Record:
             result=self.result,
             error=self.error,
             attempts=self.attempts,
+            consumer=self.consumer or None,
         )
 
 

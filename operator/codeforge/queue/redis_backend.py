@@ -198,7 +198,7 @@ class _ResultWatcher:
                 self._resolve(pool, task_id, outcome)
 
     def _deliver(self, pool: str, data: str) -> None:
-        task_id, state, attempts, error, result = data.split("\0", 4)
+        task_id, state, attempts, consumer, error, result = data.split("\0", 5)
         if (pool, task_id) not in self._waiters:
             return
         outcome = TaskOutcome(
@@ -208,6 +208,7 @@ class _ResultWatcher:
             result=json.loads(result) if result else None,
             error=error or None,
             attempts=int(attempts),
+            consumer=consumer or None,
         )
         self._resolve(pool, task_id, outcome)
 
@@ -532,8 +533,8 @@ class RedisTaskQueue:
     async def get(self, pool: str, task_id: str) -> TaskOutcome | None:
         validate_pool_name(pool)
         key = task_key(pool, task_id)
-        state, attempts, result, error = await self._retrying(
-            lambda: self._r.hmget(key, ["state", "attempts", "result", "error"])
+        state, attempts, result, error, consumer = await self._retrying(
+            lambda: self._r.hmget(key, ["state", "attempts", "result", "error", "consumer"])
         )
         if state is None:
             return None
@@ -544,6 +545,7 @@ class RedisTaskQueue:
             result=json.loads(result) if result else None,
             error=error or None,
             attempts=int(attempts or 0),
+            consumer=consumer or None,
         )
 
     async def wait_result(self, pool: str, task_id: str, timeout: float | None = None) -> TaskOutcome:

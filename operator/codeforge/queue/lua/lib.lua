@@ -3,7 +3,7 @@
 -- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
 -- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error),
--- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0error\0result".
+-- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0consumer\0error\0result".
 local P = KEYS[1]
 local WAKE_CAP = 10000
 
@@ -33,9 +33,10 @@ local function sync_tokens()
   end
 end
 
-local function publish_done(id, state, attempts, err, result)
-  redis.call('PUBLISH', P .. 'done',
-    id .. '\0' .. state .. '\0' .. tostring(attempts) .. '\0' .. (err or '') .. '\0' .. (result or ''))
+local function publish_done(tk, id, state, err, result)
+  local info = redis.call('HMGET', tk, 'attempts', 'consumer')
+  redis.call('PUBLISH', P .. 'done', id .. '\0' .. state .. '\0' .. (info[1] or '0') .. '\0' .. (info[2] or '')
+    .. '\0' .. (err or '') .. '\0' .. (result or ''))
 end
 
 local function to_ready(tk, id)
@@ -43,19 +44,20 @@ local function to_ready(tk, id)
   redis.call('ZADD', P .. 'ready', redis.call('HGET', tk, 'score'), id)
 end
 
+-- The consumer field stays: it names the agent that finished the task (or held it last).
 local function finish(tk, id, state, err, result, ttl)
-  redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '', 'consumer', '')
+  redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '')
   redis.call('EXPIRE', tk, ttl)
-  publish_done(id, state, redis.call('HGET', tk, 'attempts'), err, result)
+  publish_done(tk, id, state, err, result)
 end
 
 local function retry_or_bury(tk, id, err, now, delay_ms)
   local attempts = tonumber(redis.call('HGET', tk, 'attempts'))
   if attempts >= tonumber(redis.call('HGET', tk, 'max')) then
     err = err .. '; gave up after ' .. attempts .. ' attempts'
-    redis.call('HSET', tk, 'state', 'dead', 'error', err, 'consumer', '')
+    redis.call('HSET', tk, 'state', 'dead', 'error', err)
     redis.call('ZADD', P .. 'dead', now, id)
-    publish_done(id, 'dead', attempts, err, nil)
+    publish_done(tk, id, 'dead', err, nil)
     return 'dead'
   end
   redis.call('HSET', tk, 'error', err)
