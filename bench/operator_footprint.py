@@ -36,15 +36,18 @@ from typing import Any
 import aiohttp
 import kmock
 
-from codeforge.api.task import Task
-from codeforge.embedded.manifest import PoolSpec
-from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
-from codeforge_agent.config import AgentConfig
-from codeforge_agent.loop import run_agent
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the kmock harness of the operator's tests
+
+from codeforge.api.task import Task  # noqa: E402
+from codeforge.embedded.manifest import PoolSpec  # noqa: E402
+from codeforge.queue import open_queue  # noqa: E402
+from codeforge.queue.local_server import LocalRedis  # noqa: E402
+from codeforge_agent.config import AgentConfig  # noqa: E402
+from codeforge_agent.loop import run_agent  # noqa: E402
+from support.kopf_harness import GROUP_API, manifest, register, write_kubeconfig  # noqa: E402
 
 NS = "bench"
-GROUP_PATH = f"/apis/codeforge.ai/v1alpha1/namespaces/{NS}"
 TARGET_RSS_MIB = 150.0
 TARGET_BURST_SECONDS = 2.0
 BURST_TASKS = 40
@@ -63,26 +66,6 @@ def rss_mib(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def register(emulator: kmock.KubernetesEmulator) -> None:
-    emulator.resources["codeforge.ai/v1alpha1/workflows"] = kmock.ResourceInfo(
-        kind="Workflow", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch"}
-    )
-    emulator.resources["codeforge.ai/v1alpha1/agentpools"] = kmock.ResourceInfo(
-        kind="AgentPool", namespaced=True, subresources={"status", "scale"}, verbs={"list", "watch", "patch"}
-    )
-    for resource, kind in [
-        ("apps/v1/deployments", "Deployment"),
-        ("v1/pods", "Pod"),
-        ("v1/services", "Service"),
-        ("v1/events", "Event"),
-        ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget"),
-        ("v1/namespaces", "Namespace"),
-        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
-        ("coordination.k8s.io/v1/leases", "Lease"),
-    ]:
-        emulator.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs={"list", "watch"})
 
 
 def find(emulator: kmock.KubernetesEmulator, plural: str, name: str) -> dict[str, Any] | None:
@@ -160,23 +143,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             kmock.Server(emulator),
             aiohttp.ClientSession() as http,
         ):
-            register(emulator)
+            register(emulator, extra={"coordination.k8s.io/v1/leases": "Lease"})
             log_of_requests = RequestLog(emulator)
             trimmer = asyncio.create_task(log_of_requests.keep_trimming())
             base = str(emulator.url).rstrip("/")
-            kubeconfig = tmp / "kubeconfig"
-            kubeconfig.write_text(
-                json.dumps(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [{"name": "kmock", "cluster": {"server": base}}],
-                        "users": [{"name": "kmock", "user": {"token": "bench"}}],
-                        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-                        "current-context": "kmock",
-                    }
-                )
-            )
+            kubeconfig = write_kubeconfig(emulator, tmp / "kubeconfig", token="bench")
             queue = await open_queue(redis.url)
             per_pool = math.ceil(args.workflows / args.pools)
             for i in range(args.pools):
@@ -218,19 +189,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             names = [f"pool-{i}" for i in range(args.pools)] + ["burst"]
             for name in names:
                 await post(
-                    f"{GROUP_PATH}/agentpools",
-                    {
-                        "apiVersion": "codeforge.ai/v1alpha1",
-                        "kind": "AgentPool",
-                        "metadata": {
-                            "name": name,
-                            "namespace": NS,
-                            "uid": f"uid-{name}",
-                            "generation": 1,
-                            "resourceVersion": "1",
-                        },
-                        "spec": pool_spec,
-                    },
+                    GROUP_API.format(namespace=NS, plural="agentpools"),
+                    manifest("AgentPool", name, pool_spec, NS),
                 )
             await wait_for(
                 lambda: all(find(emulator, "deployments", n) for n in names), 60, "pool Deployments"
@@ -242,23 +202,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             for w in range(args.workflows):
                 pool = f"pool-{w % args.pools}"
+                spec = {
+                    "steps": [{**s, "pool": pool} for s in steps],
+                    "edges": [{"from": f"s{j}", "to": f"s{j + 1}"} for j in range(args.steps - 1)],
+                }
                 await post(
-                    f"{GROUP_PATH}/workflows",
-                    {
-                        "apiVersion": "codeforge.ai/v1alpha1",
-                        "kind": "Workflow",
-                        "metadata": {
-                            "name": f"wf-{w}",
-                            "namespace": NS,
-                            "uid": f"uid-wf-{w}",
-                            "generation": 1,
-                            "resourceVersion": "1",
-                        },
-                        "spec": {
-                            "steps": [{**s, "pool": pool} for s in steps],
-                            "edges": [{"from": f"s{j}", "to": f"s{j + 1}"} for j in range(args.steps - 1)],
-                        },
-                    },
+                    GROUP_API.format(namespace=NS, plural="workflows"),
+                    manifest("Workflow", f"wf-{w}", spec, NS, uid=f"uid-wf-{w}"),
                 )
             all_running = await wait_for(
                 lambda: phases(emulator).get("Running", 0) >= args.workflows, 120, "Workflows running"

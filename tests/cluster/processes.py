@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from cluster.control_plane import REPO_ROOT
+from cluster.control_plane import REPO_ROOT, Cluster
 
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -163,6 +163,19 @@ class OperatorProcess(LocalProcess):
         )
         child_env.update(env or {})
         super().__init__(argv, child_env, log_path)
+
+    @classmethod
+    def for_namespace(
+        cls, cluster: Cluster, namespace: str, queue_url: str, log_path: Path, entrypoint: str = "kopf"
+    ) -> OperatorProcess:
+        """The operator of a test module: on `cluster`, watching its one `namespace`."""
+        return cls(
+            kubeconfig=cluster.kubeconfig,
+            queue_url=queue_url,
+            namespaces=[namespace],
+            log_path=log_path,
+            entrypoint=entrypoint,
+        )
 
     def healthy(self) -> bool:
         try:

@@ -79,3 +79,12 @@ def table(cluster: Cluster, *args: str) -> list[dict[str, str]]:
         cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
         rows.append(dict(zip(names, cells, strict=True)))
     return rows
+
+
+def event_reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[str]:
+    """The reasons of the Events about one object, as `kubectl get events` lists them."""
+    return cluster.kubectl(
+        "get", "events", "--namespace", namespace,
+        f"--field-selector=involvedObject.kind={kind},involvedObject.name={name}",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout.split()  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ from cluster.resources import (
     EXAMPLES_DIR,
     documents,
     dump,
+    event_reasons,
     install_crds,
     label_agent_nodes,
     table,
     temporary_namespace,
 )
 from codeforge.api.task import Task, TaskState
-from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue import TaskQueue
 from codeforge.queue.local_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(600)]
@@ -48,21 +49,9 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
 def operator(
     control_plane: Cluster, namespace: str, redis_server: LocalRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        kubeconfig=control_plane.kubeconfig,
-        queue_url=redis_server.url,
-        namespaces=[namespace],
-        log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-    )
-    with process:
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    with OperatorProcess.for_namespace(control_plane, namespace, redis_server.url, log_path) as process:
         yield process
-
-
-@pytest.fixture
-async def queue(redis_server: LocalRedis) -> AsyncIterator[TaskQueue]:
-    opened = await open_queue(redis_server.url)
-    yield opened
-    await opened.close()
 
 
 def apply_example_pools(cluster: Cluster, namespace: str) -> list[str]:
@@ -134,7 +123,13 @@ async def test_example_pools_get_deployments_and_live_printer_columns(
         env = {e["name"]: e.get("value") for e in owned["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["CODEFORGE_POOL"] == f"{namespace}/{name}"
 
-    # The printer columns, as a user reads them.
+    # The printer columns, as a user reads them, once the operator's next status write has seen the
+    # Deployment ready (it refreshes a pool's status on its interval, not on every Deployment change).
+    wait_until(
+        lambda: pool_row(control_plane, namespace, "research")["READY"] == "3",
+        timeout=30, what="research's READY column to reach 3",
+        detail=lambda: explain(control_plane, namespace, "research", operator),
+    )  # fmt: skip
     rows = {row["NAME"]: row for row in table(control_plane, "agentpools", "--namespace", namespace)}
     assert list(rows["research"]) == [
         "NAME", "ROLE", "MIN", "MAX", "DESIRED", "READY", "QUEUED", "IN-FLIGHT", "AGE",
@@ -250,10 +245,6 @@ async def test_a_burst_of_2000_tasks_scales_3_to_500_and_back(
         == {"DESIRED": "3", "READY": "3", "QUEUED": "0"},
         timeout=30, what="kubectl get agentpools back at 3",
     )  # fmt: skip
-    reasons = control_plane.kubectl(
-        "get", "events", "--namespace", namespace,
-        "--field-selector=involvedObject.kind=AgentPool,involvedObject.name=research",
-        "-o", "jsonpath={.items[*].reason}",
-    ).stdout.split()  # fmt: skip
+    reasons = event_reasons(control_plane, namespace, "AgentPool", "research")
     assert "ScaledUp" in reasons, reasons
     assert "ScaledDown" in reasons, reasons

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,18 @@ import redis.asyncio as aioredis
 
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, has_operator_command, running_agents, wait_until
-from cluster.resources import EXAMPLES_DIR, documents, dump, install_crds, table, temporary_namespace
+from cluster.resources import (
+    EXAMPLES_DIR,
+    documents,
+    dump,
+    event_reasons,
+    install_crds,
+    table,
+    temporary_namespace,
+)
 from codeforge.api.task import TaskState
 from codeforge.orchestrator import task_id
-from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue import TaskQueue
 from codeforge.queue.local_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
@@ -89,22 +97,11 @@ def operator(
     agents: dict[str, AgentProcess],
 ) -> Iterator[OperatorProcess]:
     # `codeforge operator` here, `kopf run` (the image's entrypoint) in the AgentPool tests: both are covered.
-    process = OperatorProcess(
-        kubeconfig=control_plane.kubeconfig,
-        queue_url=redis_server.url,
-        namespaces=[namespace],
-        log_path=log_dir / "operator.log",
-        entrypoint="codeforge" if has_operator_command() else "kopf",
-    )
-    with process:
+    entrypoint = "codeforge" if has_operator_command() else "kopf"
+    with OperatorProcess.for_namespace(
+        control_plane, namespace, redis_server.url, log_dir / "operator.log", entrypoint
+    ) as process:
         yield process
-
-
-@pytest.fixture
-async def queue(redis_server: LocalRedis) -> AsyncIterator[TaskQueue]:
-    opened = await open_queue(redis_server.url)
-    yield opened
-    await opened.close()
 
 
 def chain(pool: str, *names: str, **params: Any) -> dict[str, Any]:
@@ -218,11 +215,7 @@ def test_example_and_a_watched_workflow_run_to_succeeded(
     uid = done["metadata"]["uid"]
     assert len(claims(agents["echo"], uid)) == 1
 
-    reasons = control_plane.kubectl(
-        "get", "events", "--namespace", namespace,
-        "--field-selector=involvedObject.kind=Workflow,involvedObject.name=watched",
-        "-o", "jsonpath={.items[*].reason}",
-    ).stdout.split()  # fmt: skip
+    reasons = event_reasons(control_plane, namespace, "Workflow", "watched")
     assert "StepStarted" in reasons, reasons
     assert "StepSucceeded" in reasons, reasons
 

@@ -8,171 +8,35 @@ operator opens from `memory://` (reached through the operator's memo).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import kmock
-import kopf
 import pytest
 from prometheus_client import REGISTRY
 
-import codeforge.controller  # noqa: F401  (registers the handlers in Kopf's default registry)
 from codeforge.api.task import Task
 from codeforge.controller import builders
 from codeforge.queue import TaskQueue
-
-NS = "team-a"
-POOLS = "codeforge.ai/v1alpha1/agentpools"
-DEPLOYMENTS = "apps/v1/deployments"
+from support.kopf_harness import DEPLOYMENTS, NS, POOLS, Cluster, prepare, running
 
 pytestmark = pytest.mark.timeout(60)
 
+#: Seconds `cluster.eventually` waits by default.
+TIMEOUT = 10.0
 
-class Cluster:
-    def __init__(self, emulator: kmock.KubernetesEmulator, memo: Any) -> None:
-        self.k8s = emulator
-        self.memo = memo
-        self.session = aiohttp.ClientSession(base_url=str(emulator.url))
-
-    @property
-    def queue(self) -> TaskQueue:
-        queue: TaskQueue = self.memo.runtime.queue
-        return queue
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
-        async with self.session.request(method, path, json=body, headers=headers) as response:
-            assert response.status < 400, await response.text()
-            return await response.json()
-
-    async def create_pool(self, name: str, spec: dict[str, Any]) -> None:
-        body = {
-            "apiVersion": "codeforge.ai/v1alpha1",
-            "kind": "AgentPool",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "uid": f"uid-{name}",
-                "generation": 1,
-                "resourceVersion": "1",  # Kopf patches with a JSON-patch test on it; kmock sets none
-            },
-            "spec": spec,
-        }
-        await self.request("POST", f"/apis/codeforge.ai/v1alpha1/namespaces/{NS}/agentpools", body)
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        """The object's current state (a copy), or None; `resource` is like "apps/v1/deployments"."""
-        for (res, namespace, obj_name), obj in self.k8s.objects.items():
-            path = "/".join(p for p in (res.group, res.version, res.plural) if p)
-            if (path, namespace, obj_name) == (resource, NS, name) and not obj.deleted:
-                copied: dict[str, Any] = json.loads(json.dumps(obj.raw))
-                return copied
-        return None
-
-    async def eventually(self, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Poll the emulator's state until `check` gives something truthy (the operator is asynchronous)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = check()
-            if result:
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                keys = [(r.plural, ns, name) for r, ns, name in self.k8s.objects]
-                raise AssertionError(f"condition not met within {timeout}s; objects: {keys}")
-            await asyncio.sleep(0.1)
-
-    def replicas(self, name: str) -> int | None:
-        deployment = self.get(DEPLOYMENTS, name)
-        return deployment["spec"]["replicas"] if deployment else None
-
-    def events(self, reason: str) -> list[dict[str, Any]]:
-        return [
-            obj.raw
-            for (resource, _, _), obj in self.k8s.objects.items()
-            if resource.plural == "events" and obj.raw.get("reason") == reason
-        ]
+Operator = Callable[[], AbstractAsyncContextManager[Cluster]]
 
 
 @pytest.fixture
-def operator(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[], AbstractAsyncContextManager[Cluster]]:
-    """`async with operator() as cluster:` runs Kopf with our handlers against the emulator.
+def operator(kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Operator:
+    """`async with operator() as cluster:` runs Kopf with our handlers against the emulator, in the test's
+    own task (see `support.kopf_harness`)."""
+    prepare(kmock, tmp_path, monkeypatch, "memory://")
+    return lambda: running(kmock, timeout=TIMEOUT)
 
-    The operator runs inside the test's own task, not a fixture's: when Kopf stops it cancels tasks created
-    after it started, which would include pytest-asyncio's fixture-teardown task.
-    """
-    kmock.resources[POOLS] = kmock.ResourceInfo(
-        kind="AgentPool", namespaced=True, subresources={"status", "scale"}, verbs={"list", "watch", "patch"}
-    )
-    for resource, kind in [
-        (DEPLOYMENTS, "Deployment"),
-        ("v1/pods", "Pod"),
-        ("v1/services", "Service"),
-        ("v1/events", "Event"),
-        ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget"),
-        # Kopf waits for these two to be discoverable before it starts watching anything.
-        ("v1/namespaces", "Namespace"),
-        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
-    ]:
-        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs={"list", "watch"})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
-                "users": [{"name": "kmock", "user": {"token": "test"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    # Kopf's login (login_via_client) loads it; the client read $KUBECONFIG at import, so patch the default.
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("CODEFORGE_PEERING", "standalone")
-
-    return lambda: _running(kmock)
-
-
-@contextlib.asynccontextmanager
-async def _running(emulator: kmock.KubernetesEmulator, with_queue: bool = True) -> AsyncIterator[Cluster]:
-    settings = kopf.OperatorSettings()
-    settings.scanning.disabled = True
-    memo = kopf.Memo()
-    stop, ready = asyncio.Event(), asyncio.Event()
-    operator = asyncio.create_task(
-        kopf.operator(
-            registry=kopf.get_default_registry(),
-            settings=settings,
-            memo=memo,
-            namespaces=[NS],
-            standalone=True,
-            stop_flag=stop,
-            ready_flag=ready,
-        )
-    )
-    await asyncio.wait_for(ready.wait(), 10)
-    cluster = Cluster(emulator, memo)
-    try:
-        await cluster.eventually(
-            lambda: getattr(memo, "runtime", None) and (memo.runtime.queue or not with_queue)
-        )
-        yield cluster
-    finally:
-        await cluster.session.close()
-        stop.set()
-        await asyncio.wait_for(operator, 15)
-
-
-Operator = Callable[[], AbstractAsyncContextManager[Cluster]]
 
 SPEC: dict[str, Any] = {
     "role": "research",
@@ -189,18 +53,18 @@ async def enqueue(queue: TaskQueue, pool: str, count: int) -> None:
 async def test_create_builds_owned_objects_and_reports_status(operator: Operator) -> None:
     async with operator() as cluster:
         await cluster.create_pool("research", SPEC)
-        deployment = await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "research"))
+        deployment = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "research"))
         assert deployment["spec"]["replicas"] == 2
         assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-research"
         env = {
             e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         assert env["CODEFORGE_POOL"] == f"{NS}/research"
-        assert await cluster.eventually(lambda: cluster.get("v1/services", "research-metrics"))
-        assert await cluster.eventually(lambda: cluster.get("policy/v1/poddisruptionbudgets", "research"))
+        assert await cluster.eventually(lambda: cluster.find("v1/services", "research-metrics"))
+        assert await cluster.eventually(lambda: cluster.find("policy/v1/poddisruptionbudgets", "research"))
 
         def status() -> Any:
-            pool = cluster.get(POOLS, "research")
+            pool = cluster.find(POOLS, "research")
             return pool and pool.get("status", {}).get("conditions") and pool["status"]
 
         reported = await cluster.eventually(status)
@@ -217,10 +81,10 @@ async def test_queue_burst_scales_the_deployment_and_posts_an_event(operator: Op
         await cluster.eventually(lambda: cluster.replicas("burst") == 2)
         await enqueue(cluster.queue, "burst", 15)
         await cluster.eventually(lambda: cluster.replicas("burst") == 8)  # ceil(15 / 2)
-        events = await cluster.eventually(lambda: cluster.events("ScaledUp"))
+        events = await cluster.eventually(lambda: cluster.stored_events("ScaledUp"))
         assert "from 2 to 8" in events[0]["message"]
         status = await cluster.eventually(
-            lambda: (cluster.get(POOLS, "burst") or {}).get("status", {}).get("queued")
+            lambda: (cluster.find(POOLS, "burst") or {}).get("status", {}).get("queued")
         )
         assert status == 15
         labels = {"pool": f"{NS}/burst"}
@@ -233,7 +97,7 @@ async def test_queue_burst_scales_the_deployment_and_posts_an_event(operator: Op
 async def test_drift_on_the_deployment_is_corrected(operator: Operator) -> None:
     async with operator() as cluster:
         await cluster.create_pool("drift", SPEC)
-        await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "drift"))
+        await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "drift"))
         patch = {
             "spec": {
                 "replicas": 9,
@@ -243,7 +107,7 @@ async def test_drift_on_the_deployment_is_corrected(operator: Operator) -> None:
         await cluster.request("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/drift", patch)
 
         def repaired() -> bool:
-            deployment = cluster.get(DEPLOYMENTS, "drift") or {}
+            deployment = cluster.find(DEPLOYMENTS, "drift") or {}
             containers = (
                 deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])
             )
@@ -270,14 +134,14 @@ async def test_invalid_spec_is_reported_and_the_operator_keeps_working(operator:
         await cluster.create_pool("broken", bad)
 
         def invalid() -> Any:
-            conditions = (cluster.get(POOLS, "broken") or {}).get("status", {}).get("conditions", [])
+            conditions = (cluster.find(POOLS, "broken") or {}).get("status", {}).get("conditions", [])
             return [c for c in conditions if c["type"] == "Degraded" and c["reason"] == "InvalidSpec"]
 
         (condition,) = await cluster.eventually(invalid)
         assert "spec.autoscaling" in condition["message"]
-        assert cluster.get(DEPLOYMENTS, "broken") is None
+        assert cluster.find(DEPLOYMENTS, "broken") is None
         await cluster.create_pool("healthy", SPEC)
-        await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "healthy"))
+        await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "healthy"))
 
 
 async def test_scale_in_makes_idle_agents_cheapest_to_delete(operator: Operator) -> None:
@@ -305,17 +169,17 @@ async def test_scale_in_makes_idle_agents_cheapest_to_delete(operator: Operator)
         await cluster.eventually(lambda: cluster.replicas("shrink") == 2)
 
         def cost(pod: str) -> int:
-            annotations = (cluster.get("v1/pods", pod) or {}).get("metadata", {}).get("annotations", {})
+            annotations = (cluster.find("v1/pods", pod) or {}).get("metadata", {}).get("annotations", {})
             return int(annotations[builders.POD_DELETION_COST])
 
         assert cost("shrink-c") < cost("shrink-b") < cost("shrink-a")
-        assert await cluster.eventually(lambda: cluster.events("ScaledDown"))
+        assert await cluster.eventually(lambda: cluster.stored_events("ScaledDown"))
 
 
 async def test_image_pull_failures_degrade_the_pool_with_a_warning_event(operator: Operator) -> None:
     async with operator() as cluster:
         await cluster.create_pool("pull", SPEC)
-        await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "pull"))
+        await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "pull"))
         waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "agent:1"'}
         pod = {
             "metadata": {"name": "pull-x", "namespace": NS, "labels": builders.selector_labels("pull")},
@@ -326,15 +190,15 @@ async def test_image_pull_failures_degrade_the_pool_with_a_warning_event(operato
         await cluster.request("POST", f"/api/v1/namespaces/{NS}/pods", pod)
 
         def degraded() -> Any:
-            conditions = (cluster.get(POOLS, "pull") or {}).get("status", {}).get("conditions", [])
+            conditions = (cluster.find(POOLS, "pull") or {}).get("status", {}).get("conditions", [])
             return [c for c in conditions if c["type"] == "Degraded" and c["status"] == "True"]
 
         (condition,) = await cluster.eventually(degraded)
         assert condition["reason"] == "ImagePullFailed"
         assert "pull-x: ImagePullBackOff" in condition["message"]
-        (event,) = await cluster.eventually(lambda: cluster.events("ImagePullFailed"))
+        (event,) = await cluster.eventually(lambda: cluster.stored_events("ImagePullFailed"))
         assert event["type"] == "Warning"
-        assert (cluster.get(POOLS, "pull") or {})["status"]["phase"] == "Degraded"
+        assert (cluster.find(POOLS, "pull") or {})["status"]["phase"] == "Degraded"
 
 
 async def test_unreachable_queue_holds_replicas_and_says_so(
@@ -344,11 +208,11 @@ async def test_unreachable_queue_holds_replicas_and_says_so(
     from codeforge.controller.config import OperatorConfig
 
     monkeypatch.setattr(runtime, "CONFIG", OperatorConfig(queue_url="redis://127.0.0.1:1/0"))
-    async with _running(kmock, with_queue=False) as cluster:
+    async with running(kmock, with_queue=False, timeout=TIMEOUT) as cluster:
         await cluster.create_pool("blind", SPEC)
 
         def unreachable() -> Any:
-            conditions = (cluster.get(POOLS, "blind") or {}).get("status", {}).get("conditions", [])
+            conditions = (cluster.find(POOLS, "blind") or {}).get("status", {}).get("conditions", [])
             return [c for c in conditions if c["reason"] == "QueueUnreachable"]
 
         (condition,) = await cluster.eventually(unreachable)
@@ -359,8 +223,8 @@ async def test_unreachable_queue_holds_replicas_and_says_so(
 async def test_a_deleted_deployment_is_recreated(operator: Operator) -> None:
     async with operator() as cluster:
         await cluster.create_pool("phoenix", SPEC)
-        first = await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "phoenix"))
+        first = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "phoenix"))
         await cluster.request("DELETE", f"/apis/apps/v1/namespaces/{NS}/deployments/phoenix")
-        assert cluster.get(DEPLOYMENTS, "phoenix") is None
-        again = await cluster.eventually(lambda: cluster.get(DEPLOYMENTS, "phoenix"))
+        assert cluster.find(DEPLOYMENTS, "phoenix") is None
+        again = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "phoenix"))
         assert again["spec"] == first["spec"]
