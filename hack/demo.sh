@@ -1,11 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: run the founding design's development Workflow in one process on the embedded queue.
+# `make demo`: run the founding design's development Workflow in one process on the embedded queue
+# (in-process demo agents, no Redis, no Kubernetes), with live progress and the final state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-example=examples/workflows/feature-development.yaml
-if [ ! -f "$example" ]; then
-  echo "The orchestrator (issue 4) is not built yet: $example does not exist."
-  echo "What works today: the task queue. Try: .venv/bin/codeforge bench queue --quick"
-  exit 0
-fi
-exec .venv/bin/codeforge run "$example"
+exec .venv/bin/codeforge run examples/workflows/feature-development.yaml "$@"
