@@ -289,8 +289,8 @@ class RedisTaskQueue:
                 if isinstance(exc, redis_errors.ResponseError):
                     raise QueueError(f"Redis at {safe_url} answered: {exc}") from None
                 raise QueueUnavailableError(
-                    f"cannot reach Redis at {safe_url}: {exc}. Check the host and port, that redis-server "
-                    "runs there, and for TLS use rediss://"
+                    f"cannot reach Redis at {safe_url}: {_sentence(exc)} Check the host and port, that "
+                    "redis-server runs there, and for TLS use rediss://"
                 ) from None
             if not info.get("cluster_enabled"):
 
@@ -319,8 +319,8 @@ class RedisTaskQueue:
             if auth:
                 raise auth from None
             raise QueueUnavailableError(
-                f"cannot reach Redis Cluster at {safe_url}: {exc}. Check the node addresses and that the "
-                "cluster is formed (redis-cli --cluster check)"
+                f"cannot reach Redis Cluster at {safe_url}: {_sentence(exc)} Check the node addresses and "
+                "that the cluster is formed (redis-cli --cluster check)"
             ) from None
 
         async def cluster_pubsub() -> Redis:
@@ -634,6 +634,11 @@ def _auth_problem(url: str, exc: BaseException, password: str | None) -> QueueCo
     if not password or "required" in text.lower():
         return QueueConfigError(f"Redis at {url} requires a password: {where}")
     return QueueConfigError(f"Redis at {url} refused the password ({text}): {where}")
+
+
+def _sentence(exc: BaseException) -> str:
+    """An error's text ending in exactly one full stop (redis-py's messages sometimes end in one)."""
+    return str(exc).rstrip(". ") + "."
 
 
 def _encode_result(result: Any) -> str:
