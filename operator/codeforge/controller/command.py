@@ -3,7 +3,8 @@ environment the Helm chart sets (flags win over variables):
 
 - CODEFORGE_WATCH_NAMESPACES: comma-separated namespaces to watch (globs like `team-*` allowed); empty or
   unset: the whole cluster
-- CODEFORGE_LOG_FORMAT: text, json or full (Kopf's own formats); default text
+- CODEFORGE_LOG_FORMAT: full (lines name their object, as `kopf run` logs), text (without it) or json;
+  default full
 - CODEFORGE_LIVENESS_ENDPOINT: the liveness probe URL; default http://0.0.0.0:8080/healthz ("off": none)
 - CODEFORGE_QUEUE_URL, CODEFORGE_PEERING, ...: read by `codeforge.controller.config` and `.settings`
 """
@@ -34,8 +35,8 @@ def operator_command(
         ),
     ] = "",
     log_format: Annotated[
-        str, typer.Option("--log-format", envvar="CODEFORGE_LOG_FORMAT", help="text, json or full.")
-    ] = "text",
+        str, typer.Option("--log-format", envvar="CODEFORGE_LOG_FORMAT", help="full, text or json.")
+    ] = "full",
     liveness: Annotated[
         str,
         typer.Option(

@@ -4,7 +4,8 @@
   the status schema of our CRDs stays strict and holds only what users read.
 - High availability: run two replicas with peering. Each replica takes a random priority, so exactly one is
   active (the lower one pauses while it sees the higher one) and the standby takes over once the active one's
-  peering record expires. `CODEFORGE_PEERING=standalone` disables peering (one replica, or tests).
+  peering record expires (`CODEFORGE_PEERING_LIFETIME`, default 60 s). `CODEFORGE_PEERING=standalone`
+  disables peering (one replica, or tests).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def configure(settings: kopf.OperatorSettings, env: Mapping[str, str] | None = N
     # An operator pauses while it sees a peer of higher or equal priority: equal ones would pause both.
     settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.peering.stealth = True
+    # Seconds a peer's keep-alive stays valid: how long a standby waits after the active replica dies.
+    # Kopf refreshes its record 5-10 s before this runs out, so keep it at 15 or more.
+    settings.peering.lifetime = max(15, int(env.get("CODEFORGE_PEERING_LIFETIME", "60") or 60))
 
     # Our Events carry the scale decisions and health changes; Kopf's per-handler ones are noise.
     settings.posting.level = logging.WARNING
