@@ -21,7 +21,7 @@ import pytest
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import TaskQueue, open_queue
 from codeforge.queue.local_server import free_port
-from support.agent_procs import agent_env, running_agents, start_agent
+from support.agent_procs import agent_env, run_to_exit, running_agents, start_agent
 
 pytestmark = pytest.mark.redis
 COMMAND = Path(__file__).parents[1] / "support" / "agent_command.py"
@@ -176,13 +176,8 @@ async def test_health_port_in_use_is_a_config_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         env = agent_env("agent-port", "redis://127.0.0.1:1/0", health_port=str(port), health_host="127.0.0.1")
-        agent = start_agent(env)
-        try:
-            assert await agent.wait(timeout=60) == 2
-            log = agent.log
-        finally:
-            agent.kill()
-            agent.log_path.unlink()
+        code, log = await run_to_exit(env)
+    assert code == 2
     assert "--health-port / CODEFORGE_HEALTH_PORT: cannot listen on" in log
     assert "Traceback" not in log
 

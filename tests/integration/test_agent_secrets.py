@@ -11,7 +11,7 @@ import pytest
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import open_queue
 from codeforge.queue.local_server import LocalRedis
-from support.agent_procs import agent_env, running_agents, start_agent
+from support.agent_procs import agent_env, run_to_exit, running_agents
 from support.tls import make_server_tls
 
 pytestmark = pytest.mark.redis
@@ -63,13 +63,8 @@ async def test_wrong_password_exits_2_with_a_clear_message(
     env = agent_env("agent-wrong", f"rediss://127.0.0.1:{tls_redis.port}/0")
     env["CODEFORGE_REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
     env["CODEFORGE_REDIS_CA_FILE"] = str(tls_files[2])
-    agent = start_agent(env)
-    try:
-        assert await agent.wait(timeout=60) == 2
-        log = agent.log
-    finally:
-        agent.kill()
-        agent.log_path.unlink()
+    code, log = await run_to_exit(env)
+    assert code == 2
     assert "configuration error" in log
     assert "refused the password" in log
     assert "Traceback" not in log

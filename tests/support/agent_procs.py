@@ -105,5 +105,16 @@ async def running_agents(
                 agent.log_path.unlink()
 
 
+async def run_to_exit(env: Mapping[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Start an agent that is expected to stop by itself (a bad setting): its exit code and its log."""
+    agent = start_agent(env)
+    try:
+        code = await agent.wait(timeout=timeout)
+        return code, agent.log
+    finally:
+        agent.kill()
+        agent.log_path.unlink()
+
+
 def sigterm(agent: AgentProcess) -> None:
     agent.signal(signal.SIGTERM)
