@@ -796,3 +796,8 @@ async def test_bad_pool_name_is_refused_before_touching_the_backend(queue: TaskQ
         await queue.stats("a}{b")
     with pytest.raises(ValueError, match="invalid pool name"):
         await queue.cancel("", "some-task")
+
+
+async def test_claim_many_needs_at_least_one_task(queue: TaskQueue, pool: str) -> None:
+    with pytest.raises(ValueError, match=r"max_tasks must be at least 1 \(got 0\)"):
+        await queue.claim_many(pool, "agent", 0)

@@ -24,6 +24,11 @@ from codeforge.queue.errors import LeaseLostError
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600
 
 
+def check_max_tasks(max_tasks: int) -> None:
+    if max_tasks < 1:
+        raise ValueError(f"max_tasks must be at least 1 (got {max_tasks}): claim_many takes one task or more")
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A claimed task: the holder may work on it until `expires_at` (Unix time), renewable by heartbeat."""

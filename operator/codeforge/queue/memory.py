@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
-from codeforge.queue.base import Lease
+from codeforge.queue.base import Lease, check_max_tasks
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
 
 
@@ -111,6 +111,7 @@ class MemoryTaskQueue:
     async def claim_many(
         self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
     ) -> list[Lease]:
+        check_max_tasks(max_tasks)
         state = self._pool(pool)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while True:

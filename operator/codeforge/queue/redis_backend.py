@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
-from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease
+from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease, check_max_tasks
 from codeforge.queue.errors import (
     LeaseLostError,
     QueueConfigError,
@@ -411,8 +411,7 @@ class RedisTaskQueue:
         self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
     ) -> list[Lease]:
         validate_pool_name(pool)
-        if max_tasks < 1:
-            raise ValueError("max_tasks must be at least 1")
+        check_max_tasks(max_tasks)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         reply = await self._script("claim", pool, consumer, max_tasks)
         while True:
