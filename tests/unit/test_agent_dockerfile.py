@@ -7,22 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.dockerfiles import hadolint, stages
+
 DOCKERFILE = Path(__file__).parents[2] / "agent_image" / "Dockerfile"
-HADOLINT = Path(sys.executable).with_name("hadolint")
 
 
 def test_hadolint_finds_nothing() -> None:
-    out = subprocess.run(
-        [str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
-    )
+    out = hadolint(DOCKERFILE)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_multi_stage_non_root_and_compiler_free_final_stage() -> None:
-    text = DOCKERFILE.read_text()
-    stages = text.split("\nFROM ")
-    assert len(stages) >= 2, "the image must be multi-stage (build deps stay in the builder)"
-    final = stages[-1]
+    parts = stages(DOCKERFILE)
+    assert len(parts) >= 2, "the image must be multi-stage (build deps stay in the builder)"
+    final = parts[-1]
     assert "\nUSER 10001" in final, "the final stage must run as a numeric non-root user"
     for tool in ("gcc", "build-essential", "g++", "make "):
         assert tool not in final, f"{tool} must not be installed in the final stage"

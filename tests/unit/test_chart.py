@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +21,12 @@ import yaml
 from cluster.control_plane import bin_dir_for, default_cache
 from codeforge.controller.config import OperatorConfig
 from codeforge.queue.local_server import free_port
+from support.dockerfiles import hadolint, stages
 
 REPO = Path(__file__).parents[2]
 CHART = REPO / "helm" / "codeforge"
 MANIFESTS = REPO / "manifests"
 DOCKERFILE = REPO / "operator" / "Dockerfile"
-HADOLINT = Path(sys.executable).with_name("hadolint")
 RELEASE = "codeforge"
 NAMESPACE = "codeforge"
 
@@ -547,17 +546,14 @@ def test_manifests_kustomization_lists_its_files() -> None:
 
 
 def test_operator_dockerfile_passes_hadolint() -> None:
-    out = subprocess.run(
-        [str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
-    )
+    out = hadolint(DOCKERFILE)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_operator_image_is_multi_stage_non_root_and_runs_kopf_with_liveness() -> None:
-    text = DOCKERFILE.read_text()
-    stages = text.split("\nFROM ")
-    assert len(stages) >= 2, "multi-stage: build tools stay in the builder"
-    final = stages[-1]
+    parts = stages(DOCKERFILE)
+    assert len(parts) >= 2, "multi-stage: build tools stay in the builder"
+    final = parts[-1]
     assert "\nUSER 10001" in final
     for tool in ("gcc", "build-essential", "g++", "apt-get install", "pip install", "uv "):
         assert tool not in final, f"{tool} must not be in the final stage"
