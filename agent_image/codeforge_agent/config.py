@@ -291,8 +291,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("role", text, "Role name (research, review, ...), shown in every log line.", ""),
     Option("agent_id", text, "Consumer name in the queue.", "`$HOSTNAME-<pid>`"),
     Option("concurrency", whole_number, "Tasks run at once by this agent.", "1"),
-    Option("lease_seconds", seconds, "Heartbeat cadence: each lease is renewed every third of "
-           "min(this, the task's lease_seconds).", "30"),
+    Option("lease_seconds", seconds, "Lease on each claimed task (the pool's `spec.queue.leaseSeconds`): "
+           "if this agent dies, its tasks are redelivered this long after its last heartbeat. Heartbeats "
+           "every third of it.", "30"),
     Option("task_timeout", optional_seconds, "Per-task time limit; the task's deadline shortens it. "
            "`off` = only the deadline.", "off"),
     Option("grace_seconds", seconds, "On SIGTERM: how long in-flight tasks may finish before they are "
