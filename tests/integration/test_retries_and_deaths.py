@@ -156,7 +156,7 @@ async def test_a_dead_agents_task_comes_back_after_the_pools_lease_not_30s(redis
     queue = await open_queue(redis_url)
     try:
         # The task itself asks for the 30 s default; the pool's agents say 1 s.
-        await queue.enqueue(Task(id="k1", pool=pool, payload={"seconds": 2.0}, lost_lease_backoff_seconds=0))
+        await queue.enqueue(Task(id="k1", pool=pool, payload={"seconds": 2.0}))
         async with running_agents(env) as [doomed]:
             await doomed.wait_for_log("task_id=k1")
             doomed.signal(signal.SIGKILL)
