@@ -74,7 +74,7 @@ def test_agent_env_configures_codeforge_agent() -> None:
 
 
 def test_the_pools_lease_reaches_its_agents_claims() -> None:
-    # spec.queue.leaseSeconds is the lease every claim of the pool's agents carries, not just a heartbeat pace.
+    # spec.queue.leaseSeconds is the lease each claim of the pool's agents carries, not a heartbeat pace.
     env = env_of(builders.build_deployment(REF, make_spec(queue={"leaseSeconds": 7.5}), 1, DEFAULTS))
     assert env["CODEFORGE_LEASE_SECONDS"] == "7.5"
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
