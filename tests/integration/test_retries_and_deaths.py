@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codeforge.api.task import Task, TaskState
+from codeforge.api.task import DEFAULT_MAX_LOST_LEASES, Task, TaskState
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import AgentProcesses, InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
-from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue import LOST_LEASE_BUDGET_SPENT, TaskQueue, open_queue
 from support.agent_procs import TESTS_DIR, agent_env, running_agents
 
 FUNCS = "support.retry_agents"
@@ -142,6 +142,29 @@ async def test_vanishing_consumers_do_not_spend_the_steps_retries_on_memory(tmp_
         await queue.close()
     assert outcome.status == "succeeded", outcome.error
     assert len(runs(log)) == 1
+
+
+async def test_a_step_whose_agents_keep_going_away_fails_on_the_lost_lease_budget_without_retrying() -> None:
+    # Ten interrupted runs (drains past their grace: no backoff, so the test is quick) spend the task's whole
+    # lost-lease budget; the step fails with that reason and does not start attempt a1, retries or not.
+    pool = new_pool("goner")
+    spec = one_step(pool, {}, "{max: 2, backoffSeconds: 0}")
+    queue = await open_queue("memory://")
+    try:
+        job = asyncio.create_task(WorkflowRunner(queue).run("wf-goner", spec))
+        for run in range(DEFAULT_MAX_LOST_LEASES):
+            lease = await queue.claim(pool, f"agent-{run}", timeout=30)
+            assert lease is not None
+            assert lease.id.endswith("/a0"), "agent losses must not start a new attempt"
+            await queue.release(lease, started=True, reason=f"agent-{run} shut down before the task finished")
+        outcome = await asyncio.wait_for(job, 30)
+        assert await queue.get(pool, "wf-goner/work/v1/p0/a1") is None
+    finally:
+        await queue.close()
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert LOST_LEASE_BUDGET_SPENT in outcome.error, outcome.error
+    assert f"lost {DEFAULT_MAX_LOST_LEASES} of {DEFAULT_MAX_LOST_LEASES}" in outcome.error
 
 
 # --- the lease length is the pool's ---------------------------------------------------------------------
