@@ -84,6 +84,11 @@ class AgentConfig:
             if getattr(self, name) <= 0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} / CODEFORGE_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.lease_seconds > 86400:
+            raise ConfigError(
+                f"--lease-seconds / CODEFORGE_LEASE_SECONDS must be <= 86400 (a day), "
+                f"got {self.lease_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ConfigError(
                 f"--grace-seconds / CODEFORGE_GRACE_SECONDS must be >= 0, got {self.grace_seconds}"
