@@ -84,6 +84,11 @@ class AgentConfig:
             if getattr(self, name) <= 0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} / CODEFORGE_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.lease_seconds > 86400:
+            raise ConfigError(
+                f"--lease-seconds / CODEFORGE_LEASE_SECONDS must be <= 86400 (a day), "
+                f"got {self.lease_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ConfigError(
                 f"--grace-seconds / CODEFORGE_GRACE_SECONDS must be >= 0, got {self.grace_seconds}"
@@ -291,8 +296,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("role", text, "Role name (research, review, ...), shown in every log line.", ""),
     Option("agent_id", text, "Consumer name in the queue.", "`$HOSTNAME-<pid>`"),
     Option("concurrency", whole_number, "Tasks run at once by this agent.", "1"),
-    Option("lease_seconds", seconds, "Heartbeat cadence: each lease is renewed every third of "
-           "min(this, the task's lease_seconds).", "30"),
+    Option("lease_seconds", seconds, "Lease on each claimed task (the pool's `spec.queue.leaseSeconds`): "
+           "if this agent dies, its tasks are redelivered this long after its last heartbeat. Heartbeats "
+           "every third of it.", "30"),
     Option("task_timeout", optional_seconds, "Per-task time limit; the task's deadline shortens it. "
            "`off` = only the deadline.", "off"),
     Option("grace_seconds", seconds, "On SIGTERM: how long in-flight tasks may finish before they are "

@@ -7,8 +7,12 @@ Per task: claim -> handler (cancelled at the task's deadline or --task-timeout) 
 it -> complete or fail with the lease's fencing token. A lost lease (expired and redelivered, or the task
 cancelled) cancels the handler and records nothing: the new owner's result is the one that counts.
 
-Stop (SIGTERM): stop claiming, give back any claim that arrives after the stop, let in-flight tasks run
-for `grace_seconds`, then cancel the rest and fail them as retryable so another agent picks them up.
+Leases are as long as the agent's `lease_seconds` (its pool's spec.queue.leaseSeconds): the claim carries
+it, so a task whose agent dies is redelivered after that, whatever the task says.
+
+Stop (SIGTERM): stop claiming, give back any claim that arrives after the stop (nothing spent), let
+in-flight tasks run for `grace_seconds`, then cancel the rest and hand them back at once: that spends one of
+the task's lost-lease budget, like an agent death, never the handler's retries.
 """
 
 from __future__ import annotations
@@ -142,7 +146,11 @@ class Agent:
                 continue
             try:
                 leases = await self.queue.claim_many(
-                    self.config.pool, self.agent_id, free, timeout=self.config.claim_wait
+                    self.config.pool,
+                    self.agent_id,
+                    free,
+                    timeout=self.config.claim_wait,
+                    lease_seconds=self.config.lease_seconds,
                 )
             except TRANSIENT_ERRORS as exc:
                 self.connected = False
@@ -257,7 +265,7 @@ class Agent:
             self._timing(run, "lease_lost", started, finished)
         elif run.interrupted:
             message = f"agent {self.agent_id} shut down before the task finished (grace period over)"
-            await self._fail(run, log, message, True, 0.0, "shutdown", started, finished)
+            await self._hand_back(run, log, message, started, finished)
         else:
             await self._fail(run, log, "the handler was cancelled", True, 0.0, "error", started, finished)
 
@@ -318,6 +326,24 @@ class Agent:
                 "failed (%s, now %s)", kind, state, extra={"event": "failed", "error": message[:1000]}
             )
 
+    async def _hand_back(
+        self, run: _Run, log: ContextAdapter, message: str, started: float, finished: float
+    ) -> None:
+        """A drain ran out of grace: give the started task back, spending a lost lease, not a retry."""
+        states: list[str] = []
+
+        async def report(lease: Lease) -> None:
+            states.append(str(await self.queue.release(lease, started=True, reason=message)))
+
+        if await self._report(run, log, report):
+            self.metrics.failed.labels(*self._labels, "shutdown").inc()
+            self._timing(run, "interrupted", started, finished)
+            log.warning(
+                "handed back unfinished (now %s)",
+                states[-1],
+                extra={"event": "interrupted", "error": message},
+            )
+
     async def _report(self, run: _Run, log: ContextAdapter, call: Callable[[Lease], Awaitable[None]]) -> bool:
         """Record the outcome under the lease's fencing token; retry while the queue is unreachable."""
         delay = 0.1
@@ -348,7 +374,7 @@ class Agent:
             )
 
     async def _heartbeat(self, run: _Run, log: ContextAdapter) -> None:
-        interval = min(run.lease.task.lease_seconds, self.config.lease_seconds) / 3
+        interval = self.config.lease_seconds / 3  # the claim asked for this lease length
         while True:
             await asyncio.sleep(interval)
             try:

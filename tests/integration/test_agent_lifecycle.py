@@ -84,9 +84,11 @@ async def test_sigterm_past_grace_hands_the_task_back(redis_url: str, queue: Tas
 
 async def test_sigkill_mid_task_is_redelivered_and_recorded_once(redis_url: str, queue: TaskQueue) -> None:
     pool = new_pool()
-    env = agent_env(pool, redis_url, handler="python", python_function="support.agent_funcs:whoami")
+    env = agent_env(
+        pool, redis_url, handler="python", python_function="support.agent_funcs:whoami", lease_seconds="1"
+    )
     async with running_agents(env) as [doomed]:
-        await queue.enqueue(Task(id="k1", pool=pool, payload={"seconds": 1.0}, lease_seconds=1.0))
+        await queue.enqueue(Task(id="k1", pool=pool, payload={"seconds": 1.0}))  # the pool's 1 s lease
         await doomed.wait_for_log("task_id=k1")
         doomed.signal(signal.SIGKILL)
         await doomed.wait()

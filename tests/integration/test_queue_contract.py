@@ -15,6 +15,8 @@ import pytest
 
 from codeforge.api.task import Priority, TaskState
 from codeforge.queue import (
+    HANDLER_BUDGET_SPENT,
+    LOST_LEASE_BUDGET_SPENT,
     Lease,
     LeaseLostError,
     TaskCancelledError,
@@ -418,8 +420,52 @@ async def test_heartbeats_keep_a_long_task(queue: TaskQueue, pool: str) -> None:
 # --- dead-letter queue ----------------------------------------------------------------------------------
 
 
-async def test_expired_past_max_attempts_goes_to_dead_letters(queue: TaskQueue, pool: str) -> None:
-    await queue.enqueue(make_task(pool, "doomed", max_attempts=2, lease_seconds=SHORT_LEASE))
+async def test_the_claim_sets_the_lease_length_not_the_task(queue: TaskQueue, pool: str) -> None:
+    # The task asks for 30 s; the consumer's pool says 0.2 s: a dead agent's task comes back after 0.2 s.
+    await queue.enqueue(make_task(pool, "pool-lease", lease_seconds=30, lost_lease_backoff_seconds=0))
+    before = time.time()
+    lease = await queue.claim(pool, "short-lease-agent", timeout=2, lease_seconds=SHORT_LEASE)
+    assert lease is not None
+    assert lease.expires_at - before < 5, "the claim's lease_seconds must set the lease, not the task's 30 s"
+    renewed = await queue.heartbeat(lease)
+    assert renewed.expires_at - time.time() < 5, "a heartbeat extends by the claim's lease length"
+
+    await expire(queue, pool)
+
+    again = await claim_one(queue, pool, "heir")
+    assert (again.id, again.task.attempts) == ("pool-lease", 2)
+    outcome = await queue.get(pool, "pool-lease")
+    assert outcome is not None
+    assert outcome.error is not None
+    assert f"lease expired after {SHORT_LEASE:g}s" in outcome.error, outcome.error
+    with pytest.raises(ValueError, match="lease_seconds"):
+        await queue.claim(pool, "bad", timeout=0, lease_seconds=0)
+
+
+async def test_lost_leases_spend_their_own_budget_not_the_handlers(queue: TaskQueue, pool: str) -> None:
+    # One handler run allowed, yet three agent deaths do not use it up.
+    await queue.enqueue(
+        make_task(pool, "survives", max_attempts=1, lease_seconds=SHORT_LEASE, lost_lease_backoff_seconds=0)
+    )
+    for delivery in (1, 2, 3):
+        lease = await claim_one(queue, pool, f"agent-{delivery}")
+        assert lease.task.attempts == delivery
+        await expire(queue, pool)
+
+    lease = await claim_one(queue, pool, "agent-4")
+    assert await queue.fail(lease, "handler broke", retryable=True) == TaskState.DEAD
+    dead = await queue.dead_letters(pool)
+    assert [d.id for d in dead] == ["survives"]
+    assert dead[0].error is not None
+    assert dead[0].error.startswith("handler broke"), dead[0].error
+    assert HANDLER_BUDGET_SPENT in dead[0].error
+    assert LOST_LEASE_BUDGET_SPENT not in dead[0].error
+
+
+async def test_lost_leases_past_their_budget_dead_letter_saying_so(queue: TaskQueue, pool: str) -> None:
+    await queue.enqueue(
+        make_task(pool, "doomed", max_lost_leases=2, lease_seconds=SHORT_LEASE, lost_lease_backoff_seconds=0)
+    )
     for attempt in (1, 2):
         lease = await claim_one(queue, pool)
         assert lease.task.attempts == attempt
@@ -430,12 +476,62 @@ async def test_expired_past_max_attempts_goes_to_dead_letters(queue: TaskQueue, 
     assert [d.id for d in dead] == ["doomed"]
     assert dead[0].state == TaskState.DEAD
     assert dead[0].attempts == 2
-    assert dead[0].error, "a dead letter must carry the reason it died"
-    assert "lease" in dead[0].error.lower() or "expire" in dead[0].error.lower(), dead[0].error
+    assert dead[0].error is not None
+    assert "lease expired" in dead[0].error, dead[0].error
+    assert LOST_LEASE_BUDGET_SPENT in dead[0].error
+    assert HANDLER_BUDGET_SPENT not in dead[0].error
+    assert "lost 2 of 2" in dead[0].error, dead[0].error
     stats = await queue.stats(pool)
     assert (stats.dead, stats.queued, stats.in_flight) == (1, 0, 0)
     outcome = await queue.wait_result(pool, "doomed", timeout=2)
     assert outcome.state == TaskState.DEAD
+
+    # A requeued dead letter starts with both budgets fresh: two more losses before it is dead again.
+    assert await queue.requeue_dead(pool, "doomed") is True
+    await claim_one(queue, pool)
+    await expire(queue, pool)
+    assert (await claim_one(queue, pool)).task.attempts == 2
+
+
+async def test_a_lost_lease_is_redelivered_after_a_doubling_backoff(queue: TaskQueue, pool: str) -> None:
+    backoff = 0.4
+    await queue.enqueue(
+        make_task(pool, "crashy", lease_seconds=SHORT_LEASE, lost_lease_backoff_seconds=backoff)
+    )
+    for loss in (1, 2):
+        await claim_one(queue, pool, f"agent-{loss}")
+        await expire(queue, pool)
+        lost_at = time.monotonic()
+        stats = await queue.stats(pool)
+        assert (stats.queued, stats.delayed) == (0, 1), "a task whose agent died waits out a backoff"
+        assert await queue.claim(pool, "eager", timeout=0) is None
+        lease = await queue.claim(pool, "patient", timeout=5)  # woken when the backoff ends, no polling
+        waited = time.monotonic() - lost_at
+        assert lease is not None
+        wanted = backoff * 2 ** (loss - 1)
+        assert wanted - 0.1 <= waited < wanted + 1.5, (loss, waited)
+        await queue.release(lease)  # unstarted: spends nothing, so the next loop starts from the queue
+
+
+async def test_a_drain_hands_started_work_back_on_the_lost_lease_budget(queue: TaskQueue, pool: str) -> None:
+    await queue.enqueue(
+        make_task(pool, "drained", max_attempts=1, max_lost_leases=2, lost_lease_backoff_seconds=30)
+    )
+    lease = await claim_one(queue, pool, "stopping-agent")
+    state = await queue.release(lease, started=True, reason="agent a shut down before the task finished")
+    assert state == TaskState.QUEUED
+    again = await queue.claim(pool, "next-agent", timeout=0)  # at once: a drain is no crash loop
+    assert again is not None
+    assert again.task.attempts == 2
+    with pytest.raises(LeaseLostError):
+        await queue.complete(lease, "after release")
+
+    state = await queue.release(again, started=True, reason="agent b shut down before the task finished")
+    assert state == TaskState.DEAD
+    dead = await queue.dead_letters(pool)
+    assert dead[0].error is not None
+    assert dead[0].error.startswith("agent b shut down"), dead[0].error
+    assert LOST_LEASE_BUDGET_SPENT in dead[0].error
 
 
 async def test_retryable_failures_past_max_attempts_dead_letter_with_the_error(
@@ -452,7 +548,8 @@ async def test_retryable_failures_past_max_attempts_dead_letter_with_the_error(
     dead = await queue.dead_letters(pool)
     assert [(d.id, d.state) for d in dead] == [("flaky", TaskState.DEAD)]
     assert dead[0].error is not None
-    assert "boom-2" in dead[0].error
+    assert dead[0].error.startswith("boom-2"), dead[0].error
+    assert f"{HANDLER_BUDGET_SPENT}: failed 2 of 2" in dead[0].error, dead[0].error
 
 
 async def test_dead_letters_are_listed_oldest_first_and_requeued_fresh(queue: TaskQueue, pool: str) -> None:
@@ -726,7 +823,9 @@ async def test_enqueue_many_is_idempotent_per_task(queue: TaskQueue, pool: str) 
 
 
 async def test_claim_many_and_complete_many(queue: TaskQueue, pool: str) -> None:
-    await queue.enqueue_many([make_task(pool, f"m-{i}", lease_seconds=SHORT_LEASE) for i in range(6)])
+    await queue.enqueue_many(
+        [make_task(pool, f"m-{i}", lease_seconds=SHORT_LEASE, lost_lease_backoff_seconds=0) for i in range(6)]
+    )
 
     leases = await queue.claim_many(pool, "batcher", 4, timeout=1)
 

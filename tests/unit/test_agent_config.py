@@ -53,6 +53,7 @@ def test_flags_win_over_the_environment() -> None:
         ({"CODEFORGE_CONCURRENCY": "lots"}, "--concurrency / CODEFORGE_CONCURRENCY: expected a whole number"),
         ({"CODEFORGE_CONCURRENCY": "0"}, "--concurrency / CODEFORGE_CONCURRENCY must be >= 1"),
         ({"CODEFORGE_LEASE_SECONDS": "-1"}, "--lease-seconds / CODEFORGE_LEASE_SECONDS must be > 0"),
+        ({"CODEFORGE_LEASE_SECONDS": "86401"}, "--lease-seconds / CODEFORGE_LEASE_SECONDS must be <= 86400"),
         ({"CODEFORGE_HANDLER": "magic"}, "--handler / CODEFORGE_HANDLER: expected one of echo, sleep"),
         ({"CODEFORGE_HANDLER": "python"}, "needs --python-function / CODEFORGE_PYTHON_FUNCTION"),
         ({"CODEFORGE_HANDLER": "http"}, "needs --http-url / CODEFORGE_HTTP_URL"),

@@ -129,8 +129,8 @@ async def test_cancelled_task_stops_the_handler_and_records_nothing() -> None:
             cancelled.set()
             raise
 
-    async with agent_running(PythonHandler(slow)) as (queue, _, timings):
-        await queue.enqueue(task("k1", lease_seconds=0.3))  # heartbeat every 0.1 s
+    async with agent_running(PythonHandler(slow), lease_seconds=0.3) as (queue, _, timings):
+        await queue.enqueue(task("k1"))  # the agent's 0.3 s lease: a heartbeat every 0.1 s
         await asyncio.wait_for(started.wait(), 5)
         assert await queue.cancel(POOL, "k1", reason="user changed their mind")
         await asyncio.wait_for(cancelled.wait(), 5)

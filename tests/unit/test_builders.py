@@ -73,6 +73,14 @@ def test_agent_env_configures_codeforge_agent() -> None:
     assert env["OPENAI_MODEL"] == "gpt-4o"
 
 
+def test_the_pools_lease_reaches_its_agents_claims() -> None:
+    # spec.queue.leaseSeconds is the lease each claim of the pool's agents carries, not a heartbeat pace.
+    env = env_of(builders.build_deployment(REF, make_spec(queue={"leaseSeconds": 7.5}), 1, DEFAULTS))
+    assert env["CODEFORGE_LEASE_SECONDS"] == "7.5"
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    assert AgentConfig.from_sources([], plain).lease_seconds == 7.5
+
+
 def test_every_operator_set_variable_is_one_the_agent_reads() -> None:
     known = {option.env for option in OPTIONS} | {"CODEFORGE_REDIS_PASSWORD"}
     env = env_of(builders.build_deployment(REF, make_spec(), 1, DEFAULTS))

@@ -53,8 +53,13 @@ class Expected:
     priority: Priority
     max_attempts: int
     lease_seconds: float
+    max_lost_leases: int = 10
+    lost_backoff: float = 1.0
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
+    failures: int = 0  # the handler's budget
+    lost: int = 0  # the lost-lease budget
+    hold: float = 0.0  # the current claim's lease length
     ready_at: float = 0.0  # > 0 while delayed by a retry backoff
     expires_at: float = 0.0  # while RUNNING
     result: Any = None
@@ -99,13 +104,22 @@ class QueueMachine(RuleBasedStateMachine):
         """The task's current lease becomes stale."""
         self.stale.append(self.leases.pop(task_id))
 
-    def retry_or_bury(self, expected: Expected, delay: float) -> TaskState:
-        if expected.attempts >= expected.max_attempts:
+    def requeue_or_bury(self, expected: Expected, spent: bool, delay: float) -> TaskState:
+        if spent:
             expected.state = TaskState.DEAD
         else:
             expected.state = TaskState.QUEUED
             expected.ready_at = self.clock.now + delay if delay > 0 else 0.0
         return expected.state
+
+    def handler_failed(self, expected: Expected, delay: float) -> TaskState:
+        expected.failures += 1
+        return self.requeue_or_bury(expected, expected.failures >= expected.max_attempts, delay)
+
+    def lease_lost(self, expected: Expected, backoff: bool) -> TaskState:
+        expected.lost += 1
+        delay = min(expected.lost_backoff * 2 ** (expected.lost - 1), 60.0) if backoff else 0.0
+        return self.requeue_or_bury(expected, expected.lost >= expected.max_lost_leases, delay)
 
     # --- rules ------------------------------------------------------------------------------------------
 
@@ -113,8 +127,17 @@ class QueueMachine(RuleBasedStateMachine):
         priority=st.sampled_from(Priority),
         max_attempts=st.integers(1, 3),
         lease_seconds=st.sampled_from([10.0, 30.0]),
+        max_lost_leases=st.integers(1, 3),
+        lost_backoff=st.sampled_from([0.0, 5.0]),
     )
-    def enqueue_new(self, priority: Priority, max_attempts: int, lease_seconds: float) -> None:
+    def enqueue_new(
+        self,
+        priority: Priority,
+        max_attempts: int,
+        lease_seconds: float,
+        max_lost_leases: int = 10,
+        lost_backoff: float = 0.0,
+    ) -> None:
         task_id = f"t{self.next_id}"
         self.next_id += 1
         task = Task(
@@ -124,9 +147,11 @@ class QueueMachine(RuleBasedStateMachine):
             payload={"n": self.next_id},
             max_attempts=max_attempts,
             lease_seconds=lease_seconds,
+            max_lost_leases=max_lost_leases,
+            lost_lease_backoff_seconds=lost_backoff,
         )
         assert self.run(self.queue.enqueue(task)) is True
-        self.tasks[task_id] = Expected(priority, max_attempts, lease_seconds)
+        self.tasks[task_id] = Expected(priority, max_attempts, lease_seconds, max_lost_leases, lost_backoff)
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
@@ -135,35 +160,36 @@ class QueueMachine(RuleBasedStateMachine):
         twin = Task(id=task_id, pool=POOL, priority=Priority.CRITICAL, payload="twin")
         assert self.run(self.queue.enqueue(twin)) is False
 
-    @rule(max_tasks=st.integers(1, 3))
-    def claim(self, max_tasks: int) -> None:
+    @rule(max_tasks=st.integers(1, 3), lease=st.sampled_from([None, 20.0]))
+    def claim(self, max_tasks: int, lease: float | None = None) -> None:
         ready = self.ready()
-        leases = self.run(self.queue.claim_many(POOL, "agent", max_tasks, timeout=0))
+        leases = self.run(self.queue.claim_many(POOL, "agent", max_tasks, timeout=0, lease_seconds=lease))
 
         assert len(leases) == min(max_tasks, len(ready))
-        claimed = [lease.id for lease in leases]
+        claimed = [granted.id for granted in leases]
         assert len(set(claimed)) == len(claimed), f"one claim returned a task twice: {claimed}"
         left = [self.tasks[i].priority for i in ready if i not in claimed]
-        for lease in leases:
-            expected = self.tasks[lease.id]
-            assert lease.id in ready, (
-                f"claimed {lease.id} which is {expected.state} (ready_at {expected.ready_at})"
+        for granted in leases:
+            expected = self.tasks[granted.id]
+            assert granted.id in ready, (
+                f"claimed {granted.id} which is {expected.state} (ready_at {expected.ready_at})"
             )
-            assert lease.id not in self.leases, f"{lease.id} handed out while another lease holds it"
+            assert granted.id not in self.leases, f"{granted.id} handed out while another lease holds it"
             assert all(expected.priority <= p for p in left), "a less urgent task was claimed first"
             expected.state = TaskState.RUNNING
             expected.attempts += 1
-            expected.expires_at = lease.expires_at
-            assert lease.task.attempts == expected.attempts
-            assert lease.expires_at == self.clock.now + expected.lease_seconds
-            self.leases[lease.id] = lease
+            expected.expires_at = granted.expires_at
+            assert granted.task.attempts == expected.attempts
+            expected.hold = expected.lease_seconds if lease is None else lease
+            assert granted.expires_at == self.clock.now + expected.hold
+            self.leases[granted.id] = granted
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
     def heartbeat(self, data: st.DataObject) -> None:
         task_id = data.draw(st.sampled_from(sorted(self.leases)))
         lease = self.run(self.queue.heartbeat(self.leases[task_id]))
-        assert lease.expires_at == self.clock.now + self.tasks[task_id].lease_seconds
+        assert lease.expires_at == self.clock.now + self.tasks[task_id].hold, "renewed by the claim's lease"
         self.tasks[task_id].expires_at = lease.expires_at
         self.leases[task_id] = lease
 
@@ -186,20 +212,24 @@ class QueueMachine(RuleBasedStateMachine):
         )
         expected = self.tasks[task_id]
         if retryable:
-            assert state is self.retry_or_bury(expected, delay)
+            assert state is self.handler_failed(expected, delay)
         else:
             assert state is TaskState.FAILED
             expected.state = TaskState.FAILED
         self.retire(task_id)
 
     @precondition(lambda self: self.leases)
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), started=st.booleans())
+    def release(self, data: st.DataObject, started: bool) -> None:
         task_id = data.draw(st.sampled_from(sorted(self.leases)))
-        self.run(self.queue.release(self.leases[task_id]))
+        state = self.run(self.queue.release(self.leases[task_id], started=started, reason="drained"))
         expected = self.tasks[task_id]
-        expected.state = TaskState.QUEUED
-        expected.attempts -= 1
+        if started:  # a drain out of grace: one lost lease, redelivered at once
+            assert state is self.lease_lost(expected, backoff=False)
+        else:  # unstarted: nothing spent
+            assert state is TaskState.QUEUED
+            expected.state = TaskState.QUEUED
+            expected.attempts -= 1
         self.retire(task_id)
 
     @precondition(lambda self: self.tasks)
@@ -221,18 +251,20 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.run(self.queue.requeue_dead(POOL, task_id)) is True
         expected = self.tasks[task_id]
         expected.state, expected.attempts, expected.ready_at = TaskState.QUEUED, 0, 0.0
+        expected.failures = expected.lost = 0
 
     @rule(seconds=st.sampled_from([1.0, 6.0, 11.0, 31.0]))
     def time_passes(self, seconds: float) -> None:
-        """Leases run out and backoffs end; a reaper then requeues or dead-letters the expired tasks."""
+        """Leases run out and backoffs end; a reaper then requeues (after the lost-lease backoff) or
+        dead-letters the expired tasks."""
         self.clock.advance(seconds)
-        expired = [i for i in sorted(self.leases) if self.tasks[i].expires_at <= self.clock.now]
-        for task_id in expired:
-            self.retry_or_bury(self.tasks[task_id], 0.0)
-            self.retire(task_id)
         for task_id in self.delayed():
             if self.tasks[task_id].ready_at <= self.clock.now:
                 self.tasks[task_id].ready_at = 0.0
+        expired = [i for i in sorted(self.leases) if self.tasks[i].expires_at <= self.clock.now]
+        for task_id in expired:
+            self.lease_lost(self.tasks[task_id], backoff=True)
+            self.retire(task_id)
 
         assert self.run(self.queue.reap(POOL)) == len(expired)
 
@@ -283,6 +315,7 @@ class QueueMachine(RuleBasedStateMachine):
     def drain(self) -> None:
         """Finish everything: each task still alive is delivered once more and completed exactly once."""
         self.time_passes(3600.0)  # every lease expires and every backoff ends
+        self.time_passes(3600.0)  # and the lost-lease backoffs those expiries started
         for task_id in self.in_state(TaskState.DEAD):
             assert self.run(self.queue.requeue_dead(POOL, task_id)) is True
         delivered: list[str] = []
@@ -318,7 +351,7 @@ def test_virtual_clock_drives_the_backend() -> None:
     """Guards the test's own premise: the memory backend reads the clock this test swaps in."""
     machine = QueueMachine()
     try:
-        machine.enqueue_new(Priority.MEDIUM, 1, 10.0)
+        machine.enqueue_new(Priority.MEDIUM, 1, 10.0, max_lost_leases=1)
         machine.claim(1)
         assert machine.run(machine.queue.reap(POOL)) == 0
         machine.time_passes(10.0)  # asserts that the backend's reaper saw exactly this one expiry

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from codeforge.api.task import MAX_PAYLOAD_BYTES, Priority, Task, TaskState, validate_pool_name
+import codeforge.queue.base as queue_base
+from codeforge.api.task import (
+    DEFAULT_MAX_LOST_LEASES,
+    LOST_LEASE_BACKOFF_CAP_SECONDS,
+    MAX_PAYLOAD_BYTES,
+    Priority,
+    Task,
+    TaskState,
+    validate_pool_name,
+)
 
 
 def build(**fields: Any) -> Task:
@@ -168,6 +178,8 @@ def test_bad_task_id_is_refused_with_the_allowed_characters(task_id: str) -> Non
         ("lease_seconds", 0, "greater than 0"),
         ("lease_seconds", 86401, "less than or equal to 86400"),
         ("attempts", -1, "greater than or equal to 0"),
+        ("max_lost_leases", 0, "greater than or equal to 1"),
+        ("lost_lease_backoff_seconds", -1, "greater than or equal to 0"),
     ],
 )
 def test_out_of_range_numbers_are_refused(field: str, value: float, fragment: str) -> None:
@@ -187,3 +199,12 @@ def test_missing_pool_is_named() -> None:
         Task(id="t-1")  # type: ignore[call-arg]
     assert info.value.errors()[0]["loc"] == ("pool",)
     assert info.value.errors()[0]["type"] == "missing"
+
+
+def test_the_redis_scripts_keep_the_lost_lease_backoff_cap_and_budget_words() -> None:
+    """lua/lib.lua repeats the cap and the dead-letter words of the Python side; they must not drift."""
+    lib = (Path(queue_base.__file__).parent / "lua" / "lib.lua").read_text()
+    assert f"LOST_BACKOFF_CAP_MS = {int(LOST_LEASE_BACKOFF_CAP_SECONDS * 1000)}" in lib
+    assert f"'; {queue_base.HANDLER_BUDGET_SPENT}: failed '" in lib
+    assert f"'; {queue_base.LOST_LEASE_BUDGET_SPENT}: lost '" in lib
+    assert f"tonumber(info[1] or '{DEFAULT_MAX_LOST_LEASES}')" in lib

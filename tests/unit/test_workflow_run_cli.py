@@ -83,6 +83,10 @@ def test_a_failed_workflow_exits_1(tmp_path: Path) -> None:
             GOOD + "---\nkind: AgentPool\nmetadata: {name: echo}\nspec: {handler: {kind: python}}\n",
             "the python handler needs --python-function / CODEFORGE_PYTHON_FUNCTION",
         ),
+        (
+            GOOD + "---\nkind: AgentPool\nmetadata: {name: echo}\nspec: {queue: {leaseSeconds: 0}}\n",
+            "AgentPool): spec.queue.leaseSeconds must be seconds, > 0 and <= 86400, got 0",
+        ),
     ],
 )
 def test_invalid_manifests_exit_2_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:

@@ -17,6 +17,10 @@ POOL_NAME_RE: Final = re.compile(
     r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"
 )
 TASK_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
+#: Retries and agent deaths (DESIGN.md section 3): a lost lease spends its own budget, with a backoff that
+#: doubles per loss up to this cap (the Redis scripts hold the same cap in lib.lua).
+DEFAULT_MAX_LOST_LEASES: Final = 10
+LOST_LEASE_BACKOFF_CAP_SECONDS: Final = 60.0
 
 JSONValue = Any
 
@@ -88,9 +92,39 @@ class Task(BaseModel):
     step: str = Field(default="", description="Workflow step that produced the task.")
     priority: Priority = Priority.MEDIUM
     payload: JSONValue = Field(default=None, description="Free JSON handed to the agent's handler.")
-    attempts: int = Field(default=0, ge=0, description="Deliveries so far (set by the queue).")
-    max_attempts: int = Field(default=3, ge=1, le=1000)
-    lease_seconds: float = Field(default=30.0, gt=0, le=86400)
+    attempts: int = Field(
+        default=0,
+        ge=0,
+        description="Deliveries so far, claims given back unstarted not counted (set by the queue).",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="The handler's budget: runs that may end in a retryable failure. The max_attempts-th "
+        "such failure dead-letters the task; lost leases and drains do not count.",
+    )
+    max_lost_leases: int = Field(
+        default=DEFAULT_MAX_LOST_LEASES,
+        ge=1,
+        le=1000,
+        description="The lost-lease budget: times the task's agent may vanish (no heartbeat within the "
+        "lease: killed, evicted, preempted) or stop mid-task on a drain, before the task is dead-lettered.",
+    )
+    lost_lease_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="Wait before redelivering a task whose lease was lost; it doubles with each loss, up to "
+        f"{LOST_LEASE_BACKOFF_CAP_SECONDS:g} s, so a task that kills its agent does not crash-loop the pool.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="Lease length when the claiming consumer names none (agents name their pool's "
+        "spec.queue.leaseSeconds).",
+    )
     created_at: float = Field(default_factory=time.time, description="Unix time of creation.")
     deadline: float | None = Field(default=None, description="Unix time after which the task's work is moot.")
 

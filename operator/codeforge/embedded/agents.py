@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from codeforge.embedded.manifest import ManifestError, PoolSpec
@@ -52,36 +54,86 @@ class InProcessAgents:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class AgentProcesses:
-    """One `codeforge-agent` process per pool against a Redis queue (`codeforge run --queue redis://...`)."""
+#: `codeforge-agent` exits with this code on a configuration error: restarting it would fail the same way.
+AGENT_EXIT_CONFIG = 2
+#: Restarts of one pool's agent process in a row before `codeforge run` gives up (`--agent-restarts`).
+DEFAULT_AGENT_RESTARTS = 5
+#: The wait before a restart: doubles per restart in a row, capped; a process that ran this long (stable)
+#: starts a fresh row.
+RESTART_BACKOFF_SECONDS = 0.5
+RESTART_BACKOFF_CAP_SECONDS = 8.0
+STABLE_SECONDS = 60.0
+#: How often the supervisor looks at its own child processes (not the queue).
+SUPERVISE_INTERVAL = 0.2
 
-    def __init__(self, queue_url: str, pools: Iterable[PoolSpec], directory: Path | None = None) -> None:
+
+class AgentProcesses:
+    """One `codeforge-agent` process per pool against a Redis queue (`codeforge run --queue redis://...`),
+    supervised: a process that dies is restarted with backoff, like a Deployment restarts its pods."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        pools: Iterable[PoolSpec],
+        directory: Path | None = None,
+        *,
+        max_restarts: int = DEFAULT_AGENT_RESTARTS,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.queue_url = queue_url
         self.pools = list(pools)
         self.directory = directory
+        self.max_restarts = max_restarts
+        self.notify = notify or (lambda message: print(message, file=sys.stderr, flush=True))
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.restarts: list[int] = []  # restarts in a row, per pool
+        self._started: list[float] = []
 
     def __enter__(self) -> AgentProcesses:
+        for index in range(len(self.pools)):
+            self.processes.append(self._spawn(index))
+            self._started.append(time.monotonic())
+            self.restarts.append(0)
+        return self
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         pythonpath = os.pathsep.join(
             p for p in (str(self.directory or ""), os.environ.get("PYTHONPATH", "")) if p
         )
-        for pool in self.pools:
-            env = {**os.environ, **pool.agent_env(self.queue_url), "PYTHONPATH": pythonpath}
-            self.processes.append(
-                subprocess.Popen([sys.executable, "-m", "codeforge_agent"], env=env, stdin=subprocess.DEVNULL)
-            )
-        return self
+        env = {**os.environ, **self.pools[index].agent_env(self.queue_url), "PYTHONPATH": pythonpath}
+        return subprocess.Popen([sys.executable, "-m", "codeforge_agent"], env=env, stdin=subprocess.DEVNULL)
 
-    async def died(self) -> str:
-        """Wait until an agent process exits on its own (bad handler settings exit 2 at start); say which."""
+    async def supervise(self) -> str:
+        """Restart agent processes that die; return (only) why it gave up: a configuration error, or one
+        pool's process died more than `max_restarts` times in a row."""
         while True:
-            for pool, process in zip(self.pools, self.processes, strict=True):
-                if process.poll() is not None:
+            for index, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None:
+                    continue
+                pool = self.pools[index].name
+                what = f"the codeforge-agent process of pool {pool!r} exited with {_exit_text(code)}"
+                if code == AGENT_EXIT_CONFIG:
+                    return f"{what}: a configuration error (its message is above); not restarting it"
+                if time.monotonic() - self._started[index] >= STABLE_SECONDS:
+                    self.restarts[index] = 0
+                if self.restarts[index] >= self.max_restarts:
                     return (
-                        f"the codeforge-agent process of pool {pool.name!r} exited with code "
-                        f"{process.returncode} (its message is above)"
+                        f"{what}; gave up after {self.restarts[index]} restart(s) in a row "
+                        f"(--agent-restarts {self.max_restarts}); its messages are above"
                     )
-            await asyncio.sleep(0.5)  # checks our child processes, not the queue
+                self.restarts[index] += 1
+                delay = min(
+                    RESTART_BACKOFF_SECONDS * 2 ** (self.restarts[index] - 1), RESTART_BACKOFF_CAP_SECONDS
+                )
+                self.notify(
+                    f"codeforge run: {what}; restarting it in {delay:g}s "
+                    f"(restart {self.restarts[index]} of {self.max_restarts})"
+                )
+                await asyncio.sleep(delay)
+                self.processes[index] = self._spawn(index)
+                self._started[index] = time.monotonic()
+            await asyncio.sleep(SUPERVISE_INTERVAL)
 
     def __exit__(self, *exc: object) -> None:
         for process in self.processes:
@@ -93,3 +145,12 @@ class AgentProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"

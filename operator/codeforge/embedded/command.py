@@ -54,6 +54,15 @@ def run_command(
     input_json: Annotated[
         str | None, typer.Option("--input", help="JSON that replaces the Workflow's spec.input.")
     ] = None,
+    agent_restarts: Annotated[
+        int,
+        typer.Option(
+            "--agent-restarts",
+            min=0,
+            help="Restarts in a row of a pool's dying codeforge-agent process (with backoff) "
+            "before giving up.",
+        ),
+    ] = 5,
 ) -> None:
     """Run a Workflow manifest locally and print its final state; exit 1 when it fails."""
     from codeforge.embedded.manifest import ManifestError, load_manifest
@@ -75,7 +84,7 @@ def run_command(
         or f"{loaded.workflow.metadata.name}-{uuid.uuid4().hex[:8]}"
     )
     try:
-        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents))
+        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts))
     except (QueueError, ManifestError) as exc:
         console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -99,7 +108,9 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
     return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
 
 
-async def _run(loaded: Manifest, url: str, run_id: str, output: Output, agents: bool) -> WorkflowOutcome:
+async def _run(
+    loaded: Manifest, url: str, run_id: str, output: Output, agents: bool, agent_restarts: int = 5
+) -> WorkflowOutcome:
     from rich.live import Live
 
     from codeforge.embedded.agents import AgentProcesses, InProcessAgents
@@ -134,12 +145,18 @@ async def _run(loaded: Manifest, url: str, run_id: str, output: Output, agents: 
                 runner = WorkflowRunner(task_queue, saver)
                 if agents:
                     processes = stack.enter_context(
-                        AgentProcesses(url, loaded.pools.values(), loaded.directory)
+                        AgentProcesses(
+                            url,
+                            loaded.pools.values(),
+                            loaded.directory,
+                            max_restarts=agent_restarts,
+                            notify=lambda message: console.print(message, soft_wrap=True, markup=False),
+                        )
                     )
             job = asyncio.create_task(runner.run(run_id, spec, emit=on_event))
             watchers: set[asyncio.Task[Any]] = {job}
             if processes is not None:
-                watchers.add(asyncio.create_task(processes.died()))
+                watchers.add(asyncio.create_task(processes.supervise()))
             view = Live(board.render(), console=console, refresh_per_second=8) if live else None
             with view or contextlib.nullcontext():
                 try:
@@ -152,12 +169,12 @@ async def _run(loaded: Manifest, url: str, run_id: str, output: Output, agents: 
                 finally:
                     for watcher in watchers - {job}:
                         watcher.cancel()
-            if not job.done():  # an agent process died: stop; the run resumes with the same --workflow-id
+            if not job.done():  # the agents' supervisor gave up: stop; the run resumes with the same id
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
-                died = next(w for w in watchers if w is not job)
-                raise ManifestError(str(died.result()))
+                gave_up = next(w for w in watchers if w is not job)
+                raise ManifestError(f"{gave_up.result()}; resume the run with --workflow-id {run_id}")
             return job.result()
     finally:
         await task_queue.close()

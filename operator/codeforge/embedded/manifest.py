@@ -35,6 +35,7 @@ class PoolSpec:
     settings: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int = 4
     declared: bool = True
+    lease_seconds: float | None = None  # spec.queue.leaseSeconds: how soon a dead agent's task is redelivered
 
     def agent_env(self, queue_url: str) -> dict[str, str]:
         """`CODEFORGE_*` variables for one agent of this pool (the same the operator sets on pods)."""
@@ -46,6 +47,8 @@ class PoolSpec:
             "CODEFORGE_HEALTH_PORT": "off",
             "CODEFORGE_LOG_LEVEL": "warning",
         }
+        if self.lease_seconds is not None:
+            env["CODEFORGE_LEASE_SECONDS"] = f"{self.lease_seconds:g}"
         for key, value in self.settings.items():
             name = "CODEFORGE_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
             env[name] = value if isinstance(value, str) else json.dumps(value)
@@ -113,4 +116,12 @@ def _pool(doc: dict[str, Any], where: str) -> PoolSpec:
     concurrency = spec.get("concurrency", 4)
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ManifestError(f"{where}: spec.concurrency must be a whole number >= 1, got {concurrency!r}")
-    return PoolSpec(name, handler.get("kind", DEFAULT_HANDLER), settings, concurrency)
+    queue = spec.get("queue") or {}
+    lease = queue.get("leaseSeconds") if isinstance(queue, dict) else None
+    if lease is not None and (
+        isinstance(lease, bool) or not isinstance(lease, int | float) or not 0 < lease <= 86400
+    ):
+        raise ManifestError(
+            f"{where}: spec.queue.leaseSeconds must be seconds, > 0 and <= 86400, got {lease!r}"
+        )
+    return PoolSpec(name, handler.get("kind", DEFAULT_HANDLER), settings, concurrency, lease_seconds=lease)

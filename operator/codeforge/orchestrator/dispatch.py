@@ -18,11 +18,13 @@ from codeforge.api.task import Priority, Task, TaskOutcome, TaskState
 from codeforge.api.workflow import Step
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.joins import FAILED, SUCCEEDED
-from codeforge.queue import TaskNotFoundError, TaskQueue
+from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
-#: Deliveries the queue makes of one attempt's task when an agent dies or reports a retryable error; the
-#: step's `retries` policy then decides on a fresh attempt (new task id) after its backoff.
-DELIVERIES_PER_ATTEMPT: Final = 3
+#: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
+#: decides on a fresh attempt (new task id) after its backoff, so `retries.max: N` means at most N+1 handler
+#: runs for handler failures. Agent deaths spend the task's own lost-lease budget (redelivered in the queue,
+#: same attempt), and a drain spends nothing (DESIGN.md section 3, "Retries").
+HANDLER_RUNS_PER_ATTEMPT: Final = 1
 CANCELLED = "cancelled"
 
 
@@ -121,7 +123,7 @@ class StepDispatcher:
                     step=step.name,
                     priority=step.priority or self.ctx.priority,
                     payload=req.payload,
-                    max_attempts=DELIVERIES_PER_ATTEMPT,
+                    max_attempts=HANDLER_RUNS_PER_ATTEMPT,
                     deadline=self._task_deadline(step),
                 )
             except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
@@ -164,9 +166,13 @@ class StepDispatcher:
             if req.first_success:
                 self.ctx.winner(f"{step.name}#{req.visit}").set()
             return {"status": SUCCEEDED, "result": outcome.result, **agent}
-        error = outcome.error or outcome.state.value
+        # One handler run per attempt: the queue's handler-budget note would only repeat that.
+        error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         if outcome.state is TaskState.CANCELLED:
             return {"status": FAILED, "error": f"task cancelled: {error}", "final": True, **agent}
+        if outcome.state is TaskState.DEAD and LOST_LEASE_BUDGET_SPENT in error:
+            # Its agents kept dying: the lost-lease budget is the whole allowance, not one per step retry.
+            return {"status": FAILED, "error": error, "final": True, **agent}
         return {"status": FAILED, "error": error, **agent}
 
     def _task_deadline(self, step: Step) -> float | None:

@@ -3,9 +3,13 @@
 Semantics every backend keeps:
 - priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), FIFO within a priority;
 - `enqueue` is idempotent on the task id within a pool;
-- `claim` is atomic and gives a lease with a fencing token; `heartbeat` extends it;
-- an expired lease puts the task back with one more attempt; past `max_attempts` the task goes to the
-  dead-letter queue with the reason; nothing is silently dropped;
+- `claim` is atomic and gives a lease with a fencing token, as long as the consumer asks (its pool's
+  setting; the task's `lease_seconds` when it names none); `heartbeat` extends it by as much;
+- two budgets (DESIGN.md section 3, "Retries"): a retryable `fail` spends one of the handler's `max_attempts`
+  runs; a lost lease (expired: the agent died) or a `release` of a started task (a drain ran out of grace)
+  spends one of `max_lost_leases`, and an expired one is redelivered after a backoff that doubles per loss;
+  a `release` of an unstarted task spends nothing. When a budget runs out the task goes to the dead-letter
+  queue, its error ending with the budget that ran out; nothing is silently dropped;
 - `complete`/`fail`/`heartbeat`/`release` carry the fencing token; a stale one raises LeaseLostError,
   so a result is recorded exactly once;
 - idle consumers block and are woken by an enqueue, never by a sleep-polling loop.
@@ -17,11 +21,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState
+from codeforge.api.task import LOST_LEASE_BACKOFF_CAP_SECONDS, QueueStats, Task, TaskOutcome, TaskState
 from codeforge.queue.errors import LeaseLostError
 
 #: How long a finished task's record (and result) stays readable; idempotent re-enqueues find it meanwhile.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600
+
+
+#: How a dead letter's error ends, per budget (the Redis scripts in lua/lib.lua write the same words).
+HANDLER_BUDGET_SPENT = "handler budget spent"
+LOST_LEASE_BUDGET_SPENT = "lost-lease budget spent"
+
+
+def handler_budget_spent(error: str, failures: int, allowed: int) -> str:
+    return f"{error}; {HANDLER_BUDGET_SPENT}: failed {failures} of {allowed} allowed times (max_attempts)"
+
+
+def lost_lease_budget_spent(error: str, losses: int, allowed: int) -> str:
+    return (
+        f"{error}; {LOST_LEASE_BUDGET_SPENT}: lost {losses} of {allowed} allowed leases "
+        "(max_lost_leases; its agents died or stopped heartbeating)"
+    )
+
+
+def lost_lease_backoff(base: float, losses: int) -> float:
+    """Seconds before redelivering a task after its `losses`-th lost lease."""
+    return float(min(base * 2 ** (losses - 1), LOST_LEASE_BACKOFF_CAP_SECONDS))
+
+
+def claim_lease_ms(lease_seconds: float | None) -> int:
+    """The lease a consumer asks for in a claim, in ms (0: the task's own `lease_seconds`)."""
+    if lease_seconds is None:
+        return 0
+    if not 0 < lease_seconds <= 86400:
+        raise ValueError(f"lease_seconds must be > 0 and <= 86400 (got {lease_seconds})")
+    return max(int(lease_seconds * 1000), 1)
 
 
 def check_max_tasks(max_tasks: int) -> None:
@@ -59,18 +93,27 @@ class TaskQueue(Protocol):
         """Queue several tasks in as few round trips as the backend allows; one bool per task."""
         ...
 
-    async def claim(self, pool: str, consumer: str, timeout: float | None = 0.0) -> Lease | None:
-        """Claim the most urgent task of a pool, waiting up to `timeout` seconds (None: forever)."""
+    async def claim(
+        self, pool: str, consumer: str, timeout: float | None = 0.0, *, lease_seconds: float | None = None
+    ) -> Lease | None:
+        """Claim the most urgent task of a pool, waiting up to `timeout` seconds (None: forever), under a
+        lease of `lease_seconds` (the consumer's pool setting; None: the task's own lease_seconds)."""
         ...
 
     async def claim_many(
-        self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
+        self,
+        pool: str,
+        consumer: str,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        lease_seconds: float | None = None,
     ) -> list[Lease]:
         """Claim up to `max_tasks` tasks at once, waiting up to `timeout` for the first."""
         ...
 
     async def heartbeat(self, lease: Lease) -> Lease:
-        """Extend a lease by the task's lease_seconds; raises LeaseLostError / TaskCancelledError."""
+        """Extend a lease by its claim's lease length; raises LeaseLostError / TaskCancelledError."""
         ...
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
@@ -84,12 +127,15 @@ class TaskQueue(Protocol):
     async def fail(
         self, lease: Lease, error: str, *, retryable: bool = True, retry_delay: float = 0.0
     ) -> TaskState:
-        """Report a failure. Retryable with attempts left: back to the queue (after retry_delay) and QUEUED;
-        retryable without attempts left: DEAD (dead-letter queue); not retryable: FAILED."""
+        """Report a handler failure. Retryable: spends one of the handler's `max_attempts`; with some
+        left, back to the queue (after retry_delay) and QUEUED, else DEAD (dead-letter queue).
+        Not retryable: FAILED."""
         ...
 
-    async def release(self, lease: Lease) -> None:
-        """Give back a claimed task that was not started (shutdown); the attempt does not count."""
+    async def release(self, lease: Lease, *, started: bool = False, reason: str = "") -> TaskState:
+        """Give back a claimed task on a drain. Not started: it keeps its place and nothing is spent. Started
+        (the drain's grace ran out mid-task): one lost lease is spent (`reason` is recorded) and it is
+        redelivered at once, or DEAD when that budget is spent. Returns QUEUED or DEAD."""
         ...
 
     async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
@@ -113,11 +159,12 @@ class TaskQueue(Protocol):
         ...
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
-        """Move a dead task back into the queue with a fresh set of attempts."""
+        """Move a dead task back into the queue with both budgets fresh."""
         ...
 
     async def reap(self, pool: str) -> int:
-        """Requeue (or dead-letter) tasks whose lease expired; safe to run from many processes at once."""
+        """Requeue (after the lost-lease backoff) or dead-letter tasks whose lease expired; safe to run from
+        many processes at once. Returns how many leases had expired."""
         ...
 
     async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
-from codeforge.queue.base import Lease, check_max_tasks
+from codeforge.queue.base import (
+    Lease,
+    check_max_tasks,
+    claim_lease_ms,
+    handler_budget_spent,
+    lost_lease_backoff,
+    lost_lease_budget_spent,
+)
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
 
 
@@ -26,7 +33,10 @@ class _Record:
     seq: int
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
+    failures: int = 0  # retryable handler failures: the handler's budget (max_attempts)
+    lost: int = 0  # lost leases: the lost-lease budget (max_lost_leases)
     fence: int = 0
+    hold: float = 0.0  # this claim's lease length
     consumer: str = ""
     expires_at: float = 0.0
     ready_at: float = 0.0
@@ -104,18 +114,27 @@ class MemoryTaskQueue:
 
     # -- consuming ---------------------------------------------------------------------------------
 
-    async def claim(self, pool: str, consumer: str, timeout: float | None = 0.0) -> Lease | None:
-        leases = await self.claim_many(pool, consumer, 1, timeout)
+    async def claim(
+        self, pool: str, consumer: str, timeout: float | None = 0.0, *, lease_seconds: float | None = None
+    ) -> Lease | None:
+        leases = await self.claim_many(pool, consumer, 1, timeout, lease_seconds=lease_seconds)
         return leases[0] if leases else None
 
     async def claim_many(
-        self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
+        self,
+        pool: str,
+        consumer: str,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        lease_seconds: float | None = None,
     ) -> list[Lease]:
         check_max_tasks(max_tasks)
+        hold = claim_lease_ms(lease_seconds) / 1000.0
         state = self._pool(pool)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while True:
-            leases = self._take(state, consumer, max_tasks)
+            leases = self._take(state, consumer, max_tasks, hold)
             if leases or self._closed:
                 return leases
             wait = self._next_timer(state)
@@ -134,7 +153,7 @@ class MemoryTaskQueue:
                 if not waiter.done():
                     waiter.cancel()
 
-    def _take(self, pool: _Pool, consumer: str, max_tasks: int) -> list[Lease]:
+    def _take(self, pool: _Pool, consumer: str, max_tasks: int, hold: float) -> list[Lease]:
         now = time.time()
         self._expire(pool, now)
         self._promote(pool, now)
@@ -148,7 +167,8 @@ class MemoryTaskQueue:
             record.attempts += 1
             record.fence += 1
             record.consumer = consumer
-            record.expires_at = now + record.task.lease_seconds
+            record.hold = hold or record.task.lease_seconds
+            record.expires_at = now + record.hold
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
         if leases and pool.ready:
@@ -180,18 +200,36 @@ class MemoryTaskQueue:
         for record in expired:
             del pool.in_flight[record.task.id]
             record.fence += 1  # the old holder's token is stale from now on
-            error = f"lease expired after {record.task.lease_seconds:g}s (attempt {record.attempts})"
-            self._retry_or_bury(pool, record, error, 0.0)
+            error = f"lease expired after {record.hold:g}s without a heartbeat (delivery {record.attempts})"
+            self._lose_lease(pool, record, error, backoff=True)
         return len(expired)
 
-    def _retry_or_bury(self, pool: _Pool, record: _Record, error: str, delay: float) -> TaskState:
+    def _bury(self, pool: _Pool, record: _Record, error: str) -> TaskState:
+        record.state = TaskState.DEAD
         record.error = error
-        if record.attempts >= record.task.max_attempts:
-            record.state = TaskState.DEAD
-            record.error = f"{error}; gave up after {record.attempts} attempts"
-            pool.dead[record.task.id] = record
-            self._settle(pool, record)
-            return TaskState.DEAD
+        pool.dead[record.task.id] = record
+        self._settle(pool, record)
+        return TaskState.DEAD
+
+    def _retry_or_bury(self, pool: _Pool, record: _Record, error: str, delay: float) -> TaskState:
+        """A retryable handler failure spends one of the handler's `max_attempts` runs."""
+        record.failures += 1
+        allowed = record.task.max_attempts
+        if record.failures >= allowed:
+            return self._bury(pool, record, handler_budget_spent(error, record.failures, allowed))
+        return self._requeue(pool, record, error, delay)
+
+    def _lose_lease(self, pool: _Pool, record: _Record, error: str, *, backoff: bool) -> TaskState:
+        """A lost lease spends the lost-lease budget, never the handler's; redelivery waits a backoff."""
+        record.lost += 1
+        allowed = record.task.max_lost_leases
+        if record.lost >= allowed:
+            return self._bury(pool, record, lost_lease_budget_spent(error, record.lost, allowed))
+        delay = lost_lease_backoff(record.task.lost_lease_backoff_seconds, record.lost) if backoff else 0.0
+        return self._requeue(pool, record, error, delay)
+
+    def _requeue(self, pool: _Pool, record: _Record, error: str, delay: float) -> TaskState:
+        record.error = error
         if delay > 0:
             record.state = TaskState.QUEUED
             record.ready_at = time.time() + delay
@@ -218,7 +256,7 @@ class MemoryTaskQueue:
 
     async def heartbeat(self, lease: Lease) -> Lease:
         _, record = self._held(lease)
-        record.expires_at = time.time() + record.task.lease_seconds
+        record.expires_at = time.time() + record.hold
         return Lease(
             task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=record.expires_at
         )
@@ -256,12 +294,15 @@ class MemoryTaskQueue:
             return TaskState.FAILED
         return self._retry_or_bury(pool, record, error, retry_delay)
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease, *, started: bool = False, reason: str = "") -> TaskState:
         pool, record = self._held(lease)
         del pool.in_flight[record.task.id]
-        record.attempts -= 1
         record.fence += 1
+        if started:
+            return self._lose_lease(pool, record, reason or "interrupted", backoff=False)
+        record.attempts -= 1
         self._make_ready(pool, record)
+        return TaskState.QUEUED
 
     async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
         state = self._pool(pool)
@@ -335,7 +376,7 @@ class MemoryTaskQueue:
         record = state.dead.pop(task_id, None)
         if record is None:
             return False
-        record.attempts = 0
+        record.attempts = record.failures = record.lost = 0
         record.error = None
         self._make_ready(state, record)
         return True

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
-from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease, check_max_tasks
+from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease, check_max_tasks, claim_lease_ms
 from codeforge.queue.errors import (
     LeaseLostError,
     QueueConfigError,
@@ -395,6 +395,8 @@ class RedisTaskQueue:
                         task.max_attempts,
                         int(task.lease_seconds * 1000),
                         task.model_dump_json(),
+                        task.max_lost_leases,
+                        int(task.lost_lease_backoff_seconds * 1000),
                     ]
                 flags = await self._script("enqueue", pool, *args)
                 for index, flag in zip(chunk, flags, strict=True):
@@ -403,17 +405,26 @@ class RedisTaskQueue:
 
     # -- consuming ---------------------------------------------------------------------------------
 
-    async def claim(self, pool: str, consumer: str, timeout: float | None = 0.0) -> Lease | None:
-        leases = await self.claim_many(pool, consumer, 1, timeout)
+    async def claim(
+        self, pool: str, consumer: str, timeout: float | None = 0.0, *, lease_seconds: float | None = None
+    ) -> Lease | None:
+        leases = await self.claim_many(pool, consumer, 1, timeout, lease_seconds=lease_seconds)
         return leases[0] if leases else None
 
     async def claim_many(
-        self, pool: str, consumer: str, max_tasks: int, timeout: float | None = 0.0
+        self,
+        pool: str,
+        consumer: str,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        lease_seconds: float | None = None,
     ) -> list[Lease]:
         validate_pool_name(pool)
         check_max_tasks(max_tasks)
+        lease_ms = claim_lease_ms(lease_seconds)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        reply = await self._script("claim", pool, consumer, max_tasks)
+        reply = await self._script("claim", pool, consumer, max_tasks, lease_ms)
         while True:
             if len(reply) > 2:
                 return self._leases(pool, consumer, reply)
@@ -424,23 +435,27 @@ class RedisTaskQueue:
             if next_due_ms >= 0:
                 wait = min(wait, max((next_due_ms - now_ms) / 1000.0, 0.0) + 0.002)
             # Block until an enqueue pushes a wake-up token (or a retry / lease expiry is due), then claim.
-            reply = await self._wait_and_claim(pool, consumer, max_tasks, max(wait, 0.01))
+            reply = await self._wait_and_claim(pool, consumer, max_tasks, lease_ms, max(wait, 0.01))
 
-    async def _wait_and_claim(self, pool: str, consumer: str, max_tasks: int, block: float) -> Any:
+    async def _wait_and_claim(
+        self, pool: str, consumer: str, max_tasks: int, lease_ms: int, block: float
+    ) -> Any:
         if self.cluster:
             await self._retrying(functools.partial(self._r.blpop, [wake_key(pool)], timeout=block))
-            return await self._script("claim", pool, consumer, max_tasks)
+            return await self._script("claim", pool, consumer, max_tasks, lease_ms)
 
         # One server: BLPOP and the claim go out in one pipeline. Redis runs the claim as soon as BLPOP
         # returns, on the same connection, so a woken consumer gets its task one round trip sooner.
         async def call() -> Any:
             pipe = self._r.pipeline(transaction=False)
             pipe.blpop([wake_key(pool)], timeout=block)
-            pipe.evalsha(self._shas["claim"], 1, pool_prefix(pool), consumer, max_tasks)
+            pipe.evalsha(self._shas["claim"], 1, pool_prefix(pool), consumer, max_tasks, lease_ms)
             try:
                 return (await pipe.execute())[1]
             except redis_errors.NoScriptError:  # the server restarted and lost its script cache
-                return await self._r.eval(self._sources["claim"], 1, pool_prefix(pool), consumer, max_tasks)
+                return await self._r.eval(
+                    self._sources["claim"], 1, pool_prefix(pool), consumer, max_tasks, lease_ms
+                )
 
         return await self._retrying(call)
 
@@ -517,10 +532,12 @@ class RedisTaskQueue:
             raise self._refusal(reply.removeprefix("refused:"), lease)
         return TaskState(reply)
 
-    async def release(self, lease: Lease) -> None:
-        reply = await self._script("release", lease.pool, lease.id, lease.fence)
-        if reply != "ok":
+    async def release(self, lease: Lease, *, started: bool = False, reason: str = "") -> TaskState:
+        reason = (reason or "interrupted").replace("\0", " ")[:8192]
+        reply = await self._script("release", lease.pool, lease.id, lease.fence, 1 if started else 0, reason)
+        if reply not in ("queued", "dead"):
             raise self._refusal(reply, lease)
+        return TaskState(reply)
 
     async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
         validate_pool_name(pool)

@@ -1,4 +1,4 @@
--- ARGV: consumer, max_tasks. Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
+-- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
 local now = now_ms()
 reap(now, 100)
 promote(now, 1000)
@@ -10,8 +10,10 @@ for i = 1, #popped, 2 do
   local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
   local fence = redis.call('HINCRBY', tk, 'fence', 1)
   local info = redis.call('HMGET', tk, 'lease', 'data')
-  local exp = now + tonumber(info[1])
-  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp)
+  local hold = tonumber(ARGV[3] or '0')
+  if hold <= 0 then hold = tonumber(info[1]) end
+  local exp = now + hold
+  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold)
   redis.call('ZADD', P .. 'inflight', exp, id)
   out[#out + 1] = id
   out[#out + 1] = info[2]

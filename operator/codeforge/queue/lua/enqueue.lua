@@ -1,9 +1,9 @@
--- ARGV: n, then per task: id, priority, max_attempts, lease_ms, data. Returns one 1 (added) / 0 (exists) per task.
+-- ARGV: n, then per task: id, priority, max_attempts, lease_ms, data, max_lost_leases, lost_backoff_ms. Returns one 1 (added) / 0 (exists) per task.
 local now = now_ms()
 local n = tonumber(ARGV[1])
 local out = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 5
+  local b = 2 + i * 7
   local id = ARGV[b]
   local tk = P .. 't:' .. id
   if redis.call('EXISTS', tk) == 1 then
@@ -11,7 +11,8 @@ for i = 0, n - 1 do
   else
     local score = tonumber(ARGV[b + 1]) * 1099511627776 + redis.call('INCR', P .. 'seq')
     redis.call('HSET', tk, 'data', ARGV[b + 4], 'state', 'queued', 'attempts', 0, 'fence', 0,
-      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now)
+      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'fails', 0, 'lost', 0,
+      'maxlost', ARGV[b + 5], 'lostbk', ARGV[b + 6])
     redis.call('ZADD', P .. 'ready', score, id)
     out[#out + 1] = 1
   end

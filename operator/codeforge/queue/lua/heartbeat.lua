@@ -4,7 +4,8 @@ local id, fence = ARGV[1], ARGV[2]
 local tk = P .. 't:' .. id
 local refused = check_holder(tk, fence, now)
 if refused then return {refused} end
-local exp = now + tonumber(redis.call('HGET', tk, 'lease'))
+local hold = redis.call('HMGET', tk, 'hold', 'lease')  -- this claim's lease length
+local exp = now + tonumber(hold[1] or hold[2])
 redis.call('HSET', tk, 'exp', exp)
 redis.call('ZADD', P .. 'inflight', exp, id)
 return {'ok', exp}

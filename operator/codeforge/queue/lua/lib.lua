@@ -2,7 +2,9 @@
 -- script touches starts with it, so all of them hash to one Redis Cluster slot.
 -- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
--- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error),
+-- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error, and for the two
+-- budgets: fails (retryable handler failures), lost (lost leases), maxlost, lostbk (backoff ms), hold (this
+-- claim's lease ms)),
 -- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0consumer\0error\0result".
 local P = KEYS[1]
 local WAKE_CAP = 10000
@@ -51,15 +53,10 @@ local function finish(tk, id, state, err, result, ttl)
   publish_done(tk, id, state, err, result)
 end
 
-local function retry_or_bury(tk, id, err, now, delay_ms)
-  local attempts = tonumber(redis.call('HGET', tk, 'attempts'))
-  if attempts >= tonumber(redis.call('HGET', tk, 'max')) then
-    err = err .. '; gave up after ' .. attempts .. ' attempts'
-    redis.call('HSET', tk, 'state', 'dead', 'error', err)
-    redis.call('ZADD', P .. 'dead', now, id)
-    publish_done(tk, id, 'dead', err, nil)
-    return 'dead'
-  end
+-- Two budgets (DESIGN.md section 3, "Retries"); a dead letter's error ends with the one that ran out.
+local LOST_BACKOFF_CAP_MS = 60000  -- codeforge.api.task.LOST_LEASE_BACKOFF_CAP_SECONDS
+
+local function requeue(tk, id, err, now, delay_ms)
   redis.call('HSET', tk, 'error', err)
   if delay_ms > 0 then
     redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
@@ -70,6 +67,39 @@ local function retry_or_bury(tk, id, err, now, delay_ms)
   return 'queued'
 end
 
+local function bury(tk, id, err, now)
+  redis.call('HSET', tk, 'state', 'dead', 'error', err)
+  redis.call('ZADD', P .. 'dead', now, id)
+  publish_done(tk, id, 'dead', err, nil)
+  return 'dead'
+end
+
+-- A retryable handler failure spends one of the handler's `max` runs.
+local function retry_or_bury(tk, id, err, now, delay_ms)
+  local fails = redis.call('HINCRBY', tk, 'fails', 1)
+  local max = tonumber(redis.call('HGET', tk, 'max'))
+  if fails >= max then
+    return bury(tk, id, err .. '; handler budget spent: failed ' .. fails .. ' of ' .. max
+      .. ' allowed times (max_attempts)', now)
+  end
+  return requeue(tk, id, err, now, delay_ms)
+end
+
+-- A lost lease (the agent died, or stopped mid-task on a drain) spends the separate lost-lease budget, never
+-- the handler's; the redelivery waits lostbk * 2^(losses-1) ms (capped), unless `backoff` is false.
+local function lose_lease(tk, id, err, now, backoff)
+  local lost = redis.call('HINCRBY', tk, 'lost', 1)
+  local info = redis.call('HMGET', tk, 'maxlost', 'lostbk')
+  local max = tonumber(info[1] or '10')
+  if lost >= max then
+    return bury(tk, id, err .. '; lost-lease budget spent: lost ' .. lost .. ' of ' .. max
+      .. ' allowed leases (max_lost_leases; its agents died or stopped heartbeating)', now)
+  end
+  local delay = 0
+  if backoff then delay = math.min(tonumber(info[2] or '1000') * 2 ^ (lost - 1), LOST_BACKOFF_CAP_MS) end
+  return requeue(tk, id, err, now, math.floor(delay))
+end
+
 -- Expired leases go back to the queue (or to the dead-letter queue); the fence moves on, so the old
 -- holder's complete/fail/heartbeat is refused.
 local function reap(now, limit)
@@ -78,9 +108,9 @@ local function reap(now, limit)
     local tk = P .. 't:' .. id
     redis.call('ZREM', P .. 'inflight', id)
     redis.call('HINCRBY', tk, 'fence', 1)
-    local info = redis.call('HMGET', tk, 'lease', 'attempts')
-    retry_or_bury(tk, id, 'lease expired after ' .. (tonumber(info[1]) / 1000) .. 's (attempt ' .. info[2] .. ')',
-      now, 0)
+    local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts')
+    lose_lease(tk, id, 'lease expired after ' .. (tonumber(info[1] or info[2]) / 1000) .. 's without a heartbeat'
+      .. ' (delivery ' .. info[3] .. ')', now, true)
   end
   return #ids
 end

@@ -1,8 +1,8 @@
--- ARGV: id. Moves a dead task back into the queue with its attempts reset. Returns 1, or 0 if not dead.
+-- ARGV: id. Moves a dead task back into the queue with both budgets and its attempts reset. Returns 1, or 0 if not dead.
 local id = ARGV[1]
 if redis.call('ZREM', P .. 'dead', id) == 0 then return 0 end
 local tk = P .. 't:' .. id
-redis.call('HSET', tk, 'attempts', 0, 'error', '')
+redis.call('HSET', tk, 'attempts', 0, 'fails', 0, 'lost', 0, 'error', '')
 to_ready(tk, id)
 sync_tokens()
 return 1
