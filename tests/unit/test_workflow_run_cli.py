@@ -71,7 +71,7 @@ def test_a_failed_workflow_exits_1(tmp_path: Path) -> None:
         (GOOD.replace("pool: echo", "pool: Echo"), "spec.steps[0].pool: invalid pool name 'Echo'"),
         (
             GOOD.replace("kind: Workflow", "kind: Workflo"),
-            "expected exactly one document with `kind: Workflow`",
+            "(document 1): kind: 'Workflo' is not supported here: use Workflow or AgentPool",
         ),
         (GOOD.replace("metadata: {name: t}", "metadata: {}"), "metadata.name: Field required"),
         ("a: [", "not valid YAML"),

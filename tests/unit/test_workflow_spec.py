@@ -112,7 +112,10 @@ def test_manifest_with_metadata() -> None:
             "steps: [{name: a, pool: p, timeoutSeconds: 0}]",
             "spec.steps[0].timeoutSeconds: Input should be greater",
         ),
-        ("steps: [{name: a, pool: p, parallel: 2, forEach: x}]", "spec.steps[0]: set either `parallel`"),
+        (
+            "steps: [{name: a, pool: p, parallel: 2, forEach: input.x}]",
+            "spec.steps[0]: set either `parallel`",
+        ),
         ("steps: [{name: a, pool: p, join: majority}]", "spec.steps[0]: join: majority needs a fan-out"),
         (
             "steps: [{name: a, pool: p, join: most}]",
