@@ -31,15 +31,19 @@ from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, clip_text, compile_error
-from codeforge.api.limits import clip
+from codeforge.api.limits import MAX_PARAMS_KEYS, clip
 from codeforge.api.task import Priority, validate_pool_name
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
 #: Free JSON (any type): the CRD schema keeps whatever the user writes there.
 FreeJSON = Annotated[Any, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+#: Free JSON object (a step's params): the number of keys bounded in the schema, the size in the model.
 FreeObject = Annotated[
-    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    dict[str, Any],
+    WithJsonSchema(
+        {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "maxProperties": MAX_PARAMS_KEYS}
+    ),
 ]
 #: A priority by name (CRITICAL, HIGH, MEDIUM, LOW, any case) or number (1-4) in manifests.
 PriorityField = Annotated[
