@@ -182,10 +182,10 @@ def _check_literal_operations(tokens: list[Token]) -> None:
         try:
             cel.evaluate(part)
         except Exception as exc:  # the package raises ValueError, TypeError or RuntimeError
-            raise CelCheckError(
-                f"{clip_text(part, 60)} is an error: {_first_sentence(exc)}; convert one side "
-                "(int(), double(), string())"
-            ) from None
+            detail = _first_sentence(exc)
+            mixed = "overload" in detail.lower() or "unsupported" in detail.lower()
+            hint = "; convert one side (int(), double(), string())" if mixed else ""
+            raise CelCheckError(f"{clip_text(part, 60)} is an error: {detail}{hint}") from None
 
 
 def _check_constant(program: cel.Program, what: str) -> None:

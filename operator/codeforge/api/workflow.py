@@ -68,12 +68,20 @@ STEP_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _RESERVED: Final = frozenset({"end", "start", "__start__", "__end__"})
 
 
+#: Problems listed per error (the rest are counted), and the longest line: errors stay readable and small.
+MAX_PROBLEMS: Final = 20
+MAX_LINE: Final = 400
+
+
 class WorkflowSpecError(ValueError):
     """A Workflow spec is invalid; `problems` lists `(field path, message)` pairs."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {msg}" for path, msg in problems))
+        lines = [f"{path}: {msg}" for path, msg in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
+        super().__init__("\n".join(lines))
 
 
 class _Model(BaseModel):
@@ -435,11 +443,6 @@ class WorkflowManifest(_Model):
     def parse(cls, data: Any) -> WorkflowManifest:
         """Validate a document as written in a file: camelCase field names only."""
         return cls.model_validate(data, by_alias=True, by_name=False)
-
-
-#: Problems listed per error (the rest are counted), and the longest line: errors stay readable and small.
-MAX_PROBLEMS: Final = 20
-MAX_LINE: Final = 400
 
 
 def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: str = "spec") -> str:
