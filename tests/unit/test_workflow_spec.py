@@ -264,7 +264,7 @@ def test_input_and_for_each_see_their_own_variables() -> None:
         ({"steps": [{"name": "x" * 1_000_000, "pool": "p"}]}, "spec.steps[0].name"),
         ({"steps": [{"name": "a", "pool": "P" * 1_000_000}]}, "spec.steps[0].pool"),
         ({"steps": [{"name": "a", "pool": "p"}], "priority": "u" * 1_000_000}, "spec.priority"),
-        ({"steps": [{"name": "a", "pool": "p", "k" * 1_000_000: 1}]}, "spec.steps[0].kkkk"),
+        ({"steps": [{"name": "a", "pool": "p", "k" * 1_000_000: 1}]}, "spec.steps[0]['kkkk"),
         (edge_when("(" + "x" * 4000), "spec.edges[0].when"),
         (edge_when("result." + "y" * 4000 + " +"), "spec.edges[0].when"),
         ({"steps": [{"name": "a", "pool": "p"}] * 300}, "spec.steps"),

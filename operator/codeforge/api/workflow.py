@@ -68,6 +68,7 @@ STEP_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _RESERVED: Final = frozenset({"end", "start", "__start__", "__end__"})
 
 
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: Problems listed per error (the rest are counted), and the longest line: errors stay readable and small.
 MAX_PROBLEMS: Final = 20
 MAX_LINE: Final = 400
@@ -459,7 +460,10 @@ def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: st
         path = prefix
         for part in err["loc"]:
             # A field name is user input too (an unknown key may be a megabyte long).
-            path += f"[{part}]" if isinstance(part, int) else f".{clip_text(str(part), 64)}"
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += key_in_path(str(part))
         message = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden" and err["loc"]:
             message += _spelling_hint(str(err["loc"][-1]))
@@ -467,6 +471,19 @@ def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: st
     if len(errors) > MAX_PROBLEMS:
         lines.append(f"{prefix}: ... and {len(errors) - MAX_PROBLEMS} more problems")
     return "\n".join(lines)
+
+
+def key_in_path(key: str) -> str:
+    """`.name` for a plain key; odd characters (spaces, emoji, ': ') are quoted and clipped, so a field
+    path stays one short token whatever key a user wrote."""
+    if _PLAIN_KEY.fullmatch(key) and len(key) <= 64:
+        return f".{key}"
+    return f"[{clip(key, 40)}]"
+
+
+def unknown_field_hint(key: str) -> str:
+    """Why a key is refused, with the camelCase spelling when the key is a snake_case one."""
+    return _spelling_hint(key)
 
 
 def _spelling_hint(key: str) -> str:

@@ -26,7 +26,13 @@ from codeforge.api.cel_check import clip_text
 from codeforge.api.limits import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, MAX_YAML_DEPTH, clip, json_depth
 from codeforge.api.task import POOL_NAME_RE
 from codeforge.api.workflow import KIND as WORKFLOW_KIND
-from codeforge.api.workflow import WorkflowManifest, WorkflowSpecError, format_validation_error
+from codeforge.api.workflow import (
+    WorkflowManifest,
+    WorkflowSpecError,
+    format_validation_error,
+    key_in_path,
+    unknown_field_hint,
+)
 
 #: Pools a workflow names but the file does not declare run this handler.
 DEFAULT_HANDLER = "echo"
@@ -147,7 +153,11 @@ def load_yaml(text: str) -> list[Any]:
         loader.dispose()
 
 
-def _yaml_error(exc: yaml.YAMLError) -> str:
+def _yaml_error(exc: yaml.YAMLError, text: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return f"unacceptable character #x{exc.character:04x} (line {line}, column {column}): remove it"
     if isinstance(exc, yaml.MarkedYAMLError):
         where = exc.problem_mark or exc.context_mark
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
@@ -177,9 +187,9 @@ def load_manifest(path: Path) -> Manifest:
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {_yaml_error(exc)}") from None
+        raise ManifestError(f"{path}: not valid YAML: {_yaml_error(exc, text)}") from None
     for i, doc in enumerate(documents):
-        _check_document(doc, f"{path} (document {i + 1})")
+        _check_document(doc, f"{path} (document {i + 1}")
     workflows = [(i, d) for i, d in enumerate(documents) if d.get("kind") == WORKFLOW_KIND]
     if len(workflows) != 1:
         raise ManifestError(
@@ -211,9 +221,10 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line.lstrip(".") for line in text.splitlines())
 
 
-def _check_document(doc: Any, where: str) -> None:
+def _check_document(doc: Any, opening: str) -> None:
     """Every document is a Workflow or an AgentPool of our API version, with only the top-level keys of a
     Kubernetes object (a typo such as `sepc:` would otherwise be ignored)."""
+    where = f"{opening})"
     if not isinstance(doc, dict):
         raise ManifestError(
             f"{where}: kind: missing, the document is a {type(doc).__name__}: "
@@ -222,15 +233,16 @@ def _check_document(doc: Any, where: str) -> None:
     kind = doc.get("kind")
     if kind not in (WORKFLOW_KIND, AGENTPOOL_KIND):
         raise ManifestError(f"{where}: kind: {clip(kind)} is not supported here: use Workflow or AgentPool")
+    where = f"{opening}, {kind})"
     if doc.get("apiVersion", API_VERSION) != API_VERSION:  # absent: this file's default version
         raise ManifestError(
-            f"{where}, {kind}: apiVersion: {clip(doc.get('apiVersion'))} is not served: use {API_VERSION}"
+            f"{where}: apiVersion: {clip(doc.get('apiVersion'))} is not served: use {API_VERSION}"
         )
     unknown = sorted(str(key) for key in doc if key not in _TOP_LEVEL)
     if unknown:
         raise ManifestError(
-            f"{where}, {kind}: {clip_text(unknown[0], 64)}: unknown field: a document has apiVersion, kind, "
-            "metadata and spec"
+            f"{where}: {key_in_path(unknown[0]).lstrip('.')}: unknown field{unknown_field_hint(unknown[0])} "
+            "(a document has apiVersion, kind, metadata and spec)"
         )
 
 
