@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from codeforge.api import limits
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "workflows").glob("*.yaml"))
 DRIVER = ROOT / "tests" / "support" / "validate_many.py"
@@ -145,7 +147,11 @@ def cel_expression(rng: random.Random) -> tuple[str, bool]:
         text = " ".join(rng.choice(CEL_TOKENS) for _ in range(min(n, 3000)))
     tokens = len(re.findall(r"\w+|[^\s\w]", text))
     depth = max(text.count("("), text.count("[")) if kind in ("parens", "list", "index") else 0
-    over = len(text) > 4096 or tokens > 2 * 1024 or (kind in ("parens", "list") and depth > 32)
+    over = (
+        len(text) > limits.MAX_CEL_LENGTH
+        or tokens > 2 * limits.MAX_CEL_TOKENS  # the count above is at most twice the real one
+        or (kind in ("parens", "list") and depth > limits.MAX_CEL_DEPTH)
+    )
     return text, over
 
 

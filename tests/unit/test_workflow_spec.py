@@ -203,10 +203,10 @@ def test_a_100_kb_when_is_refused_before_the_cel_compiler_crashes_the_process() 
 @pytest.mark.parametrize(
     ("expression", "expected"),
     [
-        ("1" + "+1" * 1100, "2201 tokens, over the limit of 1024"),  # within 4096 characters
+        ("1" + "+1" * 1100, "2201 tokens, over the limit of 512"),  # within 4096 characters
         ("(" * 33 + "1" + ")" * 33, "nests brackets more than 32 deep"),
         ("[" * 40 + "]" * 40, "nests brackets more than 32 deep"),
-        ("!" * 2000 + "true", "over the limit of 1024"),
+        ("!" * 2000 + "true", "over the limit of 512"),
     ],
 )
 def test_cel_size_and_nesting_are_checked_before_compiling(expression: str, expected: str) -> None:

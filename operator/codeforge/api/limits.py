@@ -15,9 +15,10 @@ from typing import Any, Final
 #: A task's payload as JSON (`codeforge.api.task`); anything larger belongs in object storage.
 MAX_PAYLOAD_BYTES: Final = 512 * 1024
 #: A CEL expression (`when`, `input`, `forEach`): characters, tokens and bracket nesting. The compiler
-#: crashed at about 25,000 terms (100 KB) and refuses nesting beyond ~95 levels; these are far below.
+#: crashed at about 20,000 terms (80-100 KB) on the main thread's 8 MiB stack and refuses nesting beyond ~95
+#: levels; 512 tokens (at most ~256 terms) compile and evaluate even on a 256 KiB thread stack (measured).
 MAX_CEL_LENGTH: Final = 4096
-MAX_CEL_TOKENS: Final = 1024
+MAX_CEL_TOKENS: Final = 512
 MAX_CEL_DEPTH: Final = 32
 #: Nesting of a YAML manifest (mappings and sequences); PyYAML's composer recursed until RecursionError.
 MAX_YAML_DEPTH: Final = 64
