@@ -101,6 +101,12 @@ def test_missing_file_and_bad_options_exit_2(tmp_path: Path) -> None:
     code, _, err = invoke(write(tmp_path, GOOD), "--input", "{nope")
     assert code == 2
     assert "--input is not JSON" in err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", "[" * 100_000 + "]" * 100_000)
+    assert (code, "--input nests too deeply" in err) == (2, True), err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", "[" * 100 + "]" * 100)
+    assert (code, "--input nests more than 64 levels deep" in err) == (2, True), err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", '"%s"' % ("x" * 600_000))
+    assert (code, "--input is 600002 bytes of JSON, over the limit of 524288" in err) == (2, True), err
     code, _, err = invoke(write(tmp_path, GOOD), "--queue", "kafka://x")
     assert code == 2
     assert "scheme 'kafka' is not supported" in err

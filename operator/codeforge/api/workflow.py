@@ -128,6 +128,11 @@ def _check_cel(expression: str | None, variables: frozenset[str], what: str) -> 
     return expression
 
 
+def check_input(value: Any, what: str = "input") -> Any:
+    """A Workflow's input: JSON of at most `MAX_INPUT_BYTES`, nested at most `MAX_JSON_DEPTH` deep."""
+    return _check_json(value, what, limits.MAX_INPUT_BYTES)
+
+
 def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     """A free JSON value: bounded depth (checked first, without recursion) and encoded size."""
     depth = limits.json_depth(value)
@@ -298,7 +303,7 @@ class WorkflowSpec(_Model):
     @field_validator("input")
     @classmethod
     def _check_input(cls, value: Any) -> Any:
-        return _check_json(value, "input", limits.MAX_INPUT_BYTES)
+        return check_input(value)
 
     @field_validator("priority", mode="before")
     @classmethod

@@ -102,12 +102,19 @@ def run_command(
 
 
 def _with_input(loaded: Manifest, text: str) -> Manifest:
+    from codeforge.api.workflow import check_input
     from codeforge.embedded.manifest import Manifest, ManifestError
 
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"--input is not JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError("--input nests too deeply: flatten it") from None
+    try:
+        check_input(value, "--input")
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     spec = loaded.workflow.spec.model_copy(update={"input": value})
     return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
 
