@@ -19,7 +19,7 @@ from typing import Final
 
 import cel
 
-from codeforge.api.limits import MAX_CEL_DEPTH, MAX_CEL_LENGTH, MAX_CEL_TOKENS, clip
+from codeforge.api.limits import MAX_CEL_DEPTH, MAX_CEL_LENGTH, MAX_CEL_TOKENS, clip, clip_text
 
 #: Named functions the package implements (receiver or global style).
 FUNCTIONS: Final = frozenset(
@@ -116,10 +116,6 @@ def compile_error(exc: Exception) -> str:
     if found:
         return f"{clip_text(found.group(2), 160)} (at {found.group(1)})"
     return clip_text(text.split("\n", 1)[0], 160)
-
-
-def clip_text(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_program(

@@ -64,6 +64,11 @@ def clip(value: Any, limit: int = SHOWN_PREFIX) -> str:
     return f"{type(value).__name__} {(text or _shallow(value))[:limit]}..."
 
 
+def clip_text(text: str, limit: int) -> str:
+    """A message (not a value) cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _small(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
     # repr of a deep or huge container is itself the danger (RecursionError, memory): only small flat ones.
     return len(value) <= 8 and all(not isinstance(v, dict | list | tuple) for v in _items(value))

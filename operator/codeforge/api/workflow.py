@@ -30,8 +30,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
-from codeforge.api.cel_check import CelCheckError, check_program, check_size, clip_text, compile_error
-from codeforge.api.limits import MAX_PARAMS_KEYS, clip
+from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
+from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
 from codeforge.api.task import Priority, validate_pool_name
 
 KIND: Final = "Workflow"

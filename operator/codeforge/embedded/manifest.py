@@ -22,8 +22,14 @@ from pydantic import ValidationError
 
 from codeforge.api.agentpool import API_VERSION, HandlerSpec
 from codeforge.api.agentpool import KIND as AGENTPOOL_KIND
-from codeforge.api.cel_check import clip_text
-from codeforge.api.limits import MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, MAX_YAML_DEPTH, clip, json_depth
+from codeforge.api.limits import (
+    MAX_JSON_DEPTH,
+    MAX_MANIFEST_BYTES,
+    MAX_YAML_DEPTH,
+    clip,
+    clip_text,
+    json_depth,
+)
 from codeforge.api.task import POOL_NAME_RE
 from codeforge.api.workflow import KIND as WORKFLOW_KIND
 from codeforge.api.workflow import (

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from codeforge.api.cel_check import clip_text
-from codeforge.api.limits import clip
+from codeforge.api.limits import clip, clip_text
 from codeforge.api.workflow import compile_cel
 
 
