@@ -142,14 +142,16 @@ def cel_expression(rng: random.Random) -> tuple[str, bool]:
     elif kind == "macros":
         text = "result.items" + ".map(x, x)" * min(n, 400) + ".size() > 0"
     elif kind == "unicode":
-        text = f"result.t == {json.dumps(chr(rng.randrange(0x80, 0x2FFFF)) * min(n, 2000))}"
+        char = chr(rng.choice([rng.randrange(0x80, 0xD800), rng.randrange(0xE000, 0x2FFFF)]))  # no surrogates
+        text = f"result.t == {json.dumps(char * min(n, 2000), ensure_ascii=False)}"
     else:
         text = " ".join(rng.choice(CEL_TOKENS) for _ in range(min(n, 3000)))
     tokens = len(re.findall(r"\w+|[^\s\w]", text))
     depth = max(text.count("("), text.count("[")) if kind in ("parens", "list", "index") else 0
     over = (
         len(text) > limits.MAX_CEL_LENGTH
-        or tokens > 2 * limits.MAX_CEL_TOKENS  # the count above is at most twice the real one
+        # the count above is at most twice the real one, where no string literal swallows tokens
+        or (kind not in ("soup", "unicode") and tokens > 2 * limits.MAX_CEL_TOKENS)
         or (kind in ("parens", "list") and depth > limits.MAX_CEL_DEPTH)
     )
     return text, over
