@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from codeforge.api import crd
+from codeforge.api import crd, limits
 from codeforge.api.agentpool import AgentPoolSpec
 from codeforge.cli import _register, app
 
@@ -37,9 +37,10 @@ TYPES: dict[str, tuple[type, ...]] = {
 def admit(schema: JSON, value: Any, path: str = "") -> list[str]:
     """Errors the API server would report for `value` (already defaulted) against a structural schema."""
     if schema.get("x-kubernetes-int-or-string"):
-        return (
-            [] if isinstance(value, int | str) and not isinstance(value, bool) else [f"{path}: int or string"]
-        )
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            return [f"{path}: int or string"]
+        too_long = isinstance(value, str) and len(value) > schema.get("maxLength", len(value))
+        return [f"{path}: too long"] if too_long else []
     errors: list[str] = []
     kind = schema.get("type")
     if kind is not None:
@@ -62,6 +63,10 @@ def admit(schema: JSON, value: Any, path: str = "") -> list[str]:
         errors.append(f"{path}: too long")
     if "pattern" in schema and not re.search(schema["pattern"], value):
         errors.append(f"{path}: does not match {schema['pattern']}")
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        errors.append(f"{path}: too many items")
+    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+        errors.append(f"{path}: too many properties")
     if isinstance(value, dict):
         for name in schema.get("required", []):
             if name not in value:
@@ -256,6 +261,15 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
         ({"autoscaling": {"mode": "hpa"}}, "not in"),
         ({"handler": {"kind": "echo"}, "imag": "typo"}, "unknown field"),
         ({"handler": {}}, ".spec.handler.kind: required"),
+        ({"podLabels": {f"k{i}": "v" for i in range(limits.MAX_MAP_KEYS + 1)}}, "too many properties"),
+        ({"podLabels": {"k" * (limits.MAX_KEY_LENGTH + 1): "v"}}, "keys must be 1-317 characters"),
+        ({"podLabels": {"k": "v" * 64}}, ".spec.podLabels.k: too long"),
+        ({"env": [{"name": f"E{i}"} for i in range(limits.MAX_LIST_ITEMS + 1)]}, "too many items"),
+        ({"env": [{"name": "E", "value": "v" * (limits.MAX_VALUE_LENGTH + 1)}]}, "too long"),
+        ({"image": "i" * (limits.MAX_IMAGE_LENGTH + 1)}, ".spec.image: too long"),
+        ({"handler": {"kind": "echo", "settings": {f"k{i}": 1 for i in range(65)}}}, "too many properties"),
+        ({"resources": {"limits": {"memory": "1" * 63 + "Gi"}}}, "too long"),
+        ({"tolerations": [{"key": "k"}] * 65}, "too many items"),
     ],
 )
 def test_invalid_manifests_are_refused_by_schema_and_model_alike(change: JSON, message: str) -> None:
@@ -283,3 +297,29 @@ def test_the_workflow_spec_already_renders_to_a_structural_schema() -> None:
             or node.get("x-kubernetes-int-or-string")
             or node.get("x-kubernetes-preserve-unknown-fields")
         ), path
+
+
+#: Free JSON whose inside no structural schema can bound: the model bounds its encoded size and depth.
+UNBOUNDED_BY_DESIGN = {"Workflow.spec.input"}
+
+
+def _unbounded(node: JSON) -> bool:
+    if node.get("x-kubernetes-int-or-string"):
+        return "maxLength" not in node
+    kind = node.get("type")
+    if kind == "string":
+        return "maxLength" not in node and "enum" not in node
+    if kind == "array":
+        return "maxItems" not in node
+    if kind == "object":
+        return "properties" not in node and "maxProperties" not in node
+    return kind is None and bool(node.get("x-kubernetes-preserve-unknown-fields"))
+
+
+@pytest.mark.parametrize("resource", crd.custom_resources(), ids=lambda r: r.kind)
+def test_every_user_string_list_and_map_in_a_spec_is_bounded(resource: crd.CustomResource) -> None:
+    """The API server refuses an oversized object before the operator sees it (issue: a 100 KB `when`
+    crashed the operator); each bound is the model's own, so the embedded path refuses the same."""
+    spec = crd.openapi_schema(resource)["properties"]["spec"]
+    unbounded = [f"{resource.kind}.spec{path}" for path, node in _walk(spec) if path and _unbounded(node)]
+    assert sorted(set(unbounded) - UNBOUNDED_BY_DESIGN) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,7 @@ def test_a_failed_workflow_exits_1(tmp_path: Path) -> None:
         (GOOD.replace("pool: echo", "pool: Echo"), "spec.steps[0].pool: invalid pool name 'Echo'"),
         (
             GOOD.replace("kind: Workflow", "kind: Workflo"),
-            "expected exactly one document with `kind: Workflow`",
+            "(document 1): kind: 'Workflo' is not supported here: use Workflow or AgentPool",
         ),
         (GOOD.replace("metadata: {name: t}", "metadata: {}"), "metadata.name: Field required"),
         ("a: [", "not valid YAML"),
@@ -103,6 +105,95 @@ def test_missing_file_and_bad_options_exit_2(tmp_path: Path) -> None:
     code, _, err = invoke(write(tmp_path, GOOD), "--input", "{nope")
     assert code == 2
     assert "--input is not JSON" in err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", "[" * 100_000 + "]" * 100_000)
+    assert (code, "--input nests too deeply" in err) == (2, True), err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", "[" * 100 + "]" * 100)
+    assert (code, "--input nests more than 64 levels deep" in err) == (2, True), err
+    code, _, err = invoke(write(tmp_path, GOOD), "--input", '"%s"' % ("x" * 600_000))
+    assert (code, "--input is 600002 bytes of JSON, over the limit of 524288" in err) == (2, True), err
     code, _, err = invoke(write(tmp_path, GOOD), "--queue", "kafka://x")
     assert code == 2
     assert "scheme 'kafka' is not supported" in err
+
+
+# --- hostile input (issue #9) ------------------------------------------------------------------------------
+
+
+def deep_block(depth: int) -> str:
+    lines = [f"{'  ' * i}k{i}:" for i in range(depth)]
+    return GOOD.replace("input: {x: 1}", "input:\n" + "\n".join("    " + line for line in lines) + " 1")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace("input: {x: 1}", "input: " + "[" * 500 + "]" * 500), "nesting deeper than 64 levels"),
+        (deep_block(500), "nesting deeper than 64 levels: flatten the document (line"),
+        (GOOD.replace("input: {x: 1}", "input: " + "[" * 5000 + "]" * 5000), "nesting deeper than 64 levels"),
+        (
+            GOOD.replace("codeforge.ai/v1alpha1", "codeforge.ai/v2"),
+            "apiVersion: 'codeforge.ai/v2' is not served: use codeforge.ai/v1alpha1",
+        ),
+        (GOOD + "extra: 1\n", "extra: unknown field"),
+        (GOOD + "---\nkind: AgentPool\nmetadata: {name: echo}\nspce: {}\n", "spce: unknown field"),
+        (
+            GOOD.replace("  input: {x: 1}", "  input: {x: 1}\n  input: {x: 2}"),
+            "duplicate key 'input': keep one",
+        ),
+        (
+            GOOD.replace("steps:", "timeout_seconds: 5\n  steps:"),
+            "spec.timeout_seconds: Extra inputs are not permitted: fields are camelCase, "
+            "write 'timeoutSeconds'",
+        ),
+        (
+            GOOD.replace("input: {x: 1}", "input: {x: '%s'}" % ("y" * 1_000_000)),
+            "spec.input: input is 1000008",
+        ),
+        (GOOD.replace("state.input.x", "1 / 0"), "spec.steps[0].input: 1 / 0 is an error: division by zero"),
+        ("- 1\n- 2\n", "(document 1): kind: missing, the document is a list"),
+        (GOOD.replace("kind: Workflow", "kind: '[red]x'"), "kind: '[red]x' is not supported"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
+                for p, c in zip("abcdefg", "bcdefgh", strict=True)
+            ),
+            "more than 200000 values once aliases are expanded",
+        ),
+    ],
+)
+def test_hostile_manifests_exit_2_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    code, out, err = invoke(write(tmp_path, text))
+    assert code == 2, err[-2000:]
+    assert expected in " ".join(err.split()), err[:2000]
+    assert "Traceback" not in err + out
+    assert len(err) < 2000, err[:500]
+
+
+def test_a_manifest_that_is_not_utf8_or_too_large_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_bytes(GOOD.encode() + b"\xff\xfe")
+    code, _, err = invoke(str(path))
+    assert (code, "not UTF-8 text" in err) == (2, True), err
+    path.write_bytes(b"# " + b"x" * (5 * 1024 * 1024))
+    code, _, err = invoke(str(path))
+    assert (code, "larger than 4194304 bytes" in err) == (2, True), err
+
+
+def test_a_100_kb_when_exits_2_instead_of_crashing(tmp_path: Path) -> None:
+    # A subprocess: the CEL compiler overflowed the native stack and `codeforge run` exited -11.
+    text = GOOD + "  edges: [{from: a, to: END, when: '%s'}]\n" % ("1" + " + 1" * 40_000)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "codeforge"), "run", write(tmp_path, text), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "spec.edges[0].when: String should have at most 4096 characters" in done.stderr
+
+
+def test_dry_run_validates_only(tmp_path: Path) -> None:
+    code, out, err = invoke(str(ROOT / "examples/workflows/feature-development.yaml"), "--dry-run")
+    assert code == 0, err
+    assert "valid: Workflow feature-development, 6 steps" in " ".join(out.split())

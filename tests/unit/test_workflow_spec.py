@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from codeforge.api.limits import clip
 from codeforge.api.task import Priority
 from codeforge.api.workflow import (
     JoinPolicy,
+    Step,
     WorkflowManifest,
     WorkflowSpecError,
+    format_validation_error,
     parse_workflow_spec,
 )
 
@@ -20,6 +27,13 @@ def spec(text: str) -> dict[str, Any]:
     data = yaml.safe_load(text)
     assert isinstance(data, dict)
     return data
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def problems(data: dict[str, Any]) -> str:
@@ -112,7 +126,10 @@ def test_manifest_with_metadata() -> None:
             "steps: [{name: a, pool: p, timeoutSeconds: 0}]",
             "spec.steps[0].timeoutSeconds: Input should be greater",
         ),
-        ("steps: [{name: a, pool: p, parallel: 2, forEach: x}]", "spec.steps[0]: set either `parallel`"),
+        (
+            "steps: [{name: a, pool: p, parallel: 2, forEach: input.x}]",
+            "spec.steps[0]: set either `parallel`",
+        ),
         ("steps: [{name: a, pool: p, join: majority}]", "spec.steps[0]: join: majority needs a fan-out"),
         (
             "steps: [{name: a, pool: p, join: most}]",
@@ -157,3 +174,158 @@ def test_all_problems_are_reported_at_once() -> None:
     text = problems(spec("steps: [{name: a, pool: p}]\nedges: [{from: a, to: x}, {from: y, to: a}]"))
     assert "spec.edges[0].to" in text
     assert "spec.edges[1].from" in text
+
+
+# --- hostile input (issue #9): each of these was accepted, crashed or echoed the whole value before ------
+
+
+def edge_when(expression: str) -> dict[str, Any]:
+    return {"steps": [{"name": "a", "pool": "p"}], "edges": [{"from": "a", "to": "END", "when": expression}]}
+
+
+def test_a_100_kb_when_is_refused_before_the_cel_compiler_crashes_the_process() -> None:
+    # In a subprocess: the compiler's recursive parser overflowed the stack (SIGSEGV, exit -11).
+    script = textwrap.dedent("""
+        from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
+        spec = {"steps": [{"name": "a", "pool": "p"}],
+                "edges": [{"from": "a", "to": "END", "when": "1" + " + 1" * 40_000}]}
+        try:
+            parse_workflow_spec(spec)
+        except WorkflowSpecError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("spec.edges[0].when: String should have at most 4096 characters")
+    assert len(done.stdout) < 200
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("1" + "+1" * 1100, "2201 tokens, over the limit of 512"),  # within 4096 characters
+        ("(" * 33 + "1" + ")" * 33, "nests brackets more than 32 deep"),
+        ("[" * 40 + "]" * 40, "nests brackets more than 32 deep"),
+        ("!" * 2000 + "true", "over the limit of 512"),
+    ],
+)
+def test_cel_size_and_nesting_are_checked_before_compiling(expression: str, expected: str) -> None:
+    assert expected in problems(edge_when(expression))
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("null", "a condition must give true or false; this one always gives null"),
+        ("1 + 1", "always gives 2"),
+        ('1 + "a"', '1 + "a" is an error: No such overload'),
+        ('result.score > 1 + "a"', '1 + "a" is an error'),
+        ('"a" < 1', '"a" < 1 is an error'),
+        ("1 / 0", "1 / 0 is an error: division by zero"),
+        ("[1][5] == 1", "always fails"),
+        ("foo(1)", "unknown function 'foo'"),
+        ("result.x.bar()", "unknown function 'bar'"),
+        ("reslt.type == 'x'", "unknown variable 'reslt': use input, result, state, step"),
+        ("item == 1", "unknown variable 'item'"),
+    ],
+)
+def test_cel_is_type_checked_where_it_can_be(expression: str, expected: str) -> None:
+    assert expected in problems(edge_when(expression))
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        'result.type == "research_needed"',
+        "size(result.strategies) > 1",
+        "has(result.x) && result.x",
+        "result.items.exists(i, i.ok) || result.items.all(j, j.n > 1)",
+        'result.items.map(x, x * 2).filter(y, y > 2).size() == 0 || step.status == "failed"',
+        "type(result.n) == int && result.n + 1 > 2",
+        'state.results["my-step"].verdict in ["ok", "fine"]',
+        "step.attempts >= 3 ? false : true",
+        "1 + 2 == 3",
+        "true",
+    ],
+)
+def test_valid_conditions_pass_the_checks(expression: str) -> None:
+    parse_workflow_spec(edge_when(expression))
+
+
+def test_input_and_for_each_see_their_own_variables() -> None:
+    parse_workflow_spec({"steps": [{"name": "a", "pool": "p", "input": "[item, index, input, state.input]"}]})
+    text = problems({"steps": [{"name": "a", "pool": "p", "forEach": "[1, 2].size()"}]})
+    assert "forEach must give a list; this one always gives 2" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"steps": [{"name": "x" * 1_000_000, "pool": "p"}]}, "spec.steps[0].name"),
+        ({"steps": [{"name": "a", "pool": "P" * 1_000_000}]}, "spec.steps[0].pool"),
+        ({"steps": [{"name": "a", "pool": "p"}], "priority": "u" * 1_000_000}, "spec.priority"),
+        ({"steps": [{"name": "a", "pool": "p", "k" * 1_000_000: 1}]}, "spec.steps[0]['kkkk"),
+        (edge_when("(" + "x" * 4000), "spec.edges[0].when"),
+        (edge_when("result." + "y" * 4000 + " +"), "spec.edges[0].when"),
+        ({"steps": [{"name": "a", "pool": "p"}] * 300}, "spec.steps"),
+        ({"steps": [{"name": f"s{i}", "pool": "p"} for i in range(200)]}, "spec.steps[1]"),
+    ],
+)
+def test_messages_repeat_at_most_a_short_prefix_of_a_bad_value(data: dict[str, Any], field: str) -> None:
+    text = problems(data)
+    assert text.startswith(field), text[:300]
+    assert all(len(line) <= 400 for line in text.splitlines()), max(text.splitlines(), key=len)[:300]
+    assert len(text) <= 21 * 400
+
+
+def test_clip_shows_a_prefix_and_the_length() -> None:
+    assert clip("short") == "'short'"
+    assert clip("x" * 1000) == f"{'x' * 60!r}... (1000 characters)"
+    assert clip(list(range(10_000))).startswith("list of 10000 items")
+    assert clip(None) == "None"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"steps": [{"name": "a", "pool": "p", "timeout_seconds": 5}]},
+            "spec.steps[0].timeout_seconds: Extra inputs are not permitted: fields are camelCase, "
+            "write 'timeoutSeconds'",
+        ),
+        ({"steps": [{"name": "a", "pool": "p"}], "max_step_runs": 5}, "spec.max_step_runs: Extra inputs"),
+        (
+            {"steps": [{"name": "a", "pool": "p"}], "input": {"blob": "x" * 600_000}},
+            "spec.input: Value error, input is 600011 bytes of JSON, over the limit of 524288",
+        ),
+        ({"steps": [{"name": "a", "pool": "p"}], "input": _nested(100)}, "input nests more than 64 levels"),
+        ({"steps": [{"name": "a", "pool": "p", "params": {"x": "y" * 70_000}}]}, "params is 70008 bytes"),
+        ({"steps": [{"name": "a", "pool": "p"}], "timeoutSeconds": float("nan")}, "spec.timeoutSeconds"),
+        ({"steps": [{"name": "a", "pool": "p"}], "timeoutSeconds": float("inf")}, "spec.timeoutSeconds"),
+    ],
+)
+def test_specs_accepted_before_are_refused(data: dict[str, Any], expected: str) -> None:
+    assert expected.replace("Value error, ", "") in problems(data)
+
+
+def test_the_python_names_still_build_models_in_code() -> None:
+    step = Step(name="a", pool="p", timeout_seconds=5)
+    assert step.timeout_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"apiVersion": "codeforge.ai/v2"}, "apiVersion: Input should be 'codeforge.ai/v1alpha1'"),
+        ({"sepc": {}}, "sepc: Extra inputs are not permitted"),
+    ],
+)
+def test_manifests_accepted_before_are_refused(change: dict[str, Any], expected: str) -> None:
+    document = {
+        "kind": "Workflow",
+        "metadata": {"name": "w"},
+        "spec": {"steps": [{"name": "a", "pool": "p"}]},
+    }
+    with pytest.raises(ValidationError) as info:
+        WorkflowManifest.parse(document | change)
+    assert expected in format_validation_error(info.value, prefix="")

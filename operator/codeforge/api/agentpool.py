@@ -3,7 +3,8 @@
 The models are the single source of the CRD schema (`codeforge.api.crd` renders them), so every field carries
 its description, default and bounds here. Field names are snake_case in Python and camelCase in Kubernetes.
 Rules that span fields are CEL rules (`x-kubernetes-validations`), checked by the API server itself, and
-mirrored by pydantic validators so `AgentPoolSpec.model_validate` refuses the same manifests.
+mirrored by pydantic validators so `AgentPoolSpec.model_validate` refuses the same manifests. Every string,
+list and map a user writes is bounded (`codeforge.api.limits`), in the schema and in the model alike.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
+
+from codeforge.api import limits
 
 GROUP: Final = "codeforge.ai"
 VERSION: Final = "v1alpha1"
@@ -21,12 +24,27 @@ KIND: Final = "AgentPool"
 PLURAL: Final = "agentpools"
 
 #: Kubernetes quantities ("500m", "2Gi", 4) and int-or-string fields ("25%", 3).
-IntOrString = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
+IntOrString = Annotated[
+    int | Annotated[str, StringConstraints(max_length=64)],
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "maxLength": 64}),
+]
 #: Opaque Kubernetes structures we pass through untouched (affinity, valueFrom): the API server checks them
 #: when it admits the Deployment, so repeating their huge schemas here would only add drift.
 OpaqueObject = Annotated[
-    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "maxProperties": limits.MAX_MAP_KEYS,
+        }
+    ),
+    Field(max_length=limits.MAX_MAP_KEYS),
 ]
+#: Label keys, label values, annotation values and other short strings.
+Key = Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_KEY_LENGTH)]
+LabelValue = Annotated[str, StringConstraints(max_length=limits.MAX_LABEL_VALUE)]
+Value = Annotated[str, StringConstraints(max_length=limits.MAX_VALUE_LENGTH)]
 
 
 def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -37,7 +55,9 @@ def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
 class CamelModel(BaseModel):
     """Base of every CRD model: camelCase in Kubernetes, unknown fields refused, defaults filled in."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False
+    )
 
     def to_k8s(self) -> dict[str, Any]:
         """The object as it reads in a manifest (camelCase, no nulls)."""
@@ -65,10 +85,12 @@ class HandlerSpec(CamelModel):
 
 
 class ResourceRequirements(CamelModel):
-    requests: dict[str, IntOrString] = Field(
-        default_factory=dict, description="e.g. {cpu: 500m, memory: 1Gi}"
+    requests: dict[Key, IntOrString] = Field(
+        default_factory=dict, max_length=16, description="e.g. {cpu: 500m, memory: 1Gi}"
     )
-    limits: dict[str, IntOrString] = Field(default_factory=dict, description="e.g. {memory: 2Gi}")
+    limits: dict[Key, IntOrString] = Field(
+        default_factory=dict, max_length=16, description="e.g. {memory: 2Gi}"
+    )
 
 
 class EnvVar(CamelModel):
@@ -79,7 +101,7 @@ class EnvVar(CamelModel):
     )
 
     name: str = Field(min_length=1, max_length=253)
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=limits.MAX_VALUE_LENGTH)
     value_from: OpaqueObject | None = Field(
         default=None, description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef...)."
     )
@@ -118,11 +140,11 @@ class EnvFromSource(CamelModel):
 
 
 class Toleration(CamelModel):
-    key: str | None = None
+    key: str | None = Field(default=None, max_length=limits.MAX_KEY_LENGTH)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=limits.MAX_LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=10**9)
 
 
 class QueueSettings(CamelModel):
@@ -152,7 +174,9 @@ class ScalingPolicy(CamelModel):
     """
 
     stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
-    max_step: int | None = Field(default=None, ge=1, description="Most pods added or removed per period.")
+    max_step: int | None = Field(
+        default=None, ge=1, le=10000, description="Most pods added or removed per period."
+    )
     max_step_percent: int | None = Field(
         default=None, ge=1, le=1000, description="Most pods added or removed per period, in percent."
     )
@@ -218,15 +242,17 @@ class AgentPoolSpec(CamelModel):
     image: str | None = Field(
         default=None,
         min_length=1,
+        max_length=limits.MAX_IMAGE_LENGTH,
         description="Agent image running codeforge-agent (default: the operator's CODEFORGE_AGENT_IMAGE).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=64)
     handler: HandlerSpec
     concurrency: int = Field(default=1, ge=1, le=256, description="Tasks one agent runs at once.")
     replicas: int | None = Field(
         default=None,
         ge=0,
+        le=10000,
         description="Replicas wanted by an external autoscaler (scale subresource); "
         "used only in autoscaling mode external.",
     )
@@ -235,17 +261,24 @@ class AgentPoolSpec(CamelModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     env: list[EnvVar] = Field(
         default_factory=list,
+        max_length=limits.MAX_LIST_ITEMS,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     env_from: list[EnvFromSource] = Field(
-        default_factory=list, description="Secrets and ConfigMaps (API keys...) exposed as env."
+        default_factory=list,
+        max_length=64,
+        description="Secrets and ConfigMaps (API keys...) exposed as env.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[Key, LabelValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
     affinity: OpaqueObject | None = Field(default=None, description="A core/v1 Affinity.")
     service_account_name: str | None = Field(default=None, max_length=253)
-    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on agent pods.")
-    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    pod_labels: dict[Key, LabelValue] = Field(
+        default_factory=dict, max_length=limits.MAX_MAP_KEYS, description="Extra labels on agent pods."
+    )
+    pod_annotations: dict[Key, Value] = Field(
+        default_factory=dict, max_length=limits.MAX_MAP_KEYS, description="Extra pod annotations."
+    )
     termination_grace_period_seconds: int = Field(
         default=120, ge=0, le=86400, description="Time an agent gets to finish its tasks when stopped."
     )

@@ -3,9 +3,10 @@
 Pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema. The conversion here:
 inlines `$ref`s, turns `X | None` into an optional X (absent, never null), drops `title` and
 `additionalProperties: false` (the API server prunes and, under strict field validation, refuses unknown
-fields), rewrites numeric `exclusiveMinimum` into OpenAPI 3.0's boolean form, keeps CEL rules
-(`x-kubernetes-validations`) and list/map markers, and reduces defaults to the smallest form the API server
-expands to the model's own defaults (`autoscaling: {}` is filled in field by field).
+fields), rewrites numeric `exclusiveMinimum` into OpenAPI 3.0's boolean form, turns a bound on map keys
+(`propertyNames`, which structural schemas lack) into a CEL rule, keeps CEL rules (`x-kubernetes-validations`)
+and list/map markers, and reduces defaults to the smallest form the API server expands to the model's own
+defaults (`autoscaling: {}` is filled in field by field).
 
 A new kind plugs in by adding one `CustomResource` to `custom_resources()`.
 """
@@ -208,6 +209,8 @@ def _convert(node: JSON, defs: Mapping[str, JSON], path: str, defaults: bool) ->
             out[key] = True
         elif key == "const":
             out["enum"] = [value]
+        elif key == "propertyNames":
+            out.setdefault("x-kubernetes-validations", []).append(_key_rule(value, path))
         elif key == "default":
             continue  # handled below, once the children are converted
         elif key == "description":
@@ -223,6 +226,18 @@ def _convert(node: JSON, defs: Mapping[str, JSON], path: str, defaults: bool) ->
         if default not in ([], {}) or "properties" in out:
             out["default"] = default
     return out
+
+
+def _key_rule(names: JSON, path: str) -> JSON:
+    # The API server's CEL cost estimate multiplies by the map's maxProperties: without one this rule alone
+    # could exceed the budget, so a key bound needs a size bound beside it.
+    if set(names) - {"maxLength", "minLength"} or "maxLength" not in names:
+        raise CRDSchemaError(f"{path}: only maxLength/minLength bounds on map keys have a CEL form")
+    low = names.get("minLength", 0)
+    rule = f"self.all(k, size(k) <= {names['maxLength']})"
+    if low:
+        rule = f"self.all(k, size(k) >= {low} && size(k) <= {names['maxLength']})"
+    return {"rule": rule, "message": f"keys must be {low}-{names['maxLength']} characters"}
 
 
 def _resolve(node: JSON, defs: Mapping[str, JSON], path: str) -> JSON:

@@ -11,7 +11,9 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
-MAX_PAYLOAD_BYTES: Final = 512 * 1024
+from codeforge.api.limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from codeforge.api.limits import clip
+
 #: Pool names become Redis hash tags (`{pool}`), so braces are excluded; `namespace/name` is allowed.
 POOL_NAME_RE: Final = re.compile(
     r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"
@@ -51,7 +53,7 @@ class Priority(enum.IntEnum):
             except ValueError:
                 pass
         names = ", ".join(f"{p.name} ({p.value})" for p in cls)
-        raise ValueError(f"unknown priority {value!r}: use one of {names}")
+        raise ValueError(f"unknown priority {clip(value)}: use one of {names}")
 
 
 class TaskState(enum.StrEnum):
@@ -73,7 +75,7 @@ _TERMINAL: Final = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.D
 def validate_pool_name(pool: str) -> str:
     if not isinstance(pool, str) or not POOL_NAME_RE.match(pool):
         raise ValueError(
-            f"invalid pool name {pool!r}: use a lowercase DNS-1123 name such as 'research', "
+            f"invalid pool name {clip(pool)}: use a lowercase DNS-1123 name such as 'research', "
             "optionally prefixed by a namespace ('team-a/research')"
         )
     return pool

@@ -1,13 +1,16 @@
 """The Workflow spec: a graph of steps, each run by an AgentPool. Also the Workflow custom resource's `spec`.
 
-Field names are camelCase in YAML (`timeoutSeconds`, `forEach`) like every Kubernetes API; Python code uses
-snake_case attributes. Validation covers what a graph needs to run: step names, reachability, a way out of
-every cycle, and CEL expressions that compile. Each error names the field (`spec.edges[2].when`) and the fix.
+Field names are camelCase in YAML (`timeoutSeconds`, `forEach`) like every Kubernetes API, and only that
+spelling is accepted from a manifest; Python code uses snake_case attributes. Validation covers what a graph
+needs to run: step names, reachability, a way out of every cycle, and CEL expressions that pass
+`codeforge.api.cel_check`. Every string, list and map is bounded (`codeforge.api.limits`). Each error names
+the field (`spec.edges[2].when`) and the fix, and repeats at most a short prefix of a bad value.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -18,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -25,14 +29,21 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from codeforge.api import limits
+from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
+from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
 from codeforge.api.task import Priority, validate_pool_name
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
 #: Free JSON (any type): the CRD schema keeps whatever the user writes there.
 FreeJSON = Annotated[Any, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+#: Free JSON object (a step's params): the number of keys bounded in the schema, the size in the model.
 FreeObject = Annotated[
-    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    dict[str, Any],
+    WithJsonSchema(
+        {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "maxProperties": MAX_PARAMS_KEYS}
+    ),
 ]
 #: A priority by name (CRITICAL, HIGH, MEDIUM, LOW, any case) or number (1-4) in manifests.
 PriorityField = Annotated[
@@ -40,14 +51,27 @@ PriorityField = Annotated[
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
+            "maxLength": 16,
             "description": "CRITICAL, HIGH, MEDIUM or LOW (or 1-4; 1 runs first).",
         }
     ),
 ]
+#: A CEL expression (bounded before it reaches the compiler, see `codeforge.api.cel_check`).
+CelText = Annotated[str, StringConstraints(max_length=limits.MAX_CEL_LENGTH)]
+#: The variables each kind of expression sees (`codeforge.orchestrator.compiler` provides them).
+WHEN_VARIABLES: Final = frozenset({"state", "input", "result", "step"})
+INPUT_VARIABLES: Final = frozenset({"state", "input", "item", "index"})
+FOR_EACH_VARIABLES: Final = frozenset({"state", "input", "result", "step"})
 #: The pseudo-step an edge names to end the workflow.
 END: Final = "END"
 STEP_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _RESERVED: Final = frozenset({"end", "start", "__start__", "__end__"})
+
+
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: Problems listed per error (the rest are counted), and the longest line: errors stay readable and small.
+MAX_PROBLEMS: Final = 20
+MAX_LINE: Final = 400
 
 
 class WorkflowSpecError(ValueError):
@@ -55,12 +79,20 @@ class WorkflowSpecError(ValueError):
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {msg}" for path, msg in problems))
+        lines = [f"{path}: {msg}" for path, msg in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
+        super().__init__("\n".join(lines))
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, use_enum_values=False
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,  # Python code builds models by attribute name; manifests use `by_name=False`
+        frozen=True,
+        use_enum_values=False,
+        allow_inf_nan=False,
     )
 
 
@@ -74,21 +106,48 @@ class JoinPolicy(enum.StrEnum):
 
 @lru_cache(maxsize=1024)
 def compile_cel(expression: str) -> cel.Program:
-    """Compile a CEL expression once (compiling costs far more than the ~40 us evaluation)."""
+    """Compile a CEL expression once (compiling costs far more than the ~40 us evaluation). The size check
+    runs first, always: the compiler crashes the process on a very long expression."""
+    check_size(expression)
     return cel.compile(expression)
 
 
-def _check_cel(expression: str | None) -> str | None:
+def _check_cel(expression: str | None, variables: frozenset[str], what: str) -> str | None:
     if expression is None:
         return None
     if not expression.strip():
         raise ValueError("CEL expression is empty: write one, e.g. 'result.type == \"research_needed\"'")
+    tokens = check_size(expression)
     try:
-        compile_cel(expression)
+        program = compile_cel(expression)
+    except CelCheckError:
+        raise
     except (ValueError, RuntimeError) as exc:
-        detail = str(exc).split("\n", 1)[0]
-        raise ValueError(f"CEL expression does not compile: {detail}") from None
+        raise ValueError(f"CEL expression does not compile: {compile_error(exc)}") from None
+    check_program(program, tokens, variables, what)
     return expression
+
+
+def check_input(value: Any, what: str = "input") -> Any:
+    """A Workflow's input: JSON of at most `MAX_INPUT_BYTES`, nested at most `MAX_JSON_DEPTH` deep."""
+    return _check_json(value, what, limits.MAX_INPUT_BYTES)
+
+
+def _check_json(value: Any, what: str, max_bytes: int) -> Any:
+    """A free JSON value: bounded depth (checked first, without recursion) and encoded size."""
+    depth = limits.json_depth(value)
+    if depth > limits.MAX_JSON_DEPTH:
+        raise ValueError(f"{what} nests more than {limits.MAX_JSON_DEPTH} levels deep: flatten it")
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be JSON (objects, lists, strings, numbers, booleans, null)") from None
+    if size > max_bytes:
+        raise ValueError(
+            f"{what} is {size} bytes of JSON, over the limit of {max_bytes}: store large data elsewhere "
+            "(object storage, a volume) and pass a reference"
+        )
+    return value
 
 
 class RetryPolicy(_Model):
@@ -109,25 +168,36 @@ class RetryPolicy(_Model):
 class Step(_Model):
     """One node of the graph: a task (or N parallel tasks) in one AgentPool's queue."""
 
-    name: str = Field(description="Unique within the workflow: lowercase letters, digits and '-'.")
-    pool: str = Field(description="The AgentPool whose agents run this step.")
-    input: str | None = Field(
+    name: str = Field(
+        max_length=limits.MAX_NAME,
+        description="Unique within the workflow: lowercase letters, digits and '-'.",
+    )
+    pool: str = Field(
+        max_length=limits.MAX_POOL_NAME, description="The AgentPool whose agents run this step."
+    )
+    input: CelText | None = Field(
         default=None,
         description="CEL over `state` selecting what the task receives (default: the whole state, "
         "i.e. `state.input` and `state.results`).",
     )
     params: FreeObject = Field(
-        default_factory=dict, description="Static parameters for the pool's handler, merged into the payload."
+        default_factory=dict,
+        max_length=limits.MAX_PARAMS_KEYS,
+        description="Static parameters for the pool's handler, merged into the payload "
+        f"(at most {limits.MAX_PARAMS_BYTES} bytes of JSON).",
     )
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 86400, description="Per attempt.")
     parallel: int | None = Field(default=None, ge=1, le=1000, description="Fan out to N agents.")
-    for_each: str | None = Field(
+    for_each: CelText | None = Field(
         default=None, description="CEL over `state` giving a list: one task per item."
     )
     join: JoinPolicy = Field(default=JoinPolicy.ALL, description="How fan-out results are merged.")
     vote_field: str = Field(
-        default="choice", min_length=1, description="The result field a majority join counts."
+        default="choice",
+        min_length=1,
+        max_length=limits.MAX_OBJECT_NAME,
+        description="The result field a majority join counts.",
     )
     priority: PriorityField | None = Field(default=None, description="Overrides the workflow's priority.")
 
@@ -136,11 +206,13 @@ class Step(_Model):
     def _check_name(cls, value: str) -> str:
         if not STEP_NAME_RE.match(value):
             raise ValueError(
-                f"step name {value!r} is invalid: use 1-63 lowercase letters, digits and '-', "
+                f"step name {clip(value)} is invalid: use 1-63 lowercase letters, digits and '-', "
                 "starting with a letter"
             )
         if value.lower() in _RESERVED:
-            raise ValueError(f"step name {value!r} is reserved: pick another name ('END' ends the workflow)")
+            raise ValueError(
+                f"step name {clip(value)} is reserved: pick another name ('END' ends the workflow)"
+            )
         return value
 
     @field_validator("pool")
@@ -148,10 +220,20 @@ class Step(_Model):
     def _check_pool(cls, value: str) -> str:
         return validate_pool_name(value)
 
-    @field_validator("input", "for_each")
+    @field_validator("input")
     @classmethod
-    def _check_expr(cls, value: str | None) -> str | None:
-        return _check_cel(value)
+    def _check_input(cls, value: str | None) -> str | None:
+        return _check_cel(value, INPUT_VARIABLES, "value")
+
+    @field_validator("for_each")
+    @classmethod
+    def _check_for_each(cls, value: str | None) -> str | None:
+        return _check_cel(value, FOR_EACH_VARIABLES, "list")
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_json(value, "params", limits.MAX_PARAMS_BYTES)  # type: ignore[no-any-return]
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -175,9 +257,11 @@ class Edge(_Model):
     """A transition. Edges leaving a step are tried in order: the first whose `when` holds is taken; an edge
     without `when` is the default branch, taken when none matched (and only if the step succeeded)."""
 
-    from_: str = Field(alias="from", description="The step the edge leaves.")
-    to: str = Field(description=f"The next step, or {END!r} to finish the workflow.")
-    when: str | None = Field(
+    from_: str = Field(alias="from", max_length=limits.MAX_NAME, description="The step the edge leaves.")
+    to: str = Field(
+        max_length=limits.MAX_NAME, description=f"The next step, or {END!r} to finish the workflow."
+    )
+    when: CelText | None = Field(
         default=None,
         description="CEL condition over `state`, `result` (the step's result) and `step` "
         '(name, status, error, attempts), e.g. result.type == "research_needed".',
@@ -186,14 +270,16 @@ class Edge(_Model):
     @field_validator("when")
     @classmethod
     def _check_when(cls, value: str | None) -> str | None:
-        return _check_cel(value)
+        return _check_cel(value, WHEN_VARIABLES, "bool")
 
 
 class WorkflowSpec(_Model):
     """The Workflow custom resource's `spec`."""
 
     input: FreeJSON = Field(
-        default=None, description="Free JSON: the workflow's input, `state.input` in CEL."
+        default=None,
+        description="Free JSON: the workflow's input, `state.input` in CEL "
+        f"(at most {limits.MAX_INPUT_BYTES} bytes of JSON, like a task's payload).",
     )
     priority: PriorityField = Field(default=Priority.MEDIUM, description="Priority of the workflow's tasks.")
     timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86400, description="Whole workflow.")
@@ -202,9 +288,22 @@ class WorkflowSpec(_Model):
     max_step_runs: int = Field(
         default=100, ge=1, le=10000, description="Bound on step executions, so a loop always ends."
     )
-    entry: str | None = Field(default=None, description="First step (default: the first in `steps`).")
-    steps: list[Step] = Field(min_length=1, description="The steps; names are unique.")
-    edges: list[Edge] = Field(default_factory=list, description="Transitions; a step with none ends the run.")
+    entry: str | None = Field(
+        default=None, max_length=limits.MAX_NAME, description="First step (default: the first in `steps`)."
+    )
+    steps: list[Step] = Field(
+        min_length=1, max_length=limits.MAX_STEPS, description="The steps; names are unique."
+    )
+    edges: list[Edge] = Field(
+        default_factory=list,
+        max_length=limits.MAX_EDGES,
+        description="Transitions; a step with none ends the run.",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        return check_input(value)
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -242,7 +341,7 @@ def check_graph(spec: WorkflowSpec) -> list[tuple[str, str]]:
                 (f"spec.steps[{i}].name", f"duplicate step name {step.name!r}: names must be unique")
             )
         names.setdefault(step.name, i)
-    known = ", ".join(sorted(names)) or "(none)"
+    known = _listing(sorted(names))
     if spec.entry is not None and spec.entry not in names:
         problems.append(("spec.entry", f"unknown step {spec.entry!r}: use one of {known}"))
     defaults: dict[str, int] = {}
@@ -291,11 +390,18 @@ def check_graph(spec: WorkflowSpec) -> list[tuple[str, str]]:
         problems.append(
             (
                 "spec.edges",
-                f"the workflow can never finish from steps {', '.join(trapped)}: they lead into a cycle with "
+                f"the workflow can never finish from steps {_listing(trapped)}: they lead into a cycle with "
                 f"no way out; add an edge to {END!r} or a `when` condition that leaves the loop",
             )
         )
     return problems
+
+
+def _listing(names: list[str], shown: int = 8) -> str:
+    if not names:
+        return "(none)"
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _walk(start: Iterable[str], graph: dict[str, list[str]]) -> set[str]:
@@ -310,27 +416,39 @@ def _walk(start: Iterable[str], graph: dict[str, list[str]]) -> set[str]:
     return seen
 
 
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=limits.MAX_KEY_LENGTH)]
+LabelValue = Annotated[str, StringConstraints(max_length=limits.MAX_LABEL_VALUE)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=limits.MAX_ANNOTATION_VALUE)]
+
+
 class ObjectMeta(_Model):
-    """The part of Kubernetes metadata a Workflow run needs."""
+    """The part of Kubernetes metadata a Workflow run needs (the rest of a real object's metadata, such as
+    resourceVersion or managedFields, is kept as it is: it only comes from the API server)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(min_length=1, max_length=253)
-    namespace: str = "default"
-    uid: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(min_length=1, max_length=limits.MAX_OBJECT_NAME)
+    namespace: str = Field(default="default", min_length=1, max_length=limits.MAX_NAME)
+    uid: str | None = Field(default=None, max_length=128)
+    labels: dict[MetaKey, LabelValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
+    annotations: dict[MetaKey, AnnotationValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
 
 
 class WorkflowManifest(_Model):
     """A whole Workflow document, as in `kubectl apply -f workflow.yaml`."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
-    api_version: str = Field(default="codeforge.ai/v1alpha1", alias="apiVersion")
+    api_version: Literal["codeforge.ai/v1alpha1"] = Field(default="codeforge.ai/v1alpha1", alias="apiVersion")
     kind: Literal["Workflow"] = "Workflow"
     metadata: ObjectMeta
     spec: WorkflowSpec
+    status: FreeJSON = Field(default=None, exclude=True, description="Ignored (written by the operator).")
+
+    @classmethod
+    def parse(cls, data: Any) -> WorkflowManifest:
+        """Validate a document as written in a file: camelCase field names only."""
+        return cls.model_validate(data, by_alias=True, by_name=False)
 
 
 def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: str = "spec") -> str:
@@ -338,23 +456,52 @@ def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: st
     if isinstance(exc, WorkflowSpecError):
         return str(exc)
     lines: list[str] = []
-    for err in exc.errors():
+    errors = exc.errors(include_url=False, include_input=False)
+    for err in errors[:MAX_PROBLEMS]:
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, WorkflowSpecError):
             lines.extend(f"{prefix}{path.removeprefix('spec')}: {msg}" for path, msg in ctx_error.problems)
             continue
         path = prefix
         for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+            # A field name is user input too (an unknown key may be a megabyte long).
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += key_in_path(str(part))
         message = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"{path}: {message}")
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            message += _spelling_hint(str(err["loc"][-1]))
+        lines.append(clip_text(f"{path}: {message}", MAX_LINE))
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"{prefix}: ... and {len(errors) - MAX_PROBLEMS} more problems")
     return "\n".join(lines)
 
 
+def key_in_path(key: str) -> str:
+    """`.name` for a plain key; odd characters (spaces, emoji, ': ') are quoted and clipped, so a field
+    path stays one short token whatever key a user wrote."""
+    if _PLAIN_KEY.fullmatch(key) and len(key) <= 64:
+        return f".{key}"
+    return f"[{clip(key, 40)}]"
+
+
+def unknown_field_hint(key: str) -> str:
+    """Why a key is refused, with the camelCase spelling when the key is a snake_case one."""
+    return _spelling_hint(key)
+
+
+def _spelling_hint(key: str) -> str:
+    if "_" in key and len(key) <= 64 and to_camel(key) != key:
+        return f": fields are camelCase, write {to_camel(key)!r}"
+    return ": remove it or check its spelling"
+
+
 def parse_workflow_spec(data: Any, prefix: str = "spec") -> WorkflowSpec:
-    """Validate a spec, raising WorkflowSpecError whose lines name each bad field."""
+    """Validate a spec, raising WorkflowSpecError whose lines name each bad field. Only the camelCase
+    spelling of a field is accepted, as the CRD's schema accepts only that one."""
     try:
-        return WorkflowSpec.model_validate(data)
+        return WorkflowSpec.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise WorkflowSpecError(_as_problems(exc, prefix)) from None
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final
 from pydantic import ConfigDict, Field, WithJsonSchema
 
 from codeforge.api.agentpool import CamelModel, Condition
+from codeforge.api.limits import clip_text
 
 #: Results whose JSON is larger than this stay in Redis (`status.resultRef`); etcd objects are capped at
 #: 1.5 MiB and every watcher of Workflows receives the whole object on each change.
@@ -105,7 +106,7 @@ def progress(finished: int, total: int) -> str:
 
 
 def truncate(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    return clip_text(message, limit)
 
 
 def encoded_size(value: Any) -> int:

@@ -3,7 +3,8 @@
 Default: the memory queue, in-process agents with the handlers the file's AgentPools name, checkpoints in
 memory. With `--queue redis://...`: the Redis queue, checkpoints in the same Redis (so a rerun with the same
 `--workflow-id` resumes), and one `codeforge-agent` process per pool (`--no-agents` when agents run
-elsewhere). Exit codes: 0 succeeded, 1 the workflow failed, 2 the manifest or an option is invalid.
+elsewhere). `--dry-run` only validates the manifest (the same checks the operator and the CRD schema make).
+Exit codes: 0 succeeded (or valid), 1 the workflow failed, 2 the manifest or an option is invalid.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:  # LangGraph and the agent runtime load only when a workflow runs: `--help` stays fast
     from codeforge.embedded.manifest import Manifest
@@ -63,6 +65,9 @@ def run_command(
             "before giving up.",
         ),
     ] = 5,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only validate the manifest: exit 0 when valid, 2 when not.")
+    ] = False,
 ) -> None:
     """Run a Workflow manifest locally and print its final state; exit 1 when it fails."""
     from codeforge.embedded.manifest import ManifestError, load_manifest
@@ -76,8 +81,16 @@ def run_command(
         if input_json is not None:
             loaded = _with_input(loaded, input_json)
     except (ManifestError, QueueConfigError) as exc:
-        console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
+        console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
+    if dry_run:
+        spec = loaded.workflow.spec
+        Console(highlight=False).print(
+            f"{escape(str(manifest))}: valid: Workflow {escape(loaded.workflow.metadata.name)}, "
+            f"{len(spec.steps)} steps, pools {escape(', '.join(sorted(loaded.pools)))}",
+            soft_wrap=True,
+        )
+        return
     run_id = (
         workflow_id
         or loaded.workflow.metadata.uid
@@ -86,7 +99,7 @@ def run_command(
     try:
         outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts))
     except (QueueError, ManifestError) as exc:
-        console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
+        console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     except KeyboardInterrupt:
         hint = "" if queue.startswith("memory") else f"; resume it with --workflow-id {run_id}"
@@ -98,12 +111,19 @@ def run_command(
 
 
 def _with_input(loaded: Manifest, text: str) -> Manifest:
+    from codeforge.api.workflow import check_input
     from codeforge.embedded.manifest import Manifest, ManifestError
 
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"--input is not JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError("--input nests too deeply: flatten it") from None
+    try:
+        check_input(value, "--input")
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     spec = loaded.workflow.spec.model_copy(update={"input": value})
     return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
 

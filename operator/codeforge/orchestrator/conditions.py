@@ -1,6 +1,8 @@
 """CEL at run time: `when` conditions on edges, `input` selectors and `forEach` lists of steps.
 
-Expressions are compiled once (at spec validation, cached); one evaluation costs about 40 us.
+Expressions are compiled once (at spec validation, cached, always behind the size check of
+`codeforge.api.cel_check`); one evaluation costs about 40 us. Messages repeat at most a prefix of an
+expression or a value (`clip`): both come from users.
 The variables are plain JSON: `state` ({input, results}), `input` (= state.input), and on edges `result`
 (the finished step's result) and `step` ({name, status, error, attempts}).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from codeforge.api.limits import clip, clip_text
 from codeforge.api.workflow import compile_cel
 
 
@@ -28,7 +31,7 @@ def edge_matches(expression: str, variables: dict[str, Any], where: str) -> bool
     except (KeyError, TypeError, RuntimeError, ValueError):
         return False
     if not isinstance(value, bool):
-        raise ConditionError(f"{where}: condition {expression!r} gave {value!r}, not true or false")
+        raise ConditionError(f"{where}: condition {clip(expression)} gave {clip(value)}, not true or false")
     return value
 
 
@@ -38,14 +41,20 @@ def select_input(expression: str | None, variables: dict[str, Any], where: str) 
     try:
         return evaluate(expression, variables)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ConditionError(f"{where}: {expression!r} cannot be evaluated: {exc}") from None
+        raise ConditionError(
+            f"{where}: {clip(expression)} cannot be evaluated: {clip_text(str(exc), 300)}"
+        ) from None
 
 
 def for_each_items(expression: str, variables: dict[str, Any], where: str) -> list[Any]:
     try:
         value = evaluate(expression, variables)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ConditionError(f"{where}: {expression!r} cannot be evaluated: {exc}") from None
+        raise ConditionError(
+            f"{where}: {clip(expression)} cannot be evaluated: {clip_text(str(exc), 300)}"
+        ) from None
     if not isinstance(value, list | tuple):
-        raise ConditionError(f"{where}: {expression!r} gave {type(value).__name__} {value!r}, not a list")
+        raise ConditionError(
+            f"{where}: {clip(expression)} gave {type(value).__name__} {clip(value)}, not a list"
+        )
     return list(value)

@@ -1,0 +1,207 @@
+"""CEL expressions are checked in two passes around the compiler of the `common-expression-language` package.
+
+Before: a linear tokenizer bounds length, token count and bracket nesting (`limits.MAX_CEL_*`). The
+package's parser recurses once per term and overflows the native stack (a segfault that kills the operator,
+not an exception) at about 25,000 terms, so no expression may reach it unchecked.
+
+After: the package has no type checker (only `Program.variables()` / `functions()`), so a small static
+check stands in for one: every variable must be one the field provides (or a comprehension's own), every
+function one the package implements, an operator between two literals must be defined for their types
+(`1 + "a"`), and an expression without variables is evaluated once (linear: without variables there is no
+comprehension), so `when: 'null'` or `1 / 0` is refused at validation instead of misrouting at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import cel
+
+from codeforge.api.limits import MAX_CEL_DEPTH, MAX_CEL_LENGTH, MAX_CEL_TOKENS, clip, clip_text
+
+#: Named functions the package implements (receiver or global style).
+FUNCTIONS: Final = frozenset(
+    {
+        "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string", "bytes",
+        "dyn", "type", "duration", "timestamp", "getFullYear", "getMonth", "getDate", "getDayOfMonth",
+        "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    }
+)  # fmt: skip
+#: Type names usable as values (`type(x) == int`).
+TYPE_NAMES: Final = frozenset(
+    {"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type"}
+)
+_MACROS: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+_TOKEN: Final = re.compile(
+    r"""
+    (?P<space>\s+|//[^\n]*)
+  | (?P<string>[rRbB]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
+  | (?P<number>0[xX][0-9a-fA-F]+[uU]?|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[uU]?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>&&|\|\||==|!=|<=|>=|[-+*/%<>!?:.,()\[\]{}])
+  | (?P<other>.)
+    """,
+    re.VERBOSE,
+)
+_OPEN: Final = frozenset("([{")
+_CLOSE: Final = frozenset(")]}")
+#: Binding strength of binary operators (CEL's grammar); higher binds tighter.
+_PRECEDENCE: Final = {
+    **{"||": 1, "&&": 2, "<": 3, "<=": 3, ">": 3, ">=": 3, "==": 3, "!=": 3, "in": 3},
+    **{"+": 4, "-": 4, "*": 5, "/": 5, "%": 5},
+}
+#: Operators whose operands' types must agree (equality is defined across types: `1 == "a"` is false).
+_TYPED_OPS: Final = frozenset({"+", "-", "*", "/", "%", "<", "<=", ">", ">="})
+_LITERAL_IDENTS: Final = frozenset({"true", "false", "null"})
+_BOUNDARY: Final = frozenset({None, "(", "[", "{", ",", "?", ":"})
+_CLOSING_BOUNDARY: Final = frozenset({None, ")", "]", "}", ",", "?", ":"})
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str  # string, number, ident, op, other
+    text: str
+
+    @property
+    def literal(self) -> bool:
+        return self.kind in ("string", "number") or (self.kind == "ident" and self.text in _LITERAL_IDENTS)
+
+
+class CelCheckError(ValueError):
+    """The expression is refused; the message is one line and repeats at most a prefix of it."""
+
+
+def tokenize(expression: str) -> list[Token]:
+    """CEL's tokens, in one linear pass (call only on an expression within `MAX_CEL_LENGTH`)."""
+    tokens = []
+    for match in _TOKEN.finditer(expression):
+        kind = match.lastgroup or "other"
+        if kind != "space":
+            tokens.append(Token(kind, match.group()))
+    return tokens
+
+
+def check_size(expression: str) -> list[Token]:
+    """Refuse an expression too long, with too many tokens or too deeply nested for the compiler."""
+    if len(expression) > MAX_CEL_LENGTH:
+        raise CelCheckError(
+            f"CEL expression is {len(expression)} characters, over the limit of {MAX_CEL_LENGTH}: "
+            "move the logic into the agent and route on a field of its result"
+        )
+    tokens = tokenize(expression)
+    if len(tokens) > MAX_CEL_TOKENS:
+        raise CelCheckError(
+            f"CEL expression has {len(tokens)} tokens, over the limit of {MAX_CEL_TOKENS}: simplify it"
+        )
+    depth = 0
+    for token in tokens:
+        if token.text in _OPEN and token.kind == "op":
+            depth += 1
+            if depth > MAX_CEL_DEPTH:
+                raise CelCheckError(
+                    f"CEL expression nests brackets more than {MAX_CEL_DEPTH} deep: simplify it"
+                )
+        elif token.text in _CLOSE and token.kind == "op":
+            depth = max(0, depth - 1)
+    return tokens
+
+
+def compile_error(exc: Exception) -> str:
+    """The package's parse error in one short line: the message without the echoed expression."""
+    text = str(exc)
+    found = re.search(r"ERROR: <input>:(\d+:\d+): ([^\n]*)", text)
+    if found:
+        return f"{clip_text(found.group(2), 160)} (at {found.group(1)})"
+    return clip_text(text.split("\n", 1)[0], 160)
+
+
+def check_program(
+    program: cel.Program, tokens: list[Token], variables: frozenset[str], what: str = "value"
+) -> None:
+    """The static checks a type checker would do; `variables` are the names the field provides."""
+    references = program.references()
+    unknown_functions = sorted(
+        name for name in references["functions"] if not _is_operator(name) and name not in FUNCTIONS
+    )
+    if unknown_functions:
+        raise CelCheckError(
+            f"unknown function {clip(unknown_functions[0], 40)}: CEL here has {', '.join(sorted(FUNCTIONS))} "
+            "and the macros has, all, exists, exists_one, map, filter"
+        )
+    bound = _comprehension_variables(tokens)
+    unknown = sorted(set(references["variables"]) - variables - bound - TYPE_NAMES)
+    if unknown:
+        raise CelCheckError(f"unknown variable {clip(unknown[0], 40)}: use {', '.join(sorted(variables))}")
+    _check_literal_operations(tokens)
+    if not references["variables"]:
+        _check_constant(program, what)
+
+
+def _is_operator(name: str) -> bool:
+    return not name[:1].isalpha() or name.startswith("@")
+
+
+def _comprehension_variables(tokens: list[Token]) -> set[str]:
+    # `list.map(x, ...)`: the macro's first argument names a variable of its own.
+    found = set()
+    for i in range(len(tokens) - 4):
+        if (
+            tokens[i].text == "."
+            and tokens[i + 1].text in _MACROS
+            and tokens[i + 2].text == "("
+            and tokens[i + 3].kind == "ident"
+            and tokens[i + 4].text == ","
+        ):
+            found.add(tokens[i + 3].text)
+    return found
+
+
+def _check_literal_operations(tokens: list[Token]) -> None:
+    """`1 + "a"`, `"a" < 1`, `true * 2`: an operator whose operands are both literals, evaluated alone."""
+    for i in range(1, len(tokens) - 1):
+        op, left, right = tokens[i], tokens[i - 1], tokens[i + 1]
+        if op.kind != "op" or op.text not in _TYPED_OPS or not (left.literal and right.literal):
+            continue
+        before = tokens[i - 2].text if i >= 2 else None
+        after = tokens[i + 2].text if i + 2 < len(tokens) else None
+        # Only where the literals really are the operands: nothing binding tighter on either side.
+        before_ok = before in _BOUNDARY or _PRECEDENCE.get(before or "", 99) < _PRECEDENCE[op.text]
+        after_ok = after in _CLOSING_BOUNDARY or _PRECEDENCE.get(after or "", 99) <= _PRECEDENCE[op.text]
+        if before in ("-", "!", "."):
+            before_ok = False
+        if not (before_ok and after_ok):
+            continue
+        part = f"{left.text} {op.text} {right.text}"
+        try:
+            cel.evaluate(part)
+        except Exception as exc:  # the package raises ValueError, TypeError or RuntimeError
+            detail = _first_sentence(exc)
+            mixed = "overload" in detail.lower() or "unsupported" in detail.lower()
+            hint = "; convert one side (int(), double(), string())" if mixed else ""
+            raise CelCheckError(f"{clip_text(part, 60)} is an error: {detail}{hint}") from None
+
+
+def _check_constant(program: cel.Program, what: str) -> None:
+    try:
+        value = program.execute({})
+    except Exception as exc:  # as above
+        raise CelCheckError(f"CEL expression always fails: {_first_sentence(exc)}") from None
+    if what == "bool" and not isinstance(value, bool):
+        raise CelCheckError(f"a condition must give true or false; this one always gives {_shown(value)}")
+    if what == "list" and not isinstance(value, list | tuple):
+        raise CelCheckError(f"forEach must give a list; this one always gives {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    # As CEL writes it: null, true, false.
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return clip(value)
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = str(exc).split("\n", 1)[0]
+    return clip_text(text.split(". ", 1)[0].rstrip("."), 120)

@@ -1,0 +1,97 @@
+"""Bounds on everything a user writes into a Workflow or AgentPool, and the one helper that cuts a bad value
+short in a message.
+
+Anyone allowed to create a Workflow must not be able to take the operator down, so every string, list and
+map has a bound: the CRD schemas carry them (the API server refuses an oversized object before the operator
+sees it) and the pydantic models carry the same ones (the embedded path, `codeforge run`). CEL expressions
+are also checked by `codeforge.api.cel_check` before they reach the compiler, whose recursive parser
+overflows the stack (a segfault, not an exception) on an expression of about 25,000 terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+#: A task's payload as JSON (`codeforge.api.task`); anything larger belongs in object storage.
+MAX_PAYLOAD_BYTES: Final = 512 * 1024
+#: A CEL expression (`when`, `input`, `forEach`): characters, tokens and bracket nesting. The compiler
+#: crashed at about 20,000 terms (80-100 KB) on the main thread's 8 MiB stack and refuses nesting beyond ~95
+#: levels; 512 tokens (at most ~256 terms) compile and evaluate even on a 256 KiB thread stack (measured).
+MAX_CEL_LENGTH: Final = 4096
+MAX_CEL_TOKENS: Final = 512
+MAX_CEL_DEPTH: Final = 32
+#: Nesting of a YAML manifest (mappings and sequences); PyYAML's composer recursed until RecursionError.
+MAX_YAML_DEPTH: Final = 64
+#: A `codeforge run` manifest file.
+MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
+#: `spec.input` as JSON: the same cap as a task's payload, so a workflow that validates can also dispatch.
+MAX_INPUT_BYTES: Final = MAX_PAYLOAD_BYTES
+#: A step's `params` (merged into each of its tasks' payloads).
+MAX_PARAMS_BYTES: Final = 64 * 1024
+MAX_PARAMS_KEYS: Final = 64
+MAX_STEPS: Final = 256
+MAX_EDGES: Final = 1024
+#: Names: steps and other DNS labels, pools (`namespace/name`), Kubernetes object names.
+MAX_NAME: Final = 63
+MAX_POOL_NAME: Final = 507
+MAX_OBJECT_NAME: Final = 253
+#: Label and annotation maps (metadata, node selectors, pod labels/annotations, resources).
+MAX_MAP_KEYS: Final = 64
+MAX_KEY_LENGTH: Final = 317  # a qualified Kubernetes key: 253-character prefix, '/', 63-character name
+MAX_LABEL_VALUE: Final = 63
+MAX_VALUE_LENGTH: Final = 4096
+MAX_ANNOTATION_VALUE: Final = 256 * 1024  # the API server's cap on all annotations of an object together
+#: Lists in an AgentPool spec (env, envFrom, tolerations, imagePullSecrets).
+MAX_LIST_ITEMS: Final = 256
+#: An image reference (registry/repository:tag@digest).
+MAX_IMAGE_LENGTH: Final = 1024
+#: A free JSON value (input, params, settings) may nest this deep (the same as YAML).
+MAX_JSON_DEPTH: Final = MAX_YAML_DEPTH
+#: How much of a bad value a message repeats.
+SHOWN_PREFIX: Final = 60
+
+
+def clip(value: Any, limit: int = SHOWN_PREFIX) -> str:
+    """`repr(value)` cut to `limit` characters, with the full length when cut: the one way a message shows a
+    user's value, so a megabyte of bad input gives a line, not a megabyte of log."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value) if not isinstance(value, dict | list | tuple) or _small(value) else None
+    if text is not None and len(text) <= limit:
+        return text
+    return f"{type(value).__name__} {(text or _shallow(value))[:limit]}..."
+
+
+def clip_text(text: str, limit: int) -> str:
+    """A message (not a value) cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _small(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    # repr of a deep or huge container is itself the danger (RecursionError, memory): only small flat ones.
+    return len(value) <= 8 and all(not isinstance(v, dict | list | tuple) for v in _items(value))
+
+
+def _items(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> list[Any]:
+    return list(value.values()) if isinstance(value, dict) else list(value)
+
+
+def _shallow(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> str:
+    return f"of {len(value)} items"
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth  # deep enough to refuse; no need to walk further
+            todo.extend((child, depth) for child in _items(node))
+    return deepest
