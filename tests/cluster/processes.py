@@ -126,8 +126,8 @@ class OperatorProcess(LocalProcess):
     (`kopf run -m codeforge.controller`: entrypoint "kopf") or as `codeforge operator` (entrypoint
     "codeforge").
 
-    Peering is off (one operator; a restarted one must not wait for its dead predecessor's peering record to
-    expire). The intervals are short so the tests and the benchmark observe changes quickly; `env` overrides.
+    Leader election is off unless `env` turns it on (one operator; a restarted one must not wait for its dead
+    predecessor's Lease to expire). The intervals are short so the tests and the benchmark observe changes quickly; `env` overrides.
     """
 
     def __init__(
@@ -155,7 +155,6 @@ class OperatorProcess(LocalProcess):
         child_env.update(
             KUBECONFIG=str(kubeconfig),
             CODEFORGE_QUEUE_URL=queue_url,
-            CODEFORGE_PEERING="standalone",
             CODEFORGE_AUTOSCALE_INTERVAL="0.5",
             CODEFORGE_STATUS_INTERVAL="1",
             CODEFORGE_WORKFLOW_STATUS_INTERVAL="0.3",
