@@ -389,8 +389,8 @@ class Leadership:
         LEADER.set(1)
         message = f"{config.identity} became leader after {time.monotonic() - waited:.1f}s"
         logger.info("leader election: %s (Lease %s)", message, lease)
+        self._keeper = asyncio.create_task(self._keep(), name="codeforge leader lease")  # renew from now on
         await post_event(self.elector.api, self.elector.lease, config.identity, "LeaderElection", message)
-        self._keeper = asyncio.create_task(self._keep(), name="codeforge leader lease")
 
     async def _keep(self) -> None:
         reason = await self.elector.keep()
