@@ -228,12 +228,23 @@ class LeaderElector:
             logger.warning("leader election: %s/%s: %s", self.config.namespace, self.config.lease_name, exc)
             return False
 
+    def expires_in(self) -> float | None:
+        """Seconds until another holder's Lease runs out, as this replica sees it; None when not held."""
+        if not self._observed or self.holder in ("", self.identity):
+            return None
+        duration = float(self._observed.get("leaseDurationSeconds") or self.config.lease_duration)
+        return self._observed_at + duration - self._clock()
+
     async def acquire(self) -> None:
-        """Return once this replica holds the Lease; poll every retry period (with jitter) until then."""
+        """Return once this replica holds the Lease; poll every retry period (with jitter) until then, and
+        once more right when the holder's Lease runs out (rather than up to a retry period later)."""
         while True:
             if await self._round(self.config.renew_deadline):
                 return
-            await asyncio.sleep(self.config.retry_period * random.uniform(1.0, JITTER_FACTOR))
+            delay = self.config.retry_period * random.uniform(1.0, JITTER_FACTOR)
+            if (left := self.expires_in()) is not None:
+                delay = min(delay, max(left, 0.0) + 0.05)
+            await asyncio.sleep(delay)
 
     async def keep(self) -> str:
         """Renew every retry period while leading; return why leadership was lost (the caller must stop
