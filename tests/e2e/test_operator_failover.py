@@ -299,3 +299,41 @@ def test_standby_takes_over_at_once_when_the_leader_shuts_down_gracefully(
     assert acting < LEASE_DURATION - RETRY_PERIOD
 
     finish(control_plane, namespace, "drained", uid, standby, agent)
+
+
+def test_a_leader_whose_lease_is_taken_exits_at_once(
+    control_plane: Cluster, namespace: str, redis_server: LocalRedis, log_dir: Path
+) -> None:
+    """A leader that finds another holder in the Lease stops acting at its next renewal, by exiting non-zero
+    (Kubernetes restarts it as a standby), without a graceful stop in which handlers would go on writing."""
+    process = OperatorProcess(
+        kubeconfig=control_plane.kubeconfig,
+        queue_url=redis_server.url,
+        namespaces=[namespace],
+        log_path=log_dir / "operator-lost.log",
+        entrypoint="codeforge" if has_operator_command() else "kopf",
+        env={
+            "CODEFORGE_LEADER_ELECTION": "true",
+            "CODEFORGE_LEASE_NAME": LEASE,
+            "CODEFORGE_LEASE_NAMESPACE": namespace,
+            "POD_ID": "operator-lost",
+        },
+    )
+    try:
+        process.start()
+        wait_until(lambda: leads(process), timeout=30, interval=0.2, what="leading", detail=process.tail)
+        # Another candidate holds it now (as if this one had been partitioned away and the Lease taken).
+        patch = '{"spec": {"holderIdentity": "intruder"}}'
+        control_plane.kubectl("patch", "lease", LEASE, "--namespace", namespace, "--type=merge", "-p", patch)
+        taken = time.monotonic()
+        wait_until(
+            lambda: not process.alive, timeout=RETRY_PERIOD * 2 + 5, interval=0.1, what="the operator exited",
+            detail=process.tail,
+        )  # fmt: skip
+        print(f"\nthe leader exited {time.monotonic() - taken:.1f}s after its Lease was taken")
+        assert process.process is not None
+        assert process.process.returncode == 1, process.tail()
+        assert "leader election lost: the Lease is held by intruder" in process.log(), process.tail()
+    finally:
+        process.stop()
+        control_plane.kubectl("delete", "lease", LEASE, "--namespace", namespace, check=False)

@@ -119,3 +119,29 @@ def test_the_lease_is_released_after_every_other_cleanup_and_acquired_before_the
     assert len(cleanups) > 1
     probes = [h.id for h in activities.get_handlers(activity=causes.Activity.PROBE)]
     assert "leader" in probes
+
+
+def test_a_lost_lease_ends_the_process_at_once_with_a_non_zero_status() -> None:
+    """controller-runtime's reaction: no graceful stop (handlers would go on writing), exit 1, log why."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, time; logging.basicConfig(level=logging.INFO)\n"
+        "from codeforge.controller.leader import exit_at_once\n"
+        "exit_at_once('no renewal succeeded within the renew deadline (10s)')\n"
+        "time.sleep(5); print('still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "still running" not in done.stdout
+    assert "leader election lost: no renewal succeeded within the renew deadline (10s)" in done.stderr
+
+
+async def test_without_election_the_replica_acts_at_once() -> None:
+    from prometheus_client import REGISTRY
+
+    from codeforge.controller.leader import lead
+
+    assert await lead(ElectionConfig(enabled=False), probe_endpoint=None) is None
+    assert REGISTRY.get_sample_value("codeforge_leader") == 1

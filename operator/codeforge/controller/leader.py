@@ -263,7 +263,9 @@ class LeaderElector:
                 if self.holder not in ("", self.identity):
                     self._renewed_at = None
                     return f"the Lease is held by {self.holder}"
-                await asyncio.sleep(min(self.config.retry_period, remaining))
+                # Retry, but wake by the deadline: the round itself may have used most of what was left.
+                deadline = (self._renewed_at or 0.0) + self.config.renew_deadline
+                await asyncio.sleep(max(0.0, min(self.config.retry_period, deadline - self._clock())))
 
     async def release(self) -> bool:
         """Give the Lease up (holder cleared) if this replica holds it; True when it was released."""
