@@ -337,3 +337,20 @@ def test_a_leader_whose_lease_is_taken_exits_at_once(
     finally:
         process.stop()
         control_plane.kubectl("delete", "lease", LEASE, "--namespace", namespace, check=False)
+
+
+def test_a_standby_stops_at_once_on_sigterm(
+    control_plane: Cluster, namespace: str, replicas: dict[str, OperatorProcess]
+) -> None:
+    """A standby (a rolling update replaces it first, or the pair is scaled down) holds nothing: it exits
+    promptly, and the leader goes on leading."""
+    leader, standby = elect(control_plane, namespace, replicas)
+    assert standby.process is not None
+    started = time.monotonic()
+    standby.stop(grace=20)
+    took = time.monotonic() - started
+    print(f"\nthe standby exited {took:.1f}s after SIGTERM with status {standby.process.returncode}")
+    assert standby.process.returncode == 0, standby.tail()
+    assert took < 5, standby.tail()
+    assert leads(leader)
+    assert holder(control_plane, namespace).startswith(f"{leader.env['POD_ID']}_")

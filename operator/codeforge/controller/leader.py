@@ -319,7 +319,7 @@ class StandbyProbe:
     async def start(self) -> None:
         app = aiohttp.web.Application()
         app.router.add_get(self.path, self._get)
-        self._runner = aiohttp.web.AppRunner(app, handle_signals=False)
+        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)  # probes: no log
         await self._runner.setup()
         await aiohttp.web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
 
