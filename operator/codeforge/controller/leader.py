@@ -9,7 +9,8 @@ The rules are client-go's leaderelection, which controller-runtime uses (default
 - acquire: create the Lease, or take it over when its holder is empty (released) or when the record has not
   changed for its `leaseDurationSeconds`, measured on this replica's clock from when it last saw the record
   change (so the nodes' clocks need not agree). Every write carries the resourceVersion it read, so of two
-  replicas racing for the Lease exactly one wins; the other gets 409 Conflict and stays a standby;
+  replicas racing for the Lease exactly one wins; the other gets 409 Conflict and stays a standby. A standby
+  polls every retry period, and once more right when the holder's Lease runs out;
 - renew every retry period; when no renewal has succeeded for the renew deadline, or another replica holds
   the Lease, leadership is lost and `on_lost` runs at once: the operator process exits non-zero (as
   controller-runtime does) and Kubernetes restarts it as a standby. The deadline is shorter than the lease,
