@@ -351,6 +351,6 @@ def test_a_standby_stops_at_once_on_sigterm(
     took = time.monotonic() - started
     print(f"\nthe standby exited {took:.1f}s after SIGTERM with status {standby.process.returncode}")
     assert standby.process.returncode == 0, standby.tail()
-    assert took < 5, standby.tail()
+    assert took < 10, standby.tail()  # well within the pod's 30 s grace period
     assert leads(leader)
     assert holder(control_plane, namespace).startswith(f"{leader.env['POD_ID']}_")
