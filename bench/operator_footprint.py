@@ -165,7 +165,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "CODEFORGE_QUEUE_URL": redis.url,
                 "CODEFORGE_WATCH_NAMESPACES": "",
                 "CODEFORGE_LIVENESS_ENDPOINT": "off",
-                "CODEFORGE_PEERING": "standalone",
                 "CODEFORGE_LOG_FORMAT": "json",
             }
             env.pop("KUBERNETES_SERVICE_HOST", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -126,8 +127,9 @@ class OperatorProcess(LocalProcess):
     (`kopf run -m codeforge.controller`: entrypoint "kopf") or as `codeforge operator` (entrypoint
     "codeforge").
 
-    Peering is off (one operator; a restarted one must not wait for its dead predecessor's peering record to
-    expire). The intervals are short so the tests and the benchmark observe changes quickly; `env` overrides.
+    Leader election is off unless `env` turns it on (one operator; a restarted one must not wait for its dead
+    predecessor's Lease to expire). The intervals are short so the tests and the benchmark observe changes
+    quickly; `env` overrides.
     """
 
     def __init__(
@@ -155,7 +157,6 @@ class OperatorProcess(LocalProcess):
         child_env.update(
             KUBECONFIG=str(kubeconfig),
             CODEFORGE_QUEUE_URL=queue_url,
-            CODEFORGE_PEERING="standalone",
             CODEFORGE_AUTOSCALE_INTERVAL="0.5",
             CODEFORGE_STATUS_INTERVAL="1",
             CODEFORGE_WORKFLOW_STATUS_INTERVAL="0.3",
@@ -178,11 +179,16 @@ class OperatorProcess(LocalProcess):
         )
 
     def healthy(self) -> bool:
+        return self.probe() is not None
+
+    def probe(self) -> dict[str, Any] | None:
+        """The liveness JSON (`{"leader": false, ...}` on a standby); None when it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
-                return int(r.status) == 200
-        except (OSError, urllib.error.URLError):
-            return False
+                body = r.read()
+                return (json.loads(body) if body.strip() else {}) if int(r.status) == 200 else None
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
 
     def start(self, timeout: float = 60.0) -> Self:
         """Launch it and wait until Kopf's liveness endpoint answers (startup handlers done, logged in)."""

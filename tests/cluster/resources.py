@@ -20,8 +20,8 @@ AGENT_NODE_LABEL = "codeforge.ai/agents"
 
 
 def install_crds(cluster: Cluster) -> None:
-    """The chart's CRDs (ours and Kopf's peering ones), applied server-side so a `helm install` that created
-    them first is no conflict; waits until the API server serves them."""
+    """The chart's CRDs, applied server-side so a `helm install` that created them first is no conflict;
+    waits until the API server serves them."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART_CRDS_DIR))
     names = [
         doc["metadata"]["name"] for path in sorted(CHART_CRDS_DIR.glob("*.yaml")) for doc in documents(path)

@@ -48,7 +48,7 @@ INSTALLS = {
         )
     ],
 }
-CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
 EXPECTED_PODS = {"cluster-redis": 2 + 6, "standalone-namespaced": 2 + 1}
 
 
@@ -78,10 +78,10 @@ def release(request: pytest.FixtureRequest, control_plane: Cluster) -> Iterator[
             control_plane.helm(
                 "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s", check=False
             )
-            # Cluster-scoped objects (ClusterRole, ClusterKopfPeering) must go with the release.
+            # Cluster-scoped objects (ClusterRole, ClusterRoleBinding) must go with the release.
             leftovers = control_plane.kubectl(
                 "get",
-                "clusterroles,clusterrolebindings,clusterkopfpeerings",
+                "clusterroles,clusterrolebindings",
                 "-l",
                 f"app.kubernetes.io/instance={name}",
                 "-o",
@@ -134,7 +134,7 @@ def test_helm_install_creates_every_object_and_its_pods_become_ready(
         spec_replicas = workload["spec"]["replicas"]
         assert workload["status"].get("readyReplicas") == spec_replicas, _key(workload)
     operator = [w for w in workloads if w["kind"] == "Deployment"]
-    assert [w["spec"]["replicas"] for w in operator] == [2]  # two replicas, one active through peering
+    assert [w["spec"]["replicas"] for w in operator] == [2]  # two replicas, one active (leader election)
 
     if variant == "standalone-namespaced":
         pools = control_plane.kubectl_json("get", "agentpools", "--namespace", namespace)["items"]

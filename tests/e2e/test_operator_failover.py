@@ -1,12 +1,16 @@
-"""High availability end to end: two operator replicas with Kopf peering on the local control plane.
+"""High availability end to end: two operator replicas with leader election on the local control plane.
 
-Both replicas (one `codeforge operator`, one `kopf run -m codeforge.controller`) watch the same namespace and
-use the same Redis, with peering mandatory on a ClusterKopfPeering (as the chart deploys them; the test
-creates the peering object the chart would create). Each takes a random priority: the higher one is active,
-the lower one pauses. A Workflow of short steps starts; while both run only the active one works on it.
-The active one is then killed with SIGKILL mid-run: the standby waits until the dead peer's keep-alive
-record expires (the peering lifetime, 15 s here), resumes, and finishes the Workflow from its checkpoint,
-running no step twice.
+Both replicas (one `codeforge operator`, one `kopf run -m codeforge.controller`, the image's entrypoint) watch
+the same namespace, use the same Redis and compete for one Lease with the default timings (15 s lease, 10 s
+renew deadline, 2 s retry), as the chart runs them. Only the holder runs Kopf at all: the standby handles no
+object, not even while both start. A Workflow of short steps starts, then the leader goes:
+
+- SIGKILL (a node dies): nothing is released, so the standby takes over once the Lease has not been renewed
+  for 15 s, and finishes the Workflow from its checkpoint;
+- SIGTERM (a rolling update, a drain): the leader stops Kopf, releases the Lease, and the standby takes over
+  at its next poll.
+
+Either way every step runs exactly once. The takeover times are printed (and quoted in the README).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import itertools
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,21 +32,20 @@ from codeforge.queue.local_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 
-#: The peering lifetime (CODEFORGE_PEERING_LIFETIME): a peer not seen for this long is dead.
-PEERING_LIFETIME = 15
-PAUSED = "Pausing operations in favour of"
-RESUMED = "Resuming operations after the pause"
+LEASE = "codeforge-e2e"
+#: The defaults of the operator and the chart (controller-runtime's).
+LEASE_DURATION, RETRY_PERIOD = 15, 2
+STEPS = [f"s{i}" for i in range(6)]
 
 
 @pytest.fixture(scope="module")
 def namespace(control_plane: Cluster) -> Iterator[str]:
-    install_crds(control_plane)  # ours and Kopf's peering CRDs (helm/codeforge/crds)
-    # Until the API server lists them without "storage is (re)initializing" (429): an operator whose first
-    # LIST is retried past its pause would still get (and handle) that late listing, see `handled`.
+    install_crds(control_plane)
+    # Until the API server lists them without "storage is (re)initializing" (429).
     wait_until(
         lambda: all(
             control_plane.kubectl("get", kind, "-A", check=False).returncode == 0
-            for kind in ("workflows", "agentpools", "clusterkopfpeerings")
+            for kind in ("workflows", "agentpools")
         ),
         timeout=60, what="the CRDs listed",
     )  # fmt: skip
@@ -64,18 +66,6 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def peering(control_plane: Cluster, namespace: str) -> Iterator[str]:
-    """A ClusterKopfPeering of this test only (the chart creates one named after the release)."""
-    name = f"codeforge-e2e-{uuid.uuid4().hex[:6]}"
-    obj = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
-    control_plane.kubectl("apply", "-f", "-", input=dump([obj]))
-    try:
-        yield name
-    finally:
-        control_plane.kubectl("delete", "clusterkopfpeering", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("operator-failover")
 
@@ -90,28 +80,28 @@ def agent(namespace: str, redis_server: LocalRedis, log_dir: Path) -> Iterator[A
 
 @pytest.fixture
 def replicas(
+    request: pytest.FixtureRequest,
     control_plane: Cluster,
     namespace: str,
-    peering: str,
     redis_server: LocalRedis,
     log_dir: Path,
     agent: AgentProcess,
 ) -> Iterator[dict[str, OperatorProcess]]:
-    """Two operator replicas with peering on, as the chart runs them (POD_ID names each peer, as the
-    Deployment's downward API does); started together, before any Workflow exists."""
+    """Two replicas with leader election on, as the chart runs them (POD_ID names each, as the Deployment's
+    downward API does); started together, before any Workflow exists."""
     entrypoints = {"operator-a": "codeforge" if has_operator_command() else "kopf", "operator-b": "kopf"}
+    test = request.node.name[-12:]
     processes = {
         pod: OperatorProcess(
             kubeconfig=control_plane.kubeconfig,
             queue_url=redis_server.url,
             namespaces=[namespace],
-            log_path=log_dir / f"{pod}.log",
+            log_path=log_dir / f"{pod}-{test}.log",
             entrypoint=entrypoint,
             env={
-                "CODEFORGE_PEERING": "mandatory",
-                "CODEFORGE_PEERING_NAME": peering,
-                "CODEFORGE_PEERING_CLUSTERWIDE": "true",
-                "CODEFORGE_PEERING_LIFETIME": str(PEERING_LIFETIME),
+                "CODEFORGE_LEADER_ELECTION": "true",
+                "CODEFORGE_LEASE_NAME": LEASE,
+                "CODEFORGE_LEASE_NAMESPACE": namespace,
                 "POD_ID": pod,
                 # `codeforge operator` logs Kopf's full format (as `kopf run` does): lines name their object.
                 "CODEFORGE_LOG_FORMAT": "full",
@@ -134,13 +124,20 @@ def replicas(
     finally:
         for process in processes.values():
             process.stop()
+        # The next test's replicas start without a predecessor's Lease to wait out.
+        control_plane.kubectl("delete", "lease", LEASE, "--namespace", namespace, check=False)
 
 
-def peers(cluster: Cluster, name: str) -> dict[str, dict[str, Any]]:
-    """The peering object's records: identity -> {priority, lifetime, lastseen}."""
-    obj = cluster.kubectl_json("get", "clusterkopfpeering", name)
-    status: dict[str, dict[str, Any]] = obj.get("status") or {}
-    return status
+def holder(cluster: Cluster, namespace: str) -> str:
+    result = cluster.kubectl(
+        "get", "lease", LEASE, "--namespace", namespace, "-o", "jsonpath={.spec.holderIdentity}", check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def leads(process: OperatorProcess) -> bool:
+    """Kopf answers the liveness probe once the replica acts (`leader: true`); a standby answers false."""
+    return (process.probe() or {}).get("leader") is True
 
 
 def workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
@@ -163,114 +160,197 @@ def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 
 def handled(process: OperatorProcess, handler: str = "") -> list[str]:
     """The operator's log lines about handling objects (Kopf's `kopf.objects` logger: handlers, daemons and
-    what they log), of one handler if given. The namespace holds one Workflow, so `validate_workflow` and
-    `run_workflow` lines are about it.
-
-    A paused replica handles nothing, with one Kopf caveat (kopf#1266): a LIST already in flight when it
-    pauses is still handled (its daemons are stopped at once). The namespace fixture waits until the CRDs
-    list cleanly, so the replicas' first LISTs are not retried into the time the Workflow exists."""
+    what they log), of one handler if given."""
     return [line for line in process.log().splitlines() if "kopf.objects" in line and f"'{handler}" in line]
-
-
-def is_active(process: OperatorProcess) -> bool:
-    """Whether the replica works: Kopf starts a mandatory-peering operator paused and logs each change, so
-    it works when its last peering change was a resume."""
-    changes = [line for line in process.log().splitlines() if PAUSED in line or RESUMED in line]
-    return bool(changes) and RESUMED in changes[-1]
 
 
 def claims(agent: AgentProcess, uid: str) -> list[str]:
     return re.findall(rf"claimed .*?task_id=({re.escape(uid)}/\S+)", agent.log())
 
 
-def test_standby_takes_over_a_running_workflow_when_the_active_replica_dies(
-    control_plane: Cluster,
-    namespace: str,
-    peering: str,
-    replicas: dict[str, OperatorProcess],
-    agent: AgentProcess,
-) -> None:
+def elect(
+    cluster: Cluster, namespace: str, replicas: dict[str, OperatorProcess]
+) -> tuple[OperatorProcess, OperatorProcess]:
+    """(leader, standby), once one holds the Lease and acts while the other stands by."""
+
     def logs() -> str:
         return "\n".join(p.tail(40) for p in replicas.values())
 
-    # Both replicas keep their record in the peering object; the lower priority one pauses.
-    def both_recorded() -> dict[str, dict[str, Any]] | None:
-        found = peers(control_plane, peering)
-        return found if found.keys() >= set(replicas) else None
+    def settled() -> tuple[OperatorProcess, OperatorProcess] | None:
+        acting = [pod for pod, process in replicas.items() if leads(process)]
+        current = holder(cluster, namespace)
+        if len(acting) != 1 or not current.startswith(f"{acting[0]}_"):
+            return None
+        (standby_id,) = set(replicas) - set(acting)
+        return replicas[acting[0]], replicas[standby_id]
 
-    records = wait_until(
-        both_recorded, timeout=30, interval=0.3, what="both replicas in the peering object", detail=logs
+    leader, standby = wait_until(
+        settled, timeout=60, interval=0.3, what="one replica leading, one standing by", detail=logs
     )
-    active_id, standby_id = sorted(replicas, key=lambda pod: int(records[pod]["priority"]), reverse=True)
-    assert records[active_id]["priority"] != records[standby_id]["priority"], records
-    active, standby = replicas[active_id], replicas[standby_id]
-    wait_until(
-        lambda: is_active(active) and not is_active(standby),
-        timeout=30, interval=0.3, what=f"{active_id} active, {standby_id} paused", detail=logs,
-    )  # fmt: skip
-    # Two replicas started at the same moment may both act until each has seen the other's peering record
-    # (the pool may be reconciled by either then); from here on the standby must do nothing.
-    settled = len(handled(standby))
+    assert standby.probe() == {"leader": False, "holder": holder(cluster, namespace)}
+    return leader, standby
 
-    steps = [f"s{i}" for i in range(6)]
-    control_plane.kubectl(
-        "apply", "--namespace", namespace, "-f", "-",
-        input=dump([workflow("failover", "sleepy", steps, seconds=1.5)]),
-    )  # fmt: skip
+
+def start_workflow(cluster: Cluster, namespace: str, name: str, logs: Any) -> str:
+    cluster.kubectl(
+        "apply", "--namespace", namespace, "-f", "-", input=dump([workflow(name, "sleepy", STEPS, 1.5)])
+    )
 
     def midway() -> dict[str, Any] | None:
         # 2/6 or 3/6: a step is in flight and at least two more are to come.
-        current = get(control_plane, namespace, "failover")
+        current = get(cluster, namespace, name)
         return current if current.get("status", {}).get("progress") in ("2/6", "3/6") else None
 
     obj = wait_until(
-        midway, timeout=60, interval=0.2, what="failover at 2/6 or 3/6",
-        detail=lambda: f"{get(control_plane, namespace, 'failover').get('status')}\n{logs()}",
+        midway, timeout=60, interval=0.2, what=f"{name} at 2/6 or 3/6",
+        detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{logs()}",
     )  # fmt: skip
-    uid = obj["metadata"]["uid"]
+    uid: str = obj["metadata"]["uid"]
+    return uid
 
-    # While both run, only the active replica works on the Workflow: the standby stays paused.
-    assert handled(active, "validate_workflow"), active.tail()
-    assert handled(standby)[settled:] == [], standby.tail()  # no object at all since it paused
-    assert is_active(active), active.tail()
-    assert not is_active(standby), standby.tail()
 
-    active.kill()  # SIGKILL mid-run: no cleanup, its peering record stays until it expires
-    killed_at = time.monotonic()
-    assert get(control_plane, namespace, "failover")["status"]["phase"] == "Running"
-    assert active_id in peers(control_plane, peering)
+def take_over(
+    cluster: Cluster, namespace: str, standby: OperatorProcess, since: float
+) -> tuple[float, float]:
+    """Seconds from `since` until the standby holds the Lease, and until it acts (Kopf running)."""
+    identity = f"{standby.env['POD_ID']}_"
+
+    def holds() -> bool:
+        return holder(cluster, namespace).startswith(identity) or leads(standby)
 
     wait_until(
-        lambda: is_active(standby), timeout=PEERING_LIFETIME + 20, interval=0.5,
-        what=f"{standby_id} resumed", detail=standby.tail,
+        holds, timeout=LEASE_DURATION + 15, interval=0.1, what="the standby holding the Lease",
+        detail=standby.tail,
     )  # fmt: skip
-    took_over = time.monotonic() - killed_at
+    acquired = time.monotonic() - since
+    wait_until(
+        lambda: leads(standby), timeout=30, interval=0.1, what="the standby acting", detail=standby.tail
+    )
+    return acquired, time.monotonic() - since
 
+
+def finish(
+    cluster: Cluster, namespace: str, name: str, uid: str, survivor: OperatorProcess, agent: AgentProcess
+) -> None:
     def succeeded() -> dict[str, Any] | None:
-        current = get(control_plane, namespace, "failover")
+        current = get(cluster, namespace, name)
         return current if current.get("status", {}).get("phase") == "Succeeded" else None
 
     done = wait_until(
-        succeeded, timeout=60, interval=0.3, what="failover Succeeded",
-        detail=lambda: f"{get(control_plane, namespace, 'failover').get('status')}\n{standby.tail()}",
+        succeeded, timeout=90, interval=0.3, what=f"{name} Succeeded",
+        detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{survivor.tail()}",
     )  # fmt: skip
-    finished = time.monotonic() - killed_at
-    print(f"\nstandby resumed {took_over:.1f}s and finished {finished:.1f}s after the active one was killed")
-
-    # The standby finished the run from its checkpoint; the dead peer's record was cleaned up.
-    assert handled(standby, "validate_workflow"), standby.tail()
-    wait_until(
-        lambda: handled(standby, "run_workflow"), timeout=15, what="the standby's run daemon done",
-        detail=standby.tail,
-    )  # fmt: skip
-    assert set(peers(control_plane, peering)) == {standby_id}
+    assert handled(survivor, "validate_workflow"), survivor.tail()
     assert done["status"]["progress"] == "6/6"
     assert [(s["name"], s["phase"], s["attempts"]) for s in done["status"]["steps"]] == [
-        (name, "Succeeded", 1) for name in steps
+        (step, "Succeeded", 1) for step in STEPS
     ]
     # Each step ran once: one task per step, each claimed once by the pool's only agent.
     claimed = claims(agent, uid)
-    assert sorted(claimed) == sorted(task_id(uid, name, 1, 0, 0) for name in steps), claimed
-
+    assert sorted(claimed) == sorted(task_id(uid, step, 1, 0, 0) for step in STEPS), claimed
     # Deleted while the survivor runs, so its finalizer is not left behind.
-    control_plane.kubectl("delete", "workflow", "failover", "--namespace", namespace, "--timeout=60s")
+    cluster.kubectl("delete", "workflow", name, "--namespace", namespace, "--timeout=60s")
+
+
+def test_standby_takes_over_within_the_lease_duration_when_the_leader_is_killed(
+    control_plane: Cluster, namespace: str, replicas: dict[str, OperatorProcess], agent: AgentProcess
+) -> None:
+    leader, standby = elect(control_plane, namespace, replicas)
+    # Only the leader runs Kopf: the standby has handled nothing, not even while both started.
+    assert handled(standby) == [], standby.tail()
+    uid = start_workflow(control_plane, namespace, "killed", lambda: leader.tail(40))
+    assert handled(leader, "validate_workflow"), leader.tail()
+    assert handled(standby) == [], standby.tail()
+
+    leader.kill()  # SIGKILL mid-run: no cleanup; the Lease stays until it runs out
+    killed = time.monotonic()
+    assert get(control_plane, namespace, "killed")["status"]["phase"] == "Running"
+    acquired, acting = take_over(control_plane, namespace, standby, killed)
+    print(f"\nSIGKILL: the standby held the Lease {acquired:.1f}s and acted {acting:.1f}s after the kill")
+    # Not before the Lease ran out (the last renewal was at most a retry period, plus its round trip, before
+    # the kill) ...
+    assert acquired >= LEASE_DURATION - RETRY_PERIOD - 0.5
+    # ... and soon after: within about 15 s (the standby sees the last renewal up to a poll late).
+    assert acting < 20
+
+    finish(control_plane, namespace, "killed", uid, standby, agent)
+
+
+def test_standby_takes_over_at_once_when_the_leader_shuts_down_gracefully(
+    control_plane: Cluster, namespace: str, replicas: dict[str, OperatorProcess], agent: AgentProcess
+) -> None:
+    leader, standby = elect(control_plane, namespace, replicas)
+    assert handled(standby) == [], standby.tail()
+    uid = start_workflow(control_plane, namespace, "drained", lambda: leader.tail(40))
+
+    assert leader.process is not None
+    stopping = time.monotonic()
+    leader.stop(grace=30)  # SIGTERM: Kopf stops its handlers, then the Lease is released
+    stopped = time.monotonic() - stopping
+    assert leader.process.returncode == 0, leader.tail()
+    assert "released the Lease" in leader.log(), leader.tail()
+    acquired, acting = take_over(control_plane, namespace, standby, stopping)
+    print(
+        f"\nSIGTERM: the leader stopped in {stopped:.1f}s; the standby held the Lease {acquired:.1f}s and "
+        f"acted {acting:.1f}s after the signal"
+    )
+    # At the standby's next poll after the release, far sooner than the lease duration.
+    assert acquired - stopped < RETRY_PERIOD * 1.2 + 1.5
+    assert acting < LEASE_DURATION - RETRY_PERIOD
+
+    finish(control_plane, namespace, "drained", uid, standby, agent)
+
+
+def test_a_leader_whose_lease_is_taken_exits_at_once(
+    control_plane: Cluster, namespace: str, redis_server: LocalRedis, log_dir: Path
+) -> None:
+    """A leader that finds another holder in the Lease stops acting at its next renewal, by exiting non-zero
+    (Kubernetes restarts it as a standby), without a graceful stop in which handlers would go on writing."""
+    process = OperatorProcess(
+        kubeconfig=control_plane.kubeconfig,
+        queue_url=redis_server.url,
+        namespaces=[namespace],
+        log_path=log_dir / "operator-lost.log",
+        entrypoint="codeforge" if has_operator_command() else "kopf",
+        env={
+            "CODEFORGE_LEADER_ELECTION": "true",
+            "CODEFORGE_LEASE_NAME": LEASE,
+            "CODEFORGE_LEASE_NAMESPACE": namespace,
+            "POD_ID": "operator-lost",
+        },
+    )
+    try:
+        process.start()
+        wait_until(lambda: leads(process), timeout=30, interval=0.2, what="leading", detail=process.tail)
+        # Another candidate holds it now (as if this one had been partitioned away and the Lease taken).
+        patch = '{"spec": {"holderIdentity": "intruder"}}'
+        control_plane.kubectl("patch", "lease", LEASE, "--namespace", namespace, "--type=merge", "-p", patch)
+        taken = time.monotonic()
+        wait_until(
+            lambda: not process.alive, timeout=RETRY_PERIOD * 2 + 5, interval=0.1, what="the operator exited",
+            detail=process.tail,
+        )  # fmt: skip
+        print(f"\nthe leader exited {time.monotonic() - taken:.1f}s after its Lease was taken")
+        assert process.process is not None
+        assert process.process.returncode == 1, process.tail()
+        assert "leader election lost: the Lease is held by intruder" in process.log(), process.tail()
+    finally:
+        process.stop()
+        control_plane.kubectl("delete", "lease", LEASE, "--namespace", namespace, check=False)
+
+
+def test_a_standby_stops_at_once_on_sigterm(
+    control_plane: Cluster, namespace: str, replicas: dict[str, OperatorProcess]
+) -> None:
+    """A standby (a rolling update replaces it first, or the pair is scaled down) holds nothing: it exits
+    promptly, and the leader goes on leading."""
+    leader, standby = elect(control_plane, namespace, replicas)
+    assert standby.process is not None
+    started = time.monotonic()
+    standby.stop(grace=20)
+    took = time.monotonic() - started
+    print(f"\nthe standby exited {took:.1f}s after SIGTERM with status {standby.process.returncode}")
+    assert standby.process.returncode == 0, standby.tail()
+    assert took < 10, standby.tail()  # well within the pod's 30 s grace period
+    assert leads(leader)
+    assert holder(control_plane, namespace).startswith(f"{leader.env['POD_ID']}_")

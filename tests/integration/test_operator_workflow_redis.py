@@ -113,7 +113,6 @@ async def test_the_codeforge_operator_command_runs_workflows_and_serves_liveness
         "CODEFORGE_WATCH_NAMESPACES": "",
         "CODEFORGE_LOG_FORMAT": "json",
         "CODEFORGE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
-        "CODEFORGE_PEERING": "standalone",
         "CODEFORGE_WORKFLOW_STATUS_INTERVAL": "0.2",
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)

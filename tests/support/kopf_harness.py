@@ -100,7 +100,6 @@ def prepare(
     # Kopf's login (login_via_client) loads it; the client read $KUBECONFIG at import, so patch the default.
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("CODEFORGE_PEERING", "standalone")
     monkeypatch.setenv("CODEFORGE_WORKFLOW_STATUS_INTERVAL", "0.2")
     monkeypatch.setattr(runtime, "CONFIG", OperatorConfig(queue_url=queue_url))
 

@@ -35,14 +35,12 @@ Obj = dict[str, Any]
 #: Every kind the chart may render, with the apiVersion it must use.
 API_VERSIONS = {
     "AgentPool": "codeforge.ai/v1alpha1",
-    "ClusterKopfPeering": "kopf.dev/v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1",
     "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
     "ConfigMap": "v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "Deployment": "apps/v1",
     "Job": "batch/v1",
-    "KopfPeering": "kopf.dev/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "PodDisruptionBudget": "policy/v1",
     "Role": "rbac.authorization.k8s.io/v1",
@@ -53,7 +51,7 @@ API_VERSIONS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "StatefulSet": "apps/v1",
 }
-CLUSTER_SCOPED = {"ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
 def find_helm() -> Path | None:
@@ -115,6 +113,9 @@ def operator_env(objs: list[Obj]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+#: One operator replica without leader election.
+SINGLE = ("operator.replicas=1", "operator.leaderElection.enabled=false")
+
 MODES = [
     pytest.param((), id="defaults"),
     pytest.param(("redis.mode=standalone",), id="standalone"),
@@ -170,12 +171,13 @@ def test_defaults_render_the_whole_system() -> None:
     objs = render(include_crds=True)
     kinds = {o["kind"] for o in objs}
     assert kinds == {
-        "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-        "ClusterKopfPeering", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "Secret",
+        "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+        "RoleBinding", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "Secret",
         "ConfigMap", "StatefulSet", "Job",
     }  # fmt: skip
     crds = {o["metadata"]["name"] for o in find(objs, "CustomResourceDefinition")}
-    assert {"agentpools.codeforge.ai", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
+    # Leader election is on a Lease: Kopf's peering CRDs are gone.
+    assert crds == {"agentpools.codeforge.ai", "workflows.codeforge.ai"}
     assert not find(objs, "AgentPool"), "example pools are off by default"
     assert not find(objs, "ServiceMonitor"), "the ServiceMonitor is opt-in"
 
@@ -193,11 +195,13 @@ def test_operator_deployment_two_replicas_one_active_with_liveness_and_metrics()
     assert ports == {"health": 8080, "metrics": 9090}
     assert container["args"] == ["--all-namespaces", "--log-format=json"]
     env = operator_env(objs)
-    assert env["CODEFORGE_PEERING"] == "mandatory"
-    assert env["CODEFORGE_PEERING_CLUSTERWIDE"] == "true"
+    assert env["CODEFORGE_LEADER_ELECTION"] == "true"
+    assert env["CODEFORGE_LEASE_NAME"] == "codeforge-operator"
+    assert (env["CODEFORGE_LEASE_DURATION"], env["CODEFORGE_LEASE_RENEW_DEADLINE"]) == ("15", "10")
+    assert env["CODEFORGE_LEASE_RETRY_PERIOD"] == "2"
+    assert env["CODEFORGE_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    peering = one(objs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == env["CODEFORGE_PEERING_NAME"]
+    assert env["CODEFORGE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     pdb = one(objs, "PodDisruptionBudget", "codeforge-operator")
     assert pdb["spec"]["minAvailable"] == 1
     service = one(objs, "Service", "codeforge-operator-metrics")
@@ -207,9 +211,8 @@ def test_operator_deployment_two_replicas_one_active_with_liveness_and_metrics()
 
 @needs_helm
 def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
-    """The chart's env feeds the operator's own parsers: OperatorConfig and the Kopf settings."""
-    kopf = pytest.importorskip("kopf")
-    from codeforge.controller.settings import configure
+    """The chart's env feeds the operator's own parsers: OperatorConfig and the leader election's."""
+    from codeforge.controller.leader import ElectionConfig, liveness_endpoint
 
     for sets, url in [
         ((), "redis+cluster://codeforge-redis.codeforge.svc.cluster.local:6379"),
@@ -225,12 +228,15 @@ def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
             assert config.agents.redis_password_secret is None, "an external Redis without a Secret"
         else:
             assert config.agents.redis_password_secret == ("codeforge-redis", "password")
-        settings = kopf.OperatorSettings()
-        configure(settings, env)
-        assert settings.peering.mandatory
-        assert not settings.peering.standalone
-        assert settings.peering.clusterwide
-        assert settings.peering.name == "codeforge"
+        # The pod's namespace and name come from the downward API.
+        election = ElectionConfig.from_env({**env, "CODEFORGE_NAMESPACE": NAMESPACE, "POD_ID": "op-1"})
+        assert election.enabled
+        assert (election.namespace, election.lease_name) == (NAMESPACE, "codeforge-operator")
+        assert (election.lease_duration, election.renew_deadline, election.retry_period) == (15, 10, 2)
+        assert election.identity.startswith("op-1_")
+        assert liveness_endpoint(env, ["kopf", "run"]) == "http://0.0.0.0:8080/healthz"
+    single = {k: v for k, v in operator_env(render(*SINGLE)).items() if isinstance(v, str)}
+    assert not ElectionConfig.from_env(single).enabled
 
 
 # ------------------------------------------------------------------------------------------- security, RBAC
@@ -279,16 +285,36 @@ OPERATOR_NEEDS = {
 }
 
 
+def assert_leader_election_role(objs: list[Obj]) -> None:
+    """Leases in the release namespace: create, and get/update on the chart's Lease only; Events."""
+    name = "codeforge-operator-leader-election"
+    role = one(objs, "Role", name)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    lease_rules = [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]
+    assert {(tuple(r.get("resourceNames", ())), tuple(sorted(r["verbs"]))) for r in lease_rules} == {
+        ((), ("create",)),
+        (("codeforge-operator",), ("get", "update")),
+    }
+    assert _rules(role)[("", "events")] == {"create"}
+    binding = one(objs, "RoleBinding", name)
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == name
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "codeforge-operator", "namespace": NAMESPACE}
+    ]
+
+
 @needs_helm
 def test_rbac_cluster_scope_is_one_cluster_role_without_wildcards_or_secrets() -> None:
     objs = render()
-    assert not find(objs, "Role")
-    assert not find(objs, "RoleBinding")
+    # The only Role: leader election in the release namespace.
+    assert [r["metadata"]["name"] for r in find(objs, "Role")] == ["codeforge-operator-leader-election"]
+    assert_leader_election_role(objs)
+    assert not find(render(*SINGLE), "Role"), "a single replica elects nothing"
     role = one(objs, "ClusterRole")
     rules = _rules(role)
     for key, verbs in OPERATOR_NEEDS.items():
         assert verbs <= rules.get(key, set()), f"the operator needs {sorted(verbs)} on {key}"
-    assert rules[("kopf.dev", "clusterkopfpeerings")] >= {"list", "watch", "patch"}
     for (group, resource), verbs in rules.items():
         assert "*" not in verbs, "no wildcards"
         assert "*" not in (group, resource), "no wildcards"
@@ -307,20 +333,16 @@ def test_rbac_namespaced_scope_grants_nothing_cluster_wide() -> None:
     objs = render("rbac.scope=namespaced", "operator.watchNamespaces={team-a,team-b}")
     assert not find(objs, "ClusterRole")
     assert not find(objs, "ClusterRoleBinding")
-    assert not find(objs, "ClusterKopfPeering")
-    roles = find(objs, "Role")
+    assert_leader_election_role(objs)
+    roles = find(objs, "Role", "codeforge-operator")
     assert {r["metadata"]["namespace"] for r in roles} == {"team-a", "team-b"}
     for role in roles:
         rules = _rules(role)
         for key, verbs in OPERATOR_NEEDS.items():
             assert verbs <= rules.get(key, set())
-        assert ("kopf.dev", "kopfpeerings") in rules
         assert ("", "namespaces") not in rules
-    bindings = find(objs, "RoleBinding")
+    bindings = find(objs, "RoleBinding", "codeforge-operator")
     assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}
-    assert {p["metadata"]["namespace"] for p in find(objs, "KopfPeering")} == {"team-a", "team-b"}
-    env = operator_env(objs)
-    assert env["CODEFORGE_PEERING_CLUSTERWIDE"] == "false"
     container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
 
@@ -328,7 +350,7 @@ def test_rbac_namespaced_scope_grants_nothing_cluster_wide() -> None:
 @needs_helm
 def test_rbac_namespaced_scope_defaults_to_the_release_namespace() -> None:
     objs = render("rbac.scope=namespaced")
-    assert [r["metadata"]["namespace"] for r in find(objs, "Role")] == [NAMESPACE]
+    assert [r["metadata"]["namespace"] for r in find(objs, "Role", "codeforge-operator")] == [NAMESPACE]
     assert operator_env(objs)["CODEFORGE_WATCH_NAMESPACES"] == NAMESPACE
 
 
@@ -483,7 +505,13 @@ def test_service_monitor_is_optional() -> None:
         (("redis.mode=external", "redis.external.url=http://x"), "does not match pattern"),
         (("operator.logFormat=yaml",), "at '/operator/logFormat'"),
         (("redis.cluster.nodes=4",), "redis.cluster.nodes (4) must be a multiple of"),
-        (("operator.peering.enabled=false",), "operator.replicas > 1 needs operator.peering.enabled"),
+        (
+            ("operator.leaderElection.enabled=false",),
+            "operator.replicas > 1 needs operator.leaderElection.enabled",
+        ),
+        (("operator.leaderElection.renewDeadline=15",), "renewDeadline must be less than leaseDuration"),
+        (("operator.leaderElection.retryPeriod=9",), "renewDeadline must be more than 1.2 x retryPeriod"),
+        (("operator.leaderElection.leaseDuration=1.5",), "at '/operator/leaderElection/leaseDuration'"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(sets: tuple[str, ...], message: str) -> None:

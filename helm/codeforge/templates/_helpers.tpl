@@ -51,8 +51,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{- define "codeforge.peeringName" -}}
-{{- default (include "codeforge.fullname" .) .Values.operator.peering.name -}}
+{{- define "codeforge.leaseName" -}}
+{{- default (include "codeforge.operator.fullname" .) .Values.operator.leaderElection.leaseName -}}
 {{- end -}}
 
 {{/* The namespaces the operator watches: the list, or the release namespace in namespaced scope. */}}
@@ -135,7 +135,16 @@ capabilities:
 {{- fail (printf "redis.cluster.nodes (%d) must be a multiple of 1 + redis.cluster.replicasPerMaster (%d) with at least 3 masters" $nodes $per) -}}
 {{- end -}}
 {{- end -}}
-{{- if and (not .Values.operator.peering.enabled) (gt (int .Values.operator.replicas) 1) -}}
-{{- fail "operator.replicas > 1 needs operator.peering.enabled: without peering every replica would be active" -}}
+{{- $le := .Values.operator.leaderElection -}}
+{{- if and (not $le.enabled) (gt (int .Values.operator.replicas) 1) -}}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: without it every replica would be active" -}}
+{{- end -}}
+{{- if $le.enabled -}}
+{{- if le (float64 $le.leaseDuration) (float64 $le.renewDeadline) -}}
+{{- fail "operator.leaderElection.renewDeadline must be less than leaseDuration: a cut-off leader must stop before a standby takes over" -}}
+{{- end -}}
+{{- if le (float64 $le.renewDeadline) (mulf 1.2 (float64 $le.retryPeriod)) -}}
+{{- fail "operator.leaderElection.renewDeadline must be more than 1.2 x retryPeriod" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

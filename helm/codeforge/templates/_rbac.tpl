@@ -27,9 +27,3 @@
   verbs: ["create", "patch"]
 {{- end -}}
 
-{{- define "codeforge.rbac.peeringRules" -}}
-# Kopf peering: one active replica.
-- apiGroups: ["kopf.dev"]
-  resources: [{{ .resource | quote }}]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end -}}

@@ -6,11 +6,14 @@ environment the Helm chart sets (flags win over variables):
 - CODEFORGE_LOG_FORMAT: full (lines name their object, as `kopf run` logs), text (without it) or json;
   default full
 - CODEFORGE_LIVENESS_ENDPOINT: the liveness probe URL; default http://0.0.0.0:8080/healthz ("off": none)
-- CODEFORGE_QUEUE_URL, CODEFORGE_PEERING, ...: read by `codeforge.controller.config` and `.settings`
+- CODEFORGE_QUEUE_URL, CODEFORGE_LEADER_ELECTION, ...: read by `codeforge.controller.config` and `.leader`
+
+With leader election on, a standby serves the liveness endpoint itself until it leads (then Kopf does).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Final
 
 import typer
@@ -55,11 +58,11 @@ def operator_command(
     formats = {"text": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON, "full": kopf.LogFormat.FULL}
     kopf.configure(verbose=verbose, log_format=formats[log_format])
 
+    endpoint = None if liveness.strip().lower() in ("", "off") else liveness.strip()
+    # A standby serves the same endpoint until it leads (`leader.liveness_endpoint` reads it).
+    os.environ["CODEFORGE_LIVENESS_ENDPOINT"] = endpoint or "off"
+
     import codeforge.controller  # noqa: F401  (registers every handler in Kopf's default registry)
 
     watched = watched_namespaces(namespaces)
-    kopf.run(
-        clusterwide=not watched,
-        namespaces=watched,
-        liveness_endpoint=None if liveness.strip().lower() in ("", "off") else liveness,
-    )
+    kopf.run(clusterwide=not watched, namespaces=watched, liveness_endpoint=endpoint)

@@ -56,11 +56,15 @@ DEPLOYMENTS: Final = Kind("apps/v1", "deployments")
 SERVICES: Final = Kind("v1", "services")
 PODS: Final = Kind("v1", "pods")
 PDBS: Final = Kind("policy/v1", "poddisruptionbudgets")
+LEASES: Final = Kind("coordination.k8s.io/v1", "leases")
+EVENTS: Final = Kind("v1", "events")
 
 
 def kind_of(body: Mapping[str, Any]) -> Kind:
     known = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES, ("v1", "Pod"): PODS}
     known[("policy/v1", "PodDisruptionBudget")] = PDBS
+    known[("coordination.k8s.io/v1", "Lease")] = LEASES
+    known[("v1", "Event")] = EVENTS
     return known[(body["apiVersion"], body["kind"])]
 
 
@@ -71,11 +75,12 @@ class KubeApi:
         self._token = token  # a zero-argument callable returning "Bearer ..." or None
 
     @classmethod
-    def from_kubernetes_config(cls) -> KubeApi:
-        """Credentials from the `kubernetes` client's default configuration (filled by Kopf's login)."""
+    def from_kubernetes_config(cls, configuration: Any = None) -> KubeApi:
+        """Credentials from the `kubernetes` client's default configuration (filled by Kopf's login), or from
+        the given `kubernetes.client.Configuration` (its token is then read from it, not the default)."""
         from kubernetes.client import Configuration
 
-        config = Configuration.get_default_copy()
+        config = Configuration.get_default_copy() if configuration is None else configuration
         context: ssl.SSLContext | bool = False
         if config.host.startswith("https"):
             context = ssl.create_default_context(cafile=config.ssl_ca_cert) if config.verify_ssl else False
@@ -83,7 +88,8 @@ class KubeApi:
                 context.load_cert_chain(config.cert_file, config.key_file)
 
         def token() -> str | None:
-            current = Configuration.get_default_copy()  # refresh hooks re-read rotated token files
+            # Refresh hooks of the default configuration re-read rotated token files.
+            current = Configuration.get_default_copy() if configuration is None else configuration
             value: str | None = current.get_api_key_with_prefix(
                 "BearerToken"
             ) or current.get_api_key_with_prefix("authorization")
@@ -130,6 +136,12 @@ class KubeApi:
     async def create(self, body: JSON) -> JSON:
         meta = body["metadata"]
         return await self._request("POST", kind_of(body).path(meta["namespace"]), body)
+
+    async def replace(self, body: JSON) -> JSON:
+        """PUT the whole object: with `metadata.resourceVersion` set, the API server refuses (409) a write
+        based on an outdated read (optimistic concurrency)."""
+        meta = body["metadata"]
+        return await self._request("PUT", kind_of(body).path(meta["namespace"], meta["name"]), body)
 
     async def patch(self, kind: Kind, namespace: str, name: str, patch: JSON) -> JSON:
         """An RFC 7386 merge patch: lists (containers, env) are replaced whole, so stray entries go."""

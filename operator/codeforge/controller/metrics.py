@@ -1,4 +1,5 @@
-"""The operator's Prometheus metrics for AgentPools, served on CODEFORGE_METRICS_PORT (`/metrics`).
+"""The operator's Prometheus metrics, served on CODEFORGE_METRICS_PORT (`/metrics`): AgentPools, and
+`codeforge_leader` (1 on the replica that acts, 0 on a standby).
 
 Pool series are labelled `pool="namespace/name"`; they are removed when a pool is deleted, so 20 pools keep
 a few dozen series, not an ever-growing set.
@@ -24,6 +25,9 @@ SCALE_DECISIONS: Final = Counter(
     "codeforge_scale_decisions_total",
     "Replica changes applied to agent Deployments, by direction.",
     ["pool", "direction"],
+)
+LEADER: Final = Gauge(
+    "codeforge_leader", "1 while this operator replica acts (holds the leader Lease), 0 while it stands by."
 )
 RECONCILE_ERRORS: Final = Counter(
     "codeforge_reconcile_errors_total", "AgentPool reconciles that failed and will be retried.", ["pool"]

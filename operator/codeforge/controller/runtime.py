@@ -3,12 +3,15 @@
 The startup handler puts a `Runtime` into Kopf's operator-wide memo; every object's memo is a shallow copy of
 it, so the AgentPool handlers (and the Workflow handlers, once written) reach the same connections through
 `memo.runtime`. The queue connection is retried with a pause when the queue is down, and the reason is kept
-for the QueueUnreachable conditions.
+for the QueueUnreachable conditions. With CODEFORGE_LEADER_ELECTION on, the startup handler first waits until
+this replica holds the leader Lease (`controller/leader.py`); a standby never gets past it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
+from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
 from codeforge.controller.kube import KubeApi
 from codeforge.controller.settings import configure
@@ -23,6 +27,8 @@ from codeforge.queue import TaskQueue, open_queue
 
 #: Read once at import: Kopf timers take their interval when the handlers are declared.
 CONFIG = OperatorConfig.from_env()
+#: Read at import too, so a bad lease setting stops the operator at once with its message.
+ELECTION = leader.ElectionConfig.from_env()
 #: Wait between attempts to (re)connect to the queue.
 QUEUE_RETRY_SECONDS = 5.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -37,6 +43,7 @@ class Runtime:
     queue: TaskQueue | None = None
     queue_retry_at: float = 0.0
     queue_error: str = "the operator is not connected to the queue yet"
+    leadership: leader.Leadership | None = None
 
     def api(self) -> KubeApi:
         # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.
@@ -74,6 +81,9 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, *
     memo.runtime = Runtime(config=CONFIG)
     if CONFIG.metrics_port is not None:
         prometheus_client.start_http_server(CONFIG.metrics_port)  # a daemon thread; exits with the process
+    # A standby waits here (serving liveness and metrics): Kopf starts no watcher before this returns.
+    probe = leader.liveness_endpoint(os.environ, sys.argv)
+    memo.runtime.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
     await memo.runtime.connected_queue(logger)
 
 

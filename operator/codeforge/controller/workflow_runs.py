@@ -6,7 +6,7 @@ tasks by their deterministic ids), feed its progress events to a `WorkflowTracke
 batch them into status patches, and, when Kopf stops the daemon, tell apart:
 
 - the Workflow was deleted: cancel the run, which cancels its outstanding tasks in the queue;
-- the operator stops or pauses (restart, peering hand-over): only stop waiting; the tasks keep running in
+- the operator stops or pauses (restart, leader hand-over): only stop waiting; the tasks keep running in
   the agents and the next operator re-attaches to them from the checkpoint.
 
 When the run has ended the daemon stays (idle) until its filter no longer matches (the final status landed),
