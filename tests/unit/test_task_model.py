@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from codeforge.api.limits import clip
 import codeforge.queue.base as queue_base
+from codeforge.api.limits import clip
 from codeforge.api.task import (
     DEFAULT_MAX_LOST_LEASES,
     LOST_LEASE_BACKOFF_CAP_SECONDS,
