@@ -6,7 +6,7 @@ local refused = check_holder(tk, fence, now)
 if refused then return refused end
 redis.call('ZREM', P .. 'inflight', id)
 redis.call('HINCRBY', tk, 'attempts', -1)
-redis.call('HINCRBY', tk, 'fence', 1)
+next_fence(tk)
 to_ready(tk, id)
 sync_tokens()
 return 'ok'
