@@ -6,6 +6,7 @@ from codeforge.queue.errors import (
     QueueConfigError,
     QueueError,
     QueueUnavailableError,
+    ReplicationTimeoutError,
     TaskCancelledError,
     TaskNotFoundError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "QueueConfigError",
     "QueueError",
     "QueueUnavailableError",
+    "ReplicationTimeoutError",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskQueue",

@@ -147,6 +147,22 @@ class LocalRedis:
         self.kill()
         self.start()
 
+    def start_replica(self, timeout: float = 30.0) -> LocalRedis:
+        """Start a replica of this server (same AOF settings) and wait until it is in sync."""
+        replica = LocalRedis(
+            password=self.password,
+            appendonly=self.appendonly,
+            appendfsync=self.appendfsync,
+            extra=["--replicaof", "127.0.0.1", str(self.port)],
+        ).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "master_link_status:up" in replica.cli("INFO", "replication"):
+                return replica
+            time.sleep(0.05)
+        replica.stop()
+        raise RuntimeError(f"replica of 127.0.0.1:{self.port} did not sync within {timeout}s")
+
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -160,6 +176,7 @@ class LocalRedisCluster:
     replicas: int = 1
     password: str | None = None
     appendonly: bool = False
+    appendfsync: str = "everysec"
     nodes: list[LocalRedis] = field(default_factory=list)
 
     @property
@@ -170,7 +187,9 @@ class LocalRedisCluster:
     def start(self, timeout: float = 60.0) -> LocalRedisCluster:
         count = self.masters * (1 + self.replicas)
         self.nodes = [
-            LocalRedis(cluster=True, password=self.password, appendonly=self.appendonly).start()
+            LocalRedis(
+                cluster=True, password=self.password, appendonly=self.appendonly, appendfsync=self.appendfsync
+            ).start()
             for _ in range(count)
         ]
         cmd = ["redis-cli", "--cluster", "create"]
