@@ -205,13 +205,32 @@ class LocalRedisCluster:
             time.sleep(0.1)
         raise RuntimeError("redis cluster did not reach cluster_state:ok")
 
+    def master_of(self, key: str) -> LocalRedis:
+        """The node serving `key`'s slot as master now."""
+        alive = [n for n in self.nodes if n.process and n.process.poll() is None]
+        slot = int(alive[0].cli("CLUSTER", "KEYSLOT", key))
+        for line in alive[0].cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no master serves slot {slot}")
+
     @staticmethod
     def _healthy(node: LocalRedis) -> bool:
         try:
             info = node.cli("CLUSTER", "INFO")
         except subprocess.CalledProcessError:
             return False
-        return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+        if "cluster_state:ok" not in info or "cluster_slots_assigned:16384" not in info:
+            return False
+        # A replica that has not finished its first sync cannot take over its master: wait for the link.
+        replication = node.cli("INFO", "replication")
+        return "role:master" in replication or "master_link_status:up" in replication
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -496,6 +496,11 @@ class RedisTaskQueue:
                 await self._confirm(client, pool)
         except ReplicationTimeoutError:
             raise
+        except redis_errors.ResponseError as exc:
+            if not _topology_changed(exc):
+                raise
+            await self._forget_master(pool, exc)
+            raise ConnectionError(str(exc)) from exc
         except (*TOPOLOGY, *TRANSIENT) as exc:
             await self._forget_master(pool, exc)
             raise ConnectionError(str(exc)) from exc
@@ -761,6 +766,15 @@ class RedisTaskQueue:
             with contextlib.suppress(Exception):
                 await client.aclose()
         await self._r.aclose()
+
+
+def _topology_changed(exc: redis_errors.ResponseError) -> bool:
+    """A plain client talking to a cluster node gets MOVED/ASK/CLUSTERDOWN/TRYAGAIN as a bare ResponseError
+    (the pipeline prefixes its own text): the slot moved, so refresh the map and retry."""
+    text = str(exc)
+    return any(
+        f"'{code}" in text or text.startswith(code) for code in ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+    )
 
 
 def _changed(script: str, reply: Any) -> bool:
