@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from codeforge.api.task import TaskState
-from codeforge.queue import LeaseLostError, TaskQueue, open_queue
+from codeforge.queue import (
+    LeaseLostError,
+    QueueConfigError,
+    QueueUnavailableError,
+    ReplicationTimeoutError,
+    TaskQueue,
+    open_queue,
+)
 from codeforge.queue.keys import pool_prefix
 from codeforge.queue.local_server import LocalRedis, LocalRedisCluster
 from support.tasks import make_task, unique_pool
@@ -126,6 +133,52 @@ async def run_with_crash(
         for q in (producer, *queues):
             await q.close()
     return run
+
+
+# --- what each mode checks at connect ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["fsync", "replicated"])
+async def test_a_durable_mode_refuses_a_server_that_does_not_fsync_each_write(
+    redis_server: LocalRedis, mode: str
+) -> None:
+    with pytest.raises(QueueConfigError) as info:
+        await open_queue(f"{redis_server.url}?durability={mode}")
+    assert "appendfsync everysec" in str(info.value)
+    assert "set appendonly yes and appendfsync always" in str(info.value)
+
+
+@pytest.mark.redis
+async def test_replicated_refuses_a_server_without_a_replica(fresh_redis: LocalRedis) -> None:
+    with pytest.raises(QueueConfigError) as info:
+        await open_queue(f"{fresh_redis.url}?durability=replicated")
+    assert "needs a replica of every master" in str(info.value)
+    queue = await open_queue(f"{fresh_redis.url}?durability=fsync")  # fsync alone is fine here
+    await queue.close()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_replicated_waits_for_a_replica_and_says_so_when_none_comes(fresh_redis: LocalRedis) -> None:
+    replica = fresh_redis.start_replica()
+    queue = await open_queue(f"{fresh_redis.url}?durability=replicated", retry_seconds=2.0, replica_wait=0.2)
+    try:
+        pool = unique_pool("dur")
+        assert await queue.enqueue(make_task(pool, "kept")) is True
+        assert replica.cli("HGET", pool_prefix(pool) + "t:kept", "state") == "queued", (
+            "acknowledged = replicated"
+        )
+        replica.kill()
+        start = time.monotonic()
+        with pytest.raises(ReplicationTimeoutError) as info:
+            await queue.enqueue(make_task(pool, "unconfirmed"))
+        assert 2.0 <= time.monotonic() - start < 10
+        assert "retry the call" in str(info.value)
+        assert isinstance(info.value, QueueUnavailableError), "callers treat it like an outage"
+    finally:
+        await queue.close()
+        replica.stop()
 
 
 # --- one server, killed and restarted on its AOF --------------------------------------------------------
