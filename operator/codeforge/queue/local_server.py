@@ -149,23 +149,30 @@ class LocalRedis:
 
     def start_replica(self, timeout: float = 30.0) -> LocalRedis:
         """Start a replica of this server (same AOF settings) and wait until it is in sync."""
-        replica = LocalRedis(
-            password=self.password,
-            appendonly=self.appendonly,
-            appendfsync=self.appendfsync,
-            extra=["--replicaof", "127.0.0.1", str(self.port)],
-        ).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "master_link_status:up" in replica.cli("INFO", "replication"):
-                return replica
-            time.sleep(0.05)
-        replica.stop()
-        raise RuntimeError(f"replica of 127.0.0.1:{self.port} did not sync within {timeout}s")
+        return start_replica_of(self.port, self.password, self.appendonly, self.appendfsync, timeout)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_replica_of(
+    port: int, password: str | None, appendonly: bool, appendfsync: str, timeout: float = 30.0
+) -> LocalRedis:
+    """A private replica of the local server on `port`, started and in sync."""
+    replica = LocalRedis(
+        password=password,
+        appendonly=appendonly,
+        appendfsync=appendfsync,
+        extra=["--replicaof", "127.0.0.1", str(port)],
+    ).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "master_link_status:up" in replica.cli("INFO", "replication"):
+            return replica
+        time.sleep(0.05)
+    replica.stop()
+    raise RuntimeError(f"replica of 127.0.0.1:{port} did not sync within {timeout}s")
 
 
 @dataclass
