@@ -379,8 +379,8 @@ class RedisTaskQueue:
         return self
 
     async def _check_durability(self) -> None:
-        """fsync and replicated: every node must fsync each write (and each master have a replica), or
-        the mode would promise what the servers do not keep. Raises QueueConfigError naming the fix."""
+        """fsync and replicated: every node must fsync each write, or the mode would promise what the
+        servers do not keep (QueueConfigError naming the fix); a master without a replica is logged."""
         if self.durability == "fast":
             return
         nodes: list[tuple[str, Any, bool]] = (
@@ -411,10 +411,13 @@ class RedisTaskQueue:
             if self.durability == "replicated" and master:
                 info = await self._r.info("replication", **target)
                 if int(info.get("connected_slaves", 0)) < 1:
-                    raise QueueConfigError(
-                        f"durability=replicated needs a replica of every master, but {name} has none "
-                        "connected: add replicas (redis.mode cluster with replicasPerMaster >= 1) or use "
-                        "durability=fsync"
+                    # Possibly for a moment (a replica restarting, a failover): writes wait for one to come.
+                    log.warning(
+                        "durability=replicated: %s has no replica connected; every write waits up to %gs "
+                        "for one (add replicas, e.g. redis.mode cluster with replicasPerMaster >= 1, or use "
+                        "durability=fsync)",
+                        name,
+                        self.retry_seconds,
                     )
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
