@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from codeforge.api.task import TaskState
 from codeforge.queue import (
@@ -183,6 +184,39 @@ async def test_replicated_waits_for_a_replica_and_says_so_when_none_comes(fresh_
     finally:
         await queue.close()
         replica.stop()
+
+
+# --- fences ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_fence_issued_after_redis_lost_the_task_is_greater_than_before(redis_url: str) -> None:
+    queue = await open_queue(redis_url)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        pool = unique_pool("fence")
+        await queue.enqueue(make_task(pool, "t"))
+        before = await queue.claim(pool, "first", timeout=1)
+        assert before is not None
+        # Redis forgets every key of the pool (a crash that lost the last writes, or a failover to a replica
+        # that never had them): the task is enqueued again and claimed as attempt 1 by someone else.
+        keys = [k async for k in raw.scan_iter(match=pool_prefix(pool).replace("{", "[{]") + "*")]
+        assert keys
+        await raw.delete(*keys)
+        await queue.enqueue(make_task(pool, "t"))
+        after = await queue.claim(pool, "second", timeout=1)
+        assert after is not None
+        assert after.task.attempts == 1
+        assert after.fence > before.fence, "a fence repeated after Redis lost the task"
+        with pytest.raises(LeaseLostError):
+            await queue.complete(before, "from the first holder")
+        await queue.complete(after, "from the second holder")
+        outcome = await queue.get(pool, "t")
+        assert outcome is not None
+        assert outcome.result == "from the second holder"
+    finally:
+        await raw.aclose()
+        await queue.close()
 
 
 # --- one server, killed and restarted on its AOF --------------------------------------------------------
