@@ -292,7 +292,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", text, "AgentPool whose queue this agent serves (e.g. `team-a/research`). Required."),
     Option("queue_url", text, "Queue URL: `redis://`, `rediss://` (TLS), `redis+cluster://`, `memory://`. "
            "Required. Password from `CODEFORGE_REDIS_PASSWORD` or `CODEFORGE_REDIS_PASSWORD_FILE`, "
-           "TLS CA from `CODEFORGE_REDIS_CA_FILE`."),
+           "TLS CA from `CODEFORGE_REDIS_CA_FILE`. `?durability=` (`fast`, `fsync`, `replicated`) "
+           "waits for what the mode promises (README, Durability); the operator passes its own."),
     Option("role", text, "Role name (research, review, ...), shown in every log line.", ""),
     Option("agent_id", text, "Consumer name in the queue.", "`$HOSTNAME-<pid>`"),
     Option("concurrency", whole_number, "Tasks run at once by this agent.", "1"),

@@ -215,8 +215,11 @@ def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
     from codeforge.controller.leader import ElectionConfig, liveness_endpoint
 
     for sets, url in [
-        ((), "redis+cluster://codeforge-redis.codeforge.svc.cluster.local:6379"),
-        (("redis.mode=standalone",), "redis://codeforge-redis.codeforge.svc.cluster.local:6379/0"),
+        ((), "redis+cluster://codeforge-redis.codeforge.svc.cluster.local:6379?durability=replicated"),
+        (
+            ("redis.mode=standalone",),
+            "redis://codeforge-redis.codeforge.svc.cluster.local:6379/0?durability=fsync",
+        ),
         (("redis.mode=external", "redis.external.url=redis://r.example:6379/2"), "redis://r.example:6379/2"),
     ]:
         env = {k: v for k, v in operator_env(render(*sets)).items() if isinstance(v, str)}
@@ -413,6 +416,64 @@ def test_redis_cluster_mode_is_a_six_pod_statefulset_with_volumes_aof_and_an_ide
     assert "--cluster create" in one(objs, "ConfigMap")["data"]["form-cluster.sh"]
     assert "--cluster-replicas" in one(objs, "ConfigMap")["data"]["form-cluster.sh"]
     assert one(objs, "PodDisruptionBudget", "codeforge-redis")["spec"]["maxUnavailable"] == 1
+
+
+DURABILITY = [
+    # (--set values, the servers' appendfsync or None without servers, the queue URL's ?durability=)
+    pytest.param((), "always", "replicated", id="default-cluster-with-replicas"),
+    pytest.param(("redis.mode=standalone",), "always", "fsync", id="default-standalone"),
+    pytest.param(
+        ("redis.cluster.replicasPerMaster=0", "redis.cluster.nodes=3"), "always", "fsync", id="no-replicas"
+    ),
+    pytest.param(("redis.durability=fast",), "everysec", "fast", id="fast"),
+    pytest.param(("redis.durability=fsync",), "always", "fsync", id="fsync"),
+    pytest.param(
+        ("redis.mode=external", "redis.external.url=redis://r.example.com:6379/0?ssl_cert_reqs=none"),
+        None,
+        None,
+        id="external-as-its-url-says",
+    ),
+    pytest.param(
+        (
+            "redis.mode=external",
+            "redis.external.url=redis://r.example.com:6379/0",
+            "redis.durability=replicated",
+        ),
+        None,
+        "replicated",
+        id="external-explicit",
+    ),
+]
+
+
+@needs_helm
+@pytest.mark.parametrize(("sets", "appendfsync", "durability"), DURABILITY)
+def test_redis_durability_sets_the_servers_fsync_and_the_queue_url(
+    sets: tuple[str, ...], appendfsync: str | None, durability: str | None
+) -> None:
+    objs = render(*sets)
+    url = operator_env(objs)["CODEFORGE_QUEUE_URL"]
+    if durability is None:
+        assert "durability=" not in url
+    else:
+        assert url.endswith(("?", "&")[url.count("?") > 1] + f"durability={durability}")
+    if appendfsync is None:
+        assert not find(objs, "ConfigMap")
+    else:
+        config = one(objs, "ConfigMap", "codeforge-redis")["data"]["redis.conf"].splitlines()
+        assert "appendonly yes" in config
+        assert f"appendfsync {appendfsync}" in config
+
+
+@needs_helm
+def test_redis_durability_replicated_without_replicas_is_refused() -> None:
+    out = helm(
+        "template", RELEASE, str(CHART),
+        "--set", "redis.mode=standalone", "--set", "redis.durability=replicated",
+        check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "redis.durability replicated needs replicas" in out.stderr
 
 
 @needs_helm

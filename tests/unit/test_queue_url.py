@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from codeforge.queue import QueueConfigError, QueueUnavailableError, TaskQueue, open_queue
-from codeforge.queue.factory import check_url, password_from_env
+from codeforge.queue.factory import check_url, durability_of, password_from_env
 from codeforge.queue.local_server import free_port
 
 #: An unreachable server must be reported within this, retries included, not hang an agent's start-up.
@@ -115,3 +115,23 @@ def test_unreadable_password_file_names_the_variable(tmp_path: Path) -> None:
     message = str(info.value)
     assert f"CODEFORGE_REDIS_PASSWORD_FILE={str(missing)!r} cannot be read" in message
     assert "mounted Secret" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "explicit", "mode"),
+    [
+        ("redis://h:6379/0", None, "fast"),
+        ("redis://h:6379/0?durability=fsync", None, "fsync"),
+        ("rediss+cluster://h:7000?ssl_cert_reqs=none&durability=replicated", None, "replicated"),
+        ("redis://h:6379/0?durability=fsync", "replicated", "replicated"),
+    ],
+)
+def test_durability_comes_from_the_url_unless_given(url: str, explicit: str | None, mode: str) -> None:
+    assert durability_of(url, explicit) == mode
+
+
+def test_an_unknown_durability_is_refused_with_the_modes() -> None:
+    with pytest.raises(QueueConfigError) as info:
+        check_url("redis://h:6379/0?durability=paranoid")
+    assert "'paranoid'" in str(info.value)
+    assert "fast, fsync, replicated" in str(info.value)

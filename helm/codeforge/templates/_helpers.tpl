@@ -95,16 +95,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* The queue URL the operator and the agents get, derived from redis.mode (the password is never in it). */}}
+{{/* redis.durability, or its default: replicated for a cluster with replicas, fsync for one server, empty
+for an external Redis (its URL says). */}}
+{{- define "codeforge.redis.durability" -}}
+{{- $r := .Values.redis -}}
+{{- $replicas := and (eq $r.mode "cluster") (gt (int $r.cluster.replicasPerMaster) 0) -}}
+{{- $mode := $r.durability | default (ternary "replicated" (ternary "" "fsync" (eq $r.mode "external")) $replicas) -}}
+{{- if and (eq $mode "replicated") (ne $r.mode "external") (not $replicas) -}}
+{{- fail "redis.durability replicated needs replicas: use redis.mode cluster with redis.cluster.replicasPerMaster >= 1, or redis.durability fsync" -}}
+{{- end -}}
+{{- $mode -}}
+{{- end -}}
+
+{{/* The queue URL the operator and the agents get, derived from redis.mode and redis.durability (the password is
+never in it). */}}
 {{- define "codeforge.queueUrl" -}}
 {{- $host := printf "%s.%s.svc.%s" (include "codeforge.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- $url := "" -}}
 {{- if eq .Values.redis.mode "cluster" -}}
-{{- printf "redis+cluster://%s:6379" $host -}}
+{{- $url = printf "redis+cluster://%s:6379" $host -}}
 {{- else if eq .Values.redis.mode "standalone" -}}
-{{- printf "redis://%s:6379/0" $host -}}
+{{- $url = printf "redis://%s:6379/0" $host -}}
 {{- else -}}
-{{- required "redis.external.url is required when redis.mode is external" .Values.redis.external.url -}}
+{{- $url = required "redis.external.url is required when redis.mode is external" .Values.redis.external.url -}}
 {{- end -}}
+{{- $durability := include "codeforge.redis.durability" . -}}
+{{- if $durability -}}
+{{- $url = printf "%s%sdurability=%s" $url (ternary "&" "?" (contains "?" $url)) $durability -}}
+{{- end -}}
+{{- $url -}}
 {{- end -}}
 
 {{/* Pod and container security: non-root, read-only root filesystem, no capabilities. */}}

@@ -14,7 +14,7 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
 
-ALL_SYSTEMS = "codeforge,raw,celery,arq,rq,dramatiq"
+ALL_SYSTEMS = "codeforge,codeforge-fast,codeforge-fsync,codeforge-replicated,raw,celery,arq,rq,dramatiq"
 
 
 @app.callback()

@@ -13,11 +13,16 @@ import signal
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import redis
 
 from codeforge.api.task import Task
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
-from codeforge.benchmarks.system import System, split_consumers
+from codeforge.benchmarks.system import BenchContext, System, split_consumers
 from codeforge.queue import Lease, TaskQueue, open_queue
+from codeforge.queue.local_server import LocalRedis, start_replica_of
 
 #: Tasks per `enqueue_many` call when sending a burst.
 BURST_CHUNK = 500
@@ -27,6 +32,8 @@ CLAIM_BATCH = 64
 
 class CodeforgeSystem(System):
     name = "codeforge"
+    #: None: the queue's default (fast) on the server as the harness started it (no AOF, like the peers)
+    durability: ClassVar[str | None] = None
 
     def version(self) -> str:
         try:
@@ -43,10 +50,12 @@ class CodeforgeSystem(System):
         procs, per = split_consumers(consumers)
         batch = CLAIM_BATCH if throughput else 1
         argv = ["-m", "codeforge.benchmarks.codeforge_system", "--consumers", str(per), "--batch", str(batch)]
+        if self.durability:
+            argv += ["--durability", self.durability]
         return [argv for _ in range(procs)]
 
     async def open(self) -> None:
-        self._queue: TaskQueue = await open_queue(self.ctx.url)
+        self._queue: TaskQueue = await open_queue(self.ctx.url, durability=self.durability)
 
     async def close(self) -> None:
         await self._queue.close()
@@ -63,6 +72,87 @@ class CodeforgeSystem(System):
                 for seq in range(start, min(start + BURST_CHUNK, seqs.stop))
             ]
             await self._queue.enqueue_many(tasks)
+
+
+class _Durable(CodeforgeSystem):
+    """codeforge in one durability mode: for the run, the private server's AOF is set as the chart sets it
+    for the mode (and `replicated` gets a replica with the same settings); afterwards it is put back."""
+
+    appendfsync: ClassVar[str] = "always"
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self._saved: dict[str, str] = {}
+        self._replica: LocalRedis | None = None
+
+    def describe(self, consumers: int) -> str:
+        replica = " + 1 replica (WAIT 1)" if self.durability == "replicated" else ""
+        return f"{super().describe(consumers)}; AOF appendfsync {self.appendfsync}{replica}"
+
+    async def open(self) -> None:
+        if not self.ctx.owns_server:
+            raise RuntimeError(
+                f"{self.name} sets the server's appendfsync for its run: drop --redis-url so the benchmark "
+                "starts its own redis-server"
+            )
+        await asyncio.to_thread(self._configure)
+        await super().open()
+
+    def _configure(self) -> None:
+        client: Any = redis.Redis.from_url(self.ctx.url, decode_responses=True)
+        try:
+            saved = client.config_get("append*")
+            self._saved = {k: saved[k] for k in ("appendonly", "appendfsync")}
+            client.config_set("appendfsync", self.appendfsync)
+            client.config_set("appendonly", "yes")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # turning the AOF on rewrites it in the background first
+                info = client.info("persistence")
+                busy = info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
+                if info.get("aof_enabled") and not busy:
+                    break
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("the AOF rewrite did not finish within 60s")
+        finally:
+            client.close()
+        if self.durability == "replicated":
+            port = urlsplit(self.ctx.url).port or 6379
+            self._replica = start_replica_of(port, None, True, self.appendfsync)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await asyncio.to_thread(self._restore)
+
+    def _restore(self) -> None:
+        if self._replica is not None:
+            self._replica.stop()
+            self._replica = None
+        if self._saved:
+            client = redis.Redis.from_url(self.ctx.url, decode_responses=True)
+            try:
+                client.config_set("appendonly", self._saved["appendonly"])
+                client.config_set("appendfsync", self._saved["appendfsync"])
+            finally:
+                client.close()
+
+
+class CodeforgeFast(_Durable):
+    name = "codeforge-fast"
+    durability = "fast"
+    appendfsync = "everysec"
+
+
+class CodeforgeFsync(_Durable):
+    name = "codeforge-fsync"
+    durability = "fsync"
+
+
+class CodeforgeReplicated(_Durable):
+    name = "codeforge-replicated"
+    durability = "replicated"
 
 
 async def _consume(queue: TaskQueue, pool: str, name: str, batch: int) -> None:
@@ -85,9 +175,9 @@ async def _consume(queue: TaskQueue, pool: str, name: str, batch: int) -> None:
             rec.record(int(payload["i"]), int(payload["t"]), start, done)
 
 
-async def _main(consumers: int, batch: int) -> None:
+async def _main(consumers: int, batch: int, durability: str | None) -> None:
     url, pool = os.environ[ENV_URL], os.environ[ENV_QUEUE]
-    queue = await open_queue(url)
+    queue = await open_queue(url, durability=durability)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     prefix = f"bench-{os.getpid()}"
@@ -109,8 +199,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="codeforge benchmark consumers")
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--durability", default=None)
     args = parser.parse_args()
-    asyncio.run(_main(args.consumers, args.batch))
+    asyncio.run(_main(args.consumers, args.batch, args.durability))
 
 
 if __name__ == "__main__":

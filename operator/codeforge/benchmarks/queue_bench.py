@@ -33,6 +33,10 @@ from codeforge.benchmarks.system import BenchContext, System, WorkerGroup
 #: name -> (module, class, the pip distribution that must be installed for it, "" when built in)
 SYSTEMS: dict[str, tuple[str, str, str]] = {
     "codeforge": ("codeforge.benchmarks.codeforge_system", "CodeforgeSystem", ""),
+    # codeforge per durability mode (README, "Durability"): the server's AOF set for the mode during the run
+    "codeforge-fast": ("codeforge.benchmarks.codeforge_system", "CodeforgeFast", ""),
+    "codeforge-fsync": ("codeforge.benchmarks.codeforge_system", "CodeforgeFsync", ""),
+    "codeforge-replicated": ("codeforge.benchmarks.codeforge_system", "CodeforgeReplicated", ""),
     "raw": ("codeforge.benchmarks.raw_floor", "RawFloor", ""),
     "celery": ("codeforge.benchmarks.peers.celery_peer", "CeleryPeer", "celery"),
     "arq": ("codeforge.benchmarks.peers.arq_peer", "ArqPeer", "arq"),
@@ -291,6 +295,7 @@ class Runner:
             queue=f"cfbench-{self.run_id}-{name}",
             record_key=f"cfbench:{self.run_id}:records:{label}",
             logdir=self.logdir,
+            owns_server=self.owns_server,
         )
 
     async def run_system(self, name: str) -> list[Row]:

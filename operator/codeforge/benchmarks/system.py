@@ -38,6 +38,7 @@ class BenchContext:
     queue: str  # queue / key name, unique per worker session
     record_key: str  # Redis list the workers' Recorders push to
     logdir: Path  # worker stdout/stderr go here
+    owns_server: bool = True  # a private redis-server, whose configuration a system may change for its run
 
 
 class System(abc.ABC):

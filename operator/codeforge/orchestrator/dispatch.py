@@ -3,11 +3,16 @@
 Task ids are deterministic: `{workflow}/{step}/v{visit}/p{index}/a{attempt}`. Enqueue is idempotent on the id,
 so a node that LangGraph re-executes after a crash finds the task it dispatched before (queued, running or
 finished) and waits for that one instead of creating a twin: the in-flight step is re-attached, not re-run.
+
+The first outcome received for a task id is kept (`RunContext.first`, owned by the runner across resumes of
+a run in this process) and any later one ignored: when Redis loses a completion (a crash in durability=fast)
+the task runs again and may publish a second, different result, but the step keeps the one it saw first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -26,6 +31,8 @@ from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskN
 #: same attempt), and a drain spends nothing (DESIGN.md section 3, "Retries").
 HANDLER_RUNS_PER_ATTEMPT: Final = 1
 CANCELLED = "cancelled"
+
+log = logging.getLogger(__name__)
 
 
 def task_id(workflow: str, step: str, visit: int, index: int, attempt: int) -> str:
@@ -51,6 +58,8 @@ class RunContext:
     winners: dict[str, asyncio.Event] = field(default_factory=dict)
     #: task id -> pool of every task dispatched and not yet finished, to cancel them on timeout or cancel
     outstanding: dict[str, str] = field(default_factory=dict)
+    #: task id -> the first terminal outcome received for it; later ones are ignored (see the module doc)
+    first: dict[str, TaskOutcome] = field(default_factory=dict)
 
     def winner(self, key: str) -> asyncio.Event:
         return self.winners.setdefault(key, asyncio.Event())
@@ -111,6 +120,9 @@ class StepDispatcher:
         return last
 
     async def _attempt(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any]:
+        recorded = self.ctx.first.get(tid)
+        if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
+            return self._record(req, recorded)
         step = req.step
         await self.ctx.running.wait()  # suspended workflows dispatch nothing new
         timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
@@ -161,6 +173,24 @@ class StepDispatcher:
             self.ctx.outstanding.pop(tid, None)
         if outcome is None:
             return {"status": CANCELLED, "error": "another part succeeded first"}
+        return self._record(req, self._first(outcome))
+
+    def _first(self, outcome: TaskOutcome) -> TaskOutcome:
+        """Keep the first terminal outcome of a task id; a later, different one is logged and ignored."""
+        if not outcome.state.terminal:
+            return outcome
+        first = self.ctx.first.setdefault(outcome.id, outcome)
+        if first is not outcome and (first.state, first.result) != (outcome.state, outcome.result):
+            log.warning(
+                "task %s reported %s again with a different result (Redis lost the first one?); "
+                "keeping the first",
+                outcome.id,
+                outcome.state.value,
+            )
+        return first
+
+    def _record(self, req: PartRequest, outcome: TaskOutcome) -> dict[str, Any]:
+        step = req.step
         agent = {"agent": outcome.consumer} if outcome.consumer else {}
         if outcome.state is TaskState.SUCCEEDED:
             if req.first_success:

@@ -15,6 +15,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
+from codeforge.api.task import TaskOutcome
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
@@ -84,6 +85,8 @@ class WorkflowRunner:
     def __init__(self, queue: TaskQueue, checkpointer: BaseCheckpointSaver[Any] | None = None) -> None:
         self.queue = queue
         self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
+        #: workflow id -> task id -> first outcome received, kept while a run may still be resumed here
+        self._first: dict[str, dict[str, TaskOutcome]] = {}
         #: compiled graphs by spec: compiling costs more than running a step, and a graph is spec-only
         self._graphs: OrderedDict[str, CompiledStateGraph[RunState, StepDispatcher]] = OrderedDict()
 
@@ -122,6 +125,7 @@ class WorkflowRunner:
             in_flight=asyncio.Semaphore(spec.max_tasks_in_flight),
             deadline=None,
             running=control.running,
+            first=self._first.setdefault(workflow_id, {}),
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)
@@ -162,6 +166,7 @@ class WorkflowRunner:
             )
         else:
             values = job.result()  # a queue or checkpoint error propagates; the run can resume later
+        self._first.pop(workflow_id, None)  # the run ended: nothing resumes it in this process
         outcome = self._outcome(workflow_id, values, started_at, resumed=resumed, cancelled=cancelled)
         emit(
             ProgressEvent(
@@ -176,6 +181,7 @@ class WorkflowRunner:
 
     async def forget(self, workflow_id: str) -> None:
         """Delete a run's checkpoints (the Workflow was deleted)."""
+        self._first.pop(workflow_id, None)
         await self.checkpointer.adelete_thread(workflow_id)
 
     async def _cancel_outstanding(self, ctx: RunContext) -> None:

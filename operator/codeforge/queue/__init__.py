@@ -12,6 +12,7 @@ from codeforge.queue.errors import (
     QueueConfigError,
     QueueError,
     QueueUnavailableError,
+    ReplicationTimeoutError,
     TaskCancelledError,
     TaskNotFoundError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "QueueConfigError",
     "QueueError",
     "QueueUnavailableError",
+    "ReplicationTimeoutError",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskQueue",

@@ -15,6 +15,14 @@ class QueueUnavailableError(QueueError, ConnectionError):
     """The backend cannot be reached (after retries)."""
 
 
+class ReplicationTimeoutError(QueueUnavailableError):
+    """durability=replicated: the write reached the master, but no replica confirmed it in time.
+
+    The write may be lost if the master fails over now. Retry the call: every queue call is idempotent
+    (a complete with the same fence records once), so a retry either finds the write or makes it again.
+    """
+
+
 class LeaseLostError(QueueError):
     """The caller's lease is gone (expired and redelivered, or a newer claim holds the task).
 

@@ -24,3 +24,8 @@ def done_channel(pool: str) -> str:
 
 def pool_from_channel(channel: str) -> str:
     return channel[len(KEY_PREFIX) + 2 : channel.rindex("}")]
+
+
+def sync_key(pool: str) -> str:
+    """Written before each WAIT in durability=replicated, so the WAIT always follows a write of its own."""
+    return pool_prefix(pool) + "sync"

@@ -147,9 +147,32 @@ class LocalRedis:
         self.kill()
         self.start()
 
+    def start_replica(self, timeout: float = 30.0) -> LocalRedis:
+        """Start a replica of this server (same AOF settings) and wait until it is in sync."""
+        return start_replica_of(self.port, self.password, self.appendonly, self.appendfsync, timeout)
+
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_replica_of(
+    port: int, password: str | None, appendonly: bool, appendfsync: str, timeout: float = 30.0
+) -> LocalRedis:
+    """A private replica of the local server on `port`, started and in sync."""
+    replica = LocalRedis(
+        password=password,
+        appendonly=appendonly,
+        appendfsync=appendfsync,
+        extra=["--replicaof", "127.0.0.1", str(port)],
+    ).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "master_link_status:up" in replica.cli("INFO", "replication"):
+            return replica
+        time.sleep(0.05)
+    replica.stop()
+    raise RuntimeError(f"replica of 127.0.0.1:{port} did not sync within {timeout}s")
 
 
 @dataclass
@@ -160,6 +183,7 @@ class LocalRedisCluster:
     replicas: int = 1
     password: str | None = None
     appendonly: bool = False
+    appendfsync: str = "everysec"
     nodes: list[LocalRedis] = field(default_factory=list)
 
     @property
@@ -170,7 +194,9 @@ class LocalRedisCluster:
     def start(self, timeout: float = 60.0) -> LocalRedisCluster:
         count = self.masters * (1 + self.replicas)
         self.nodes = [
-            LocalRedis(cluster=True, password=self.password, appendonly=self.appendonly).start()
+            LocalRedis(
+                cluster=True, password=self.password, appendonly=self.appendonly, appendfsync=self.appendfsync
+            ).start()
             for _ in range(count)
         ]
         cmd = ["redis-cli", "--cluster", "create"]
@@ -186,13 +212,32 @@ class LocalRedisCluster:
             time.sleep(0.1)
         raise RuntimeError("redis cluster did not reach cluster_state:ok")
 
+    def master_of(self, key: str) -> LocalRedis:
+        """The node serving `key`'s slot as master now."""
+        alive = [n for n in self.nodes if n.process and n.process.poll() is None]
+        slot = int(alive[0].cli("CLUSTER", "KEYSLOT", key))
+        for line in alive[0].cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no master serves slot {slot}")
+
     @staticmethod
     def _healthy(node: LocalRedis) -> bool:
         try:
             info = node.cli("CLUSTER", "INFO")
         except subprocess.CalledProcessError:
             return False
-        return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+        if "cluster_state:ok" not in info or "cluster_slots_assigned:16384" not in info:
+            return False
+        # A replica that has not finished its first sync cannot take over its master: wait for the link.
+        replication = node.cli("INFO", "replication")
+        return "role:master" in replication or "master_link_status:up" in replication
 
     def stop(self) -> None:
         for node in self.nodes:

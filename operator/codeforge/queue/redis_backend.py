@@ -4,6 +4,11 @@ Every multi-key change is one Lua script (`lua/*.lua`), so it is atomic, and eve
 the pool's hash tag, so each script runs on one cluster slot. Idle consumers block in BLPOP on the pool's
 wake-up list (one token per ready task), so an enqueue wakes exactly one of them with no polling; result
 waiters are woken by Pub/Sub. Lost connections are retried with backoff; every operation is safe to retry.
+
+Durability (`?durability=` on the URL, README "Durability"): `fast` waits for nothing; `fsync` checks at
+connect that every node fsyncs each write before answering (appendfsync always); `replicated` checks that
+too and sends every state-changing script with a WAIT for one replica on the same connection, so a call
+returns only once a replica holds its write and a failover cannot take back what a caller was told.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from codeforge.queue.errors import (
     QueueConfigError,
     QueueError,
     QueueUnavailableError,
+    ReplicationTimeoutError,
     TaskCancelledError,
     TaskNotFoundError,
 )
-from codeforge.queue.factory import check_url, password_from_env
-from codeforge.queue.keys import done_channel, pool_from_channel, pool_prefix, task_key, wake_key
+from codeforge.queue.factory import check_url, durability_of, password_from_env
+from codeforge.queue.keys import done_channel, pool_from_channel, pool_prefix, sync_key, task_key, wake_key
 from codeforge.queue.scripts import SCRIPT_NAMES, script_source
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,12 @@ TRANSIENT = (
 MAX_BLOCK_SECONDS = 30.0
 #: Items per script call in batch operations, so one script never blocks Redis for long.
 BATCH = 500
+#: Scripts that change what a caller is told; with durability=replicated each returns only after a WAIT.
+WRITE_SCRIPTS = frozenset(
+    {"enqueue", "claim", "complete", "fail", "release", "heartbeat", "cancel", "requeue_dead", "reap"}
+)
+#: Errors after which a cluster's slot map is stale (a failover moved the slot): refresh it, then retry.
+TOPOLOGY = (redis_errors.MovedError, redis_errors.AskError, redis_errors.ReadOnlyError)
 
 
 def client_options(url: str, password: str | None) -> tuple[list[tuple[str, int]], dict[str, Any], bool]:
@@ -257,6 +269,9 @@ class RedisTaskQueue:
         pubsub_connect: Callable[[], Awaitable[Redis]],
         retry_seconds: float = 30.0,
         result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
+        durability: str = "fast",
+        replica_wait: float = 1.0,
+        node_options: dict[str, Any] | None = None,
     ) -> None:
         # redis-py types every command as `Awaitable[T] | T` (sync and async share stubs): treat it as Any.
         self._r: Any = client
@@ -264,6 +279,13 @@ class RedisTaskQueue:
         self.cluster = isinstance(client, RedisCluster)
         self.retry_seconds = retry_seconds
         self.result_ttl = result_ttl
+        self.durability = durability_of(url, durability)
+        #: One WAIT's timeout; a write is re-confirmed with further WAITs for up to retry_seconds.
+        self.replica_wait_ms = max(int(replica_wait * 1000), 1)
+        self._node_options = node_options or {}
+        #: durability=replicated on a cluster: one plain client per master, so a script and its WAIT share
+        #: a connection (the cluster client may send a keyless WAIT anywhere).
+        self._masters: dict[str, Redis] = {}
         self._sources = {name: script_source(name) for name in SCRIPT_NAMES}
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
         self._watcher = _ResultWatcher(pubsub_connect, self.get)
@@ -272,11 +294,25 @@ class RedisTaskQueue:
 
     @classmethod
     async def connect(
-        cls, url: str, *, retry_seconds: float = 30.0, result_ttl: int = DEFAULT_RESULT_TTL_SECONDS
+        cls,
+        url: str,
+        *,
+        retry_seconds: float = 30.0,
+        result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
+        durability: str | None = None,
+        replica_wait: float = 1.0,
     ) -> RedisTaskQueue:
         check_url(url)
+        mode = durability_of(url, durability)
         hosts, options, cluster = client_options(url, password_from_env())
         safe_url = _redact(url)
+        tuning: dict[str, Any] = {
+            "retry_seconds": retry_seconds,
+            "result_ttl": result_ttl,
+            "durability": mode,
+            "replica_wait": replica_wait,
+            "node_options": options,
+        }
         if not cluster:
             single = Redis(host=hosts[0][0], port=hosts[0][1], **options)
             try:
@@ -297,13 +333,7 @@ class RedisTaskQueue:
                 async def single_pubsub() -> Redis:
                     return Redis(host=hosts[0][0], port=hosts[0][1], **options)
 
-                return cls(
-                    single,
-                    url=safe_url,
-                    pubsub_connect=single_pubsub,
-                    retry_seconds=retry_seconds,
-                    result_ttl=result_ttl,
-                )
+                return await cls(single, url=safe_url, pubsub_connect=single_pubsub, **tuning)._checked()
             await single.aclose()  # a cluster node behind a plain URL: talk to the cluster
         options.pop("db", None)
         client = RedisCluster(
@@ -338,13 +368,57 @@ class RedisTaskQueue:
                     await candidate.aclose()
             raise QueueUnavailableError(f"no Redis Cluster node answers: {last}")
 
-        return cls(
-            client,
-            url=safe_url,
-            pubsub_connect=cluster_pubsub,
-            retry_seconds=retry_seconds,
-            result_ttl=result_ttl,
+        return await cls(client, url=safe_url, pubsub_connect=cluster_pubsub, **tuning)._checked()
+
+    async def _checked(self) -> RedisTaskQueue:
+        try:
+            await self._check_durability()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _check_durability(self) -> None:
+        """fsync and replicated: every node must fsync each write, or the mode would promise what the
+        servers do not keep (QueueConfigError naming the fix); a master without a replica is logged."""
+        if self.durability == "fast":
+            return
+        nodes: list[tuple[str, Any, bool]] = (
+            [(n.name, n, n.server_type == "primary") for n in self._r.get_nodes()]
+            if self.cluster
+            else [(self.url, None, True)]
         )
+        fix = (
+            "set appendonly yes and appendfsync always (the chart's redis.durability does), or use "
+            "durability=fast and accept losing up to a second of acknowledged writes in a crash"
+        )
+        for name, node, master in nodes:
+            target = {"target_nodes": node} if node is not None else {}
+            try:
+                config = await self._r.config_get("append*", **target)
+            except redis_errors.ResponseError as exc:  # CONFIG renamed or not permitted (managed Redis)
+                log.warning("cannot check appendfsync on %s (%s): durability=%s assumes it", name, exc,
+                            self.durability)  # fmt: skip
+                continue
+            except (*TRANSIENT, redis_errors.RedisError) as exc:
+                raise QueueUnavailableError(f"cannot read the configuration of Redis {name}: {exc}") from exc
+            if (config.get("appendonly"), config.get("appendfsync")) != ("yes", "always"):
+                raise QueueConfigError(
+                    f"durability={self.durability} needs every Redis node to fsync each write, but {name} "
+                    f"has appendonly {config.get('appendonly')} and appendfsync {config.get('appendfsync')}: "
+                    f"{fix}"
+                )
+            if self.durability == "replicated" and master:
+                info = await self._r.info("replication", **target)
+                if int(info.get("connected_slaves", 0)) < 1:
+                    # Possibly for a moment (a replica restarting, a failover): writes wait for one to come.
+                    log.warning(
+                        "durability=replicated: %s has no replica connected; every write waits up to %gs "
+                        "for one (add replicas, e.g. redis.mode cluster with replicasPerMaster >= 1, or use "
+                        "durability=fsync)",
+                        name,
+                        self.retry_seconds,
+                    )
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying transient failures with capped exponential backoff for retry_seconds."""
@@ -353,6 +427,8 @@ class RedisTaskQueue:
         while True:
             try:
                 return await call()
+            except ReplicationTimeoutError:
+                raise  # already waited retry_seconds for a replica
             except TRANSIENT as exc:
                 if time.monotonic() + delay > deadline:
                     raise QueueUnavailableError(
@@ -364,6 +440,8 @@ class RedisTaskQueue:
 
     async def _script(self, name: str, pool: str, *args: Any) -> Any:
         prefix = pool_prefix(pool)
+        if self.durability == "replicated" and name in WRITE_SCRIPTS:
+            return await self._retrying(functools.partial(self._replicated, name, pool, args))
 
         async def call() -> Any:
             try:
@@ -372,6 +450,83 @@ class RedisTaskQueue:
                 return await self._r.eval(self._sources[name], 1, prefix, *args)
 
         return await self._retrying(call)
+
+    # -- durability=replicated --------------------------------------------------------------------
+
+    async def _master(self, pool: str) -> Any:
+        """The client whose connection reaches the master of the pool's slot."""
+        if not self.cluster:
+            return self._r
+        node = self._r.get_node_from_key(pool_prefix(pool))
+        client = self._masters.get(node.name)
+        if client is None:
+            client = self._masters[node.name] = Redis(host=node.host, port=node.port, **self._node_options)
+        return client
+
+    async def _forget_master(self, pool: str, exc: Exception) -> None:
+        """After a failover: drop the old master's client and refresh the slot map, for the retry."""
+        if not self.cluster:
+            return
+        for name, client in list(self._masters.items()):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            self._masters.pop(name, None)
+        with contextlib.suppress(Exception):  # the cluster may still be electing; the retry tries again
+            await self._r.nodes_manager.initialize()
+        log.warning("pool %s: the slot's master changed or is unreachable (%s); retrying", pool, exc)
+
+    async def _replicated(self, name: str, pool: str, args: tuple[Any, ...]) -> Any:
+        """Run a write script, then WAIT for one replica on the same connection (one pipeline)."""
+        prefix = pool_prefix(pool)
+        client = await self._master(pool)
+
+        async def send(command: str, script: str) -> tuple[Any, int]:
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command(command, script, 1, prefix, *args)
+            # A script that found its work done (a retried complete) writes nothing, and WAIT only covers
+            # this connection's own writes: this one comes after whatever the script or its earlier try did.
+            pipe.set(sync_key(pool), "1")
+            pipe.execute_command("WAIT", 1, self.replica_wait_ms)
+            reply, _, acked = await pipe.execute()
+            return reply, int(acked)
+
+        try:
+            try:
+                reply, acked = await send("EVALSHA", self._shas[name])
+            except redis_errors.NoScriptError:
+                reply, acked = await send("EVAL", self._sources[name])
+            if acked < 1 and _changed(name, reply):
+                await self._confirm(client, pool)
+        except ReplicationTimeoutError:
+            raise
+        except redis_errors.ResponseError as exc:
+            if not _topology_changed(exc):
+                raise
+            await self._forget_master(pool, exc)
+            raise ConnectionError(str(exc)) from exc
+        except (*TOPOLOGY, *TRANSIENT) as exc:
+            await self._forget_master(pool, exc)
+            raise ConnectionError(str(exc)) from exc
+        return reply
+
+    async def _confirm(self, client: Any, pool: str) -> None:
+        """WAIT again (after a fresh write of our own) until a replica confirms, for up to retry_seconds."""
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            if time.monotonic() >= deadline:
+                raise ReplicationTimeoutError(
+                    f"no replica of the master of pool {pool!r} at {self.url} confirmed a write within "
+                    f"{self.retry_seconds:g}s (durability=replicated): the write is on the master only; "
+                    "retry the call (it is idempotent) once a replica is back"
+                )
+            log.warning("pool %s: no replica confirmed the write within %d ms; waiting on", pool,
+                        self.replica_wait_ms)  # fmt: skip
+            pipe = client.pipeline(transaction=False)
+            pipe.set(sync_key(pool), "1")
+            pipe.execute_command("WAIT", 1, self.replica_wait_ms)
+            _, acked = await pipe.execute()
+            if int(acked) >= 1:
+                return
 
     # -- producing ---------------------------------------------------------------------------------
 
@@ -440,7 +595,7 @@ class RedisTaskQueue:
     async def _wait_and_claim(
         self, pool: str, consumer: str, max_tasks: int, lease_ms: int, block: float
     ) -> Any:
-        if self.cluster:
+        if self.cluster or self.durability == "replicated":
             await self._retrying(functools.partial(self._r.blpop, [wake_key(pool)], timeout=block))
             return await self._script("claim", pool, consumer, max_tasks, lease_ms)
 
@@ -627,7 +782,29 @@ class RedisTaskQueue:
 
     async def close(self) -> None:
         await self._watcher.close()
+        for client in self._masters.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
         await self._r.aclose()
+
+
+def _topology_changed(exc: redis_errors.ResponseError) -> bool:
+    """A plain client talking to a cluster node gets MOVED/ASK/CLUSTERDOWN/TRYAGAIN as a bare ResponseError
+    (the pipeline prefixes its own text): the slot moved, so refresh the map and retry."""
+    text = str(exc)
+    return any(
+        f"'{code}" in text or text.startswith(code) for code in ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+    )
+
+
+def _changed(script: str, reply: Any) -> bool:
+    """Whether a write script's reply tells the caller of a change a replica must confirm (an empty claim
+    or reap only tidied up, which a lost write merely repeats)."""
+    if script == "claim":
+        return len(reply) > 2
+    if script == "reap":
+        return int(reply) > 0
+    return True
 
 
 def _auth_problem(url: str, exc: BaseException, password: str | None) -> QueueConfigError | None:

@@ -8,7 +8,7 @@ for i = 1, #popped, 2 do
   local id = popped[i]
   local tk = P .. 't:' .. id
   local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
-  local fence = redis.call('HINCRBY', tk, 'fence', 1)
+  local fence = next_fence(tk)
   local info = redis.call('HMGET', tk, 'lease', 'data')
   local hold = tonumber(ARGV[3] or '0')
   if hold <= 0 then hold = tonumber(info[1]) end

@@ -14,6 +14,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The task's next fencing token: max(old + 1, server time in microseconds). A fence issued after a restart
+-- or a failover is greater than every fence issued before it even when Redis lost the task's hash or its
+-- last writes (the clock moved on meanwhile), so two holders never share one. About 1.8e15: exact in Lua's
+-- doubles (< 2^53) and stored as a plain integer string; compared as numbers.
+local function next_fence(tk)
+  local t = redis.call('TIME')
+  local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local old = tonumber(redis.call('HGET', tk, 'fence') or '0') or 0
+  if old + 1 > fence then fence = old + 1 end
+  fence = string.format('%.0f', fence)
+  redis.call('HSET', tk, 'fence', fence)
+  return fence
+end
+
 -- One wake-up token per ready task (capped), so a blocked BLPOP wakes exactly one idle consumer per task.
 -- Re-synchronised after every change: stale tokens are trimmed, lost ones (a consumer that died between
 -- BLPOP and claim) are replaced.
@@ -107,7 +121,7 @@ local function reap(now, limit)
   for _, id in ipairs(ids) do
     local tk = P .. 't:' .. id
     redis.call('ZREM', P .. 'inflight', id)
-    redis.call('HINCRBY', tk, 'fence', 1)
+    next_fence(tk)
     local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts')
     lose_lease(tk, id, 'lease expired after ' .. (tonumber(info[1] or info[2]) / 1000) .. 's without a heartbeat'
       .. ' (delivery ' .. info[3] .. ')', now, true)

@@ -7,7 +7,7 @@ local tk = P .. 't:' .. id
 local refused = check_holder(tk, fence, now)
 if refused then return refused end
 redis.call('ZREM', P .. 'inflight', id)
-redis.call('HINCRBY', tk, 'fence', 1)
+next_fence(tk)
 local state = 'queued'
 if ARGV[3] == '1' then
   state = lose_lease(tk, id, ARGV[4], now, false)
