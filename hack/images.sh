@@ -11,7 +11,7 @@
 # Everything is cached under $CODEFORGE_CACHE (default ~/.cache/codeforge): the debootstrap'ed root filesystems
 # (images/), the image store (containers/) and buildah's layer cache, so a warm run only rebuilds the layers
 # whose inputs changed. The Dockerfiles are unchanged for `docker build` on the official python image.
-# Each image is also saved as an OCI archive in $CODEFORGE_CACHE/images/oci/ (what the real node imports).
+# Each image is also saved as an archive in $CODEFORGE_CACHE/images/archives/ (what the real node imports).
 #
 # Usage: hack/images.sh [--print-env]
 #   --print-env   print KEY=value lines (image names, archive paths, CONTAINERS_* files) and build nothing
@@ -31,7 +31,7 @@ PYTHON_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates"
 REDIS_PACKAGES="redis-server,redis-tools"
 
 IMAGES="${CACHE}/images"
-OCI="${IMAGES}/oci"
+ARCHIVES="${IMAGES}/archives"
 STORE="${CACHE}/containers"
 BASE_IMAGE="localhost/codeforge-python:${DEBIAN_SUITE}"
 REDIS_IMAGE="localhost/codeforge-redis:${DEBIAN_SUITE}"
@@ -49,7 +49,7 @@ BASE_IMAGE=${BASE_IMAGE}
 REDIS_IMAGE=${REDIS_IMAGE}
 AGENT_IMAGE=${AGENT_IMAGE}
 OPERATOR_IMAGE=${OPERATOR_IMAGE}
-OCI_DIR=${OCI}
+ARCHIVE_DIR=${ARCHIVES}
 CONTAINERS_STORAGE_CONF=${CONTAINERS_STORAGE_CONF}
 CONTAINERS_CONF=${CONTAINERS_CONF}
 EOF
@@ -63,7 +63,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 [[ "$(id -u)" -eq 0 ]] || die "building images needs root (debootstrap, buildah): run as root"
 bash "${HERE}/ensure-apt.sh" debootstrap buildah podman runc
 
-mkdir -p "${IMAGES}" "${OCI}" "${STORE}/storage" "${STORE}/run"
+mkdir -p "${IMAGES}" "${ARCHIVES}" "${STORE}/storage" "${STORE}/run"
 exec 8>"${IMAGES}/.build.lock"
 flock 8
 
@@ -74,15 +74,12 @@ graphroot = "${STORE}/storage"
 runroot = "${STORE}/run"
 EOF
 mv -f "${CONTAINERS_STORAGE_CONF}.tmp" "${CONTAINERS_STORAGE_CONF}"
-# runc, not crun: crun fails on the hybrid cgroup hierarchy of our VMs. Open files and
-# processes: what this shell may have.
-NOFILE="$(ulimit -Hn)"
-[[ "${NOFILE}" == unlimited ]] && NOFILE=1048576
-NPROC="$(ulimit -Hu)"
-[[ "${NPROC}" == unlimited ]] && NPROC=1048576
+# runc, not crun: crun fails on the hybrid cgroup hierarchy of our VMs. Limits of open files and processes that
+# a VM without CAP_SYS_RESOURCE lets runc set (podman's defaults are higher and make `podman run` fail there).
+NOFILE=4096
 cat >"${CONTAINERS_CONF}.tmp" <<EOF
 [containers]
-default_ulimits = ["nofile=${NOFILE}:${NOFILE}", "nproc=${NPROC}:${NPROC}"]
+default_ulimits = ["nofile=${NOFILE}:${NOFILE}", "nproc=${NOFILE}:${NOFILE}"]
 [engine]
 runtime = "runc"
 EOF
@@ -165,18 +162,19 @@ bud() {
 bud "${AGENT_IMAGE}" agent_image/Dockerfile
 bud "${OPERATOR_IMAGE}" operator/Dockerfile
 
-# OCI archives for `ctr images import`, rewritten only when the image changed.
+# Archives for `ctr images import` (docker-archive: it carries the image's name), rewritten only when the image
+# changed.
 for image in "${BASE_IMAGE}" "${REDIS_IMAGE}" "${AGENT_IMAGE}" "${OPERATOR_IMAGE}"; do
   name="${image#localhost/}"
   name="${name%%:*}"
   id="$(podman image inspect --format '{{.Id}}' "${image}")"
-  if [[ "$(cat "${OCI}/${name}.id" 2>/dev/null)" != "${id}" ]]; then
-    rm -f "${OCI}/${name}.tar"
-    podman save --quiet --format oci-archive -o "${OCI}/${name}.tar.tmp" "${image}"
-    mv -f "${OCI}/${name}.tar.tmp" "${OCI}/${name}.tar"
-    echo "${id}" >"${OCI}/${name}.id"
+  if [[ "$(cat "${ARCHIVES}/${name}.id" 2>/dev/null)" != "${id}" || ! -f "${ARCHIVES}/${name}.tar" ]]; then
+    rm -f "${ARCHIVES}/${name}.tar"
+    podman save --quiet --format docker-archive -o "${ARCHIVES}/${name}.tar.tmp" "${image}"
+    mv -f "${ARCHIVES}/${name}.tar.tmp" "${ARCHIVES}/${name}.tar"
+    echo "${id}" >"${ARCHIVES}/${name}.id"
   fi
   size="$(podman image inspect --format '{{.Size}}' "${image}")"
-  log "$(printf '%-36s %4d MB  %s' "${image}" $((size / 1000000)) "${OCI}/${name}.tar")"
+  log "$(printf '%-36s %4d MB  %s' "${image}" $((size / 1000000)) "${ARCHIVES}/${name}.tar")"
 done
 log "images ready in $((SECONDS - started))s"
