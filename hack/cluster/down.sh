@@ -32,7 +32,7 @@ ours() {
 
 # The real node (hack/cluster/node-up.sh) first: it restores the host and needs the state directory.
 if [[ -d "${STATE}/node" ]]; then
-  "${HERE}/node-down.sh"
+  bash "${HERE}/node-down.sh"
 fi
 
 stopped=()

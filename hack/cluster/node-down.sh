@@ -72,6 +72,28 @@ if [[ -f "${NODE_STATE}/restore.sh" ]]; then
   # Links, routes, iptables chains, sysctls: in the reverse order of their change.
   tac "${NODE_STATE}/restore.sh" | bash
 fi
+if ${ours} && [[ -f "${NODE_STATE}/chains.before" ]]; then
+  # KUBE-* chains made while the node ran: first the rules that jump to them, then their rules, then them.
+  for fam in iptables ip6tables; do
+    "${fam}-save" 2>/dev/null | awk -v fam="${fam}" '/^\*/ {t=substr($0, 2)} /^:KUBE-/ {print fam, t, substr($1, 2)}' |
+      grep -vxFf "${NODE_STATE}/chains.before" >"${NODE_STATE}/chains.new" || true
+    while read -r _ table chain; do
+      "${fam}" -w -t "${table}" -S 2>/dev/null | grep -E -- "^-A [A-Z]+ .*-j ${chain}( |$)" | grep -v "^-A KUBE-" |
+        while read -r rule; do
+          eval "${fam} -w -t ${table} -D ${rule#-A }" 2>/dev/null || true
+        done
+      "${fam}" -w -t "${table}" -F "${chain}" 2>/dev/null || true
+    done <"${NODE_STATE}/chains.new"
+    while read -r _ table chain; do
+      "${fam}" -w -t "${table}" -X "${chain}" 2>/dev/null || true
+    done <"${NODE_STATE}/chains.new"
+  done
+  # containerd's cgroup of the pods, when it was new (empty by now: every container is gone).
+  for dir in /sys/fs/cgroup/*/k8s.io; do
+    grep -qxF "${dir}" "${NODE_STATE}/cgroups.before" 2>/dev/null && continue
+    find "${dir}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+fi
 if ${ours}; then
   rm -rf /run/codeforge-node
   rm -f "${OWNER_FILE}"

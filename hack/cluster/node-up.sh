@@ -121,9 +121,17 @@ for fam in iptables ip6tables; do
   # One line: node-down.sh runs restore.sh's lines in reverse order.
   echo "${fam} -w -D FORWARD -j CODEFORGE-NODE-FWD; ${fam} -w -D INPUT -j CODEFORGE-NODE-IN; ${fam} -w -F CODEFORGE-NODE-FWD; ${fam} -w -X CODEFORGE-NODE-FWD; ${fam} -w -F CODEFORGE-NODE-IN; ${fam} -w -X CODEFORGE-NODE-IN; true" >>"${RESTORE}"
 done
+# The kubelet and kube-proxy make KUBE-* chains in every table (iptables and ip6tables): node-down.sh removes the
+# ones that were not there before. Same for the cgroup that containerd puts the containers in.
+for fam in iptables ip6tables; do
+  "${fam}-save" 2>/dev/null | awk -v fam="${fam}" '/^\*/ {t=substr($0, 2)} /^:KUBE-/ {print fam, t, substr($1, 2)}'
+done >"${NODE_STATE}/chains.before"
+for dir in /sys/fs/cgroup/*/k8s.io; do
+  [[ -d "${dir}" ]] && echo "${dir}"
+done >"${NODE_STATE}/cgroups.before"
 # Network namespaces that exist now are not ours; node-down.sh removes only those that appear later.
 ls /run/netns 2>/dev/null >"${NODE_STATE}/netns.before" || true
-[[ -d /var/log/containers ]] || echo "rm -rf /var/log/containers" >>"${RESTORE}"
+for dir in /var/log/containers /var/log/pods; do [[ -d "${dir}" ]] || echo "rm -rf ${dir}" >>"${RESTORE}"; done
 
 # --- certificates: the kubelet (client and serving), kube-proxy, CoreDNS -----------------------------------------
 new_key() { openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
@@ -295,7 +303,7 @@ authorization:
 clusterDNS: [${NODE_IP}]
 clusterDomain: cluster.local
 resolvConf: ${NODE_STATE}/resolv.conf
-podLogsDirectory: ${NODE_STATE}/pod-logs
+podLogsDir: ${NODE_STATE}/pod-logs
 registerWithTaints:
   - {key: codeforge.io/real-node, value: "true", effect: NoSchedule}
 # Never collect the imported images (there is no registry to pull them again from).

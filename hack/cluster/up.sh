@@ -360,7 +360,7 @@ NODE_IP=${NODE_IP}
 NODE_BRIDGE=${NODE_BRIDGE}
 NODE_SUBNET=${NODE_SUBNET}
 EOF
-  "${HERE}/node-up.sh"
+  bash "${HERE}/node-up.sh"
 fi
 trap - ERR INT TERM
 log "ready in $((SECONDS - started))s. Use it with:"

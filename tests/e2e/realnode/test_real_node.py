@@ -194,13 +194,12 @@ def test_the_real_node_joins_beside_kwok_and_pretend_pods_stay_off_it(real_clust
                "spec": {"containers": [{"name": "c", "image": "nothing-pulls-this:1"}]}}  # fmt: skip
     real_cluster.kubectl("apply", "-f", "-", input=dump([pretend]))
     try:
-        pod = wait_until(
-            lambda: (p := real_cluster.kubectl_json("get", "pod", "pretend", "-n", "default"))
-            if p["spec"].get("nodeName")
-            else None,
-            timeout=30,
-            what="the pretend pod scheduled",
-        )
+
+        def scheduled() -> dict[str, Any] | None:
+            pod: dict[str, Any] = real_cluster.kubectl_json("get", "pod", "pretend", "-n", "default")
+            return pod if pod["spec"].get("nodeName") else None
+
+        pod = wait_until(scheduled, timeout=30, what="the pretend pod scheduled")
         assert pod["spec"]["nodeName"] == "kwok-node-0"
     finally:
         real_cluster.kubectl("delete", "pod", "pretend", "-n", "default", "--grace-period=0", "--force",
