@@ -153,7 +153,7 @@ fi
 bud() {
   local image="$1" dockerfile="$2" t=${SECONDS}
   log "building ${image} from ${dockerfile}"
-  buildah bud --quiet --layers --runtime runc --network host --ulimit "nofile=${NOFILE}:${NOFILE}" \
+  buildah bud --quiet --layers --force-rm --runtime runc --network host --ulimit "nofile=${NOFILE}:${NOFILE}" \
     "${TRUST[@]}" --build-arg "PYTHON_IMAGE=${BASE_IMAGE}" \
     -f "${ROOT}/${dockerfile}" -t "${image}" "${ROOT}" >"${IMAGES}/$(basename "$(dirname "${dockerfile}")").build.log" 2>&1 ||
     { tail -n 30 "${IMAGES}/$(basename "$(dirname "${dockerfile}")").build.log" >&2; die "building ${image} failed"; }

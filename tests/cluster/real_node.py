@@ -6,15 +6,26 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from cluster.control_plane import HACK_DIR, REPO_ROOT, ClusterError, default_cache
+import pytest
+
+from cluster.control_plane import HACK_DIR, REPO_ROOT, ClusterError, LocalControlPlane, default_cache
+from cluster.processes import wait_until
+from cluster.resources import CHART_DIR, dump
 
 IMAGES_SCRIPT = REPO_ROOT / "hack" / "images.sh"
+REAL_NODE = "real-node-0"
 #: The node's taint and label (hack/cluster/node-up.sh): pods that want the real node say so.
 REAL_NODE_LABEL = {"codeforge.io/node": "real"}
 REAL_NODE_TOLERATION = {
@@ -72,3 +83,161 @@ def build_node_and_images(output: IO[str], timeout: float = 3600) -> None:
         proc = subprocess.run(argv, env=env, stdout=output, stderr=output, timeout=timeout, check=False)
         if proc.returncode != 0:
             raise ClusterError(f"{' '.join(argv[1:])} failed: exit {proc.returncode} (its output is above)")
+
+
+# --- helm releases and CodeForge objects on the real node ---------------------------------------------------
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    cluster: LocalControlPlane
+
+    def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        return self.cluster.kubectl(*args, "--namespace", self.namespace, timeout=timeout, check=check).stdout
+
+    def json(self, *args: str) -> Any:
+        return self.cluster.kubectl_json(*args, "--namespace", self.namespace)
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "--namespace", self.namespace, "-f", "-", input=dump(list(docs)))
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.json("get", "pods", "-l", selector)["items"]
+        return items
+
+    def diagnose(self) -> str:
+        """What a person would look at when something does not come up."""
+        return "\n".join(
+            self.kubectl(*args, check=False)
+            for args in (("get", "pods,jobs,agentpools,workflows", "-o", "wide"), ("get", "events"))
+        )
+
+
+def helm_values(images: dict[str, str], tmp: Path, **redis: Any) -> Path:
+    """Values that put every pod of the chart on the real node, with the images built by hack/images.sh."""
+    placement = {"nodeSelector": REAL_NODE_LABEL, "tolerations": [REAL_NODE_TOLERATION]}
+
+    def image(ref: str) -> dict[str, str]:
+        repository, _, tag = ref.rpartition(":")
+        return {"repository": repository, "tag": tag, "pullPolicy": "Never"}
+
+    values = {
+        "operator": {
+            "image": image(images["OPERATOR_IMAGE"]),
+            "logFormat": "full",
+            **placement,
+        },
+        "redis": {
+            "image": image(images["REDIS_IMAGE"]),
+            "persistence": {"enabled": False},
+            **placement,
+            **redis,
+        },
+        "agent": {"image": image(images["AGENT_IMAGE"])},
+    }
+    path = tmp / f"values-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def install(real_cluster: LocalControlPlane, tmp: Path, prefix: str, **redis: Any) -> Iterator[Release]:
+    namespace = f"{prefix}-{uuid.uuid4().hex[:5]}"
+    name = "cf"
+    release = Release(name, namespace, real_cluster)
+    values = helm_values(real_cluster.info, tmp, **redis)
+    started = time.monotonic()
+    out = real_cluster.helm(
+        "install", name, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
+        "--values", str(values), "--set", f"operator.watchNamespaces={{{namespace}}}",
+        "--wait", "--wait-for-jobs", "--timeout", "240s",
+        timeout=300, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        pytest.fail(f"helm install failed:\n{out.stdout}{out.stderr}\n{release.diagnose()}", pytrace=False)
+    print(f"helm install ({prefix}) took {time.monotonic() - started:.0f}s")
+    try:
+        yield release
+    finally:
+        real_cluster.helm(
+            "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "120s", check=False
+        )
+        real_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def agent_pool(name: str, image: str, handler: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": name},
+        "spec": {
+            "role": name,
+            "image": image,
+            "imagePullPolicy": "Never",
+            "handler": {"kind": handler},
+            "nodeSelector": REAL_NODE_LABEL,
+            "tolerations": [REAL_NODE_TOLERATION],
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            "terminationGracePeriodSeconds": 60,
+            **spec,
+        },
+    }
+
+
+def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
+    return {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {
+            "input": {"n": 1},
+            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
+            "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
+        },
+    }
+
+
+def wait_workflow(
+    release: Release, name: str, want: str = "Succeeded", timeout: float = 180
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        obj: dict[str, Any] = release.json("get", "workflow", name)
+        phase = obj.get("status", {}).get("phase")
+        if phase == "Failed" and want != "Failed":
+            raise AssertionError(f"Workflow {name} failed: {obj.get('status')}")
+        return obj if phase == want else None
+
+    return wait_until(
+        reached, timeout=timeout, interval=1, what=f"Workflow {name} {want}", detail=release.diagnose
+    )
+
+
+def running_on_real_node(pod: dict[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses", [])
+    return (
+        pod["spec"].get("nodeName") == REAL_NODE
+        and bool(statuses)
+        and all(s.get("containerID", "").startswith("containerd://") and s.get("ready") for s in statuses)
+    )
+
+
+def wait_pool_ready(release: Release, pool: str, replicas: int, timeout: float = 120) -> list[dict[str, Any]]:
+    selector = f"codeforge.ai/pool={pool}"
+
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [p for p in release.pods(selector) if not p["metadata"].get("deletionTimestamp")]
+        return pods if len(pods) == replicas and all(map(running_on_real_node, pods)) else None
+
+    return wait_until(ready, timeout=timeout, interval=1, what=f"{replicas} ready agents of {pool}",
+                      detail=release.diagnose)  # fmt: skip
+
+
+def ready_operators(release: Release, replicas: int = 2) -> list[dict[str, Any]] | None:
+    """The operator pods when exactly `replicas` of them run ready on the real node, else None."""
+    pods = [
+        p
+        for p in release.pods("app.kubernetes.io/component=operator")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    return pods if len(pods) == replicas and all(map(running_on_real_node, pods)) else None

@@ -52,7 +52,9 @@ def run(image: str, argv: Sequence[str], *extra: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize("which", ["AGENT_IMAGE", "OPERATOR_IMAGE"])
-def test_image_is_non_root_and_runs_on_a_read_only_root_filesystem(images: dict[str, str], which: str) -> None:
+def test_image_is_non_root_and_runs_on_a_read_only_root_filesystem(
+    images: dict[str, str], which: str
+) -> None:
     image = images[which]
     (config,) = json.loads(podman("image", "inspect", image).stdout)
     assert config["Config"]["User"] == "10001", config["Config"].get("User")
@@ -69,9 +71,12 @@ def test_image_is_non_root_and_runs_on_a_read_only_root_filesystem(images: dict[
 @pytest.mark.parametrize("which", ["AGENT_IMAGE", "OPERATOR_IMAGE"])
 def test_final_stage_has_no_compilers_or_package_caches(images: dict[str, str], which: str) -> None:
     script = r"""
-for tool in gcc cc g++ c++ clang make ld as; do command -v "$tool" >/dev/null 2>&1 && echo "compiler:$tool"; done
+for tool in gcc cc g++ c++ clang make ld as; do
+  command -v "$tool" >/dev/null 2>&1 && echo "compiler:$tool"
+done
 for dir in /root/.cache /tmp/.cache /var/cache/apt/archives /var/lib/apt/lists /opt/venv/.cache; do
-  [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null | grep -v '^partial$\|^lock$\|^auxfiles$')" ] && echo "cache:$dir"
+  left="$(ls -A "$dir" 2>/dev/null | grep -v '^partial$\|^lock$\|^auxfiles$')"
+  [ -n "$left" ] && echo "cache:$dir"
 done
 # Wheels other than the interpreter's own ensurepip bundle (Debian keeps it in /usr/share/python-wheels).
 find / -xdev \( -path /usr/share/python-wheels -o -path '*/ensurepip/_bundled' -o -path /proc \) -prune -o \

@@ -7,178 +7,42 @@ a release of its own; the last test upgrades and uninstalls.
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster import Cluster, LocalControlPlane
+from cluster import LocalControlPlane
 from cluster.processes import wait_until
-from cluster.real_node import REAL_NODE_LABEL, REAL_NODE_TOLERATION
-from cluster.resources import CHART_DIR, EXAMPLES_DIR, documents, dump
+from cluster.real_node import (
+    REAL_NODE,
+    Release,
+    agent_pool,
+    install,
+    ready_operators,
+    running_on_real_node,
+    sleep_workflow,
+    wait_pool_ready,
+    wait_workflow,
+)
+from cluster.resources import EXAMPLES_DIR, documents, dump
 
 pytestmark = [pytest.mark.slow]
 
-REAL_NODE = "real-node-0"
-
-
-@dataclass
-class Release:
-    name: str
-    namespace: str
-    cluster: LocalControlPlane
-
-    def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
-        return self.cluster.kubectl(*args, "--namespace", self.namespace, timeout=timeout, check=check).stdout
-
-    def json(self, *args: str) -> Any:
-        return self.cluster.kubectl_json(*args, "--namespace", self.namespace)
-
-    def apply(self, *docs: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "--namespace", self.namespace, "-f", "-", input=dump(list(docs)))
-
-    def pods(self, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.json("get", "pods", "-l", selector)["items"]
-        return items
-
-    def diagnose(self) -> str:
-        """What a person would look at when something does not come up."""
-        return "\n".join(
-            self.kubectl(*args, check=False)
-            for args in (("get", "pods,jobs,agentpools,workflows", "-o", "wide"), ("get", "events"))
-        )
-
-
-def helm_values(images: dict[str, str], tmp: Path, **redis: Any) -> Path:
-    """Values that put every pod of the chart on the real node, with the images built by hack/images.sh."""
-    placement = {"nodeSelector": REAL_NODE_LABEL, "tolerations": [REAL_NODE_TOLERATION]}
-
-    def image(ref: str) -> dict[str, str]:
-        repository, _, tag = ref.rpartition(":")
-        return {"repository": repository, "tag": tag, "pullPolicy": "Never"}
-
-    values = {
-        "operator": {
-            "image": image(images["OPERATOR_IMAGE"]),
-            "logFormat": "full",
-            **placement,
-        },
-        "redis": {
-            "image": image(images["REDIS_IMAGE"]),
-            "persistence": {"enabled": False},
-            **placement,
-            **redis,
-        },
-        "agent": {"image": image(images["AGENT_IMAGE"])},
-    }
-    path = tmp / f"values-{uuid.uuid4().hex[:6]}.json"
-    path.write_text(json.dumps(values))
-    return path
-
-
-def install(
-    real_cluster: LocalControlPlane, tmp: Path, prefix: str, **redis: Any
-) -> Iterator[Release]:
-    namespace = f"{prefix}-{uuid.uuid4().hex[:5]}"
-    name = "cf"
-    release = Release(name, namespace, real_cluster)
-    values = helm_values(real_cluster.info, tmp, **redis)
-    started = time.monotonic()
-    out = real_cluster.helm(
-        "install", name, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
-        "--values", str(values), "--set", f"operator.watchNamespaces={{{namespace}}}",
-        "--wait", "--wait-for-jobs", "--timeout", "240s",
-        timeout=300, check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        pytest.fail(f"helm install failed:\n{out.stdout}{out.stderr}\n{release.diagnose()}", pytrace=False)
-    print(f"helm install ({prefix}) took {time.monotonic() - started:.0f}s")
-    try:
-        yield release
-    finally:
-        real_cluster.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "120s", check=False)
-        real_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
 
 @pytest.fixture(scope="module")
-def standalone(real_cluster: LocalControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+def standalone(
+    real_cluster: LocalControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
     yield from install(real_cluster, tmp_path_factory.mktemp("helm"), "rn-standalone", mode="standalone")
 
 
-def agent_pool(name: str, image: str, handler: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {"name": name},
-        "spec": {
-            "role": name,
-            "image": image,
-            "imagePullPolicy": "Never",
-            "handler": {"kind": handler},
-            "nodeSelector": REAL_NODE_LABEL,
-            "tolerations": [REAL_NODE_TOLERATION],
-            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-            "terminationGracePeriodSeconds": 60,
-            **spec,
-        },
-    }
+# --- the node -----------------------------------------------------------------------------------------------
 
 
-def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": {
-            "input": {"n": 1},
-            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
-            "edges": [{"from": a, "to": b} for a, b in zip(steps, steps[1:], strict=False)],
-        },
-    }
-
-
-def wait_workflow(release: Release, name: str, want: str = "Succeeded", timeout: float = 180) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        obj: dict[str, Any] = release.json("get", "workflow", name)
-        phase = obj.get("status", {}).get("phase")
-        if phase == "Failed" and want != "Failed":
-            raise AssertionError(f"Workflow {name} failed: {obj.get('status')}")
-        return obj if phase == want else None
-
-    return wait_until(
-        reached, timeout=timeout, interval=1, what=f"Workflow {name} {want}", detail=release.diagnose
-    )
-
-
-def running_on_real_node(pod: dict[str, Any]) -> bool:
-    statuses = pod.get("status", {}).get("containerStatuses", [])
-    return (
-        pod["spec"].get("nodeName") == REAL_NODE
-        and bool(statuses)
-        and all(s.get("containerID", "").startswith("containerd://") and s.get("ready") for s in statuses)
-    )
-
-
-def wait_pool_ready(release: Release, pool: str, replicas: int, timeout: float = 120) -> list[dict[str, Any]]:
-    selector = f"codeforge.ai/pool={pool}"
-
-    def ready() -> list[dict[str, Any]] | None:
-        pods = [p for p in release.pods(selector) if not p["metadata"].get("deletionTimestamp")]
-        return pods if len(pods) == replicas and all(map(running_on_real_node, pods)) else None
-
-    return wait_until(ready, timeout=timeout, interval=1, what=f"{replicas} ready agents of {pool}",
-                      detail=release.diagnose)  # fmt: skip
-
-
-# --- the node ----------------------------------------------------------------------------------------------------
-
-
-def test_the_real_node_joins_beside_kwok_and_pretend_pods_stay_off_it(real_cluster: LocalControlPlane) -> None:
+def test_the_real_node_joins_beside_kwok_and_pretend_pods_stay_off_it(
+    real_cluster: LocalControlPlane,
+) -> None:
     nodes = {n["metadata"]["name"]: n for n in real_cluster.kubectl_json("get", "nodes")["items"]}
     assert set(nodes) == {REAL_NODE, "kwok-node-0"}, sorted(nodes)
     real = nodes[REAL_NODE]
@@ -206,7 +70,7 @@ def test_the_real_node_joins_beside_kwok_and_pretend_pods_stay_off_it(real_clust
                              check=False)  # fmt: skip
 
 
-# --- the chart with standalone Redis -------------------------------------------------------------------------------
+# --- the chart with standalone Redis ------------------------------------------------------------------------
 
 
 def test_helm_install_runs_the_operator_and_redis_in_real_pods(standalone: Release) -> None:
@@ -215,12 +79,18 @@ def test_helm_install_runs_the_operator_and_redis_in_real_pods(standalone: Relea
     redis = standalone.pods("app.kubernetes.io/component=redis")
     assert len(redis) == 1
     for pod in operators + redis:
-        assert running_on_real_node(pod), (pod["metadata"]["name"], pod["spec"].get("nodeName"), pod["status"])
+        assert running_on_real_node(pod), (
+            pod["metadata"]["name"],
+            pod["spec"].get("nodeName"),
+            pod["status"],
+        )
         for container in pod["spec"]["containers"]:
             security = container.get("securityContext", {})
             assert security.get("readOnlyRootFilesystem") is True, container["name"]
             assert security.get("allowPrivilegeEscalation") is False, container["name"]
-    deployment = standalone.json("get", "deployment", "-l", "app.kubernetes.io/component=operator")["items"][0]
+    deployment = standalone.json("get", "deployment", "-l", "app.kubernetes.io/component=operator")["items"][
+        0
+    ]
     assert deployment["status"].get("readyReplicas") == 2
 
 
@@ -250,6 +120,76 @@ def test_agent_pods_run_the_example_workflow_to_succeeded_and_kubectl_logs_shows
     # `kubectl logs` of the agent pods (through the kubelet of the real node) shows the task they ran.
     uid = done["metadata"]["uid"]
     logs = "".join(
-        standalone.kubectl("logs", pod["metadata"]["name"]) for pod in standalone.pods("codeforge.ai/pool=echo")
+        standalone.kubectl("logs", pod["metadata"]["name"])
+        for pod in standalone.pods("codeforge.ai/pool=echo")
     )
     assert uid in logs, logs[-2000:]
+
+
+# --- scale-in and operator failover -------------------------------------------------------------------------
+
+
+def claimed_by(release: Release, pool: str, uid: str) -> str | None:
+    """The agent pod whose log shows it claimed a task of the Workflow with this uid (kubectl logs)."""
+    for pod in release.pods(f"codeforge.ai/pool={pool}"):
+        name = pod["metadata"]["name"]
+        if uid in release.kubectl("logs", name, check=False):
+            return str(name)
+    return None
+
+
+def test_scale_in_removes_idle_agents_first_and_the_busy_one_keeps_its_task(standalone: Release) -> None:
+    image = standalone.cluster.info["AGENT_IMAGE"]
+    # External mode: replicas follow spec.replicas (the scale subresource), as with an HPA or KEDA.
+    standalone.apply(agent_pool("scaler", image, "sleep", autoscaling={"mode": "external"}, replicas=3))
+    before = {p["metadata"]["name"] for p in wait_pool_ready(standalone, "scaler", 3)}
+
+    standalone.apply(sleep_workflow("long", "scaler", ["work"], seconds=40))
+    uid = standalone.json("get", "workflow", "long")["metadata"]["uid"]
+    busy = wait_until(
+        lambda: claimed_by(standalone, "scaler", uid), timeout=60, interval=1,
+        what="an agent claiming the task", detail=standalone.diagnose,
+    )  # fmt: skip
+
+    standalone.kubectl("scale", "agentpool", "scaler", "--replicas=1")
+
+    def scaled_in() -> list[str] | None:
+        names = [p["metadata"]["name"] for p in standalone.pods("codeforge.ai/pool=scaler")]
+        return names if len(names) == 1 else None
+
+    remaining = wait_until(
+        scaled_in, timeout=90, interval=1, what="the pool at 1 pod", detail=standalone.diagnose
+    )
+    assert remaining == [busy], f"busy {busy}, idle {sorted(before - {busy})}, left {remaining}"
+
+    done = wait_workflow(standalone, "long", timeout=120)
+    (step,) = done["status"]["steps"]
+    assert (step["phase"], step["attempts"]) == ("Succeeded", 1), step
+
+
+def test_force_deleting_the_active_operator_mid_workflow(standalone: Release) -> None:
+    image = standalone.cluster.info["AGENT_IMAGE"]
+    standalone.apply(agent_pool("sleepy", image, "sleep"))
+    standalone.apply(sleep_workflow("failover", "sleepy", ["one", "two", "three", "four"], seconds=4))
+    wait_until(
+        lambda: standalone.json("get", "workflow", "failover").get("status", {}).get("phase") == "Running",
+        timeout=60, interval=0.5, what="Workflow failover Running", detail=standalone.diagnose,
+    )  # fmt: skip
+
+    # The active replica is the one that handles the Workflow: its log names it.
+    operators = [p["metadata"]["name"] for p in standalone.pods("app.kubernetes.io/component=operator")]
+    active = [name for name in operators if "failover" in standalone.kubectl("logs", name, check=False)]
+    assert len(active) == 1, {
+        name: standalone.kubectl("logs", name, check=False)[-1500:] for name in operators
+    }
+    standalone.kubectl("delete", "pod", active[0], "--force", "--grace-period=0")
+
+    done = wait_workflow(standalone, "failover", timeout=240)
+    assert [(s["name"], s["phase"]) for s in done["status"]["steps"]] == [
+        ("one", "Succeeded"), ("two", "Succeeded"), ("three", "Succeeded"), ("four", "Succeeded"),
+    ]  # fmt: skip
+    # The Deployment replaced the deleted pod: two replicas again, both on the real node.
+    pods = wait_until(
+        lambda: ready_operators(standalone), timeout=120, interval=1, what="two ready operators again"
+    )
+    assert active[0] not in {p["metadata"]["name"] for p in pods}
