@@ -95,7 +95,7 @@ class Release:
     cluster: LocalControlPlane
 
     def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
-        return self.cluster.kubectl(*args, "--namespace", self.namespace, timeout=timeout, check=check).stdout
+        return self.cluster.kubectl("--namespace", self.namespace, *args, timeout=timeout, check=check).stdout
 
     def json(self, *args: str) -> Any:
         return self.cluster.kubectl_json(*args, "--namespace", self.namespace)

@@ -40,6 +40,7 @@ def standalone(
 # --- the node -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # the session's control plane and real node start first
 def test_the_real_node_joins_beside_kwok_and_pretend_pods_stay_off_it(
     real_cluster: LocalControlPlane,
 ) -> None:

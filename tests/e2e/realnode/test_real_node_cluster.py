@@ -40,6 +40,7 @@ def cluster_info(release: Release) -> dict[str, str]:
     return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
 
 
+@pytest.mark.timeout(600)  # the release is installed first (six Redis pods and the init Job)
 def test_the_init_job_forms_a_six_node_redis_cluster_in_real_pods(clustered: Release) -> None:
     pods = clustered.pods(REDIS)
     assert len(pods) == 6, [p["metadata"]["name"] for p in pods]
@@ -62,6 +63,7 @@ def test_a_workflow_runs_on_the_redis_cluster(clustered: Release) -> None:
     assert done["status"]["progress"] == "2/2"
 
 
+@pytest.mark.timeout(600)  # an upgrade (with its hook Job) and an uninstall that waits for every pod to go
 def test_helm_upgrade_then_uninstall_leaves_nothing_behind(clustered: Release) -> None:
     cluster = clustered.cluster
     before = {p["metadata"]["name"] for p in clustered.pods(OPERATOR)}
