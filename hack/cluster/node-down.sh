@@ -55,7 +55,9 @@ if ${ours}; then
     kill -KILL "${pid}" 2>/dev/null || true
   done
   # The pods' network namespaces (created after node-up.sh started) and every mount below the node's state.
-  for ns in $(ls /run/netns 2>/dev/null); do
+  for path in /run/netns/*; do
+    [[ -e "${path}" ]] || continue
+    ns="$(basename "${path}")"
     if ! grep -qxF "${ns}" "${NODE_STATE}/netns.before" 2>/dev/null; then
       umount "/run/netns/${ns}" 2>/dev/null
       rm -f "/run/netns/${ns}"

@@ -21,7 +21,6 @@ STATE="${CODEFORGE_CLUSTER_DIR:-${CACHE}/cluster}"
 WAIT="${CODEFORGE_CLUSTER_WAIT:-60}"
 NODE_STATE="${STATE}/node"
 LOGS="${STATE}/logs"
-PIDS="${STATE}/pids"
 PKI="${STATE}/pki"
 OWNER_FILE=/run/codeforge-node.owner
 
@@ -116,6 +115,9 @@ for fam in iptables ip6tables; do
   "${fam}" -w -A CODEFORGE-NODE-IN -i lo -j RETURN
   "${fam}" -w -A CODEFORGE-NODE-IN -i "${BRIDGE}" -j RETURN
   "${fam}" -w -A CODEFORGE-NODE-IN -p tcp --dport "${API_PORT}" -j DROP
+  # (A node that crashed may have left its jumps: never two.)
+  while "${fam}" -w -D FORWARD -j CODEFORGE-NODE-FWD 2>/dev/null; do :; done
+  while "${fam}" -w -D INPUT -j CODEFORGE-NODE-IN 2>/dev/null; do :; done
   "${fam}" -w -I FORWARD 1 -j CODEFORGE-NODE-FWD
   "${fam}" -w -I INPUT 1 -j CODEFORGE-NODE-IN
   # One line: node-down.sh runs restore.sh's lines in reverse order.
