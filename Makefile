@@ -14,7 +14,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help deps lint fmt test test-fast demo bench clean control-plane
+.PHONY: help deps lint fmt test test-fast demo bench clean control-plane images
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,15 +63,26 @@ bench: deps ## queue benchmark against Celery, arq, RQ, Dramatiq and a raw LPUSH
 clean: ## remove the virtualenv and caches of this checkout (not ~/.cache/codeforge)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
+# The agent, operator and Redis images without Docker Hub or a Docker engine: a base from Debian's packages
+# (debootstrap), the repository's Dockerfiles built on it with buildah; cached under $(CACHE)/images and
+# $(CACHE)/containers (root: debootstrap and buildah need it).
+images: ## build the agent, operator and Redis images on a Debian base (hack/images.sh)
+	@bash hack/images.sh
+
 # Local Kubernetes control plane (hack/cluster/): etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-# and kwok fake nodes on 127.0.0.1, built once from the Go module proxy into $(CACHE).
+# and kwok fake nodes on 127.0.0.1, built once from the Go module proxy into $(CACHE); as root also one real
+# node (kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS) running the images of `make images`.
 .PHONY: cluster-build cluster-up cluster-down
+
+# 1: cluster-up joins the real node too (root only); 0: kwok nodes only.
+REAL_NODE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
 cluster-build: ## build the control plane binaries once (versions: hack/cluster/versions.env)
 	@bash hack/cluster/build.sh
+	@if [ "$(REAL_NODE)" = 1 ]; then bash hack/cluster/build.sh --node; fi
 
-cluster-up: ## start the local control plane with kwok nodes; prints its KUBECONFIG
-	@bash hack/cluster/up.sh
+cluster-up: ## start the local control plane with kwok nodes and (as root) one real node; prints its KUBECONFIG
+	@CODEFORGE_REAL_NODE=$(REAL_NODE) bash hack/cluster/up.sh
 
 cluster-down: ## stop the local control plane and delete its state
 	@bash hack/cluster/down.sh

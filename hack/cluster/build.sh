@@ -7,7 +7,8 @@
 # ~/.cache/codeforge), Go's module and build caches in $CODEFORGE_CACHE/go/. Only the first run on a machine
 # builds; a later run checks a stamp per binary and returns at once.
 #
-# Usage: hack/cluster/build.sh [--print-bin-dir | BINARY...]
+# Usage: hack/cluster/build.sh [--node] [--print-bin-dir | BINARY...]
+#   --node            the real node's kubelet, kube-proxy, coredns and pause (own directory, own stamps)
 #   --print-bin-dir   print the binary directory and exit (builds nothing)
 #   BINARY...         build only these (e.g. `kubectl helm` for hack/kind.sh); default: all seven
 # Environment: CODEFORGE_CACHE, CODEFORGE_BUILD_JOBS (go build -p, default: nproc).
@@ -19,6 +20,14 @@ source "${HERE}/versions.env"
 
 CACHE="${CODEFORGE_CACHE:-${HOME}/.cache/codeforge}"
 BIN_DIR="${CACHE}/k8s-${KUBERNETES_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}-helm-${HELM_VERSION}/bin"
+# --node: the real node's binaries instead (kubelet, kube-proxy, CoreDNS; hack/cluster/node-up.sh), in a
+# directory of their own so building them never waits on, nor invalidates, the control plane's build.
+NODE=false
+if [[ "${1:-}" == "--node" ]]; then
+  NODE=true
+  shift
+  BIN_DIR="${CACHE}/node-k8s-${KUBERNETES_VERSION}-coredns-${COREDNS_VERSION}/bin"
+fi
 
 if [[ "${1:-}" == "--print-bin-dir" ]]; then
   echo "${BIN_DIR}"
@@ -36,7 +45,7 @@ k8s_minor="${k8s_minor%%.*}"
 ldflags_for() {
   local name="$1" flags="-s -w" pkg
   case "${name}" in
-    kube-*|kubectl)
+    kube-*|kubectl|kubelet)
       # What `kubectl version`, clients and Helm's capabilities see (as in kubernetes/hack/lib/version.sh).
       for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
         flags+=" -X ${pkg}.gitVersion=${KUBERNETES_VERSION}"
@@ -49,6 +58,9 @@ ldflags_for() {
       ;;
     etcd)
       flags+=" -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
+      ;;
+    coredns)
+      flags+=" -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
       ;;
     kwok)
       flags+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
@@ -93,12 +105,21 @@ TARGETS=(
   "kwok kwok sigs.k8s.io/kwok/cmd/kwok"
   "helm helm helm.sh/helm/v3/cmd/helm"
 )
+if ${NODE}; then
+  # go/node: the kubernetes module's go.mod with the go.sum entries the kubelet and kube-proxy need beyond it.
+  TARGETS=(
+    "kubelet node k8s.io/kubernetes/cmd/kubelet"
+    "kube-proxy node k8s.io/kubernetes/cmd/kube-proxy"
+    "coredns coredns ."
+    "pause pause ."
+  )
+fi
 
 names=" "
 for target in "${TARGETS[@]}"; do names+="${target%% *} "; done
 wanted=("$@")
 for name in "${wanted[@]}"; do
-  [[ "${names}" == *" ${name} "* ]] || die "unknown binary '${name}'; usage: $0 [--print-bin-dir | BINARY...] with BINARY one of${names}"
+  [[ "${names}" == *" ${name} "* ]] || die "unknown binary '${name}'; usage: $0 [--node] [--print-bin-dir | BINARY...] with BINARY one of${names}"
 done
 # missing: the wanted targets whose binary is absent or stale
 find_missing() {

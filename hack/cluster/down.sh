@@ -30,6 +30,11 @@ ours() {
   [[ "${exe}" == "${BIN_DIR}/"* ]]
 }
 
+# The real node (hack/cluster/node-up.sh) first: it restores the host and needs the state directory.
+if [[ -d "${STATE}/node" ]]; then
+  bash "${HERE}/node-down.sh"
+fi
+
 stopped=()
 # Clients first, etcd last, so nothing logs errors about a vanished API server longer than needed.
 for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do

@@ -10,6 +10,9 @@
 #                            (default $CODEFORGE_CACHE/cluster); one control plane per directory
 #   CODEFORGE_KWOK_NODES     number of fake nodes (default 3)
 #   CODEFORGE_CLUSTER_WAIT   seconds to wait for each component (default 60)
+#   CODEFORGE_REAL_NODE      1: also join one real node (kubelet, containerd, kube-proxy, CoreDNS; needs root):
+#                            hack/cluster/node-up.sh, which says more. The API server then also listens on the
+#                            node's address (for pods; node-up.sh lets only loopback and the node's bridge in).
 #
 # On success it prints the kubeconfig path and writes $CODEFORGE_CLUSTER_DIR/cluster.env (KEY=value lines:
 # KUBECONFIG, BIN_DIR, API_SERVER, ports, versions). hack/cluster/down.sh stops everything it started.
@@ -26,6 +29,26 @@ WAIT="${CODEFORGE_CLUSTER_WAIT:-60}"
 SERVICE_CIDR="10.96.0.0/16"
 SERVICE_IP="10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 POD_CIDR="10.244.0.1/16"
+KWOK_POD_CIDR="10.244.0.0/16"  # where kwok makes up its pods' addresses
+REAL_NODE="${CODEFORGE_REAL_NODE:-0}"
+NODE_BRIDGE="${CODEFORGE_NODE_BRIDGE:-codeforge0}"
+NODE_SUBNET="${CODEFORGE_NODE_SUBNET:-10.245.0.0/24}"
+[[ "${REAL_NODE}" == 0 || "${REAL_NODE}" == 1 ]] || die "CODEFORGE_REAL_NODE must be 0 or 1, got '${REAL_NODE}'"
+[[ "${NODE_SUBNET}" =~ ^([0-9]+\.[0-9]+\.[0-9]+)\.0/24$ ]] ||
+  die "CODEFORGE_NODE_SUBNET must be an IPv4 /24 ending in .0/24, got '${NODE_SUBNET}'"
+NODE_IP="${BASH_REMATCH[1]}.1"
+API_BIND=127.0.0.1
+API_ADVERTISE=127.0.0.1
+API_SANS="IP:127.0.0.1"
+API_ENDPOINTS=(--endpoint-reconciler-type=none)
+if [[ "${REAL_NODE}" == 1 ]]; then
+  [[ "$(id -u)" -eq 0 ]] || die "CODEFORGE_REAL_NODE=1 needs root (containerd, network links, iptables)"
+  # Pods reach the API server through the `kubernetes` Service, whose endpoint is the node's address.
+  API_BIND=0.0.0.0
+  API_ADVERTISE="${NODE_IP}"
+  API_SANS="IP:127.0.0.1,IP:${NODE_IP}"
+  API_ENDPOINTS=()
+fi
 
 log() { printf '>> [cluster-up %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -123,8 +146,10 @@ CLIENT_EXT=$'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEn
 sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=${API_SANS},IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 sign admin "/O=system:masters/CN=kubernetes-admin" "${CLIENT_EXT}"
+# The API server's client certificate towards kubelets (kubectl logs, exec).
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "${CLIENT_EXT}"
 sign controller-manager "/CN=system:kube-controller-manager" "${CLIENT_EXT}"
 sign scheduler "/CN=system:kube-scheduler" "${CLIENT_EXT}"
 # kwok plays every fake node's kubelet and also patches pods of all namespaces: it gets cluster-admin rights.
@@ -211,9 +236,12 @@ wait_for etcd "etcd" curl -fsS "http://127.0.0.1:${ETCD_PORT}/health"
 log "kube-apiserver ${KUBERNETES_VERSION} on ${API_SERVER}"
 start kube-apiserver kube-apiserver \
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
-  --endpoint-reconciler-type=none \
+  --bind-address="${API_BIND}" \
+  --advertise-address="${API_ADVERTISE}" \
+  "${API_ENDPOINTS[@]}" \
+  --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="${PKI}/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP,Hostname \
   --secure-port="${API_PORT}" \
   --cert-dir="${PKI}" \
   --tls-cert-file="${PKI}/apiserver.crt" \
@@ -323,7 +351,17 @@ KUBERNETES_VERSION=${KUBERNETES_VERSION}
 ETCD_VERSION=${ETCD_VERSION}
 KWOK_VERSION=${KWOK_VERSION}
 HELM_VERSION=${HELM_VERSION}
+SERVICE_CIDR=${SERVICE_CIDR}
+KWOK_POD_CIDR=${KWOK_POD_CIDR}
 EOF
+if [[ "${REAL_NODE}" == 1 ]]; then
+  cat >>"${STATE}/cluster.env" <<EOF
+NODE_IP=${NODE_IP}
+NODE_BRIDGE=${NODE_BRIDGE}
+NODE_SUBNET=${NODE_SUBNET}
+EOF
+  bash "${HERE}/node-up.sh"
+fi
 trap - ERR INT TERM
 log "ready in $((SECONDS - started))s. Use it with:"
 echo "  export KUBECONFIG=${KUBECONFIG_ADMIN} PATH=${BIN_DIR}:\$PATH"

@@ -192,11 +192,19 @@ class LocalControlPlane(Cluster):
     ...     plane.kubectl("get", "nodes")
     """
 
-    def __init__(self, state_dir: Path | None = None, nodes: int = 3, cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        nodes: int = 3,
+        cache: Path | None = None,
+        real_node: bool = False,
+    ) -> None:
         self.cache = cache or default_cache()
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="codeforge-control-plane-"))
         self.nodes = nodes
+        #: Also join the real node of hack/cluster/node-up.sh (root only; see tests/e2e/realnode/).
+        self.real_node = real_node
         self.bin_dir = bin_dir_for(self.cache)
         self.info: dict[str, str] = {}
         self._running = False
@@ -214,6 +222,7 @@ class LocalControlPlane(Cluster):
         env["CODEFORGE_CACHE"] = str(self.cache)
         env["CODEFORGE_CLUSTER_DIR"] = str(self.state_dir)
         env["CODEFORGE_KWOK_NODES"] = str(self.nodes)
+        env["CODEFORGE_REAL_NODE"] = "1" if self.real_node else "0"
         return env
 
     def build(self, output: IO[str] | None = None, timeout: float = 7200) -> None:

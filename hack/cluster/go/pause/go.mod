@@ -1,0 +1,3 @@
+module codeforge.local/hack/cluster/pause
+
+go 1.26.0
