@@ -281,8 +281,8 @@ class Step(_Model):
             raise ValueError("join: majority needs a fan-out: set `parallel` (e.g. 3) or `forEach`")
         if self.merges and (not self.fans_out or self.join is not JoinPolicy.ALL):
             raise ValueError(
-                "workspace.merge merges the parts of a fan-out joined with `all`: set `parallel` or `forEach` "
-                "and `join: all`, or drop workspace.merge"
+                "workspace.merge merges the parts of a fan-out joined with `all`: set `parallel` or "
+                "`forEach` and `join: all`, or drop workspace.merge"
             )
         return self
 
