@@ -153,7 +153,8 @@ async def _run(
                             notify=lambda message: console.print(message, soft_wrap=True, markup=False),
                         )
                     )
-            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event))
+            name = loaded.workflow.metadata.name
+            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event, name=name))
             watchers: set[asyncio.Task[Any]] = {job}
             if processes is not None:
                 watchers.add(asyncio.create_task(processes.supervise()))
@@ -192,6 +193,35 @@ def _print_outcome(outcome: WorkflowOutcome, output: Output) -> None:
     if outcome.error:
         console.print(f"[red]error:[/] {outcome.error}", soft_wrap=True)
     console.print(Pretty(_final_state(outcome), expand_all=False))
+    if outcome.workspace is not None:
+        for line in workspace_summary(outcome.workspace, outcome.status == "succeeded"):
+            console.print(line, soft_wrap=True, markup=False)
+
+
+def workspace_summary(workspace: dict[str, Any], succeeded: bool) -> list[str]:
+    """The run's code in a few lines: where it started, the branch and commit it produced, its diffstat."""
+    base, commit = str(workspace.get("base") or ""), str(workspace.get("commit") or "")
+    lines = [f"workspace: {workspace.get('url')} {workspace.get('ref')} @ {base[:12]}"]
+    if workspace.get("branch"):
+        lines.append(f"branch: {workspace['branch']} @ {commit[:12]}")
+    elif succeeded:
+        lines.append(f"commit: {commit[:12]} (not published)")
+    else:
+        lines.append(
+            f"not published (the run failed); its last commit is {commit[:12]}, each step's output is "
+            "under refs/codeforge/ in the repository"
+        )
+    stat = workspace.get("diffstat")
+    if isinstance(stat, dict):
+        lines.append(
+            f"diffstat against {base[:12]}: {stat.get('files', 0)} file(s) changed, "
+            f"+{stat.get('insertions', 0)} -{stat.get('deletions', 0)}"
+        )
+    files = workspace.get("files") or []
+    lines.extend(f"  {name}" for name in files)
+    if workspace.get("filesOmitted"):
+        lines.append(f"  ... and {workspace['filesOmitted']} more")
+    return lines
 
 
 def _final_state(outcome: WorkflowOutcome) -> dict[str, Any]:
