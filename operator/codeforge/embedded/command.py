@@ -54,6 +54,13 @@ def run_command(
     input_json: Annotated[
         str | None, typer.Option("--input", help="JSON that replaces the Workflow's spec.input.")
     ] = None,
+    workspace_url: Annotated[
+        str | None,
+        typer.Option(
+            "--workspace-url",
+            help="Git URL that replaces spec.workspace.git.url (the repository the steps work on).",
+        ),
+    ] = None,
     agent_restarts: Annotated[
         int,
         typer.Option(
@@ -75,6 +82,8 @@ def run_command(
         loaded = load_manifest(manifest)
         if input_json is not None:
             loaded = _with_input(loaded, input_json)
+        if workspace_url is not None:
+            loaded = _with_workspace_url(loaded, workspace_url)
     except (ManifestError, QueueConfigError) as exc:
         console.print(f"[red]codeforge run: {exc}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -105,6 +114,23 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"--input is not JSON: {exc}") from None
     spec = loaded.workflow.spec.model_copy(update={"input": value})
+    return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
+
+
+def _with_workspace_url(loaded: Manifest, url: str) -> Manifest:
+    from pydantic import ValidationError
+
+    from codeforge.api.workflow import GitSource, WorkspaceSpec
+    from codeforge.embedded.manifest import Manifest, ManifestError
+
+    current = loaded.workflow.spec.workspace
+    try:
+        git = GitSource(url=url) if current is None else current.git.model_copy(update={"url": url})
+        GitSource.model_validate(git.model_dump())  # model_copy skips validation
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ManifestError(f"--workspace-url: {message}") from None
+    spec = loaded.workflow.spec.model_copy(update={"workspace": WorkspaceSpec(git=git)})
     return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
 
 
