@@ -423,4 +423,5 @@ def workspace_status(info: Mapping[str, Any]) -> JSON:
     }
     if isinstance(fields.get("files"), list):
         fields["files"] = fields["files"][:50]
-    return WorkspaceStatus.model_validate(fields).to_k8s()
+    # exclude_unset: a later record without `files` must not wipe the ones an earlier one reported
+    return WorkspaceStatus.model_validate(fields).model_dump(by_alias=True, exclude_unset=True, mode="json")
