@@ -4,7 +4,7 @@ feature-development.yaml runs them as a command-line program, the way a pool run
 (`claude -p`, `codex exec`, aider): the `command` handler starts `python3 -m demo_agents <role>` in the task's
 workspace (a fresh checkout of the commit the previous step produced), with the task as JSON on stdin; the
 program reads and edits the files in its working directory and prints its result as JSON. The agent commits
-what changed (with the result's `commitMessage`) and pushes it; the next step starts from that commit.
+what changed (with the result's `commit_message`) and pushes it; the next step starts from that commit.
 
 - assign:    reads the feature request and the code; routes to research (no examples yet), debate (several
              known ways to build it) or direct implementation.
@@ -190,7 +190,7 @@ def implement(task: dict[str, Any], work: Path) -> dict[str, Any]:
     return {
         "strategy": choice,
         "files": [feature["module"], str(test_file)],
-        "commitMessage": f"Add {name} ({choice} strategy)\n\n{feature.get('request', '')}".strip(),
+        "commit_message": f"Add {name} ({choice} strategy)\n\n{feature.get('request', '')}".strip(),
     }
 
 
