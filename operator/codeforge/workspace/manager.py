@@ -414,8 +414,10 @@ class Workspaces:
             case WorkspaceAction.PUBLISH:
                 assert spec.commit is not None
                 assert spec.push_ref is not None
-                repo = await self.ensure_commits(spec.url, [spec.commit])
+                repo = await self.ensure_commits(spec.url, [spec.commit, *([spec.base] if spec.base else [])])
                 await self.push(repo, spec.url, spec.commit, spec.push_ref)
+                if spec.base:  # the run's diff against its base, for the Workflow status (contract, i11-flow)
+                    return await self.describe(repo, spec.url, spec.base, spec.commit, spec.push_ref), None
                 return {"ref": spec.push_ref, "commit": spec.commit}, None
         raise WorkspaceError(ErrorKind.INVALID, f"unknown workspace action {spec.action!r}")
 
