@@ -294,7 +294,7 @@ def _hanging_pid(cache: Path) -> int | None:
     return None
 
 
-def fan_spec(url: str, pool: str, writes: list[dict[str, str]], merge: bool) -> dict[str, Any]:
+def fan_spec(url: str, pool: str, writes: list[dict[str, Any]], merge: bool) -> dict[str, Any]:
     return {
         "workspace": {"git": {"url": url, "ref": "main"}},
         "input": {"writes": writes},

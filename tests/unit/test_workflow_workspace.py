@@ -1,6 +1,6 @@
-"""Workspaces on the Workflow side (issue #11): spec.workspace validation, the refs and commits the orchestrator
-picks per join, the status it reports and what `codeforge run` prints. The Git work itself is tested end to end
-in tests/integration/test_workspace_flow.py."""
+"""Workspaces on the Workflow side (issue #11): spec.workspace validation, the refs and commits the
+orchestrator picks per join, the status it reports and what `codeforge run` prints. The Git work itself is
+tested end to end in tests/integration/test_workspace_flow.py."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_bad_urls_are_refused_naming_the_field_without_echoing_secrets(url: str,
     message = problems({"git": {"url": url}})
     assert message.startswith("spec.workspace.git.url: ")
     assert expected in message
-    assert "s3cret" not in message and "ghp_token" not in message and ":pw@" not in message
+    assert "s3cret" not in message
+    assert "ghp_token" not in message
+    assert ":pw@" not in message
     if expected == "carries credentials":
         assert "credentialsSecret" in message
 
@@ -83,7 +85,8 @@ def test_merge_needs_a_fan_out_joined_with_all_and_a_repository() -> None:
     fan = {"parallel": 2, "workspace": {"merge": True}}
     assert "join: all" in problems({"git": {"url": "file:///r.git"}}, join="firstSuccess", **fan)
     message = problems(None, **fan)
-    assert "spec.steps[0].workspace.merge" in message and "spec.workspace.git" in message
+    assert "spec.steps[0].workspace.merge" in message
+    assert "spec.workspace.git" in message
     assert make_spec({"git": {"url": "file:///r.git"}}, **fan).steps[0].merges
 
 
@@ -196,7 +199,8 @@ def test_codeforge_run_prints_the_branch_commit_and_diffstat() -> None:
     failed = workspace_summary(
         {"url": "file:///r.git", "ref": "main", "base": A, "commit": C}, succeeded=False
     )
-    assert "not published" in failed[1] and "refs/codeforge/" in failed[1]
+    assert "not published" in failed[1]
+    assert "refs/codeforge/" in failed[1]
 
     board = ProgressBoard(make_spec({"git": {"url": "file:///r.git"}}))
     resolved = ProgressEvent(EventKind.WORKSPACE_RESOLVED, "wf", commit=A, detail={"ref": "main"})

@@ -253,13 +253,16 @@ class Workspaces:
         path = self.work_dir / f"{os.getpid()}-{next(self._counter)}-{safe}"
         self._state(repo).users += 1
         try:
-            await self._git(
-                ["worktree", "add", "--quiet", "--detach", str(path), base],
-                url=url,
-                what=f"commit {base}",
-                op="checkout",
-                cwd=repo,
-            )
+            # Under the repo lock: git removes the empty worktrees/ directory when the last worktree goes, and
+            # a concurrent `worktree add` then fails with "could not create directory of 'worktrees/...'".
+            async with self._locked(repo):
+                await self._git(
+                    ["worktree", "add", "--quiet", "--detach", str(path), base],
+                    url=url,
+                    what=f"commit {base}",
+                    op="checkout",
+                    cwd=repo,
+                )
         except BaseException:
             self._state(repo).users -= 1
             await self._remove(Checkout(url, repo, path, base), count=False)
@@ -275,14 +278,15 @@ class Workspaces:
     async def _remove(self, checkout: Checkout, *, count: bool = True) -> None:
         try:
             if checkout.path.exists():
-                result = await self.git.run(
-                    ["worktree", "remove", "--force", "--force", str(checkout.path)],
-                    cwd=checkout.repo,
-                    check=False,
-                )
-                if result.returncode != 0:
-                    await asyncio.to_thread(shutil.rmtree, checkout.path, True)
-                    await self.git.run(["worktree", "prune"], cwd=checkout.repo, check=False)
+                async with self._locked(checkout.repo):  # see prepare()
+                    result = await self.git.run(
+                        ["worktree", "remove", "--force", "--force", str(checkout.path)],
+                        cwd=checkout.repo,
+                        check=False,
+                    )
+                    if result.returncode != 0:
+                        await asyncio.to_thread(shutil.rmtree, checkout.path, True)
+                        await self.git.run(["worktree", "prune"], cwd=checkout.repo, check=False)
         finally:
             if count:
                 self._state(checkout.repo).users -= 1
