@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,9 @@ class Workspaces:
         self._counter = itertools.count(1)
         self._removals: set[asyncio.Task[None]] = set()
         self._cleaned = False
+        #: Worktree names start with "<pid>-<token>-": a restarted container's agent often gets the same
+        #: pid (1) as the dead one, so the token tells this process's worktrees from its predecessor's.
+        self._token = uuid.uuid4().hex[:8]
 
     # ---- the cache ----
 
@@ -120,11 +124,19 @@ class Workspaces:
         if self._cleaned:
             return
         self._cleaned = True
-        stale = [p for p in self.work_dir.iterdir() if not p.name.startswith(f"{os.getpid()}-")]
+        stale = [p for p in self.work_dir.iterdir() if self._stale(p.name)]
         if stale:
             await asyncio.to_thread(_remove_trees, stale)
             for repo in self.repos_dir.glob("*.git"):
                 await self.git.run(["worktree", "prune"], cwd=repo, check=False)
+
+    def _stale(self, name: str) -> bool:
+        pid, _, rest = name.partition("-")
+        if not pid.isdigit():
+            return True
+        if int(pid) == os.getpid():
+            return not rest.startswith(self._token + "-")
+        return not _pid_alive(pid)
 
     @contextlib.asynccontextmanager
     async def _locked(self, repo: Path) -> AsyncIterator[None]:
@@ -250,7 +262,7 @@ class Workspaces:
         """A fresh worktree at `base`, from the cache (fetching `base` only when it is not there yet)."""
         repo = await self.ensure_commits(url, [base])
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label)[:60].strip("-.") or "task"
-        path = self.work_dir / f"{os.getpid()}-{next(self._counter)}-{safe}"
+        path = self.work_dir / f"{os.getpid()}-{self._token}-{next(self._counter)}-{safe}"
         self._state(repo).users += 1
         try:
             await self._git(
@@ -520,6 +532,19 @@ class Workspaces:
 
 def default_message(step: str, workflow: str) -> str:
     return f"codeforge: {step or 'task'} of {workflow or 'ad-hoc task'}"
+
+
+def _pid_alive(text: str) -> bool:
+    """Whether the process that made a worktree (its name starts with the pid) still runs on this host."""
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tree_size(path: Path) -> int:
