@@ -101,6 +101,10 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30
         await asyncio.sleep(0.05)
 
 
+def task_worktrees(cache: Path) -> list[Path]:
+    return [p for p in (cache / "work").iterdir() if not p.name.endswith("-spare")]
+
+
 def ref_of(bare: Path, ref: str) -> str | None:
     out = git("for-each-ref", "--format=%(objectname)", ref, cwd=bare).strip()
     return out or None
@@ -130,7 +134,7 @@ async def test_checkout_commit_push_and_unchanged(
             TaskWorkspace(url=repo.url, base=repo.base, push_ref="refs/codeforge/wf/review/v1/p0"),
             {"read": ["src/app.py"]},
         )
-        await wait_for(lambda: not any((tmp_path / "cache" / "work").iterdir()), "worktree removal")
+        await wait_for(lambda: len(task_worktrees(tmp_path / "cache")) == 0, "worktree removal")
         log = agent.log
     assert changed.state is TaskState.SUCCEEDED, changed.error
     result = changed.result
@@ -163,8 +167,10 @@ async def test_checkout_commit_push_and_unchanged(
     }
     assert same.result["seen"] == {"src/app.py": FILES["src/app.py"]}, "each task starts from its own base"
     assert ref_of(repo.bare, "refs/codeforge/wf/review/v1/p0") is None
-    # The worktrees are gone, the cache stays; the password never reached a log line.
-    assert list((tmp_path / "cache" / "work").iterdir()) == []
+    # The tasks' worktrees are gone (one spare waits for the next task), the cache stays; the password
+    # never reached a log line.
+    assert task_worktrees(tmp_path / "cache") == []
+    assert len(list((tmp_path / "cache" / "work").glob("*-spare"))) <= 1
     assert len(list((tmp_path / "cache" / "repos").glob("*.git"))) == 1
     assert repo.server.password not in log
 
