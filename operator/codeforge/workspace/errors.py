@@ -127,6 +127,8 @@ _PATTERNS: Final[tuple[tuple[ErrorKind, tuple[str, ...]], ...]] = (
 
 def classify(stderr: str) -> ErrorKind:
     low = stderr.lower()
+    if "fatal: repository '" in low and "' not found" in low:  # git's words for an HTTP 404
+        return ErrorKind.REPOSITORY
     for kind, needles in _PATTERNS:
         if any(needle in low for needle in needles):
             return kind

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ class WorkspaceSettings:
     size_limit: int | None = None
     #: Longest a fetch or push may take.
     network_timeout: float = 600.0
+    #: Keep one spare worktree per cached repository ready for the next task (costs one checkout's disk).
+    spare_worktrees: bool = True
 
 
 @dataclass
@@ -104,8 +107,13 @@ class Workspaces:
         self.stats = WorkspaceStats()
         self._repos: dict[Path, _RepoState] = {}
         self._counter = itertools.count(1)
-        self._removals: set[asyncio.Task[None]] = set()
+        self._removals: set[asyncio.Task[Any]] = set()
+        self._spares: dict[Path, asyncio.Task[Path | None]] = {}
+        self._closing = False
         self._cleaned = False
+        #: Worktree names start with "<pid>-<token>-": a restarted container's agent often gets the same
+        #: pid (1) as the dead one, so the token tells this process's worktrees from its predecessor's.
+        self._token = uuid.uuid4().hex[:8]
 
     # ---- the cache ----
 
@@ -120,11 +128,19 @@ class Workspaces:
         if self._cleaned:
             return
         self._cleaned = True
-        stale = [p for p in self.work_dir.iterdir() if not p.name.startswith(f"{os.getpid()}-")]
+        stale = [p for p in self.work_dir.iterdir() if self._stale(p.name)]
         if stale:
             await asyncio.to_thread(_remove_trees, stale)
             for repo in self.repos_dir.glob("*.git"):
                 await self.git.run(["worktree", "prune"], cwd=repo, check=False)
+
+    def _stale(self, name: str) -> bool:
+        pid, _, rest = name.partition("-")
+        if not pid.isdigit():
+            return True
+        if int(pid) == os.getpid():
+            return not rest.startswith(self._token + "-")
+        return not _pid_alive(pid)
 
     @contextlib.asynccontextmanager
     async def _locked(self, repo: Path) -> AsyncIterator[None]:
@@ -242,58 +258,131 @@ class Workspaces:
             if repo == keep or self._state(repo).users:
                 continue
             log.warning("evicting the cache %s to free space", repo.name)
+            await self._drop_spare(repo)
             await asyncio.to_thread(shutil.rmtree, repo, True)
 
     # ---- worktrees ----
 
     async def prepare(self, url: str, base: str, *, label: str = "task") -> Checkout:
-        """A fresh worktree at `base`, from the cache (fetching `base` only when it is not there yet)."""
+        """A worktree at `base` that no handler has used, from the cache (fetching `base` only if missing).
+
+        Checking out a large tree is slow (10,000 files, 100 MiB: seconds), so after each task the agent
+        prepares a spare worktree of the repository in the background (`git worktree add --detach`, never
+        handed to a handler before); the next task takes it and moves it to its base, which rewrites only
+        the files that differ. Without a spare (first task, concurrent tasks) it adds a worktree directly.
+        """
         repo = await self.ensure_commits(url, [base])
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label)[:60].strip("-.") or "task"
-        path = self.work_dir / f"{os.getpid()}-{next(self._counter)}-{safe}"
         self._state(repo).users += 1
         try:
-            # Under the repo lock: git removes the empty worktrees/ directory when the last worktree goes, and
-            # a concurrent `worktree add` then fails with "could not create directory of 'worktrees/...'".
-            async with self._locked(repo):
-                await self._git(
-                    ["worktree", "add", "--quiet", "--detach", str(path), base],
-                    url=url,
-                    what=f"commit {base}",
-                    op="checkout",
-                    cwd=repo,
-                )
+            spare = await self._take_spare(repo, base)
+            if spare is not None:
+                return Checkout(url, repo, spare, base)
+            path = self._new_path(label)
+            try:
+                # Under the repo lock: git removes the empty worktrees/ directory when the last worktree goes,
+                # and a concurrent `worktree add` then fails ("could not create directory of 'worktrees/...'").
+                async with self._locked(repo):
+                    await self._git(
+                        ["worktree", "add", "--quiet", "--detach", str(path), base],
+                        url=url,
+                        what=f"commit {base}",
+                        op="checkout",
+                        cwd=repo,
+                    )
+            except BaseException:
+                await self._remove_path(repo, path)
+                raise
         except BaseException:
             self._state(repo).users -= 1
-            await self._remove(Checkout(url, repo, path, base), count=False)
             raise
         return Checkout(url, repo, path, base)
 
-    def release(self, checkout: Checkout) -> None:
-        """Remove the worktree in the background (the cache stays); `aclose` waits for removals."""
-        job = asyncio.create_task(self._remove(checkout))
+    def _new_path(self, label: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label)[:60].strip("-.") or "task"
+        return self.work_dir / f"{os.getpid()}-{self._token}-{next(self._counter)}-{safe}"
+
+    async def _take_spare(self, repo: Path, base: str) -> Path | None:
+        job = self._spares.pop(repo, None)
+        if job is None:
+            return None
+        try:
+            path = await asyncio.shield(job)
+        except Exception:  # the spare could not be made: add a worktree the slow way
+            return None
+        if path is None:
+            return None
+        moved = await self.git.run(
+            ["checkout", "--quiet", "--detach", "--force", base], cwd=path, check=False
+        )
+        if moved.returncode == 0:
+            return path
+        await self._remove_path(repo, path)
+        return None
+
+    async def _make_spare(self, repo: Path, commit: str) -> Path | None:
+        path = self._new_path("spare")
+        async with self._locked(repo):  # see prepare()
+            result = await self.git.run(
+                ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo, check=False
+            )
+        if result.returncode != 0:
+            await self._remove_path(repo, path)
+            return None
+        # Files written in the same second as the index are "racily clean": git would re-read all of them on
+        # the next checkout. Refreshing the index a second later records their final stat data once.
+        await asyncio.sleep(1.1)
+        await self.git.run(["update-index", "-q", "--refresh"], cwd=path, check=False)
+        return path
+
+    def release(self, checkout: Checkout, next_commit: str | None = None) -> None:
+        """Remove the worktree and prepare a spare in the background (the cache stays); see `aclose`."""
+        if self.settings.spare_worktrees and checkout.repo not in self._spares and not self._closing:
+            spare = asyncio.create_task(self._make_spare(checkout.repo, next_commit or checkout.base))
+            self._spares[checkout.repo] = spare
+            self._track(spare)
+        self._track(asyncio.create_task(self._remove(checkout)))
+
+    def _track(self, job: asyncio.Task[Any]) -> None:
         self._removals.add(job)
         job.add_done_callback(self._removals.discard)
 
-    async def _remove(self, checkout: Checkout, *, count: bool = True) -> None:
+    async def _remove(self, checkout: Checkout) -> None:
         try:
-            if checkout.path.exists():
-                async with self._locked(checkout.repo):  # see prepare()
-                    result = await self.git.run(
-                        ["worktree", "remove", "--force", "--force", str(checkout.path)],
-                        cwd=checkout.repo,
-                        check=False,
-                    )
-                    if result.returncode != 0:
-                        await asyncio.to_thread(shutil.rmtree, checkout.path, True)
-                        await self.git.run(["worktree", "prune"], cwd=checkout.repo, check=False)
+            await self._remove_path(checkout.repo, checkout.path)
         finally:
-            if count:
-                self._state(checkout.repo).users -= 1
+            self._state(checkout.repo).users -= 1
+
+    async def _remove_path(self, repo: Path, path: Path) -> None:
+        if not await asyncio.to_thread(path.exists):
+            return
+        async with self._locked(repo):  # see prepare()
+            result = await self.git.run(
+                ["worktree", "remove", "--force", "--force", str(path)], cwd=repo, check=False
+            )
+            if result.returncode != 0:
+                await asyncio.to_thread(shutil.rmtree, path, True)
+                await self.git.run(["worktree", "prune"], cwd=repo, check=False)
+
+    async def _drop_spare(self, repo: Path) -> None:
+        job = self._spares.pop(repo, None)
+        if job is None:
+            return
+        with contextlib.suppress(Exception):
+            path = await asyncio.shield(job)
+            if path is not None:
+                await self._remove_path(repo, path)
+
+    async def settle(self) -> None:
+        """Wait until background removals and spare worktrees are done (tests and benchmarks)."""
+        while self._removals:
+            await asyncio.gather(*list(self._removals), return_exceptions=True)
 
     async def aclose(self) -> None:
-        if self._removals:
-            await asyncio.gather(*list(self._removals), return_exceptions=True)
+        """Finish removals and remove the spare worktrees; the cache stays for the next process."""
+        self._closing = True
+        await self.settle()
+        for repo in list(self._spares):
+            await self._drop_spare(repo)
 
     async def commit(self, checkout: Checkout, message: str) -> str:
         """Commit whatever the handler left in the worktree (its own commits included); the commit SHA."""
@@ -405,8 +494,11 @@ class Workspaces:
                     if commit != spec.base and spec.push_ref:
                         await self.push(checkout.repo, spec.url, commit, spec.push_ref)
                     described = await self.describe(checkout.repo, spec.url, spec.base, commit, spec.push_ref)
-                finally:
+                except BaseException:
                     self.release(checkout)
+                    raise
+                # The next task of this pool most likely starts from this task's output.
+                self.release(checkout, commit)
                 return described, output
             case WorkspaceAction.RESOLVE:
                 assert spec.ref is not None
@@ -526,6 +618,19 @@ class Workspaces:
 
 def default_message(step: str, workflow: str) -> str:
     return f"codeforge: {step or 'task'} of {workflow or 'ad-hoc task'}"
+
+
+def _pid_alive(text: str) -> bool:
+    """Whether the process that made a worktree (its name starts with the pid) still runs on this host."""
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tree_size(path: Path) -> int:
