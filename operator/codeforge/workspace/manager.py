@@ -280,7 +280,7 @@ class Workspaces:
             path = self._new_path(label)
             try:
                 # Under the repo lock: git removes the empty worktrees/ directory when the last worktree goes,
-                # and a concurrent `worktree add` then fails ("could not create directory of 'worktrees/...'").
+                # and a concurrent `worktree add` then fails ("could not create directory of 'worktrees/x'").
                 async with self._locked(repo):
                     await self._git(
                         ["worktree", "add", "--quiet", "--detach", str(path), base],
