@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from codeforge.api.workflow import parse_workflow_spec
+from codeforge.controller.workflow_retry import rewind_to_failed_step
 from codeforge.orchestrator import WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import open_queue
 from support.agent_procs import AgentProcess, agent_env, start_agent
-from support.git_server import GitServer, git, make_bare_repo
+from support.git_server import GitServer, commit_files, git, make_bare_repo
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -212,14 +213,16 @@ async def test_flagship_workflow_across_agent_processes_with_its_code_in_git(
 
 
 async def run_in_process(
-    url: str, workflow_id: str, spec: dict[str, Any], name: str = "wf"
+    url: str, workflow_id: str, spec: dict[str, Any], name: str = "wf", *, retry: bool = False
 ) -> WorkflowOutcome:
     queue = await open_queue(url)
     saver = await open_checkpointer(url)
+    runner = WorkflowRunner(queue, saver)
+    parsed = parse_workflow_spec(spec)
     try:
-        return await asyncio.wait_for(
-            WorkflowRunner(queue, saver).run(workflow_id, parse_workflow_spec(spec), name=name), 180
-        )
+        if retry:  # what the operator does for the codeforge.ai/retry annotation
+            await rewind_to_failed_step(runner, workflow_id, parsed)
+        return await asyncio.wait_for(runner.run(workflow_id, parsed, name=name), 180)
     finally:
         await saver.client.aclose()
         await queue.close()
@@ -378,3 +381,39 @@ async def test_fan_out_merge_without_and_with_a_conflict(
     assert kept.status == "succeeded", kept.error
     assert kept.workspace["commit"] == base  # type: ignore[index]
     assert kept.results["check"]["seen"] == {"shared.txt": "one\ntwo\nthree\n"}
+
+
+async def test_a_retried_run_works_from_its_checkpointed_base_after_the_branch_moved(
+    tmp_path: Path, redis_url: str, server: GitServer, edit_agent: tuple[str, Agents]
+) -> None:
+    pool, agents = edit_agent
+    bare = server.root / "retry.git"
+    base = make_bare_repo(bare, {"README.md": "v1\n"})
+    flag = tmp_path / "fail-now"
+    flag.write_text("")
+    spec = {
+        "workspace": {"git": {"url": server.url("retry.git"), "ref": "main"}},
+        "steps": [
+            {"name": "write", "pool": pool, "input": "{}", "params": {"write": {"a.txt": "a\n"}}},
+            {
+                "name": "check",
+                "pool": pool,
+                "input": "{}",
+                "params": {"read": ["README.md", "a.txt"], "fail_while_exists": str(flag)},
+            },
+        ],
+        "edges": [{"from": "write", "to": "check"}],
+    }
+    run_id = f"retry-{uuid.uuid4().hex[:6]}"
+    failed = await run_in_process(redis_url, run_id, spec)
+    assert failed.status == "failed", agents.logs()
+    written = failed.results["write"]["workspace"]["commit"]
+    commit_files(bare, {"README.md": "v2: main moved on\n"})  # someone pushes to main meanwhile
+    flag.unlink()
+    retried = await run_in_process(redis_url, run_id, spec, retry=True)
+    assert retried.status == "succeeded", (retried.error, agents.logs())
+    check = retried.results["check"]
+    assert check["saw"] == written  # the retried step starts from its predecessor's commit...
+    assert check["seen"] == {"README.md": "v1\n", "a.txt": "a\n"}  # ...on the base resolved at the start
+    assert retried.workspace["base"] == base  # type: ignore[index]
+    assert git("rev-parse", "refs/heads/codeforge/wf", cwd=bare).strip() == written

@@ -3,7 +3,8 @@ worktree) the way a coding-agent CLI would, driven by the task.
 
 Task JSON on stdin. Instructions are read from the payload, its `item` (forEach) and its `input` (a dict),
 later ones winning: `write` {path: content} ("{pid}" and "{attempt}" are filled in), `read` [path] (reported
-in `seen`), `commit_message`, `hang_on_attempt` n (on that delivery: write, then hang, to be killed).
+in `seen`), `commit_message`, `hang_on_attempt` n (on that delivery: write, then hang, to be killed),
+`fail_while_exists` path (outside the repository: fail, after writing, while that file exists).
 Prints {"attempt", "pid", "seen", "saw" (the commit checked out), "commit_message"?} as the result.
 """
 
@@ -35,6 +36,9 @@ def main() -> int:
         target = here / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content.replace("{pid}", str(os.getpid())).replace("{attempt}", str(attempt)))
+    if todo.get("fail_while_exists") and Path(todo["fail_while_exists"]).exists():
+        print(f"failing: {todo['fail_while_exists']} exists", file=sys.stderr)
+        return 1
     if todo.get("hang_on_attempt") == attempt:
         print(f"hanging in {here}", file=sys.stderr, flush=True)
         time.sleep(600)
