@@ -87,7 +87,9 @@ class GraphCompiler:
         )
         info = ws.reported(done.get("result"))
         if done["status"] != SUCCEEDED or info is None:
-            why = done.get("error") or "the agent reported no commit (does pool's agent support workspaces?)"
+            why = (
+                done.get("error") or f"the agent of pool {pool!r} reported no commit (no workspace support?)"
+            )
             return f"spec.workspace.git: cannot resolve ref {git.ref!r} of {git.url}: {why}"
         ctx.emit(
             ProgressEvent(
@@ -277,12 +279,13 @@ class GraphCompiler:
                     p for p in ordered if (ws.reported(p.get("result")) or {}).get("commit") == commits[0]
                 )
                 return joined, dict(ws.reported(only.get("result")) or {})
-            ctx = dispatcher.ctx
+            ctx, repo = dispatcher.ctx, self.spec.workspace
+            assert repo is not None  # only called with spec.workspace
             done = await dispatcher.run_system(
                 step.pool,
                 ws.merge_task_id(ctx.workflow, step.name, visit),
                 step.name,
-                ws.merge_request(self.spec.workspace, base, commits, ctx.workflow, step.name, visit),  # type: ignore[arg-type]
+                ws.merge_request(repo, base, commits, ctx.workflow, step.name, visit),
                 ws.SYSTEM_TASK_ATTEMPTS,
             )
             merged = ws.reported(done.get("result"))

@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ MAX_CONFLICT_NAMES: Final = 20
 #: Keep-refs of fetched commits per cached repository: enough haves for negotiation, few enough to be cheap.
 MAX_KEEP_REFS: Final = 64
 KEEP_PREFIX: Final = "refs/codeforge-cache/"
+#: `git worktree add` tries when it races with the removal of the empty worktrees/ directory.
+WORKTREE_ADD_TRIES: Final = 3
 #: The agent's own share of the volume: the rest is headroom for worktrees before the kubelet's sizeLimit.
 CACHE_SHARE: Final = 0.5
 _SHORTSTAT_RE: Final = re.compile(
@@ -46,6 +49,8 @@ _SHORTSTAT_RE: Final = re.compile(
 )
 
 log = logging.getLogger("codeforge.workspace")
+#: The instances of this process by token: their worktrees are in use, whoever sweeps the directory.
+_LIVE: weakref.WeakValueDictionary[str, Workspaces] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class Workspaces:
         #: Worktree names start with "<pid>-<token>-": a restarted container's agent often gets the same
         #: pid (1) as the dead one, so the token tells this process's worktrees from its predecessor's.
         self._token = uuid.uuid4().hex[:8]
+        _LIVE[self._token] = self
 
     # ---- the cache ----
 
@@ -138,8 +144,8 @@ class Workspaces:
         pid, _, rest = name.partition("-")
         if not pid.isdigit():
             return True
-        if int(pid) == os.getpid():
-            return not rest.startswith(self._token + "-")
+        if int(pid) == os.getpid():  # embedded mode: several agents (instances) share one process
+            return rest.partition("-")[0] not in _LIVE
         return not _pid_alive(pid)
 
     @contextlib.asynccontextmanager
@@ -279,16 +285,7 @@ class Workspaces:
                 return Checkout(url, repo, spare, base)
             path = self._new_path(label)
             try:
-                # Under the repo lock: git removes the empty worktrees/ directory when the last worktree goes,
-                # and a concurrent `worktree add` then fails ("could not create directory of 'worktrees/x'").
-                async with self._locked(repo):
-                    await self._git(
-                        ["worktree", "add", "--quiet", "--detach", str(path), base],
-                        url=url,
-                        what=f"commit {base}",
-                        op="checkout",
-                        cwd=repo,
-                    )
+                await self._add_worktree(repo, url, path, base)
             except BaseException:
                 await self._remove_path(repo, path)
                 raise
@@ -296,6 +293,24 @@ class Workspaces:
             self._state(repo).users -= 1
             raise
         return Checkout(url, repo, path, base)
+
+    async def _add_worktree(self, repo: Path, url: str, path: Path, base: str) -> None:
+        for attempt in range(WORKTREE_ADD_TRIES):
+            try:
+                await self._git(
+                    ["worktree", "add", "--quiet", "--detach", str(path), base],
+                    url=url,
+                    what=f"commit {base}",
+                    op="checkout",
+                    cwd=repo,
+                )
+                return
+            except WorkspaceError as exc:
+                # git removes the empty worktrees/ directory when the last worktree goes: an add racing with
+                # that removal (another task's cleanup) fails once and succeeds when tried again.
+                if "could not create directory of" not in str(exc) or attempt + 1 == WORKTREE_ADD_TRIES:
+                    raise
+                await self._remove_path(repo, path)
 
     def _new_path(self, label: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label)[:60].strip("-.") or "task"
@@ -321,10 +336,9 @@ class Workspaces:
 
     async def _make_spare(self, repo: Path, commit: str) -> Path | None:
         path = self._new_path("spare")
-        async with self._locked(repo):  # see prepare()
-            result = await self.git.run(
-                ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo, check=False
-            )
+        result = await self.git.run(
+            ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo, check=False
+        )
         if result.returncode != 0:
             await self._remove_path(repo, path)
             return None
@@ -355,13 +369,12 @@ class Workspaces:
     async def _remove_path(self, repo: Path, path: Path) -> None:
         if not await asyncio.to_thread(path.exists):
             return
-        async with self._locked(repo):  # see prepare()
-            result = await self.git.run(
-                ["worktree", "remove", "--force", "--force", str(path)], cwd=repo, check=False
-            )
-            if result.returncode != 0:
-                await asyncio.to_thread(shutil.rmtree, path, True)
-                await self.git.run(["worktree", "prune"], cwd=repo, check=False)
+        result = await self.git.run(
+            ["worktree", "remove", "--force", "--force", str(path)], cwd=repo, check=False
+        )
+        if result.returncode != 0:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            await self.git.run(["worktree", "prune"], cwd=repo, check=False)
 
     async def _drop_spare(self, repo: Path) -> None:
         job = self._spares.pop(repo, None)
