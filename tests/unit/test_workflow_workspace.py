@@ -212,3 +212,21 @@ def test_codeforge_run_prints_the_branch_commit_and_diffstat() -> None:
     assert board.rows["work"].commit == B[:10]
     assert board.line(resolved) == f"workspace: main @ {A[:10]}"
     assert board.line(finished) == f"step work: succeeded in 1.00s -> {B[:10]}"
+
+
+def test_workspace_url_option_replaces_the_url_and_refuses_credentials() -> None:
+    from pathlib import Path
+
+    from codeforge.embedded.command import _with_workspace_url
+    from codeforge.embedded.manifest import ManifestError, load_manifest
+
+    flagship = Path(__file__).resolve().parents[2] / "examples" / "workflows" / "feature-development.yaml"
+    loaded = load_manifest(flagship)
+    moved = _with_workspace_url(loaded, "https://git.example.com/team/app.git")
+    assert moved.workflow.spec.workspace is not None
+    assert moved.workflow.spec.workspace.git.url == "https://git.example.com/team/app.git"
+    assert moved.workflow.spec.workspace.git.ref == "main"  # the rest of spec.workspace stays
+    with pytest.raises(ManifestError) as info:
+        _with_workspace_url(loaded, "https://bot:hunter2@git.example.com/app.git")
+    assert str(info.value).startswith("--workspace-url: ")
+    assert "hunter2" not in str(info.value)
