@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ _SHORTSTAT_RE: Final = re.compile(
 )
 
 log = logging.getLogger("codeforge.workspace")
+#: The instances of this process by token: their worktrees are in use, whoever sweeps the directory.
+_LIVE: weakref.WeakValueDictionary[str, Workspaces] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class Workspaces:
         #: Worktree names start with "<pid>-<token>-": a restarted container's agent often gets the same
         #: pid (1) as the dead one, so the token tells this process's worktrees from its predecessor's.
         self._token = uuid.uuid4().hex[:8]
+        _LIVE[self._token] = self
 
     # ---- the cache ----
 
@@ -138,8 +142,8 @@ class Workspaces:
         pid, _, rest = name.partition("-")
         if not pid.isdigit():
             return True
-        if int(pid) == os.getpid():
-            return not rest.startswith(self._token + "-")
+        if int(pid) == os.getpid():  # embedded mode: several agents (instances) share one process
+            return rest.partition("-")[0] not in _LIVE
         return not _pid_alive(pid)
 
     @contextlib.asynccontextmanager
