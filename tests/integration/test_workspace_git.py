@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from pathlib import Path
@@ -65,7 +66,12 @@ async def test_a_new_process_removes_worktrees_of_a_dead_one_even_with_the_same_
     url = f"file://{bare}"
     cache = tmp_path / "cache"
     dead = workspaces(cache)
-    checkout = await dead.prepare(url, base)  # never released: the process "dies" here
+    checkout = await dead.prepare(url, base)
+    alive = workspaces(cache)  # another agent of this process (embedded mode) keeps its hands off
+    await alive.prepare(url, base)
+    assert checkout.path.exists()
+    del dead  # never released: the process "dies" here
+    gc.collect()
     reborn = workspaces(cache)  # same pid, as a restarted container's PID 1 would have
     again = await reborn.prepare(url, base)
     assert not checkout.path.exists()
