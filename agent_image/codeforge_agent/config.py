@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import socket
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,17 @@ class AgentConfig:
     health_port: int | None = 8080
     log_format: str = "text"
     log_level: str = "INFO"
+    #: Workspaces (issue #11): the Git cache and worktrees; None = <temp dir>/codeforge-workspaces.
+    workspace_dir: str | None = None
+    workspace_size_limit: int | None = None
+    git_credentials_dir: str | None = None
+    git_author_name: str = "CodeForge"
+    git_author_email: str = "codeforge@localhost"
+    git_timeout: float = 600.0
+
+    @property
+    def workspace_root(self) -> Path:
+        return Path(self.workspace_dir or Path(tempfile.gettempdir()) / "codeforge-workspaces")
 
     def __post_init__(self) -> None:
         try:
@@ -117,6 +130,17 @@ class AgentConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(
                 f"--log-format / CODEFORGE_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
+            )
+        if self.git_timeout <= 0:
+            raise ConfigError(f"--git-timeout / CODEFORGE_GIT_TIMEOUT must be > 0, got {self.git_timeout}")
+        if not self.git_author_name.strip() or "<" in self.git_author_name or "\n" in self.git_author_name:
+            raise ConfigError(
+                "--git-author-name / CODEFORGE_GIT_AUTHOR_NAME must be a plain name, e.g. 'CodeForge'"
+            )
+        if not re.fullmatch(r"[^<>\s]+@[^<>\s]+", self.git_author_email):
+            raise ConfigError(
+                "--git-author-email / CODEFORGE_GIT_AUTHOR_EMAIL must be an e-mail address, "
+                f"e.g. 'codeforge@example.com' (got {self.git_author_email!r})"
             )
         try:
             check_url(self.queue_url)
@@ -245,6 +269,24 @@ def string_map(raw: str) -> dict[str, str]:
     return pairs
 
 
+_QUANTITY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_QUANTITY_UNITS = {
+    None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def byte_size(raw: str) -> int | None:
+    """A Kubernetes quantity (`5Gi`, `500M`, `1073741824`); `off` = no limit."""
+    text = raw.strip()
+    if text.lower() in ("", "off", "none"):
+        return None
+    match = _QUANTITY_RE.match(text)
+    if not match:
+        raise ValueError(f"expected a size such as 5Gi, 500Mi or 2G, got {raw!r}")
+    return int(float(match.group(1)) * _QUANTITY_UNITS[match.group(2)])
+
+
 def choice(options: Sequence[str]) -> Callable[[str], str]:
     def convert(raw: str) -> str:
         value = raw.strip().lower()
@@ -323,6 +365,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("openai_system_prompt", text, "openai handler: system message put before the task's messages."),
     Option("openai_temperature", number, "openai handler: sampling temperature.", "the API's"),
     Option("openai_max_tokens", whole_number, "openai handler: completion token limit.", "the API's"),
+    Option("workspace_dir", text, "Workspaces: directory of the Git cache and the per-task worktrees (pods: "
+           "the AgentPool's cache volume).", "`<temp dir>/codeforge-workspaces`"),
+    Option("workspace_size_limit", byte_size, "Workspaces: size of that volume (the AgentPool's "
+           "`spec.workspace.cacheSizeLimit`, e.g. `5Gi`); caches may use half, the rest is for worktrees.",
+           "off"),
+    Option("git_credentials_dir", text, "Workspaces: directory with the Git credentials as files: "
+           "`username`+`password`, or `token`; or `ssh-privatekey` (+ `known_hosts`). Never in a URL."),
+    Option("git_author_name", text, "Workspaces: author and committer name of the agent's commits.",
+           "`CodeForge`"),
+    Option("git_author_email", text, "Workspaces: their e-mail address.", "`codeforge@localhost`"),
+    Option("git_timeout", seconds, "Workspaces: longest a fetch or push may take.", "600"),
     Option("health_host", text, "Address of the /healthz, /readyz, /metrics server.", "`0.0.0.0`"),
     Option("health_port", health_port, "Port of that server; 0 = any free port, `off` = no server.", "8080"),
     Option("log_format", choice(LOG_FORMATS), "`text` or `json` (one JSON object per line).", "text"),

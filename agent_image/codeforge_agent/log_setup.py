@@ -81,3 +81,4 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries stay quiet unless something is wrong
     logging.getLogger(LOGGER_NAME).setLevel(level)
+    logging.getLogger("codeforge.workspace").setLevel(level)  # the Git cache's fetches and evictions

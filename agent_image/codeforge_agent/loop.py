@@ -23,12 +23,15 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from codeforge.api.task import Task
 from codeforge.queue import Lease, LeaseLostError, QueueError, TaskCancelledError, TaskQueue
+from codeforge.workspace import WorkspaceSettings
 from codeforge_agent.config import AgentConfig
 from codeforge_agent.handlers import Handler, HandlerError, TaskContext, build_handler
+from codeforge_agent.handlers.workspace import WorkspaceHandler
 from codeforge_agent.log_setup import ContextAdapter, get_logger
 from codeforge_agent.metrics import AgentMetrics
 
@@ -75,7 +78,13 @@ class Agent:
         self.queue = queue
         self.config = config
         self._owns_handler = handler is None
-        self.handler: Handler = handler or build_handler(config.handler, threads=config.concurrency)
+        inner = handler or build_handler(config.handler, threads=config.concurrency)
+        #: Every handler is wrapped: tasks with a Git workspace get their worktree around it (issue #11).
+        self.handler: WorkspaceHandler = (
+            inner
+            if isinstance(inner, WorkspaceHandler)
+            else WorkspaceHandler(inner, workspace_settings(config))
+        )
         self.metrics = metrics or AgentMetrics()
         self.on_task_done = on_task_done
         #: Consumer name in the queue; unique per process even when embedded mode runs several agents
@@ -131,6 +140,8 @@ class Agent:
                 )
             if self._owns_handler:
                 await self.handler.aclose()
+            else:
+                await self.handler.aclose_workspaces()
             _IDS_IN_USE.discard(self.agent_id)
             self.log.info("agent stopped", extra={"event": "agent_stopped"})
 
@@ -450,6 +461,18 @@ class Agent:
             self._state_changed.clear()
             await asyncio.sleep(min(STATE_SETTLE_SECONDS, self.config.state_ttl / 3))
             await _wait_any(self._state_changed, timeout=self.config.state_ttl / 3)
+
+
+def workspace_settings(config: AgentConfig) -> WorkspaceSettings:
+    credentials = config.git_credentials_dir
+    return WorkspaceSettings(
+        root=config.workspace_root,
+        credentials_dir=Path(credentials) if credentials else None,
+        author_name=config.git_author_name,
+        author_email=config.git_author_email,
+        size_limit=config.workspace_size_limit,
+        network_timeout=config.git_timeout,
+    )
 
 
 _IDS_IN_USE: set[str] = set()

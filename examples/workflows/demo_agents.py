@@ -1,29 +1,32 @@
-"""Demo agents for feature-development.yaml: deterministic, offline, and doing real work on a sample project.
+"""Demo agents: deterministic, offline, and doing real work on a Git checkout of examples/sample-project.
 
-Each function is a `python` handler target (`demo_agents:<function>`); it receives the Task, whose payload
-holds the workflow state (`input`, `results` of earlier steps). The project is `examples/sample-project`
-(or `input.project`); changes are made in a copy under `input.workspace` (default: a temporary directory
-per workflow), never in the original.
+feature-development.yaml runs them as a command-line program, the way a pool runs a real coding-agent CLI
+(`claude -p`, `codex exec`, aider): the `command` handler starts `python3 -m demo_agents <role>` in the task's
+workspace (a fresh checkout of the commit the previous step produced), with the task as JSON on stdin; the
+program reads and edits the files in its working directory and prints its result as JSON. The agent commits
+what changed (with the result's `commit_message`) and pushes it; the next step starts from that commit.
 
-- assign:    reads the feature request; routes to research (no examples yet), debate (several known ways to
-             build it) or direct implementation.
-- research:  extracts the feature's examples (doctests) from the project's README and lists strategies.
-- debate:    one of three reviewers; runs every strategy against the examples and votes by its own criterion.
-- implement: writes the chosen strategy (the reviewer's, `feature.prefer`, the debate's) into the module and a
-             unittest file built from the examples.
-- test:      runs the project's test suite (`python -m unittest`) in the workspace.
-- review:    checks the new function (docstring, annotations) and the test run; approves or asks for changes.
+- assign:    reads the feature request and the code; routes to research (no examples yet), debate (several
+             known ways to build it) or direct implementation.
+- research:  extracts the feature's examples (doctests) from the README; changes nothing.
+- debate:    one of three reviewers; runs every strategy against the examples, votes by its own criterion.
+- implement: writes the chosen strategy into the module and a unittest file built from the examples.
+- test:      runs the project's test suite (`python -m unittest`); changes nothing.
+- review:    reads the new function (docstring, annotations) and the test run; approves or asks for changes.
+
+Every role reports `saw`, the commit its working directory is at, so a run shows which code each step read.
+fan-out.yaml uses the `python` handler functions at the end (list_files, count_lines, summarize).
 """
 
 from __future__ import annotations
 
 import ast
 import doctest
+import json
+import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,21 +67,12 @@ def slugify(text):
 }
 
 
-def _payload(task: Any) -> dict[str, Any]:
-    payload = getattr(task, "payload", task)
+def _state(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    payload = task.get("payload")
     if not isinstance(payload, dict) or not isinstance(payload.get("input"), dict):
         raise ValueError("demo agents expect the default step input (the whole state: input and results)")
-    return payload
-
-
-def _state(task: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    state = _payload(task)["input"]
+    state = payload["input"]
     return state.get("input") or {}, state.get("results") or {}
-
-
-def _project(inputs: dict[str, Any]) -> Path:
-    project = Path(inputs.get("project", "sample-project"))
-    return project if project.is_absolute() else EXAMPLES_DIR / project
 
 
 def _feature(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +87,18 @@ def _examples(inputs: dict[str, Any], results: dict[str, Any]) -> list[list[str]
     return list(feature.get("examples") or (results.get("research") or {}).get("examples") or [])
 
 
-def assign(task: Any) -> dict[str, Any]:
+def _head(work: Path) -> str | None:
+    """The commit the working directory is checked out at (None outside a Git checkout)."""
+    run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True, check=False)
+    return run.stdout.strip() if run.returncode == 0 else None
+
+
+def assign(task: dict[str, Any], work: Path) -> dict[str, Any]:
     inputs, _ = _state(task)
     feature = _feature(inputs)
-    module = _project(inputs) / feature["module"]
+    module = work / feature["module"]
+    if not module.is_file():
+        raise ValueError(f"{feature['module']} is not in the repository: check input.feature.module")
     existing = {n.name for n in ast.walk(ast.parse(module.read_text())) if isinstance(n, ast.FunctionDef)}
     if feature["name"] in existing:
         return {
@@ -110,18 +112,17 @@ def assign(task: Any) -> dict[str, Any]:
     return {"type": "direct", "reason": "one known design"}
 
 
-def research(task: Any) -> dict[str, Any]:
+def research(task: dict[str, Any], work: Path) -> dict[str, Any]:
     """Collect `>>> name(...)` doctest examples of the feature from the project's README."""
     inputs, _ = _state(task)
     feature = _feature(inputs)
-    readme = _project(inputs) / "README.md"
     examples = []
-    for example in doctest.DocTestParser().get_examples(readme.read_text()):
+    for example in doctest.DocTestParser().get_examples((work / "README.md").read_text()):
         if example.source.strip().startswith(f"{feature['name']}("):
             examples.append([example.source.strip(), example.want.strip()])
     return {
         "examples": examples,
-        "sources": [readme.name],
+        "sources": ["README.md"],
         "strategies": sorted(STRATEGIES.get(feature["name"], {})),
     }
 
@@ -139,9 +140,8 @@ def _passes(source: str, name: str, examples: list[list[str]]) -> int:
     return passed
 
 
-def debate(task: Any) -> dict[str, Any]:
+def debate(task: dict[str, Any], work: Path) -> dict[str, Any]:
     """Reviewer i: among the strategies that pass every example, vote by criterion i."""
-    payload = _payload(task)
     inputs, results = _state(task)
     feature = _feature(inputs)
     examples = _examples(inputs, results)
@@ -156,18 +156,12 @@ def debate(task: Any) -> dict[str, Any]:
             lambda n: ('"""' not in candidates[n], "->" not in candidates[n], n),
         ),
     }
-    label, key = criteria[int(payload.get("index", 0)) % 3]
+    label, key = criteria[int(task["payload"].get("index", 0)) % 3]
     choice = min(passing, key=key)
     return {"choice": choice, "criterion": label, "passing": passing, "scores": scores}
 
 
-def _workspace(inputs: dict[str, Any], workflow: str) -> Path:
-    root = Path(inputs.get("workspace") or Path(tempfile.gettempdir()) / "codeforge-demo")
-    return root / re.sub(r"[^A-Za-z0-9._-]", "_", workflow)
-
-
-def implement(task: Any) -> dict[str, Any]:
-    payload = _payload(task)
+def implement(task: dict[str, Any], work: Path) -> dict[str, Any]:
     inputs, results = _state(task)
     feature = _feature(inputs)
     name = feature["name"]
@@ -177,39 +171,39 @@ def implement(task: Any) -> dict[str, Any]:
     review = results.get("review") or {}
     debated = (results.get("debate") or {}).get("choice")
     choice = review.get("use") or feature.get("prefer") or debated or sorted(strategies)[0]
-    workspace = _workspace(inputs, payload["workflow"])
-    if workspace.exists():
-        shutil.rmtree(workspace)
-    shutil.copytree(_project(inputs), workspace, ignore=shutil.ignore_patterns("__pycache__"))
-    module = workspace / feature["module"]
-    module.write_text(module.read_text().rstrip() + "\n\n" + strategies[choice].strip() + "\n")
+    module = work / feature["module"]
+    source = module.read_text()
+    previous = re.search(rf"\n\n+def {name}\(.*?(?=\n\n\S|\Z)", source, re.S)  # a review round: replace it
+    if previous:
+        source = source[: previous.start()] + source[previous.end() :]
+    module.write_text(source.rstrip() + "\n\n\n" + strategies[choice].strip() + "\n")
     module_name = feature["module"].removesuffix(".py").replace("/", ".")
     cases = "\n".join(
         f"        self.assertEqual(repr({call}), {want!r})" for call, want in _examples(inputs, results)
     )
-    test_file = workspace / "tests" / f"test_{name}.py"
-    test_file.write_text(
+    test_file = Path("tests") / f"test_{name}.py"
+    (work / test_file).write_text(
         f"import unittest\n\nfrom {module_name} import {name}\n\n\n"
         f"class {name.title().replace('_', '')}Test(unittest.TestCase):\n"
         f"    def test_examples(self) -> None:\n{cases or '        pass'}\n"
     )
     return {
-        "workspace": str(workspace),
         "strategy": choice,
-        "files": [feature["module"], str(test_file.relative_to(workspace))],
+        "files": [feature["module"], str(test_file)],
+        "commit_message": f"Add {name} ({choice} strategy)\n\n{feature.get('request', '')}".strip(),
     }
 
 
-def test(task: Any) -> dict[str, Any]:
-    """Run the project's whole unittest suite in the workspace."""
-    _, results = _state(task)
-    workspace = Path(results["implement"]["workspace"])
+def test(task: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Run the project's whole unittest suite (without writing bytecode: the tree stays as it was)."""
     run = subprocess.run(
         [sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", "."],
-        cwd=workspace,
+        cwd=work,
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        check=False,
     )
     ran = re.search(r"Ran (\d+) tests?", run.stderr)
     return {
@@ -219,11 +213,10 @@ def test(task: Any) -> dict[str, Any]:
     }
 
 
-def review(task: Any) -> dict[str, Any]:
+def review(task: dict[str, Any], work: Path) -> dict[str, Any]:
     inputs, results = _state(task)
     feature = _feature(inputs)
-    workspace = Path(results["implement"]["workspace"])
-    tree = ast.parse((workspace / feature["module"]).read_text())
+    tree = ast.parse((work / feature["module"]).read_text())
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == feature["name"])
     comments = []
     if not results["test"]["passed"]:
@@ -238,31 +231,71 @@ def review(task: Any) -> dict[str, Any]:
     return {"verdict": "approved", "comments": [], "tests_ran": results["test"]["ran"]}
 
 
-# -- fan-out.yaml ----------------------------------------------------------------------------------------
+ROLES: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+    "assign": assign,
+    "research": research,
+    "debate": debate,
+    "implement": implement,
+    "test": test,
+    "review": review,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m demo_agents ROLE`: the task as JSON on stdin, the result as JSON on stdout."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in ROLES:
+        print(f"usage: python3 -m demo_agents {{{','.join(ROLES)}}} < task.json", file=sys.stderr)
+        return 2
+    task = json.load(sys.stdin)
+    work = Path.cwd()
+    try:
+        result = ROLES[args[0]](task, work)
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"demo_agents {args[0]}: {exc}", file=sys.stderr)
+        return 1
+    result["saw"] = _head(work)
+    json.dump(result, sys.stdout)
+    return 0
+
+
+# -- fan-out.yaml: `python` handler targets (`demo_agents:<function>`) reading examples/sample-project ---
+
+
+def _project(inputs: dict[str, Any]) -> Path:
+    project = Path(inputs.get("project", "sample-project"))
+    return project if project.is_absolute() else EXAMPLES_DIR / project
+
+
+def _inputs(task: Any) -> dict[str, Any]:
+    payload = getattr(task, "payload", task)
+    return dict(payload["input"]["input"] or {})
 
 
 def list_files(task: Any) -> dict[str, Any]:
-    inputs, _ = _state(task)
-    project = _project(inputs)
+    project = _project(_inputs(task))
     return {"files": sorted(str(p.relative_to(project)) for p in project.rglob("*.py") if p.stat().st_size)}
 
 
 def count_lines(task: Any) -> dict[str, Any]:
     """One fan-out part: count the lines and functions of the file in `item`."""
     payload = getattr(task, "payload", task)
-    inputs = payload["input"]["input"]
-    path = _project(inputs) / payload["item"]
+    path = _project(_inputs(task)) / payload["item"]
     source = path.read_text()
     functions = sum(isinstance(n, ast.FunctionDef) for n in ast.walk(ast.parse(source)))
     return {"file": payload["item"], "lines": len(source.splitlines()), "functions": functions}
 
 
 def summarize(task: Any) -> dict[str, Any]:
-    _, results = _state(task)
-    counts = results["count"]
+    payload = getattr(task, "payload", task)
+    counts = payload["input"]["results"]["count"]
     return {
         "files": len(counts),
         "lines": sum(c["lines"] for c in counts),
         "functions": sum(c["functions"] for c in counts),
         "largest": max(counts, key=lambda c: c["lines"])["file"] if counts else None,
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

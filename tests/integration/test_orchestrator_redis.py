@@ -1,5 +1,5 @@
 """Workflows on real Redis (one server and a 6-node cluster) with real `codeforge-agent` processes:
-the feature-development example through `codeforge run --queue`, and 100 concurrent workflows."""
+`codeforge run --queue` exit codes, and 100 concurrent workflows."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import open_queue
+from support.git_server import make_bare_repo
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -39,18 +40,13 @@ def expected_sum(n: int) -> int:
     return sum((n + i) ** 2 for i in range(3))
 
 
-def feature_input(tmp_path: Path) -> str:
-    return json.dumps(
-        {
-            "project": "sample-project",
-            "workspace": str(tmp_path / "work"),
-            "feature": {"name": "slugify", "module": "textkit/words.py"},
-        }
-    )
-
-
-def test_feature_development_example_on_redis(redis_url: str, tmp_path: Path) -> None:
+def test_failed_workflow_exits_non_zero(redis_url: str, tmp_path: Path) -> None:
+    """The feature-development example with a module its repository lacks: assign fails, the exit code is 1.
+    (The example's success across agent processes is tests/integration/test_workspace_flow.py's flagship.)"""
     example = ROOT / "examples" / "workflows" / "feature-development.yaml"
+    repo = tmp_path / "repo.git"
+    make_bare_repo(repo, {"README.md": "an empty project\n"})
+    bad = json.dumps({"feature": {"name": "unknown_fn", "module": "textkit/missing.py"}})
     run = subprocess.run(
         [
             str(CODEFORGE),
@@ -61,33 +57,10 @@ def test_feature_development_example_on_redis(redis_url: str, tmp_path: Path) ->
             "-o",
             "json",
             "--input",
-            feature_input(tmp_path),
+            bad,
+            "--workspace-url",
+            f"file://{repo}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr + run.stdout
-    outcome = json.loads(run.stdout)
-    assert [h["step"] for h in outcome["history"]] == [
-        "assign",
-        "research",
-        "debate",
-        "implement",
-        "test",
-        "review",
-    ]
-    assert outcome["results"]["debate"]["choice"] == "regex"
-    assert outcome["results"]["test"] == {"passed": True, "ran": 3, "output": "OK"}
-    assert outcome["results"]["review"]["verdict"] == "approved"
-    assert "import re" in (tmp_path / "work" / outcome["workflow"] / "textkit" / "words.py").read_text()
-
-
-def test_failed_workflow_exits_non_zero(redis_url: str, tmp_path: Path) -> None:
-    example = ROOT / "examples" / "workflows" / "feature-development.yaml"
-    bad = json.dumps({"feature": {"name": "unknown_fn", "module": "textkit/missing.py"}})
-    run = subprocess.run(
-        [str(CODEFORGE), "run", str(example), "--queue", redis_url, "-o", "json", "--input", bad],
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,6 +69,7 @@ def test_failed_workflow_exits_non_zero(redis_url: str, tmp_path: Path) -> None:
     outcome = json.loads(run.stdout)
     assert outcome["status"] == "failed"
     assert outcome["error"].startswith("step 'assign' failed:")
+    assert "textkit/missing.py is not in the repository" in outcome["error"]
 
 
 async def run_many(url: str, count: int) -> None:

@@ -63,3 +63,13 @@ def journal(task: Task) -> dict[str, Any]:
 def hang_sync(task: Task) -> None:
     """A sync function that never returns in time: its thread cannot be interrupted."""
     time.sleep(3600)
+
+
+def edit_workspace(task: Task, workspace: Any) -> dict[str, Any]:
+    """A python handler that takes the worktree path by keyword and edits it."""
+    from pathlib import Path
+
+    root = Path(workspace)
+    for name, content in (task.payload or {}).get("write", {}).items():
+        (root / name).write_text(content)
+    return {"files": sorted(p.name for p in root.iterdir() if p.name != ".git")}

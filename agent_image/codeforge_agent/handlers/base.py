@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from codeforge.api.task import Task
@@ -39,6 +40,9 @@ class TaskContext:
     #: (command, http, openai) pass it on so the remote side gives up too.
     timeout: float | None
     log: logging.LoggerAdapter[logging.Logger]
+    #: The task's Git worktree (issue #11), None when the task has no workspace. The command handler runs
+    #: in it; python functions read it here; what they leave in it is committed after they succeed.
+    workspace: Path | None = None
 
 
 @runtime_checkable

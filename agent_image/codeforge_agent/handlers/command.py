@@ -8,6 +8,10 @@
 The program's environment is the agent's (minus the Redis and API-key secrets) plus the configured extra
 variables and `CODEFORGE_TASK_ID`, `CODEFORGE_TASK_POOL`, `CODEFORGE_TASK_ATTEMPT`,
 `CODEFORGE_TASK_WORKFLOW`, `CODEFORGE_TASK_STEP`.
+
+For a task with a workspace the program runs inside the task's Git worktree (its working directory, also in
+`CODEFORGE_WORKSPACE`): whatever it leaves there is committed and pushed after it exits 0. It may name the
+commit message with a `commit_message` key in its JSON result.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class CommandHandler:
             CODEFORGE_TASK_WORKFLOW=task.workflow,
             CODEFORGE_TASK_STEP=task.step,
         )
+        if context.workspace is not None:
+            env["CODEFORGE_WORKSPACE"] = str(context.workspace)
         return env
 
     async def __call__(self, task: Task, context: TaskContext) -> Any:
@@ -79,7 +85,7 @@ class CommandHandler:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=self.cwd,
+                cwd=str(context.workspace) if context.workspace is not None else self.cwd,
                 env=self._environment(task, context),
                 start_new_session=True,  # own process group: a timeout kills its children too
             )

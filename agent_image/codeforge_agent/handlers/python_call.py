@@ -2,7 +2,9 @@
 
 This is how users plug in their own LangChain or LangGraph agents. The function may be sync or async; it gets
 the Task (and, if it takes a second argument, the TaskContext) and returns JSON (a pydantic model is
-dumped to JSON for it). Sync functions run in a
+dumped to JSON for it). For a task with a workspace, `context.workspace` is the path of its Git worktree
+(a function without a context parameter but with a `workspace` keyword parameter gets it there); what the
+function leaves in it is committed after it returns. Sync functions run in a
 thread pool sized to the agent's concurrency so they never block heartbeats. A target that cannot be
 imported does not crash the agent: every task fails with the reason, so the mistake shows on the tasks.
 """
@@ -58,8 +60,22 @@ def _wants_context(fn: Callable[..., Any]) -> bool:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # `def run(task, workspace)` takes the worktree path by keyword, not the context.
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "workspace"
+    ]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def _has_keyword(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        parameter = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        parameter.KEYWORD_ONLY,
+        parameter.POSITIONAL_OR_KEYWORD,
+    )
 
 
 class PythonHandler:
@@ -75,6 +91,7 @@ class PythonHandler:
             self._error = exc  # reported on every task, see module docstring
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cf-handler")
         self._with_context = self._fn is not None and _wants_context(self._fn)
+        self._wants_workspace = self._fn is not None and _has_keyword(self._fn, "workspace")
 
     @property
     def load_error(self) -> str | None:
@@ -85,11 +102,14 @@ class PythonHandler:
             assert self._error is not None
             raise self._error
         args: tuple[Any, ...] = (task, context) if self._with_context else (task,)
+        kwargs: dict[str, Any] = {}
+        if self._wants_workspace and not self._with_context and context.workspace is not None:
+            kwargs["workspace"] = context.workspace
         if inspect.iscoroutinefunction(self._fn):
-            result = await self._fn(*args)
+            result = await self._fn(*args, **kwargs)
         else:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, functools.partial(self._fn, *args))
+            result = await loop.run_in_executor(self._executor, functools.partial(self._fn, *args, **kwargs))
             if inspect.isawaitable(result):  # a sync wrapper that returns a coroutine
                 result = await result
         if isinstance(result, BaseModel):  # LangChain / LangGraph objects are pydantic models

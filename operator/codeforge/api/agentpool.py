@@ -233,6 +233,26 @@ class PodDisruptionBudgetSpec(CamelModel):
     )
 
 
+class PoolWorkspace(CamelModel):
+    """Git workspaces (Workflow spec.workspace): the pods' cache volume and the credentials git uses."""
+
+    credentials_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with the Git credentials, mounted read-only as files: `username` + `password`, "
+        "or `token` (HTTPS), or `ssh-privatekey` + `known_hosts` (SSH). Never put them in the URL.",
+    )
+    cache_size_limit: str = Field(
+        default="5Gi",
+        max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="Size of the emptyDir holding the pod's Git cache and the tasks' worktrees (a quantity: "
+        "5Gi, 500Mi). Caches use at most half; the rest is for worktrees.",
+    )
+
+
 class AgentPoolSpec(CamelModel):
     """Desired state of a pool of agents for one role."""
 
@@ -286,6 +306,11 @@ class AgentPoolSpec(CamelModel):
         default=8080, ge=1, le=65535, description="Agent port serving /healthz, /readyz and /metrics."
     )
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(default_factory=PodDisruptionBudgetSpec)
+    workspace: PoolWorkspace | None = Field(
+        default=None,
+        description="Git workspaces for pools whose Workflow steps work on a repository: a cache volume "
+        "and the credentials Secret. `workspace: {}` gives the volume with the default size.",
+    )
 
 
 class ConditionStatus(enum.StrEnum):

@@ -7,6 +7,7 @@ import json
 import re
 import time
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +26,161 @@ DEFAULT_MAX_LOST_LEASES: Final = 10
 LOST_LEASE_BACKOFF_CAP_SECONDS: Final = 60.0
 
 JSONValue = Any
+
+# --- workspaces (issue #11): the repository a task works in ----------------------------------------------
+
+#: Git URL schemes a workspace may use; scp-like `user@host:path` is refused (use ssh://user@host/path).
+WORKSPACE_URL_SCHEMES: Final = frozenset({"https", "http", "ssh", "git", "file"})
+MAX_WORKSPACE_URL: Final = 2048
+MAX_GIT_REF: Final = 1024
+MAX_MERGE_PARTS: Final = 64
+COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
+#: git check-ref-format, simplified: no control characters, space, ~^:?*[\ , no "..", "@{", "//", no
+#: leading "-" or "/", no trailing "/", "." or ".lock", no component starting with ".".
+_REF_BAD_RE: Final = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/]|/$|\.$|\.lock$|\.lock/|(^|/)\.")
+
+
+def validate_git_ref(value: str, field: str, *, full: bool = False) -> str:
+    """A ref name git accepts (`main`, `v1.2`, `refs/heads/x`); `full` demands a `refs/...` name."""
+    if not value or len(value) > MAX_GIT_REF or _REF_BAD_RE.search(value) or value == "@":
+        raise ValueError(
+            f"{field} {value[:80]!r} is not a valid git ref name: use letters, digits and ./_- separated by "
+            f"'/', at most {MAX_GIT_REF} characters (see git check-ref-format)"
+        )
+    if full and not value.startswith("refs/"):
+        raise ValueError(f"{field} {value[:80]!r} must be a full ref such as 'refs/heads/{value[:40]}'")
+    return value
+
+
+def validate_workspace_url(url: str) -> str:
+    """Accept a credential-free git URL; the error never echoes a URL that carries a secret."""
+    if len(url) > MAX_WORKSPACE_URL:
+        raise ValueError(f"workspace url is longer than {MAX_WORKSPACE_URL} characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ValueError("workspace url contains whitespace or control characters: percent-encode them")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise ValueError("workspace url is not a valid URL (bad host or port)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in WORKSPACE_URL_SCHEMES:
+        raise ValueError(
+            "workspace url must start with one of https://, http://, ssh://, git://, file:// "
+            "(for scp-like 'git@host:path' write 'ssh://git@host/path')"
+        )
+    # Secrets travel as files (the AgentPool's spec.workspace.credentialsSecret), never inside a URL that
+    # would end up in payloads, logs and status. An ssh user name alone (ssh://git@host) is not a secret.
+    if parts.password is not None or (parts.username is not None and scheme != "ssh"):
+        raise ValueError(
+            "workspace url must not contain credentials (user:password@ or token@): remove them and put "
+            "them in the AgentPool's spec.workspace.credentialsSecret"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError("workspace url file:// must name an absolute local path (file:///srv/repo.git)")
+    elif not parts.hostname:
+        raise ValueError(f"workspace url {scheme}:// must name a host")
+    if not parts.path.strip("/"):
+        raise ValueError("workspace url must name a repository path")
+    return url
+
+
+class WorkspaceAction(enum.StrEnum):
+    """What the agent does with a task's workspace. Only `checkout` runs the pool's handler."""
+
+    CHECKOUT = "checkout"  # worktree at `base`, run the handler inside, commit + push a changed tree
+    RESOLVE = "resolve"  # resolve `ref` to a commit
+    MERGE = "merge"  # merge `parts` into `base`, push to `push_ref`
+    PUBLISH = "publish"  # push `commit` to `push_ref`
+
+
+class TaskWorkspace(BaseModel):
+    """The repository a task works in: where it is, the commit to start from and where its output goes."""
+
+    # hide_input_in_errors: a refused URL may carry a password; the error must not repeat it.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+
+    url: str = Field(
+        max_length=MAX_WORKSPACE_URL,
+        description="Repository URL (https, http, ssh, git or file); never with credentials in it.",
+    )
+    action: WorkspaceAction = Field(default=WorkspaceAction.CHECKOUT, description="What the agent does.")
+    ref: str | None = Field(
+        default=None, max_length=MAX_GIT_REF, description="resolve: the branch, tag or commit to resolve."
+    )
+    base: str | None = Field(
+        default=None, max_length=40, description="checkout/merge: the 40-hex commit the work starts from."
+    )
+    parts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_MERGE_PARTS,
+        description="merge: the 40-hex commits merged into base, in order.",
+    )
+    push_ref: str | None = Field(
+        default=None,
+        max_length=MAX_GIT_REF,
+        description="checkout/merge: the full ref the output commit is force-pushed to "
+        "(refs/codeforge/<workflow>/<step>/v<visit>/p<index>); publish: refs/heads/<branch>.",
+    )
+    commit: str | None = Field(
+        default=None, max_length=40, description="publish: the 40-hex commit pushed to push_ref."
+    )
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _parse_action(cls, value: object) -> object:
+        # strict mode refuses the plain string JSON carries; accept the enum's values explicitly.
+        if isinstance(value, str) and not isinstance(value, WorkspaceAction):
+            try:
+                return WorkspaceAction(value)
+            except ValueError:
+                names = ", ".join(a.value for a in WorkspaceAction)
+                raise ValueError(f"unknown workspace action {value[:40]!r}: use one of {names}") from None
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return validate_workspace_url(value)
+
+    @field_validator("base", "commit")
+    @classmethod
+    def _check_commit(cls, value: str | None) -> str | None:
+        if value is not None and not COMMIT_RE.match(value):
+            raise ValueError(f"{value[:80]!r} is not a commit: give the full 40-hex SHA-1 in lowercase")
+        return value
+
+    @field_validator("parts")
+    @classmethod
+    def _check_parts(cls, value: list[str]) -> list[str]:
+        for sha in value:
+            if not COMMIT_RE.match(sha):
+                raise ValueError(f"parts: {sha[:80]!r} is not a commit: give full 40-hex SHA-1s in lowercase")
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _check_ref(cls, value: str | None) -> str | None:
+        return None if value is None else validate_git_ref(value, "ref")
+
+    @field_validator("push_ref")
+    @classmethod
+    def _check_push_ref(cls, value: str | None) -> str | None:
+        return None if value is None else validate_git_ref(value, "push_ref", full=True)
+
+    @model_validator(mode="after")
+    def _check_action_fields(self) -> TaskWorkspace:
+        needs = {
+            WorkspaceAction.CHECKOUT: ("base",),
+            WorkspaceAction.RESOLVE: ("ref",),
+            WorkspaceAction.MERGE: ("base", "parts", "push_ref"),
+            WorkspaceAction.PUBLISH: ("commit", "push_ref"),
+        }[self.action]
+        missing = [name for name in needs if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"workspace action {self.action.value!r} needs {', '.join(missing)}")
+        return self
 
 
 class Priority(enum.IntEnum):
@@ -84,7 +240,8 @@ def validate_pool_name(pool: str) -> str:
 class Task(BaseModel):
     """What a producer enqueues. Immutable once queued; the queue tracks attempts and state beside it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # hide_input_in_errors: a refused workspace URL may carry a password (and payloads run to 512 KiB).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, hide_input_in_errors=True)
 
     id: str = Field(description="Caller-chosen id; enqueue is idempotent on it within a pool.")
     pool: str = Field(description="The AgentPool whose queue holds the task.")
@@ -129,6 +286,10 @@ class Task(BaseModel):
     )
     created_at: float = Field(default_factory=time.time, description="Unix time of creation.")
     deadline: float | None = Field(default=None, description="Unix time after which the task's work is moot.")
+    workspace: TaskWorkspace | None = Field(
+        default=None,
+        description="The Git workspace the agent materialises for the task (issue #11); None: no files.",
+    )
 
     @field_validator("id")
     @classmethod

@@ -150,6 +150,120 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     return value
 
 
+# -- workspaces (issue #11): the repository a Workflow's steps work on, passed step to step through Git ----
+
+#: The placeholder in `pushBranch` replaced by the Workflow's name.
+WORKFLOW_PLACEHOLDER: Final = "{{workflow}}"
+DEFAULT_PUSH_BRANCH: Final = f"codeforge/{WORKFLOW_PLACEHOLDER}"
+GIT_URL_SCHEMES: Final = ("https", "http", "ssh", "git", "file")
+_URL_RE: Final = re.compile(r"^(?P<scheme>[a-z+]+)://(?P<authority>[^/?#]*)(?P<rest>.*)$")
+#: What `git check-ref-format` refuses, in short: no `..`, `@{`, control characters, space, ~^:?*[\\,
+#: no component starting with `.` or ending with `.lock`, no leading/trailing `/` or trailing `.`.
+_BAD_REF_RE: Final = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|(^|/)\.|\.lock(/|$)|^/|/$|\.$|^@$")
+
+
+def check_git_url(url: str) -> str:
+    """A Git URL with a supported scheme and no credentials in it (they belong in a Secret)."""
+    match = _URL_RE.match(url.strip())
+    if match is None or match["scheme"] not in GIT_URL_SCHEMES:
+        raise ValueError(
+            f"Git URL {redact_url(url)!r} is not supported: use one of "
+            f"{', '.join(s + '://' for s in GIT_URL_SCHEMES)} (e.g. https://git.example.com/team/repo.git)"
+        )
+    userinfo, at, _ = match["authority"].rpartition("@")
+    if at and (":" in userinfo or match["scheme"] in ("https", "http")):
+        raise ValueError(
+            f"Git URL {redact_url(url)!r} carries credentials: remove them from the URL and put them in a "
+            "Secret named by the AgentPool's spec.workspace.credentialsSecret"
+        )
+    return url.strip()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ replaced, for messages."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+def check_ref_name(value: str, what: str) -> str:
+    if not value or _BAD_REF_RE.search(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid Git ref name: no spaces, '..', '~^:?*[\\', '@{{', "
+            "no part starting with '.' or ending in '.lock'"
+        )
+    return value
+
+
+class GitSource(_Model):
+    """The repository a Workflow works on."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="https://, http://, ssh://, git:// or file:// URL, without credentials (those come from "
+        "the AgentPools' spec.workspace.credentialsSecret).",
+    )
+    ref: str = Field(
+        default="HEAD",
+        min_length=1,
+        max_length=255,
+        description="Branch, tag or commit the run starts from; resolved to a commit once, when the run "
+        "starts (default: the repository's default branch).",
+    )
+    push_branch: str = Field(
+        default=DEFAULT_PUSH_BRANCH,
+        min_length=1,
+        max_length=255,
+        description=f"The branch the final commit is pushed to when the run succeeds; {WORKFLOW_PLACEHOLDER} "
+        "is replaced by the Workflow's name.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return check_git_url(value)
+
+    @field_validator("ref")
+    @classmethod
+    def _check_ref(cls, value: str) -> str:
+        if value != "HEAD":
+            check_ref_name(value.removeprefix("refs/"), "ref")
+        return value
+
+    @field_validator("push_branch")
+    @classmethod
+    def _check_branch(cls, value: str) -> str:
+        name = value.removeprefix("refs/heads/")
+        check_ref_name(name.replace(WORKFLOW_PLACEHOLDER, "w"), "pushBranch")
+        return name
+
+    def branch_for(self, workflow: str) -> str:
+        """The push branch with the Workflow's name filled in (a full ref, refs/heads/...)."""
+        return "refs/heads/" + self.push_branch.replace(WORKFLOW_PLACEHOLDER, safe_ref_part(workflow))
+
+
+def safe_ref_part(value: str) -> str:
+    """`value` made usable inside a ref name (a Workflow name or run id): other characters become '-'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._/-]", "-", value).strip("/")
+    parts = [p.lstrip(".").removesuffix(".lock").rstrip(".") or "-" for p in cleaned.split("/") if p]
+    return "/".join(parts) or "-"
+
+
+class WorkspaceSpec(_Model):
+    """`spec.workspace`: the code the Workflow's steps work on, handed from step to step through Git."""
+
+    git: GitSource
+
+
+class StepWorkspace(_Model):
+    """A step's workspace options."""
+
+    merge: bool = Field(
+        default=False,
+        description="For a fan-out joined with `all`: merge the parts' commits into the step's output "
+        "(the step fails, naming the files, when they conflict). Default: the step passes its input on.",
+    )
+
+
 class RetryPolicy(_Model):
     """Retries of a step after its task failed: `max` extra attempts, waiting backoff * multiplier^n."""
 
@@ -200,6 +314,7 @@ class Step(_Model):
         description="The result field a majority join counts.",
     )
     priority: PriorityField | None = Field(default=None, description="Overrides the workflow's priority.")
+    workspace: StepWorkspace | None = Field(default=None, description="Workspace options (spec.workspace).")
 
     @field_validator("name")
     @classmethod
@@ -246,7 +361,16 @@ class Step(_Model):
             raise ValueError("set either `parallel` (N copies) or `forEach` (one task per item), not both")
         if self.join is JoinPolicy.MAJORITY and self.parallel is None and self.for_each is None:
             raise ValueError("join: majority needs a fan-out: set `parallel` (e.g. 3) or `forEach`")
+        if self.merges and (not self.fans_out or self.join is not JoinPolicy.ALL):
+            raise ValueError(
+                "workspace.merge merges the parts of a fan-out joined with `all`: set `parallel` or "
+                "`forEach` and `join: all`, or drop workspace.merge"
+            )
         return self
+
+    @property
+    def merges(self) -> bool:
+        return self.workspace is not None and self.workspace.merge
 
     @property
     def fans_out(self) -> bool:
@@ -300,6 +424,10 @@ class WorkflowSpec(_Model):
         description="Transitions; a step with none ends the run.",
     )
 
+    workspace: WorkspaceSpec | None = Field(
+        default=None, description="The Git repository the steps work on (each task gets its own checkout)."
+    )
+
     @field_validator("input")
     @classmethod
     def _check_input(cls, value: Any) -> Any:
@@ -313,6 +441,12 @@ class WorkflowSpec(_Model):
     @model_validator(mode="after")
     def _check_graph(self) -> WorkflowSpec:
         problems = check_graph(self)
+        if self.workspace is None:
+            problems += [
+                (f"spec.steps[{i}].workspace.merge", "merging needs a repository: set spec.workspace.git")
+                for i, step in enumerate(self.steps)
+                if step.merges
+            ]
         if problems:
             raise WorkflowSpecError(problems)
         return self

@@ -58,9 +58,38 @@ class StepStatus(CamelModel):
     attempts: int = Field(default=0, ge=0, description="Attempts of the latest visit (retries included).")
     parts: int | None = Field(default=None, ge=0, description="Fan-out width (parallel / forEach).")
     agent: str | None = Field(default=None, description="The agent that ran the latest attempt.")
+    commit: str | None = Field(
+        default=None, max_length=40, description="spec.workspace: the latest visit's output commit."
+    )
     start_time: str | None = Field(default=None, description="RFC 3339.")
     finish_time: str | None = Field(default=None, description="RFC 3339.")
     message: str = Field(default="", max_length=MESSAGE_LIMIT)
+
+
+class Diffstat(CamelModel):
+    model_config = ConfigDict(extra="ignore")
+
+    files: int = Field(default=0, ge=0)
+    insertions: int = Field(default=0, ge=0)
+    deletions: int = Field(default=0, ge=0)
+
+
+class WorkspaceStatus(CamelModel):
+    """spec.workspace: where the run started, where it is, and (once succeeded) the branch it produced."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str | None = Field(default=None, max_length=2048, description="The repository (no credentials).")
+    ref: str | None = Field(default=None, max_length=255, description="The ref the run started from.")
+    base: str | None = Field(default=None, max_length=40, description="The commit `ref` resolved to.")
+    commit: str | None = Field(
+        default=None, max_length=40, description="The latest step's output commit; the final one when done."
+    )
+    branch: str | None = Field(
+        default=None, max_length=255, description="The branch the final commit was pushed to."
+    )
+    diffstat: Diffstat | None = Field(default=None, description="The final commit against the base.")
+    files: list[str] = Field(default_factory=list, max_length=50, description="Changed files (the first 50).")
 
 
 class ResultRef(CamelModel):
@@ -93,6 +122,10 @@ class WorkflowStatus(CamelModel):
         description=f"Step results by step name, when their JSON fits {RESULT_INLINE_LIMIT} bytes.",
     )
     result_ref: ResultRef | None = Field(default=None, description="Where a larger result is kept.")
+    workspace: WorkspaceStatus | None = Field(
+        default=None,
+        description="spec.workspace: base, current commit, and the branch a succeeded run pushed.",
+    )
     retries: int = Field(default=0, ge=0, description="Retries requested through the retry annotation.")
     retry_token: str | None = Field(default=None, description="The last retry annotation acted upon.")
     conditions: list[Condition] = Field(

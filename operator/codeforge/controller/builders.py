@@ -67,8 +67,18 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_HANDLER",
         "CODEFORGE_HEALTH_PORT",
         "CODEFORGE_LOG_FORMAT",
+        "CODEFORGE_WORKSPACE_DIR",
+        "CODEFORGE_WORKSPACE_SIZE_LIMIT",
+        "CODEFORGE_GIT_CREDENTIALS_DIR",
     }
 )
+#: Where agent pods keep the Git cache and worktrees (an emptyDir) and find the Git credentials (a Secret).
+WORKSPACE_VOLUME: Final = "workspace"
+WORKSPACE_MOUNT: Final = "/var/lib/codeforge/workspaces"
+GIT_CREDENTIALS_VOLUME: Final = "git-credentials"
+GIT_CREDENTIALS_MOUNT: Final = "/var/run/secrets/codeforge/git"
+#: The agent image's group: files of the mounted Secret are readable by it (mode 0440), nobody else.
+AGENT_GID: Final = 10001
 _SETTING_KEY: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 #: Seconds between SIGTERM and the kubelet's SIGKILL that the agent keeps for handing tasks back.
 GRACE_MARGIN_SECONDS: Final = 5
@@ -180,6 +190,13 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
     ]
     if spec.queue.task_timeout_seconds is not None:
         env.append({"name": "CODEFORGE_TASK_TIMEOUT", "value": _number(spec.queue.task_timeout_seconds)})
+    if spec.workspace is not None:
+        env += [
+            {"name": "CODEFORGE_WORKSPACE_DIR", "value": WORKSPACE_MOUNT},
+            {"name": "CODEFORGE_WORKSPACE_SIZE_LIMIT", "value": spec.workspace.cache_size_limit},
+        ]
+        if spec.workspace.credentials_secret:
+            env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}
@@ -223,6 +240,8 @@ def pod_template(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> 
         "enableServiceLinks": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if spec.workspace is not None:
+        _add_workspace_volumes(pod, container, spec)
     if spec.service_account_name:
         pod["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
@@ -237,6 +256,27 @@ def pod_template(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> 
     if spec.pod_annotations:
         metadata["annotations"] = dict(spec.pod_annotations)
     return {"metadata": metadata, "spec": pod}
+
+
+def _add_workspace_volumes(pod: JSON, container: JSON, spec: AgentPoolSpec) -> None:
+    """The Git cache volume (emptyDir with the pool's sizeLimit) and the credentials Secret, read-only."""
+    assert spec.workspace is not None
+    volumes: list[JSON] = [
+        {"name": WORKSPACE_VOLUME, "emptyDir": {"sizeLimit": spec.workspace.cache_size_limit}}
+    ]
+    mounts: list[JSON] = [{"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_MOUNT}]
+    if spec.workspace.credentials_secret:
+        volumes.append(
+            {
+                "name": GIT_CREDENTIALS_VOLUME,
+                "secret": {"secretName": spec.workspace.credentials_secret, "defaultMode": 0o440},
+            }
+        )
+        mounts.append({"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_MOUNT, "readOnly": True})
+        # Secret files belong to this group, so the agent reads them whatever user the image runs as.
+        pod["securityContext"]["fsGroup"] = AGENT_GID
+    pod["volumes"] = volumes
+    container["volumeMounts"] = mounts
 
 
 def build_deployment(ref: PoolRef, spec: AgentPoolSpec, replicas: int, defaults: AgentDefaults) -> JSON:

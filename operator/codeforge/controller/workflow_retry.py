@@ -46,14 +46,16 @@ async def rewind_to_failed_step(runner: WorkflowRunner, thread_id: str, spec: Wo
     if failed is None:
         raise RetryError(f"nothing to retry: no step failed ({values.get('error') or 'the run succeeded'})")
     step, visit = str(failed["step"]), int(failed["visit"])
-    payloads = None
+    payloads, base = None, None
     async for earlier in graph.aget_state_history(config):
         route = (earlier.values or {}).get("route") or {}
         if route.get("to") == step and route.get("visit") == visit and "payloads" in route:
-            payloads = route["payloads"]
+            payloads, base = route["payloads"], route.get("base")
             break
     if payloads is None:
         raise RetryError(f"the checkpoint history of step {step!r} is gone: cannot retry it")
     route = {"to": step, "visit": visit + 1, "payloads": payloads}
+    if base is not None:  # spec.workspace: the retry starts from the commit the failed visit was given
+        route["base"] = base
     await graph.aupdate_state(config, {"error": None, "route": route}, as_node=step)
     return step

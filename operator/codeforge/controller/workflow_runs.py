@@ -318,7 +318,9 @@ async def drive(
                     tracker.begin_retry(token, step)
                 tracker.set_degraded(None)
                 workflows.writer.changed()
-                run = asyncio.ensure_future(runner.run(uid, spec, emit=emit, control=control))
+                run = asyncio.ensure_future(
+                    runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
+                )
             except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
                 tracker.set_degraded(str(exc))
                 workflows.writer.changed()

@@ -34,6 +34,7 @@ from codeforge.api.workflow_status import (
     StepPhase,
     StepStatus,
     WorkflowPhase,
+    WorkspaceStatus,
     progress,
     truncate,
 )
@@ -179,6 +180,7 @@ class StepView:
     start_time: str | None = None
     finish_time: str | None = None
     message: str = ""
+    commit: str | None = None
 
     def to_status(self) -> JSON:
         return StepStatus.model_validate(self.__dict__ | {"message": truncate(self.message)}).to_k8s()
@@ -199,6 +201,7 @@ class WorkflowTracker:
     steps: dict[str, StepView] = field(default_factory=dict)
     result: Any = None
     result_ref: JSON | None = None
+    workspace: JSON | None = None  # spec.workspace: WorkspaceStatus fields (camelCase)
     retries: int = 0
     retry_token: str | None = None
     degraded: str | None = None  # why the queue or checkpoint store is unreachable
@@ -226,6 +229,8 @@ class WorkflowTracker:
         tracker.retries = int(status.get("retries") or 0)
         tracker.retry_token = status.get("retryToken")
         tracker.conditions = [dict(c) for c in status.get("conditions") or []]
+        if isinstance(status.get("workspace"), Mapping):
+            tracker.workspace = dict(status["workspace"])
         for raw in status.get("steps") or []:
             step = StepStatus.model_validate(raw)
             tracker.steps[step.name] = StepView(**step.model_dump())
@@ -270,6 +275,9 @@ class WorkflowTracker:
             step.attempts = max(step.attempts, event.attempt or 0)
             step.finish_time, step.message = at, event.message
             step.agent = event.agent or step.agent
+            if event.commit:
+                step.commit = event.commit
+                self.workspace = {**(self.workspace or {}), "commit": event.commit}
             took = f" in {event.duration:.3g}s" if event.duration is not None else ""
             if step.phase is StepPhase.SUCCEEDED:
                 self._transition("Normal", "StepSucceeded", f"step {event.step} succeeded{took}")
@@ -279,6 +287,17 @@ class WorkflowTracker:
                     f"Step{step.phase.value}",
                     f"step {event.step} {step.phase.value.lower()}{took}: {truncate(event.message, 200)}",
                 )
+        elif kind in (EventKind.WORKSPACE_RESOLVED, EventKind.WORKSPACE_PUBLISHED):
+            self.workspace = {**(self.workspace or {}), **workspace_status(event.detail or {})}
+            if kind is EventKind.WORKSPACE_RESOLVED:
+                self.workspace["base"] = event.commit
+                self._transition("Normal", "WorkspaceResolved", f"ref resolved to {event.commit[:12]}")
+            else:
+                self._transition(
+                    "Normal",
+                    "WorkspacePublished",
+                    f"{event.commit[:12]} pushed to {self.workspace.get('branch')}",
+                )
         else:  # WORKFLOW_FINISHED: `finish()` applies the run's outcome, with its result
             return
         self.version += 1
@@ -286,6 +305,8 @@ class WorkflowTracker:
     def finish(self, outcome: WorkflowOutcome, result: Any, result_ref: JSON | None) -> None:
         """The run returned: its outcome is final (also for a run that had finished before a restart)."""
         self.result, self.result_ref = result, result_ref
+        if outcome.workspace is not None:
+            self.workspace = {**(self.workspace or {}), **workspace_status(outcome.workspace)}
         phase = _OUTCOME_PHASES.get(outcome.status, WorkflowPhase.FAILED)
         self._finish(phase, outcome.error or "", now_rfc3339())
 
@@ -368,6 +389,7 @@ class WorkflowTracker:
             "steps": [s.to_status() for s in steps],
             "result": self.result,
             "resultRef": self.result_ref,
+            "workspace": self.workspace,
             "retries": self.retries,
             "retryToken": self.retry_token,
             "conditions": self.conditions,
@@ -392,3 +414,14 @@ class WorkflowTracker:
         else:
             degraded = (ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "")
         return [running, finished, degraded]
+
+
+def workspace_status(info: Mapping[str, Any]) -> JSON:
+    """The status fields of a workspace record (an event's detail or the outcome's), validated and bounded."""
+    fields = {
+        k: info[k] for k in ("url", "ref", "base", "commit", "branch", "diffstat", "files") if k in info
+    }
+    if isinstance(fields.get("files"), list):
+        fields["files"] = fields["files"][:50]
+    # exclude_unset: a later record without `files` must not wipe the ones an earlier one reported
+    return WorkspaceStatus.model_validate(fields).model_dump(by_alias=True, exclude_unset=True, mode="json")

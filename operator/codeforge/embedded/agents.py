@@ -40,6 +40,10 @@ class InProcessAgents:
 
         if self.directory is not None and str(self.directory) not in sys.path:
             sys.path.insert(0, str(self.directory))  # `pythonFunction: demo_agents:run` beside the manifest
+        if self.directory is not None:  # `command: python3 -m demo_agents ...` too (commands inherit it)
+            paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if str(self.directory) not in paths:
+                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(self.directory), *paths] if p)
         for pool in self.pools:
             try:
                 env = {**pool.agent_env("memory://"), "CODEFORGE_CLAIM_WAIT": IN_PROCESS_CLAIM_WAIT}

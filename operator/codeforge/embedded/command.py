@@ -56,6 +56,13 @@ def run_command(
     input_json: Annotated[
         str | None, typer.Option("--input", help="JSON that replaces the Workflow's spec.input.")
     ] = None,
+    workspace_url: Annotated[
+        str | None,
+        typer.Option(
+            "--workspace-url",
+            help="Git URL that replaces spec.workspace.git.url (the repository the steps work on).",
+        ),
+    ] = None,
     agent_restarts: Annotated[
         int,
         typer.Option(
@@ -80,6 +87,8 @@ def run_command(
         loaded = load_manifest(manifest)
         if input_json is not None:
             loaded = _with_input(loaded, input_json)
+        if workspace_url is not None:
+            loaded = _with_workspace_url(loaded, workspace_url)
     except (ManifestError, QueueConfigError) as exc:
         console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -128,6 +137,23 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
     return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
 
 
+def _with_workspace_url(loaded: Manifest, url: str) -> Manifest:
+    from pydantic import ValidationError
+
+    from codeforge.api.workflow import GitSource, WorkspaceSpec
+    from codeforge.embedded.manifest import Manifest, ManifestError
+
+    current = loaded.workflow.spec.workspace
+    try:
+        git = GitSource(url=url) if current is None else current.git.model_copy(update={"url": url})
+        GitSource.model_validate(git.model_dump())  # model_copy skips validation
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ManifestError(f"--workspace-url: {message}") from None
+    spec = loaded.workflow.spec.model_copy(update={"workspace": WorkspaceSpec(git=git)})
+    return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
+
+
 async def _run(
     loaded: Manifest, url: str, run_id: str, output: Output, agents: bool, agent_restarts: int = 5
 ) -> WorkflowOutcome:
@@ -173,7 +199,8 @@ async def _run(
                             notify=lambda message: console.print(message, soft_wrap=True, markup=False),
                         )
                     )
-            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event))
+            name = loaded.workflow.metadata.name
+            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event, name=name))
             watchers: set[asyncio.Task[Any]] = {job}
             if processes is not None:
                 watchers.add(asyncio.create_task(processes.supervise()))
@@ -212,6 +239,35 @@ def _print_outcome(outcome: WorkflowOutcome, output: Output) -> None:
     if outcome.error:
         console.print(f"[red]error:[/] {outcome.error}", soft_wrap=True)
     console.print(Pretty(_final_state(outcome), expand_all=False))
+    if outcome.workspace is not None:
+        for line in workspace_summary(outcome.workspace, outcome.status == "succeeded"):
+            console.print(line, soft_wrap=True, markup=False)
+
+
+def workspace_summary(workspace: dict[str, Any], succeeded: bool) -> list[str]:
+    """The run's code in a few lines: where it started, the branch and commit it produced, its diffstat."""
+    base, commit = str(workspace.get("base") or ""), str(workspace.get("commit") or "")
+    lines = [f"workspace: {workspace.get('url')} {workspace.get('ref')} @ {base[:12]}"]
+    if workspace.get("branch"):
+        lines.append(f"branch: {workspace['branch']} @ {commit[:12]}")
+    elif succeeded:
+        lines.append(f"commit: {commit[:12]} (not published)")
+    else:
+        lines.append(
+            f"not published (the run failed); its last commit is {commit[:12]}, each step's output is "
+            "under refs/codeforge/ in the repository"
+        )
+    stat = workspace.get("diffstat")
+    if isinstance(stat, dict):
+        lines.append(
+            f"diffstat against {base[:12]}: {stat.get('files', 0)} file(s) changed, "
+            f"+{stat.get('insertions', 0)} -{stat.get('deletions', 0)}"
+        )
+    files = workspace.get("files") or []
+    lines.extend(f"  {name}" for name in files)
+    if workspace.get("filesOmitted"):
+        lines.append(f"  ... and {workspace['filesOmitted']} more")
+    return lines
 
 
 def _final_state(outcome: WorkflowOutcome) -> dict[str, Any]:

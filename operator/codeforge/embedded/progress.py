@@ -31,6 +31,7 @@ class StepRow:
     started: float | None = None
     duration: float | None = None
     message: str = ""
+    commit: str = ""  # spec.workspace: the latest visit's output commit (short)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ProgressBoard:
     rows: dict[str, StepRow] = field(default_factory=dict)
     status: str = "running"
     started: float = field(default_factory=time.time)
+    workspace: str = ""  # spec.workspace: "ref @ base" once resolved, then "-> branch @ commit"
 
     def __post_init__(self) -> None:
         self.rows = {s.name: StepRow(s.name, s.pool) for s in self.spec.steps}
@@ -49,6 +51,8 @@ class ProgressBoard:
         row = self.rows.get(event.step)
         if event.kind is EventKind.WORKFLOW_FINISHED:
             self.status = event.status
+        elif event.kind in (EventKind.WORKSPACE_RESOLVED, EventKind.WORKSPACE_PUBLISHED):
+            self.workspace = self.workspace_line(event) or self.workspace
         if row is None:
             return
         if event.kind is EventKind.STEP_STARTED:
@@ -62,11 +66,17 @@ class ProgressBoard:
             row.status, row.message = "retrying", event.message
         elif event.kind is EventKind.STEP_FINISHED:
             row.status, row.duration, row.message = event.status, event.duration, event.message
+            row.commit = event.commit[:10] if event.commit else row.commit
 
     def render(self) -> Table:
         elapsed = time.time() - self.started
-        table = Table(title=f"workflow: {self.status} ({elapsed:.1f}s)", title_justify="left", expand=False)
-        for column in ("step", "pool", "status", "runs", "attempts", "parts", "time"):
+        title = f"workflow: {self.status} ({elapsed:.1f}s)" + (
+            f"  {self.workspace}" if self.workspace else ""
+        )
+        table = Table(title=title, title_justify="left", expand=False)
+        columns = ["step", "pool", "status", "runs", "attempts", "parts", "time"]
+        with_commits = any(row.commit for row in self.rows.values()) or bool(self.workspace)
+        for column in columns + (["commit"] if with_commits else []):
             table.add_column(column, no_wrap=True)
         table.add_column("message", overflow="fold")
         for row in self.rows.values():
@@ -77,15 +87,27 @@ class ProgressBoard:
             else:
                 took = ""
             style = _STYLES.get(row.status, "")
-            table.add_row(
+            cells = [
                 row.name, row.pool, f"[{style}]{row.status}[/]", str(row.runs or ""), str(row.attempts or ""),
-                str(row.parts or ""), took, row.message[:120],
-            )  # fmt: skip
+                str(row.parts or ""), took,
+            ]  # fmt: skip
+            table.add_row(*cells, *([row.commit] if with_commits else []), row.message[:120])
         return table
 
     @staticmethod
-    def line(event: ProgressEvent) -> str | None:
+    def workspace_line(event: ProgressEvent) -> str | None:
+        detail = event.detail or {}
+        if event.kind is EventKind.WORKSPACE_RESOLVED:
+            return f"workspace: {detail.get('ref')} @ {event.commit[:10]}"
+        if event.kind is EventKind.WORKSPACE_PUBLISHED:
+            return f"workspace: branch {detail.get('branch')} @ {event.commit[:10]}"
+        return None
+
+    @classmethod
+    def line(cls, event: ProgressEvent) -> str | None:
         """A log line for non-interactive output (only the transitions a reader cares about)."""
+        if event.kind in (EventKind.WORKSPACE_RESOLVED, EventKind.WORKSPACE_PUBLISHED):
+            return cls.workspace_line(event)
         if event.kind is EventKind.STEP_STARTED:
             return f"step {event.step}: started ({event.parts} task{'s' if event.parts != 1 else ''})"
         if event.kind is EventKind.TASK_DISPATCHED and event.status == "reattached":
@@ -94,7 +116,8 @@ class ProgressBoard:
             return f"step {event.step}: attempt {event.attempt} failed: {event.message}"
         if event.kind is EventKind.STEP_FINISHED:
             detail = f": {event.message}" if event.message else ""
-            return f"step {event.step}: {event.status} in {event.duration or 0:.2f}s{detail}"
+            commit = f" -> {event.commit[:10]}" if event.commit else ""
+            return f"step {event.step}: {event.status} in {event.duration or 0:.2f}s{commit}{detail}"
         if event.kind is EventKind.WORKFLOW_RESUMED:
             return "workflow: resumed from its checkpoint"
         return None

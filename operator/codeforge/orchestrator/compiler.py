@@ -21,13 +21,15 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from codeforge.api.workflow import END, JoinPolicy, Step, WorkflowSpec
+from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.conditions import ConditionError, edge_matches, for_each_items, select_input
 from codeforge.orchestrator.dispatch import PartRequest, RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, ProgressEvent
-from codeforge.orchestrator.joins import FAILED, SUCCEEDED, join
+from codeforge.orchestrator.joins import FAILED, SUCCEEDED, Joined, join
 from codeforge.orchestrator.state import RunState, parts_key, public_state
 
 BEGIN: Final = "_begin"  # step names cannot contain "_", so node names never collide
+PUBLISH: Final = "_publish"  # spec.workspace: push the final commit to pushBranch when the run succeeded
 
 
 def run_node(step: str) -> str:
@@ -46,6 +48,10 @@ class GraphCompiler:
         graph.add_node(BEGIN, self._begin)
         graph.add_edge(START, BEGIN)
         destinations = [run_node(s.name) for s in self.spec.steps] + [LG_END]
+        if self.spec.workspace is not None:
+            graph.add_node(PUBLISH, self._publish)
+            graph.add_edge(PUBLISH, LG_END)
+            destinations.append(PUBLISH)
         graph.add_conditional_edges(BEGIN, self._fan_out, destinations)
         for step in self.spec.steps:
             graph.add_node(run_node(step.name), self._part_node(step))
@@ -58,7 +64,78 @@ class GraphCompiler:
 
     async def _begin(self, state: RunState, runtime: Runtime[StepDispatcher]) -> dict[str, Any]:
         update: dict[str, Any] = {"started_at": state.get("started_at") or time.time(), "error": None}
+        if self.spec.workspace is not None and not (state.get("workspace") or {}).get("base"):
+            resolved = await self._resolve(runtime.context)
+            if isinstance(resolved, str):
+                return update | self._fail(resolved)
+            update["workspace"] = resolved
+            state = {**state, "workspace": resolved}
         return update | self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
+
+    async def _resolve(self, dispatcher: StepDispatcher) -> dict[str, Any] | str:
+        """Resolve the workspace's ref to the run's base commit (checkpointed with the begin node, so a
+        resumed or retried run keeps it); an error message when that fails."""
+        assert self.spec.workspace is not None
+        git, ctx = self.spec.workspace.git, dispatcher.ctx
+        pool = self.spec.step(self.spec.entry_step).pool
+        done = await dispatcher.run_system(
+            pool,
+            ws.resolve_task_id(ctx.workflow),
+            "_resolve",
+            ws.resolve_request(self.spec.workspace),
+            ws.SYSTEM_TASK_ATTEMPTS,
+        )
+        info = ws.reported(done.get("result"))
+        if done["status"] != SUCCEEDED or info is None:
+            why = (
+                done.get("error") or f"the agent of pool {pool!r} reported no commit (no workspace support?)"
+            )
+            return f"spec.workspace.git: cannot resolve ref {git.ref!r} of {git.url}: {why}"
+        ctx.emit(
+            ProgressEvent(
+                EventKind.WORKSPACE_RESOLVED,
+                ctx.workflow,
+                commit=info["commit"],
+                detail={"url": git.url, "ref": git.ref, "commit": info["commit"]},
+            )
+        )
+        return {"url": git.url, "ref": git.ref, "base": info["commit"], "head": info["commit"], "pool": pool}
+
+    async def _publish(self, state: RunState, runtime: Runtime[StepDispatcher]) -> dict[str, Any]:
+        """The run succeeded: push its final commit to pushBranch (force: a rerun replaces its branch)."""
+        assert self.spec.workspace is not None
+        current = dict(state.get("workspace") or {})
+        if state.get("error") or not current.get("head") or current.get("published"):
+            return {}
+        ctx = runtime.context.ctx
+        request = ws.publish_request(self.spec.workspace, current["base"], current["head"], ctx.name)
+        done = await runtime.context.run_system(
+            current.get("pool") or self.spec.step(self.spec.entry_step).pool,
+            ws.publish_task_id(ctx.workflow),
+            "_publish",
+            request,
+            ws.SYSTEM_TASK_ATTEMPTS,
+        )
+        branch = (request.push_ref or "").removeprefix("refs/heads/")
+        info = ws.reported(done.get("result"))
+        if done["status"] != SUCCEEDED or info is None:
+            why = done.get("error") or "the agent reported no commit"
+            return {"error": f"publishing commit {current['head'][:12]} to branch {branch!r} failed: {why}"}
+        published = {**current, "branch": branch, "published": True}
+        for key in ("diffstat", "files"):
+            if key in info:
+                published[key] = info[key][: ws.STATUS_FILES_LIMIT] if key == "files" else info[key]
+        if len(info.get("files") or []) > ws.STATUS_FILES_LIMIT:
+            published["filesOmitted"] = len(info["files"]) - ws.STATUS_FILES_LIMIT
+        ctx.emit(
+            ProgressEvent(
+                EventKind.WORKSPACE_PUBLISHED,
+                ctx.workflow,
+                commit=current["head"],
+                detail={k: v for k, v in published.items() if k != "pool"},
+            )
+        )
+        return {"workspace": published}
 
     def _part_node(self, step: Step) -> Any:
         first_success = step.fans_out and step.join is JoinPolicy.FIRST_SUCCESS
@@ -67,8 +144,14 @@ class GraphCompiler:
             key = parts_key(step.name, arg["visit"])
             if arg.get("empty"):
                 return {"parts": {key: {}}}
+            checkout = None
+            if self.spec.workspace is not None and arg.get("base"):
+                ctx = runtime.context.ctx
+                checkout = ws.checkout_request(
+                    self.spec.workspace, arg["base"], ctx.workflow, step.name, arg["visit"], arg["index"]
+                )
             outcome = await runtime.context.run_part(
-                PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success)
+                PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
             )
             return {"parts": {key: {str(arg["index"]): outcome}}}
 
@@ -81,6 +164,12 @@ class GraphCompiler:
             visit = int(state["route"]["visit"])
             parts = state.get("parts", {}).get(parts_key(step.name, visit), {})
             joined = join(step, parts)
+            current = state.get("workspace")
+            info: dict[str, Any] | None = None
+            if self.spec.workspace is not None and current:
+                joined, info = await self._step_workspace(
+                    runtime.context, step, visit, parts, joined, current
+                )
             started = min((p.get("started", time.time()) for p in parts.values()), default=time.time())
             attempts = max((p.get("attempts", 0) for p in parts.values()), default=0)
             agents = ", ".join(sorted({p["agent"] for p in parts.values() if p.get("agent")}))
@@ -94,6 +183,8 @@ class GraphCompiler:
                 "parts": len(parts),
                 "duration": round(duration, 6),
             }
+            if info is not None:
+                record["workspace"] = ws.compact(info)
             ctx.emit(
                 ProgressEvent(
                     EventKind.STEP_FINISHED,
@@ -105,6 +196,8 @@ class GraphCompiler:
                     duration=duration,
                     parts=len(parts),
                     agent=agents,
+                    commit=(info or {}).get("commit", ""),
+                    detail=ws.compact(info),
                 )
             )
             results = dict(state.get("results", {}))
@@ -117,6 +210,9 @@ class GraphCompiler:
             }
             if joined.status == SUCCEEDED:
                 update["results"] = {step.name: joined.result}
+            if info is not None and current:
+                head = info["commit"] if joined.status == SUCCEEDED else current["head"]
+                update["workspace"] = {**current, "head": head, "pool": step.pool}
             variables = {
                 "state": {"input": state.get("input"), "results": results},
                 "input": state.get("input"),
@@ -128,6 +224,8 @@ class GraphCompiler:
                     "attempts": attempts,
                 },
             }
+            if info is not None:
+                variables["workspace"] = info
             try:
                 target = self._next(step, joined.status, variables)
             except ConditionError as exc:
@@ -137,12 +235,73 @@ class GraphCompiler:
             if target == END:
                 return update | {"route": {"to": END}}
             visits = {**state.get("visits", {}), step.name: visit}
-            return update | self._route_to(
-                ctx, target, {**state, "results": results, "visits": visits}, variables
-            )
+            later = {**state, "results": results, "visits": visits}
+            if "workspace" in update:
+                later["workspace"] = update["workspace"]
+            return update | self._route_to(ctx, target, later, variables)
 
         join_step.__name__ = step.name
         return join_step
+
+    async def _step_workspace(
+        self,
+        dispatcher: StepDispatcher,
+        step: Step,
+        visit: int,
+        parts: dict[str, dict[str, Any]],
+        joined: Joined,
+        current: dict[str, Any],
+    ) -> tuple[Joined, dict[str, Any]]:
+        """The step's output commit under its join: the single part's, firstSuccess/majority's winner's,
+        `all`'s input commit or, with workspace.merge, the parts merged (the step fails on a conflict)."""
+        base = current["head"]
+        if joined.status != SUCCEEDED:
+            return joined, ws.unchanged(base)
+        ordered = [parts[k] for k in sorted(parts, key=int)]
+        silent = [
+            p["index"] for p in ordered if p["status"] == SUCCEEDED and ws.reported(p.get("result")) is None
+        ]
+        if silent:
+            return Joined(
+                FAILED,
+                None,
+                f"step {step.name!r}: part {silent[0]} reported no workspace commit: the agents of pool "
+                f"{step.pool!r} must support workspaces (codeforge-agent with git)",
+            ), ws.unchanged(base)
+        if step.fans_out and step.join is JoinPolicy.ALL:
+            if not step.merges:
+                return joined, ws.unchanged(base)
+            commits = ws.changed_commits(ordered, base)
+            if not commits:
+                return joined, ws.unchanged(base)
+            if len(commits) == 1:  # one part changed the tree: its commit descends from base already
+                only = next(
+                    p for p in ordered if (ws.reported(p.get("result")) or {}).get("commit") == commits[0]
+                )
+                return joined, dict(ws.reported(only.get("result")) or {})
+            ctx, repo = dispatcher.ctx, self.spec.workspace
+            assert repo is not None  # only called with spec.workspace
+            done = await dispatcher.run_system(
+                step.pool,
+                ws.merge_task_id(ctx.workflow, step.name, visit),
+                step.name,
+                ws.merge_request(repo, base, commits, ctx.workflow, step.name, visit),
+                ws.SYSTEM_TASK_ATTEMPTS,
+            )
+            merged = ws.reported(done.get("result"))
+            if done["status"] != SUCCEEDED or merged is None:
+                why = done.get("error") or "the agent reported no merge commit"
+                return Joined(
+                    FAILED, None, f"merging the parts of step {step.name!r} failed: {why}"
+                ), ws.unchanged(base)
+            return joined, dict(merged)
+        index = ws.winner_index(step, ordered, joined)
+        if index is None:
+            return joined, ws.unchanged(base)
+        info = dict(ws.reported(parts[str(index)].get("result")) or ws.unchanged(base))
+        if step.fans_out and isinstance(joined.result, dict):
+            joined = Joined(joined.status, {**joined.result, "workspace": info}, joined.error)
+        return joined, info
 
     # -- routing -------------------------------------------------------------------------------------
 
@@ -183,7 +342,11 @@ class GraphCompiler:
         except ConditionError as exc:
             return self._fail(str(exc))
         ctx.emit(ProgressEvent(EventKind.STEP_STARTED, ctx.workflow, target, parts=len(payloads)))
-        return {"route": {"to": target, "visit": visit, "payloads": payloads}}
+        route = {"to": target, "visit": visit, "payloads": payloads}
+        head = (state.get("workspace") or {}).get("head")
+        if head:
+            route["base"] = head  # every part starts from the commit the previous step reported
+        return {"route": route}
 
     def _payload(
         self, ctx: RunContext, step: Step, public: dict[str, Any], index: int, item: Any, where: str
@@ -201,16 +364,19 @@ class GraphCompiler:
     def _fail(self, message: str) -> dict[str, Any]:
         return {"route": {"to": END}, "error": message}
 
-    @staticmethod
-    async def _fan_out(state: RunState) -> list[Send] | str:
+    async def _fan_out(self, state: RunState) -> list[Send] | str:
         # async on purpose: LangGraph runs a sync router in a thread pool, a hop that costs ~1 ms per step
         route = state.get("route") or {"to": END}
         if route["to"] == END:
+            if self.spec.workspace is not None and not state.get("error") and state.get("workspace"):
+                return PUBLISH
             return LG_END
         node = run_node(route["to"])
         payloads = route["payloads"]
         if not payloads:  # forEach over an empty list: one no-op part so the join still runs
             return [Send(node, {"visit": route["visit"], "empty": True})]
+        base = {"base": route["base"]} if route.get("base") else {}
         return [
-            Send(node, {"visit": route["visit"], "index": i, "payload": p}) for i, p in enumerate(payloads)
+            Send(node, {"visit": route["visit"], "index": i, "payload": p, **base})
+            for i, p in enumerate(payloads)
         ]

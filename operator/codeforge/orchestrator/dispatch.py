@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from codeforge.api.task import Priority, Task, TaskOutcome, TaskState
+from codeforge.api.task import Priority, Task, TaskOutcome, TaskState, TaskWorkspace
 from codeforge.api.workflow import Step
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.joins import FAILED, SUCCEEDED
@@ -60,6 +60,11 @@ class RunContext:
     outstanding: dict[str, str] = field(default_factory=dict)
     #: task id -> the first terminal outcome received for it; later ones are ignored (see the module doc)
     first: dict[str, TaskOutcome] = field(default_factory=dict)
+    #: The Workflow's name ({{workflow}} in spec.workspace.git.pushBranch); default: the run id
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.workflow
 
     def winner(self, key: str) -> asyncio.Event:
         return self.winners.setdefault(key, asyncio.Event())
@@ -72,6 +77,7 @@ class PartRequest:
     index: int
     payload: Any
     first_success: bool
+    workspace: TaskWorkspace | None = None  # the repository checkout the task works in (spec.workspace)
 
 
 @dataclass
@@ -137,6 +143,7 @@ class StepDispatcher:
                     payload=req.payload,
                     max_attempts=HANDLER_RUNS_PER_ATTEMPT,
                     deadline=self._task_deadline(step),
+                    workspace=req.workspace,
                 )
             except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
                 message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
@@ -204,6 +211,38 @@ class StepDispatcher:
             # Its agents kept dying: the lost-lease budget is the whole allowance, not one per step retry.
             return {"status": FAILED, "error": error, "final": True, **agent}
         return {"status": FAILED, "error": error, **agent}
+
+    async def run_system(
+        self, pool: str, tid: str, step: str, workspace: TaskWorkspace, attempts: int
+    ) -> dict[str, Any]:
+        """Dispatch and await a workspace system task (resolve, merge, publish: the agent does the Git work
+        without running its handler). Idempotent on `tid`, like a step's task, so a re-executed node
+        re-attaches to it. Returns {"status", "result"} or {"status", "error"}."""
+        await self.ctx.running.wait()
+        async with self.ctx.in_flight:
+            task = Task(
+                id=tid,
+                pool=pool,
+                workflow=self.ctx.workflow,
+                step=step,
+                priority=self.ctx.priority,
+                payload={"workflow": self.ctx.workflow, "step": step, "action": workspace.action.value},
+                max_attempts=attempts,
+                deadline=self.ctx.deadline,
+                workspace=workspace,
+            )
+            self.ctx.outstanding[tid] = pool
+            await self.queue.enqueue(task)
+            try:  # not in a `finally`: a cancelled run leaves it listed, for the runner to cancel
+                outcome = await self.queue.wait_result(pool, tid, None)
+            except TaskNotFoundError:
+                self.ctx.outstanding.pop(tid, None)
+                return {"status": FAILED, "error": f"task {tid} vanished from pool {pool!r}"}
+            self.ctx.outstanding.pop(tid, None)
+        if outcome.state is TaskState.SUCCEEDED:
+            return {"status": SUCCEEDED, "result": outcome.result}
+        error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
+        return {"status": FAILED, "error": error}
 
     def _task_deadline(self, step: Step) -> float | None:
         """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""

@@ -16,6 +16,8 @@ class EventKind(enum.StrEnum):
     TASK_DISPATCHED = "task_dispatched"  # one task (fan-out part, attempt) is queued or re-attached
     ATTEMPT_FAILED = "attempt_failed"  # a task ended without success; a retry may follow
     STEP_FINISHED = "step_finished"  # the join is done: status succeeded or failed
+    WORKSPACE_RESOLVED = "workspace_resolved"  # spec.workspace: the ref resolved to the run's base commit
+    WORKSPACE_PUBLISHED = "workspace_published"  # the final commit was pushed to pushBranch
     WORKFLOW_FINISHED = "workflow_finished"
 
 
@@ -32,6 +34,9 @@ class ProgressEvent:
     duration: float | None = None  # seconds, on *_finished and attempt_failed
     parts: int | None = None  # fan-out width, on step_started
     agent: str = ""  # the agent(s) that ran the task(s), on attempt_failed and step_finished
+    commit: str = ""  # spec.workspace runs: the step's output commit (step_finished), the resolved base
+    #: (workspace_resolved) or the published commit (workspace_published)
+    detail: dict[str, Any] | None = None  # workspace_*: {ref/branch, base, commit, diffstat, files}
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def _join_first(parts: list[dict[str, Any]]) -> Joined:
     return Joined(FAILED, None, f"no part succeeded: {_errors(parts)}")
 
 
-def _vote(result: Any, field: str) -> str | None:
+def vote_of(result: Any, field: str) -> str | None:
     if isinstance(result, dict):
         value = result.get(field)
     elif isinstance(result, str | int | bool):
@@ -69,7 +69,7 @@ def _join_majority(step: Step, parts: list[dict[str, Any]]) -> Joined:
     votes = Counter(
         vote
         for p in parts
-        if p["status"] == SUCCEEDED and (vote := _vote(p.get("result"), step.vote_field)) is not None
+        if p["status"] == SUCCEEDED and (vote := vote_of(p.get("result"), step.vote_field)) is not None
     )
     tally = dict(votes.most_common())
     if votes:

@@ -38,9 +38,12 @@ class WorkflowOutcome:
     history: list[dict[str, Any]]
     duration: float
     resumed: bool = False
+    #: spec.workspace runs: {url, ref, base, commit (the final one), and once published: branch, diffstat,
+    #: files}; None without a workspace
+    workspace: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "workflow": self.workflow,
             "status": self.status,
             "error": self.error,
@@ -49,6 +52,9 @@ class WorkflowOutcome:
             "duration": round(self.duration, 6),
             "resumed": self.resumed,
         }
+        if self.workspace is not None:
+            data["workspace"] = self.workspace
+        return data
 
 
 @dataclass
@@ -109,7 +115,10 @@ class WorkflowRunner:
         *,
         emit: EventSink = ignore_events,
         control: RunControl | None = None,
+        name: str | None = None,
     ) -> WorkflowOutcome:
+        """Run (start, resume or report) the workflow; `name` fills {{workflow}} in the workspace's
+        pushBranch (default: the run id)."""
         control = control or RunControl()
         if spec.suspend:
             control.suspend()
@@ -126,6 +135,7 @@ class WorkflowRunner:
             deadline=None,
             running=control.running,
             first=self._first.setdefault(workflow_id, {}),
+            name=name or workflow_id,
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)
@@ -199,6 +209,11 @@ class WorkflowRunner:
         workflow_id: str, values: dict[str, Any], started_at: float, *, resumed: bool, cancelled: bool = False
     ) -> WorkflowOutcome:
         error = values.get("error")
+        workspace = None
+        if values.get("workspace"):
+            current = values["workspace"]
+            workspace = {k: v for k, v in current.items() if k not in ("head", "pool", "published")}
+            workspace["commit"] = current.get("head")
         return WorkflowOutcome(
             workflow=workflow_id,
             status=CANCELLED if cancelled else FAILED if error else SUCCEEDED,
@@ -207,4 +222,5 @@ class WorkflowRunner:
             history=list(values.get("history") or []),
             duration=time.time() - started_at,
             resumed=resumed,
+            workspace=workspace,
         )

@@ -34,11 +34,18 @@ class RunState(TypedDict, total=False):
     route: dict[str, Any]  # the join's routing decision: {"to": step or END, "visit": n}
     error: str | None  # set when the workflow failed
     started_at: float  # Unix time the run began; the workflow timeout counts from it across restarts
+    #: spec.workspace runs: {url, ref, base (the resolved start commit), head (the commit the next step starts
+    #: from), pool (the last step's), and once published: branch, diffstat, files}
+    workspace: dict[str, Any]
 
 
 def public_state(state: RunState) -> dict[str, Any]:
     """What CEL sees as `state` and a task receives by default."""
-    return {"input": state.get("input"), "results": state.get("results", {})}
+    public = {"input": state.get("input"), "results": state.get("results", {})}
+    workspace = state.get("workspace")
+    if workspace:
+        public["workspace"] = {k: workspace.get(k) for k in ("url", "ref", "base", "head")}
+    return public
 
 
 def parts_key(step: str, visit: int) -> str:
