@@ -103,7 +103,7 @@ def test_helm_upgrade_then_uninstall_leaves_nothing_behind(clustered: Release) -
 
     wait_until(gone, timeout=120, interval=1, what="nothing of the release left", detail=clustered.diagnose)
     cluster_scoped = cluster.kubectl(
-        "get", "clusterroles,clusterrolebindings,clusterkopfpeerings", "-o", "name",
+        "get", "clusterroles,clusterrolebindings", "-o", "name",
         "-l", f"app.kubernetes.io/instance={clustered.name}",
     ).stdout.split()  # fmt: skip
     assert cluster_scoped == []
