@@ -57,13 +57,10 @@ class Connection:
             await self.client.aclose()
 
 
-async def connect(
-    url: str | RedisURL, *, durability: str | None = None, decode_responses: bool = True
-) -> Connection:
+async def connect(url: str, *, durability: str | None = None, decode_responses: bool = True) -> Connection:
     """Connect and check that Redis answers: RedisConfigError for a wrong URL or password,
     RedisUnavailableError when nothing answers, RedisStoreError when it answers with an error."""
-    target = url if isinstance(url, RedisURL) else parse_url(url, durability=durability,
-                                                              decode_responses=decode_responses)  # fmt: skip
+    target = parse_url(url, durability=durability, decode_responses=decode_responses)
     options = target.options
     if not target.cluster:
         single = Redis(host=target.hosts[0][0], port=target.hosts[0][1], **options)
