@@ -36,7 +36,7 @@ from codeforge.queue.errors import (
 )
 from codeforge.queue.keys import pool_prefix, task_key, wake_key
 from codeforge.queue.redis_replicated import WRITE_SCRIPTS, ReplicatedWrites, check_durability
-from codeforge.queue.redis_results import MAX_BLOCK_SECONDS, ResultWatcher
+from codeforge.queue.redis_results import MAX_BLOCK_SECONDS, ResultWatcher, outcome_of
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 
 log = logging.getLogger(__name__)
@@ -319,15 +319,7 @@ class RedisTaskQueue:
         )
         if state is None:
             return None
-        return TaskOutcome(
-            id=task_id,
-            pool=pool,
-            state=TaskState(state),
-            result=json.loads(result) if result else None,
-            error=error or None,
-            attempts=int(attempts or 0),
-            consumer=consumer or None,
-        )
+        return outcome_of(pool, task_id, state, attempts, result, error, consumer)
 
     async def wait_result(self, pool: str, task_id: str, timeout: float | None = None) -> TaskOutcome:
         validate_pool_name(pool)

@@ -19,6 +19,21 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_SECONDS = 30.0
 
 
+def outcome_of(
+    pool: str, task_id: str, state: str, attempts: str | None, result: str, error: str, consumer: str
+) -> TaskOutcome:
+    """A TaskOutcome from a task's fields as Redis stores (and publishes) them."""
+    return TaskOutcome(
+        id=task_id,
+        pool=pool,
+        state=TaskState(state),
+        result=json.loads(result) if result else None,
+        error=error or None,
+        attempts=int(attempts or 0),
+        consumer=consumer or None,
+    )
+
+
 class ResultWatcher:
     """Resolves `wait_result` futures from the pools' `done` Pub/Sub channels (one subscription per pool)."""
 
@@ -117,16 +132,7 @@ class ResultWatcher:
         task_id, state, attempts, consumer, error, result = data.split("\0", 5)
         if (pool, task_id) not in self._waiters:
             return
-        outcome = TaskOutcome(
-            id=task_id,
-            pool=pool,
-            state=TaskState(state),
-            result=json.loads(result) if result else None,
-            error=error or None,
-            attempts=int(attempts),
-            consumer=consumer or None,
-        )
-        self._resolve(pool, task_id, outcome)
+        self._resolve(pool, task_id, outcome_of(pool, task_id, state, attempts, result, error, consumer))
 
     def _resolve(self, pool: str, task_id: str, outcome: TaskOutcome) -> None:
         for future in self._waiters.pop((pool, task_id), []):
