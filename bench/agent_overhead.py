@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from codeforge.api.task import Task
 from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from codeforge_agent import Agent, AgentConfig, HandlerConfig, TaskTiming
 
 POOL = "bench-overhead"

@@ -13,9 +13,9 @@ Measured:
 - burst -> replicas: 40 tasks land in the queue of a pool without agents; seconds until its Deployment asks
   for ceil(40 / targetTasksPerAgent) replicas (the autoscaler's interval is 1 s).
 
-    .venv/bin/python bench/operator_footprint.py [--pools 20] [--workflows 200] [--json PATH]
+    PYTHONPATH=tests .venv/bin/python bench/operator_footprint.py [--pools 20] [--workflows 200] [--json PATH]
 
-Targets (DESIGN.md section 5 and issue 5): RSS under 150 MiB; burst to replicas under 2 s.
+Targets (README, "Benchmarks"): RSS under 150 MiB; burst to replicas under 2 s.
 """
 
 from __future__ import annotations
@@ -36,16 +36,13 @@ from typing import Any
 import aiohttp
 import kmock
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the kmock harness of the operator's tests
-
-from codeforge.api.task import Task  # noqa: E402
-from codeforge.embedded.manifest import PoolSpec  # noqa: E402
-from codeforge.queue import open_queue  # noqa: E402
-from codeforge.queue.local_server import LocalRedis  # noqa: E402
-from codeforge_agent.config import AgentConfig  # noqa: E402
-from codeforge_agent.loop import run_agent  # noqa: E402
-from support.kopf_harness import GROUP_API, manifest, register, write_kubeconfig  # noqa: E402
+from codeforge.api.task import Task
+from codeforge.embedded.manifest import PoolSpec
+from codeforge.queue import open_queue
+from codeforge.testing.redis_server import LocalRedis
+from codeforge_agent.config import AgentConfig
+from codeforge_agent.loop import run_agent
+from support.kopf_harness import GROUP_API, manifest, register, write_kubeconfig
 
 NS = "bench"
 TARGET_RSS_MIB = 150.0

@@ -30,7 +30,7 @@ from codeforge.api.workflow import parse_workflow_spec
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from codeforge_agent import AgentConfig, HandlerConfig
 from codeforge_agent.loop import run_agent
 
@@ -98,7 +98,7 @@ async def measure(backend: str, url: str, steps: int, runs: int, concurrent: int
         await agent
         await queue.close()
         if saver is not None:
-            await saver.client.aclose()
+            await saver.aclose()
     return {
         "backend": backend,
         "raw_round_trip_ms": round(raw * 1000, 3),

@@ -15,7 +15,8 @@ Pods never run on this control plane (kwok writes their status), so this measure
 server, the Deployment/ReplicaSet controllers and the scheduler: the part of a scale-up that CodeForge owns,
 not image pulls or container starts.
 
-    .venv/bin/python bench/scale_burst.py [--runs 3] [--tasks 2000] [--json bench/results/scale_burst.json]
+    PYTHONPATH=tests .venv/bin/python bench/scale_burst.py [--runs 3] [--tasks 2000] \\
+        [--json bench/results/scale_burst.json]
 """
 
 from __future__ import annotations
@@ -37,15 +38,12 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the control plane and process launchers of the e2e suite
-
-from cluster import Cluster, ExistingCluster, LocalControlPlane  # noqa: E402
-from cluster.processes import OperatorProcess  # noqa: E402
-from cluster.resources import dump, install_crds, label_agent_nodes, temporary_namespace  # noqa: E402
-from codeforge.api.task import Task  # noqa: E402
-from codeforge.queue import TaskQueue, open_queue  # noqa: E402
-from codeforge.queue.local_server import LocalRedis  # noqa: E402
+from cluster import Cluster, ExistingCluster, LocalControlPlane
+from cluster.processes import OperatorProcess
+from cluster.resources import dump, install_crds, label_agent_nodes, temporary_namespace
+from codeforge.api.task import Task
+from codeforge.queue import TaskQueue, open_queue
+from codeforge.testing.redis_server import LocalRedis
 
 POOL = "burst"
 POLL_SECONDS = 0.05

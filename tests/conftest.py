@@ -1,12 +1,14 @@
-"""Session-wide fixtures: private real Redis servers (single and 6-node cluster) on free local ports."""
+"""Session-wide fixtures: private real Redis servers (single, 6-node cluster, TLS) on free local ports."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
-from codeforge.queue.local_server import LocalRedis, LocalRedisCluster
+from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster
+from support.tls import TLS_PASSWORD, make_server_tls
 
 
 @pytest.fixture(scope="session")
@@ -39,5 +41,19 @@ def cluster_url(redis_cluster: LocalRedisCluster) -> str:
 async def fresh_redis() -> AsyncIterator[LocalRedis]:
     """A private server for tests that kill or restart it; AOF with fsync always loses no write."""
     server = LocalRedis(appendonly=True, appendfsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(server cert, server key, CA cert) from a throw-away CA, for 127.0.0.1."""
+    return make_server_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tls_files: tuple[Path, Path, Path]) -> Iterator[LocalRedis]:
+    """A redis-server that speaks TLS only and wants the password `support.tls.TLS_PASSWORD`."""
+    server = LocalRedis(tls=tls_files, password=TLS_PASSWORD).start()
     yield server
     server.stop()

@@ -20,7 +20,7 @@ import pytest
 import cluster
 from cluster.control_plane import default_cache
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 
 EXISTING_CLUSTER_ENV = "CODEFORGE_E2E_EXISTING_CLUSTER"
 

@@ -30,7 +30,7 @@ from cluster.resources import (
 )
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import TaskQueue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(600)]
 

@@ -28,7 +28,7 @@ from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, has_operator_command, running_agents, wait_until
 from cluster.resources import dump, install_crds, temporary_namespace
 from codeforge.orchestrator import task_id
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 

@@ -36,7 +36,7 @@ from cluster.resources import (
 from codeforge.api.task import TaskState
 from codeforge.orchestrator import task_id
 from codeforge.queue import TaskQueue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 

@@ -17,7 +17,7 @@ import pytest
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, has_operator_command, wait_until
 from cluster.resources import dump, event_reasons, install_crds, temporary_namespace
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from support.git_server import GitServer, git, make_bare_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]

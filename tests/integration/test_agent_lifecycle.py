@@ -20,7 +20,7 @@ import pytest
 
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.local_server import free_port
+from codeforge.testing.redis_server import free_port
 from support.agent_procs import agent_env, run_to_exit, running_agents, start_agent
 
 pytestmark = pytest.mark.redis

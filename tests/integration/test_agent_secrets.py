@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from support.agent_procs import agent_env, run_to_exit, running_agents
-from support.tls import make_server_tls
+from support.tls import TLS_PASSWORD
 
 pytestmark = pytest.mark.redis
-PASSWORD = "s3cret-agent-pass"
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return make_server_tls(tmp_path_factory.mktemp("agent-tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_redis(tls_files: tuple[Path, Path, Path]) -> Iterator[LocalRedis]:
-    server = LocalRedis(tls=tls_files, password=PASSWORD).start()
-    yield server
-    server.stop()
+PASSWORD = TLS_PASSWORD  # the conftest `tls_redis` server's
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from codeforge.embedded.agents import AgentProcesses
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import task_id
 from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from support.kopf_harness import NS, prepare, running
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -193,7 +193,7 @@ async def test_a_workflow_deleted_while_the_operator_is_down_is_cleaned_up_on_re
         assert await checkpoints.aget_tuple(config) is None
     finally:
         await queue.close()
-        await checkpoints.client.aclose()
+        await checkpoints.aclose()
 
 
 async def test_a_redis_outage_mid_run_is_reported_and_the_run_resumes(

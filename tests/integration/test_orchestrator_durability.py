@@ -20,7 +20,7 @@ from codeforge.embedded.agents import AgentProcesses
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import task_id
 from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

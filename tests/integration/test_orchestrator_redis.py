@@ -100,7 +100,7 @@ async def run_many(url: str, count: int) -> None:
             )
     finally:
         await queue.close()
-        await saver.client.aclose()
+        await saver.aclose()
     assert [o.status for o in outcomes] == ["succeeded"] * count, [o.error for o in outcomes if o.error][:3]
     assert [o.results["total"] for o in outcomes] == [{"n": n, "sum": expected_sum(n)} for n in range(count)]
     assert all([h["step"] for h in o.history] == ["fan", "total"] for o in outcomes)

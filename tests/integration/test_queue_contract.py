@@ -1,4 +1,4 @@
-"""The TaskQueue contract (DESIGN.md section 3), one suite run on every backend.
+"""The TaskQueue contract (`codeforge.queue.base`), one suite run on every backend.
 
 The same tests run on the in-process memory backend, on one real redis-server and on a real 6-node Redis
 Cluster. Each test uses its own pool (a fresh name), so all tests share the session's servers.

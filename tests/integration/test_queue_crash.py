@@ -21,7 +21,7 @@ import pytest
 
 from codeforge.api.task import TaskState
 from codeforge.queue import LeaseLostError, QueueUnavailableError, TaskQueue, open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from support.tasks import make_task, unique_pool
 
 CONSUMER = Path(__file__).resolve().parents[1] / "support" / "consumer.py"

@@ -32,7 +32,7 @@ from codeforge.queue import (
     open_queue,
 )
 from codeforge.queue.keys import pool_prefix
-from codeforge.queue.local_server import LocalRedis, LocalRedisCluster
+from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster
 from support.tasks import make_task, unique_pool
 
 README = Path(__file__).resolve().parents[2] / "README.md"

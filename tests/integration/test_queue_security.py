@@ -15,9 +15,9 @@ import pytest
 
 from codeforge.api.task import TaskState
 from codeforge.queue import QueueConfigError, QueueError, QueueUnavailableError, TaskQueue, open_queue
-from codeforge.queue.local_server import LocalRedis, LocalRedisCluster, free_port
+from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster, free_port
 from support.tasks import make_task, unique_pool
-from support.tls import make_ca, make_server_tls
+from support.tls import TLS_PASSWORD, make_ca
 
 pytestmark = pytest.mark.redis
 
@@ -149,18 +149,6 @@ async def test_password_on_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- TLS ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return make_server_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_redis(tls_files: tuple[Path, Path, Path]) -> Iterator[LocalRedis]:
-    server = LocalRedis(tls=tls_files, password=PASSWORD).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def plain_redis() -> AsyncIterator[LocalRedis]:
     server = LocalRedis().start()
@@ -168,7 +156,7 @@ async def plain_redis() -> AsyncIterator[LocalRedis]:
     server.stop()
 
 
-def tls_url(server: LocalRedis, ca: Path | None, password: str | None = PASSWORD) -> str:
+def tls_url(server: LocalRedis, ca: Path | None, password: str | None = TLS_PASSWORD) -> str:
     auth = f":{password}@" if password else ""
     query = f"?ssl_ca_certs={ca}" if ca else ""
     return f"rediss://{auth}127.0.0.1:{server.port}/0{query}"
@@ -184,7 +172,7 @@ async def test_tls_with_the_ca_verifies_and_works(
 async def test_tls_with_password_from_env(
     tls_redis: LocalRedis, tls_files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CODEFORGE_REDIS_PASSWORD", PASSWORD)
+    monkeypatch.setenv("CODEFORGE_REDIS_PASSWORD", TLS_PASSWORD)
     await open_and_check(tls_url(tls_redis, tls_files[2], password=None))
 
 
@@ -208,10 +196,10 @@ async def test_tls_verifies_by_default(tls_redis: LocalRedis) -> None:
 async def test_plain_url_to_a_tls_server_points_to_rediss(tls_redis: LocalRedis) -> None:
     start = time.monotonic()
     with pytest.raises(QueueUnavailableError) as info:
-        await open_queue(f"redis://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0")
+        await open_queue(f"redis://:{TLS_PASSWORD}@127.0.0.1:{tls_redis.port}/0")
     assert time.monotonic() - start < 15
     assert "rediss://" in str(info.value)
-    assert PASSWORD not in str(info.value)
+    assert TLS_PASSWORD not in str(info.value)
 
 
 async def test_rediss_to_a_plain_server_is_a_clear_error(

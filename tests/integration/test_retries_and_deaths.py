@@ -1,4 +1,4 @@
-"""Retries and agent deaths (DESIGN.md section 3, "Retries"), end to end with real agents.
+"""Retries and agent deaths (README, "Retries and agent deaths"), end to end with real agents.
 
 - `retries.max: N` runs the handler at most N+1 times for handler failures (memory queue with in-process
   agents, and real Redis with `codeforge-agent` processes);
@@ -61,7 +61,7 @@ async def run_on(url: str, workflow_id: str, spec: WorkflowSpec, timeout: float 
         try:
             return await asyncio.wait_for(WorkflowRunner(queue, saver).run(workflow_id, spec), timeout)
         finally:
-            await saver.client.aclose()
+            await saver.aclose()
     finally:
         await queue.close()
 

@@ -224,7 +224,7 @@ async def run_in_process(
             await rewind_to_failed_step(runner, workflow_id, parsed)
         return await asyncio.wait_for(runner.run(workflow_id, parsed, name=name), 180)
     finally:
-        await saver.client.aclose()
+        await saver.aclose()
         await queue.close()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+#: The password of the TLS test server (conftest `tls_redis`).
+TLS_PASSWORD = "s3cret-tls-Pw_0"
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from codeforge.api.task import Task
 from codeforge.queue import open_queue
-from codeforge.queue.local_server import LocalRedis
+from codeforge.testing.redis_server import LocalRedis
 from codeforge_agent import Agent, AgentConfig, HandlerConfig
 from codeforge_agent.health import HealthServer
 
@@ -42,6 +43,7 @@ async def test_health_ready_and_metrics_while_serving_memory_queue() -> None:
         await server.stop()
 
 
+@pytest.mark.redis
 async def test_readyz_fails_when_redis_is_gone() -> None:
     server_proc = LocalRedis().start()
     queue = await open_queue(server_proc.url)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codeforge.queue.local_server import redis_available
+from codeforge.testing.redis_server import redis_available
 
 REQUIRED = {
     "system",

@@ -20,7 +20,7 @@ import yaml
 
 from cluster.control_plane import bin_dir_for, default_cache
 from codeforge.controller.config import OperatorConfig
-from codeforge.queue.local_server import free_port
+from codeforge.testing.redis_server import free_port
 from support.dockerfiles import hadolint, stages
 
 REPO = Path(__file__).parents[2]

@@ -15,7 +15,7 @@ import pytest
 
 from codeforge.controller.config import ConfigError
 from codeforge.controller.leader import ElectionConfig, StandbyProbe, liveness_endpoint, micro_time
-from codeforge.queue.local_server import free_port
+from codeforge.testing.redis_server import free_port
 
 
 def test_defaults_are_controller_runtime_timings_and_election_is_off() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from codeforge.queue import QueueConfigError, QueueUnavailableError, TaskQueue, open_queue
 from codeforge.queue.factory import check_url, durability_of, password_from_env
-from codeforge.queue.local_server import free_port
+from codeforge.testing.redis_server import free_port
 
 #: An unreachable server must be reported within this, retries included, not hang an agent's start-up.
 UNREACHABLE_BOUND = 30.0

@@ -216,6 +216,7 @@ async def test_a_large_result_stays_out_of_the_status_and_is_referenced() -> Non
     assert await store.get(reference["redisKey"]) is not None
 
 
+@pytest.mark.redis
 async def test_large_results_go_to_redis(redis_url: str) -> None:
     from codeforge.orchestrator.checkpoint import connect_redis
 

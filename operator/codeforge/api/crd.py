@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, NoDefault
 from pydantic_core import core_schema
 
-from codeforge.api import agentpool
+from codeforge.api import agentpool, workflow, workflow_status
 
 GROUP: Final = agentpool.GROUP
 VERSION: Final = agentpool.VERSION
@@ -128,47 +128,26 @@ AGENTPOOL: Final = CustomResource(
 )
 
 
+WORKFLOW: Final = CustomResource(
+    kind=workflow.KIND,
+    plural=workflow.PLURAL,
+    spec_model=workflow.WorkflowSpec,
+    status_model=workflow_status.WorkflowStatus,
+    short_names=("wf",),
+    description="A graph of steps, each run by the agents of an AgentPool.",
+    printer_columns=(
+        PrinterColumn("Phase", "string", ".status.phase"),
+        PrinterColumn("Progress", "string", ".status.progress", "Finished steps / all steps, like 3/6."),
+        PrinterColumn("Step", "string", ".status.currentStep", "The steps running now."),
+        AGE,
+        PrinterColumn("Message", "string", ".status.message"),
+    ),
+)
+
+
 def custom_resources() -> list[CustomResource]:
-    """Every kind the operator serves. The Workflow kind joins once its model module exists."""
-    resources = [AGENTPOOL]
-    workflow = _workflow_resource()
-    if workflow is not None:
-        resources.append(workflow)
-    return resources
-
-
-def _workflow_resource() -> CustomResource | None:
-    # The Workflow models are written beside this module; until `codeforge.api.workflow` defines
-    # WorkflowSpec and WorkflowStatus, only AgentPool is rendered.
-    try:
-        from codeforge.api import workflow
-    except ImportError:
-        return None
-    spec_model = getattr(workflow, "WorkflowSpec", None)
-    status_model = getattr(workflow, "WorkflowStatus", None)
-    if status_model is None:  # the status model has its own module
-        try:
-            from codeforge.api import workflow_status
-        except ImportError:
-            return None
-        status_model = workflow_status.WorkflowStatus
-    if spec_model is None or status_model is None:
-        return None
-    return CustomResource(
-        kind=getattr(workflow, "KIND", "Workflow"),
-        plural=getattr(workflow, "PLURAL", "workflows"),
-        spec_model=spec_model,
-        status_model=status_model,
-        short_names=("wf",),
-        description="A graph of steps, each run by the agents of an AgentPool.",
-        printer_columns=(
-            PrinterColumn("Phase", "string", ".status.phase"),
-            PrinterColumn("Progress", "string", ".status.progress", "Finished steps / all steps, like 3/6."),
-            PrinterColumn("Step", "string", ".status.currentStep", "The steps running now."),
-            AGE,
-            PrinterColumn("Message", "string", ".status.message"),
-        ),
-    )
+    """Every kind the operator serves."""
+    return [AGENTPOOL, WORKFLOW]
 
 
 # --- schema conversion ---------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
     from codeforge.benchmarks import report
     from codeforge.benchmarks.queue_bench import BenchConfig, Runner
     from codeforge.queue.errors import QueueConfigError
-    from codeforge.queue.local_server import LocalRedis
+    from codeforge.testing.redis_server import LocalRedis
 
     assert isinstance(cfg, BenchConfig)
     err = Console(stderr=True, highlight=False)

@@ -22,7 +22,7 @@ from codeforge.api.task import Task
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
 from codeforge.benchmarks.system import BenchContext, System, split_consumers
 from codeforge.queue import Lease, TaskQueue, open_queue
-from codeforge.queue.local_server import LocalRedis, start_replica_of
+from codeforge.testing.redis_server import LocalRedis, start_replica_of
 
 #: Tasks per `enqueue_many` call when sending a burst.
 BURST_CHUNK = 500

@@ -1,7 +1,7 @@
 """What the whole operator process shares: its configuration, one Kubernetes client and one queue connection.
 
 The startup handler puts a `Runtime` into Kopf's operator-wide memo; every object's memo is a shallow copy of
-it, so the AgentPool handlers (and the Workflow handlers, once written) reach the same connections through
+it, so the AgentPool and Workflow handlers reach the same connections through
 `memo.runtime`. The queue connection is retried with a pause when the queue is down, and the reason is kept
 for the QueueUnreachable conditions. With CODEFORGE_LEADER_ELECTION on, the startup handler first waits until
 this replica holds the leader Lease (`controller/leader.py`); a standby never gets past it.

@@ -200,7 +200,7 @@ class WorkflowRuntime:
                     await task
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
-                await self.runner.checkpointer.client.aclose()
+                await self.runner.checkpointer.aclose()
 
     def set_suspended(self, uid: str, suspended: bool) -> bool:
         """Pause or resume dispatching of a running Workflow; False when no run is active here."""

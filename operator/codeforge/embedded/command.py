@@ -187,7 +187,7 @@ async def _run(
                     await stack.enter_async_context(in_process)
             else:
                 saver = await open_checkpointer(url)
-                stack.push_async_callback(saver.client.aclose)
+                stack.push_async_callback(saver.aclose)
                 runner = WorkflowRunner(task_queue, saver)
                 if agents:
                     processes = stack.enter_context(

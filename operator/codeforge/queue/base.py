@@ -1,15 +1,15 @@
-"""The TaskQueue contract shared by the memory and Redis backends (DESIGN.md section 3).
+"""The TaskQueue contract shared by the memory and Redis backends (README, "The task queue").
 
 Semantics every backend keeps:
 - priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), FIFO within a priority;
 - `enqueue` is idempotent on the task id within a pool;
 - `claim` is atomic and gives a lease with a fencing token, as long as the consumer asks (its pool's
   setting; the task's `lease_seconds` when it names none); `heartbeat` extends it by as much;
-- two budgets (DESIGN.md section 3, "Retries"): a retryable `fail` spends one of the handler's `max_attempts`
-  runs; a lost lease (expired: the agent died) or a `release` of a started task (a drain ran out of grace)
-  spends one of `max_lost_leases`, and an expired one is redelivered after a backoff that doubles per loss;
-  a `release` of an unstarted task spends nothing. When a budget runs out the task goes to the dead-letter
-  queue, its error ending with the budget that ran out; nothing is silently dropped;
+- two budgets (README, "Retries and agent deaths"): a retryable `fail` spends one of the handler's
+  `max_attempts` runs; a lost lease (expired: the agent died) or a `release` of a started task (a drain
+  ran out of grace) spends one of `max_lost_leases`, and an expired one is redelivered after a backoff that
+  doubles per loss; a `release` of an unstarted task spends nothing. When a budget runs out the task goes
+  to the dead-letter queue, its error ending with the budget that ran out; nothing is silently dropped;
 - `complete`/`fail`/`heartbeat`/`release` carry the fencing token; a stale one raises LeaseLostError,
   so a result is recorded exactly once;
 - idle consumers block and are woken by an enqueue, never by a sleep-polling loop.

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from codeforge.redis.errors import RedisConfigError, RedisStoreError, RedisUnavailableError
+
 
 class QueueError(Exception):
     """Base class of every task-queue error."""
@@ -37,3 +42,16 @@ class TaskCancelledError(LeaseLostError):
 
 class TaskNotFoundError(QueueError, KeyError):
     """No task with that id exists in that pool (it never did, or its record expired)."""
+
+
+@contextlib.contextmanager
+def queue_errors() -> Iterator[None]:
+    """Raise the Redis package's errors as the queue's own (same message), so callers catch QueueError."""
+    try:
+        yield
+    except RedisConfigError as exc:
+        raise QueueConfigError(str(exc)) from None
+    except RedisUnavailableError as exc:
+        raise QueueUnavailableError(str(exc)) from None
+    except RedisStoreError as exc:
+        raise QueueError(str(exc)) from None

@@ -14,10 +14,8 @@ is creation order and "latest" / "before" are single range reads.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import AsyncIterator, Sequence
-from importlib import resources
 from typing import Any
 
 import ormsgpack
@@ -34,18 +32,20 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
+from codeforge.redis import Script
 
 RedisClient = Redis | RedisCluster
 DEFAULT_PREFIX = "cf:cp"
 
 
-def _lua(name: str) -> str:
-    return resources.files("codeforge.orchestrator.checkpoint").joinpath("lua", name).read_text()
+SCRIPTS = {
+    name: Script.from_package("codeforge.orchestrator.checkpoint", name)
+    for name in ("put_checkpoint", "put_writes", "delete_keys")
+}
 
 
 def _text(value: bytes | str) -> str:
@@ -53,7 +53,11 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisCheckpointSaver(BaseCheckpointSaver[str]):
-    """Async checkpointer (`ainvoke`/`astream`); the sync API is not provided."""
+    """Async checkpointer (`ainvoke`/`astream`); the sync API is not provided.
+
+    It owns its client: `aclose()` (or `async with`) closes it, and `client` is there for records that
+    live beside the checkpoints (e.g. large Workflow results), not for closing.
+    """
 
     def __init__(
         self, client: RedisClient, *, prefix: str = DEFAULT_PREFIX, serde: SerializerProtocol | None = None
@@ -63,18 +67,20 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         # redis-py types every command as `Awaitable[T] | T` (sync and async share stubs): treat it as Any.
         self._r: Any = client
         self.prefix = prefix
-        self._scripts = {
-            name: _lua(f"{name}.lua") for name in ("put_checkpoint", "put_writes", "delete_keys")
-        }
-        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
         self._registered: set[str] = set()  # threads this process already put in the registry
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script on a NOSCRIPT reply (a restarted or newly promoted node)."""
-        try:
-            return await self._r.evalsha(self._shas[name], len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await self._r.eval(self._scripts[name], len(keys), *keys, *args)
+        return await SCRIPTS[name].run(self._r, keys, args)
+
+    async def aclose(self) -> None:
+        """Close the connection (the saver is unusable after)."""
+        await self.client.aclose()
+
+    async def __aenter__(self) -> RedisCheckpointSaver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def _keys(self, thread_id: str) -> ThreadKeys:
         return ThreadKeys(self.prefix, thread_id)

@@ -1,0 +1,168 @@
+"""Result waiters of the Redis queue: woken by the pools' `done` Pub/Sub channels, not by polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from codeforge.api.task import TaskOutcome, TaskState
+from codeforge.queue.keys import done_channel, pool_from_channel
+
+log = logging.getLogger(__name__)
+#: Longest single wait for a message; the listener re-arms it (no busy loop).
+MAX_BLOCK_SECONDS = 30.0
+
+
+def outcome_of(
+    pool: str, task_id: str, state: str, attempts: str | None, result: str, error: str, consumer: str
+) -> TaskOutcome:
+    """A TaskOutcome from a task's fields as Redis stores (and publishes) them."""
+    return TaskOutcome(
+        id=task_id,
+        pool=pool,
+        state=TaskState(state),
+        result=json.loads(result) if result else None,
+        error=error or None,
+        attempts=int(attempts or 0),
+        consumer=consumer or None,
+    )
+
+
+class ResultWatcher:
+    """Resolves `wait_result` futures from the pools' `done` Pub/Sub channels (one subscription per pool)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Redis]],
+        fetch: Callable[[str, str], Awaitable[TaskOutcome | None]],
+    ):
+        self._connect = connect
+        self._fetch = fetch
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[TaskOutcome]]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._client: Redis | None = None
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def watch(self, pool: str, task_id: str) -> asyncio.Future[TaskOutcome]:
+        future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault((pool, task_id), []).append(future)
+        channel = done_channel(pool)
+        async with self._lock:
+            if self._pubsub is None:
+                await self._open()
+            if channel not in self._confirmed:
+                self._confirmed[channel] = asyncio.Event()
+                await self._pubsub.subscribe(channel)
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.create_task(self._listen(), name="codeforge-result-watcher")
+        # Read the task only once the subscription is live, so a completion cannot slip between the two.
+        await self._confirmed[channel].wait()
+        return future
+
+    def forget(self, pool: str, task_id: str, future: asyncio.Future[TaskOutcome]) -> None:
+        waiters = self._waiters.get((pool, task_id), [])
+        if future in waiters:
+            waiters.remove(future)
+        if not waiters:
+            self._waiters.pop((pool, task_id), None)
+
+    async def _open(self) -> None:
+        self._client = await self._connect()
+        self._pubsub = self._client.pubsub()
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=MAX_BLOCK_SECONDS)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost connection: reconnect, resubscribe, re-check every waiter
+                log.warning("result channel lost (%s); reconnecting in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                await self._reconnect()
+                continue
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "subscribe":
+                event = self._confirmed.get(channel)
+                if event:
+                    event.set()
+            elif kind == "message":
+                self._deliver(pool_from_channel(channel), message["data"])
+
+    async def _reconnect(self) -> None:
+        async with self._lock:
+            old = self._pubsub
+            self._pubsub = None
+            if old is not None:
+                try:
+                    await old.aclose()
+                except Exception:  # already broken
+                    log.debug("closing the broken pubsub failed", exc_info=True)
+            try:
+                self._client = await self._connect()
+                self._pubsub = self._client.pubsub()
+                for channel in self._confirmed:
+                    await self._pubsub.subscribe(channel)
+            except Exception as exc:
+                self._pubsub = _BrokenPubSub(exc)
+                return
+        # Messages published while we were away are gone: read the state of everything still awaited.
+        for pool, task_id in list(self._waiters):
+            try:
+                outcome = await self._fetch(pool, task_id)
+            except Exception:
+                continue
+            if outcome is not None and outcome.state.terminal:
+                self._resolve(pool, task_id, outcome)
+
+    def _deliver(self, pool: str, data: str) -> None:
+        task_id, state, attempts, consumer, error, result = data.split("\0", 5)
+        if (pool, task_id) not in self._waiters:
+            return
+        self._resolve(pool, task_id, outcome_of(pool, task_id, state, attempts, result, error, consumer))
+
+    def _resolve(self, pool: str, task_id: str, outcome: TaskOutcome) -> None:
+        for future in self._waiters.pop((pool, task_id), []):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def close(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        if self._pubsub is not None and not isinstance(self._pubsub, _BrokenPubSub):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pubsub.aclose()
+        if self._client is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._client.aclose()
+
+
+class _BrokenPubSub:
+    """Stands in for a pubsub whose reconnect failed, so the listener retries."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def get_message(self, timeout: float) -> None:
+        raise self.exc
+
+    async def subscribe(self, channel: str) -> None:
+        raise self.exc
+
+    async def aclose(self) -> None:
+        return None
