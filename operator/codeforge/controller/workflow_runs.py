@@ -390,9 +390,9 @@ async def _finish(
 
 async def cleanup(
     workflows: WorkflowRuntime, runtime: Runtime, ref: WorkflowRef, status: Mapping[str, Any], log: Logger
-) -> None:
+) -> str | None:
     """The Workflow is being deleted: cancel what still runs, then remove its step refs (through an agent,
-    bounded in time), its checkpoints and its result copy."""
+    bounded in time), its checkpoints and its result copy. Returns why step refs were kept, if they were."""
     active = workflows.runs.get(ref.uid)
     if active is not None:
         active.control.cancel("the Workflow was deleted")
@@ -404,10 +404,13 @@ async def cleanup(
     refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
     if refs.status == "deleted":
         log.info("deleted %d step ref(s) under %s", refs.deleted, refs.prefix)
-    elif refs.status != "none":  # a warning: Kopf posts it as an Event on the Workflow
-        log.warning("step refs under %s not deleted: %s", refs.prefix, refs.message)
+    kept = None
+    if refs.status not in ("none", "deleted"):
+        kept = f"step refs under {refs.prefix} not deleted: {refs.message}"
+        log.warning("%s", kept)
     await workflows.results.delete(ResultStore.key(ref))
     workflow_metrics.forget(ref.uid)
+    return kept
 
 
 async def _cancel_from_status(queue: TaskQueue, ref: WorkflowRef, status: Mapping[str, Any]) -> None:

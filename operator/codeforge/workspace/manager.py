@@ -569,7 +569,7 @@ class Workspaces:
             repo = await self._ensure_repo(url)
 
         async def listed() -> list[str]:
-            # A pattern is matched against the refs' tails (and sent to the server as a prefix): filter exactly.
+            # ls-remote matches patterns against the refs' tails (the server gets a prefix): filter exactly.
             out = await self._git(
                 ["ls-remote", "--refs", url, f"{prefix}*"], url=url, what=prefix, op="cleanup", net=True
             )
