@@ -270,7 +270,7 @@ class Workspaces:
     async def prepare(self, url: str, base: str, *, label: str = "task") -> Checkout:
         """A worktree at `base` that no handler has used, from the cache (fetching `base` only if missing).
 
-        Checking out a large tree is slow (10,000 files, 100 MiB: seconds), so after each task the agent
+        Checking out a large tree is slow (10,000 files, 100 MiB: seconds), so while a task runs the agent
         prepares a spare worktree of the repository in the background (`git worktree add --detach`, never
         handed to a handler before); the next task takes it and moves it to its base, which rewrites only
         the files that differ. Without a spare (first task, concurrent tasks) it adds a worktree directly.
@@ -279,23 +279,23 @@ class Workspaces:
         self._state(repo).users += 1
         try:
             spare = await self._take_spare(repo, base)
-            if spare is not None:
-                return Checkout(url, repo, spare, base)
-            path = self._new_path(label)
-            try:
-                await self._git(
-                    ["worktree", "add", "--quiet", "--detach", str(path), base],
-                    url=url,
-                    what=f"commit {base}",
-                    op="checkout",
-                    cwd=repo,
-                )
-            except BaseException:
-                await self._remove_path(repo, path)
-                raise
+            path = spare or self._new_path(label)
+            if spare is None:
+                try:
+                    await self._git(
+                        ["worktree", "add", "--quiet", "--detach", str(path), base],
+                        url=url,
+                        what=f"commit {base}",
+                        op="checkout",
+                        cwd=repo,
+                    )
+                except BaseException:
+                    await self._remove_path(repo, path)
+                    raise
         except BaseException:
             self._state(repo).users -= 1
             raise
+        self._start_spare(repo, base)  # ready by the time the next task comes, made while this one runs
         return Checkout(url, repo, path, base)
 
     def _new_path(self, label: str) -> Path:
@@ -334,12 +334,16 @@ class Workspaces:
         await self.git.run(["update-index", "-q", "--refresh"], cwd=path, check=False)
         return path
 
-    def release(self, checkout: Checkout, next_commit: str | None = None) -> None:
-        """Remove the worktree and prepare a spare in the background (the cache stays); see `aclose`."""
-        if self.settings.spare_worktrees and checkout.repo not in self._spares and not self._closing:
-            spare = asyncio.create_task(self._make_spare(checkout.repo, next_commit or checkout.base))
-            self._spares[checkout.repo] = spare
+    def _start_spare(self, repo: Path, commit: str) -> None:
+        if self.settings.spare_worktrees and repo not in self._spares and not self._closing:
+            spare = asyncio.create_task(self._make_spare(repo, commit))
+            self._spares[repo] = spare
             self._track(spare)
+
+    def release(self, checkout: Checkout, next_commit: str | None = None) -> None:
+        """Remove the worktree in the background (the cache stays); see `aclose`. If no spare is on its
+        way (concurrent tasks took it), start one at `next_commit`, where the next task likely starts."""
+        self._start_spare(checkout.repo, next_commit or checkout.base)
         self._track(asyncio.create_task(self._remove(checkout)))
 
     def _track(self, job: asyncio.Task[Any]) -> None:
