@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,30 @@ def test_redact_drops_userinfo() -> None:
         redact("fatal: https://bob:pw@h/r.git and ssh://git@h/x")
         == "fatal: https://***@h/r.git and ssh://***@h/x"
     )
+
+
+TEARDOWN = """
+import asyncio, sys
+from pathlib import Path
+from codeforge.workspace import Workspaces, WorkspaceSettings
+
+async def main() -> None:
+    ws = Workspaces(WorkspaceSettings(root=Path(sys.argv[1])))
+    await ws.prepare(sys.argv[2], sys.argv[3])  # starts a spare; asyncio.run cancels it at once
+
+asyncio.run(main())
+print("closed")
+"""
+
+
+def test_an_event_loop_closing_mid_spare_does_not_hang(tmp_path: Path) -> None:
+    bare = tmp_path / "r.git"
+    base = make_bare_repo(bare, {"a": "1\n"})
+    done = subprocess.run(
+        [sys.executable, "-c", TEARDOWN, str(tmp_path / "cache"), f"file://{bare}", base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == "closed", done.stderr

@@ -304,7 +304,7 @@ class Workspaces:
 
     async def _take_spare(self, repo: Path, base: str) -> Path | None:
         job = self._spares.pop(repo, None)
-        if job is None:
+        if job is None or job.cancelled():
             return None
         try:
             path = await asyncio.shield(job)
@@ -321,17 +321,21 @@ class Workspaces:
         return None
 
     async def _make_spare(self, repo: Path, commit: str) -> Path | None:
-        path = self._new_path("spare")
-        result = await self.git.run(
-            ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo, check=False
+        return await asyncio.to_thread(self._make_spare_blocking, repo, commit, self._new_path("spare"))
+
+    def _make_spare_blocking(self, repo: Path, commit: str, path: Path) -> Path | None:
+        # In a thread (see Git.run_blocking): a cancelled agent waits for it instead of hanging its loop.
+        result = self.git.run_blocking(
+            ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo
         )
         if result.returncode != 0:
-            await self._remove_path(repo, path)
+            shutil.rmtree(path, ignore_errors=True)
+            self.git.run_blocking(["worktree", "prune"], cwd=repo)
             return None
         # Files written in the same second as the index are "racily clean": git would re-read all of them on
         # the next checkout. Refreshing the index a second later records their final stat data once.
-        await asyncio.sleep(1.1)
-        await self.git.run(["update-index", "-q", "--refresh"], cwd=path, check=False)
+        time.sleep(1.1)
+        self.git.run_blocking(["update-index", "-q", "--refresh"], cwd=path)
         return path
 
     def _start_spare(self, repo: Path, commit: str) -> None:
@@ -368,7 +372,7 @@ class Workspaces:
 
     async def _drop_spare(self, repo: Path) -> None:
         job = self._spares.pop(repo, None)
-        if job is None:
+        if job is None or job.cancelled():
             return
         with contextlib.suppress(Exception):
             path = await asyncio.shield(job)
