@@ -3,6 +3,11 @@
 One session-wide control plane with one kwok node and one real node (tests/e2e/realnode/conftest.py). A
 release with standalone Redis serves most tests (module-scoped, in install order); the Redis Cluster mode gets
 a release of its own; the last test upgrades and uninstalls.
+
+The example Workflows run as shipped (examples/workflows/*.yaml), their AgentPools only placed on the real
+node: hello-world on the plain agent image; fan-out and the flagship feature-development on the agent image
+plus the demo agents (demo-agents.Containerfile, a test-only layer). The flagship's repository is served from
+the host by `git http-backend` with basic auth on the node's bridge address, the credentials in a Secret.
 """
 
 from __future__ import annotations
