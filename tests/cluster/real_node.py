@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -224,19 +223,6 @@ def agent_pool(name: str, image: str, handler: str, **spec: Any) -> dict[str, An
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
             "terminationGracePeriodSeconds": 60,
             **spec,
-        },
-    }
-
-
-def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": {
-            "input": {"n": 1},
-            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
-            "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
         },
     }
 

@@ -30,11 +30,10 @@ from cluster.real_node import (
     install,
     ready_operators,
     running_on_real_node,
-    sleep_workflow,
     wait_pool_ready,
     wait_workflow,
 )
-from cluster.resources import EXAMPLES_DIR, documents, dump
+from cluster.resources import EXAMPLES_DIR, documents, dump, sleep_workflow
 from support.git_server import GitServer, git, make_bare_repo
 
 pytestmark = [pytest.mark.slow]
