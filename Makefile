@@ -29,8 +29,9 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@$(UV) sync --frozen --all-extras --quiet
 	@touch $@
 
-deps: $(VENV)/.synced ## install Python packages (.venv) and redis-server when missing
+deps: $(VENV)/.synced ## install Python packages (.venv), and redis-server and git when missing
 	@bash hack/ensure-redis.sh
+	@bash hack/ensure-apt.sh git
 
 lint: deps ## ruff, mypy --strict and import-linter
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from cluster.processes import wait_until
 from cluster.resources import CHART_DIR, dump
 
 IMAGES_SCRIPT = REPO_ROOT / "hack" / "images.sh"
+DEMO_AGENTS_CONTAINERFILE = REPO_ROOT / "tests" / "e2e" / "realnode" / "demo-agents.Containerfile"
+DEMO_AGENTS_IMAGE = "localhost/codeforge-agent-demo:test"
 REAL_NODE = "real-node-0"
 #: The node's taint and label (hack/cluster/node-up.sh): pods that want the real node say so.
 REAL_NODE_LABEL = {"codeforge.io/node": "real"}
@@ -83,6 +84,47 @@ def build_node_and_images(output: IO[str], timeout: float = 3600) -> None:
         proc = subprocess.run(argv, env=env, stdout=output, stderr=output, timeout=timeout, check=False)
         if proc.returncode != 0:
             raise ClusterError(f"{' '.join(argv[1:])} failed: exit {proc.returncode} (its output is above)")
+
+
+def demo_agents_image(info: dict[str, str], timeout: float = 600) -> str:
+    """The agent image plus the example demo agents (demo-agents.Containerfile), imported into the node.
+
+    buildah's layer cache makes a rebuild with unchanged inputs a no-op; the archive is rewritten and
+    imported only when the image changed (as hack/images.sh does). Returns the image's name.
+    """
+    env = {**os.environ, **image_env()}
+    cache = default_cache() / "images"
+    context = cache / "demo-agents-context"
+    shutil.rmtree(context, ignore_errors=True)
+    examples = REPO_ROOT / "examples"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copy2(examples / "workflows" / "demo_agents.py", _mkdir(context / "examples" / "workflows"))
+    shutil.copytree(examples / "sample-project", context / "examples" / "sample-project", ignore=ignore)
+
+    def run(*argv: str) -> str:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise ClusterError(f"{' '.join(argv[:3])} failed: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        return proc.stdout
+
+    run("buildah", "bud", "--quiet", "--layers", "--runtime", "runc", "--build-arg",
+        f"AGENT_IMAGE={info['AGENT_IMAGE']}", "-f", str(DEMO_AGENTS_CONTAINERFILE), "-t", DEMO_AGENTS_IMAGE,
+        str(context))  # fmt: skip
+    image_id = run("podman", "image", "inspect", "--format", "{{.Id}}", DEMO_AGENTS_IMAGE).strip()
+    archive = Path(env["ARCHIVE_DIR"]) / "codeforge-agent-demo.tar"
+    stamp = archive.with_suffix(".id")
+    if not archive.is_file() or not stamp.is_file() or stamp.read_text().strip() != image_id:
+        archive.unlink(missing_ok=True)
+        run("podman", "save", "--quiet", "--format", "docker-archive", "-o", str(archive), DEMO_AGENTS_IMAGE)
+        stamp.write_text(image_id + "\n")
+    run("ctr", "--address", info["CONTAINERD_ADDRESS"], "--namespace", "k8s.io", "images", "import",
+        str(archive))  # fmt: skip
+    return DEMO_AGENTS_IMAGE
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # --- helm releases and CodeForge objects on the real node ---------------------------------------------------
@@ -181,19 +223,6 @@ def agent_pool(name: str, image: str, handler: str, **spec: Any) -> dict[str, An
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
             "terminationGracePeriodSeconds": 60,
             **spec,
-        },
-    }
-
-
-def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": {
-            "input": {"n": 1},
-            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
-            "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
         },
     }
 

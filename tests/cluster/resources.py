@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +89,17 @@ def event_reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> lis
         f"--field-selector=involvedObject.kind={kind},involvedObject.name={name}",
         "-o", "jsonpath={.items[*].reason}",
     ).stdout.split()  # fmt: skip
+
+
+def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
+    """A chain of steps on `pool`, each sleeping `seconds` (the built-in `sleep` handler)."""
+    return {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {
+            "input": {"n": 1},
+            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
+            "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
+        },
+    }

@@ -15,7 +15,6 @@ Either way every step runs exactly once. The takeover times are printed (and quo
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, has_operator_command, running_agents, wait_until
-from cluster.resources import dump, install_crds, temporary_namespace
+from cluster.resources import dump, install_crds, sleep_workflow, temporary_namespace
 from codeforge.orchestrator import task_id
 from codeforge.testing.redis_server import LocalRedis
 
@@ -140,19 +139,6 @@ def leads(process: OperatorProcess) -> bool:
     return (process.probe() or {}).get("leader") is True
 
 
-def workflow(name: str, pool: str, steps: list[str], seconds: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": {
-            "input": {"n": 1},
-            "steps": [{"name": s, "pool": pool, "params": {"seconds": seconds}} for s in steps],
-            "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
-        },
-    }
-
-
 def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     obj: dict[str, Any] = cluster.kubectl_json("get", "workflow", name, "--namespace", namespace)
     return obj
@@ -193,7 +179,7 @@ def elect(
 
 def start_workflow(cluster: Cluster, namespace: str, name: str, logs: Any) -> str:
     cluster.kubectl(
-        "apply", "--namespace", namespace, "-f", "-", input=dump([workflow(name, "sleepy", STEPS, 1.5)])
+        "apply", "--namespace", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", STEPS, 1.5)])
     )
 
     def midway() -> dict[str, Any] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,18 +67,21 @@ async def test_a_new_process_removes_worktrees_of_a_dead_one_even_with_the_same_
     base = make_bare_repo(bare, {"a": "1\n"})
     url = f"file://{bare}"
     cache = tmp_path / "cache"
-    dead = workspaces(cache)
+    # No spares: a background task would keep the "dead" instance referenced.
+    dead = workspaces(cache, spare_worktrees=False)
     checkout = await dead.prepare(url, base)
-    alive = workspaces(cache)  # another agent of this process (embedded mode) keeps its hands off
+    alive = workspaces(cache, spare_worktrees=False)  # another agent of this process (embedded mode)
     await alive.prepare(url, base)
     assert checkout.path.exists()
     del dead  # never released: the process "dies" here
     gc.collect()
-    reborn = workspaces(cache)  # same pid, as a restarted container's PID 1 would have
+    reborn = workspaces(cache, spare_worktrees=False)  # same pid, as a restarted container's PID 1 would have
     again = await reborn.prepare(url, base)
     assert not checkout.path.exists()
     assert again.path.exists()
     assert reborn.stats.inits == 0, "the cache survived the restart"
+    await alive.aclose()
+    await reborn.aclose()
 
 
 async def test_token_credentials_and_redaction(tmp_path: Path) -> None:
@@ -93,6 +98,7 @@ async def test_token_credentials_and_redaction(tmp_path: Path) -> None:
             await ws.resolve(server.url("r.git"), "main")
         assert info.value.kind is ErrorKind.AUTH
         assert info.value.retryable is False
+        await ws.aclose()
 
 
 async def test_fetch_brings_only_new_objects(tmp_path: Path) -> None:
@@ -113,6 +119,7 @@ async def test_fetch_brings_only_new_objects(tmp_path: Path) -> None:
         fetched = sum(r.bytes_out for r in server.upload_packs("r.git")) - cloned
         assert 0 < fetched < 5000 < cloned
         assert ws.stats.inits == 1
+        await ws.aclose()
 
 
 def test_ssh_key_is_copied_private_and_used_with_known_hosts(tmp_path: Path) -> None:
@@ -158,3 +165,30 @@ def test_redact_drops_userinfo() -> None:
         redact("fatal: https://bob:pw@h/r.git and ssh://git@h/x")
         == "fatal: https://***@h/r.git and ssh://***@h/x"
     )
+
+
+TEARDOWN = """
+import asyncio, sys
+from pathlib import Path
+from codeforge.workspace import Workspaces, WorkspaceSettings
+
+async def main() -> None:
+    ws = Workspaces(WorkspaceSettings(root=Path(sys.argv[1])))
+    await ws.prepare(sys.argv[2], sys.argv[3])  # starts a spare; asyncio.run cancels it at once
+
+asyncio.run(main())
+print("closed")
+"""
+
+
+def test_an_event_loop_closing_mid_spare_does_not_hang(tmp_path: Path) -> None:
+    bare = tmp_path / "r.git"
+    base = make_bare_repo(bare, {"a": "1\n"})
+    done = subprocess.run(
+        [sys.executable, "-c", TEARDOWN, str(tmp_path / "cache"), f"file://{bare}", base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == "closed", done.stderr

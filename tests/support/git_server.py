@@ -101,6 +101,8 @@ class GitServer:
     root: Path
     username: str = "agent"
     password: str = "s3cret-Pa55"
+    #: The address to listen on: loopback by default; the real-node suite serves pods on the node's bridge.
+    host: str = "127.0.0.1"
     requests: list[Request] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -111,7 +113,7 @@ class GitServer:
         return int(self._server.server_address[1])
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"http://{self.host}:{self.port}/{name}"
 
     def start(self) -> GitServer:
         server_ref = self
@@ -119,7 +121,7 @@ class GitServer:
         class Handler(_BackendHandler):
             server_info: ClassVar[GitServer] = server_ref
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="git-http", daemon=True)
         self._thread.start()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,19 @@ class Git:
         if check and result.returncode != 0:
             raise GitFailed(args, result)
         return result
+
+    def run_blocking(self, args: Sequence[str], *, cwd: str | Path | None = None) -> GitResult:
+        """Run git synchronously (call it in a thread): for background work that teardown may cancel.
+
+        Cancelling a task while asyncio creates a subprocess can hang the event loop's teardown in Python
+        3.11; a thread is simply waited for (git finishes), so background spares use this.
+        """
+        done = subprocess.run(["git", *args], cwd=cwd, env=self.env, capture_output=True, check=False)
+        return GitResult(
+            done.returncode,
+            done.stdout.decode("utf-8", "replace"),
+            redact(done.stderr.decode("utf-8", "replace")),
+        )
 
 
 class GitFailed(Exception):

@@ -275,7 +275,7 @@ class Workspaces:
     async def prepare(self, url: str, base: str, *, label: str = "task") -> Checkout:
         """A worktree at `base` that no handler has used, from the cache (fetching `base` only if missing).
 
-        Checking out a large tree is slow (10,000 files, 100 MiB: seconds), so after each task the agent
+        Checking out a large tree is slow (10,000 files, 100 MiB: seconds), so while a task runs the agent
         prepares a spare worktree of the repository in the background (`git worktree add --detach`, never
         handed to a handler before); the next task takes it and moves it to its base, which rewrites only
         the files that differ. Without a spare (first task, concurrent tasks) it adds a worktree directly.
@@ -284,17 +284,17 @@ class Workspaces:
         self._state(repo).users += 1
         try:
             spare = await self._take_spare(repo, base)
-            if spare is not None:
-                return Checkout(url, repo, spare, base)
-            path = self._new_path(label)
-            try:
-                await self._add_worktree(repo, url, path, base)
-            except BaseException:
-                await self._remove_path(repo, path)
-                raise
+            path = spare or self._new_path(label)
+            if spare is None:
+                try:
+                    await self._add_worktree(repo, url, path, base)
+                except BaseException:
+                    await self._remove_path(repo, path)
+                    raise
         except BaseException:
             self._state(repo).users -= 1
             raise
+        self._start_spare(repo, base)  # ready by the time the next task comes, made while this one runs
         return Checkout(url, repo, path, base)
 
     async def _add_worktree(self, repo: Path, url: str, path: Path, base: str) -> None:
@@ -321,7 +321,7 @@ class Workspaces:
 
     async def _take_spare(self, repo: Path, base: str) -> Path | None:
         job = self._spares.pop(repo, None)
-        if job is None:
+        if job is None or job.cancelled():
             return None
         try:
             path = await asyncio.shield(job)
@@ -338,25 +338,33 @@ class Workspaces:
         return None
 
     async def _make_spare(self, repo: Path, commit: str) -> Path | None:
-        path = self._new_path("spare")
-        result = await self.git.run(
-            ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo, check=False
+        return await asyncio.to_thread(self._make_spare_blocking, repo, commit, self._new_path("spare"))
+
+    def _make_spare_blocking(self, repo: Path, commit: str, path: Path) -> Path | None:
+        # In a thread (see Git.run_blocking): a cancelled agent waits for it instead of hanging its loop.
+        result = self.git.run_blocking(
+            ["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=repo
         )
         if result.returncode != 0:
-            await self._remove_path(repo, path)
+            shutil.rmtree(path, ignore_errors=True)
+            self.git.run_blocking(["worktree", "prune"], cwd=repo)
             return None
         # Files written in the same second as the index are "racily clean": git would re-read all of them on
         # the next checkout. Refreshing the index a second later records their final stat data once.
-        await asyncio.sleep(1.1)
-        await self.git.run(["update-index", "-q", "--refresh"], cwd=path, check=False)
+        time.sleep(1.1)
+        self.git.run_blocking(["update-index", "-q", "--refresh"], cwd=path)
         return path
 
-    def release(self, checkout: Checkout, next_commit: str | None = None) -> None:
-        """Remove the worktree and prepare a spare in the background (the cache stays); see `aclose`."""
-        if self.settings.spare_worktrees and checkout.repo not in self._spares and not self._closing:
-            spare = asyncio.create_task(self._make_spare(checkout.repo, next_commit or checkout.base))
-            self._spares[checkout.repo] = spare
+    def _start_spare(self, repo: Path, commit: str) -> None:
+        if self.settings.spare_worktrees and repo not in self._spares and not self._closing:
+            spare = asyncio.create_task(self._make_spare(repo, commit))
+            self._spares[repo] = spare
             self._track(spare)
+
+    def release(self, checkout: Checkout, next_commit: str | None = None) -> None:
+        """Remove the worktree in the background (the cache stays); see `aclose`. If no spare is on its
+        way (concurrent tasks took it), start one at `next_commit`, where the next task likely starts."""
+        self._start_spare(checkout.repo, next_commit or checkout.base)
         self._track(asyncio.create_task(self._remove(checkout)))
 
     def _track(self, job: asyncio.Task[Any]) -> None:
@@ -381,7 +389,7 @@ class Workspaces:
 
     async def _drop_spare(self, repo: Path) -> None:
         job = self._spares.pop(repo, None)
-        if job is None:
+        if job is None or job.cancelled():
             return
         with contextlib.suppress(Exception):
             path = await asyncio.shield(job)

@@ -17,8 +17,9 @@ from cluster.real_node import image_env, why_no_real_node
 
 pytestmark = [pytest.mark.slow]
 
-#: Upper bounds in MB (today: agent ~215, operator ~420): room to grow, but not by a forgotten build tree.
-SIZE_LIMITS_MB = {"AGENT_IMAGE": 300, "OPERATOR_IMAGE": 550}
+#: Upper bounds in MB (today: agent ~322 with git and its perl for workspaces, operator ~420): room to grow,
+#: but not by a forgotten build tree.
+SIZE_LIMITS_MB = {"AGENT_IMAGE": 380, "OPERATOR_IMAGE": 550}
 #: Commands the agent and the operator run to prove they start (no network, no cluster needed).
 SMOKE = {
     "AGENT_IMAGE": ["codeforge-agent", "--help"],

@@ -3,11 +3,19 @@
 One session-wide control plane with one kwok node and one real node (tests/e2e/realnode/conftest.py). A
 release with standalone Redis serves most tests (module-scoped, in install order); the Redis Cluster mode gets
 a release of its own; the last test upgrades and uninstalls.
+
+The example Workflows run as shipped (examples/workflows/*.yaml), their AgentPools only placed on the real
+node: hello-world on the plain agent image; fan-out and the flagship feature-development on the agent image
+plus the demo agents (demo-agents.Containerfile, a test-only layer). The flagship's repository is served from
+the host by `git http-backend` with basic auth on the node's bridge address, the credentials in a Secret.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +26,15 @@ from cluster.real_node import (
     REAL_NODE,
     Release,
     agent_pool,
+    demo_agents_image,
     install,
     ready_operators,
     running_on_real_node,
-    sleep_workflow,
     wait_pool_ready,
     wait_workflow,
 )
-from cluster.resources import EXAMPLES_DIR, documents, dump
+from cluster.resources import EXAMPLES_DIR, documents, dump, sleep_workflow
+from support.git_server import GitServer, git, make_bare_repo
 
 pytestmark = [pytest.mark.slow]
 
@@ -125,6 +134,114 @@ def test_agent_pods_run_the_example_workflow_to_succeeded_and_kubectl_logs_shows
         for pod in standalone.pods("codeforge.ai/pool=echo")
     )
     assert uid in logs, logs[-2000:]
+
+
+# --- the example workflows with the demo agents, the flagship on a Git server -----------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_image(standalone: Release) -> str:
+    """The agent image plus examples/workflows/demo_agents.py (a test-only layer), imported into the node."""
+    return demo_agents_image(standalone.cluster.info)
+
+
+@pytest.fixture(scope="module")
+def git_server(standalone: Release, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    """`git http-backend` with basic auth on the host, listening on the node's bridge address (pods reach the
+    host there: node-up.sh's CODEFORGE-NODE-IN lets the bridge in), serving examples/sample-project."""
+    root = tmp_path_factory.mktemp("git")
+    project = EXAMPLES_DIR / "sample-project"
+    files = {
+        str(f.relative_to(project)): f.read_bytes()
+        for f in sorted(project.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts
+    }
+    make_bare_repo(root / "sample-project.git", files)
+    with GitServer(root, host=standalone.cluster.info["NODE_IP"]) as server:
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-credentials"},
+                  "stringData": {"username": server.username, "password": server.password}}  # fmt: skip
+        standalone.apply(secret)
+        yield server
+
+
+def example_on_the_real_node(name: str, image: str, **pool_spec: Any) -> list[dict[str, Any]]:
+    """examples/workflows/<name> as shipped, its AgentPools placed on the real node with `image`."""
+    docs = documents(EXAMPLES_DIR / "workflows" / name)
+    for doc in docs:
+        if doc["kind"] == "AgentPool":
+            base = agent_pool(doc["metadata"]["name"], image, "echo", **pool_spec)["spec"]
+            doc["spec"] = {**base, **doc["spec"]}
+    return docs
+
+
+def test_the_fan_out_example_runs_in_agent_pods_and_joins(standalone: Release, demo_image: str) -> None:
+    standalone.apply(*example_on_the_real_node("fan-out.yaml", demo_image))
+    done = wait_workflow(standalone, "fan-out", timeout=300)
+    status = done["status"]
+    steps = {s["name"]: s for s in status["steps"]}
+    assert list(steps) == ["scan", "count", "summarize", "fastest-mirror"]
+    assert all(s["phase"] == "Succeeded" for s in steps.values()), steps
+    assert status["progress"] == "4/4"
+    # forEach + join all: one count per file of the sample project (as the image holds it), in order.
+    project = EXAMPLES_DIR / "sample-project"
+    files = sorted(str(p.relative_to(project)) for p in project.rglob("*.py")
+                   if p.stat().st_size and "__pycache__" not in p.parts)  # fmt: skip
+    result = status["result"]
+    assert "textkit/words.py" in files
+    assert steps["count"]["parts"] == len(files)
+    assert [c["file"] for c in result["count"]] == files
+    assert result["summarize"]["files"] == len(files)
+    assert result["summarize"]["lines"] == sum(len((project / f).read_text().splitlines()) for f in files)
+    # parallel: 3 + join firstSuccess: three copies ran, the first result won.
+    assert steps["fastest-mirror"]["parts"] == 3
+    assert result["fastest-mirror"]["slept"] == 0.2
+
+
+@pytest.mark.timeout(600)
+def test_the_flagship_feature_development_example_pushes_a_tested_feature(
+    standalone: Release, demo_image: str, git_server: GitServer, tmp_path: Path
+) -> None:
+    docs = example_on_the_real_node(
+        "feature-development.yaml", demo_image,
+        workspace={"credentialsSecret": "git-credentials", "cacheSizeLimit": "256Mi"},
+    )  # fmt: skip
+    (workflow,) = (d for d in docs if d["kind"] == "Workflow")
+    workflow["spec"]["workspace"]["git"]["url"] = git_server.url("sample-project.git")
+    standalone.apply(*docs)
+    done = wait_workflow(standalone, "feature-development", timeout=420)
+    status = done["status"]
+    steps = [(s["name"], s["phase"]) for s in status["steps"]]
+    assert steps == [
+        (n, "Succeeded") for n in ("assign", "research", "debate", "implement", "test", "review")
+    ]
+    result = status["result"]
+    assert result["debate"]["votes"] == {"regex": 2, "translate": 1}
+    assert {k: result["test"][k] for k in ("passed", "ran", "output")} == {
+        "passed": True,
+        "ran": 3,
+        "output": "OK",
+    }
+    assert result["review"]["verdict"] == "approved"
+
+    # The pushBranch on the Git server holds the feature; its tests pass in a fresh clone.
+    bare = git_server.root / "sample-project.git"
+    workspace = status["workspace"]
+    assert workspace["branch"] == "codeforge/feature-development"
+    head = git("rev-parse", "refs/heads/codeforge/feature-development", cwd=bare).strip()
+    assert workspace["commit"] == head != workspace["base"]
+    assert "textkit/words.py" in workspace["files"]
+    clone = tmp_path / "clone"
+    git("clone", "--quiet", "--branch", "codeforge/feature-development", str(bare), str(clone))
+    assert "def slugify(text: str) -> str:" in (clone / "textkit" / "words.py").read_text()
+    tests = subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "-s", "tests", "-t", "."],
+        cwd=clone, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert tests.returncode == 0, tests.stderr
+    assert "Ran 3 tests" in tests.stderr, tests.stderr
+    # The agents fetched over HTTP with the Secret's credentials; the password is nowhere in the status.
+    assert git_server.upload_packs("sample-project.git")
+    assert git_server.password not in str(done)
 
 
 # --- scale-in and operator failover -------------------------------------------------------------------------

@@ -17,10 +17,9 @@ from cluster.real_node import (
     install,
     ready_operators,
     running_on_real_node,
-    sleep_workflow,
     wait_workflow,
 )
-from cluster.resources import CHART_DIR
+from cluster.resources import CHART_DIR, sleep_workflow
 
 pytestmark = [pytest.mark.slow]
 
