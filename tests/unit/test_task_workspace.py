@@ -139,3 +139,39 @@ def test_a_task_with_a_secret_in_its_workspace_url_errors_without_the_secret() -
         )
     assert "must not contain credentials" in str(info.value)
     assert "s3cr3t" not in str(info.value)
+
+
+def test_a_cleanup_names_one_runs_prefix_and_round_trips() -> None:
+    spec = TaskWorkspace(
+        url="https://git.example.com/team/service.git",
+        action=WorkspaceAction.CLEANUP,
+        push_ref="refs/codeforge/r1/",
+    )
+    again = TaskWorkspace.model_validate_json(spec.model_dump_json())
+    assert again.action is WorkspaceAction.CLEANUP
+    assert again.push_ref == "refs/codeforge/r1/"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "refs/codeforge/r1",  # not a prefix
+        "refs/codeforge/",  # every run's refs
+        "refs/heads/",  # branches (the pushBranch)
+        "refs/heads/codeforge/r1/",
+        "refs/codeforge/r1//",
+        "refs/codeforge/../heads/",
+        "refs/codeforge-cache/r1/",
+    ],
+)
+def test_a_cleanup_refuses_anything_but_a_runs_prefix(prefix: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        TaskWorkspace(
+            url="https://git.example.com/team/service.git", action=WorkspaceAction.CLEANUP, push_ref=prefix
+        )
+    assert "push_ref" in str(info.value)
+
+
+def test_a_cleanup_needs_its_prefix() -> None:
+    with pytest.raises(ValidationError, match="needs push_ref"):
+        TaskWorkspace.model_validate_json('{"url": "https://git.example.com/s.git", "action": "cleanup"}')

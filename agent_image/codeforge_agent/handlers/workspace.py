@@ -7,7 +7,8 @@ A task without `workspace` goes straight to the handler. With one:
   result is the handler's (a dict keeps its keys, anything else becomes {"output": value}) plus
   "workspace": {base, commit, changed, ref, files, diffstat}. The worktree is removed afterwards; the cache
   stays. http and openai handlers cannot see files: for them the workspace is passed through unchanged.
-- `resolve`, `merge`, `publish`: done by the agent itself, without the handler.
+- `resolve`, `merge`, `publish`, `cleanup` (delete a run's step refs): done by the agent itself, without the
+  handler.
 Errors become HandlerErrors whose message says which and what to do, retryable only where a retry helps.
 """
 

@@ -9,7 +9,7 @@ import time
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
 from codeforge.api.limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
@@ -35,6 +35,8 @@ MAX_WORKSPACE_URL: Final = 2048
 MAX_GIT_REF: Final = 1024
 MAX_MERGE_PARTS: Final = 64
 COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
+#: Where a run's step refs live; a cleanup deletes the refs under one run's prefix (never a branch).
+STEP_REFS_ROOT: Final = "refs/codeforge/"
 #: git check-ref-format, simplified: no control characters, space, ~^:?*[\ , no "..", "@{", "//", no
 #: leading "-" or "/", no trailing "/", "." or ".lock", no component starting with ".".
 _REF_BAD_RE: Final = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/]|/$|\.$|\.lock$|\.lock/|(^|/)\.")
@@ -49,6 +51,18 @@ def validate_git_ref(value: str, field: str, *, full: bool = False) -> str:
         )
     if full and not value.startswith("refs/"):
         raise ValueError(f"{field} {value[:80]!r} must be a full ref such as 'refs/heads/{value[:40]}'")
+    return value
+
+
+def validate_cleanup_prefix(value: str) -> str:
+    """A cleanup's prefix: one run's step refs, `refs/codeforge/<run>/` (so never a branch or a tag)."""
+    inner = value.removesuffix("/")
+    if not value.endswith("/") or not inner.startswith(STEP_REFS_ROOT) or inner == STEP_REFS_ROOT.rstrip("/"):
+        raise ValueError(
+            f"push_ref {value[:80]!r} of a cleanup must be a run's prefix such as '{STEP_REFS_ROOT}<run>/' "
+            "(ending in '/')"
+        )
+    validate_git_ref(inner, "push_ref", full=True)
     return value
 
 
@@ -93,6 +107,7 @@ class WorkspaceAction(enum.StrEnum):
     RESOLVE = "resolve"  # resolve `ref` to a commit
     MERGE = "merge"  # merge `parts` into `base`, push to `push_ref`
     PUBLISH = "publish"  # push `commit` to `push_ref`
+    CLEANUP = "cleanup"  # delete every ref under the prefix `push_ref` (refs/codeforge/<run>/)
 
 
 class TaskWorkspace(BaseModel):
@@ -121,7 +136,8 @@ class TaskWorkspace(BaseModel):
         default=None,
         max_length=MAX_GIT_REF,
         description="checkout/merge: the full ref the output commit is force-pushed to "
-        "(refs/codeforge/<workflow>/<step>/v<visit>/p<index>); publish: refs/heads/<branch>.",
+        "(refs/codeforge/<workflow>/<step>/v<visit>/p<index>); publish: refs/heads/<branch>; "
+        "cleanup: the prefix refs/codeforge/<workflow>/ whose refs are deleted.",
     )
     commit: str | None = Field(
         default=None, max_length=40, description="publish: the 40-hex commit pushed to push_ref."
@@ -166,8 +182,12 @@ class TaskWorkspace(BaseModel):
 
     @field_validator("push_ref")
     @classmethod
-    def _check_push_ref(cls, value: str | None) -> str | None:
-        return None if value is None else validate_git_ref(value, "push_ref", full=True)
+    def _check_push_ref(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("action") is WorkspaceAction.CLEANUP:
+            return validate_cleanup_prefix(value)
+        return validate_git_ref(value, "push_ref", full=True)
 
     @model_validator(mode="after")
     def _check_action_fields(self) -> TaskWorkspace:
@@ -176,6 +196,7 @@ class TaskWorkspace(BaseModel):
             WorkspaceAction.RESOLVE: ("ref",),
             WorkspaceAction.MERGE: ("base", "parts", "push_ref"),
             WorkspaceAction.PUBLISH: ("commit", "push_ref"),
+            WorkspaceAction.CLEANUP: ("push_ref",),
         }[self.action]
         missing = [name for name in needs if not getattr(self, name)]
         if missing:

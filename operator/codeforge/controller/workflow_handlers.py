@@ -171,10 +171,12 @@ def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete_workflow(
-    *, meta: kopf.Meta, status: kopf.Status, memo: Any, logger: Logger, **_: Any
+    *, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any, logger: Logger, **_: Any
 ) -> None:
     try:
-        await cleanup(memo.workflows, memo.runtime, _ref(meta), dict(status), logger)
+        kept = await cleanup(memo.workflows, memo.runtime, _ref(meta), dict(status), logger)
     except Unavailable as exc:
         # The finalizer holds the Workflow until its keys can be removed: nothing is left behind in Redis.
         raise kopf.TemporaryError(f"cannot clean up the Workflow's Redis keys yet: {exc}", delay=5) from exc
+    if kept:  # the cleanup task stays queued; the Event tells the user where the refs are
+        kopf.warn(body, reason="WorkspaceRefsKept", message=kept[:1024])

@@ -13,7 +13,9 @@ When the run has ended the daemon stays (idle) until its filter no longer matche
 because Kopf never restarts a daemon that returned by itself, and a retry needs this daemon to start again.
 
 Configuration (environment): CODEFORGE_WORKFLOW_STATUS_INTERVAL (seconds between status writes of one
-Workflow, default 2), CODEFORGE_STATUS_WRITES_PER_SECOND (all Workflows together, default 20).
+Workflow, default 2), CODEFORGE_STATUS_WRITES_PER_SECOND (all Workflows together, default 20),
+CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT (how long a deletion waits for an agent to delete the run's step refs in
+its repository, default 30; the cleanup task stays queued after that).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
 class WorkflowSettings:
     status_interval: float = 2.0
     writes_per_second: float = 20.0
+    #: How long a deletion waits for an agent to delete the run's step refs (then it goes on without).
+    ref_cleanup_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -83,6 +87,7 @@ class WorkflowSettings:
         return cls(
             status_interval=_positive(env, "CODEFORGE_WORKFLOW_STATUS_INTERVAL", 2.0),
             writes_per_second=_positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
+            ref_cleanup_timeout=_positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
         )
 
 
@@ -385,8 +390,9 @@ async def _finish(
 
 async def cleanup(
     workflows: WorkflowRuntime, runtime: Runtime, ref: WorkflowRef, status: Mapping[str, Any], log: Logger
-) -> None:
-    """The Workflow is being deleted: cancel what still runs, then remove its checkpoints and result copy."""
+) -> str | None:
+    """The Workflow is being deleted: cancel what still runs, then remove its step refs (through an agent,
+    bounded in time), its checkpoints and its result copy. Returns why step refs were kept, if they were."""
     active = workflows.runs.get(ref.uid)
     if active is not None:
         active.control.cancel("the Workflow was deleted")
@@ -395,9 +401,16 @@ async def cleanup(
     runner = await workflows.connect(runtime, log)  # Unavailable: the finalizer waits for the store
     if active is None:
         await _cancel_from_status(runner.queue, ref, status)
-    await runner.forget(ref.uid)
+    refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
+    if refs.status == "deleted":
+        log.info("deleted %d step ref(s) under %s", refs.deleted, refs.prefix)
+    kept = None
+    if refs.status not in ("none", "deleted"):
+        kept = f"step refs under {refs.prefix} not deleted: {refs.message}"
+        log.warning("%s", kept)
     await workflows.results.delete(ResultStore.key(ref))
     workflow_metrics.forget(ref.uid)
+    return kept
 
 
 async def _cancel_from_status(queue: TaskQueue, ref: WorkflowRef, status: Mapping[str, Any]) -> None:

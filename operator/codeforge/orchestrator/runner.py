@@ -15,18 +15,33 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
-from codeforge.api.task import TaskOutcome
+from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.workflow import WorkflowSpec
+from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.state import RunState
-from codeforge.queue import TaskQueue
+from codeforge.queue import TaskNotFoundError, TaskQueue
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 GRAPH_CACHE_SIZE = 256
+#: How long forget() waits for an agent to delete a run's step refs before it lets the run go anyway.
+REF_CLEANUP_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class RefCleanup:
+    """What forget() did about the run's step refs (refs/codeforge/<run>/...) in its repository."""
+
+    #: "none": the run has no workspace (or never resolved it); "deleted"; "pending": no agent answered in
+    #: time, the cleanup task stays queued for a later agent; "failed": the agent reported `message`.
+    status: str
+    prefix: str = ""
+    deleted: int = 0
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,10 +204,52 @@ class WorkflowRunner:
         )
         return outcome
 
-    async def forget(self, workflow_id: str) -> None:
-        """Delete a run's checkpoints (the Workflow was deleted)."""
+    async def forget(
+        self, workflow_id: str, *, ref_cleanup_timeout: float = REF_CLEANUP_WAIT_SECONDS
+    ) -> RefCleanup:
+        """Delete a run's checkpoints (the Workflow was deleted), and first its step refs in the repository:
+        an agent of the run's workspace pool deletes them (a `cleanup` system task). That waits at most
+        `ref_cleanup_timeout` seconds: deletion must not hang on a pool without agents; the task stays queued
+        (deterministic id) so the next agent still deletes them. The pushed pushBranch is never touched."""
         self._first.pop(workflow_id, None)
+        cleanup = await self._delete_step_refs(workflow_id, ref_cleanup_timeout)
         await self.checkpointer.adelete_thread(workflow_id)
+        return cleanup
+
+    async def _delete_step_refs(self, workflow_id: str, timeout: float) -> RefCleanup:
+        latest = await self.checkpointer.aget_tuple({"configurable": {"thread_id": workflow_id}})
+        values = (latest.checkpoint.get("channel_values") or {}) if latest is not None else {}
+        current = values.get("workspace")
+        if not isinstance(current, dict) or not all(current.get(k) for k in ("url", "pool", "base")):
+            return RefCleanup("none")  # no workspace, or its ref never resolved: no step ref was pushed
+        pool, request = str(current["pool"]), ws.cleanup_request(str(current["url"]), workflow_id)
+        prefix, tid = request.push_ref or "", ws.cleanup_task_id(workflow_id)
+        await self.queue.enqueue(
+            Task(
+                id=tid,
+                pool=pool,
+                workflow=workflow_id,
+                step="_cleanup",
+                payload={"workflow": workflow_id, "step": "_cleanup", "action": request.action.value},
+                max_attempts=ws.SYSTEM_TASK_ATTEMPTS,
+                workspace=request,
+            )
+        )  # False (already queued: the deletion is retried) is fine: wait for that one
+        try:
+            outcome = await self.queue.wait_result(pool, tid, timeout)
+        except TimeoutError:
+            return RefCleanup(
+                "pending",
+                prefix,
+                message=f"no agent of pool {pool!r} deleted the step refs {prefix}* within {timeout:g}s; "
+                f"the cleanup task {tid} stays queued for the pool's next agent",
+            )
+        except TaskNotFoundError:
+            return RefCleanup("failed", prefix, message=f"the cleanup task {tid} vanished from pool {pool!r}")
+        info = outcome.result.get("workspace") if isinstance(outcome.result, dict) else None
+        if outcome.state is TaskState.SUCCEEDED and isinstance(info, dict):
+            return RefCleanup("deleted", prefix, deleted=int(info.get("deleted") or 0))
+        return RefCleanup("failed", prefix, message=outcome.error or outcome.state.value)
 
     async def _cancel_outstanding(self, ctx: RunContext) -> None:
         for tid, pool in list(ctx.outstanding.items()):

@@ -5,6 +5,8 @@ first node), every task of a step starts from the commit its predecessor reporte
 a ref unique to workflow/step/visit/part, a fan-out's join picks (or merges) the step's output commit, and a
 succeeded run publishes its final commit to `pushBranch`. The agents do the Git work (codeforge.workspace);
 this module only decides which commit goes where. Wire format: the TaskWorkspace model in api/task.py.
+A failed run leaves its step refs (refs/codeforge/<run>/...) for inspection; forgetting the run (the Workflow
+was deleted) dispatches a `cleanup` system task that deletes them (see WorkflowRunner.forget).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from codeforge.api.task import TaskWorkspace, WorkspaceAction
+from codeforge.api.task import STEP_REFS_ROOT, TaskWorkspace, WorkspaceAction
 from codeforge.api.workflow import JoinPolicy, Step, WorkspaceSpec, safe_ref_part
 from codeforge.orchestrator.joins import SUCCEEDED, Joined, vote_of
 
@@ -37,14 +39,23 @@ def merge_task_id(workflow: str, step: str, visit: int) -> str:
     return f"{workflow}/{step}/v{visit}/_merge"
 
 
+def cleanup_task_id(workflow: str) -> str:
+    return f"{workflow}/_cleanup"
+
+
+def run_refs(workflow: str) -> str:
+    """The prefix of every step ref of a run (what a cleanup deletes; pushBranch is under refs/heads/)."""
+    return f"{STEP_REFS_ROOT}{safe_ref_part(workflow)}/"
+
+
 def step_ref(workflow: str, step: str, visit: int, index: int) -> str:
     """Where one part's output commit is pushed: the same ref for every attempt of the part, so the commit
     the fenced completion reports is the part's output and a lost agent's late push changes nothing."""
-    return f"refs/codeforge/{safe_ref_part(workflow)}/{step}/v{visit}/p{index}"
+    return f"{run_refs(workflow)}{step}/v{visit}/p{index}"
 
 
 def merge_ref(workflow: str, step: str, visit: int) -> str:
-    return f"refs/codeforge/{safe_ref_part(workflow)}/{step}/v{visit}/merged"
+    return f"{run_refs(workflow)}{step}/v{visit}/merged"
 
 
 def resolve_request(spec: WorkspaceSpec) -> TaskWorkspace:
@@ -77,6 +88,10 @@ def publish_request(spec: WorkspaceSpec, base: str, commit: str, name: str) -> T
         commit=commit,
         push_ref=spec.git.branch_for(name),
     )
+
+
+def cleanup_request(url: str, workflow: str) -> TaskWorkspace:
+    return TaskWorkspace(url=url, action=WorkspaceAction.CLEANUP, push_ref=run_refs(workflow))
 
 
 def reported(result: Any) -> dict[str, Any] | None:

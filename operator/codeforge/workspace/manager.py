@@ -1,4 +1,4 @@
-"""The per-pod Git cache and the four workspace actions (checkout, resolve, merge, publish).
+"""The per-pod Git cache and the workspace actions (checkout, resolve, merge, publish, cleanup).
 
 Layout under the cache directory (CODEFORGE_WORKSPACE_DIR, in pods the AgentPool's emptyDir):
 
@@ -40,6 +40,9 @@ MAX_CONFLICT_NAMES: Final = 20
 #: Keep-refs of fetched commits per cached repository: enough haves for negotiation, few enough to be cheap.
 MAX_KEEP_REFS: Final = 64
 KEEP_PREFIX: Final = "refs/codeforge-cache/"
+#: A cleanup deletes at most this many refs (a run has far fewer), in pushes of CLEANUP_CHUNK refs.
+MAX_CLEANUP_REFS: Final = 10_000
+CLEANUP_CHUNK: Final = 200
 #: `git worktree add` tries when it races with the removal of the empty worktrees/ directory.
 WORKTREE_ADD_TRIES: Final = 3
 #: The agent's own share of the volume: the rest is headroom for worktrees before the kubelet's sizeLimit.
@@ -536,6 +539,9 @@ class Workspaces:
                 if spec.base:  # the run's diff against its base, for the Workflow status (contract, i11-flow)
                     return await self.describe(repo, spec.url, spec.base, spec.commit, spec.push_ref), None
                 return {"ref": spec.push_ref, "commit": spec.commit}, None
+            case WorkspaceAction.CLEANUP:
+                assert spec.push_ref is not None
+                return await self.cleanup(spec.url, spec.push_ref), None
         raise WorkspaceError(ErrorKind.INVALID, f"unknown workspace action {spec.action!r}")
 
     async def resolve(self, url: str, ref: str) -> str:
@@ -562,6 +568,46 @@ class Workspaces:
             f"resolve: ref {ref!r} not found in {redact(url)}: check the Workflow's spec.workspace.git.ref "
             "(a branch, tag or commit that exists there)",
         )
+
+    async def cleanup(self, url: str, prefix: str) -> dict[str, Any]:
+        """Delete the refs under `prefix` (a run's step refs, refs/codeforge/<run>/) in the repository at
+        `url`: listed with ls-remote, deleted by pushes of at most CLEANUP_CHUNK refs each. Idempotent."""
+        repo = self.repo_path(url)
+        async with self._locked(repo):  # push needs a repository; no objects are fetched
+            repo = await self._ensure_repo(url)
+
+        async def listed() -> list[str]:
+            # ls-remote matches patterns against the refs' tails (the server gets a prefix): filter exactly.
+            out = await self._git(
+                ["ls-remote", "--refs", url, f"{prefix}*"], url=url, what=prefix, op="cleanup", net=True
+            )
+            names = (line.partition("\t")[2] for line in out.splitlines())
+            return [name for name in names if name.startswith(prefix)]
+
+        found = await listed()
+        doomed = found[:MAX_CLEANUP_REFS]
+        for start in range(0, len(doomed), CLEANUP_CHUNK):
+            chunk = doomed[start : start + CLEANUP_CHUNK]
+            args = ["push", "--quiet", "--porcelain", url, *(f":{ref}" for ref in chunk)]
+            try:
+                await self.git.run(args, cwd=repo, timeout=self.settings.network_timeout)
+            except GitFailed as exc:
+                # A concurrent cleanup (a redelivered task) may have deleted some first: only refs still
+                # there count as a failure.
+                if set(chunk) & set(await listed()):
+                    raise git_error(
+                        exc.result.stdout + "\n" + exc.stderr, url=url, what=prefix, operation="cleanup"
+                    ) from None
+            except TimeoutError:
+                raise WorkspaceError(
+                    ErrorKind.NETWORK,
+                    f"cleanup: {redact(url)} did not answer within {self.settings.network_timeout:.0f}s",
+                ) from None
+        log.info("deleted %d ref(s) under %s in %s", len(doomed), prefix, redact(url))
+        result: dict[str, Any] = {"ref": prefix, "deleted": len(doomed)}
+        if len(found) > len(doomed):
+            result["remaining"] = len(found) - len(doomed)  # a later cleanup of the same prefix takes them
+        return result
 
     async def merge(
         self, url: str, base: str, parts: list[str], push_ref: str, step: str = "", workflow: str = ""
