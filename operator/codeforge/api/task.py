@@ -110,6 +110,18 @@ class WorkspaceAction(enum.StrEnum):
     CLEANUP = "cleanup"  # delete every ref under the prefix `push_ref` (refs/codeforge/<run>/)
 
 
+def unchanged_workspace(base: str) -> dict[str, Any]:
+    """The `workspace` record of a result whose tree did not change: its commit is its base."""
+    return {
+        "base": base,
+        "commit": base,
+        "changed": False,
+        "ref": None,
+        "files": [],
+        "diffstat": {"files": 0, "insertions": 0, "deletions": 0},
+    }
+
+
 class TaskWorkspace(BaseModel):
     """The repository a task works in: where it is, the commit to start from and where its output goes."""
 

@@ -32,7 +32,7 @@ from pydantic.alias_generators import to_camel
 from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
 from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
-from codeforge.api.task import Priority, validate_pool_name
+from codeforge.api.task import Priority, validate_git_ref, validate_pool_name, validate_workspace_url
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
@@ -155,42 +155,11 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
 #: The placeholder in `pushBranch` replaced by the Workflow's name.
 WORKFLOW_PLACEHOLDER: Final = "{{workflow}}"
 DEFAULT_PUSH_BRANCH: Final = f"codeforge/{WORKFLOW_PLACEHOLDER}"
-GIT_URL_SCHEMES: Final = ("https", "http", "ssh", "git", "file")
-_URL_RE: Final = re.compile(r"^(?P<scheme>[a-z+]+)://(?P<authority>[^/?#]*)(?P<rest>.*)$")
-#: What `git check-ref-format` refuses, in short: no `..`, `@{`, control characters, space, ~^:?*[\\,
-#: no component starting with `.` or ending with `.lock`, no leading/trailing `/` or trailing `.`.
-_BAD_REF_RE: Final = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|(^|/)\.|\.lock(/|$)|^/|/$|\.$|^@$")
 
 
 def check_git_url(url: str) -> str:
-    """A Git URL with a supported scheme and no credentials in it (they belong in a Secret)."""
-    match = _URL_RE.match(url.strip())
-    if match is None or match["scheme"] not in GIT_URL_SCHEMES:
-        raise ValueError(
-            f"Git URL {redact_url(url)!r} is not supported: use one of "
-            f"{', '.join(s + '://' for s in GIT_URL_SCHEMES)} (e.g. https://git.example.com/team/repo.git)"
-        )
-    userinfo, at, _ = match["authority"].rpartition("@")
-    if at and (":" in userinfo or match["scheme"] in ("https", "http")):
-        raise ValueError(
-            f"Git URL {redact_url(url)!r} carries credentials: remove them from the URL and put them in a "
-            "Secret named by the AgentPool's spec.workspace.credentialsSecret"
-        )
-    return url.strip()
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user:password@ replaced, for messages."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
-
-
-def check_ref_name(value: str, what: str) -> str:
-    if not value or _BAD_REF_RE.search(value):
-        raise ValueError(
-            f"{what} {value!r} is not a valid Git ref name: no spaces, '..', '~^:?*[\\', '@{{', "
-            "no part starting with '.' or ending in '.lock'"
-        )
-    return value
+    """spec.workspace.git.url: the rules of a task's workspace URL (one place: `validate_workspace_url`)."""
+    return validate_workspace_url(url.strip())
 
 
 class GitSource(_Model):
@@ -226,14 +195,14 @@ class GitSource(_Model):
     @classmethod
     def _check_ref(cls, value: str) -> str:
         if value != "HEAD":
-            check_ref_name(value.removeprefix("refs/"), "ref")
+            validate_git_ref(value, "ref")
         return value
 
     @field_validator("push_branch")
     @classmethod
     def _check_branch(cls, value: str) -> str:
         name = value.removeprefix("refs/heads/")
-        check_ref_name(name.replace(WORKFLOW_PLACEHOLDER, "w"), "pushBranch")
+        validate_git_ref(name.replace(WORKFLOW_PLACEHOLDER, "w"), "pushBranch")
         return name
 
     def branch_for(self, workflow: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from codeforge.api.task import STEP_REFS_ROOT, TaskWorkspace, WorkspaceAction
+from codeforge.api.task import STEP_REFS_ROOT, TaskWorkspace, WorkspaceAction, unchanged_workspace
 from codeforge.api.workflow import JoinPolicy, Step, WorkspaceSpec, safe_ref_part
 from codeforge.orchestrator.joins import SUCCEEDED, Joined, vote_of
 
@@ -106,14 +106,7 @@ def reported(result: Any) -> dict[str, Any] | None:
 
 def unchanged(base: str) -> dict[str, Any]:
     """The workspace record of a step that passed its input on."""
-    return {
-        "base": base,
-        "commit": base,
-        "changed": False,
-        "ref": None,
-        "files": [],
-        "diffstat": {"files": 0, "insertions": 0, "deletions": 0},
-    }
+    return unchanged_workspace(base)
 
 
 def compact(info: dict[str, Any] | None) -> dict[str, Any] | None:

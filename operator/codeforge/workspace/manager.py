@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from codeforge.api.task import COMMIT_RE, TaskWorkspace, WorkspaceAction
+from codeforge.api.task import COMMIT_RE, TaskWorkspace, WorkspaceAction, unchanged_workspace
 from codeforge.workspace.errors import ErrorKind, WorkspaceError, git_error, redact
 from codeforge.workspace.git import Git, GitFailed
 
@@ -447,14 +447,7 @@ class Workspaces:
     ) -> dict[str, Any]:
         """The `workspace` part of a result: commit, changed files and diffstat against `base`."""
         if commit == base:
-            return {
-                "base": base,
-                "commit": base,
-                "changed": False,
-                "ref": None,
-                "files": [],
-                "diffstat": {"files": 0, "insertions": 0, "deletions": 0},
-            }
+            return unchanged_workspace(base)
         names = await self._git(
             ["diff", "--no-renames", "--name-only", "-z", base, commit],
             url=url,
