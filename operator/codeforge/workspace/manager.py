@@ -480,10 +480,7 @@ class Workspaces:
                 exc.result.stdout + "\n" + exc.stderr, url=url, what=ref, operation="push"
             ) from None
         except TimeoutError:
-            raise WorkspaceError(
-                ErrorKind.NETWORK,
-                f"push: {redact(url)} did not answer within {self.settings.network_timeout:.0f}s",
-            ) from None
+            raise self._timed_out("push", url) from None
         self.stats.pushes += 1
 
     # ---- the four actions ----
@@ -592,10 +589,7 @@ class Workspaces:
                         exc.result.stdout + "\n" + exc.stderr, url=url, what=prefix, operation="cleanup"
                     ) from None
             except TimeoutError:
-                raise WorkspaceError(
-                    ErrorKind.NETWORK,
-                    f"cleanup: {redact(url)} did not answer within {self.settings.network_timeout:.0f}s",
-                ) from None
+                raise self._timed_out("cleanup", url) from None
         log.info("deleted %d ref(s) under %s in %s", len(doomed), prefix, redact(url))
         result: dict[str, Any] = {"ref": prefix, "deleted": len(doomed)}
         if len(found) > len(doomed):
@@ -644,6 +638,13 @@ class Workspaces:
 
     # ---- helpers ----
 
+    def _timed_out(self, op: str, url: str) -> WorkspaceError:
+        """The error of a git network operation that outlived the timeout (retryable: a network problem)."""
+        return WorkspaceError(
+            ErrorKind.NETWORK,
+            f"{op}: {redact(url)} did not answer within {self.settings.network_timeout:.0f}s",
+        )
+
     async def _git(
         self,
         args: list[str],
@@ -662,10 +663,7 @@ class Workspaces:
                 await self._evict()
             raise error from None
         except TimeoutError:
-            raise WorkspaceError(
-                ErrorKind.NETWORK,
-                f"{op}: {redact(url)} did not answer within {self.settings.network_timeout:.0f}s",
-            ) from None
+            raise self._timed_out(op, url) from None
         except OSError as exc:
             if exc.errno == 28:
                 await self._evict()
