@@ -373,6 +373,19 @@ class TaskOutcome(BaseModel):
     consumer: str | None = Field(
         default=None, description="The agent holding the task, or that finished it last."
     )
+    finished_at: float | None = Field(
+        default=None, description="Unix time (the queue's clock) the task ended; None while it runs."
+    )
+    run_seconds: float | None = Field(
+        default=None,
+        description="Claim -> end of the delivery that ended it (an agent's busy time on it); None when it "
+        "ended unclaimed (cancelled while queued).",
+    )
+    notified: bool = Field(
+        default=False,
+        description="Delivered to a waiter by the queue's completion notification (the waiter was woken), "
+        "not read from a task that had ended before the wait began.",
+    )
 
 
 class QueueStats(BaseModel):
