@@ -121,6 +121,8 @@ class Agent:
         load_error = getattr(self.handler, "load_error", None)
         if load_error:
             self.log.error("handler is misconfigured; every task will fail with: %s", load_error)
+        self.metrics.slots.labels(*self._labels).inc(self.config.concurrency)
+        self._clock("idle")
         background = [
             asyncio.create_task(self._reap_periodically(), name="cf-reaper"),
             asyncio.create_task(self._publish_state(), name="cf-state"),
@@ -130,7 +132,11 @@ class Agent:
         finally:
             self.draining = True
             self._state_changed.set()
+            if not self._runs:
+                self._clock("draining")
             await self._drain()
+            self._clock("stopped")
+            self.metrics.slots.labels(*self._labels).dec(self.config.concurrency)
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -201,6 +207,7 @@ class Agent:
         job.add_done_callback(lambda _: self._finished(lease.id))
         if was_idle:
             self._state_changed.set()
+            self._clock("busy")
 
     def _finished(self, task_id: str) -> None:
         self._runs.pop(task_id, None)
@@ -209,6 +216,10 @@ class Agent:
         self._slot_freed.set()
         if not self._runs:
             self._state_changed.set()
+            self._clock("draining" if self.draining else "idle")
+
+    def _clock(self, state: str) -> None:
+        self.metrics.state_time.set(self.agent_id, self._labels, state)
 
     # ---- one task ----
 
@@ -229,6 +240,7 @@ class Agent:
         log = self._task_log(task)
         self.metrics.claimed.labels(*self._labels).inc()
         self.metrics.claim_latency.labels(*self._labels).observe(max(0.0, time.time() - task.created_at))
+        self.metrics.queue_wait.labels(*self._labels).observe(run.lease.queued_seconds)
         log.info("claimed", extra={"event": "claimed"})
         limit, by_deadline = self._time_limit(task)
         if limit is not None and limit <= 0:
