@@ -107,3 +107,16 @@ async def test_a_running_task_has_no_end_yet(queue: TaskQueue) -> None:
     assert running is not None
     assert running.state is TaskState.RUNNING
     assert (running.finished_at, running.run_seconds, running.notified) == (None, None, False)
+
+
+async def test_the_oldest_task_age_counts_from_its_return_to_the_queue(queue: TaskQueue) -> None:
+    """A task that ran a while and came back for a retry is not reported (and alerted on) as old."""
+    pool = unique_pool()
+    await queue.enqueue(make_task(pool, "t1", max_attempts=2))
+    lease = await queue.claim(pool, "a1", timeout=2)
+    assert lease is not None
+    await asyncio.sleep(0.5)
+    await queue.fail(lease, "flaky", retryable=True)
+    stats = await queue.stats(pool)
+    assert stats.queued == 1
+    assert stats.oldest_age_seconds < 0.3

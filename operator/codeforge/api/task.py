@@ -398,4 +398,7 @@ class QueueStats(BaseModel):
     delayed: int = Field(description="Waiting for a retry backoff to pass.")
     in_flight: int = Field(description="Claimed, under a lease.")
     dead: int = Field(description="In the dead-letter queue.")
-    oldest_age_seconds: float = Field(description="Age of the oldest ready task, 0 when none waits.")
+    oldest_age_seconds: float = Field(
+        description="How long the oldest ready task has waited since it last became ready (enqueue, retry "
+        "due, hand-back), 0 when none waits."
+    )

@@ -40,7 +40,6 @@ class _Record:
     consumer: str = ""
     expires_at: float = 0.0
     ready_at: float = 0.0
-    enqueued_at: float = field(default_factory=time.time)
     #: For the metrics (as lib.lua's rdy, clm, fin): when it last became claimable, was last claimed, ended.
     ready_since: float = field(default_factory=time.time)
     claimed_at: float | None = None
@@ -376,7 +375,7 @@ class MemoryTaskQueue:
         self._promote(state, now)
         queued = [r for r in state.records.values() if r.state is TaskState.QUEUED]
         ready = [r for r in queued if not r.ready_at]
-        oldest = min((r.enqueued_at for r in ready), default=now)
+        oldest = min((r.ready_since for r in ready), default=now)  # waiting since it last became ready
         return QueueStats(
             pool=pool,
             queued=len(ready),
