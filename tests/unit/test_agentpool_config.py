@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from codeforge.controller.builders import DEFAULT_AGENT_IMAGE
-from codeforge.controller.config import ConfigError, OperatorConfig
+from codeforge.controller.agentpool.builders import DEFAULT_AGENT_IMAGE
+from codeforge.controller.config import OperatorConfig
+from codeforge.controller.env import ConfigError
 
 
 def test_defaults_need_no_environment() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from codeforge.api.agentpool import AgentPoolSpec
-from codeforge.controller import builders
-from codeforge.controller.drift import differences
+from codeforge.controller.agentpool import builders
+from codeforge.controller.agentpool.drift import differences
 from codeforge_agent.config import OPTIONS, AgentConfig
 
 REF = builders.PoolRef(namespace="team-a", name="research", uid="uid-123")

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec
-from codeforge.controller import builders
+from codeforge.controller.agentpool import builders
 from codeforge_agent.config import AgentConfig
 
 REF = builders.PoolRef(namespace="team-a", name="implement", uid="uid-1")

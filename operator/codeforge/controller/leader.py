@@ -1,6 +1,6 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, with controller-runtime's semantics and timings.
 
-Only the replica that holds the Lease runs the operator: the startup handler (`runtime.start`) waits here
+Only the replica that holds the Lease runs the operator: the startup handler (`services.start`) waits here
 until it holds it, and Kopf starts no watcher before its startup handlers are done. A standby serves only
 its liveness endpoint (`{"leader": false}`) and `/metrics` (`codeforge_leader 0`).
 
@@ -44,7 +44,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import aiohttp.web
 
-from codeforge.controller.config import ConfigError, _seconds
+from codeforge.controller.env import ConfigError, flag, seconds
+from codeforge.controller.kstatus import micro_time, now_rfc3339
 from codeforge.controller.kube import JSON, LEASES, KubeApi, KubeApiError
 from codeforge.controller.metrics import LEADER
 
@@ -57,15 +58,6 @@ JITTER_FACTOR: Final = 1.2
 #: Errors of one election round; any other exception is a bug and propagates.
 TRANSIENT: Final = (KubeApiError, aiohttp.ClientError, TimeoutError, OSError)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "false", "off", "0", "no"):
-        return False
-    if raw in ("true", "on", "1", "yes"):
-        return True
-    raise ConfigError(f"{name}={raw!r}: use true or false")
 
 
 def _default_namespace(env: Mapping[str, str]) -> str:
@@ -119,19 +111,14 @@ class ElectionConfig:
             )
         pod = env.get("POD_ID", "").strip() or socket.gethostname()
         return cls(
-            enabled=_flag(env, "CODEFORGE_LEADER_ELECTION"),
+            enabled=flag(env, "CODEFORGE_LEADER_ELECTION"),
             lease_name=env.get("CODEFORGE_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
             namespace=env.get("CODEFORGE_LEASE_NAMESPACE", "").strip() or _default_namespace(env),
             identity=f"{pod}_{uuid.uuid4().hex[:8]}",
             lease_duration=int(raw_duration),
-            renew_deadline=_seconds(env, "CODEFORGE_LEASE_RENEW_DEADLINE", 10.0),
-            retry_period=_seconds(env, "CODEFORGE_LEASE_RETRY_PERIOD", 2.0),
+            renew_deadline=seconds(env, "CODEFORGE_LEASE_RENEW_DEADLINE", 10.0),
+            retry_period=seconds(env, "CODEFORGE_LEASE_RETRY_PERIOD", 2.0),
         )
-
-
-def micro_time(moment: datetime) -> str:
-    """Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -348,7 +335,7 @@ async def post_event(api: KubeApi, lease: JSON | None, identity: str, reason: st
     if lease is None:
         return
     meta = lease["metadata"]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now_rfc3339()
     event: JSON = {
         "apiVersion": "v1",
         "kind": "Event",

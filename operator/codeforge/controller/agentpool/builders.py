@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
+from codeforge.controller.kstatus import ObjectRef
 
 JSON = dict[str, Any]
 
@@ -28,12 +29,8 @@ HEALTH_PORT_NAME: Final = "http"
 
 
 @dataclass(frozen=True, slots=True)
-class PoolRef:
+class PoolRef(ObjectRef):
     """The identity of one AgentPool object (what owner references and names derive from)."""
-
-    namespace: str
-    name: str
-    uid: str
 
     @property
     def queue(self) -> str:
