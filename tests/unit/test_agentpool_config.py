@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codeforge.controller.agentpool.builders import DEFAULT_AGENT_IMAGE
-from codeforge.controller.config import OperatorConfig
+from codeforge.controller.config import DEFAULT_AGENT_IMAGE, OperatorConfig
 from codeforge.controller.env import ConfigError
 
 

@@ -15,9 +15,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from codeforge.controller.agentpool.builders import DEFAULT_AGENT_IMAGE, AgentDefaults
 from codeforge.controller.env import ConfigError, port, seconds
+
+DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDefaults:
+    """Operator-wide settings every agent pod receives (from the operator's own environment)."""
+
+    queue_url: str
+    #: Image for pools that name none: the agent image released with this operator.
+    image: str = DEFAULT_AGENT_IMAGE
+    #: Secret (name, key) holding the Redis password; mounted as CODEFORGE_REDIS_PASSWORD.
+    redis_password_secret: tuple[str, str] | None = None
+    log_format: str = "json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from codeforge.controller.agentpool.autoscaler import (
 )
 from codeforge.controller.agentpool.conditions import ConditionType, Observation, PodProblem
 from codeforge.controller.agentpool.drift import differences
+from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import EventType, KubeEvent, merge_conditions
 from codeforge.controller.kube import PDBS, PODS, KubeApi, KubeApiError, kind_of
 from codeforge.queue import TaskQueue
@@ -61,7 +62,7 @@ class PoolObject:
 class Deps:
     kube: KubeApi
     queue: TaskQueue | None  # None: not connected (yet)
-    agents: builders.AgentDefaults
+    agents: AgentDefaults
     queue_timeout: float = 2.0
     queue_error: str = "the operator is not connected to the queue yet"  # why `queue` is None
 
@@ -93,9 +94,7 @@ def spec_error_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_spec(
-    raw: Mapping[str, Any], ref: builders.PoolRef, agents: builders.AgentDefaults
-) -> AgentPoolSpec:
+def parse_spec(raw: Mapping[str, Any], ref: builders.PoolRef, agents: AgentDefaults) -> AgentPoolSpec:
     try:
         spec = AgentPoolSpec.model_validate(dict(raw))
         builders.agent_env(ref, spec, agents)  # handler settings that cannot become env fail here

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.api.workflow_status import (
     StepPhase,
@@ -51,15 +52,15 @@ from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
 JSON = dict[str, Any]
 #: Which step phases count as finished for the progress column.
 FINISHED_STEPS: Final = frozenset({StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED})
-_OUTCOME_PHASES: Final = {
-    "succeeded": WorkflowPhase.SUCCEEDED,
-    "failed": WorkflowPhase.FAILED,
-    "cancelled": WorkflowPhase.CANCELLED,
+_OUTCOME_PHASES: Final[dict[str, WorkflowPhase]] = {
+    Outcome.SUCCEEDED: WorkflowPhase.SUCCEEDED,
+    Outcome.FAILED: WorkflowPhase.FAILED,
+    Outcome.CANCELLED: WorkflowPhase.CANCELLED,
 }
-_STEP_PHASES: Final = {
-    "succeeded": StepPhase.SUCCEEDED,
-    "failed": StepPhase.FAILED,
-    "cancelled": StepPhase.CANCELLED,
+_STEP_PHASES: Final[dict[str, StepPhase]] = {
+    Outcome.SUCCEEDED: StepPhase.SUCCEEDED,
+    Outcome.FAILED: StepPhase.FAILED,
+    Outcome.CANCELLED: StepPhase.CANCELLED,
 }
 
 
