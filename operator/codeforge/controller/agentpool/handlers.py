@@ -1,4 +1,4 @@
-"""Kopf handlers of the AgentPool kind: thin wrappers around `agentpool_reconcile.reconcile`.
+"""Kopf handlers of the AgentPool kind: thin wrappers around `reconcile.reconcile`.
 
 - create / update / resume: a full reconcile, including the metrics Service and the PodDisruptionBudget;
 - a timer (every CODEFORGE_AUTOSCALE_INTERVAL seconds): autoscaling from the queue, Deployment drift
