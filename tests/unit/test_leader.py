@@ -15,7 +15,8 @@ import pytest
 
 from codeforge.controller.env import ConfigError
 from codeforge.controller.kstatus import micro_time
-from codeforge.controller.leader import ElectionConfig, StandbyProbe, liveness_endpoint
+from codeforge.controller.leader import ElectionConfig
+from codeforge.controller.standby import StandbyProbe, liveness_endpoint
 from codeforge.testing.redis_server import free_port
 
 

@@ -23,6 +23,7 @@ from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
 from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
+from codeforge.controller.standby import liveness_endpoint
 from codeforge.queue import TaskQueue, open_queue
 
 #: Read once at import: Kopf timers take their interval when the handlers are declared.
@@ -82,7 +83,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, *
     if CONFIG.metrics_port is not None:
         prometheus_client.start_http_server(CONFIG.metrics_port)  # a daemon thread; exits with the process
     # A standby waits here (serving liveness and metrics): Kopf starts no watcher before this returns.
-    probe = leader.liveness_endpoint(os.environ, sys.argv)
+    probe = liveness_endpoint(os.environ, sys.argv)
     memo.services.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
     await memo.services.connected_queue(logger)
 
