@@ -72,7 +72,7 @@ def _indexed(
     return next(iter(store), None) if store is not None else None
 
 
-async def _run(
+async def _reconcile_and_report(
     *,
     body: kopf.Body,
     memo: Any,
@@ -130,7 +130,7 @@ async def reconcile_pool(
     agent_deployments: kopf.Index[tuple[str, str], Any] | None = None,  # injected by Kopf
     **_: Any,
 ) -> None:
-    outcome = await _run(
+    outcome = await _reconcile_and_report(
         body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=True
     )
     patch.status.update(outcome.status)
@@ -151,7 +151,9 @@ async def autoscale_pool(
 ) -> None:
     pool = _memory(memo)
     due = time.monotonic() - pool.extras_checked_at >= EXTRAS_CHECK_SECONDS
-    outcome = await _run(body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=due)
+    outcome = await _reconcile_and_report(
+        body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=due
+    )
     gauges_due = time.monotonic() - pool.gauges_written_at >= memo.services.config.status_interval
     if status_needs_write(dict(body.status), outcome.status, gauges_due):
         patch.status.update(outcome.status)
