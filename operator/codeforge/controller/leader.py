@@ -43,7 +43,7 @@ from typing import Any, Final
 import aiohttp
 
 from codeforge.controller.env import ConfigError, flag, seconds
-from codeforge.controller.kstatus import micro_time, now_rfc3339
+from codeforge.controller.kstatus import EventType, micro_time, now_rfc3339
 from codeforge.controller.kube import JSON, LEASES, KubeApi, KubeApiError
 from codeforge.controller.metrics import LEADER
 from codeforge.controller.standby import StandbyProbe
@@ -306,7 +306,7 @@ async def post_event(api: KubeApi, lease: JSON | None, identity: str, reason: st
         },
         "reason": reason,
         "message": message,
-        "type": "Normal",
+        "type": EventType.NORMAL.value,
         "source": {"component": "codeforge-operator"},
         "reportingComponent": "codeforge-operator",
         "reportingInstance": identity[:128],
