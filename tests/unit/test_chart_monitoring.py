@@ -193,7 +193,7 @@ def test_the_prometheus_rule_alerts_on_metrics_the_code_exports() -> None:
 
 @needs_helm
 def test_the_agent_pod_monitor_selects_agent_pods_in_every_namespace() -> None:
-    from codeforge.controller import builders
+    from codeforge.controller.agentpool import builders
 
     monitor = one(render("metrics.agentPodMonitor.enabled=true"), "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
