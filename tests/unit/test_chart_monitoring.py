@@ -130,6 +130,14 @@ def test_every_dashboard_query_names_metrics_the_code_exports() -> None:
     assert {"datasource", "pool"} <= {v["name"] for v in board["templating"]["list"]}
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids are unique"
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"{panel['title']!r} sticks out of Grafana's 24 columns"
+        columns, rows = range(pos["x"], pos["x"] + pos["w"]), range(pos["y"], pos["y"] + pos["h"])
+        mine = {(x, y) for x in columns for y in rows}
+        assert not cells & mine, f"{panel['title']!r} overlaps another panel"
+        cells |= mine
 
 
 def test_a_misspelt_metric_would_be_caught() -> None:
