@@ -77,6 +77,7 @@ async def test_an_outcome_tells_when_it_ended_and_how_long_an_agent_held_it(queu
 
     read = await queue.wait_result(pool, "t1", timeout=1)
     assert not read.notified, "it had ended before this wait began"
+    assert read == woken, "how an outcome arrived is not part of the record"
     assert (read.finished_at, read.run_seconds) == pytest.approx((woken.finished_at, woken.run_seconds))
     stored = await queue.get(pool, "t1")
     assert stored is not None

@@ -383,9 +383,19 @@ class TaskOutcome(BaseModel):
     )
     notified: bool = Field(
         default=False,
+        exclude=True,
         description="Delivered to a waiter by the queue's completion notification (the waiter was woken), "
-        "not read from a task that had ended before the wait began.",
+        "not read from a task that had ended before the wait began. How it arrived, not part of the record: "
+        "left out of comparisons and serialisation.",
     )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskOutcome):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:  # consistent with __eq__ (results may be unhashable dicts)
+        return hash((self.id, self.pool, self.state, self.attempts))
 
 
 class QueueStats(BaseModel):
