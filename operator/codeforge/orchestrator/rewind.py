@@ -65,7 +65,9 @@ def _interrupted(values: dict[str, Any], pending: tuple[str, ...]) -> dict[str, 
     route = values.get("route") or {}
     if route.get("to") in (None, END) or "payloads" not in route:
         where = "while publishing its final commit" if PUBLISH in pending else "before its first step"
-        raise RewindError(f"the run timed out {where}: there is no step to retry from")
+        raise RewindError(
+            f"the run timed out {where}: there is no step to retry from; re-create the Workflow to rerun it"
+        )
     return dict(route)
 
 
