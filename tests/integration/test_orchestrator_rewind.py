@@ -146,3 +146,21 @@ async def test_rewind_starts_a_run_that_never_ran_and_refuses_one_without_a_fail
     assert (await setup.runner.run(run_id, wf)).status == "succeeded"
     with pytest.raises(RewindError, match=r"nothing to retry: no step failed \(the run succeeded\)"):
         await setup.runner.rewind(run_id, wf)
+
+
+async def test_rewind_refuses_a_run_that_timed_out_before_its_first_step(setup: Setup) -> None:
+    # No agent serves the pool: resolving the workspace's ref never ends, so the timeout cuts the run off
+    # before any step (its resolve task was cancelled; there is no step to rerun).
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    wf = spec(
+        f"""
+        timeoutSeconds: 0.5
+        workspace: {{git: {{url: "https://git.example.com/app.git", ref: main}}}}
+        steps: [{{name: only, pool: {nobody}}}]
+        """
+    )
+    run_id = f"early-{uuid.uuid4().hex[:6]}"
+    outcome = await setup.runner.run(run_id, wf)
+    assert outcome.error == "workflow timed out after 0.5s (spec.timeoutSeconds)"
+    with pytest.raises(RewindError, match="timed out before its first step: there is no step to retry from"):
+        await setup.runner.rewind(run_id, wf)
