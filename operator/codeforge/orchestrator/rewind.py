@@ -23,10 +23,10 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import END
 from codeforge.orchestrator.compiler import PUBLISH, join_node
 from codeforge.orchestrator.dispatch import StepDispatcher
-from codeforge.orchestrator.joins import FAILED
 from codeforge.orchestrator.state import RunState, parts_key
 
 
@@ -75,7 +75,8 @@ async def _failed(
     graph: CompiledStateGraph[RunState, StepDispatcher], config: RunnableConfig, values: dict[str, Any]
 ) -> dict[str, Any]:
     """The route that sent the run to its failed step, read back from the checkpoint history."""
-    failed = next((r for r in reversed(values.get("history") or []) if r.get("status") == FAILED), None)
+    history = values.get("history") or []
+    failed = next((r for r in reversed(history) if r.get("status") == Outcome.FAILED), None)
     if failed is None:
         raise RewindError(f"nothing to retry: no step failed ({values.get('error') or 'the run succeeded'})")
     step, visit = str(failed["step"]), int(failed["visit"])

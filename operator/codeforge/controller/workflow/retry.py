@@ -14,17 +14,19 @@ token it saw), so an early annotation never triggers a surprise rerun later.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
-from codeforge.api.workflow import WorkflowSpec
-from codeforge.orchestrator import RewindError, WorkflowRunner
+from codeforge.api.workflow_status import WorkflowPhase
+from codeforge.controller.kstatus import condition_true
+from codeforge.controller.workflow.tracker import ConditionType
 
 RETRY_ANNOTATION: Final = "codeforge.ai/retry"
 
-#: A refused retry: the status message says why (e.g. no step failed).
-RetryError = RewindError
 
-
-async def rewind_to_failed_step(runner: WorkflowRunner, thread_id: str, spec: WorkflowSpec) -> str | None:
-    """The step the retry starts from (None: from the start); the orchestrator owns the rewind itself."""
-    return await runner.rewind(thread_id, spec)
+def retry_requested(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
+    """A Failed (not invalid) Workflow whose retry annotation carries a token not acted upon yet."""
+    token = annotations.get(RETRY_ANNOTATION)
+    if not token or token == status.get("retryToken") or status.get("phase") != WorkflowPhase.FAILED:
+        return False
+    return not condition_true(status.get("conditions"), ConditionType.INVALID)
