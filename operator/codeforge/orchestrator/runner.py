@@ -183,13 +183,13 @@ class WorkflowRunner:
         if job.cancelled():
             await self._cancel_outstanding(ctx)
             values = dict((await graph.aget_state(config)).values or {})
-            values["error"] = (
-                f"cancelled: {control.reason}"
-                if cancelled
-                else f"workflow timed out after {spec.timeout_seconds:g}s (spec.timeoutSeconds)"
-            )
+            values["error"] = f"cancelled: {control.reason}" if cancelled else _timed_out(spec)
         else:
             values = job.result()  # a queue or checkpoint error propagates; the run can resume later
+            if values.get("error") and ctx.deadline is not None and time.time() >= ctx.deadline:
+                # Its tasks carry the workflow's deadline, so an agent may fail one at the same instant the
+                # runner's own timer fires: the cause is the workflow's timeout either way, so say that.
+                values["error"] = _timed_out(spec)
         self._first.pop(workflow_id, None)  # the run ended: nothing resumes it in this process
         outcome = self._outcome(workflow_id, values, started_at, resumed=resumed, cancelled=cancelled)
         emit(
@@ -287,3 +287,7 @@ class WorkflowRunner:
             resumed=resumed,
             workspace=workspace,
         )
+
+
+def _timed_out(spec: WorkflowSpec) -> str:
+    return f"workflow timed out after {spec.timeout_seconds:g}s (spec.timeoutSeconds)"
