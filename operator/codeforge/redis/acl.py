@@ -26,7 +26,7 @@ from codeforge.redis.connect import Connection
 AGENT_COMMANDS: Final = (
     # connection and discovery
     "ping", "hello", "select", "readonly", "readwrite", "asking", "info", "command", "time",
-    "client|setname", "client|setinfo", "client|id", "cluster|slots", "cluster|shards", "cluster|nodes",
+    "client|setname", "client|id", "cluster|slots", "cluster|shards", "cluster|nodes",
     "cluster|info", "cluster|myid", "wait",
     # scripts
     "eval", "evalsha", "eval_ro", "evalsha_ro", "script|load", "script|exists",
@@ -75,16 +75,31 @@ def agent_rules(
     ]
 
 
-def _nodes(conn: Connection) -> list[Any]:
-    """Every node ACLs must be set on: the one server, or every master and replica of the cluster."""
+def cluster_node_addresses(nodes: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """Every reachable node, masters and replicas, of a CLUSTER NODES reply as redis-py parses it
+    ({"ip:port": {"flags": ..., "hostname": ...}}); a node announcing a hostname is reached by it."""
+    found: list[tuple[str, int]] = []
+    for address, info in nodes.items():
+        if {"fail", "noaddr", "handshake"} & set(str(info.get("flags", "")).split(",")):
+            continue
+        host, _, port = address.split("@", 1)[0].rpartition(":")
+        if port.isdigit() and (info.get("hostname") or host):
+            found.append((info.get("hostname") or host, int(port)))
+    return found
+
+
+async def _nodes(conn: Connection) -> list[Any]:
+    """Every node ACLs must be set on: the one server, or every master and replica of the cluster (the
+    cluster client itself only tracks the masters)."""
     client = conn.client
-    if isinstance(client, RedisCluster):
-        return [conn.node(n.host, n.port) for n in client.get_nodes()]
-    return [client]
+    if not isinstance(client, RedisCluster):
+        return [client]
+    nodes = await client.execute_command("CLUSTER NODES", target_nodes=RedisCluster.RANDOM)
+    return [conn.node(host, port) for host, port in cluster_node_addresses(nodes)]
 
 
 async def _on_every_node(conn: Connection, *args: Any) -> None:
-    for node in _nodes(conn):
+    for node in await _nodes(conn):
         try:
             await node.execute_command(*args)
         finally:
