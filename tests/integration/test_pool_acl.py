@@ -9,8 +9,9 @@ real `codeforge-agent` processes and real queue clients logged in as those users
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -127,11 +128,11 @@ async def test_an_agent_of_pool_a_is_refused_on_pool_b(
     operator = await open_queue(admin_url)
     await operator.enqueue(Task(id="secret", pool=b.pool, payload={"token": "team-b-only"}))
     intruder = await connect(a.url(admin_url))
-    r = intruder.client
+    r: Any = intruder.client
     b_task, b_wake = task_key(b.pool, "secret"), wake_key(b.pool)
-    single = await intruder.any_node()  # a plain client: Pub/Sub and keyless commands
+    single: Any = await intruder.any_node()  # a plain client: Pub/Sub and keyless commands
     try:
-        refused = [
+        refused: list[Callable[[], Awaitable[Any]]] = [
             lambda: r.hgetall(b_task),  # read B's task
             lambda: r.hset(b_task, "state", "succeeded"),  # forge B's result
             lambda: r.rpush(b_wake, "x"),
