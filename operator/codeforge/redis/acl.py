@@ -22,7 +22,9 @@ from codeforge.redis.connect import Connection
 #: What an agent's connection runs: the handshake and cluster discovery of redis-py, the queue's scripts
 #: (EVALSHA, EVAL on NOSCRIPT) and the commands inside them, the blocking pop on the wake list, direct reads
 #: of task hashes, and WAIT in durability=replicated. No command that lists or flushes keys (KEYS, SCAN,
-#: FLUSH*), no CONFIG, no ACL, no SCRIPT FLUSH, no MONITOR: key patterns alone would not stop those.
+#: FLUSH*), no CONFIG, no ACL, no SCRIPT FLUSH, no MONITOR: key patterns alone would not stop those. Data
+#: commands are harmless beyond the user's key patterns; a new Lua script of the agent (e.g. a rate limiter)
+#: that calls one not listed here gets NOPERM under a pool's user: add it here.
 AGENT_COMMANDS: Final = (
     # connection and discovery
     "ping", "hello", "select", "readonly", "readwrite", "asking", "info", "command", "time",
@@ -32,9 +34,10 @@ AGENT_COMMANDS: Final = (
     "eval", "evalsha", "eval_ro", "evalsha_ro", "script|load", "script|exists",
     # data commands, on the permitted keys only
     "exists", "del", "expire", "pexpire", "ttl", "pttl", "type",
-    "get", "set", "incr", "incrby", "decrby",
-    "hget", "hmget", "hgetall", "hset", "hdel", "hincrby", "hexists", "hlen",
-    "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zpopmin", "zcount",
+    "expireat", "pexpireat",
+    "get", "mget", "set", "setnx", "setex", "psetex", "incr", "incrby", "incrbyfloat", "decr", "decrby",
+    "hget", "hmget", "hgetall", "hset", "hsetnx", "hdel", "hincrby", "hincrbyfloat", "hexists", "hlen",
+    "zadd", "zrem", "zcard", "zscore", "zrange", "zrangebyscore", "zremrangebyscore", "zpopmin", "zcount",
     "llen", "lrange", "lpush", "rpush", "lpop", "rpop", "ltrim", "blpop", "brpop",
     "publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe",
 )  # fmt: skip
