@@ -24,7 +24,7 @@ import redis
 
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, wait_until
-from cluster.resources import dump, install_crds, temporary_namespace
+from cluster.resources import CHART_DIR, dump, install_crds, temporary_namespace
 from codeforge.redis.acl import user_name
 from codeforge.testing.redis_server import LocalRedis
 
@@ -219,3 +219,38 @@ def test_a_workflow_naming_a_pool_of_another_namespace_is_invalid_unless_granted
     apply(control_plane, team_a, workflow("ghost", f"{team_b}/nonexistent"))
     ghost = wait_phase(control_plane, team_a, "ghost", "Failed", operator)
     assert any("does not grant" in c["message"] for c in ghost["status"]["conditions"])
+
+
+def test_tenant_rbac_reads_secrets_of_its_own_namespace_only(
+    control_plane: Cluster, namespaces: tuple[str, str]
+) -> None:
+    """The chart's tenant RBAC, applied to the API server (which enforces RBAC): team-a's group reads and
+    writes its own namespace's Secrets and Workflows, and nothing of team-b's or cluster-wide."""
+    team_a, team_b = namespaces
+    group = f"devs-{team_a}"
+    rendered = control_plane.helm(
+        "template", "codeforge", str(CHART_DIR), "--namespace", "codeforge",
+        "--show-only", "templates/tenant-rbac.yaml",
+        "--set", f"tenants.namespaces[0].namespace={team_a}",
+        "--set", "tenants.namespaces[0].subjects[0].kind=Group",
+        "--set", f"tenants.namespaces[0].subjects[0].name={group}",
+        "--set", "tenants.namespaces[0].subjects[0].apiGroup=rbac.authorization.k8s.io",
+    ).stdout  # fmt: skip
+    control_plane.kubectl("apply", "-f", "-", input=rendered)
+
+    def can(verb: str, resource: str, *where: str) -> bool:
+        out = control_plane.kubectl(
+            "auth", "can-i", verb, resource, *where, "--as=alice", f"--as-group={group}", check=False
+        )
+        return out.stdout.strip() == "yes"
+
+    assert can("get", "secrets", "--namespace", team_a)
+    assert can("list", "secrets", "--namespace", team_a)
+    assert can("create", "workflows.codeforge.ai", "--namespace", team_a)
+    assert can("create", "agentpools.codeforge.ai", "--namespace", team_a)
+    assert not can("get", "secrets", "--namespace", team_b)
+    assert not can("list", "secrets", "--all-namespaces")
+    assert not can("get", "secrets", "--namespace", "codeforge")  # the operator's admin Redis password
+    assert not can("create", "workflows.codeforge.ai", "--namespace", team_b)
+    assert not can("patch", "agentpools.codeforge.ai", "--namespace", team_b)  # cannot grant itself access
+    assert not can("create", "rolebindings", "--namespace", team_a)
