@@ -31,6 +31,7 @@ from codeforge.controller.kstatus import (
 from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger
 from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
@@ -85,22 +86,25 @@ async def stop_workflows(*, memo: Any, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def validate_workflow(
+async def validate_workflow(
     *,
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
     body: kopf.Body,
     patch: kopf.Patch,
+    memo: Any,
     logger: Logger,
     **_: Any,
 ) -> None:
-    """Report an invalid spec; a spec fixed after it was reported invalid makes the Workflow Pending again.
-    A valid Workflow's status is left to its run (one writer per object)."""
+    """Report an invalid spec (or a pool of another namespace that grants no access); a spec fixed after it
+    was reported invalid makes the Workflow Pending again. A valid Workflow's status is left to its run (one
+    writer per object)."""
     generation = meta.get("generation")
     workflow_metrics.observe_phase(meta.uid or "", status.get("phase"))
     try:
         parsed = parse_workflow_spec(dict(spec))
+        await check_access(memo.services.api(), meta.namespace or "default", parsed)
     except WorkflowSpecError as exc:
         message = str(exc)
         if condition_message(status.get("conditions"), ConditionType.INVALID) != message:  # not every resume

@@ -30,6 +30,7 @@ from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
 from codeforge.controller.workflow.results import ResultStore, bounded_result
 from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
@@ -92,6 +93,8 @@ async def supervise(
     """Run (or resume, or retry) one Workflow until it ends or Kopf stops the daemon."""
     try:
         written = parse_workflow_spec(dict(obj.spec))
+        # Checked here too: the daemon may start before the validate handler has marked it Invalid.
+        await check_access(services.api(), obj.ref.namespace, written)
     except WorkflowSpecError:
         await stopped.wait()  # the create/update handler reports the invalid spec
         return
