@@ -1,0 +1,95 @@
+"""What a task's run cost: tokens in and out, and money, as handlers report it in their result.
+
+A handler reports usage by putting a `usage` object in its JSON result (README, "Rate limits and budgets"):
+`{"usage": {"input_tokens": 1200, "output_tokens": 300, "cost": 0.0042}}`. OpenAI's names
+(`prompt_tokens`, `completion_tokens`) are read too, so the `openai` handler passes the provider's object
+on as it is; `total_tokens` alone counts as output. The agent charges the rate limit from it and the
+orchestrator adds it up per step and per Workflow, where budgets are checked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Bounds on one report: more than any call can use, small enough that sums stay exact.
+MAX_TOKENS: int = 10**12
+MAX_COST: float = 10.0**9
+
+
+class Usage(BaseModel):
+    """Tokens and cost, of one task or summed over a step or a Workflow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    tokens_in: int = Field(default=0, ge=0, alias="tokensIn")
+    tokens_out: int = Field(default=0, ge=0, alias="tokensOut")
+    cost: float = Field(default=0.0, ge=0)
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            tokens_in=self.tokens_in + other.tokens_in,
+            tokens_out=self.tokens_out + other.tokens_out,
+            cost=round(self.cost + other.cost, 9),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {"tokensIn": self.tokens_in, "tokensOut": self.tokens_out, "cost": self.cost}
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"usage.{name} must be a number of tokens, got {type(value).__name__}")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"usage.{name} must be between 0 and {MAX_TOKENS}, got {value}")
+    return int(value)
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    """The `usage` object of a result as Usage; None when absent; ValueError naming the bad field."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"usage must be an object like {{input_tokens, output_tokens, cost}}, got {raw!r:.60}"
+        )
+    tokens_in = tokens_out = 0
+    for name in ("input_tokens", "prompt_tokens"):
+        if raw.get(name) is not None:
+            tokens_in = _count(raw[name], name)
+            break
+    for name in ("output_tokens", "completion_tokens"):
+        if raw.get(name) is not None:
+            tokens_out = _count(raw[name], name)
+            break
+    else:
+        if raw.get("total_tokens") is not None and not tokens_in:
+            tokens_out = _count(raw["total_tokens"], "total_tokens")
+    cost = raw.get("cost", 0.0)
+    if cost is None:
+        cost = 0.0
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
+        raise ValueError(f"usage.cost must be a number (money), got {cost!r:.60}")
+    if not 0 <= cost <= MAX_COST:
+        raise ValueError(f"usage.cost must be between 0 and {MAX_COST:g}, got {cost}")
+    return Usage(tokens_in=tokens_in, tokens_out=tokens_out, cost=float(cost))
+
+
+def usage_of_result(result: Any) -> Usage | None:
+    """The usage a task's result reports (its `usage` key), None when it reports none or a bad one.
+
+    The agent has already refused a malformed report (the task failed naming the field), so the orchestrator
+    reading results never has to fail on one; a foreign writer's garbage counts as nothing.
+    """
+    if not isinstance(result, dict) or "usage" not in result:
+        return None
+    try:
+        return parse_usage(result["usage"])
+    except ValueError:
+        return None
