@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from codeforge.api.task import Task
+from codeforge.api.usage import Usage, parse_usage
 from codeforge.queue import Lease, LeaseLostError, QueueError, TaskCancelledError, TaskQueue
+from codeforge.queue.ratelimit import MemoryRateLimiter, RateLimiter
 from codeforge.workspace import WorkspaceSettings
 from codeforge_agent.config import AgentConfig
-from codeforge_agent.handlers import Handler, HandlerError, TaskContext, build_handler
+from codeforge_agent.handlers import Handler, HandlerError, RateLimitedError, TaskContext, build_handler
 from codeforge_agent.handlers.workspace import WorkspaceHandler
 from codeforge_agent.log_setup import ContextAdapter, get_logger
 from codeforge_agent.metrics import AgentMetrics
+from codeforge_agent.rate import RateGate
+from codeforge_agent.usage_metrics import UsageMetrics
 
 #: Errors of a queue call that the loop logs and retries (with backoff) instead of dying: the queue being
 #: unreachable, or any other queue error. LeaseLostError is a QueueError too, so it is caught before these.
@@ -47,7 +51,7 @@ class TaskTiming:
     """Where one task's time went inside the agent (perf_counter seconds); for benchmarks and tests."""
 
     task_id: str
-    outcome: str  # succeeded | failed | retry | lease_lost | interrupted
+    outcome: str  # succeeded | failed | retry | lease_lost | interrupted | rate_limited
     claimed: float
     started: float
     finished: float
@@ -74,6 +78,7 @@ class Agent:
         *,
         metrics: AgentMetrics | None = None,
         on_task_done: Callable[[TaskTiming], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.queue = queue
         self.config = config
@@ -99,6 +104,10 @@ class Agent:
         self._slot_freed = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._labels = (config.pool, self.handler.kind)
+        #: The pool's fleet-wide rate limit (spec.rateLimit; README, "Rate limits and budgets").
+        limit = config.rate_limit
+        self.gate = RateGate(limiter or MemoryRateLimiter(), limit, queue, self.log) if limit else None
+        self.usage_metrics = UsageMetrics(self.metrics.registry, config.pool)
 
     @property
     def in_flight(self) -> int:
@@ -156,13 +165,7 @@ class Agent:
                 await _wait_any(self._slot_freed, stop)
                 continue
             try:
-                leases = await self.queue.claim_many(
-                    self.config.pool,
-                    self.agent_id,
-                    free,
-                    timeout=self.config.claim_wait,
-                    lease_seconds=self.config.lease_seconds,
-                )
+                leases = await self._claim(free, stop)
             except TRANSIENT_ERRORS as exc:
                 self.connected = False
                 self.log.warning(
@@ -177,6 +180,21 @@ class Agent:
                 return
             for lease in leases:
                 self._start(lease)
+
+    async def _claim(self, free: int, stop: asyncio.Event) -> list[Lease]:
+        def claim(n: int, wait: float) -> Awaitable[list[Lease]]:
+            return self.queue.claim_many(
+                self.config.pool, self.agent_id, n, timeout=wait, lease_seconds=self.config.lease_seconds
+            )
+
+        if self.gate is None:
+            return await claim(free, self.config.claim_wait)
+        waited = self.gate.waited
+        try:  # with a rate limit: capacity first, never a claim it cannot use (codeforge_agent.rate)
+            return await self.gate.claim(claim, free, self.config.claim_wait, stop)
+        finally:
+            m = self.usage_metrics
+            m.rate_wait.labels(m.namespace, m.pool, self.gate.limit.key).inc(self.gate.waited - waited)
 
     async def _release(self, leases: list[Lease]) -> None:
         """Give back tasks claimed after the stop: they were never started, so the attempt does not count."""
@@ -203,6 +221,8 @@ class Agent:
             self._state_changed.set()
 
     def _finished(self, task_id: str) -> None:
+        if self.gate is not None:
+            self.gate.forget(task_id)  # a run that settled nothing keeps its reserved tokens charged
         self._runs.pop(task_id, None)
         self._active.pop(task_id, None)
         self.metrics.in_flight.labels(*self._labels).dec()
@@ -283,6 +303,9 @@ class Agent:
     async def _handle_error(
         self, run: _Run, log: ContextAdapter, exc: BaseException, started: float, finished: float
     ) -> None:
+        if isinstance(exc, RateLimitedError) and self.gate is not None:
+            await self._rate_limited(run, log, exc, started, finished)
+            return
         if isinstance(exc, HandlerError):
             await self._fail(
                 run, log, exc.message, exc.retryable, exc.retry_delay, "error", started, finished
@@ -302,12 +325,56 @@ class Agent:
             message = f"{self.handler.kind} handler returned a value that is not JSON: {exc}"
             await self._fail(run, log, message, False, 0.0, "error", started, finished)
             return
+        try:
+            usage = parse_usage(result.get("usage")) if isinstance(result, dict) else None
+        except ValueError as exc:
+            message = f"{self.handler.kind} handler reported a bad {exc} (README, Rate limits and budgets)"
+            await self._fail(run, log, message, False, 0.0, "error", started, finished)
+            return
         if await self._report(run, log, lambda lease: self.queue.complete(lease, result)):
+            await self._account(run, log, usage, result)
             self.metrics.completed.labels(*self._labels).inc()
             self._timing(run, "succeeded", started, finished)
             log.info(
                 "completed",
                 extra={"event": "completed", "duration_ms": round((finished - started) * 1000, 3)},
+            )
+
+    async def _account(self, run: _Run, log: ContextAdapter, usage: Usage | None, result: Any) -> None:
+        """Count a finished call's tokens and cost, and charge them to the rate-limit key."""
+        if usage is not None:
+            self.usage_metrics.record(usage, result.get("model") if isinstance(result, dict) else None)
+        if self.gate is None:
+            return
+        try:
+            await self.gate.settle(run.lease.id, usage.tokens if usage is not None else None)
+        except TRANSIENT_ERRORS as exc:  # the reservation stays charged: the limit errs on the safe side
+            log.warning("could not charge the call's tokens to %s: %s", self.gate.limit.key, exc)
+
+    async def _rate_limited(
+        self, run: _Run, log: ContextAdapter, exc: RateLimitedError, started: float, finished: float
+    ) -> None:
+        """A 429: pause the key for the whole fleet and give the task back unstarted (nothing spent)."""
+        assert self.gate is not None
+        try:
+            paused = await self.gate.rate_limited(run.lease.id, exc.retry_after)
+        except TRANSIENT_ERRORS as err:
+            log.warning("could not pause %s for the fleet: %s", self.gate.limit.key, err)
+            await self._fail(run, log, exc.message, True, exc.retry_after, "error", started, finished)
+            return
+        m = self.usage_metrics
+        m.rate_limited.labels(m.namespace, m.pool, self.gate.limit.key).inc()
+
+        async def give_back(lease: Lease) -> None:
+            await self.queue.release(lease)
+
+        if await self._report(run, log, give_back):
+            self._timing(run, "rate_limited", started, finished)
+            log.warning(
+                "provider rate limit: %s paused %.1fs for every agent; task given back unstarted",
+                self.gate.limit.key,
+                paused,
+                extra={"event": "rate_limited", "error": exc.message[:1000]},
             )
 
     async def _fail(

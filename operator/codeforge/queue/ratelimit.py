@@ -25,7 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from codeforge.redis import Connection, Script, connect
+from redis import exceptions as redis_errors
+
+from codeforge.queue.errors import QueueError, QueueUnavailableError, queue_errors
+from codeforge.redis import TRANSIENT, Connection, Script, connect
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
 _KEY_RE = re.compile(KEY_PATTERN)
@@ -108,11 +111,17 @@ class RedisRateLimiter:
 
     @classmethod
     async def connect(cls, url: str) -> RedisRateLimiter:
-        return cls(await connect(url))
+        with queue_errors():
+            return cls(await connect(url))
 
     async def _run(self, limit: RateLimit, op: str, *args: Any) -> Any:
         base = (op, limit.requests_per_minute, limit.tokens_per_minute, limit.burst_ms)
-        return await SCRIPT.run(self._r, [rate_key(limit.key)], (*base, *args))
+        try:
+            return await SCRIPT.run(self._r, [rate_key(limit.key)], (*base, *args))
+        except TRANSIENT as exc:
+            raise QueueUnavailableError(f"rate limiter: Redis at {self._conn.url.safe}: {exc}") from exc
+        except redis_errors.RedisError as exc:
+            raise QueueError(f"rate limiter: Redis at {self._conn.url.safe} answered: {exc}") from exc
 
     async def acquire(self, limit: RateLimit, n: int = 1) -> Grant:
         granted, wait_ms, each, paused = await self._run(limit, "acquire", max(1, n))
