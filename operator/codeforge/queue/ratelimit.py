@@ -10,7 +10,8 @@ The model (README, "Rate limits and budgets"):
 - tokens: a bucket refilling at tpm/60 per second up to `burst_seconds` worth. A slot reserves the key's
   average tokens per call (a moving average of what calls really used) and is only granted while the
   bucket holds that much; after the call the reservation is settled against the provider's `usage`, so
-  the bucket may run into debt, which later slots wait out;
+  the bucket may run into debt, which later slots wait out. Until a first call is settled a slot reserves
+  the whole bucket (one call at a time), so a cold start cannot overshoot;
 - a slot not used (the claim found no task) is given back, with its tokens;
 - `pause(seconds)` stops every grant of the key until then (a provider's 429 and its Retry-After).
 Measured over any window of W seconds, a key grants at most rpm*(W+burst)/60 requests and its calls use
@@ -188,6 +189,8 @@ class MemoryRateLimiter:
         if k.pause > now:
             return Grant(0, math.ceil(k.pause - now) / 1000.0, 0, True)
         each = math.floor((k.average or 0.0) + 0.5)
+        if limit.tokens_per_minute and k.average is None:
+            each = math.ceil(cap)
         need = max(1.0, min(each, cap))
         granted, wait = 0, 0.0
         while granted < max(1, n):

@@ -62,7 +62,9 @@ if op == 'acquire' then
     return {0, math.ceil(pause - now), 0, 1}
   end
   -- A slot reserves the average call's tokens; the bucket must hold that much (at most its capacity).
+  -- Before any call is known a slot reserves the whole bucket: one call at a time until the first settles.
   local each = math.floor(avg + 0.5)
+  if tpm > 0 and not avg_known then each = math.ceil(cap) end
   local need = math.max(1, math.min(each, cap))
   local granted = 0
   local wait = 0
