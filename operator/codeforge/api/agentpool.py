@@ -253,6 +253,56 @@ class PoolWorkspace(CamelModel):
     )
 
 
+#: A rate-limit key: the provider and model it stands for, e.g. `openai/gpt-4.1` (no braces: it becomes a
+#: Redis hash tag of its own).
+RATE_LIMIT_KEY_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
+
+
+class RateLimitSpec(CamelModel):
+    """A fleet-wide rate limit: every agent of every pool naming the same `key` shares it (in Redis).
+
+    Agents wait for capacity before they claim a task; a provider's 429 pauses the key for all of them for
+    its Retry-After. Pools sharing a key should declare the same limits: each agent applies its own pool's
+    numbers to the shared state. README, "Rate limits and budgets".
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "(has(self.requestsPerMinute) && self.requestsPerMinute > 0) || "
+                "(has(self.tokensPerMinute) && self.tokensPerMinute > 0)",
+                "set requestsPerMinute or tokensPerMinute (or both) above 0",
+            )
+        )
+    )
+
+    key: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=RATE_LIMIT_KEY_PATTERN,
+        description="What the limit is for, shared fleet-wide, e.g. openai/gpt-4.1.",
+    )
+    requests_per_minute: int = Field(default=0, ge=0, le=10**9, description="0: no request limit.")
+    tokens_per_minute: int = Field(
+        default=0, ge=0, le=10**12, description="0: no token limit. Tokens as handlers report them."
+    )
+    burst_seconds: float = Field(
+        default=1.0,
+        ge=0.001,
+        le=60,
+        description="How many seconds' worth of the limits may be used at once (in any W seconds at most "
+        "rate * (W + burstSeconds)).",
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitSpec:
+        if not self.requests_per_minute and not self.tokens_per_minute:
+            raise ValueError(
+                f"rateLimit {self.key!r}: set requestsPerMinute or tokensPerMinute (or both) above 0"
+            )
+        return self
+
+
 class AgentPoolSpec(CamelModel):
     """Desired state of a pool of agents for one role."""
 
@@ -310,6 +360,10 @@ class AgentPoolSpec(CamelModel):
         default=None,
         description="Git workspaces for pools whose Workflow steps work on a repository: a cache volume "
         "and the credentials Secret. `workspace: {}` gives the volume with the default size.",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None,
+        description="A rate limit (requests and tokens per minute) shared by every pool naming its key.",
     )
 
 

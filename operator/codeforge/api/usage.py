@@ -9,10 +9,12 @@ orchestrator adds it up per step and per Workflow, where budgets are checked.
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 #: Bounds on one report: more than any call can use, small enough that sums stay exact.
 MAX_TOKENS: int = 10**12
@@ -93,3 +95,56 @@ def usage_of_result(result: Any) -> Usage | None:
         return parse_usage(result["usage"])
     except ValueError:
         return None
+
+
+class BudgetAction(enum.StrEnum):
+    FAIL = "Fail"  # the Workflow fails with reason BudgetExceeded
+    SUSPEND = "Suspend"  # the Workflow suspends (reason BudgetExceeded) until the budget is raised
+
+
+class Budget(BaseModel):
+    """`spec.budget` of a Workflow: once its tasks have used this much, nothing new is dispatched."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.maxTokens) || has(self.maxCost)", "message": "set maxTokens or maxCost"}
+            ]
+        },
+    )
+
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS, description="Tokens in and out of all tasks, as handlers report."
+    )
+    max_cost: float | None = Field(
+        default=None, gt=0, le=MAX_COST, description="Cost of all tasks, in the unit handlers report."
+    )
+    on_exceed: BudgetAction = Field(
+        default=BudgetAction.FAIL,
+        description="Fail: the Workflow fails (reason BudgetExceeded); Suspend: it suspends until the "
+        "budget is raised. Either way the status names the step whose task crossed it.",
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.max_tokens is None and self.max_cost is None:
+            raise ValueError("spec.budget: set maxTokens or maxCost (or both)")
+        return self
+
+    def reached(self, used: Usage) -> bool:
+        return (self.max_tokens is not None and used.tokens >= self.max_tokens) or (
+            self.max_cost is not None and used.cost >= self.max_cost
+        )
+
+    def describe(self, used: Usage) -> str:
+        limits = []
+        if self.max_tokens is not None:
+            limits.append(f"{used.tokens} of maxTokens {self.max_tokens}")
+        if self.max_cost is not None:
+            limits.append(f"cost {used.cost:g} of maxCost {self.max_cost:g}")
+        return ", ".join(limits)

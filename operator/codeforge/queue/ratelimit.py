@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 
+from codeforge.api.agentpool import RATE_LIMIT_KEY_PATTERN
 from codeforge.queue.errors import QueueError, QueueUnavailableError, queue_errors
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
-_KEY_RE = re.compile(KEY_PATTERN)
+_KEY_RE = re.compile(RATE_LIMIT_KEY_PATTERN)
 #: Longest pause a 429 can ask for: a broken or hostile Retry-After must not stop a fleet for a day.
 MAX_PAUSE_SECONDS = 600.0
 SCRIPT = Script.from_package("codeforge.queue", "ratelimit")
