@@ -572,6 +572,7 @@ async def run_agent(
     handler: Handler | None = None,
     *,
     metrics: AgentMetrics | None = None,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """Run one agent in this event loop until `stop` is set (embedded mode: no process, no signals)."""
-    await Agent(queue, config, handler, metrics=metrics).run(stop)
+    await Agent(queue, config, handler, metrics=metrics, limiter=limiter).run(stop)

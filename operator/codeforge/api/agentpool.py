@@ -303,6 +303,16 @@ class RateLimitSpec(CamelModel):
         return self
 
 
+def rate_limit_env(limit: RateLimitSpec) -> dict[str, str]:
+    """The agent's CODEFORGE_RATE_LIMIT_* variables for a pool's spec.rateLimit (operator and embedded)."""
+    return {
+        "CODEFORGE_RATE_LIMIT_KEY": limit.key,
+        "CODEFORGE_RATE_LIMIT_RPM": str(limit.requests_per_minute),
+        "CODEFORGE_RATE_LIMIT_TPM": str(limit.tokens_per_minute),
+        "CODEFORGE_RATE_LIMIT_BURST_SECONDS": f"{limit.burst_seconds:g}",
+    }
+
+
 class AgentPoolSpec(CamelModel):
     """Desired state of a pool of agents for one role."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from codeforge.api.agentpool import API_VERSION, HandlerSpec
+from codeforge.api.agentpool import API_VERSION, HandlerSpec, RateLimitSpec, rate_limit_env
 from codeforge.api.agentpool import KIND as AGENTPOOL_KIND
 from codeforge.api.limits import (
     MAX_JSON_DEPTH,
@@ -62,6 +62,7 @@ class PoolSpec:
     concurrency: int = 4
     declared: bool = True
     lease_seconds: float | None = None  # spec.queue.leaseSeconds: how soon a dead agent's task is redelivered
+    rate_limit: RateLimitSpec | None = None  # spec.rateLimit: shared by the pools naming its key
 
     def agent_env(self, queue_url: str) -> dict[str, str]:
         """`CODEFORGE_*` variables for one agent of this pool (the same the operator sets on pods)."""
@@ -75,6 +76,8 @@ class PoolSpec:
         }
         if self.lease_seconds is not None:
             env["CODEFORGE_LEASE_SECONDS"] = f"{self.lease_seconds:g}"
+        if self.rate_limit is not None:
+            env.update(rate_limit_env(self.rate_limit))
         for key, value in self.settings.items():
             name = "CODEFORGE_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
             env[name] = value if isinstance(value, str) else json.dumps(value)
@@ -296,4 +299,13 @@ def _pool(doc: dict[str, Any], where: str) -> PoolSpec:
         raise ManifestError(
             f"{where}: spec.queue.leaseSeconds must be seconds, > 0 and <= 86400, got {clip(lease)}"
         )
-    return PoolSpec(name, parsed.kind, parsed.settings, concurrency, lease_seconds=lease)
+    rate_limit = None
+    if spec.get("rateLimit") is not None:
+        try:
+            rate_limit = RateLimitSpec.model_validate(spec["rateLimit"], by_alias=True, by_name=False)
+        except ValidationError as exc:
+            detail = format_validation_error(exc, prefix="spec.rateLimit").splitlines()[0]
+            raise ManifestError(f"{where}: {detail}") from None
+    return PoolSpec(
+        name, parsed.kind, parsed.settings, concurrency, lease_seconds=lease, rate_limit=rate_limit
+    )
