@@ -133,7 +133,7 @@ class Budget(BaseModel):
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
         if self.max_tokens is None and self.max_cost is None:
-            raise ValueError("spec.budget: set maxTokens or maxCost (or both)")
+            raise ValueError("set maxTokens or maxCost (or both)")
         return self
 
     def reached(self, used: Usage) -> bool:
