@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
+from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name, rate_limit_env
 from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import ObjectRef
 
@@ -55,6 +55,10 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_WORKSPACE_DIR",
         "CODEFORGE_WORKSPACE_SIZE_LIMIT",
         "CODEFORGE_GIT_CREDENTIALS_DIR",
+        "CODEFORGE_RATE_LIMIT_KEY",
+        "CODEFORGE_RATE_LIMIT_RPM",
+        "CODEFORGE_RATE_LIMIT_TPM",
+        "CODEFORGE_RATE_LIMIT_BURST_SECONDS",
     }
 )
 #: Where agent pods keep the Git cache and worktrees (an emptyDir) and find the Git credentials (a Secret).
@@ -182,6 +186,8 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         ]
         if spec.workspace.credentials_secret:
             env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
+    if spec.rate_limit is not None:  # fleet-wide, shared with every pool naming the key
+        env += [{"name": k, "value": v} for k, v in rate_limit_env(spec.rate_limit).items()]
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}
