@@ -133,18 +133,25 @@ async def test_a_fleet_stays_within_the_declared_limits(
     )
 
 
-async def test_a_429_pauses_the_key_for_every_agent_and_no_task_fails(redis_url: str) -> None:
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+def any_redis(request: pytest.FixtureRequest) -> str:
+    """A real redis-server, or a real 6-node Redis Cluster (the key has a slot of its own there)."""
+    url: str = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
+    return url
+
+
+async def test_a_429_pauses_the_key_for_every_agent_and_no_task_fails(any_redis: str) -> None:
     """The provider allows less than the pools declare (another client shares the account, say): its 429s
     pause the key fleet-wide for Retry-After, the refused tasks go back unstarted, and every task succeeds
     on its first attempt."""
     log = ProviderLog()
     limits = ProviderLimits(requests=5, window=1.0, retry_after=1, latency=0.02)
     key = f"openai/gpt-fake-{uuid.uuid4().hex[:6]}"
-    queue = await open_queue(redis_url)
+    queue = await open_queue(any_redis)
     try:
         async with (
             serve(limited_openai(limits, log, ("sk-0", "sk-1"))) as base,
-            fleet(redis_url, base, key, rpm=6000, tpm=0) as (pools, procs),
+            fleet(any_redis, base, key, rpm=6000, tpm=0) as (pools, procs),
         ):
             outcomes = await run_tasks(queue, pools, 24)
             logs = [p.log for p in procs]
