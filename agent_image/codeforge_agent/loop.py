@@ -106,7 +106,7 @@ class Agent:
         self._labels = (config.pool, self.handler.kind)
         #: The pool's fleet-wide rate limit (spec.rateLimit; README, "Rate limits and budgets").
         limit = config.rate_limit
-        self.gate = RateGate(limiter or MemoryRateLimiter(), limit, queue, self.log) if limit else None
+        self.gate = RateGate(limiter or MemoryRateLimiter(), limit, self._release) if limit else None
         self.usage_metrics = UsageMetrics(self.metrics.registry, config.pool)
 
     @property

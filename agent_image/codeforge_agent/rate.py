@@ -14,11 +14,10 @@ unstarted, so no task fails or spends a retry because of the provider's limits.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from codeforge.queue import Lease, LeaseLostError, TaskQueue
+from codeforge.queue import Lease
 from codeforge.queue.ratelimit import RateLimit, RateLimiter
 
 #: Longest single sleep while waiting for capacity: the limiter is asked again after it (a pause may have
@@ -31,13 +30,12 @@ class RateGate:
         self,
         limiter: RateLimiter,
         limit: RateLimit,
-        queue: TaskQueue,
-        log: logging.LoggerAdapter[logging.Logger],
+        release: Callable[[list[Lease]], Awaitable[None]],
     ) -> None:
         self.limiter = limiter
         self.limit = limit
-        self.queue = queue
-        self.log = log
+        #: Gives claimed tasks back unstarted (the loop's own release: nothing spent, counted, logged).
+        self.release = release
         self.saturated = False
         #: Tokens each claimed task reserved, settled when its run ends.
         self.reserved: dict[str, int] = {}
@@ -61,7 +59,7 @@ class RateGate:
             keep, back = leases[: grant.slots], leases[grant.slots :]
             if back:
                 self.saturated = True
-                await self._give_back_tasks(back)
+                await self.release(back)
             for lease in keep:
                 self.reserved[lease.id] = grant.tokens_each
             return keep
@@ -99,13 +97,6 @@ class RateGate:
             return 0, 0
         finally:
             self.waited += loop.time() - started
-
-    async def _give_back_tasks(self, leases: list[Lease]) -> None:
-        for lease in leases:
-            try:
-                await self.queue.release(lease)
-            except LeaseLostError:
-                continue
 
     async def settle(self, task_id: str, used: int | None) -> None:
         """Charge a finished call's tokens (None: unknown, the reservation stands)."""

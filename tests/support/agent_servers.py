@@ -57,6 +57,29 @@ def task_service(recorded: Recorded) -> web.Application:
     return app
 
 
+def completion(body: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> web.Response:
+    """A chat completion answering the last message upper-cased, with the usage given."""
+    return web.json_response(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": str(body["messages"][-1]["content"]).upper()},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
+
+
 def fake_openai(recorded: Recorded, api_key: str = "sk-test") -> web.Application:
     """An OpenAI-compatible /v1/chat/completions that echoes the last user message, upper-cased."""
 
@@ -65,22 +88,7 @@ def fake_openai(recorded: Recorded, api_key: str = "sk-test") -> web.Application
             return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
         body = await request.json()
         recorded.requests.append(body)
-        last = body["messages"][-1]["content"]
-        return web.json_response(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": last.upper()},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
-            }
-        )
+        return completion(body, 3, 3)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -130,13 +138,14 @@ def limited_openai(
         if key not in api_keys:
             return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
         body = await request.json()
-        prompt, completion = token_counts(body)
+        prompt, completion_tokens = token_counts(body)
         async with lock:
             now = time.monotonic()
             while recent and recent[0][0] <= now - limits.window:
                 recent.popleft()
             over_requests = limits.requests and len(recent) + 1 > limits.requests
-            over_tokens = limits.tokens and sum(t for _, t in recent) + prompt + completion > limits.tokens
+            tokens = prompt + completion_tokens
+            over_tokens = limits.tokens and sum(t for _, t in recent) + tokens > limits.tokens
             if over_requests or over_tokens:
                 log.refused.append((now, key))
                 kind = "requests" if over_requests else "tokens"
@@ -152,30 +161,11 @@ def limited_openai(
                     status=429,
                     headers={"Retry-After": str(limits.retry_after)},
                 )
-            recent.append((now, prompt + completion))
-            log.accepted.append((now, prompt + completion, key))
+            recent.append((now, tokens))
+            log.accepted.append((now, tokens, key))
         if limits.latency:
             await asyncio.sleep(limits.latency)
-        last = body["messages"][-1]["content"]
-        return web.json_response(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": str(last).upper()},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
-            }
-        )
+        return completion(body, prompt, completion_tokens)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
