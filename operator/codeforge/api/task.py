@@ -20,8 +20,8 @@ POOL_NAME_RE: Final = re.compile(
     r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"
 )
 TASK_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
-#: Retries and agent deaths (DESIGN.md section 3): a lost lease spends its own budget, with a backoff that
-#: doubles per loss up to this cap (the Redis scripts hold the same cap in lib.lua).
+#: An agent's death (a lost lease) is not the handler failing, so it spends a budget of its own, not the
+#: step's retries, with a backoff that doubles per loss up to this cap (the Redis scripts hold it in lib.lua).
 DEFAULT_MAX_LOST_LEASES: Final = 10
 LOST_LEASE_BACKOFF_CAP_SECONDS: Final = 60.0
 

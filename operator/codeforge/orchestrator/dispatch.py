@@ -30,7 +30,7 @@ from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskN
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
 #: decides on a fresh attempt (new task id) after its backoff, so `retries.max: N` means at most N+1 handler
 #: runs for handler failures. Agent deaths spend the task's own lost-lease budget (redelivered in the queue,
-#: same attempt), and a drain spends nothing (DESIGN.md section 3, "Retries").
+#: same attempt) and a drain spends nothing: neither says anything about the step, so neither spends a retry.
 HANDLER_RUNS_PER_ATTEMPT: Final = 1
 
 log = logging.getLogger(__name__)

@@ -27,14 +27,14 @@ from typing import Any, Final
 from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
-from codeforge.controller.kstatus import ObjectRef, condition_true
+from codeforge.controller.kstatus import ObjectRef
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
 from codeforge.controller.workflow.results import ResultStore, bounded_result
-from codeforge.controller.workflow.retry import RETRY_ANNOTATION, RetryError, rewind_to_failed_step
-from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
-from codeforge.orchestrator import EventKind, ProgressEvent, RunControl, WorkflowOutcome, task_id
+from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
+from codeforge.controller.workflow.tracker import WorkflowTracker
+from codeforge.orchestrator import EventKind, ProgressEvent, RewindError, RunControl, WorkflowOutcome, task_id
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -59,14 +59,6 @@ class WorkflowObject:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     annotations: Callable[[], Mapping[str, str]]
-
-
-def retry_requested(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
-    """A Failed (not invalid) Workflow whose retry annotation carries a token not acted upon yet."""
-    token = annotations.get(RETRY_ANNOTATION)
-    if not token or token == status.get("retryToken") or status.get("phase") != WorkflowPhase.FAILED:
-        return False
-    return not condition_true(status.get("conditions"), ConditionType.INVALID)
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
@@ -126,8 +118,8 @@ async def supervise(
                 if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
                     token = obj.annotations().get(RETRY_ANNOTATION)
                     try:
-                        step = await rewind_to_failed_step(runner, uid, spec)
-                    except RetryError as exc:
+                        step = await runner.rewind(uid, spec)
+                    except RewindError as exc:
                         tracker.refuse_retry(token, str(exc))
                         await workflows.writer.flush(uid)
                         await stopped.wait()

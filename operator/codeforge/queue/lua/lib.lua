@@ -67,7 +67,8 @@ local function finish(tk, id, state, err, result, ttl)
   publish_done(tk, id, state, err, result)
 end
 
--- Two budgets (DESIGN.md section 3, "Retries"); a dead letter's error ends with the one that ran out.
+-- Two budgets: handler failures spend max_attempts, agent deaths (lost leases) their own, so dying nodes
+-- never use up a step's retries; a dead letter's error ends with the one that ran out.
 local LOST_BACKOFF_CAP_MS = 60000  -- codeforge.api.task.LOST_LEASE_BACKOFF_CAP_SECONDS
 
 local function requeue(tk, id, err, now, delay_ms)
