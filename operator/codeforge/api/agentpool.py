@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
+from codeforge.api.usage import RateLimitSpec
 
 GROUP: Final = "codeforge.ai"
 VERSION: Final = "v1alpha1"
@@ -251,66 +252,6 @@ class PoolWorkspace(CamelModel):
         description="Size of the emptyDir holding the pod's Git cache and the tasks' worktrees (a quantity: "
         "5Gi, 500Mi). Caches use at most half; the rest is for worktrees.",
     )
-
-
-#: A rate-limit key: the provider and model it stands for, e.g. `openai/gpt-4.1` (no braces: it becomes a
-#: Redis hash tag of its own).
-RATE_LIMIT_KEY_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
-
-
-class RateLimitSpec(CamelModel):
-    """A fleet-wide rate limit: every agent of every pool naming the same `key` shares it (in Redis).
-
-    Agents wait for capacity before they claim a task; a provider's 429 pauses the key for all of them for
-    its Retry-After. Pools sharing a key should declare the same limits: each agent applies its own pool's
-    numbers to the shared state. README, "Rate limits and budgets".
-    """
-
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            (
-                "(has(self.requestsPerMinute) && self.requestsPerMinute > 0) || "
-                "(has(self.tokensPerMinute) && self.tokensPerMinute > 0)",
-                "set requestsPerMinute or tokensPerMinute (or both) above 0",
-            )
-        )
-    )
-
-    key: str = Field(
-        min_length=1,
-        max_length=200,
-        pattern=RATE_LIMIT_KEY_PATTERN,
-        description="What the limit is for, shared fleet-wide, e.g. openai/gpt-4.1.",
-    )
-    requests_per_minute: int = Field(default=0, ge=0, le=10**9, description="0: no request limit.")
-    tokens_per_minute: int = Field(
-        default=0, ge=0, le=10**12, description="0: no token limit. Tokens as handlers report them."
-    )
-    burst_seconds: float = Field(
-        default=1.0,
-        ge=0.001,
-        le=60,
-        description="How many seconds' worth of the limits may be used at once (in any W seconds at most "
-        "rate * (W + burstSeconds)).",
-    )
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> RateLimitSpec:
-        if not self.requests_per_minute and not self.tokens_per_minute:
-            raise ValueError(
-                f"rateLimit {self.key!r}: set requestsPerMinute or tokensPerMinute (or both) above 0"
-            )
-        return self
-
-
-def rate_limit_env(limit: RateLimitSpec) -> dict[str, str]:
-    """The agent's CODEFORGE_RATE_LIMIT_* variables for a pool's spec.rateLimit (operator and embedded)."""
-    return {
-        "CODEFORGE_RATE_LIMIT_KEY": limit.key,
-        "CODEFORGE_RATE_LIMIT_RPM": str(limit.requests_per_minute),
-        "CODEFORGE_RATE_LIMIT_TPM": str(limit.tokens_per_minute),
-        "CODEFORGE_RATE_LIMIT_BURST_SECONDS": f"{limit.burst_seconds:g}",
-    }
 
 
 class AgentPoolSpec(CamelModel):

@@ -1,4 +1,5 @@
-"""What a task's run cost: tokens in and out, and money, as handlers report it in their result.
+"""What a task's run cost (tokens in and out, and money, as handlers report it in their result), and the
+limits on it: an AgentPool's fleet-wide `spec.rateLimit`, a Workflow's `spec.budget`.
 
 A handler reports usage by putting a `usage` object in its JSON result (README, "Rate limits and budgets"):
 `{"usage": {"input_tokens": 1200, "output_tokens": 300, "cost": 0.0042}}`. OpenAI's names
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+#: A rate-limit key: the provider and model it stands for, e.g. `openai/gpt-4.1` (no braces: it becomes a
+#: Redis hash tag of its own).
+RATE_LIMIT_KEY_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"
 #: Bounds on one report: more than any call can use, small enough that sums stay exact.
 MAX_TOKENS: int = 10**12
 MAX_COST: float = 10.0**9
@@ -148,3 +152,64 @@ class Budget(BaseModel):
         if self.max_cost is not None:
             limits.append(f"cost {used.cost:g} of maxCost {self.max_cost:g}")
         return ", ".join(limits)
+
+
+class RateLimitSpec(BaseModel):
+    """AgentPool `spec.rateLimit`: a fleet-wide rate limit; every agent of every pool naming the same `key`
+    shares it (in Redis).
+
+    Agents wait for capacity before they claim a task; a provider's 429 pauses the key for all of them for
+    its Retry-After. Pools sharing a key should declare the same limits: each agent applies its own pool's
+    numbers to the shared state. README, "Rate limits and budgets".
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.requestsPerMinute) && self.requestsPerMinute > 0) || "
+                    "(has(self.tokensPerMinute) && self.tokensPerMinute > 0)",
+                    "message": "set requestsPerMinute or tokensPerMinute (or both) above 0",
+                }
+            ]
+        },
+    )
+
+    key: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=RATE_LIMIT_KEY_PATTERN,
+        description="What the limit is for, shared fleet-wide, e.g. openai/gpt-4.1.",
+    )
+    requests_per_minute: int = Field(default=0, ge=0, le=10**9, description="0: no request limit.")
+    tokens_per_minute: int = Field(
+        default=0, ge=0, le=MAX_TOKENS, description="0: no token limit. Tokens as handlers report them."
+    )
+    burst_seconds: float = Field(
+        default=1.0,
+        ge=0.001,
+        le=60,
+        description="How many seconds' worth of the limits may be used at once (in any W seconds at most "
+        "rate * (W + burstSeconds)).",
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitSpec:
+        if not self.requests_per_minute and not self.tokens_per_minute:
+            raise ValueError(
+                f"rateLimit {self.key!r}: set requestsPerMinute or tokensPerMinute (or both) above 0"
+            )
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """The agent's CODEFORGE_RATE_LIMIT_* variables (the operator's pods and embedded runs alike)."""
+        return {
+            "CODEFORGE_RATE_LIMIT_KEY": self.key,
+            "CODEFORGE_RATE_LIMIT_RPM": str(self.requests_per_minute),
+            "CODEFORGE_RATE_LIMIT_TPM": str(self.tokens_per_minute),
+            "CODEFORGE_RATE_LIMIT_BURST_SECONDS": f"{self.burst_seconds:g}",
+        }

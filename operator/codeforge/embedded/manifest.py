@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from codeforge.api.agentpool import API_VERSION, HandlerSpec, RateLimitSpec, rate_limit_env
+from codeforge.api.agentpool import API_VERSION, HandlerSpec
 from codeforge.api.agentpool import KIND as AGENTPOOL_KIND
 from codeforge.api.limits import (
     MAX_JSON_DEPTH,
@@ -31,6 +31,7 @@ from codeforge.api.limits import (
     json_depth,
 )
 from codeforge.api.task import POOL_NAME_RE
+from codeforge.api.usage import RateLimitSpec
 from codeforge.api.workflow import KIND as WORKFLOW_KIND
 from codeforge.api.workflow import (
     WorkflowManifest,
@@ -77,7 +78,7 @@ class PoolSpec:
         if self.lease_seconds is not None:
             env["CODEFORGE_LEASE_SECONDS"] = f"{self.lease_seconds:g}"
         if self.rate_limit is not None:
-            env.update(rate_limit_env(self.rate_limit))
+            env.update(self.rate_limit.to_env())
         for key, value in self.settings.items():
             name = "CODEFORGE_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
             env[name] = value if isinstance(value, str) else json.dumps(value)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 
-from codeforge.api.agentpool import RATE_LIMIT_KEY_PATTERN
+from codeforge.api.usage import RATE_LIMIT_KEY_PATTERN
 from codeforge.queue.errors import QueueError, QueueUnavailableError, queue_errors
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 

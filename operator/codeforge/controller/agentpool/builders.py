@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name, rate_limit_env
+from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
 from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import ObjectRef
 
@@ -187,7 +187,7 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         if spec.workspace.credentials_secret:
             env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
     if spec.rate_limit is not None:  # fleet-wide, shared with every pool naming the key
-        env += [{"name": k, "value": v} for k, v in rate_limit_env(spec.rate_limit).items()]
+        env += [{"name": k, "value": v} for k, v in spec.rate_limit.to_env().items()]
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}
