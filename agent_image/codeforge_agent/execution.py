@@ -73,6 +73,7 @@ class TaskExecution:
         self.agent.metrics.claim_latency.labels(*self.metric_labels).observe(
             max(0.0, time.time() - task.created_at)
         )
+        self.agent.metrics.queue_wait.labels(*self.metric_labels).observe(self.lease.queued_seconds)
         log.info("claimed", extra={"event": "claimed"})
         limit, by_deadline = self._time_limit(task)
         if limit is not None and limit <= 0:

@@ -98,6 +98,8 @@ class Agent:
         load_error = getattr(self.handler, "load_error", None)
         if load_error:
             self.log.error("handler is misconfigured; every task will fail with: %s", load_error)
+        self.metrics.slots.labels(*self.metric_labels).inc(self.config.concurrency)
+        self._clock("idle")
         background = [
             asyncio.create_task(self._reap_periodically(), name="cf-reaper"),
             asyncio.create_task(self._publish_state(), name="cf-state"),
@@ -107,7 +109,11 @@ class Agent:
         finally:
             self.draining = True
             self._state_changed.set()
+            if not self._runs:
+                self._clock("draining")
             await self._drain()
+            self._clock("stopped")
+            self.metrics.slots.labels(*self.metric_labels).dec(self.config.concurrency)
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -190,6 +196,7 @@ class Agent:
         job.add_done_callback(lambda _: self._finished(lease.id))
         if was_idle:
             self._state_changed.set()
+            self._clock("busy")
 
     def _finished(self, task_id: str) -> None:
         if self.gate is not None:
@@ -200,6 +207,10 @@ class Agent:
         self._slot_freed.set()
         if not self._runs:
             self._state_changed.set()
+            self._clock("draining" if self.draining else "idle")
+
+    def _clock(self, state: str) -> None:
+        self.metrics.state_time.set(self.agent_id, self.metric_labels, state)
 
     # ---- stopping ----
 

@@ -191,7 +191,27 @@ class StepDispatcher:
             self.ctx.outstanding.pop(tid, None)
         if outcome is None:
             return {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
+        self._task_finished(step.name, req.index, attempt, outcome)
         return self._record(req, self._first(outcome))
+
+    def _task_finished(self, step: str, index: int | None, attempt: int | None, outcome: TaskOutcome) -> None:
+        woken = time.time()
+        latency = None
+        if outcome.notified and outcome.finished_at is not None:
+            latency = max(woken - outcome.finished_at, 0.0)  # the queue's clock to ours: keep it >= 0
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.TASK_FINISHED,
+                self.ctx.workflow,
+                step,
+                index,
+                attempt,
+                outcome.id,
+                outcome.state.value,
+                duration=outcome.run_seconds,
+                latency=latency,
+            )
+        )
 
     def _first(self, outcome: TaskOutcome) -> TaskOutcome:
         """Keep the first terminal outcome of a task id; a later, different one is logged and ignored."""
@@ -284,6 +304,7 @@ class StepDispatcher:
                 self.ctx.outstanding.pop(tid, None)
                 return {"status": Outcome.FAILED.value, "error": f"task {tid} vanished from pool {pool!r}"}
             self.ctx.outstanding.pop(tid, None)
+        self._task_finished(step, None, None, outcome)
         if outcome.state is TaskState.SUCCEEDED:
             return {"status": Outcome.SUCCEEDED.value, "result": outcome.result}
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]

@@ -106,7 +106,13 @@ async def supervise(
     workflows.runs[uid] = active
     workflows.writer.track(obj.ref, tracker)
 
+    busy = [0.0]  # agent seconds on this run's tasks, for the coordination efficiency
+
     def emit(event: ProgressEvent) -> None:
+        if event.kind is EventKind.TASK_FINISHED:  # metrics only: nothing for the status
+            busy[0] += event.duration or 0.0
+            workflow_metrics.observe_task(event.duration, event.latency)
+            return
         tracker.apply(event)
         if event.kind is EventKind.STEP_FINISHED and event.duration is not None:
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
@@ -126,6 +132,7 @@ async def supervise(
                         return
                     tracker.begin_retry(token, step)
                 tracker.set_degraded(None)
+                busy[0] = 0.0
                 run = asyncio.ensure_future(
                     runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
                 )
@@ -139,7 +146,7 @@ async def supervise(
                 await _stop_run(run, control, deleted(), log)
                 if run.done() and not run.cancelled() and run.exception() is None:
                     # Deleted: "Cancelled" is written (and its status event wakes Kopf's finalizer wait).
-                    tracker.finish(run.result(), None, None)
+                    _end(tracker, run.result(), None, None, busy[0])
                 return
             try:
                 outcome = run.result()
@@ -151,7 +158,7 @@ async def supervise(
                 )
                 await _first(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
-            await _finish(workflows, obj, tracker, outcome)
+            await _finish(workflows, obj, tracker, outcome, busy[0])
             break
         await stopped.wait()  # until the final status lands and the filter stops matching
     finally:
@@ -177,13 +184,28 @@ async def _stop_run(
     log.info("run left to resume from its checkpoint")
 
 
+def _end(
+    tracker: WorkflowTracker, outcome: WorkflowOutcome, result: Any, ref: dict[str, Any] | None, busy: float
+) -> None:
+    """The run's outcome into the tracker; the first time the Workflow ends, into the metrics too."""
+    ended_before = tracker.phase.finished
+    tracker.finish(outcome, result, ref)
+    if not ended_before and tracker.phase.finished:
+        resumed_from = tracker.start_time if outcome.resumed else None
+        workflow_metrics.observe_finished(tracker.phase.value, outcome.duration, busy, resumed_from)
+
+
 async def _finish(
-    workflows: WorkflowRegistry, obj: WorkflowObject, tracker: WorkflowTracker, outcome: WorkflowOutcome
+    workflows: WorkflowRegistry,
+    obj: WorkflowObject,
+    tracker: WorkflowTracker,
+    outcome: WorkflowOutcome,
+    busy: float,
 ) -> None:
     result, ref = None, None
     if outcome.status == Outcome.SUCCEEDED:
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
-    tracker.finish(outcome, result, ref)
+    _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
     tracker.retry_token = obj.annotations().get(RETRY_ANNOTATION) or tracker.retry_token
     await workflows.writer.flush(obj.ref.uid)
