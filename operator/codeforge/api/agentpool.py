@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
+from codeforge.api.usage import RateLimitSpec
 
 GROUP: Final = "codeforge.ai"
 VERSION: Final = "v1alpha1"
@@ -333,6 +334,10 @@ class AgentPoolSpec(CamelModel):
     access: PoolAccess = Field(
         default_factory=PoolAccess,
         description="Namespaces other than the pool's own whose Workflows may use it.",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None,
+        description="A rate limit (requests and tokens per minute) shared by every pool naming its key.",
     )
 
 

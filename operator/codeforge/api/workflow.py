@@ -33,6 +33,7 @@ from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
 from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
 from codeforge.api.task import Priority, validate_git_ref, validate_pool_name, validate_workspace_url
+from codeforge.api.usage import Budget
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
@@ -395,6 +396,11 @@ class WorkflowSpec(_Model):
 
     workspace: WorkspaceSpec | None = Field(
         default=None, description="The Git repository the steps work on (each task gets its own checkout)."
+    )
+    budget: Budget | None = Field(
+        default=None,
+        description="Tokens and cost the Workflow's tasks may use (as handlers report); reaching either "
+        "stops dispatching and fails or suspends the Workflow (reason BudgetExceeded).",
     )
 
     @field_validator("input")

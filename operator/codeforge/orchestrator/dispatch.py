@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import Priority, Task, TaskOutcome, TaskState, TaskWorkspace
+from codeforge.api.usage import Usage, usage_of_result
 from codeforge.api.workflow import Step
+from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
@@ -61,6 +63,8 @@ class RunContext:
     first: dict[str, TaskOutcome] = field(default_factory=dict)
     #: The Workflow's name ({{workflow}} in spec.workspace.git.pushBranch); default: the run id
     name: str = ""
+    #: Tokens and cost per step and in total, against spec.budget (orchestrator.budget)
+    ledger: Ledger = field(default_factory=Ledger)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -129,9 +133,10 @@ class StepDispatcher:
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
             return self._record(req, recorded)
         step = req.step
-        await self.ctx.running.wait()  # suspended workflows dispatch nothing new
+        await self._may_dispatch()  # suspended workflows (spec.suspend, spec.budget) dispatch nothing new
         timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
         async with self.ctx.in_flight:
+            await self._may_dispatch()  # again: a sibling's result may have reached the budget meanwhile
             try:
                 task = Task(
                     id=tid,
@@ -228,7 +233,12 @@ class StepDispatcher:
         if outcome.state is TaskState.SUCCEEDED:
             if req.first_success:
                 self.ctx.winner(f"{step.name}#{req.visit}").set()
-            return {"status": Outcome.SUCCEEDED.value, "result": outcome.result, **agent}
+            record = {"status": Outcome.SUCCEEDED.value, "result": outcome.result, **agent}
+            usage = usage_of_result(outcome.result)
+            if usage is not None:
+                record["usage"] = usage.to_status()
+                self._charge(step.name, outcome.id, usage)
+            return record
         # One handler run per attempt: the queue's handler-budget note would only repeat that.
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         if outcome.state is TaskState.CANCELLED:
@@ -243,13 +253,37 @@ class StepDispatcher:
             return {"status": Outcome.FAILED.value, "error": error, "final": True, **agent}
         return {"status": Outcome.FAILED.value, "error": error, **agent}
 
+    async def _may_dispatch(self) -> None:
+        while not self.ctx.running.is_set():
+            if self.ctx.ledger.crossed is not None:
+                self.ctx.ledger.blocked.set()  # the run wants more than its budget: the runner decides
+            await self.ctx.running.wait()
+
+    def _charge(self, step: str, tid: str, usage: Usage) -> None:
+        """Add a task's usage; on reaching spec.budget stop dispatching at once (the runner then fails or
+        suspends the Workflow)."""
+        ledger = self.ctx.ledger
+        was_crossed = ledger.crossed is not None
+        ledger.charge(step, usage)
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.USAGE,
+                self.ctx.workflow,
+                step,
+                task_id=tid,
+                detail={"step": ledger.steps[step].to_status(), "total": ledger.total.to_status()},
+            )
+        )
+        if ledger.crossed is not None and not was_crossed:
+            self.ctx.running.clear()
+
     async def run_system(
         self, pool: str, tid: str, step: str, workspace: TaskWorkspace, attempts: int
     ) -> dict[str, Any]:
         """Dispatch and await a workspace system task (resolve, merge, publish: the agent does the Git work
         without running its handler). Idempotent on `tid`, like a step's task, so a re-executed node
         re-attaches to it. Returns {"status", "result"} or {"status", "error"}."""
-        await self.ctx.running.wait()
+        await self._may_dispatch()
         async with self.ctx.in_flight:
             task = Task(
                 id=tid,

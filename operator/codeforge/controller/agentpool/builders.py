@@ -59,6 +59,10 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_WORKSPACE_DIR",
         "CODEFORGE_WORKSPACE_SIZE_LIMIT",
         "CODEFORGE_GIT_CREDENTIALS_DIR",
+        "CODEFORGE_RATE_LIMIT_KEY",
+        "CODEFORGE_RATE_LIMIT_RPM",
+        "CODEFORGE_RATE_LIMIT_TPM",
+        "CODEFORGE_RATE_LIMIT_BURST_SECONDS",
     }
 )
 #: Where agent pods keep the Git cache and worktrees (an emptyDir) and find the Git credentials (a Secret).
@@ -201,6 +205,8 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         ]
         if spec.workspace.credentials_secret:
             env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
+    if spec.rate_limit is not None:  # fleet-wide, shared with every pool naming the key
+        env += [{"name": k, "value": v} for k, v in spec.rate_limit.to_env().items()]
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}

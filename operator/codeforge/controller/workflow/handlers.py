@@ -7,6 +7,7 @@
   reports progress through the batched status writer. Kopf stops it when the Workflow is deleted, when the
   operator exits, or when it pauses for a peer (HA): the standby's daemon resumes from the checkpoint.
 - `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
+- `spec.budget`: raising it lets a run the budget suspended go on (README, "Rate limits and budgets").
 - delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
 - retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
   codeforge.ai/retry="$(date +%s)" --overwrite` (see `retry`).
@@ -17,8 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from codeforge.api.agentpool import API_VERSION, GROUP, VERSION
+from codeforge.api.usage import Budget
 from codeforge.api.workflow import KIND, PLURAL, WorkflowSpecError, parse_workflow_spec
 from codeforge.controller.kstatus import (
     EVENT_MESSAGE_LIMIT,
@@ -161,6 +164,17 @@ async def run_workflow(
 def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
     """A run not active here (yet) reads spec.suspend when it starts."""
     memo.workflows.set_suspended(meta.uid or "", bool(new))
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.budget")
+def budget_workflow(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
+    """A run not active here (yet) reads spec.budget when it starts."""
+    try:
+        budget = Budget.model_validate(new, by_alias=True, by_name=False) if new else None
+    except ValidationError as exc:  # the CRD schema refuses this; a stale schema must not crash us
+        logger.warning("spec.budget ignored: %s", exc.errors()[0]["msg"])
+        return
+    memo.workflows.set_budget(meta.uid or "", budget)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -13,6 +13,7 @@ from typing import Any, Final
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from codeforge.api.usage import Budget
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
@@ -108,6 +109,15 @@ class WorkflowRegistry:
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
                 await self.runner.checkpointer.aclose()
+
+    def set_budget(self, uid: str, budget: Budget | None) -> bool:
+        """spec.budget changed on a running Workflow: raised, a run it suspended goes on; False when no run
+        is active here (a run reads spec.budget when it starts)."""
+        run = self.runs.get(uid)
+        if run is None:
+            return False
+        run.control.set_budget(budget)
+        return True
 
     def set_suspended(self, uid: str, suspended: bool) -> bool:
         """Pause or resume dispatching of a running Workflow; False when no run is active here."""
