@@ -1,11 +1,12 @@
 -- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
 local now = now_ms()
+migrate()
 reap(now, 100)
 promote(now, 1000)
-local popped = redis.call('ZPOPMIN', P .. 'ready', tonumber(ARGV[2]))
 local out = {now, -1}
-for i = 1, #popped, 2 do
-  local id = popped[i]
+for _ = 1, tonumber(ARGV[2]) do
+  local id = pick()
+  if not id then break end
   local tk = P .. 't:' .. id
   local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
   local fence = next_fence(tk)
@@ -22,7 +23,7 @@ for i = 1, #popped, 2 do
   out[#out + 1] = exp
 end
 sync_tokens()
-if #popped == 0 then
+if #out == 2 then
   -- When nothing is ready, tell the caller when something will be (a retry backoff or a lease running out),
   -- so its blocking wait ends exactly then instead of polling.
   local due = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')

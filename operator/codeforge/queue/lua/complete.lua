@@ -16,9 +16,10 @@ for i = 0, n - 1 do
   if refused then
     out[#out + 1] = refused == 'dup' and 'ok' or refused
   else
-    redis.call('ZREM', P .. 'inflight', id)
+    end_lease(tk, id)
     finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl)
     out[#out + 1] = 'ok'
   end
 end
+sync_tokens()  -- a key below its cap again may have tasks to hand out
 return out

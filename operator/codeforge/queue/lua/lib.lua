@@ -6,8 +6,18 @@
 -- budgets: fails (retryable handler failures), lost (lost leases), maxlost, lostbk (backoff ms), hold (this
 -- claim's lease ms)),
 -- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0consumer\0error\0result".
+-- Fair share (README, "Fair share"): t:<id> also holds fk (its fairness key), fw (weight), fcap (the key's
+-- maxConcurrency, 0: none) and fon (1 while its lease counts in fin). Per priority p: fk:<p> (zset of
+-- claimable keys -> virtual time), fb:<p> (keys at their cap -> virtual time); per key fq:<p>:<key> (zset
+-- id->score, FIFO); hashes fn (key->ready tasks), fin (key->leases held), fcap (key->cap), fblk (key->1 when
+-- at its cap), flast (p:key->the key's next virtual time), fvt (p->virtual time of the last served key);
+-- favail (ready tasks of claimable keys: the wake-up tokens' target); fver (set once the pool's tasks are in
+-- the fair structures).
 local P = KEYS[1]
 local WAKE_CAP = 10000
+local PRIO_UNIT = 1099511627776  -- a ready score is priority * 2^40 + seq
+local MAX_KEYS = 10000  -- codeforge.api.limits.MAX_FAIR_KEYS
+local OVERFLOW = '\1overflow'  -- codeforge.queue.base.OVERFLOW_KEY: keys past MAX_KEYS share it
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -32,7 +42,7 @@ end
 -- Re-synchronised after every change: stale tokens are trimmed, lost ones (a consumer that died between
 -- BLPOP and claim) are replaced.
 local function sync_tokens()
-  local want = redis.call('ZCARD', P .. 'ready')
+  local want = tonumber(redis.call('GET', P .. 'favail') or '0')
   if want > WAKE_CAP then want = WAKE_CAP end
   local have = redis.call('LLEN', P .. 'wake')
   if have > want then
@@ -55,9 +65,137 @@ local function publish_done(tk, id, state, err, result)
     .. '\0' .. (err or '') .. '\0' .. (result or ''))
 end
 
+-- Fair share: strict priority across levels; within one, the claimable key with the lowest virtual time is
+-- served and its time moves on by 1/weight (start-time fair queueing: equal weights take turns), FIFO within
+-- a key. A key holding `fcap` leases moves to fb:<p> until one ends. Every step is O(log n).
+local function fq(p, key) return P .. 'fq:' .. p .. ':' .. key end
+
+local function vnow(p) return tonumber(redis.call('HGET', P .. 'fvt', p) or '0') end
+
+local function num(v) return tonumber(v or '0') or 0 end
+
+-- Move `key` between the claimable and the blocked sets when its leases reached (or left) its cap, and forget
+-- a key with nothing ready and nothing running.
+local function refresh_key(key)
+  local cap = num(redis.call('HGET', P .. 'fcap', key))
+  local held = num(redis.call('HGET', P .. 'fin', key))
+  local ready = num(redis.call('HGET', P .. 'fn', key))
+  local block = cap > 0 and held >= cap
+  local was = redis.call('HEXISTS', P .. 'fblk', key) == 1
+  if block ~= was then
+    local from, to = 'fk:', 'fb:'
+    if block then
+      redis.call('HSET', P .. 'fblk', key, 1)
+      redis.call('DECRBY', P .. 'favail', ready)
+    else
+      redis.call('HDEL', P .. 'fblk', key)
+      redis.call('INCRBY', P .. 'favail', ready)
+      from, to = 'fb:', 'fk:'
+    end
+    for p = 1, 4 do
+      local vt = redis.call('ZSCORE', P .. from .. p, key)
+      if vt then
+        redis.call('ZREM', P .. from .. p, key)
+        vt = tonumber(vt)
+        if not block then vt = math.max(vt, vnow(p)) end
+        redis.call('ZADD', P .. to .. p, vt, key)
+      end
+    end
+  end
+  if held <= 0 and ready <= 0 then
+    redis.call('HDEL', P .. 'fn', key)
+    redis.call('HDEL', P .. 'fin', key)
+    redis.call('HDEL', P .. 'fcap', key)
+    redis.call('HDEL', P .. 'fblk', key)
+    redis.call('HDEL', P .. 'flast', '1:' .. key, '2:' .. key, '3:' .. key, '4:' .. key)
+  end
+end
+
+-- The task joins the ready set and its key's FIFO; a key with nothing queued at that priority joins at the
+-- later of its own next virtual time and the level's current one (an idle key does not bank turns).
+local function add_ready(tk, id)
+  local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap')
+  local score, key, cap = t[1], t[2] or '', num(t[3])
+  local p = math.floor(tonumber(score) / PRIO_UNIT)
+  redis.call('ZADD', P .. 'ready', score, id)
+  if redis.call('ZADD', fq(p, key), score, id) == 0 then return end
+  redis.call('HINCRBY', P .. 'fn', key, 1)
+  local blocked = redis.call('HEXISTS', P .. 'fblk', key) == 1
+  if not blocked then redis.call('INCR', P .. 'favail') end
+  local vt = math.max(num(redis.call('HGET', P .. 'flast', p .. ':' .. key)), vnow(p))
+  redis.call('ZADD', P .. (blocked and 'fb:' or 'fk:') .. p, 'NX', vt, key)
+  -- The key's cap is the one its latest ready task carries (Workflows sharing a key should agree).
+  if cap > 0 then redis.call('HSET', P .. 'fcap', key, cap) else redis.call('HDEL', P .. 'fcap', key) end
+  refresh_key(key)
+end
+
+-- One ready task of `key` at priority `p` left the ready set (claimed or cancelled).
+local function left_ready(p, key)
+  redis.call('HINCRBY', P .. 'fn', key, -1)
+  if redis.call('HEXISTS', P .. 'fblk', key) == 0 then redis.call('DECR', P .. 'favail') end
+  if redis.call('EXISTS', fq(p, key)) == 0 then
+    redis.call('ZREM', P .. 'fk:' .. p, key)
+    redis.call('ZREM', P .. 'fb:' .. p, key)
+  end
+end
+
+-- Take a queued task out of the ready set (a cancel); false when it was not there.
+local function drop_ready(tk, id)
+  if redis.call('ZREM', P .. 'ready', id) == 0 then return false end
+  local t = redis.call('HMGET', tk, 'score', 'fk')
+  local p, key = math.floor(tonumber(t[1]) / PRIO_UNIT), t[2] or ''
+  redis.call('ZREM', fq(p, key), id)
+  left_ready(p, key)
+  refresh_key(key)
+  return true
+end
+
+-- The next task to claim: the most urgent level with a claimable key, that level's key with the lowest
+-- virtual time, that key's oldest task. Its lease counts against the key's cap from now on.
+local function pick()
+  for p = 1, 4 do
+    local top = redis.call('ZRANGE', P .. 'fk:' .. p, 0, 0, 'WITHSCORES')
+    if top[1] then
+      local key, vt = top[1], tonumber(top[2])
+      local id = redis.call('ZPOPMIN', fq(p, key))[1]
+      local tk = P .. 't:' .. id
+      redis.call('ZREM', P .. 'ready', id)
+      redis.call('HSET', P .. 'fvt', p, vt)
+      local nxt = vt + 1 / math.max(num(redis.call('HGET', tk, 'fw')), 1)
+      redis.call('HSET', P .. 'flast', p .. ':' .. key, nxt)
+      left_ready(p, key)
+      if redis.call('EXISTS', fq(p, key)) == 1 then redis.call('ZADD', P .. 'fk:' .. p, nxt, key) end
+      redis.call('HINCRBY', P .. 'fin', key, 1)
+      redis.call('HSET', tk, 'fon', 1)
+      refresh_key(key)
+      return id
+    end
+  end
+  return nil
+end
+
+-- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees.
+local function end_lease(tk, id)
+  redis.call('ZREM', P .. 'inflight', id)
+  if redis.call('HGET', tk, 'fon') ~= '1' then return end
+  redis.call('HSET', tk, 'fon', 0)
+  local key = redis.call('HGET', tk, 'fk') or ''
+  redis.call('HINCRBY', P .. 'fin', key, -1)
+  refresh_key(key)
+end
+
+-- Tasks queued before fair share existed sit in `ready` only: file them under their key once.
+local function migrate()
+  if redis.call('EXISTS', P .. 'fver') == 1 then return end
+  local ids = redis.call('ZRANGE', P .. 'ready', 0, -1)
+  redis.call('DEL', P .. 'ready')
+  for _, id in ipairs(ids) do add_ready(P .. 't:' .. id, id) end
+  redis.call('SET', P .. 'fver', 1)
+end
+
 local function to_ready(tk, id)
   redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
-  redis.call('ZADD', P .. 'ready', redis.call('HGET', tk, 'score'), id)
+  add_ready(tk, id)
 end
 
 -- The consumer field stays: it names the agent that finished the task (or held it last).
@@ -120,7 +258,7 @@ local function reap(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     local tk = P .. 't:' .. id
-    redis.call('ZREM', P .. 'inflight', id)
+    end_lease(tk, id)
     next_fence(tk)
     local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts')
     lose_lease(tk, id, 'lease expired after ' .. (tonumber(info[1] or info[2]) / 1000) .. 's without a heartbeat'
