@@ -13,9 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
-from codeforge.api.limits import MAX_CONCURRENCY, MAX_FAIR_KEY, MAX_FAIR_WEIGHT
+from codeforge.api.limits import MAX_CONCURRENCY, MAX_FAIR_KEY, MAX_FAIR_WEIGHT, clip
 from codeforge.api.limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
-from codeforge.api.limits import clip
 
 #: Pool names become Redis hash tags (`{pool}`), so braces are excluded; `namespace/name` is allowed.
 POOL_NAME_RE: Final = re.compile(
@@ -354,8 +353,8 @@ class Task(BaseModel):
         default=0,
         ge=0,
         le=MAX_CONCURRENCY,
-        description="At most this many tasks of the key run at once in the pool (0: no cap); the key's latest "
-        "queued task sets it.",
+        description="At most this many tasks of the key run at once in the pool (0: no cap); the key's "
+        "latest queued task sets it.",
     )
 
     @field_validator("id")
