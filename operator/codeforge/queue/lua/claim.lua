@@ -14,7 +14,7 @@ for _ = 1, tonumber(ARGV[2]) do
   local hold = tonumber(ARGV[3] or '0')
   if hold <= 0 then hold = tonumber(info[1]) end
   local exp = now + hold
-  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold)
+  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold, 'fon', 1)
   redis.call('ZADD', P .. 'inflight', exp, id)
   out[#out + 1] = id
   out[#out + 1] = info[2]

@@ -14,7 +14,7 @@ for i = 0, n - 1 do
     local score = tonumber(ARGV[b + 1]) * 1099511627776 + redis.call('INCR', P .. 'seq')
     local key = ARGV[b + 7]
     -- The number of keys a pool tracks is bounded: past it, new keys share one (served, but as one key).
-    if redis.call('HEXISTS', P .. 'fn', key) == 0 and redis.call('HLEN', P .. 'fn') >= MAX_KEYS then
+    if redis.call('EXISTS', P .. 'fs:' .. key) == 0 and num(redis.call('GET', P .. 'fkeys')) >= MAX_KEYS then
       key = OVERFLOW
     end
     redis.call('HSET', tk, 'data', ARGV[b + 4], 'state', 'queued', 'attempts', 0, 'fence', 0,

@@ -7,12 +7,11 @@
 -- claim's lease ms)),
 -- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0consumer\0error\0result".
 -- Fair share (README, "Fair share"): t:<id> also holds fk (its fairness key), fw (weight), fcap (the key's
--- maxConcurrency, 0: none) and fon (1 while its lease counts in fin). Per priority p: fk:<p> (zset of
--- claimable keys -> virtual time), fb:<p> (keys at their cap -> virtual time); per key fq:<p>:<key> (zset
--- id->score, FIFO); hashes fn (key->ready tasks), fin (key->leases held), fcap (key->cap), fblk (key->1 when
--- at its cap), flast (p:key->the key's next virtual time), fvt (p->virtual time of the last served key);
--- favail (ready tasks of claimable keys: the wake-up tokens' target); fver (set once the pool's tasks are in
--- the fair structures).
+-- maxConcurrency, 0: none) and fon (1 while its lease counts against the key). Per priority p: fk:<p> (zset
+-- of claimable keys -> virtual time), fb:<p> (keys at their cap -> virtual time); per key fq:<p>:<key> (zset
+-- id->score, FIFO) and fs:<key> (hash: n ready tasks, h leases held, cap, w weight, blk 1 at its cap, l<p>
+-- its next virtual time); fvt (hash p->virtual time of the last served key), fkeys (keys tracked), favail
+-- (ready tasks of claimable keys: the wake-up tokens' target), fver (set once the pool's old tasks are filed).
 local P = KEYS[1]
 local WAKE_CAP = 10000
 local PRIO_UNIT = 1099511627776  -- a ready score is priority * 2^40 + seq
@@ -67,76 +66,62 @@ end
 
 -- Fair share: strict priority across levels; within one, the claimable key with the lowest virtual time is
 -- served and its time moves on by 1/weight (start-time fair queueing: equal weights take turns), FIFO within
--- a key. A key holding `fcap` leases moves to fb:<p> until one ends. Every step is O(log n).
+-- a key. A key holding `cap` leases moves to fb:<p> until one ends. Every step is O(log n).
 local function fq(p, key) return P .. 'fq:' .. p .. ':' .. key end
-
-local function vnow(p) return tonumber(redis.call('HGET', P .. 'fvt', p) or '0') end
-
+local function fs(key) return P .. 'fs:' .. key end
 local function num(v) return tonumber(v or '0') or 0 end
+local function vnow(p) return num(redis.call('HGET', P .. 'fvt', p)) end
 
--- Move `key` between the claimable and the blocked sets when its leases reached (or left) its cap, and forget
--- a key with nothing ready and nothing running.
+-- Forget a key with nothing ready and nothing running; move it between the claimable and the blocked sets
+-- when its leases reached (or left) its cap. Returns true when it became claimable again.
 local function refresh_key(key)
-  local cap = num(redis.call('HGET', P .. 'fcap', key))
-  local held = num(redis.call('HGET', P .. 'fin', key))
-  local ready = num(redis.call('HGET', P .. 'fn', key))
-  local block = cap > 0 and held >= cap
-  local was = redis.call('HEXISTS', P .. 'fblk', key) == 1
-  if block ~= was then
-    local from, to = 'fk:', 'fb:'
-    if block then
-      redis.call('HSET', P .. 'fblk', key, 1)
-      redis.call('DECRBY', P .. 'favail', ready)
-    else
-      redis.call('HDEL', P .. 'fblk', key)
-      redis.call('INCRBY', P .. 'favail', ready)
-      from, to = 'fb:', 'fk:'
-    end
-    for p = 1, 4 do
-      local vt = redis.call('ZSCORE', P .. from .. p, key)
-      if vt then
-        redis.call('ZREM', P .. from .. p, key)
-        vt = tonumber(vt)
-        if not block then vt = math.max(vt, vnow(p)) end
-        redis.call('ZADD', P .. to .. p, vt, key)
-      end
-    end
-  end
+  local s = redis.call('HMGET', fs(key), 'n', 'h', 'cap', 'blk')
+  local ready, held, cap = num(s[1]), num(s[2]), num(s[3])
   if held <= 0 and ready <= 0 then
-    redis.call('HDEL', P .. 'fn', key)
-    redis.call('HDEL', P .. 'fin', key)
-    redis.call('HDEL', P .. 'fcap', key)
-    redis.call('HDEL', P .. 'fblk', key)
-    redis.call('HDEL', P .. 'flast', '1:' .. key, '2:' .. key, '3:' .. key, '4:' .. key)
+    if redis.call('DEL', fs(key)) == 1 then redis.call('DECR', P .. 'fkeys') end
+    return false
   end
+  local block = cap > 0 and held >= cap
+  if block == (s[4] == '1') then return false end
+  local from, to = 'fk:', 'fb:'
+  if block then
+    redis.call('HSET', fs(key), 'blk', 1)
+    redis.call('DECRBY', P .. 'favail', ready)
+  else
+    redis.call('HSET', fs(key), 'blk', 0)
+    redis.call('INCRBY', P .. 'favail', ready)
+    from, to = 'fb:', 'fk:'
+  end
+  for p = 1, 4 do
+    local vt = redis.call('ZSCORE', P .. from .. p, key)
+    if vt then
+      redis.call('ZREM', P .. from .. p, key)
+      vt = tonumber(vt)
+      if not block then vt = math.max(vt, vnow(p)) end
+      redis.call('ZADD', P .. to .. p, vt, key)
+    end
+  end
+  return not block
 end
 
 -- The task joins the ready set and its key's FIFO; a key with nothing queued at that priority joins at the
--- later of its own next virtual time and the level's current one (an idle key does not bank turns).
+-- later of its own next virtual time and the level's current one (an idle key does not bank turns). The
+-- key's cap and weight are those its latest ready task carries (Workflows sharing a key should agree).
 local function add_ready(tk, id)
-  local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap')
-  local score, key, cap = t[1], t[2] or '', num(t[3])
+  local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
+  local score, key = t[1], t[2] or ''
   local p = math.floor(tonumber(score) / PRIO_UNIT)
   redis.call('ZADD', P .. 'ready', score, id)
   if redis.call('ZADD', fq(p, key), score, id) == 0 then return end
-  redis.call('HINCRBY', P .. 'fn', key, 1)
-  local blocked = redis.call('HEXISTS', P .. 'fblk', key) == 1
-  if not blocked then redis.call('INCR', P .. 'favail') end
-  local vt = math.max(num(redis.call('HGET', P .. 'flast', p .. ':' .. key)), vnow(p))
-  redis.call('ZADD', P .. (blocked and 'fb:' or 'fk:') .. p, 'NX', vt, key)
-  -- The key's cap is the one its latest ready task carries (Workflows sharing a key should agree).
-  if cap > 0 then redis.call('HSET', P .. 'fcap', key, cap) else redis.call('HDEL', P .. 'fcap', key) end
-  refresh_key(key)
-end
-
--- One ready task of `key` at priority `p` left the ready set (claimed or cancelled).
-local function left_ready(p, key)
-  redis.call('HINCRBY', P .. 'fn', key, -1)
-  if redis.call('HEXISTS', P .. 'fblk', key) == 0 then redis.call('DECR', P .. 'favail') end
-  if redis.call('EXISTS', fq(p, key)) == 0 then
-    redis.call('ZREM', P .. 'fk:' .. p, key)
-    redis.call('ZREM', P .. 'fb:' .. p, key)
-  end
+  local k = fs(key)
+  if redis.call('EXISTS', k) == 0 then redis.call('INCR', P .. 'fkeys') end
+  local s = redis.call('HMGET', k, 'blk', 'l' .. p)
+  redis.call('HINCRBY', k, 'n', 1)
+  redis.call('HSET', k, 'cap', num(t[3]), 'w', math.max(num(t[4]), 1))
+  if s[1] ~= '1' then redis.call('INCR', P .. 'favail') end
+  local vt = math.max(num(s[2]), vnow(p))
+  redis.call('ZADD', P .. (s[1] == '1' and 'fb:' or 'fk:') .. p, 'NX', vt, key)
+  refresh_key(key)  -- the cap may have changed
 end
 
 -- Take a queued task out of the ready set (a cancel); false when it was not there.
@@ -145,43 +130,54 @@ local function drop_ready(tk, id)
   local t = redis.call('HMGET', tk, 'score', 'fk')
   local p, key = math.floor(tonumber(t[1]) / PRIO_UNIT), t[2] or ''
   redis.call('ZREM', fq(p, key), id)
-  left_ready(p, key)
+  if redis.call('HINCRBY', fs(key), 'n', -1) >= 0 and redis.call('HGET', fs(key), 'blk') ~= '1' then
+    redis.call('DECR', P .. 'favail')
+  end
+  if redis.call('EXISTS', fq(p, key)) == 0 then
+    redis.call('ZREM', P .. 'fk:' .. p, key)
+    redis.call('ZREM', P .. 'fb:' .. p, key)
+  end
   refresh_key(key)
   return true
 end
 
 -- The next task to claim: the most urgent level with a claimable key, that level's key with the lowest
--- virtual time, that key's oldest task. Its lease counts against the key's cap from now on.
+-- virtual time, that key's oldest task. Its lease counts against the key's cap from now on (the caller
+-- marks the task with fon=1).
 local function pick()
   for p = 1, 4 do
     local top = redis.call('ZRANGE', P .. 'fk:' .. p, 0, 0, 'WITHSCORES')
     if top[1] then
       local key, vt = top[1], tonumber(top[2])
       local id = redis.call('ZPOPMIN', fq(p, key))[1]
-      local tk = P .. 't:' .. id
       redis.call('ZREM', P .. 'ready', id)
       redis.call('HSET', P .. 'fvt', p, vt)
-      local nxt = vt + 1 / math.max(num(redis.call('HGET', tk, 'fw')), 1)
-      redis.call('HSET', P .. 'flast', p .. ':' .. key, nxt)
-      left_ready(p, key)
-      if redis.call('EXISTS', fq(p, key)) == 1 then redis.call('ZADD', P .. 'fk:' .. p, nxt, key) end
-      redis.call('HINCRBY', P .. 'fin', key, 1)
-      redis.call('HSET', tk, 'fon', 1)
-      refresh_key(key)
+      local k = fs(key)
+      local s = redis.call('HMGET', k, 'w', 'n', 'h', 'cap')
+      local nxt, held, cap = vt + 1 / math.max(num(s[1]), 1), num(s[3]) + 1, num(s[4])
+      redis.call('HSET', k, 'l' .. p, nxt, 'n', num(s[2]) - 1, 'h', held)
+      redis.call('DECR', P .. 'favail')
+      if redis.call('EXISTS', fq(p, key)) == 1 then
+        redis.call('ZADD', P .. 'fk:' .. p, nxt, key)
+      else
+        redis.call('ZREM', P .. 'fk:' .. p, key)
+      end
+      if cap > 0 and held >= cap then refresh_key(key) end
       return id
     end
   end
   return nil
 end
 
--- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees.
+-- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees. Returns true
+-- when that made the key claimable again (its waiting tasks need wake-up tokens).
 local function end_lease(tk, id)
   redis.call('ZREM', P .. 'inflight', id)
-  if redis.call('HGET', tk, 'fon') ~= '1' then return end
+  local t = redis.call('HMGET', tk, 'fon', 'fk')
+  if t[1] ~= '1' then return false end
   redis.call('HSET', tk, 'fon', 0)
-  local key = redis.call('HGET', tk, 'fk') or ''
-  redis.call('HINCRBY', P .. 'fin', key, -1)
-  refresh_key(key)
+  redis.call('HINCRBY', fs(t[2] or ''), 'h', -1)
+  return refresh_key(t[2] or '')
 end
 
 -- Tasks queued before fair share existed sit in `ready` only: file them under their key once.
