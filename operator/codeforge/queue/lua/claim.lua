@@ -4,23 +4,28 @@ migrate()
 reap(now, 100)
 promote(now, 1000)
 local out = {now, -1}
-for _ = 1, tonumber(ARGV[2]) do
-  local id = pick()
-  if not id then break end
-  local tk = P .. 't:' .. id
-  local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
-  local fence = next_fence(tk)
-  local info = redis.call('HMGET', tk, 'lease', 'data')
-  local hold = tonumber(ARGV[3] or '0')
-  if hold <= 0 then hold = tonumber(info[1]) end
-  local exp = now + hold
-  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold, 'fon', 1)
-  redis.call('ZADD', P .. 'inflight', exp, id)
-  out[#out + 1] = id
-  out[#out + 1] = info[2]
-  out[#out + 1] = attempts
-  out[#out + 1] = fence
-  out[#out + 1] = exp
+local want = tonumber(ARGV[2])
+local hold_arg = tonumber(ARGV[3] or '0')
+while want > 0 do
+  local ids = pick(want)
+  if #ids == 0 then break end
+  want = want - #ids
+  for _, id in ipairs(ids) do
+    local tk = P .. 't:' .. id
+    local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
+    local fence = next_fence(tk)
+    local info = redis.call('HMGET', tk, 'lease', 'data')
+    local hold = hold_arg
+    if hold <= 0 then hold = tonumber(info[1]) end
+    local exp = now + hold
+    redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold)
+    redis.call('ZADD', P .. 'inflight', exp, id)
+    out[#out + 1] = id
+    out[#out + 1] = info[2]
+    out[#out + 1] = attempts
+    out[#out + 1] = fence
+    out[#out + 1] = exp
+  end
 end
 sync_tokens()
 if #out == 2 then

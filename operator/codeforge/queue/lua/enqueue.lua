@@ -14,13 +14,14 @@ for i = 0, n - 1 do
     local score = tonumber(ARGV[b + 1]) * 1099511627776 + redis.call('INCR', P .. 'seq')
     local key = ARGV[b + 7]
     -- The number of keys a pool tracks is bounded: past it, new keys share one (served, but as one key).
-    if redis.call('EXISTS', P .. 'fs:' .. key) == 0 and num(redis.call('GET', P .. 'fkeys')) >= MAX_KEYS then
+    if num(redis.call('GET', P .. 'fkeys')) >= MAX_KEYS and redis.call('EXISTS', P .. 'fs:' .. key) == 0 then
       key = OVERFLOW
     end
+    local cap, w = num(ARGV[b + 9]), num(ARGV[b + 8])
     redis.call('HSET', tk, 'data', ARGV[b + 4], 'state', 'queued', 'attempts', 0, 'fence', 0,
       'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'fails', 0, 'lost', 0,
-      'maxlost', ARGV[b + 5], 'lostbk', ARGV[b + 6], 'fk', key, 'fw', ARGV[b + 8], 'fcap', ARGV[b + 9])
-    add_ready(tk, id)
+      'maxlost', ARGV[b + 5], 'lostbk', ARGV[b + 6], 'fk', key, 'fw', w, 'fcap', cap)
+    add_ready(tk, id, score, key, cap, w)
     out[#out + 1] = 1
   end
 end
