@@ -111,10 +111,9 @@ async def _enqueue(queue: TaskQueue, tasks: list[Task], run: _Run, batch: int) -
 
 
 def _tasks(pool: str, workflow: str, count: int, shared_key: str) -> list[Task]:
-    return [
-        Task(id=f"{workflow}-{i}", pool=pool, workflow=workflow, fair_key=shared_key, payload=None)
-        for i in range(count)
-    ]
+    # fair_key only when set: the same code then also measures a queue without fair share (README's method).
+    extra = {"fair_key": shared_key} if shared_key else {}
+    return [Task(id=f"{workflow}-{i}", pool=pool, workflow=workflow, **extra) for i in range(count)]
 
 
 async def run_once(url: str, backend: str, mode: str, cfg: FairnessConfig) -> FairnessRow:
