@@ -25,6 +25,7 @@ class _Key:
     last: dict[int, float] = field(default_factory=dict)  # priority -> the key's next virtual time
     held: int = 0  # leases held
     cap: int = 0  # 0: none
+    weight: int = 1
     blocked: bool = False
 
     @property
@@ -37,7 +38,6 @@ class _Member:
     priority: int
     key: str
     seq: int
-    weight: int
 
 
 class FairReady:
@@ -65,16 +65,16 @@ class FairReady:
         return OVERFLOW_KEY
 
     def add(self, task_id: str, priority: int, seq: int, key: str, weight: int, cap: int) -> None:
-        """Queue a task (`key` as `key_for` gave it); the key's cap becomes `cap`."""
+        """Queue a task (`key` as `key_for` gave it); the key's cap and weight become the task's."""
         state = self._keys.setdefault(key, _Key())
-        self._members[task_id] = _Member(priority, key, seq, weight)
+        self._members[task_id] = _Member(priority, key, seq)
         heapq.heappush(state.fifo.setdefault(priority, []), (seq, task_id))
         state.ready[priority] = state.ready.get(priority, 0) + 1
         if not state.blocked:
             self.claimable += 1
         if key not in self._at[priority]:
             self._activate(priority, key, state)
-        state.cap = cap
+        state.cap, state.weight = cap, max(weight, 1)
         self._refresh(key, state)
 
     def discard(self, task_id: str) -> bool:
@@ -98,9 +98,9 @@ class FairReady:
                     heapq.heappop(heap)  # stale, or waits for a slot (re-pushed when one frees)
                     continue
                 task_id = self._pop_fifo(priority, state)
-                member = self._members.pop(task_id)
+                del self._members[task_id]
                 self._now[priority] = vt
-                nxt = vt + 1.0 / max(member.weight, 1)
+                nxt = vt + 1.0 / state.weight
                 state.last[priority] = nxt
                 self._left(priority, key, state)
                 if key in at:
