@@ -5,6 +5,8 @@ reap(now, 100)
 promote(now, 1000)
 local out = {now, -1}
 local want = tonumber(ARGV[2])
+-- Nothing claimable (empty, or every ready task's key at its cap): skip the per-level look-ups.
+if redis.call('ZCARD', P .. 'ready') - num(redis.call('GET', P .. 'fbn')) <= 0 then want = 0 end
 local hold_arg = tonumber(ARGV[3] or '0')
 while want > 0 do
   local ids = pick(want)
