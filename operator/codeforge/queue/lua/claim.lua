@@ -1,4 +1,4 @@
--- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
+-- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, waited_ms, ...}.
 local now = now_ms()
 migrate()
 reap(now, 100)
@@ -16,17 +16,19 @@ while want > 0 do
     local tk = P .. 't:' .. id
     local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
     local fence = next_fence(tk)
-    local info = redis.call('HMGET', tk, 'lease', 'data')
+    local info = redis.call('HMGET', tk, 'lease', 'data', 'rdy', 'enq')
     local hold = hold_arg
     if hold <= 0 then hold = tonumber(info[1]) end
     local exp = now + hold
-    redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold)
+    redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold, 'clm', now)
     redis.call('ZADD', P .. 'inflight', exp, id)
     out[#out + 1] = id
     out[#out + 1] = info[2]
     out[#out + 1] = attempts
     out[#out + 1] = fence
     out[#out + 1] = exp
+    -- ms it waited ready in the queue (tasks queued before 'rdy' existed count from their enqueue)
+    out[#out + 1] = math.max(now - (tonumber(info[3] or info[4] or '') or now), 0)
   end
 end
 sync_tokens()

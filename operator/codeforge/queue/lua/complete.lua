@@ -18,7 +18,7 @@ for i = 0, n - 1 do
     out[#out + 1] = refused == 'dup' and 'ok' or refused
   else
     if end_lease(tk, id) then unblocked = true end
-    finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl)
+    finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl, now)
     out[#out + 1] = 'ok'
   end
 end

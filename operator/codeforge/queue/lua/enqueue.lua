@@ -19,7 +19,7 @@ for i = 0, n - 1 do
     end
     local cap, w = num(ARGV[b + 9]), num(ARGV[b + 8])
     redis.call('HSET', tk, 'data', ARGV[b + 4], 'state', 'queued', 'attempts', 0, 'fence', 0,
-      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'fails', 0, 'lost', 0,
+      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'rdy', now, 'fails', 0, 'lost', 0,
       'maxlost', ARGV[b + 5], 'lostbk', ARGV[b + 6], 'fk', key, 'fw', w, 'fcap', cap)
     add_ready(tk, id, score, key, cap, w)
     out[#out + 1] = 1

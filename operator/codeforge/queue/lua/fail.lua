@@ -13,7 +13,7 @@ if refused then
 end
 end_lease(tk, id)
 if ARGV[4] ~= '1' then
-  finish(tk, id, 'failed', ARGV[3], nil, tonumber(ARGV[6]))
+  finish(tk, id, 'failed', ARGV[3], nil, tonumber(ARGV[6]), now)
   sync_tokens()
   return 'failed'
 end
