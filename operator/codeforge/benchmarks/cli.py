@@ -132,3 +132,91 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
     finally:
         if server is not None:
             server.stop()
+
+
+@app.command("fairness")
+def fairness(
+    backends: Annotated[str, typer.Option(help="Comma list: memory, redis.")] = "memory,redis",
+    agents: Annotated[int, typer.Option(min=1, max=1000, help="Consumers claiming from the pool.")] = 16,
+    big: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks of the backlog Workflow.")] = 10_000,
+    small: Annotated[int, typer.Option(min=1, max=10_000, help="Tasks of the late Workflow.")] = 10,
+    duration_ms: Annotated[float, typer.Option(min=0.0, max=10_000.0, help="Each task's work.")] = 10.0,
+    runs: Annotated[int, typer.Option(min=1, max=50, help="Runs per mode; the table shows medians.")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="Small counts for a smoke test.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
+    ] = None,
+) -> None:
+    """Fair share: a Workflow's 10,000-task backlog vs 10 tasks of another arriving later, fair vs FIFO."""
+    from codeforge.benchmarks.fairness import FairnessConfig
+
+    names = [b.strip().lower() for b in backends.split(",") if b.strip()]
+    if not names or any(b not in ("memory", "redis") for b in names):
+        raise typer.BadParameter(f"--backends takes memory and/or redis (got {backends!r})")
+    if quick:
+        cfg = FairnessConfig.quick(names)
+    else:
+        cfg = FairnessConfig(
+            backends=names,
+            agents=agents,
+            big_tasks=big,
+            small_tasks=small,
+            duration_ms=duration_ms,
+            head_start=min(1000, max(big // 10, 1)),
+            runs=runs,
+        )
+    command = shlex.join(["codeforge", *sys.argv[1:]])
+    raise typer.Exit(_run_fairness(cfg, json_path, redis_url, command))
+
+
+def _run_fairness(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    from rich.table import Table
+
+    from codeforge.benchmarks import report
+    from codeforge.benchmarks.fairness import FairnessConfig, run_all
+    from codeforge.testing.redis_server import LocalRedis
+
+    assert isinstance(cfg, FairnessConfig)
+    err = Console(stderr=True, highlight=False)
+    server: LocalRedis | None = None
+    try:
+        url = redis_url
+        if url is None and "redis" in cfg.backends:
+            server = LocalRedis().start()
+            url = server.url
+        urls = {"memory": "memory://", "redis": url or ""}
+        rows, every = asyncio.run(run_all(urls, cfg, lambda line: err.print(line, markup=False)))
+        machine = report.machine_info(url) if url else {"redis_version": None}
+    finally:
+        if server is not None:
+            server.stop()
+    title = f"Fair share: {cfg.agents} agents, tasks of {cfg.duration_ms:g} ms, median of {cfg.runs} runs"
+    table = Table(title=title)
+    for column in ("backend", "mode", "big p50 ms", "big p99 ms", "small p50 ms", "small p99 ms",
+                   "small p99 (task durations)", "big tasks/s", "vs fifo"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("backend", "mode") else "right")
+    for row in rows:
+        figures = (row.big_p50_ms, row.big_p99_ms, row.small_p50_ms, row.small_p99_ms)
+        table.add_row(
+            row.backend,
+            row.mode,
+            *(f"{value:.1f}" for value in figures),
+            f"{row.small_p99_durations:.1f}",
+            f"{row.big_throughput_per_s:.0f}",
+            f"{row.throughput_vs_fifo:.3f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    if json_path is not None:
+        doc = {
+            "machine": machine,
+            "command": command,
+            "settings": dataclasses.asdict(cfg),
+            "results": [row.as_dict() for row in rows],
+            "runs": [row.as_dict() for row in every],
+        }
+        report.write_json(json_path, doc)
+        err.print(f"wrote {json_path}")
+    return 0

@@ -201,8 +201,12 @@ async def _run(
                             notify=lambda message: console.print(message, soft_wrap=True, markup=False),
                         )
                     )
-            name = loaded.workflow.metadata.name
-            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event, name=name))
+            meta = loaded.workflow.metadata
+            job = asyncio.create_task(
+                runner.run(
+                    run_id, spec, emit=on_event, name=meta.name, namespace=meta.namespace, labels=meta.labels
+                )
+            )
             watchers: set[asyncio.Task[Any]] = {job}
             if processes is not None:
                 watchers.add(asyncio.create_task(processes.supervise()))

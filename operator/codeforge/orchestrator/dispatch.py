@@ -25,6 +25,7 @@ from codeforge.api.usage import Usage, usage_of_result
 from codeforge.api.workflow import Step
 from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
+from codeforge.orchestrator.fairness import FairShare
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
@@ -65,6 +66,8 @@ class RunContext:
     name: str = ""
     #: Tokens and cost per step and in total, against spec.budget (orchestrator.budget)
     ledger: Ledger = field(default_factory=Ledger)
+    #: The key, weight and cap every task of the run carries (spec.fairShare)
+    fair: FairShare = field(default_factory=FairShare)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -148,6 +151,7 @@ class StepDispatcher:
                     max_attempts=HANDLER_RUNS_PER_ATTEMPT,
                     deadline=self._task_deadline(step),
                     workspace=req.workspace,
+                    **self._fair_fields(),
                 )
             except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
                 message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
@@ -295,6 +299,7 @@ class StepDispatcher:
                 max_attempts=attempts,
                 deadline=self.ctx.deadline,
                 workspace=workspace,
+                **self._fair_fields(),
             )
             self.ctx.outstanding[tid] = pool
             await self.queue.enqueue(task)
@@ -309,6 +314,10 @@ class StepDispatcher:
             return {"status": Outcome.SUCCEEDED.value, "result": outcome.result}
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         return {"status": Outcome.FAILED.value, "error": error}
+
+    def _fair_fields(self) -> dict[str, Any]:
+        fair = self.ctx.fair
+        return {"fair_key": fair.key, "fair_weight": fair.weight, "max_concurrency": fair.max_concurrency}
 
     def _task_deadline(self, step: Step) -> float | None:
         """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""

@@ -8,6 +8,7 @@ import dataclasses
 import time
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
+from codeforge.orchestrator.fairness import fair_share_of
 from codeforge.orchestrator.rewind import rewind
 from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
@@ -158,9 +160,12 @@ class WorkflowRunner:
         emit: EventSink = ignore_events,
         control: RunControl | None = None,
         name: str | None = None,
+        namespace: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> WorkflowOutcome:
         """Run (start, resume or report) the workflow; `name` fills {{workflow}} in the workspace's
-        pushBranch (default: the run id)."""
+        pushBranch (default: the run id); name, namespace and labels are `workflow` in the
+        spec.fairShare.concurrencyKey expression."""
         control = control or RunControl()
         if spec.suspend:
             control.suspend()
@@ -178,6 +183,7 @@ class WorkflowRunner:
             running=control.running,
             first=self._first.setdefault(workflow_id, {}),
             name=name or workflow_id,
+            fair=fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)

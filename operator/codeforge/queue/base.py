@@ -1,7 +1,9 @@
 """The TaskQueue contract shared by the memory and Redis backends (README, "The task queue").
 
 Semantics every backend keeps:
-- priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), FIFO within a priority;
+- priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), strictly; within a priority, fair share: the tasks'
+  keys (`Task.fairness_key`: a Workflow, a team, ...) take turns (weighted by `fair_weight`), FIFO within a
+  key, and a key with `max_concurrency` leases held waits until one of them ends (README, "Fair share");
 - `enqueue` is idempotent on the task id within a pool;
 - `claim` is atomic and gives a lease with a fencing token, as long as the consumer asks (its pool's
   setting; the task's `lease_seconds` when it names none); `heartbeat` extends it by as much;
@@ -27,6 +29,9 @@ from codeforge.queue.errors import LeaseLostError
 #: How long a finished task's record (and result) stays readable; idempotent re-enqueues find it meanwhile.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600
 
+
+#: The key tasks share once a pool tracks `MAX_FAIR_KEYS` keys (lua/lib.lua names it too).
+OVERFLOW_KEY = "\x01overflow"
 
 #: How a dead letter's error ends, per budget (the Redis scripts in lua/lib.lua write the same words).
 HANDLER_BUDGET_SPENT = "handler budget spent"

@@ -25,6 +25,7 @@ from codeforge.queue.base import (
     lost_lease_budget_spent,
 )
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
+from codeforge.queue.fair import FairReady
 
 
 @dataclass
@@ -46,6 +47,8 @@ class _Record:
     finished_at: float | None = None
     result: Any = None
     error: str | None = None
+    fair_key: str = ""  # the key it is filed under (its own, or the overflow key)
+    holds_slot: bool = False  # its lease counts against its key's max_concurrency
 
     def outcome(self, *, notified: bool = False) -> TaskOutcome:
         finished = self.finished_at if self.state.terminal else None
@@ -69,7 +72,7 @@ class _Record:
 @dataclass
 class _Pool:
     records: dict[str, _Record] = field(default_factory=dict)
-    ready: list[tuple[int, int, str]] = field(default_factory=list)  # (priority, seq, id), lazily pruned
+    ready: FairReady = field(default_factory=FairReady)
     delayed: list[tuple[float, str]] = field(default_factory=list)  # (ready_at, id), lazily pruned
     in_flight: dict[str, _Record] = field(default_factory=dict)
     dead: dict[str, _Record] = field(default_factory=dict)  # insertion order = dead-letter order
@@ -100,6 +103,7 @@ class MemoryTaskQueue:
         if task.id in pool.records:
             return False
         record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
+        record.fair_key = pool.ready.key_for(task.fairness_key)
         pool.records[task.id] = record
         self._make_ready(pool, record)
         return True
@@ -112,8 +116,19 @@ class MemoryTaskQueue:
         record.consumer = ""
         record.ready_at = 0.0
         record.ready_since = time.time() if since is None else since
-        heapq.heappush(pool.ready, (int(record.task.priority), record.seq, record.task.id))
-        self._wake_one(pool)
+        task = record.task
+        pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
+                       task.max_concurrency)  # fmt: skip
+        if pool.ready.claimable:
+            self._wake_one(pool)
+
+    def _end_lease(self, pool: _Pool, record: _Record) -> None:
+        """Every way a lease ends (complete, fail, release, cancel, expiry) frees its key's slot."""
+        pool.in_flight.pop(record.task.id, None)
+        if record.holds_slot:
+            record.holds_slot = False
+            if pool.ready.ended(record.fair_key):
+                self._wake_one(pool)
 
     @staticmethod
     def _wake_one(pool: _Pool) -> None:
@@ -169,11 +184,12 @@ class MemoryTaskQueue:
         self._expire(pool, now)
         self._promote(pool, now)
         leases: list[Lease] = []
-        while pool.ready and len(leases) < max_tasks:
-            _, seq, task_id = heapq.heappop(pool.ready)
-            record = pool.records.get(task_id)
-            if record is None or record.state is not TaskState.QUEUED or record.seq != seq or record.ready_at:
-                continue  # cancelled, or a stale heap entry
+        while len(leases) < max_tasks:
+            task_id = pool.ready.pop()
+            if task_id is None:
+                break
+            record = pool.records[task_id]
+            record.holds_slot = True
             record.state = TaskState.RUNNING
             record.attempts += 1
             record.fence += 1
@@ -183,7 +199,7 @@ class MemoryTaskQueue:
             record.claimed_at = now
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
-        if leases and pool.ready:
+        if leases and pool.ready.claimable:
             self._wake_one(pool)  # more work is waiting: pass the baton
         return leases
 
@@ -216,7 +232,7 @@ class MemoryTaskQueue:
     def _expire(self, pool: _Pool, now: float) -> int:
         expired = [r for r in pool.in_flight.values() if r.expires_at <= now]
         for record in expired:
-            del pool.in_flight[record.task.id]
+            self._end_lease(pool, record)
             record.fence += 1  # the old holder's token is stale from now on
             error = f"lease expired after {record.hold:g}s without a heartbeat (delivery {record.attempts})"
             self._lose_lease(pool, record, error, backoff=True)
@@ -282,7 +298,7 @@ class MemoryTaskQueue:
         if done and done.state is TaskState.SUCCEEDED and done.fence == lease.fence and done.result == result:
             return  # the same call again (a retry): already recorded, not a second recording
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         record.state = TaskState.SUCCEEDED
         record.result = result
         record.error = None
@@ -302,7 +318,7 @@ class MemoryTaskQueue:
         self, lease: Lease, error: str, *, retryable: bool = True, retry_delay: float = 0.0
     ) -> TaskState:
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         if not retryable:
             record.state = TaskState.FAILED
             record.error = error
@@ -312,7 +328,7 @@ class MemoryTaskQueue:
 
     async def release(self, lease: Lease, *, started: bool = False, reason: str = "") -> TaskState:
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         record.fence += 1
         if started:
             return self._lose_lease(pool, record, reason or "interrupted", backoff=False)
@@ -325,7 +341,9 @@ class MemoryTaskQueue:
         record = state.records.get(task_id)
         if record is None or record.state.terminal:
             return False
-        state.in_flight.pop(task_id, None)
+        if record.state is TaskState.QUEUED:
+            state.ready.discard(task_id)
+        self._end_lease(state, record)
         record.state = TaskState.CANCELLED
         record.error = reason
         self._settle(state, record)

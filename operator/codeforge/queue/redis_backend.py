@@ -163,6 +163,9 @@ class RedisTaskQueue:
                         task.model_dump_json(),
                         task.max_lost_leases,
                         int(task.lost_lease_backoff_seconds * 1000),
+                        task.fairness_key,
+                        task.fair_weight,
+                        task.max_concurrency,
                     ]
                 flags = await self._script("enqueue", pool, *args)
                 for index, flag in zip(chunk, flags, strict=True):

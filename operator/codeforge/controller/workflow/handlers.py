@@ -151,6 +151,7 @@ async def run_workflow(
         spec=dict(spec),
         status=dict(status),
         annotations=lambda: dict(body.metadata.annotations),  # the live body: fresh on every read
+        labels=dict(meta.get("labels") or {}),
     )
 
     def deleted() -> bool:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
@@ -60,6 +60,7 @@ class WorkflowObject:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     annotations: Callable[[], Mapping[str, str]]
+    labels: Mapping[str, str] = field(default_factory=dict)  # workflow.labels in fairShare.concurrencyKey
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
@@ -137,7 +138,15 @@ async def supervise(
                 tracker.set_degraded(None)
                 busy[0] = 0.0
                 run = asyncio.ensure_future(
-                    runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
+                    runner.run(
+                        uid,
+                        spec,
+                        emit=emit,
+                        control=control,
+                        name=obj.ref.name,
+                        namespace=obj.ref.namespace,
+                        labels=obj.labels,
+                    )
                 )
             except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
                 tracker.set_degraded(str(exc))

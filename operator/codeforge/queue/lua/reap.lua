@@ -1,5 +1,6 @@
 -- No ARGV. Requeues expired leases and due retries; returns how many leases had expired.
 local now = now_ms()
+migrate()
 local total = 0
 repeat
   local n = reap(now, 500)
