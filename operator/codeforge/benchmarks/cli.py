@@ -19,7 +19,7 @@ ALL_SYSTEMS = "codeforge,codeforge-fast,codeforge-fsync,codeforge-replicated,raw
 
 @app.callback()
 def _bench() -> None:
-    """Benchmarks: queue latency and throughput against peers."""
+    """Benchmarks: queue and workflow-engine latency and throughput against peers."""
 
 
 def _names(value: str) -> list[str]:
@@ -127,6 +127,100 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
         if json_path is not None:
             settings = {k: v for k, v in dataclasses.asdict(cfg).items()}
             report.write_json(json_path, report.document(machine, command, rows, settings))
+            err.print(f"wrote {json_path}")
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+
+
+ALL_ENGINES = "codeforge-embedded,codeforge-redis,celery,temporal,hatchet"
+
+
+def _engines(value: str) -> list[str]:
+    from codeforge.benchmarks.workflow_bench import ENGINES
+
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown system(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(ENGINES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+@app.command("workflow")
+def workflow(
+    systems: Annotated[str, typer.Option(help="Comma list of engines to measure.")] = ALL_ENGINES,
+    samples: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Latency samples per workflow shape [200].")
+    ] = None,
+    workflows: Annotated[
+        int | None,
+        typer.Option(min=1, max=100_000, help="Workflows started at once per throughput run [500]."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
+    ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
+    ] = None,
+) -> None:
+    """A 3-step chain and a 3-way fan-out + join: codeforge (embedded, Redis) vs Celery, Temporal, Hatchet."""
+    from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig
+
+    names = _engines(systems)
+    cfg = WorkflowBenchConfig.quick(names) if quick else WorkflowBenchConfig(systems=names)
+    if samples is not None:
+        cfg.samples = samples
+    if workflows is not None:
+        cfg.workflows = workflows
+    command = shlex.join(["codeforge", *sys.argv[1:]])
+    raise typer.Exit(_run_workflow(cfg, json_path, redis_url, command))
+
+
+def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    import redis
+
+    from codeforge.benchmarks import report, workflow_report
+    from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig, WorkflowRunner
+    from codeforge.queue.errors import QueueConfigError
+    from codeforge.testing.redis_server import LocalRedis
+
+    assert isinstance(cfg, WorkflowBenchConfig)
+    err = Console(stderr=True, highlight=False)
+    server: LocalRedis | None = None
+    try:
+        if redis_url is None:
+            try:
+                server = LocalRedis().start()
+            except (QueueConfigError, RuntimeError) as exc:
+                err.print(f"[red]error:[/red] cannot start a private redis-server: {exc}")
+                return 2
+            url = server.url
+        else:
+            url = redis_url
+        try:
+            machine = report.machine_info(url)
+        except (redis.RedisError, ValueError) as exc:
+            err.print(
+                f"[red]error:[/red] cannot reach Redis at {url!r} ({exc}): start it, fix the URL, "
+                "or drop --redis-url to let the benchmark start its own redis-server"
+            )
+            return 2
+        err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        with tempfile.TemporaryDirectory(prefix="codeforge-wfbench-") as logdir:
+            runner = WorkflowRunner(
+                cfg, url, Path(logdir), progress=lambda line: err.print(line, markup=False)
+            )
+            rows = asyncio.run(runner.run())
+        workflow_report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 170))
+        if json_path is not None:
+            settings = dataclasses.asdict(cfg)
+            report.write_json(json_path, workflow_report.document(machine, command, rows, settings))
             err.print(f"wrote {json_path}")
         return 0
     finally:

@@ -1,0 +1,92 @@
+"""Celery canvas under `codeforge bench workflow`: `chain(a, b, c)` and `chord([f, f, f], join)`, with the
+Redis broker and the Redis result backend (a chord needs one) on the shared redis-server, at the documented
+defaults: one worker with the prefork pool, one child per CPU. The client waits with `AsyncResult.get()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import celery
+from celery import Celery, chain, chord
+
+from codeforge.benchmarks.system import WorkerGroup, cpu_count
+from codeforge.benchmarks.workflow_engine import Unavailable, WorkflowEngine
+
+ENV_URL = "CODEFORGE_BENCH_REDIS_URL"
+ENV_QUEUE = "CODEFORGE_BENCH_QUEUE"
+READY_TIMEOUT_S = 60.0
+RESULT_TIMEOUT_S = 60.0
+
+_url = os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0")
+app = Celery("codeforge_wfbench", broker=_url, backend=_url)
+# The one change from defaults: a queue private to this run, so runs never see each other's tasks.
+app.conf.task_default_queue = os.environ.get(ENV_QUEUE, "celery")
+app.conf.worker_hijack_root_logger = False
+
+
+@app.task(name="cfwfbench.step")  # type: ignore[untyped-decorator]
+def step(value: Any) -> Any:
+    return value
+
+
+def signature(shape: str) -> Any:
+    if shape == "chain":
+        return chain(step.s({"n": 1}), step.s(), step.s())
+    return chord([step.s({"n": 1}) for _ in range(3)], step.s())
+
+
+class CeleryCanvas(WorkflowEngine):
+    name = "celery"
+    label = "Celery canvas"
+
+    def version(self) -> str:
+        return str(celery.__version__)
+
+    def describe(self) -> str:
+        return f"1 worker, --pool prefork -c {cpu_count()}; Redis broker and result backend"
+
+    async def start(self) -> None:
+        queue = f"cfwfbench-{self.ctx.run_id}"
+        app.conf.broker_url = self.ctx.url
+        app.conf.result_backend = self.ctx.url
+        app.conf.task_default_queue = queue
+        argv = ["-m", "celery", "-A", __name__, "worker", "--pool", "prefork", "-c", str(cpu_count())]
+        argv += ["--loglevel", "WARNING", "-n", f"cfwfbench-{self.ctx.run_id}@%h"]
+        env = {**os.environ, ENV_URL: self.ctx.url, ENV_QUEUE: queue, "PYTHONUNBUFFERED": "1"}
+        self._workers = WorkerGroup([argv], env, self.ctx.logdir, self.name)
+        self._workers.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        pending = step.delay({"ready": True})
+        while True:
+            self._workers.check_alive()
+            try:
+                await asyncio.to_thread(pending.get, timeout=1)
+                return
+            except celery.exceptions.TimeoutError:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the Celery worker ran no task in {READY_TIMEOUT_S:g}s") from None
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._workers.stop)
+        app.close()
+
+    async def run(self, shape: str, workflow_id: str) -> None:
+        await asyncio.to_thread(self._run_sync, shape)
+
+    @staticmethod
+    def _run_sync(shape: str) -> None:
+        signature(shape).apply_async().get(timeout=RESULT_TIMEOUT_S)
+
+    async def run_many(self, shape: str, workflow_ids: list[str]) -> None:
+        # The Celery way to run many: send them all, then wait for each result (a thread per wait would
+        # measure the thread pool, not Celery).
+        def send_and_wait() -> None:
+            results = [signature(shape).apply_async() for _ in workflow_ids]
+            for result in results:
+                result.get(timeout=RESULT_TIMEOUT_S)
+
+        await asyncio.to_thread(send_and_wait)
