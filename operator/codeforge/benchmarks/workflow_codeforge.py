@@ -19,11 +19,11 @@ from codeforge.api.task import Task
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.benchmarks.system import WorkerGroup
 from codeforge.benchmarks.workflow_engine import EngineContext, Unavailable, WorkflowEngine, package_version
-from codeforge.embedded.agents import InProcessAgents
-from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import TaskQueue, open_queue
+from codeforge_agent import AgentConfig, HandlerConfig
+from codeforge_agent.loop import run_agent
 
 #: The agent's concurrency: enough for every step of the throughput runs' workflows to be in flight.
 AGENT_CONCURRENCY = 64
@@ -92,12 +92,21 @@ class CodeforgeEmbedded(_Codeforge):
     async def start(self) -> None:
         self._queue = await open_queue("memory://")
         self._runner = WorkflowRunner(self._queue, None)
-        pool = PoolSpec(self.pool, "echo", concurrency=AGENT_CONCURRENCY)
-        self._agents = InProcessAgents(self._queue, [pool])
-        await self._agents.__aenter__()
+        # as `codeforge run` runs an in-process pool (codeforge.embedded.agents, a sibling layer)
+        config = AgentConfig(
+            pool=self.pool,
+            queue_url="memory://",
+            concurrency=AGENT_CONCURRENCY,
+            handler=HandlerConfig(kind="echo"),
+            health_port=None,
+            claim_wait=0.2,
+        )
+        self._stop = asyncio.Event()
+        self._agent = asyncio.create_task(run_agent(self._queue, config, self._stop))
 
     async def stop(self) -> None:
-        await self._agents.__aexit__(None, None, None)
+        self._stop.set()
+        await self._agent
         if self._queue is not None:
             await self._queue.close()
 
@@ -116,7 +125,14 @@ class CodeforgeRedis(_Codeforge):
         self._queue = await open_queue(self.ctx.url)
         self._saver: Any = await open_checkpointer(self.ctx.url, prefix=f"wfbench:{self.ctx.run_id}")
         self._runner = WorkflowRunner(self._queue, self._saver)
-        env = PoolSpec(self.pool, "echo", concurrency=AGENT_CONCURRENCY).agent_env(self.ctx.url)
+        env = {  # the variables `codeforge run --queue redis://` and the operator give an agent
+            "CODEFORGE_POOL": self.pool,
+            "CODEFORGE_QUEUE_URL": self.ctx.url,
+            "CODEFORGE_HANDLER": "echo",
+            "CODEFORGE_CONCURRENCY": str(AGENT_CONCURRENCY),
+            "CODEFORGE_HEALTH_PORT": "off",
+            "CODEFORGE_LOG_LEVEL": "warning",
+        }
         self._workers = WorkerGroup(
             [["-m", "codeforge_agent"]], {**os.environ, **env}, self.ctx.logdir, self.name
         )
