@@ -8,7 +8,8 @@
 #
 # The binary lands in $CODEFORGE_CACHE/temporal-<v>/bin/temporal (CODEFORGE_CACHE defaults to ~/.cache/codeforge),
 # Go's module and build caches in $CODEFORGE_CACHE/go/ (shared with hack/cluster/build.sh). A later run checks a
-# stamp and returns at once. A cold build fetches ~400 MB of modules and takes ~5-8 min on 2 cores (niced).
+# stamp and returns at once. A cold build fetches ~400 MB of modules; it took 28 min niced on the shared 2-core
+# machine (other builds and test suites beside it).
 #
 # Usage: hack/bench/build-temporal.sh [--print-bin]
 # Environment: CODEFORGE_CACHE, CODEFORGE_BUILD_JOBS (go build -p, default: nproc).

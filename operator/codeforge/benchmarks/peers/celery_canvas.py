@@ -6,9 +6,13 @@ defaults: one worker with the prefork pool, one child per CPU. The client waits 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 import celery
 from celery import Celery, chain, chord
@@ -19,6 +23,7 @@ from codeforge.benchmarks.workflow_engine import Unavailable, WorkflowEngine
 ENV_URL = "CODEFORGE_BENCH_REDIS_URL"
 ENV_QUEUE = "CODEFORGE_BENCH_QUEUE"
 READY_TIMEOUT_S = 60.0
+T = TypeVar("T")
 RESULT_TIMEOUT_S = 60.0
 
 _url = os.environ.get(ENV_URL, "redis://127.0.0.1:6379/0")
@@ -59,23 +64,46 @@ class CeleryCanvas(WorkflowEngine):
         env = {**os.environ, ENV_URL: self.ctx.url, ENV_QUEUE: queue, "PYTHONUNBUFFERED": "1"}
         self._workers = WorkerGroup([argv], env, self.ctx.logdir, self.name)
         self._workers.start()
+        # Every client call runs on this one thread: Celery's app.backend (and its result consumer, one
+        # pub/sub connection) is per thread.
+        self._client = ThreadPoolExecutor(1, thread_name_prefix="celery-client")
+        # An AsyncResult's __del__ unsubscribes on the result consumer's pub/sub; when the cyclic GC collects
+        # one while the client is inside another UNSUBSCRIBE, the pub/sub's lock (not reentrant) deadlocks
+        # it (about one run in four here). The GC stays off while Celery runs; stop() collects.
+        gc.disable()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        pending = step.delay({"ready": True})
+        pending = await self._call(step.delay, {"ready": True})
         while True:
             self._workers.check_alive()
             try:
-                await asyncio.to_thread(pending.get, timeout=1)
+                await self._call(pending.get, timeout=1)
                 return
             except celery.exceptions.TimeoutError:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"the Celery worker ran no task in {READY_TIMEOUT_S:g}s") from None
 
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._client, partial(fn, *args, **kwargs))
+
     async def stop(self) -> None:
         await asyncio.to_thread(self._workers.stop)
+        if hasattr(self, "_client"):
+            await self._call(self._close_results)
+            self._client.shutdown()
         app.close()
 
+    @staticmethod
+    def _close_results() -> None:
+        # Close the result consumer's pub/sub first: results collected later (some at exit, after the
+        # harness stopped redis-server) would each retry reconnecting to unsubscribe, for minutes.
+        consumer = app.backend.result_consumer
+        consumer.stop()
+        consumer._pubsub = None
+        gc.enable()
+        gc.collect()
+
     async def run(self, shape: str, workflow_id: str) -> None:
-        await asyncio.to_thread(self._run_sync, shape)
+        await self._call(self._run_sync, shape)
 
     @staticmethod
     def _run_sync(shape: str) -> None:
@@ -89,4 +117,4 @@ class CeleryCanvas(WorkflowEngine):
             for result in results:
                 result.get(timeout=RESULT_TIMEOUT_S)
 
-        await asyncio.to_thread(send_and_wait)
+        await self._call(send_and_wait)

@@ -23,7 +23,7 @@ from codeforge.benchmarks.workflow_engine import Unavailable, WorkflowEngine, fr
 #: Where the harness looks for the CLI first; then the build script's cache, then PATH.
 ENV_TEMPORAL_BIN = "CODEFORGE_TEMPORAL_BIN"
 VERSIONS_ENV = Path(__file__).resolve().parents[4] / "hack" / "bench" / "versions.env"
-BUILD_HINT = "run `bash hack/bench/build-temporal.sh` (Go from the module proxy, ~5-8 min on 2 cores)"
+BUILD_HINT = "run `bash hack/bench/build-temporal.sh` (Go from the module proxy, up to ~30 min on 2 cores)"
 START_TIMEOUT_S = 60.0
 WORKFLOWS = {"chain": "Chain", "fanout": "FanOut"}
 
