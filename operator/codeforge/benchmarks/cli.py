@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -212,6 +213,9 @@ def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, co
             )
             return 2
         err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every engine's stop() ends its workers and
+        # servers: they run in sessions of their own and would outlive a killed harness.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with tempfile.TemporaryDirectory(prefix="codeforge-wfbench-") as logdir:
             runner = WorkflowRunner(
                 cfg, url, Path(logdir), progress=lambda line: err.print(line, markup=False)

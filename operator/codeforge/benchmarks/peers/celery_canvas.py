@@ -73,14 +73,14 @@ class CeleryCanvas(WorkflowEngine):
         gc.disable()
         deadline = time.monotonic() + READY_TIMEOUT_S
         pending = await self._call(step.delay, {"ready": True})
-        while True:
+        # ready() reads the result key; get(timeout=...) before the worker is up sometimes leaves the
+        # result consumer's pub/sub blocked in a read (its next get() then never returns)
+        while not await self._call(pending.ready):
             self._workers.check_alive()
-            try:
-                await self._call(pending.get, timeout=1)
-                return
-            except celery.exceptions.TimeoutError:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"the Celery worker ran no task in {READY_TIMEOUT_S:g}s") from None
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the Celery worker ran no task in {READY_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.1)
+        await self._call(pending.get, timeout=10)  # opens the result consumer on a finished task
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._client, partial(fn, *args, **kwargs))
