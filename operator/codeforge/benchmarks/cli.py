@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shlex
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -85,21 +88,17 @@ def queue(
     raise typer.Exit(_run(cfg, json_path, redis_url, command))
 
 
-def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
-    import dataclasses
-
+@contextlib.contextmanager
+def _benchmark_redis(
+    err: Console, redis_url: str | None
+) -> Iterator[tuple[str, dict[str, Any], bool] | None]:
+    """(URL, machine facts, whether we started it) of the Redis a benchmark runs on: a private redis-server
+    unless `redis_url` is given; None once the reason it cannot be had is printed."""
     import redis
 
     from codeforge.benchmarks import report
-    from codeforge.benchmarks.queue_bench import BenchConfig, Runner
     from codeforge.queue.errors import QueueConfigError
     from codeforge.testing.redis_server import LocalRedis
-
-    assert isinstance(cfg, BenchConfig)
-    err = Console(stderr=True, highlight=False)
-
-    def progress(line: str) -> None:
-        err.print(line, markup=False)
 
     server: LocalRedis | None = None
     try:
@@ -108,7 +107,8 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
                 server = LocalRedis().start()
             except (QueueConfigError, RuntimeError) as exc:
                 err.print(f"[red]error:[/red] cannot start a private redis-server: {exc}")
-                return 2
+                yield None
+                return
             url = server.url
         else:
             url = redis_url
@@ -119,10 +119,33 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
                 f"[red]error:[/red] cannot reach Redis at {url!r} ({exc}): start it, fix the URL, "
                 "or drop --redis-url to let the benchmark start its own redis-server"
             )
-            return 2
+            yield None
+            return
         err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        yield url, machine, server is not None
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    from codeforge.benchmarks import report
+    from codeforge.benchmarks.queue_bench import BenchConfig, Runner
+
+    assert isinstance(cfg, BenchConfig)
+    err = Console(stderr=True, highlight=False)
+
+    def progress(line: str) -> None:
+        err.print(line, markup=False)
+
+    with _benchmark_redis(err, redis_url) as found:
+        if found is None:
+            return 2
+        url, machine, owns_server = found
         with tempfile.TemporaryDirectory(prefix="codeforge-bench-") as logdir:
-            runner = Runner(cfg, url, owns_server=server is not None, logdir=Path(logdir), progress=progress)
+            runner = Runner(cfg, url, owns_server=owns_server, logdir=Path(logdir), progress=progress)
             rows = asyncio.run(runner.run())
         report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 150))
         if json_path is not None:
@@ -130,9 +153,6 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
             report.write_json(json_path, report.document(machine, command, rows, settings))
             err.print(f"wrote {json_path}")
         return 0
-    finally:
-        if server is not None:
-            server.stop()
 
 
 ALL_ENGINES = "codeforge-embedded,codeforge-redis,celery,temporal,hatchet"
@@ -184,35 +204,15 @@ def workflow(
 def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
     import dataclasses
 
-    import redis
-
     from codeforge.benchmarks import report, workflow_report
     from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig, WorkflowRunner
-    from codeforge.queue.errors import QueueConfigError
-    from codeforge.testing.redis_server import LocalRedis
 
     assert isinstance(cfg, WorkflowBenchConfig)
     err = Console(stderr=True, highlight=False)
-    server: LocalRedis | None = None
-    try:
-        if redis_url is None:
-            try:
-                server = LocalRedis().start()
-            except (QueueConfigError, RuntimeError) as exc:
-                err.print(f"[red]error:[/red] cannot start a private redis-server: {exc}")
-                return 2
-            url = server.url
-        else:
-            url = redis_url
-        try:
-            machine = report.machine_info(url)
-        except (redis.RedisError, ValueError) as exc:
-            err.print(
-                f"[red]error:[/red] cannot reach Redis at {url!r} ({exc}): start it, fix the URL, "
-                "or drop --redis-url to let the benchmark start its own redis-server"
-            )
+    with _benchmark_redis(err, redis_url) as found:
+        if found is None:
             return 2
-        err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        url, machine, _ = found
         # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every engine's stop() ends its workers and
         # servers: they run in sessions of their own and would outlive a killed harness.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -220,13 +220,13 @@ def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, co
             runner = WorkflowRunner(
                 cfg, url, Path(logdir), progress=lambda line: err.print(line, markup=False)
             )
+            # the machine is shared: how busy it was says how far the figures are from a quiet machine's
+            machine["load_average_1m_start"] = round(os.getloadavg()[0], 1)
             rows = asyncio.run(runner.run())
+            machine["load_average_1m_end"] = round(os.getloadavg()[0], 1)
         workflow_report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 170))
         if json_path is not None:
             settings = dataclasses.asdict(cfg)
-            report.write_json(json_path, workflow_report.document(machine, command, rows, settings))
+            report.write_json(json_path, report.document(machine, command, rows, settings))
             err.print(f"wrote {json_path}")
         return 0
-    finally:
-        if server is not None:
-            server.stop()

@@ -1,4 +1,4 @@
-"""`codeforge bench workflow` output: a rich table and the JSON document (machine info from report.py)."""
+"""`codeforge bench workflow` output: a rich table (machine facts and the JSON document: report.py)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,6 @@ def table(rows: Sequence[WorkflowRow], machine: dict[str, Any]) -> Table:
             row.notes,
         )
     return out
-
-
-def document(
-    machine: dict[str, Any], command: str, rows: Sequence[WorkflowRow], settings: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "machine": machine,
-        "command": command,
-        "settings": settings,
-        "results": [row.as_dict() for row in rows],
-    }
 
 
 def print_table(rows: Sequence[WorkflowRow], machine: dict[str, Any], console: Console | None = None) -> None:
