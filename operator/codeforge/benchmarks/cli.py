@@ -18,6 +18,14 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
 
+# The options every `codeforge bench` command takes.
+QuickOption = Annotated[
+    bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
+]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
+RedisUrlOption = Annotated[
+    str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
+]
 ALL_SYSTEMS = "codeforge,codeforge-fast,codeforge-fsync,codeforge-replicated,raw,celery,arq,rq,dramatiq"
 
 
@@ -63,13 +71,9 @@ def queue(
     samples: Annotated[
         int | None, typer.Option(min=1, help="Latency samples per consumer count [300].")
     ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
-    ] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
-    ] = None,
+    quick: QuickOption = False,
+    json_path: JsonOption = None,
+    redis_url: RedisUrlOption = None,
 ) -> None:
     """Enqueue-to-start latency, idle wake-up and throughput: codeforge vs a raw LPUSH/BRPOP floor, peers."""
     from codeforge.benchmarks.queue_bench import BenchConfig
@@ -180,13 +184,9 @@ def workflow(
         int | None,
         typer.Option(min=1, max=100_000, help="Workflows started at once per throughput run [500]."),
     ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
-    ] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
-    ] = None,
+    quick: QuickOption = False,
+    json_path: JsonOption = None,
+    redis_url: RedisUrlOption = None,
 ) -> None:
     """A 3-step chain and a 3-way fan-out + join: codeforge (embedded, Redis) vs Celery, Temporal, Hatchet."""
     from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig
