@@ -131,6 +131,7 @@ def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.slow  # Temporal's dev server and worker start in tens of seconds on 2 busy cores
 def test_temporal_quick_run(tmp_path: Path) -> None:
     from codeforge.benchmarks.peers.temporal_peer import find_cli
 
