@@ -17,7 +17,7 @@ def _register() -> None:
     # Each subcommand group is imported lazily so `codeforge --help` stays fast.
     from codeforge.benchmarks.cli import app as bench_app
 
-    app.add_typer(bench_app, name="bench", help="Benchmarks: queue latency and throughput against peers.")
+    app.add_typer(bench_app, name="bench", help="Benchmarks: queue and workflow engines against peers.")
 
     from codeforge.api.crd_cli import crds_command
 

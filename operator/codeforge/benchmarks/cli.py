@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shlex
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
 
+# The options every `codeforge bench` command takes.
+QuickOption = Annotated[
+    bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
+]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
+RedisUrlOption = Annotated[
+    str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
+]
 ALL_SYSTEMS = "codeforge,codeforge-fast,codeforge-fsync,codeforge-replicated,raw,celery,arq,rq,dramatiq"
 
 
 @app.callback()
 def _bench() -> None:
-    """Benchmarks: queue latency and throughput against peers."""
+    """Benchmarks: queue and workflow-engine latency and throughput against peers."""
 
 
 def _names(value: str) -> list[str]:
@@ -59,13 +71,9 @@ def queue(
     samples: Annotated[
         int | None, typer.Option(min=1, help="Latency samples per consumer count [300].")
     ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Small counts for a smoke test (figures not for publishing).")
-    ] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
-    ] = None,
+    quick: QuickOption = False,
+    json_path: JsonOption = None,
+    redis_url: RedisUrlOption = None,
 ) -> None:
     """Enqueue-to-start latency, idle wake-up and throughput: codeforge vs a raw LPUSH/BRPOP floor, peers."""
     from codeforge.benchmarks.queue_bench import BenchConfig
@@ -84,21 +92,17 @@ def queue(
     raise typer.Exit(_run(cfg, json_path, redis_url, command))
 
 
-def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
-    import dataclasses
-
+@contextlib.contextmanager
+def _benchmark_redis(
+    err: Console, redis_url: str | None
+) -> Iterator[tuple[str, dict[str, Any], bool] | None]:
+    """(URL, machine facts, whether we started it) of the Redis a benchmark runs on: a private redis-server
+    unless `redis_url` is given; None once the reason it cannot be had is printed."""
     import redis
 
     from codeforge.benchmarks import report
-    from codeforge.benchmarks.queue_bench import BenchConfig, Runner
     from codeforge.queue.errors import QueueConfigError
     from codeforge.testing.redis_server import LocalRedis
-
-    assert isinstance(cfg, BenchConfig)
-    err = Console(stderr=True, highlight=False)
-
-    def progress(line: str) -> None:
-        err.print(line, markup=False)
 
     server: LocalRedis | None = None
     try:
@@ -107,7 +111,8 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
                 server = LocalRedis().start()
             except (QueueConfigError, RuntimeError) as exc:
                 err.print(f"[red]error:[/red] cannot start a private redis-server: {exc}")
-                return 2
+                yield None
+                return
             url = server.url
         else:
             url = redis_url
@@ -118,10 +123,33 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
                 f"[red]error:[/red] cannot reach Redis at {url!r} ({exc}): start it, fix the URL, "
                 "or drop --redis-url to let the benchmark start its own redis-server"
             )
-            return 2
+            yield None
+            return
         err.print(f"benchmark Redis: {url} (Redis {machine['redis_version']})")
+        yield url, machine, server is not None
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    from codeforge.benchmarks import report
+    from codeforge.benchmarks.queue_bench import BenchConfig, Runner
+
+    assert isinstance(cfg, BenchConfig)
+    err = Console(stderr=True, highlight=False)
+
+    def progress(line: str) -> None:
+        err.print(line, markup=False)
+
+    with _benchmark_redis(err, redis_url) as found:
+        if found is None:
+            return 2
+        url, machine, owns_server = found
         with tempfile.TemporaryDirectory(prefix="codeforge-bench-") as logdir:
-            runner = Runner(cfg, url, owns_server=server is not None, logdir=Path(logdir), progress=progress)
+            runner = Runner(cfg, url, owns_server=owns_server, logdir=Path(logdir), progress=progress)
             rows = asyncio.run(runner.run())
         report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 150))
         if json_path is not None:
@@ -129,9 +157,6 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
             report.write_json(json_path, report.document(machine, command, rows, settings))
             err.print(f"wrote {json_path}")
         return 0
-    finally:
-        if server is not None:
-            server.stop()
 
 
 @app.command("fairness")
@@ -220,3 +245,76 @@ def _run_fairness(cfg: object, json_path: Path | None, redis_url: str | None, co
         report.write_json(json_path, doc)
         err.print(f"wrote {json_path}")
     return 0
+
+
+ALL_ENGINES = "codeforge-embedded,codeforge-redis,celery,temporal,hatchet"
+
+
+def _engines(value: str) -> list[str]:
+    from codeforge.benchmarks.workflow_bench import ENGINES
+
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown system(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(ENGINES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+@app.command("workflow")
+def workflow(
+    systems: Annotated[str, typer.Option(help="Comma list of engines to measure.")] = ALL_ENGINES,
+    samples: Annotated[
+        int | None, typer.Option(min=1, max=100_000, help="Latency samples per workflow shape [200].")
+    ] = None,
+    workflows: Annotated[
+        int | None,
+        typer.Option(min=1, max=100_000, help="Workflows started at once per throughput run [500]."),
+    ] = None,
+    quick: QuickOption = False,
+    json_path: JsonOption = None,
+    redis_url: RedisUrlOption = None,
+) -> None:
+    """A 3-step chain and a 3-way fan-out + join: codeforge (embedded, Redis) vs Celery, Temporal, Hatchet."""
+    from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig
+
+    names = _engines(systems)
+    cfg = WorkflowBenchConfig.quick(names) if quick else WorkflowBenchConfig(systems=names)
+    if samples is not None:
+        cfg.samples = samples
+    if workflows is not None:
+        cfg.workflows = workflows
+    command = shlex.join(["codeforge", *sys.argv[1:]])
+    raise typer.Exit(_run_workflow(cfg, json_path, redis_url, command))
+
+
+def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, command: str) -> int:
+    import dataclasses
+
+    from codeforge.benchmarks import report, workflow_report
+    from codeforge.benchmarks.workflow_bench import WorkflowBenchConfig, WorkflowRunner
+
+    assert isinstance(cfg, WorkflowBenchConfig)
+    err = Console(stderr=True, highlight=False)
+    with _benchmark_redis(err, redis_url) as found:
+        if found is None:
+            return 2
+        url, machine, _ = found
+        # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every engine's stop() ends its workers and
+        # servers: they run in sessions of their own and would outlive a killed harness.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        with tempfile.TemporaryDirectory(prefix="codeforge-wfbench-") as logdir:
+            runner = WorkflowRunner(
+                cfg, url, Path(logdir), progress=lambda line: err.print(line, markup=False)
+            )
+            # the machine is shared: how busy it was says how far the figures are from a quiet machine's
+            machine["load_average_1m_start"] = round(os.getloadavg()[0], 1)
+            rows = asyncio.run(runner.run())
+            machine["load_average_1m_end"] = round(os.getloadavg()[0], 1)
+        workflow_report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 170))
+        if json_path is not None:
+            settings = dataclasses.asdict(cfg)
+            report.write_json(json_path, report.document(machine, command, rows, settings))
+            err.print(f"wrote {json_path}")
+        return 0
