@@ -1,4 +1,4 @@
--- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms}: a few O(log n) reads.
+-- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms, dead_expired}: a few O(log n) reads.
 local now = now_ms()
 local oldest = now
 for prio = 1, 4 do
@@ -10,4 +10,5 @@ for prio = 1, 4 do
   end
 end
 return {redis.call('ZCARD', P .. 'ready'), redis.call('ZCARD', P .. 'delayed'), redis.call('ZCARD', P .. 'inflight'),
-  redis.call('ZCARD', P .. 'dead'), now - oldest}
+  redis.call('ZCARD', P .. 'dead'), now - oldest,
+  tonumber(redis.call('GET', P .. 'dead_expired') or '0')}
