@@ -45,8 +45,8 @@ def one_line_errors() -> Iterator[None]:
 
 
 def _exit(message: str) -> None:
-    first, *_ = message.strip().splitlines() or ["failed"]
-    typer.echo(f"error: {first}", err=True)
+    # One line, except a manifest's validation report, which lists each field to fix on its own line.
+    typer.echo(f"error: {message.strip() or 'failed'}", err=True)
     raise typer.Exit(EXIT_ERROR)
 
 
