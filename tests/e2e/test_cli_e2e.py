@@ -157,6 +157,28 @@ def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(obj.get("status") or {})
 
 
+# --- a cluster without the CRDs (first: the module's fixtures install them afterwards) -------------------
+
+
+def test_without_the_crds_the_cli_says_how_to_install_them(control_plane: Cluster) -> None:
+    # Module-scoped fixtures of earlier modules are torn down by now; `namespace` below installs them again.
+    control_plane.kubectl(
+        "delete",
+        "crd",
+        "workflows.codeforge.ai",
+        "agentpools.codeforge.ai",
+        "--ignore-not-found",
+        "--timeout=60s",
+    )
+    line = one_error_line(cli(control_plane, "list", ok=False))
+    assert line == (
+        "error: the Workflow resource (workflows.codeforge.ai) is not installed in this cluster: install the "
+        "chart (helm install codeforge helm/codeforge) or kubectl apply -f crds/"
+    )
+    line = one_error_line(cli(control_plane, "pools", "-A", ok=False))
+    assert line.startswith("error: the AgentPool resource (agentpools.codeforge.ai) is not installed"), line
+
+
 # --- Workflows ------------------------------------------------------------------------------------------
 
 
