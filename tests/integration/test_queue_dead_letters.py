@@ -17,11 +17,11 @@ from integration.test_queue_contract import claim_one, pool, queue, queue_url  #
 from support.tasks import make_task
 
 
-async def bury(queue: TaskQueue, pool: str, *names: str) -> None:
+async def bury(target: TaskQueue, pool_name: str, *names: str) -> None:
     for name in names:
-        await queue.enqueue(make_task(pool, name, max_attempts=1, payload={"n": name}, step="build"))
-        lease = await claim_one(queue, pool, f"agent-{name}")
-        assert await queue.fail(lease, f"{name} broke", retryable=True) == TaskState.DEAD
+        await target.enqueue(make_task(pool_name, name, max_attempts=1, payload={"n": name}, step="build"))
+        lease = await claim_one(target, pool_name, f"agent-{name}")
+        assert await target.fail(lease, f"{name} broke", retryable=True) == TaskState.DEAD
 
 
 async def test_a_dead_letter_shows_its_task_error_budgets_and_time_of_death(
@@ -36,7 +36,8 @@ async def test_a_dead_letter_shows_its_task_error_budgets_and_time_of_death(
         "dead-a", TaskState.DEAD, 1, "agent-dead-a",
     )  # fmt: skip
     assert letter.error is not None
-    assert letter.error.startswith("dead-a broke") and HANDLER_BUDGET_SPENT in letter.error
+    assert letter.error.startswith("dead-a broke")
+    assert HANDLER_BUDGET_SPENT in letter.error
     assert letter.task is not None
     assert (letter.task.payload, letter.task.step) == ({"n": "dead-a"}, "build")
     assert (letter.failures, letter.lost_leases) == (1, 0)
