@@ -31,7 +31,7 @@ from codeforge.cli.options import (
 )
 from codeforge.cli.redis_access import RedisUrl, resolve_url, with_queue
 from codeforge.queue import TaskQueue
-from codeforge.queue.base import MAX_DEAD_LETTERS_PAGE
+from codeforge.queue.base import MAX_DEAD_LETTERS_PAGE, MAX_PURGE_IDS
 
 Pool = Annotated[str, typer.Argument(help="The AgentPool's name.", show_default=False)]
 TaskIds = Annotated[list[str] | None, typer.Argument(help="Task ids (none: every dead letter of the pool).")]
@@ -116,7 +116,9 @@ def pools_table(
     return render.table(headers, rows)
 
 
-def _queue_of(kube: Kube, pool: str) -> str:
+def _queue_of(kube: Kube, pool: str, tasks: list[str] | None = None) -> str:
+    if tasks and len(tasks) > MAX_PURGE_IDS:
+        raise CliError(f"name at most {MAX_PURGE_IDS} tasks at once (got {len(tasks)}), or none for all")
     kube.get(agentpool.PLURAL, pool)  # a typo gets "AgentPool 'x' not found", not an empty list
     return pool_queue_name(kube.namespace, pool)
 
@@ -232,7 +234,7 @@ def dlq_requeue(
 ) -> None:
     """Put dead letters back in the queue with fresh retry budgets (all of the pool's when none is named)."""
     kube = connect(kubeconfig, context, namespace)
-    queue_name = _queue_of(kube, pool)
+    queue_name = _queue_of(kube, pool, tasks)
     url = resolve_url(redis_url, kube)
     if not tasks:
         count = with_queue(url, lambda q: _dead_count(q, queue_name))
@@ -267,7 +269,7 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters for good (all of the pool's when none is named); asks first."""
     kube = connect(kubeconfig, context, namespace)
-    queue_name = _queue_of(kube, pool)
+    queue_name = _queue_of(kube, pool, tasks)
     url = resolve_url(redis_url, kube)
     count = len(tasks) if tasks else with_queue(url, lambda q: _dead_count(q, queue_name))
     if not count:
