@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from codeforge.cli.kube import Kube, Target
+from codeforge.cli import render
+from codeforge.cli.kube import JSON, Kube, Target
 
 
 class OutputFormat(enum.StrEnum):
@@ -34,3 +35,15 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 
 def connect(kubeconfig: str | None, context: str | None, namespace: str | None) -> Kube:
     return Kube.connect(Target(kubeconfig=kubeconfig, context=context, namespace=namespace))
+
+
+def shown_as_list(objs: list[JSON], output: OutputFormat, what: str, namespace: str | None) -> bool:
+    """-o json|yaml prints a List (as kubectl does), and nothing found says so on stderr: True when done."""
+    if output in (OutputFormat.JSON, OutputFormat.YAML):
+        render.emit({"apiVersion": "v1", "kind": "List", "items": objs}, render.Output(output.value))
+        return True
+    if not objs:
+        where = "any namespace" if namespace is None else f"namespace {namespace!r}"
+        typer.echo(f"No {what} in {where}.", err=True)
+        return True
+    return False

@@ -28,6 +28,7 @@ from codeforge.cli.options import (
     OutputFormat,
     Yes,
     connect,
+    shown_as_list,
 )
 from codeforge.cli.redis_access import RedisUrl, resolve_url, with_queue
 from codeforge.queue import TaskQueue
@@ -61,12 +62,7 @@ def pools_command(
     """AgentPools: replicas, queue depth, in flight, busy and idle agents, dead letters."""
     kube = connect(kubeconfig, context, namespace)
     objs = kube.list_objects(agentpool.PLURAL, None if all_namespaces else kube.namespace)
-    if output in (OutputFormat.JSON, OutputFormat.YAML):
-        render.emit({"apiVersion": "v1", "kind": "List", "items": objs}, render.Output(output.value))
-        return
-    if not objs:
-        where = "any namespace" if all_namespaces else f"namespace {kube.namespace!r}"
-        typer.echo(f"No AgentPools in {where}.", err=True)
+    if shown_as_list(objs, output, "AgentPools", None if all_namespaces else kube.namespace):
         return
     expired: dict[str, int] | None = None
     if redis_url:
@@ -233,14 +229,11 @@ def dlq_requeue(
     context: Context = None,
 ) -> None:
     """Put dead letters back in the queue with fresh retry budgets (all of the pool's when none is named)."""
-    kube = connect(kubeconfig, context, namespace)
-    queue_name = _queue_of(kube, pool, tasks)
-    url = resolve_url(redis_url, kube)
+    target = _dlq_target(pool, tasks, namespace, redis_url, kubeconfig, context)
+    if target is None:
+        return
+    queue_name, url, count = target
     if not tasks:
-        count = with_queue(url, lambda q: _dead_count(q, queue_name))
-        if not count:
-            typer.echo(f"no dead letters in pool {queue_name}")
-            return
         confirm(f"Requeue all {count} dead letter(s) of pool {queue_name}?", yes)
 
     async def requeue(queue: TaskQueue) -> tuple[int, list[str]]:
@@ -268,13 +261,10 @@ def dlq_purge(
     context: Context = None,
 ) -> None:
     """Delete dead letters for good (all of the pool's when none is named); asks first."""
-    kube = connect(kubeconfig, context, namespace)
-    queue_name = _queue_of(kube, pool, tasks)
-    url = resolve_url(redis_url, kube)
-    count = len(tasks) if tasks else with_queue(url, lambda q: _dead_count(q, queue_name))
-    if not count:
-        typer.echo(f"no dead letters in pool {queue_name}")
+    target = _dlq_target(pool, tasks, namespace, redis_url, kubeconfig, context)
+    if target is None:
         return
+    queue_name, url, count = target
     what = f"{count} named dead letter(s)" if tasks else f"all {count} dead letter(s)"
     confirm(f"Delete {what} of pool {queue_name} for good?", yes)
 
@@ -295,8 +285,29 @@ def dlq_purge(
         raise CliError(f"{len(tasks) - removed} of the named tasks were not in the dead-letter queue")
 
 
-async def _dead_count(queue: TaskQueue, queue_name: str) -> int:
-    return (await queue.stats(queue_name)).dead
+def _dlq_target(
+    pool: str,
+    tasks: list[str] | None,
+    namespace: str | None,
+    redis_url: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+) -> tuple[str, str, int] | None:
+    """(queue name, Redis URL, how many tasks the command is about); None when the pool has no dead letter."""
+    kube = connect(kubeconfig, context, namespace)
+    queue_name = _queue_of(kube, pool, tasks)
+    url = resolve_url(redis_url, kube)
+    if tasks:
+        return queue_name, url, len(tasks)
+
+    async def count(queue: TaskQueue) -> int:
+        return (await queue.stats(queue_name)).dead
+
+    dead = with_queue(url, count)
+    if not dead:
+        typer.echo(f"no dead letters in pool {queue_name}")
+        return None
+    return queue_name, url, dead
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ from codeforge.cli.options import (
     Output,
     OutputFormat,
     connect,
+    shown_as_list,
 )
 
 WF = workflow.PLURAL
@@ -50,12 +51,7 @@ def list_command(
     """Workflows with their phase, progress, age and duration."""
     kube = connect(kubeconfig, context, namespace)
     objs = kube.list_objects(WF, None if all_namespaces else kube.namespace)
-    if output in (OutputFormat.JSON, OutputFormat.YAML):
-        render.emit({"apiVersion": "v1", "kind": "List", "items": objs}, render.Output(output.value))
-        return
-    if not objs:
-        where = "any namespace" if all_namespaces else f"namespace {kube.namespace!r}"
-        typer.echo(f"No Workflows in {where}.", err=True)
+    if shown_as_list(objs, output, "Workflows", None if all_namespaces else kube.namespace):
         return
     typer.echo(
         workflow_view.list_table(objs, all_namespaces=all_namespaces, wide=output is OutputFormat.WIDE)
