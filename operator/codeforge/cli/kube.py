@@ -188,6 +188,7 @@ class Kube:
     ) -> Iterator[JSON]:
         """Each new version of one object, as the API server pushes them (no polling), for `seconds`."""
         from kubernetes import watch as kube_watch
+        from kubernetes.client.exceptions import ApiException
 
         watcher: Any = kube_watch.Watch()  # type: ignore[no-untyped-call]
         stream = watcher.stream(
@@ -196,12 +197,16 @@ class Kube:
             timeout_seconds=seconds, _request_timeout=(REQUEST_TIMEOUT[0], seconds + 5),
         )  # fmt: skip
         with self.calling(plural, name, namespace):
-            for event in stream:
-                if event.get("type") == "DELETED":
-                    raise NotFound(f"{KINDS.get(plural, plural)} {name!r} was deleted")
-                obj = event.get("object")
-                if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED"):
-                    yield obj
+            try:
+                for event in stream:
+                    if event.get("type") == "DELETED":
+                        raise NotFound(f"{KINDS.get(plural, plural)} {name!r} was deleted")
+                    obj = event.get("object")
+                    if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED"):
+                        yield obj
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: our version is too old to watch from; the caller re-reads
+                    raise
 
     # -- core objects ----------------------------------------------------------------------------------
 
