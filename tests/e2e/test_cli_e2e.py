@@ -256,13 +256,15 @@ def test_watch_redraws_in_place_on_a_terminal(
     assert any("● " in frame for frame in frames), "a frame while a step ran"
 
 
-def run_on_terminal(argv: Sequence[str], env: dict[str, str], timeout: float = 90) -> str:
-    """Run a command with a pseudo-terminal as its stdout and return all it wrote (exit 0 required)."""
+def run_on_terminal(
+    argv: Sequence[str], env: dict[str, str], *, typed: str = "", exit_code: int = 0, timeout: float = 90
+) -> str:
+    """Run a command on a pseudo-terminal (its stdin and stdout), type `typed`, and return all it wrote."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        argv, env=env, stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
+    process = subprocess.Popen(argv, env=env, stdout=follower, stderr=subprocess.PIPE, stdin=follower)
     os.close(follower)
+    if typed:
+        os.write(leader, typed.encode())
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
@@ -278,7 +280,7 @@ def run_on_terminal(argv: Sequence[str], env: dict[str, str], timeout: float = 9
                 chunks.append(data)
             elif process.poll() is not None:
                 break
-        assert process.wait(timeout=10) == 0, process.stderr.read() if process.stderr else ""
+        assert process.wait(timeout=10) == exit_code, process.stderr.read() if process.stderr else ""
     finally:
         if process.poll() is None:
             process.kill()
@@ -389,6 +391,11 @@ async def test_pools_and_the_dead_letter_queue(
     refused = one_error_line(cli(control_plane, "dlq", "purge", "idle", "-n", namespace, env=env, ok=False))
     assert "refusing without confirmation" in refused
     assert "pass --yes" in refused
+    assert (await queue.stats(pool)).dead == 3
+    # On a terminal it asks; "n" changes nothing.
+    argv = [str(VENV_BIN / "codeforge"), "dlq", "purge", "idle", "-n", namespace]
+    asked = run_on_terminal(argv, env, typed="n\n", exit_code=1)
+    assert f"Delete all 3 dead letter(s) of pool {pool} for good? [y/N]" in asked
     assert (await queue.stats(pool)).dead == 3
 
     assert (
