@@ -339,6 +339,113 @@ def test_a_failed_workflow_watches_to_exit_3_and_is_retried(
     assert line == "error: Workflow 'fine' is Succeeded: only a Failed Workflow can be retried"
 
 
+# --- logs ---------------------------------------------------------------------------------------------
+
+
+class KubeletLogs:
+    """The log endpoint of a kubelet (`/containerLogs/NS/POD/CONTAINER`, HTTPS) serving one agent's log file.
+
+    Pods never run on the local control plane; this node's "kubelet" hands the API server the log a real
+    `codeforge-agent` process wrote, so `codeforge logs` goes the whole way a cluster's does: the CLI asks the
+    API server for pods/log, which connects to the node's kubelet endpoint."""
+
+    def __init__(self, log_file: Path, tls: tuple[Path, Path, Path]) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        source = log_file
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the name http.server calls
+                if not self.path.startswith("/containerLogs/"):
+                    self.send_error(404)
+                    return
+                body = source.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_logs_show_the_agents_lines_about_one_workflow(
+    control_plane: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    agents: dict[str, AgentProcess],
+    tls_files: tuple[Path, Path, Path],
+) -> None:
+    control_plane.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=dump([sleep_workflow("logged", "sleepy", ["fetch", "parse"], 0)]),
+    )
+    wait_until(lambda: status_of(control_plane, namespace, "logged").get("phase") == "Succeeded", timeout=60)
+    uid = control_plane.kubectl_json("get", "workflow", "logged", "-n", namespace)["metadata"]["uid"]
+
+    kubelet = KubeletLogs(agents["sleepy"].log_path, tls_files)
+    node, pod = f"cli-logs-{namespace}", "sleepy-agent-logs"
+    try:
+        control_plane.kubectl(
+            "apply", "-f", "-", input=dump([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}])
+        )
+        control_plane.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge", "-p",
+            json.dumps({"status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}},
+            }}),
+        )  # fmt: skip
+        control_plane.kubectl(
+            "apply", "-n", namespace, "-f", "-",
+            input=dump([{
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "labels": {"codeforge.ai/pool": "sleepy"}},
+                "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "registry.invalid/a"}]},
+            }]),
+        )  # fmt: skip
+        every = cli(control_plane, "logs", "logged", "-n", namespace)
+        mine = [line for line in every.stdout.splitlines() if line.startswith(f"{pod} ")]
+        claimed = [line for line in mine if " claimed " in line]
+        assert [re.search(r" step=(\S+)", line).group(1) for line in claimed] == ["fetch", "parse"], every  # type: ignore[union-attr]
+        assert all(f"workflow={uid}" in line for line in mine), "only the lines about this Workflow"
+        other_runs = [
+            line for line in agents["sleepy"].log().splitlines() if "workflow=" in line and uid not in line
+        ]
+        assert other_runs, "the agent's log holds other Workflows' lines too (the filter is tested)"
+
+        one_step = cli(control_plane, "logs", "logged", "parse", "-n", namespace).stdout
+        steps = set(re.findall(r" step=(\S+)", one_step))
+        assert steps == {"parse"}, one_step
+    finally:
+        control_plane.kubectl(
+            "delete", "pod", pod, "-n", namespace, "--grace-period=0", "--force", check=False
+        )
+        control_plane.kubectl("delete", "node", node, check=False)
+        kubelet.close()
+    line = one_error_line(cli(control_plane, "logs", "logged", "nope", "-n", namespace, ok=False))
+    assert line == "error: Workflow 'logged' has no step 'nope' (steps: fetch, parse)"
+
+
 # --- AgentPools and dead letters --------------------------------------------------------------------------
 
 
