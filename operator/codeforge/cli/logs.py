@@ -17,10 +17,7 @@ import typer
 from codeforge.api import workflow
 from codeforge.cli.errors import CliError, guarded
 from codeforge.cli.options import Context, Kubeconfig, Namespace, connect
-
-#: The agent container's name (`controller.builders.CONTAINER_NAME`) and its pods' pool label.
-AGENT_CONTAINER = "agent"
-POOL_LABEL = "codeforge.ai/pool"
+from codeforge.controller.agentpool.builders import CONTAINER_NAME, POOL_LABEL
 
 
 def _fields_of_text(line: str) -> dict[str, str]:
@@ -83,7 +80,7 @@ def logs_command(
         for pod in kube.pods(pool_ns, {POOL_LABEL: pool_name}):
             pod_name = pod["metadata"]["name"]
             try:
-                text = kube.pod_log(pool_ns, pod_name, AGENT_CONTAINER)
+                text = kube.pod_log(pool_ns, pod_name, CONTAINER_NAME)
             except CliError as exc:  # a pod not started yet, or gone: say so and read the others
                 typer.echo(f"{pod_name}: no log ({exc})", err=True)
                 continue

@@ -169,7 +169,7 @@ def retry_command(
     name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
 ) -> None:
     """Retry a Failed Workflow from its failed step (the steps that succeeded keep their results)."""
-    from codeforge.controller.workflow_retry import RETRY_ANNOTATION
+    from codeforge.controller.workflow.retry import RETRY_ANNOTATION
 
     kube = connect(kubeconfig, context, namespace)
     obj = kube.get(WF, name)
