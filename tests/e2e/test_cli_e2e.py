@@ -28,7 +28,7 @@ from codeforge.queue import TaskQueue
 from codeforge.testing.redis_server import LocalRedis
 from support.tasks import make_task
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(900)]
 
 #: Pools of this module: `sleepy` steps take a while, `failing` steps fail (a command exiting 3), nobody
 #: serves `idle` (its dead letters are made by the test itself, acting as a failing agent).
@@ -99,7 +99,7 @@ def cli_env(cluster: Cluster, **extra: str) -> dict[str, str]:
 
 
 def cli(
-    cluster: Cluster, *args: str, ok: bool = True, env: dict[str, str] | None = None, timeout: float = 120
+    cluster: Cluster, *args: str, ok: bool = True, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     """`codeforge ARGS` as a user runs it (stdin not a terminal); by default it must exit 0."""
     result = subprocess.run(
@@ -232,7 +232,7 @@ def test_submit_watches_the_run_then_list_and_get_show_it(
     # The kubectl plugin: kubectl finds `kubectl-codeforge` on the PATH and hands it the arguments.
     plugin = subprocess.run(
         [str(control_plane.kubectl_path), "codeforge", "get", "shipped", "-n", namespace],
-        env=cli_env(control_plane), capture_output=True, text=True, timeout=60, check=False,
+        env=cli_env(control_plane), capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert plugin.returncode == 0, plugin.stderr
     assert "Phase:       Succeeded" in plugin.stdout

@@ -170,3 +170,15 @@ def test_the_kubectl_plugin_entry_point_is_the_same_cli() -> None:
         "run",
     ):
         assert f" {command} " in out, command
+
+
+def test_the_names_the_cli_repeats_match_their_sources() -> None:
+    # The CLI repeats a few names instead of importing the operator (Kopf, LangGraph) or the CEL library.
+    from codeforge.api import workflow
+    from codeforge.cli import kube, logs, workflows
+    from codeforge.controller.agentpool.builders import CONTAINER_NAME, POOL_LABEL
+    from codeforge.controller.workflow.retry import RETRY_ANNOTATION
+
+    assert (kube.WORKFLOWS, kube.WORKFLOW_KIND) == (workflow.PLURAL, workflow.KIND)
+    assert (logs.CONTAINER_NAME, logs.POOL_LABEL) == (CONTAINER_NAME, POOL_LABEL)
+    assert workflows.RETRY_ANNOTATION == RETRY_ANNOTATION

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
-from codeforge.api import agentpool, workflow
+from codeforge.api import agentpool
 from codeforge.cli.errors import CliError
 
 JSON = dict[str, Any]
@@ -19,7 +19,11 @@ GROUP: Final = agentpool.GROUP
 VERSION: Final = agentpool.VERSION
 #: (connect, read) seconds per request: an unreachable API server fails fast instead of hanging.
 REQUEST_TIMEOUT: Final = (5, 30)
-KINDS: Final = {workflow.PLURAL: workflow.KIND, agentpool.PLURAL: agentpool.KIND}
+#: `codeforge.api.workflow.PLURAL` and `KIND`, repeated: that module loads the CEL library, which takes
+#: seconds to import, and the CLI only needs the names (a unit test compares them).
+WORKFLOWS: Final = "workflows"
+WORKFLOW_KIND: Final = "Workflow"
+KINDS: Final = {WORKFLOWS: WORKFLOW_KIND, agentpool.PLURAL: agentpool.KIND}
 INSTALL_HINT: Final = "install the chart (helm install codeforge helm/codeforge) or kubectl apply -f crds/"
 
 

@@ -14,10 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from codeforge.api import workflow
 from codeforge.cli.errors import CliError, guarded
+from codeforge.cli.kube import WORKFLOWS
 from codeforge.cli.options import Context, Kubeconfig, Namespace, connect
-from codeforge.controller.agentpool.builders import CONTAINER_NAME, POOL_LABEL
+
+#: The agent container and its pods' pool label (`controller.agentpool.builders`; importing the controller
+#: would load Kopf and LangGraph into every CLI call, so the values are repeated, and a unit test compares).
+CONTAINER_NAME = "agent"
+POOL_LABEL = "codeforge.ai/pool"
 
 
 def _fields_of_text(line: str) -> dict[str, str]:
@@ -66,7 +70,7 @@ def logs_command(
 ) -> None:
     """The agents' log lines about a Workflow's tasks (of one step), from the pods of its pools."""
     kube = connect(kubeconfig, context, namespace)
-    obj = kube.get(workflow.PLURAL, name)
+    obj = kube.get(WORKFLOWS, name)
     run_id = obj["metadata"]["uid"]
     steps = (obj.get("spec") or {}).get("steps") or []
     if step is not None and step not in {s.get("name") for s in steps}:

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 import typer
 
-from codeforge.api import agentpool, workflow
+from codeforge.api import agentpool
 from codeforge.api.agentpool import pool_queue_name
 from codeforge.api.task import DeadLetter, QueueStats
 from codeforge.cli import render
 from codeforge.cli.errors import CliError, guarded
-from codeforge.cli.kube import Kube
+from codeforge.cli.kube import WORKFLOWS, Kube
 from codeforge.cli.options import (
     AllNamespaces,
     Context,
@@ -121,10 +121,7 @@ def _queue_of(kube: Kube, pool: str, tasks: list[str] | None = None) -> str:
 
 def _workflow_names(kube: Kube) -> dict[str, str]:
     """Workflow uid -> name in this namespace (task ids and dead letters carry the uid)."""
-    return {
-        o["metadata"]["uid"]: o["metadata"]["name"]
-        for o in kube.list_objects(workflow.PLURAL, kube.namespace)
-    }
+    return {o["metadata"]["uid"]: o["metadata"]["name"] for o in kube.list_objects(WORKFLOWS, kube.namespace)}
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from codeforge.api import agentpool, workflow
+from codeforge.api import agentpool
 from codeforge.cli import render, workflow_view
 from codeforge.cli.errors import EXIT_WORKFLOW_FAILED, CliError, guarded
-from codeforge.cli.kube import Kube
+from codeforge.cli.kube import WORKFLOW_KIND, WORKFLOWS, Kube
 from codeforge.cli.options import (
     AllNamespaces,
     Context,
@@ -30,7 +30,7 @@ from codeforge.cli.options import (
     shown_as_list,
 )
 
-WF = workflow.PLURAL
+WF = WORKFLOWS
 Name = Annotated[str, typer.Argument(help="The Workflow's name.", show_default=False)]
 Timeout = Annotated[
     float, typer.Option("--timeout", help="Give up watching after this many seconds (0: never).", min=0)
@@ -38,6 +38,8 @@ Timeout = Annotated[
 #: A watch request lasts at most this long; the loop re-reads the object and opens the next one.
 WATCH_WINDOW = 60
 CLEAR = "\x1b[H\x1b[2J"
+#: `controller.workflow.retry.RETRY_ANNOTATION` (repeated: the controller loads Kopf; a unit test compares).
+RETRY_ANNOTATION = "codeforge.ai/retry"
 
 
 @guarded
@@ -155,7 +157,7 @@ def submit_command(
             kube.apply(agentpool.PLURAL, doc, target)
             typer.echo(f"agentpool.{agentpool.GROUP}/{doc['metadata']['name']} applied", err=True)
     for doc in documents:
-        if doc.get("kind") == workflow.KIND:
+        if doc.get("kind") == WORKFLOW_KIND:
             target = doc.get("metadata", {}).get("namespace") or kube.namespace
             created = kube.create(WF, doc, target)
             typer.echo(f"workflow.{agentpool.GROUP}/{created['metadata']['name']} created", err=True)
@@ -169,8 +171,6 @@ def retry_command(
     name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
 ) -> None:
     """Retry a Failed Workflow from its failed step (the steps that succeeded keep their results)."""
-    from codeforge.controller.workflow.retry import RETRY_ANNOTATION
-
     kube = connect(kubeconfig, context, namespace)
     obj = kube.get(WF, name)
     current = workflow_view.phase(obj)
