@@ -21,6 +21,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    # A callback keeps `codeforge` a group of commands even when a call builds only one of them (Typer
+    # would otherwise make a lone command the program itself).
+    return None
+
+
 def _bench() -> None:
     from codeforge.benchmarks.cli import app as bench_app
 
