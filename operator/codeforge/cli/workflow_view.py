@@ -119,7 +119,7 @@ def describe(obj: JSON, now: float | None = None) -> str:
     if st.get("message"):
         lines.append(f"Message:     {render.clip(st['message'], 200)}")
     for cond in st.get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") not in ("Ready", "Succeeded", "Running"):
+        if cond.get("status") == "True" and cond.get("type") not in ("Ready", "Succeeded", "Running", "Finished"):
             lines.append(
                 f"Condition:   {cond.get('type')} ({cond.get('reason')}): "
                 + render.clip(cond.get("message"), 160)
