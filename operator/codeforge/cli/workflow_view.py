@@ -9,6 +9,8 @@ from codeforge.cli import render
 
 JSON = dict[str, Any]
 FINISHED = ("Succeeded", "Failed", "Cancelled")
+#: Conditions the phase already says; the others (Degraded, Invalid, ...) are shown.
+QUIET_CONDITIONS = ("Ready", "Succeeded", "Running", "Finished")
 ICONS = {"Succeeded": "✔", "Failed": "✖", "Cancelled": "⊘", "Running": "●", "Retrying": "↻", "Pending": "◷"}
 
 
@@ -119,7 +121,7 @@ def describe(obj: JSON, now: float | None = None) -> str:
     if st.get("message"):
         lines.append(f"Message:     {render.clip(st['message'], 200)}")
     for cond in st.get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") not in ("Ready", "Succeeded", "Running", "Finished"):
+        if cond.get("status") == "True" and cond.get("type") not in QUIET_CONDITIONS:
             lines.append(
                 f"Condition:   {cond.get('type')} ({cond.get('reason')}): "
                 + render.clip(cond.get("message"), 160)
