@@ -445,6 +445,15 @@ class TaskOutcome(BaseModel):
         return hash((self.id, self.pool, self.state, self.attempts))
 
 
+class DeadLetter(TaskOutcome):
+    """A task in the dead-letter queue: its outcome, the task as it was enqueued, and when it died."""
+
+    task: Task | None = Field(default=None, description="The task as enqueued (None if its record is torn).")
+    died_at: float = Field(default=0.0, description="Unix time it entered the dead-letter queue.")
+    failures: int = Field(default=0, description="Retryable handler failures spent (max_attempts budget).")
+    lost_leases: int = Field(default=0, description="Lost leases spent (max_lost_leases budget).")
+
+
 class QueueStats(BaseModel):
     """Per-pool figures that drive autoscaling and metrics; each is an O(1) / O(log n) read."""
 
@@ -458,4 +467,7 @@ class QueueStats(BaseModel):
     oldest_age_seconds: float = Field(
         description="How long the oldest ready task has waited since it last became ready (enqueue, retry "
         "due, hand-back), 0 when none waits."
+    )
+    dead_expired: int = Field(
+        default=0, description="Dead letters removed so far because they outlived the retention."
     )

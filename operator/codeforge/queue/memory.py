@@ -15,10 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
 from codeforge.queue.base import (
+    DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     Lease,
     check_max_tasks,
+    check_page,
+    check_purge_ids,
+    check_retention,
     claim_lease_ms,
     handler_budget_spent,
     lost_lease_backoff,
@@ -50,6 +54,17 @@ class _Record:
     fair_key: str = ""  # the key it is filed under (its own, or the overflow key)
     holds_slot: bool = False  # its lease counts against its key's max_concurrency
 
+    died_at: float = 0.0
+
+    def dead_letter(self) -> DeadLetter:
+        return DeadLetter(
+            **self.outcome().model_dump(),
+            task=self.task,
+            died_at=self.died_at,
+            failures=self.failures,
+            lost_leases=self.lost,
+        )
+
     def outcome(self, *, notified: bool = False) -> TaskOutcome:
         finished = self.finished_at if self.state.terminal else None
         run = None
@@ -79,12 +94,14 @@ class _Pool:
     claimers: deque[asyncio.Future[None]] = field(default_factory=deque)
     watchers: dict[str, list[asyncio.Future[TaskOutcome]]] = field(default_factory=dict)
     consumers: dict[str, tuple[str, float]] = field(default_factory=dict)
+    dead_expired: int = 0
 
 
 class MemoryTaskQueue:
     """TaskQueue kept in this process's memory; nothing survives the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dead_letter_retention: float = DEFAULT_DEAD_LETTER_RETENTION_SECONDS) -> None:
+        self.dead_letter_retention = check_retention(dead_letter_retention)
         self._pools: dict[str, _Pool] = {}
         self._seq = itertools.count(1)
         self._closed = False
@@ -241,6 +258,7 @@ class MemoryTaskQueue:
     def _bury(self, pool: _Pool, record: _Record, error: str) -> TaskState:
         record.state = TaskState.DEAD
         record.error = error
+        record.died_at = time.time()
         pool.dead[record.task.id] = record
         self._settle(pool, record)
         return TaskState.DEAD
@@ -401,10 +419,38 @@ class MemoryTaskQueue:
             in_flight=len(state.in_flight),
             dead=len(state.dead),
             oldest_age_seconds=max(now - oldest, 0.0),
+            dead_expired=state.dead_expired,
         )
 
-    async def dead_letters(self, pool: str, limit: int = 100) -> list[TaskOutcome]:
-        return [r.outcome() for r in list(self._pool(pool).dead.values())[:limit]]
+    async def dead_letters(self, pool: str, limit: int = 100) -> list[DeadLetter]:
+        check_page(limit)
+        return [r.dead_letter() for r in list(self._pool(pool).dead.values())[:limit]]
+
+    async def dead_letter(self, pool: str, task_id: str) -> DeadLetter | None:
+        record = self._pool(pool).dead.get(task_id)
+        return record.dead_letter() if record else None
+
+    async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        state = self._pool(pool)
+        removed = 0
+        for task_id in check_purge_ids(task_ids):
+            if state.dead.pop(task_id, None) is not None:
+                del state.records[task_id]
+                removed += 1
+        return removed
+
+    def _expire_dead(self, pool: _Pool, now: float) -> None:
+        """Dead letters older than the retention go (insertion order is death order: oldest first)."""
+        if not self.dead_letter_retention:
+            return
+        cutoff = now - self.dead_letter_retention
+        while pool.dead:
+            task_id, record = next(iter(pool.dead.items()))
+            if record.died_at > cutoff:
+                return
+            del pool.dead[task_id]
+            del pool.records[task_id]
+            pool.dead_expired += 1
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
         state = self._pool(pool)
@@ -420,6 +466,7 @@ class MemoryTaskQueue:
         state = self._pool(pool)
         count = self._expire(state, time.time())
         self._promote(state, time.time())
+        self._expire_dead(state, time.time())
         return count
 
     async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:

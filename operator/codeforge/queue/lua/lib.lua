@@ -2,6 +2,7 @@
 -- script touches starts with it, so all of them hash to one Redis Cluster slot.
 -- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
+-- dead_expired (counter of dead letters removed past their retention),
 -- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error, and for the two
 -- budgets: fails (retryable handler failures), lost (lost leases), maxlost, lostbk (backoff ms), hold (this
 -- claim's lease ms); for the metrics, all by the server's clock: rdy (ms it last became ready to claim), clm
