@@ -61,6 +61,9 @@ class RunContext:
     first: dict[str, TaskOutcome] = field(default_factory=dict)
     #: The Workflow's name ({{workflow}} in spec.workspace.git.pushBranch); default: the run id
     name: str = ""
+    #: "step#visit/part" -> monotonic time the step was routed to (became ready), for the dispatch latency;
+    #: in-process only (a step resumed from a checkpoint has none and reports no latency)
+    ready: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -154,6 +157,7 @@ class StepDispatcher:
                 }
             self.ctx.outstanding[tid] = step.pool
             created = await self.queue.enqueue(task)
+            ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
             self.ctx.emit(
                 ProgressEvent(
                     EventKind.TASK_DISPATCHED,
@@ -163,6 +167,7 @@ class StepDispatcher:
                     attempt,
                     tid,
                     "queued" if created else "reattached",
+                    latency=None if ready is None or attempt else time.monotonic() - ready,
                 )
             )
             # Not in a `finally`: when the run is cancelled mid-wait the task stays listed, so the runner
