@@ -84,6 +84,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def waiting_seconds(pid: int) -> float:
+    """Time the operator's main thread (its event loop) was runnable but waiting for a CPU
+    (/proc/PID/schedstat): on a loaded machine, how much of the window the machine, not the operator,
+    decided."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 class RssSampler(threading.Thread):
     """The peak RSS of a process, sampled every `every` seconds until stopped."""
 
@@ -179,6 +186,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 sampler.start()
                 api_before = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
+                wait_before = waiting_seconds(operator.pid)
                 progress(f"{count}: creating Workflows")
                 create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.threads)
                 created_at = time.monotonic()
@@ -187,6 +195,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     lambda: queue_depth(redis.url, pool) >= count, args.timeout, "every Workflow started"
                 )
                 cpu_start = cpu_seconds(operator.pid) - cpu_before
+                waited_start = waiting_seconds(operator.pid) - wait_before
                 rss_started = rss_mib(operator.pid)
                 start_dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
                 progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
@@ -217,6 +226,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                         agent.stop(grace=10)
                 window = done_at - t0
                 cpu = cpu_seconds(operator.pid) - cpu_before
+                waited = waiting_seconds(operator.pid) - wait_before
                 api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
                 sampler.halt.set()
@@ -239,6 +249,10 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "rss_peak_mib": round(sampler.peak, 1),
                     "cpu_percent_start": round(cpu_start / (started_at - t0) * 100, 1),
                     "cpu_percent_overall": round(cpu / window * 100, 1),
+                    "cpu_ms_per_workflow_start": round(cpu_start / count * 1000, 1),
+                    "cpu_ms_per_workflow_overall": round(cpu / count * 1000, 1),
+                    "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
+                    "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
                     "create_seconds": round(created_at - t0, 1),
                     "start_seconds": round(started_at - t0, 1),
                     "start_rate_per_s": round(count / (started_at - t0), 1),
@@ -275,6 +289,16 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "operator CPU, start / overall (% of a core)",
             lambda r: f"{r['cpu_percent_start']} / {r['cpu_percent_overall']}",
+            "",
+        ),
+        (
+            "operator CPU per Workflow, start / overall (ms)",
+            lambda r: f"{r['cpu_ms_per_workflow_start']} / {r['cpu_ms_per_workflow_overall']}",
+            "",
+        ),
+        (
+            "operator loop runnable but waiting for a CPU, start / overall (%)",
+            lambda r: f"{r['waiting_for_cpu_percent_start']} / {r['waiting_for_cpu_percent_overall']}",
             "",
         ),
         ("create / start all (s)", lambda r: f"{r['create_seconds']} / {r['start_seconds']}", ""),
