@@ -39,7 +39,7 @@ RESULT_NOTIFICATION_SECONDS: Final = Histogram(
 STEP_DISPATCH_SECONDS: Final = Histogram(
     "codeforge_workflow_step_dispatch_latency_seconds",
     "A step became ready (its predecessor joined, or the run began) -> its task's enqueue returned.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 AGENT_BUSY_SECONDS: Final = Counter(
     "codeforge_workflow_agent_busy_seconds",
