@@ -48,11 +48,13 @@ from kubernetes import config as k8s_config
 from cluster import Cluster, LocalControlPlane
 from cluster.metrics import (
     bucket_delta,
+    cpu_seconds,
     gauge_values,
     histogram_buckets,
     quantile,
     rate_by_key,
     request_counts,
+    rss_mib,
 )
 from cluster.processes import AgentProcess, OperatorProcess
 from cluster.resources import install_crds, sleep_workflow, temporary_namespace
@@ -65,23 +67,10 @@ DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
 GOAL_RSS_MIB = 1024.0
 GOAL_P99_MS = 50.0
 GOAL_START_RATE = 100.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def waiting_seconds(pid: int) -> float:

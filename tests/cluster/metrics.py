@@ -1,12 +1,15 @@
-"""Prometheus text from the control plane and the operator: API request counts by verb and resource, and
-histogram quantiles (bench/operator_scale.py)."""
+"""A process's RSS and CPU time (/proc), and Prometheus text from the control plane and the operator: API
+request counts by verb and resource, histogram quantiles (bench/operator_scale.py, operator_footprint.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+TICKS = os.sysconf("SC_CLK_TCK")
 #: (verb, resource, subresource) -> requests
 RequestCounts = dict[tuple[str, str, str], float]
 
@@ -86,3 +89,15 @@ def gauge_values(text: str, name: str, label: str) -> dict[str, float]:
             for sample in family.samples:
                 values[sample.labels.get(label, "")] = sample.value
     return values
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
