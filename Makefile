@@ -26,7 +26,7 @@ $(UV):
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@echo ">> syncing Python packages into $(VENV) (locked by uv.lock)"
-	@$(UV) sync --frozen --all-extras --quiet
+	@$(UV) sync --frozen --all-extras --compile-bytecode --quiet
 	@touch $@
 
 deps: $(VENV)/.synced ## install Python packages (.venv), and redis-server and git when missing

@@ -353,6 +353,8 @@ class GraphCompiler:
         except ConditionError as exc:
             return self._fail(str(exc))
         ctx.emit(ProgressEvent(EventKind.STEP_STARTED, ctx.workflow, target, parts=len(payloads)))
+        now = time.monotonic()
+        ctx.ready.update({f"{target}#{visit}/{i}": now for i in range(len(payloads))})
         route = {"to": target, "visit": visit, "payloads": payloads}
         head = (state.get("workspace") or {}).get("head")
         if head:
