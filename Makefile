@@ -32,6 +32,9 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 deps: $(VENV)/.synced ## install Python packages (.venv), and redis-server and git when missing
 	@bash hack/ensure-redis.sh
 	@bash hack/ensure-apt.sh git
+	@# PYTHONDONTWRITEBYTECODE may be set (it is on our CI machines): without .pyc files every process the tests
+	@# start (operator, agents, CLI) compiles our modules again; compileall writes them anyway, and only anew.
+	@$(PY) -m compileall -q operator agent_image >/dev/null
 
 lint: deps ## ruff, mypy --strict and import-linter
 	$(VENV)/bin/ruff check .
