@@ -243,7 +243,7 @@ def test_watch_redraws_in_place_on_a_terminal(
     control_plane: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow("watched", "sleepy", ["a", "b"], 1)])
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow("watched", "sleepy", ["a", "b"], 8)])
     )
     screen = run_on_terminal(
         [str(VENV_BIN / "codeforge"), "watch", "watched", "-n", namespace], cli_env(control_plane)
@@ -291,7 +291,7 @@ def run_on_terminal(
 def test_suspend_and_resume(
     control_plane: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 1)
+    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 6)
     cli(control_plane, "submit", str(workflow_file(tmp_path, spec)), "-n", namespace, "--no-watch")
     wait_until(lambda: status_of(control_plane, namespace, "paused").get("phase") == "Running", timeout=60)
 
