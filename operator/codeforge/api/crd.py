@@ -128,6 +128,28 @@ AGENTPOOL: Final = CustomResource(
 )
 
 
+#: Workflow spec fields a running Workflow may change: pausing, and how long its data is kept afterwards.
+WORKFLOW_MUTABLE_WHILE_RUNNING: Final = ("suspend", "ttlSecondsAfterFinished", "ttlDeletesWorkflow")
+#: The phases in which the spec is immutable (a run exists and follows it).
+WORKFLOW_RUN_PHASES: Final = ("Running", "Suspended")
+
+
+def immutable_while_running(model: type[BaseModel], mutable: Iterable[str], phases: Iterable[str]) -> str:
+    """A root transition rule: while `status.phase` is one of `phases`, every spec field but `mutable` keeps
+    its value. At the root because only there both the spec and the status are visible; `oldSelf.status` is
+    what the run wrote, which a spec update cannot change."""
+    keep = set(mutable)
+    names = [f.alias or name for name, f in model.model_fields.items() if (f.alias or name) not in keep]
+    compared = " && ".join(
+        f"has(self.spec.{n}) == has(oldSelf.spec.{n}) && "
+        f"(!has(self.spec.{n}) || self.spec.{n} == oldSelf.spec.{n})"
+        for n in names
+    )
+    listed = ", ".join(f"'{p}'" for p in phases)
+    running = f"has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase in [{listed}]"
+    return f"!({running}) || ({compared})"
+
+
 WORKFLOW: Final = CustomResource(
     kind=workflow.KIND,
     plural=workflow.PLURAL,
@@ -141,6 +163,15 @@ WORKFLOW: Final = CustomResource(
         PrinterColumn("Step", "string", ".status.currentStep", "The steps running now."),
         AGE,
         PrinterColumn("Message", "string", ".status.message"),
+    ),
+    root_rules=(
+        (
+            immutable_while_running(
+                workflow.WorkflowSpec, WORKFLOW_MUTABLE_WHILE_RUNNING, WORKFLOW_RUN_PHASES
+            ),
+            "the spec of a running Workflow is immutable except spec.suspend, spec.ttlSecondsAfterFinished "
+            "and spec.ttlDeletesWorkflow: suspend it, wait until it finishes, or delete and recreate it",
+        ),
     ),
 )
 
@@ -200,7 +231,7 @@ def _convert(node: JSON, defs: Mapping[str, JSON], path: str, defaults: bool) ->
         out.get("x-kubernetes-int-or-string") or out.get("x-kubernetes-preserve-unknown-fields")
     ):
         raise CRDSchemaError(f"{path}: no type; annotate the field with WithJsonSchema")
-    if defaults and node.get("default") is not None:
+    if defaults and node.get("default") not in (None, ""):  # "" means "unset" (an approval step's pool)
         default = _minimal_default(out, node["default"])
         if default not in ([], {}) or "properties" in out:
             out["default"] = default

@@ -181,6 +181,7 @@ class StepView:
     finish_time: str | None = None
     message: str = ""
     commit: str | None = None
+    approval: JSON | None = None
 
     def to_status(self) -> JSON:
         return StepStatus.model_validate(self.__dict__ | {"message": truncate(self.message)}).to_k8s()

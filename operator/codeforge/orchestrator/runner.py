@@ -18,6 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.orchestrator import workspace as ws
+from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
@@ -74,11 +75,13 @@ class WorkflowOutcome:
 
 @dataclass
 class RunControl:
-    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel."""
+    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, and the
+    decisions of its approval steps."""
 
     running: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
+    approvals: ApprovalBox = field(default_factory=ApprovalBox)
 
     def __post_init__(self) -> None:
         self.running.set()
@@ -151,6 +154,7 @@ class WorkflowRunner:
             running=control.running,
             first=self._first.setdefault(workflow_id, {}),
             name=name or workflow_id,
+            approvals=control.approvals,
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)
