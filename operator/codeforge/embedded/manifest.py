@@ -86,6 +86,7 @@ class Manifest:
     workflow: WorkflowManifest
     pools: dict[str, PoolSpec]
     directory: Path  # python handlers may import modules that sit beside the manifest
+    source: str = ""  # "FILE (document N, Workflow)": where the Workflow's errors point
 
 
 class BoundedLoader(yaml.SafeLoader):
@@ -223,7 +224,7 @@ def load_manifest(path: Path) -> Manifest:
             pools[pool.name] = pool
     for step in workflow.spec.steps:
         pools.setdefault(step.pool, PoolSpec(step.pool, declared=False))
-    return Manifest(workflow, pools, path.resolve().parent)
+    return Manifest(workflow, pools, path.resolve().parent, f"{path} (document {index + 1}, Workflow)")
 
 
 def _indent(text: str) -> str:
