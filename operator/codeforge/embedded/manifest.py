@@ -222,8 +222,8 @@ def load_manifest(path: Path) -> Manifest:
                     f"{path} (document {i + 1}, AgentPool): a second pool named {pool.name!r}"
                 )
             pools[pool.name] = pool
-    for step in workflow.spec.steps:
-        pools.setdefault(step.pool, PoolSpec(step.pool, declared=False))
+    for name in workflow.spec.task_pools:
+        pools.setdefault(name, PoolSpec(name, declared=False))
     return Manifest(workflow, pools, path.resolve().parent, f"{path} (document {index + 1}, Workflow)")
 
 
