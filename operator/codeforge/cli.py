@@ -31,6 +31,11 @@ def _register() -> None:
 
     app.command("operator")(operator_command)
 
+    from codeforge.cli_approve import approve_command, reject_command
+
+    app.command("approve")(approve_command)
+    app.command("reject")(reject_command)
+
 
 def main() -> None:
     _register()
