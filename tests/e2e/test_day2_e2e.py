@@ -176,9 +176,7 @@ def test_codeforge_approve_and_reject_route_through_cel_and_record_who(
     # Deciding again is refused with one clear line: the step no longer waits.
     again = codeforge(control_plane, verb, name, "gate", "-n", namespace)
     assert again.returncode == 1
-    assert (
-        f"step 'gate' is not waiting for a decision (Succeeded" in again.stderr or "(Failed" in again.stderr
-    )
+    assert "step 'gate' is not waiting for a decision (Succeeded" in again.stderr or "(Failed" in again.stderr
     missing = codeforge(control_plane, "approve", "no-such-wf", "gate", "-n", namespace)
     assert missing.returncode == 1
     assert f"Workflow {namespace}/no-such-wf not found" in missing.stderr

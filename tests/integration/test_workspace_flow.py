@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from codeforge.api.workflow import parse_workflow_spec
-from codeforge.controller.workflow_retry import rewind_to_failed_step
+from codeforge.controller.workflow.retry import rewind_to_failed_step
 from codeforge.orchestrator import WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import open_queue

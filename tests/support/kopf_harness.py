@@ -22,9 +22,9 @@ import kmock
 import kopf
 
 import codeforge.controller  # noqa: F401  (registers the handlers in Kopf's default registry)
-from codeforge.controller import runtime
+from codeforge.controller import services
 from codeforge.controller.config import OperatorConfig
-from codeforge.controller.workflow_runs import WorkflowRuntime
+from codeforge.controller.workflow.registry import WorkflowRegistry
 from codeforge.queue import TaskQueue
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def prepare(
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("CODEFORGE_WORKFLOW_STATUS_INTERVAL", "0.2")
-    monkeypatch.setattr(runtime, "CONFIG", OperatorConfig(queue_url=queue_url))
+    monkeypatch.setattr(services, "CONFIG", OperatorConfig(queue_url=queue_url))
 
 
 class Cluster:
@@ -115,12 +115,12 @@ class Cluster:
 
     @property
     def queue(self) -> TaskQueue:
-        queue: TaskQueue = self.memo.runtime.queue
+        queue: TaskQueue = self.memo.services.queue
         return queue
 
     @property
-    def workflows(self) -> WorkflowRuntime:
-        workflows: WorkflowRuntime = self.memo.workflows
+    def workflows(self) -> WorkflowRegistry:
+        workflows: WorkflowRegistry = self.memo.workflows
         return workflows
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
@@ -212,7 +212,7 @@ async def running(
     emulator: kmock.KubernetesEmulator, *, with_queue: bool = True, timeout: float = 15.0
 ) -> AsyncIterator[Cluster]:
     """`async with running(kmock) as cluster:` one operator process, stopped (like SIGTERM) on exit; it is
-    up once its runtime has opened the queue (or, `with_queue=False`, once it has tried)."""
+    up once its services have opened the queue (or, `with_queue=False`, once it has tried)."""
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True
     memo = kopf.Memo()
@@ -232,7 +232,7 @@ async def running(
     cluster = Cluster(emulator, memo, timeout)
     try:
         await cluster.eventually(
-            lambda: getattr(memo, "runtime", None) and (memo.runtime.queue or not with_queue)
+            lambda: getattr(memo, "services", None) and (memo.services.queue or not with_queue)
         )
         yield cluster
     finally:

@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolPhase, AgentPoolSpec
-from codeforge.controller.agentpool_reconcile import pod_problems, spec_error_message, status_needs_write
-from codeforge.controller.conditions import Observation, PodProblem, Reason, evaluate, merge, phase
+from codeforge.controller.agentpool.conditions import Observation, PodProblem, Reason, evaluate, phase
+from codeforge.controller.agentpool.reconcile import pod_problems, spec_error_message, status_needs_write
+from codeforge.controller.kstatus import merge_conditions
 
 
 def reasons(obs: Observation) -> dict[str, tuple[bool, str]]:
@@ -81,9 +82,9 @@ def test_invalid_spec_marks_every_condition() -> None:
 
 
 def test_transition_time_moves_only_when_the_status_flips() -> None:
-    first = merge([], evaluate(Observation(desired=3, ready=0)), "T1", generation=1)
-    same = merge(first, evaluate(Observation(desired=3, ready=1)), "T2", generation=1)
-    flipped = merge(
+    first = merge_conditions([], evaluate(Observation(desired=3, ready=0)), "T1", generation=1)
+    same = merge_conditions(first, evaluate(Observation(desired=3, ready=1)), "T2", generation=1)
+    flipped = merge_conditions(
         same, evaluate(Observation(desired=3, replicas=3, ready=3, updated=3)), "T3", generation=2
     )
     ready = {c["type"]: c for c in same}["Ready"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from codeforge.controller.builders import DEFAULT_AGENT_IMAGE
-from codeforge.controller.config import ConfigError, OperatorConfig
+from codeforge.controller.config import DEFAULT_AGENT_IMAGE, OperatorConfig
+from codeforge.controller.env import ConfigError
 
 
 def test_defaults_need_no_environment() -> None:

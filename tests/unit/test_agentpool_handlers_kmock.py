@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from codeforge.api.task import Task
-from codeforge.controller import builders
+from codeforge.controller.agentpool import builders
 from codeforge.queue import TaskQueue
 from support.kopf_harness import DEPLOYMENTS, NS, POOLS, Cluster, prepare, running
 
@@ -204,10 +204,10 @@ async def test_image_pull_failures_degrade_the_pool_with_a_warning_event(operato
 async def test_unreachable_queue_holds_replicas_and_says_so(
     kmock: kmock.KubernetesEmulator, operator: Operator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from codeforge.controller import runtime
+    from codeforge.controller import services
     from codeforge.controller.config import OperatorConfig
 
-    monkeypatch.setattr(runtime, "CONFIG", OperatorConfig(queue_url="redis://127.0.0.1:1/0"))
+    monkeypatch.setattr(services, "CONFIG", OperatorConfig(queue_url="redis://127.0.0.1:1/0"))
     async with running(kmock, with_queue=False, timeout=TIMEOUT) as cluster:
         await cluster.create_pool("blind", SPEC)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from codeforge.api.agentpool import Autoscaling, ScalingPolicy
-from codeforge.controller.autoscaler import (
+from codeforge.controller.agentpool.autoscaler import (
     AutoscalerState,
     Demand,
     ScaleReason,

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from codeforge.api.agentpool import AgentPoolSpec
-from codeforge.controller import builders
-from codeforge.controller.drift import differences
+from codeforge.controller.agentpool import builders
+from codeforge.controller.agentpool.drift import differences
+from codeforge.controller.config import AgentDefaults
 from codeforge_agent.config import OPTIONS, AgentConfig
 
 REF = builders.PoolRef(namespace="team-a", name="research", uid="uid-123")
-DEFAULTS = builders.AgentDefaults(
+DEFAULTS = AgentDefaults(
     queue_url="redis://redis:6379/0", redis_password_secret=("redis-auth", "password"), log_format="json"
 )
 
@@ -184,6 +185,6 @@ def test_drift_ignores_server_defaults_and_equal_quantities_but_sees_changes() -
 
 def test_pools_without_an_image_get_the_operators_agent_image() -> None:
     spec = make_spec(image=None)
-    defaults = builders.AgentDefaults(queue_url="memory://", image="registry.local/agent:9")
+    defaults = AgentDefaults(queue_url="memory://", image="registry.local/agent:9")
     container = builders.build_deployment(REF, spec, 1, defaults)["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/agent:9"

@@ -8,11 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec
-from codeforge.controller import builders
+from codeforge.controller.agentpool import builders
+from codeforge.controller.config import AgentDefaults
 from codeforge_agent.config import AgentConfig
 
 REF = builders.PoolRef(namespace="team-a", name="implement", uid="uid-1")
-DEFAULTS = builders.AgentDefaults(queue_url="redis://redis:6379/0")
+DEFAULTS = AgentDefaults(queue_url="redis://redis:6379/0")
 
 
 def spec(**workspace: Any) -> AgentPoolSpec:

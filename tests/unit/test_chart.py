@@ -212,7 +212,8 @@ def test_operator_deployment_two_replicas_one_active_with_liveness_and_metrics()
 @needs_helm
 def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
     """The chart's env feeds the operator's own parsers: OperatorConfig and the leader election's."""
-    from codeforge.controller.leader import ElectionConfig, liveness_endpoint
+    from codeforge.controller.leader import ElectionConfig
+    from codeforge.controller.standby import liveness_endpoint
 
     for sets, url in [
         ((), "redis+cluster://codeforge-redis.codeforge.svc.cluster.local:6379?durability=replicated"),

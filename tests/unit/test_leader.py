@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from codeforge.controller.config import ConfigError
-from codeforge.controller.leader import ElectionConfig, StandbyProbe, liveness_endpoint, micro_time
+from codeforge.controller.env import ConfigError
+from codeforge.controller.kstatus import micro_time
+from codeforge.controller.leader import ElectionConfig
+from codeforge.controller.standby import StandbyProbe, liveness_endpoint
 from codeforge.testing.redis_server import free_port
 
 

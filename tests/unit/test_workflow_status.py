@@ -13,21 +13,12 @@ import pytest
 from codeforge.api import crd
 from codeforge.api.workflow import parse_workflow_spec
 from codeforge.api.workflow_status import RESULT_INLINE_LIMIT, WorkflowPhase, WorkflowStatus
-from codeforge.controller.workflow_runs import (
-    ResultStore,
-    WorkflowSettings,
-    _bounded_result,
-    qualified,
-    retry_requested,
-    wants_run,
-)
-from codeforge.controller.workflow_status_writer import (
-    EVENTS_PER_WRITE,
-    StatusWriter,
-    TokenBucket,
-    WorkflowRef,
-)
-from codeforge.controller.workflow_tracker import Transition, WorkflowTracker, invalid_status, pending_status
+from codeforge.controller.kstatus import KubeEvent, ObjectRef
+from codeforge.controller.workflow.results import ResultStore, bounded_result
+from codeforge.controller.workflow.settings import WorkflowSettings
+from codeforge.controller.workflow.status_writer import EVENTS_PER_WRITE, StatusWriter, TokenBucket
+from codeforge.controller.workflow.supervisor import qualified, retry_requested, wants_run
+from codeforge.controller.workflow.tracker import WorkflowTracker, invalid_status, pending_status
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
 
 SPEC = parse_workflow_spec(
@@ -205,11 +196,11 @@ def test_steps_run_in_the_queues_of_the_workflows_namespace() -> None:
 
 
 async def test_a_large_result_stays_out_of_the_status_and_is_referenced() -> None:
-    store, ref = ResultStore(), WorkflowRef("team-a", "big", "uid-big")
+    store, ref = ResultStore(), ObjectRef("team-a", "big", "uid-big")
     small = {"a": "x" * 10}
-    assert await _bounded_result(store, ref, small) == (small, None)
+    assert await bounded_result(store, ref, small) == (small, None)
     large = {"a": "x" * (RESULT_INLINE_LIMIT + 1)}
-    inline, reference = await _bounded_result(store, ref, large)
+    inline, reference = await bounded_result(store, ref, large)
     assert inline is None
     assert reference is not None
     assert reference["sizeBytes"] > RESULT_INLINE_LIMIT
@@ -222,8 +213,8 @@ async def test_large_results_go_to_redis(redis_url: str) -> None:
 
     client = await connect_redis(redis_url)
     try:
-        store, ref = ResultStore(client), WorkflowRef("team-a", "big", "uid-big-redis")
-        _, reference = await _bounded_result(store, ref, {"a": "y" * 10_000})
+        store, ref = ResultStore(client), ObjectRef("team-a", "big", "uid-big-redis")
+        _, reference = await bounded_result(store, ref, {"a": "y" * 10_000})
         assert reference is not None
         assert "y" * 100 in (await store.get(reference["redisKey"]) or "")
         await store.delete(reference["redisKey"])
@@ -248,12 +239,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.patches: list[tuple[float, str, dict[str, Any]]] = []
-        self.events: list[tuple[str, Transition]] = []
+        self.events: list[tuple[str, KubeEvent]] = []
 
-    async def patch(self, ref: WorkflowRef, body: dict[str, Any]) -> None:
+    async def patch(self, ref: ObjectRef, body: dict[str, Any]) -> None:
         self.patches.append((time.monotonic(), ref.uid, body))
 
-    def post(self, ref: WorkflowRef, transition: Transition) -> None:
+    def post(self, ref: ObjectRef, transition: KubeEvent) -> None:
         self.events.append((ref.uid, transition))
 
 
@@ -263,7 +254,7 @@ async def test_busy_workflows_are_written_at_most_once_per_interval_and_under_th
     trackers = []
     for i in range(200):
         tracker = WorkflowTracker.from_status(SPEC, {}, 1)
-        writer.track(WorkflowRef("ns", f"wf{i}", f"uid{i}"), tracker)
+        writer.track(ObjectRef("ns", f"wf{i}", f"uid{i}"), tracker)
         trackers.append(tracker)
     loop = asyncio.create_task(writer.run())
     started = time.monotonic()
@@ -293,7 +284,7 @@ async def test_an_unchanged_status_is_not_written_and_flush_writes_at_once() -> 
     api = Recorder()
     writer = StatusWriter(api.patch, api.post, interval=60, writes_per_second=10)
     tracker = WorkflowTracker.from_status(SPEC, {}, 1)
-    writer.track(WorkflowRef("ns", "wf", "uid"), tracker)
+    writer.track(ObjectRef("ns", "wf", "uid"), tracker)
     loop = asyncio.create_task(writer.run())
     try:
         await asyncio.sleep(0.05)
@@ -314,7 +305,7 @@ async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     api = Recorder()
     writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100)
     tracker = WorkflowTracker.from_status(SPEC, {}, 1)
-    writer.track(WorkflowRef("ns", "wf", "uid"), tracker)
+    writer.track(ObjectRef("ns", "wf", "uid"), tracker)
     for name in ("research", "debate", "implement"):
         tracker.apply(event(EventKind.STEP_STARTED, name))
         tracker.apply(event(EventKind.STEP_FINISHED, name, status="succeeded"))

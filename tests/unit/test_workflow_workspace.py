@@ -11,7 +11,7 @@ import pytest
 from codeforge.api.task import WorkspaceAction
 from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec, safe_ref_part
 from codeforge.api.workflow_status import WorkflowStatus
-from codeforge.controller.workflow_tracker import WorkflowTracker
+from codeforge.controller.workflow.tracker import WorkflowTracker
 from codeforge.embedded.command import workspace_summary
 from codeforge.embedded.progress import ProgressBoard
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome

@@ -1,6 +1,6 @@
 """The Workflow custom resource's `status`: what `kubectl get workflows` and `kubectl describe` show.
 
-The operator writes it (batched, see `controller.workflow_status_writer`); it stays compact because etcd
+The operator writes it (batched, see `controller.workflow.status_writer`); it stays compact because etcd
 holds only a summary: one entry per step (its latest visit), a progress string for the printer column, and
 the result inline only while it is small. A larger result stays in Redis and the status names its key.
 """

@@ -15,34 +15,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from codeforge.controller.builders import DEFAULT_AGENT_IMAGE, AgentDefaults
+from codeforge.controller.env import ConfigError, port, seconds
 
-
-class ConfigError(ValueError):
-    pass
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: must be greater than 0")
-    return value
+DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
 
 
-def _port(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ConfigError(f"{name}={raw!r}: expected a TCP port (1-65535)")
-    return int(raw)
+@dataclass(frozen=True, slots=True)
+class AgentDefaults:
+    """Operator-wide settings every agent pod receives (from the operator's own environment)."""
+
+    queue_url: str
+    #: Image for pools that name none: the agent image released with this operator.
+    image: str = DEFAULT_AGENT_IMAGE
+    #: Secret (name, key) holding the Redis password; mounted as CODEFORGE_REDIS_PASSWORD.
+    redis_password_secret: tuple[str, str] | None = None
+    log_format: str = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +64,7 @@ class OperatorConfig:
         return cls(
             queue_url=queue_url,
             agents=agents,
-            autoscale_interval=_seconds(env, "CODEFORGE_AUTOSCALE_INTERVAL", 1.0),
-            status_interval=_seconds(env, "CODEFORGE_STATUS_INTERVAL", 5.0),
-            metrics_port=_port(env, "CODEFORGE_METRICS_PORT"),
+            autoscale_interval=seconds(env, "CODEFORGE_AUTOSCALE_INTERVAL", 1.0),
+            status_interval=seconds(env, "CODEFORGE_STATUS_INTERVAL", 5.0),
+            metrics_port=port(env, "CODEFORGE_METRICS_PORT"),
         )

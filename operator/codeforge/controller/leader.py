@@ -1,6 +1,6 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, with controller-runtime's semantics and timings.
 
-Only the replica that holds the Lease runs the operator: the startup handler (`runtime.start`) waits here
+Only the replica that holds the Lease runs the operator: the startup handler (`services.start`) waits here
 until it holds it, and Kopf starts no watcher before its startup handlers are done. A standby serves only
 its liveness endpoint (`{"leader": false}`) and `/metrics` (`codeforge_leader 0`).
 
@@ -34,19 +34,19 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import aiohttp
-import aiohttp.web
 
-from codeforge.controller.config import ConfigError, _seconds
+from codeforge.controller.env import ConfigError, flag, seconds
+from codeforge.controller.kstatus import EventType, micro_time, now_rfc3339
 from codeforge.controller.kube import JSON, LEASES, KubeApi, KubeApiError
 from codeforge.controller.metrics import LEADER
+from codeforge.controller.standby import StandbyProbe
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ JITTER_FACTOR: Final = 1.2
 #: Errors of one election round; any other exception is a bug and propagates.
 TRANSIENT: Final = (KubeApiError, aiohttp.ClientError, TimeoutError, OSError)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "false", "off", "0", "no"):
-        return False
-    if raw in ("true", "on", "1", "yes"):
-        return True
-    raise ConfigError(f"{name}={raw!r}: use true or false")
 
 
 def _default_namespace(env: Mapping[str, str]) -> str:
@@ -119,19 +110,14 @@ class ElectionConfig:
             )
         pod = env.get("POD_ID", "").strip() or socket.gethostname()
         return cls(
-            enabled=_flag(env, "CODEFORGE_LEADER_ELECTION"),
+            enabled=flag(env, "CODEFORGE_LEADER_ELECTION"),
             lease_name=env.get("CODEFORGE_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
             namespace=env.get("CODEFORGE_LEASE_NAMESPACE", "").strip() or _default_namespace(env),
             identity=f"{pod}_{uuid.uuid4().hex[:8]}",
             lease_duration=int(raw_duration),
-            renew_deadline=_seconds(env, "CODEFORGE_LEASE_RENEW_DEADLINE", 10.0),
-            retry_period=_seconds(env, "CODEFORGE_LEASE_RETRY_PERIOD", 2.0),
+            renew_deadline=seconds(env, "CODEFORGE_LEASE_RENEW_DEADLINE", 10.0),
+            retry_period=seconds(env, "CODEFORGE_LEASE_RETRY_PERIOD", 2.0),
         )
-
-
-def micro_time(moment: datetime) -> str:
-    """Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -288,48 +274,6 @@ class LeaderElector:
         return True
 
 
-def liveness_endpoint(env: Mapping[str, str], argv: Sequence[str]) -> str | None:
-    """Where Kopf will serve its liveness probe, so a standby serves the same one: CODEFORGE_LIVENESS_ENDPOINT
-    (`codeforge operator` and the chart set it), else `--liveness` of `kopf run` (the image's entrypoint)."""
-    if "CODEFORGE_LIVENESS_ENDPOINT" in env:
-        raw = env["CODEFORGE_LIVENESS_ENDPOINT"].strip()
-        return None if raw.lower() in ("", "off") else raw
-    found = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--liveness="):
-            found = arg.partition("=")[2]
-        elif arg == "--liveness" and i + 1 < len(argv):
-            found = argv[i + 1]
-    return found or None
-
-
-class StandbyProbe:
-    """The liveness endpoint while this replica stands by; closed before Kopf binds the same address."""
-
-    def __init__(self, endpoint: str, holder: Callable[[], str]) -> None:
-        parts = urlsplit(endpoint)
-        self.host = parts.hostname or "0.0.0.0"  # the kubelet probes the pod's address
-        self.port = parts.port or 80
-        self.path = parts.path or "/"
-        self._holder = holder
-        self._runner: aiohttp.web.AppRunner | None = None
-
-    async def _get(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.json_response({"leader": False, "holder": self._holder()})
-
-    async def start(self) -> None:
-        app = aiohttp.web.Application()
-        app.router.add_get(self.path, self._get)
-        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)  # probes: no log
-        await self._runner.setup()
-        await aiohttp.web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-
 def exit_at_once(reason: str) -> None:
     """controller-runtime's reaction to a lost Lease: stop acting now, by ending the process (non-zero, so
     Kubernetes restarts the container, which comes back as a standby). No graceful stop: that would let
@@ -348,7 +292,7 @@ async def post_event(api: KubeApi, lease: JSON | None, identity: str, reason: st
     if lease is None:
         return
     meta = lease["metadata"]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now_rfc3339()
     event: JSON = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -362,7 +306,7 @@ async def post_event(api: KubeApi, lease: JSON | None, identity: str, reason: st
         },
         "reason": reason,
         "message": message,
-        "type": "Normal",
+        "type": EventType.NORMAL.value,
         "source": {"component": "codeforge-operator"},
         "reportingComponent": "codeforge-operator",
         "reportingInstance": identity[:128],

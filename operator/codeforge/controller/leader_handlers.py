@@ -16,8 +16,8 @@ import kopf
 @kopf.on.cleanup()
 async def release_leadership(*, memo: Any, **_: Any) -> None:
     """On a graceful shutdown (SIGTERM), after Kopf stopped handling: release the Lease for a standby."""
-    runtime = getattr(memo, "runtime", None)
-    leadership = getattr(runtime, "leadership", None)
+    services = getattr(memo, "services", None)
+    leadership = getattr(services, "leadership", None)
     if leadership is not None:
         await leadership.resign()
 

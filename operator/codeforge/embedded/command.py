@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from codeforge.api.outcome import Outcome
 from codeforge.embedded.approvals import check_declared, decide_flags, spec_asks
 
 if TYPE_CHECKING:  # LangGraph and the agent runtime load only when a workflow runs: `--help` stays fast
@@ -147,7 +148,7 @@ def run_command(
         console.print(f"codeforge run: interrupted{hint}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_outcome(outcome, output)
-    if outcome.status != "succeeded":
+    if outcome.status != Outcome.SUCCEEDED:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -279,13 +280,13 @@ def _print_outcome(outcome: WorkflowOutcome, output: Output) -> None:
         sys.stdout.write(json.dumps(outcome.to_dict(), indent=2, default=str) + "\n")
         return
     console = Console(highlight=False)
-    colour = "green" if outcome.status == "succeeded" else "red"
+    colour = "green" if outcome.status == Outcome.SUCCEEDED else "red"
     console.print(f"workflow {outcome.workflow}: [{colour}]{outcome.status}[/] in {outcome.duration:.2f}s")
     if outcome.error:
         console.print(f"[red]error:[/] {outcome.error}", soft_wrap=True)
     console.print(Pretty(_final_state(outcome), expand_all=False))
     if outcome.workspace is not None:
-        for line in workspace_summary(outcome.workspace, outcome.status == "succeeded"):
+        for line in workspace_summary(outcome.workspace, outcome.status == Outcome.SUCCEEDED):
             console.print(line, soft_wrap=True, markup=False)
 
 

@@ -20,12 +20,13 @@ from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import END, JoinPolicy, Step, WorkflowSpec
 from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.conditions import ConditionError, edge_matches, for_each_items, select_input
 from codeforge.orchestrator.dispatch import PartRequest, RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, ProgressEvent
-from codeforge.orchestrator.joins import FAILED, SUCCEEDED, Joined, join
+from codeforge.orchestrator.joins import Joined, join
 from codeforge.orchestrator.state import RunState, parts_key, public_state
 
 BEGIN: Final = "_begin"  # step names cannot contain "_", so node names never collide
@@ -86,7 +87,7 @@ class GraphCompiler:
             ws.SYSTEM_TASK_ATTEMPTS,
         )
         info = ws.reported(done.get("result"))
-        if done["status"] != SUCCEEDED or info is None:
+        if done["status"] != Outcome.SUCCEEDED or info is None:
             why = (
                 done.get("error") or f"the agent of pool {pool!r} reported no commit (no workspace support?)"
             )
@@ -118,7 +119,7 @@ class GraphCompiler:
         )
         branch = (request.push_ref or "").removeprefix("refs/heads/")
         info = ws.reported(done.get("result"))
-        if done["status"] != SUCCEEDED or info is None:
+        if done["status"] != Outcome.SUCCEEDED or info is None:
             why = done.get("error") or "the agent reported no commit"
             return {"error": f"publishing commit {current['head'][:12]} to branch {branch!r} failed: {why}"}
         published = {**current, "branch": branch, "published": True}
@@ -211,7 +212,7 @@ class GraphCompiler:
                 )
             )
             # An approval's decision is kept whichever way it went: later steps may read who decided.
-            keep = joined.status == SUCCEEDED or step.is_approval
+            keep = joined.status == Outcome.SUCCEEDED or step.is_approval
             results = dict(state.get("results", {}))
             if keep:
                 results[step.name] = joined.result
@@ -223,7 +224,7 @@ class GraphCompiler:
             if keep:
                 update["results"] = {step.name: joined.result}
             if info is not None and current:
-                head = info["commit"] if joined.status == SUCCEEDED else current["head"]
+                head = info["commit"] if joined.status == Outcome.SUCCEEDED else current["head"]
                 update["workspace"] = {**current, "head": head, "pool": step.pool}
             variables = {
                 "state": {"input": state.get("input"), "results": results},
@@ -267,15 +268,17 @@ class GraphCompiler:
         """The step's output commit under its join: the single part's, firstSuccess/majority's winner's,
         `all`'s input commit or, with workspace.merge, the parts merged (the step fails on a conflict)."""
         base = current["head"]
-        if joined.status != SUCCEEDED:
+        if joined.status != Outcome.SUCCEEDED:
             return joined, ws.unchanged(base)
         ordered = [parts[k] for k in sorted(parts, key=int)]
         silent = [
-            p["index"] for p in ordered if p["status"] == SUCCEEDED and ws.reported(p.get("result")) is None
+            p["index"]
+            for p in ordered
+            if p["status"] == Outcome.SUCCEEDED and ws.reported(p.get("result")) is None
         ]
         if silent:
             return Joined(
-                FAILED,
+                Outcome.FAILED.value,
                 None,
                 f"step {step.name!r}: part {silent[0]} reported no workspace commit: the agents of pool "
                 f"{step.pool!r} must support workspaces (codeforge-agent with git)",
@@ -301,10 +304,10 @@ class GraphCompiler:
                 ws.SYSTEM_TASK_ATTEMPTS,
             )
             merged = ws.reported(done.get("result"))
-            if done["status"] != SUCCEEDED or merged is None:
+            if done["status"] != Outcome.SUCCEEDED or merged is None:
                 why = done.get("error") or "the agent reported no merge commit"
                 return Joined(
-                    FAILED, None, f"merging the parts of step {step.name!r} failed: {why}"
+                    Outcome.FAILED.value, None, f"merging the parts of step {step.name!r} failed: {why}"
                 ), ws.unchanged(base)
             return joined, dict(merged)
         index = ws.winner_index(step, ordered, joined)
@@ -325,7 +328,7 @@ class GraphCompiler:
                 default = edge.to
             elif edge_matches(edge.when, variables, f"spec.edges[{self._edge_index[id(edge)]}].when"):
                 return edge.to
-        if status == FAILED:
+        if status == Outcome.FAILED:
             return None
         return default or END
 

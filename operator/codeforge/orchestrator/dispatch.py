@@ -20,11 +20,11 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from codeforge.api.approval import now_rfc3339
+from codeforge.api.outcome import Outcome
 from codeforge.api.task import Priority, Task, TaskOutcome, TaskState, TaskWorkspace
 from codeforge.api.workflow import Step
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
-from codeforge.orchestrator.joins import FAILED, SUCCEEDED
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
@@ -32,7 +32,6 @@ from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskN
 #: runs for handler failures. Agent deaths spend the task's own lost-lease budget (redelivered in the queue,
 #: same attempt), and a drain spends nothing (DESIGN.md section 3, "Retries").
 HANDLER_RUNS_PER_ATTEMPT: Final = 1
-CANCELLED = "cancelled"
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class StepDispatcher:
                 **outcome,
             }
             last["finished"] = time.time()
-            if outcome["status"] in (SUCCEEDED, CANCELLED):
+            if outcome["status"] in (Outcome.SUCCEEDED, Outcome.CANCELLED):
                 return last
             self.ctx.emit(
                 ProgressEvent(
@@ -118,7 +117,7 @@ class StepDispatcher:
                     req.index,
                     attempt,
                     tid,
-                    FAILED,
+                    Outcome.FAILED.value,
                     outcome.get("error") or "",
                     time.time() - started,
                     agent=outcome.get("agent", ""),
@@ -152,7 +151,11 @@ class StepDispatcher:
             except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
                 message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
                 hint = " (narrow what the task receives with the step's `input` expression)"
-                return {"status": FAILED, "error": f"cannot build the task: {message}{hint}", "final": True}
+                return {
+                    "status": Outcome.FAILED.value,
+                    "error": f"cannot build the task: {message}{hint}",
+                    "final": True,
+                }
             self.ctx.outstanding[tid] = step.pool
             created = await self.queue.enqueue(task)
             self.ctx.emit(
@@ -173,17 +176,20 @@ class StepDispatcher:
             except TimeoutError:
                 await self.queue.cancel(step.pool, tid, "timed out")
                 self.ctx.outstanding.pop(tid, None)
-                return {"status": FAILED, "error": f"step {step.name!r} timed out after {timeout:.3g}s"}
+                return {
+                    "status": Outcome.FAILED.value,
+                    "error": f"step {step.name!r} timed out after {timeout:.3g}s",
+                }
             except TaskNotFoundError:
                 self.ctx.outstanding.pop(tid, None)
                 return {
-                    "status": FAILED,
+                    "status": Outcome.FAILED.value,
                     "error": f"task {tid} vanished from pool {step.pool!r}",
                     "final": True,
                 }
             self.ctx.outstanding.pop(tid, None)
         if outcome is None:
-            return {"status": CANCELLED, "error": "another part succeeded first"}
+            return {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
         return self._record(req, self._first(outcome))
 
     def _first(self, outcome: TaskOutcome) -> TaskOutcome:
@@ -206,15 +212,20 @@ class StepDispatcher:
         if outcome.state is TaskState.SUCCEEDED:
             if req.first_success:
                 self.ctx.winner(f"{step.name}#{req.visit}").set()
-            return {"status": SUCCEEDED, "result": outcome.result, **agent}
+            return {"status": Outcome.SUCCEEDED.value, "result": outcome.result, **agent}
         # One handler run per attempt: the queue's handler-budget note would only repeat that.
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         if outcome.state is TaskState.CANCELLED:
-            return {"status": FAILED, "error": f"task cancelled: {error}", "final": True, **agent}
+            return {
+                "status": Outcome.FAILED.value,
+                "error": f"task cancelled: {error}",
+                "final": True,
+                **agent,
+            }
         if outcome.state is TaskState.DEAD and LOST_LEASE_BUDGET_SPENT in error:
             # Its agents kept dying: the lost-lease budget is the whole allowance, not one per step retry.
-            return {"status": FAILED, "error": error, "final": True, **agent}
-        return {"status": FAILED, "error": error, **agent}
+            return {"status": Outcome.FAILED.value, "error": error, "final": True, **agent}
+        return {"status": Outcome.FAILED.value, "error": error, **agent}
 
     async def run_approval(self, step: Step, visit: int, since: float) -> dict[str, Any]:
         """Wait for the decision on an approval step's visit: no task, no agent, no in-flight slot. `since`
@@ -235,13 +246,13 @@ class StepDispatcher:
         if decision is None:
             result = {"approved": False, "decision": "timedOut", "by": "", "at": now_rfc3339(), "message": ""}
             error = f"no decision on step {step.name!r} within {step.timeout_seconds:g}s (timeoutSeconds)"
-            return record | {"status": FAILED, "result": result, "error": error}
+            return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
         result = decision.result(now_rfc3339())
         if decision.approved:
-            return record | {"status": SUCCEEDED, "result": result}
+            return record | {"status": Outcome.SUCCEEDED.value, "result": result}
         why = f": {decision.message}" if decision.message else ""
         error = f"step {step.name!r} rejected by {decision.by}{why}"
-        return record | {"status": FAILED, "result": result, "error": error}
+        return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
 
     async def run_system(
         self, pool: str, tid: str, step: str, workspace: TaskWorkspace, attempts: int
@@ -268,12 +279,12 @@ class StepDispatcher:
                 outcome = await self.queue.wait_result(pool, tid, None)
             except TaskNotFoundError:
                 self.ctx.outstanding.pop(tid, None)
-                return {"status": FAILED, "error": f"task {tid} vanished from pool {pool!r}"}
+                return {"status": Outcome.FAILED.value, "error": f"task {tid} vanished from pool {pool!r}"}
             self.ctx.outstanding.pop(tid, None)
         if outcome.state is TaskState.SUCCEEDED:
-            return {"status": SUCCEEDED, "result": outcome.result}
+            return {"status": Outcome.SUCCEEDED.value, "result": outcome.result}
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
-        return {"status": FAILED, "error": error}
+        return {"status": Outcome.FAILED.value, "error": error}
 
     def _task_deadline(self, step: Step) -> float | None:
         """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""

@@ -15,6 +15,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.orchestrator import workspace as ws
@@ -25,9 +26,6 @@ from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, i
 from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
 GRAPH_CACHE_SIZE = 256
 #: How long forget() waits for an agent to delete a run's step refs before it lets the run go anyway.
 REF_CLEANUP_WAIT_SECONDS = 30.0
@@ -277,7 +275,7 @@ class WorkflowRunner:
             workspace["commit"] = current.get("head")
         return WorkflowOutcome(
             workflow=workflow_id,
-            status=CANCELLED if cancelled else FAILED if error else SUCCEEDED,
+            status=(Outcome.CANCELLED if cancelled else Outcome.FAILED if error else Outcome.SUCCEEDED).value,
             results=dict(values.get("results") or {}),
             error=error,
             history=list(values.get("history") or []),

@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.task import STEP_REFS_ROOT, TaskWorkspace, WorkspaceAction, unchanged_workspace
 from codeforge.api.workflow import JoinPolicy, Step, WorkspaceSpec, safe_ref_part
-from codeforge.orchestrator.joins import SUCCEEDED, Joined, vote_of
+from codeforge.orchestrator.joins import Joined, vote_of
 
 COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
 #: Attempts of a system task (resolve, merge, publish): a retryable failure (network) is retried by the
@@ -126,7 +127,7 @@ def compact(info: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def winner_index(step: Step, parts: list[dict[str, Any]], joined: Joined) -> int | None:
     """The part whose commit a firstSuccess or majority join carries (None: keep the input commit)."""
-    succeeded = [p for p in parts if p["status"] == SUCCEEDED]
+    succeeded = [p for p in parts if p["status"] == Outcome.SUCCEEDED]
     if not succeeded:
         return None
     if not step.fans_out:

@@ -67,7 +67,9 @@ def expires_at(spec: Mapping[str, Any], status: Mapping[str, Any], default: int 
     return moment.timestamp() + float(ttl)
 
 
-def expired_status(status: Mapping[str, Any], ttl: float, generation: int | None, kept: str | None) -> dict[str, Any]:
+def expired_status(
+    status: Mapping[str, Any], ttl: float, generation: int | None, kept: str | None
+) -> dict[str, Any]:
     """The status patch that records the clean-up (and what it could not remove)."""
     message = f"the run's checkpoints, result copy and step refs were removed {ttl:g}s after it finished"
     if kept:

@@ -24,10 +24,18 @@ from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec, AgentPoolStatus, AutoscalingMode, Condition
 from codeforge.api.task import QueueStats
-from codeforge.controller import builders, conditions
-from codeforge.controller.autoscaler import AutoscalerState, Decision, Demand, decide, external_replicas
-from codeforge.controller.conditions import ConditionType, Observation, PodProblem
-from codeforge.controller.drift import differences
+from codeforge.controller.agentpool import builders, conditions
+from codeforge.controller.agentpool.autoscaler import (
+    AutoscalerState,
+    Decision,
+    Demand,
+    decide,
+    external_replicas,
+)
+from codeforge.controller.agentpool.conditions import ConditionType, Observation, PodProblem
+from codeforge.controller.agentpool.drift import differences
+from codeforge.controller.config import AgentDefaults
+from codeforge.controller.kstatus import EventType, KubeEvent, merge_conditions
 from codeforge.controller.kube import PDBS, PODS, KubeApi, KubeApiError, kind_of
 from codeforge.queue import TaskQueue
 
@@ -54,22 +62,15 @@ class PoolObject:
 class Deps:
     kube: KubeApi
     queue: TaskQueue | None  # None: not connected (yet)
-    agents: builders.AgentDefaults
+    agents: AgentDefaults
     queue_timeout: float = 2.0
     queue_error: str = "the operator is not connected to the queue yet"  # why `queue` is None
-
-
-@dataclass(frozen=True, slots=True)
-class PoolEvent:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass(slots=True)
 class Outcome:
     status: JSON
-    events: list[PoolEvent] = field(default_factory=list)
+    events: list[KubeEvent] = field(default_factory=list)
     autoscaler: AutoscalerState = field(default_factory=AutoscalerState)
     desired: int | None = None  # replicas applied to the Deployment; None when nothing was applied
 
@@ -93,9 +94,7 @@ def spec_error_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_spec(
-    raw: Mapping[str, Any], ref: builders.PoolRef, agents: builders.AgentDefaults
-) -> AgentPoolSpec:
+def parse_spec(raw: Mapping[str, Any], ref: builders.PoolRef, agents: AgentDefaults) -> AgentPoolSpec:
     try:
         spec = AgentPoolSpec.model_validate(dict(raw))
         builders.agent_env(ref, spec, agents)  # handler settings that cannot become env fail here
@@ -256,21 +255,21 @@ def deployment_observation(deployment: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _scale_event(before: int, after: int, why: str) -> PoolEvent:
+def _scale_event(before: int, after: int, why: str) -> KubeEvent:
     reason = "ScaledUp" if after > before else "ScaledDown"
-    return PoolEvent("Normal", reason, f"Scaled agents from {before} to {after}: {why}")
+    return KubeEvent(EventType.NORMAL, reason, f"Scaled agents from {before} to {after}: {why}")
 
 
-def _health_events(old: Mapping[str, Any], new: Sequence[JSON]) -> list[PoolEvent]:
+def _health_events(old: Mapping[str, Any], new: Sequence[JSON]) -> list[KubeEvent]:
     """A Warning when the pool becomes degraded (or for a new reason), a Normal event when it recovers."""
     before = {c.get("type"): c for c in old.get("conditions", [])}.get(ConditionType.DEGRADED.value, {})
     after = next(c for c in new if c["type"] == ConditionType.DEGRADED.value)
     if after["status"] == "True" and (
         before.get("status") != "True" or before.get("reason") != after["reason"]
     ):
-        return [PoolEvent("Warning", after["reason"], after["message"] or after["reason"])]
+        return [KubeEvent(EventType.WARNING, after["reason"], after["message"] or after["reason"])]
     if after["status"] == "False" and before.get("status") == "True":
-        return [PoolEvent("Normal", "Recovered", f"no longer degraded ({before.get('reason')})")]
+        return [KubeEvent(EventType.NORMAL, "Recovered", f"no longer degraded ({before.get('reason')})")]
     return []
 
 
@@ -288,7 +287,7 @@ async def reconcile(
     """Bring the pool's objects to the spec and return the status to write (and Events to post)."""
     ref = pool.ref
     old_status = dict(pool.status)
-    events: list[PoolEvent] = []
+    events: list[KubeEvent] = []
     status = AgentPoolStatus.model_validate(old_status)
     status.observed_generation = pool.generation
     status.selector = builders.selector_string(ref.name)
@@ -364,12 +363,14 @@ def _finish(
     old_status: Mapping[str, Any],
     status: AgentPoolStatus,
     observation: Observation,
-    events: list[PoolEvent],
+    events: list[KubeEvent],
     autoscaler: AutoscalerState,
     timestamp: str,
 ) -> Outcome:
     values = conditions.evaluate(observation)
-    merged = conditions.merge(old_status.get("conditions", []), values, timestamp, status.observed_generation)
+    merged = merge_conditions(
+        old_status.get("conditions", []), values, timestamp, status.observed_generation, keep_others=False
+    )
     status.conditions = [Condition.model_validate(c) for c in merged]
     status.phase = conditions.phase(values)
     body = status.to_k8s()

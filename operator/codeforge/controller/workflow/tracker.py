@@ -2,7 +2,8 @@
 
 The tracker starts from the status already stored (an operator restart keeps step times and visits), applies
 each `ProgressEvent` in memory, and renders the whole `status` on demand; the status writer decides when to
-send it. Step transitions are also kept as `Transition`s, which become Kubernetes Events.
+send it (the tracker calls `on_change` after every change, which wakes the writer). Step transitions are
+also kept as `KubeEvent`s, which become Kubernetes Events.
 
 Conditions of a Workflow and their reasons:
 
@@ -23,12 +24,12 @@ Conditions of a Workflow and their reasons:
 
 from __future__ import annotations
 
-import datetime
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.api.workflow_status import (
     StepPhase,
@@ -38,20 +39,28 @@ from codeforge.api.workflow_status import (
     progress,
     truncate,
 )
+from codeforge.controller.kstatus import (
+    ConditionValue,
+    EventType,
+    KubeEvent,
+    merge_conditions,
+    now_rfc3339,
+    rfc3339,
+)
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
 
 JSON = dict[str, Any]
 #: Which step phases count as finished for the progress column.
 FINISHED_STEPS: Final = frozenset({StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED})
-_OUTCOME_PHASES: Final = {
-    "succeeded": WorkflowPhase.SUCCEEDED,
-    "failed": WorkflowPhase.FAILED,
-    "cancelled": WorkflowPhase.CANCELLED,
+_OUTCOME_PHASES: Final[dict[str, WorkflowPhase]] = {
+    Outcome.SUCCEEDED: WorkflowPhase.SUCCEEDED,
+    Outcome.FAILED: WorkflowPhase.FAILED,
+    Outcome.CANCELLED: WorkflowPhase.CANCELLED,
 }
-_STEP_PHASES: Final = {
-    "succeeded": StepPhase.SUCCEEDED,
-    "failed": StepPhase.FAILED,
-    "cancelled": StepPhase.CANCELLED,
+_STEP_PHASES: Final[dict[str, StepPhase]] = {
+    Outcome.SUCCEEDED: StepPhase.SUCCEEDED,
+    Outcome.FAILED: StepPhase.FAILED,
+    Outcome.CANCELLED: StepPhase.CANCELLED,
 }
 
 
@@ -76,51 +85,6 @@ class Reason(enum.StrEnum):
     AS_EXPECTED = "AsExpected"
 
 
-def rfc3339(unix: float) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A step transition, posted as a Kubernetes Event on the Workflow."""
-
-    type: str  # Normal | Warning
-    reason: str  # StepStarted, StepSucceeded, StepFailed, StepRetrying, ...
-    message: str
-
-
-def merge_conditions(
-    existing: Sequence[Mapping[str, Any]],
-    values: Iterable[tuple[ConditionType, bool, Reason, str]],
-    now: str,
-    generation: int | None,
-    drop: Iterable[ConditionType] = (),
-) -> list[JSON]:
-    """Conditions after an update; `lastTransitionTime` moves only when a status flips."""
-    by_type = {c.get("type"): dict(c) for c in existing}
-    for gone in drop:
-        by_type.pop(gone.value, None)
-    for ctype, status, reason, message in values:
-        text = "True" if status else "False"
-        before = by_type.get(ctype.value)
-        since = before["lastTransitionTime"] if before and before.get("status") == text else now
-        condition: JSON = {
-            "type": ctype.value,
-            "status": text,
-            "reason": reason.value,
-            "message": truncate(message, 32768),
-            "lastTransitionTime": since,
-        }
-        if generation is not None:
-            condition["observedGeneration"] = generation
-        by_type[ctype.value] = condition
-    return [c for c in by_type.values() if c.get("type")]
-
-
 def invalid_status(
     existing: Mapping[str, Any], message: str, generation: int | None, now: str | None = None
 ) -> JSON:
@@ -129,9 +93,9 @@ def invalid_status(
     conditions = merge_conditions(
         existing.get("conditions") or [],
         [
-            (ConditionType.INVALID, True, Reason.INVALID_SPEC, message),
-            (ConditionType.RUNNING, False, Reason.FINISHED, "the spec is invalid"),
-            (ConditionType.FINISHED, True, Reason.FAILED, "the spec is invalid"),
+            ConditionValue(ConditionType.INVALID, True, Reason.INVALID_SPEC, message),
+            ConditionValue(ConditionType.RUNNING, False, Reason.FINISHED, "the spec is invalid"),
+            ConditionValue(ConditionType.FINISHED, True, Reason.FAILED, "the spec is invalid"),
         ],
         now,
         generation,
@@ -151,8 +115,8 @@ def pending_status(existing: Mapping[str, Any], total_steps: int, generation: in
     conditions = merge_conditions(
         existing.get("conditions") or [],
         [
-            (ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start"),
-            (ConditionType.FINISHED, False, Reason.IN_PROGRESS, ""),
+            ConditionValue(ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start"),
+            ConditionValue(ConditionType.FINISHED, False, Reason.IN_PROGRESS, ""),
         ],
         now_rfc3339(),
         generation,
@@ -208,8 +172,10 @@ class WorkflowTracker:
     degraded: str | None = None  # why the queue or checkpoint store is unreachable
     degraded_by_probe: bool = False  # set by the queue probe (which also clears it)
     conditions: list[JSON] = field(default_factory=list)
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[KubeEvent] = field(default_factory=list)
     version: int = 0  # bumped on every change; the writer compares it with what it wrote
+    #: Called after every change (the status writer subscribes in `StatusWriter.track`).
+    on_change: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_status(
@@ -251,7 +217,9 @@ class WorkflowTracker:
             step = self._step(event.step)
             step.phase, step.visits, step.attempts = StepPhase.RUNNING, step.visits + 1, 0
             step.parts, step.start_time, step.finish_time, step.message = event.parts, at, None, ""
-            self._transition("Normal", "StepStarted", f"step {event.step} started (visit {step.visits})")
+            self._transition(
+                EventType.NORMAL, "StepStarted", f"step {event.step} started (visit {step.visits})"
+            )
         elif kind is EventKind.TASK_DISPATCHED:
             step = self._step(event.step)
             if step.phase not in (StepPhase.RUNNING, StepPhase.RETRYING) or step.visits == 0:
@@ -265,7 +233,7 @@ class WorkflowTracker:
             step.phase, step.message = StepPhase.RETRYING, event.message
             step.agent = event.agent or step.agent
             self._transition(
-                "Warning",
+                EventType.WARNING,
                 "StepAttemptFailed",
                 f"step {event.step} attempt {(event.attempt or 0) + 1} failed: "
                 f"{truncate(event.message, 200)}",
@@ -281,10 +249,10 @@ class WorkflowTracker:
                 self.workspace = {**(self.workspace or {}), "commit": event.commit}
             took = f" in {event.duration:.3g}s" if event.duration is not None else ""
             if step.phase is StepPhase.SUCCEEDED:
-                self._transition("Normal", "StepSucceeded", f"step {event.step} succeeded{took}")
+                self._transition(EventType.NORMAL, "StepSucceeded", f"step {event.step} succeeded{took}")
             else:
                 self._transition(
-                    "Warning",
+                    EventType.WARNING,
                     f"Step{step.phase.value}",
                     f"step {event.step} {step.phase.value.lower()}{took}: {truncate(event.message, 200)}",
                 )
@@ -292,16 +260,18 @@ class WorkflowTracker:
             self.workspace = {**(self.workspace or {}), **workspace_status(event.detail or {})}
             if kind is EventKind.WORKSPACE_RESOLVED:
                 self.workspace["base"] = event.commit
-                self._transition("Normal", "WorkspaceResolved", f"ref resolved to {event.commit[:12]}")
+                self._transition(
+                    EventType.NORMAL, "WorkspaceResolved", f"ref resolved to {event.commit[:12]}"
+                )
             else:
                 self._transition(
-                    "Normal",
+                    EventType.NORMAL,
                     "WorkspacePublished",
                     f"{event.commit[:12]} pushed to {self.workspace.get('branch')}",
                 )
         else:  # WORKFLOW_FINISHED: `finish()` applies the run's outcome, with its result
             return
-        self.version += 1
+        self._changed()
 
     def finish(self, outcome: WorkflowOutcome, result: Any, result_ref: JSON | None) -> None:
         """The run returned: its outcome is final (also for a run that had finished before a restart)."""
@@ -320,20 +290,27 @@ class WorkflowTracker:
             if step.phase in (StepPhase.RUNNING, StepPhase.RETRYING) and phase.finished:
                 step.phase, step.finish_time = StepPhase.CANCELLED, at
         if first:
-            kind = "Normal" if phase is WorkflowPhase.SUCCEEDED else "Warning"
+            kind = EventType.NORMAL if phase is WorkflowPhase.SUCCEEDED else EventType.WARNING
             self._transition(kind, f"Workflow{phase.value}", message or f"workflow {phase.value.lower()}")
-        self.version += 1
+        self._changed()
 
     def set_suspended(self, suspended: bool) -> None:
         if suspended != self.suspended:
             self.suspended = suspended
-            self._transition("Normal", "Suspended" if suspended else "Resumed", "spec.suspend changed")
-            self.version += 1
+            self._transition(
+                EventType.NORMAL, "Suspended" if suspended else "Resumed", "spec.suspend changed"
+            )
+            self._changed()
 
     def set_degraded(self, reason: str | None) -> None:
         if reason != self.degraded:
             self.degraded = reason
-            self.version += 1
+            self._changed()
+
+    def refuse_retry(self, token: str | None, reason: str) -> None:
+        """A retry was asked for but cannot run: the token is consumed and the message says why."""
+        self.retry_token, self.message = token, f"retry refused: {reason}"
+        self._changed()
 
     def begin_retry(self, token: str | None, step: str | None) -> None:
         """A retry of the failed run starts: back to Running, the failed step starts again."""
@@ -345,18 +322,23 @@ class WorkflowTracker:
             view = self._step(step)
             view.phase, view.visits, view.attempts = StepPhase.RUNNING, view.visits + 1, 0
             view.start_time, view.finish_time, view.message = now_rfc3339(), None, ""
-        self._transition("Normal", "Retrying", f"retry {self.retries}: from step {step or '(start)'}")
+        self._transition(EventType.NORMAL, "Retrying", f"retry {self.retries}: from step {step or '(start)'}")
+        self._changed()
+
+    def _changed(self) -> None:
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _step(self, name: str) -> StepView:
         if name not in self.steps:
             self.steps[name] = StepView(name=name, phase=StepPhase.RUNNING, pool=self.pools.get(name))
         return self.steps[name]
 
-    def _transition(self, type_: str, reason: str, message: str) -> None:
-        self.transitions.append(Transition(type_, reason, message))
+    def _transition(self, type_: EventType, reason: str, message: str) -> None:
+        self.transitions.append(KubeEvent(type_, reason, message))
 
-    def take_transitions(self) -> list[Transition]:
+    def take_transitions(self) -> list[KubeEvent]:
         taken, self.transitions = self.transitions, []
         return taken
 
@@ -396,24 +378,26 @@ class WorkflowTracker:
             "conditions": self.conditions,
         }
 
-    def _condition_values(self, phase: WorkflowPhase) -> list[tuple[ConditionType, bool, Reason, str]]:
-        running: tuple[ConditionType, bool, Reason, str]
+    def _condition_values(self, phase: WorkflowPhase) -> list[ConditionValue]:
+        running: ConditionValue
         if phase is WorkflowPhase.RUNNING:
-            running = (ConditionType.RUNNING, True, Reason.RUNNING, "")
+            running = ConditionValue(ConditionType.RUNNING, True, Reason.RUNNING, "")
         elif phase is WorkflowPhase.SUSPENDED:
-            running = (ConditionType.RUNNING, False, Reason.SUSPENDED, "spec.suspend is true")
+            running = ConditionValue(ConditionType.RUNNING, False, Reason.SUSPENDED, "spec.suspend is true")
         elif phase is WorkflowPhase.PENDING:
-            running = (ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start")
+            running = ConditionValue(
+                ConditionType.RUNNING, False, Reason.PENDING, "waiting for the run to start"
+            )
         else:
-            running = (ConditionType.RUNNING, False, Reason.FINISHED, "")
+            running = ConditionValue(ConditionType.RUNNING, False, Reason.FINISHED, "")
         if phase.finished:
-            finished = (ConditionType.FINISHED, True, Reason(phase.value), self.message or "")
+            finished = ConditionValue(ConditionType.FINISHED, True, Reason(phase.value), self.message or "")
         else:
-            finished = (ConditionType.FINISHED, False, Reason.IN_PROGRESS, "")
+            finished = ConditionValue(ConditionType.FINISHED, False, Reason.IN_PROGRESS, "")
         if self.degraded:
-            degraded = (ConditionType.DEGRADED, True, Reason.QUEUE_UNREACHABLE, self.degraded)
+            degraded = ConditionValue(ConditionType.DEGRADED, True, Reason.QUEUE_UNREACHABLE, self.degraded)
         else:
-            degraded = (ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "")
+            degraded = ConditionValue(ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "")
         return [running, finished, degraded]
 
 

@@ -1,4 +1,4 @@
-"""Kopf handlers of the AgentPool kind: thin wrappers around `agentpool_reconcile.reconcile`.
+"""Kopf handlers of the AgentPool kind: thin wrappers around `reconcile.reconcile`.
 
 - create / update / resume: a full reconcile, including the metrics Service and the PodDisruptionBudget;
 - a timer (every CODEFORGE_AUTOSCALE_INTERVAL seconds): autoscaling from the queue, Deployment drift
@@ -13,7 +13,6 @@ CODEFORGE_STATUS_INTERVAL seconds), so 20 busy pools do not flood the API server
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +20,13 @@ from typing import Any
 import kopf
 
 from codeforge.api.agentpool import GROUP, PLURAL, VERSION
-from codeforge.controller import builders, metrics
-from codeforge.controller.agentpool_reconcile import Deps, Outcome, PoolObject, reconcile, status_needs_write
-from codeforge.controller.autoscaler import AutoscalerState
+from codeforge.controller import metrics
+from codeforge.controller.agentpool import builders
+from codeforge.controller.agentpool.autoscaler import AutoscalerState
+from codeforge.controller.agentpool.reconcile import Deps, Outcome, PoolObject, reconcile, status_needs_write
+from codeforge.controller.kstatus import now_rfc3339
 from codeforge.controller.kube import KubeApiError
-from codeforge.controller.runtime import CONFIG, Logger, Runtime
+from codeforge.controller.services import CONFIG, Logger, OperatorServices
 
 #: How often owned Services and PDBs are re-checked by the timer (they change rarely; each check is a GET).
 EXTRAS_CHECK_SECONDS = 60.0
@@ -71,11 +72,7 @@ def _indexed(
     return next(iter(store), None) if store is not None else None
 
 
-def _timestamp() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def _run(
+async def _reconcile_and_report(
     *,
     body: kopf.Body,
     memo: Any,
@@ -83,14 +80,14 @@ async def _run(
     deployments: kopf.Index[tuple[str, str], Any] | None,
     check_extras: bool,
 ) -> Outcome:
-    runtime: Runtime = memo.runtime
+    services: OperatorServices = memo.services
     pool = _memory(memo)
     meta = body.metadata
     ref = builders.PoolRef(namespace=meta.namespace or "default", name=meta.name or "", uid=meta.uid or "")
     async with pool.lock:
-        queue = await runtime.connected_queue(logger)
+        queue = await services.connected_queue(logger)
         deps = Deps(
-            kube=runtime.api(), queue=queue, agents=runtime.config.agents, queue_error=runtime.queue_error
+            kube=services.api(), queue=queue, agents=services.config.agents, queue_error=services.queue_error
         )
         try:
             outcome = await reconcile(
@@ -99,7 +96,7 @@ async def _run(
                 deployment=_indexed(deployments, ref.namespace, builders.names(ref.name)["deployment"]),
                 autoscaler=pool.autoscaler,
                 now=time.monotonic(),
-                timestamp=_timestamp(),
+                timestamp=now_rfc3339(),
                 check_extras=check_extras,
                 last_desired=pool.desired,
             )
@@ -133,7 +130,7 @@ async def reconcile_pool(
     agent_deployments: kopf.Index[tuple[str, str], Any] | None = None,  # injected by Kopf
     **_: Any,
 ) -> None:
-    outcome = await _run(
+    outcome = await _reconcile_and_report(
         body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=True
     )
     patch.status.update(outcome.status)
@@ -154,8 +151,10 @@ async def autoscale_pool(
 ) -> None:
     pool = _memory(memo)
     due = time.monotonic() - pool.extras_checked_at >= EXTRAS_CHECK_SECONDS
-    outcome = await _run(body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=due)
-    gauges_due = time.monotonic() - pool.gauges_written_at >= memo.runtime.config.status_interval
+    outcome = await _reconcile_and_report(
+        body=body, memo=memo, logger=logger, deployments=agent_deployments, check_extras=due
+    )
+    gauges_due = time.monotonic() - pool.gauges_written_at >= memo.services.config.status_interval
     if status_needs_write(dict(body.status), outcome.status, gauges_due):
         patch.status.update(outcome.status)
         pool.gauges_written_at = time.monotonic()

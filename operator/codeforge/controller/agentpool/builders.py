@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
+from codeforge.controller.config import AgentDefaults
+from codeforge.controller.kstatus import ObjectRef
 
 JSON = dict[str, Any]
 
 POOL_LABEL: Final = "codeforge.ai/pool"
 ROLE_LABEL: Final = "codeforge.ai/role"
 MANAGED_BY: Final = "codeforge-operator"
-DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
 #: Read by the ReplicaSet controller on scale-in: pods with the lowest cost go first.
 POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 CONTAINER_NAME: Final = "agent"
@@ -28,28 +29,12 @@ HEALTH_PORT_NAME: Final = "http"
 
 
 @dataclass(frozen=True, slots=True)
-class PoolRef:
+class PoolRef(ObjectRef):
     """The identity of one AgentPool object (what owner references and names derive from)."""
-
-    namespace: str
-    name: str
-    uid: str
 
     @property
     def queue(self) -> str:
         return pool_queue_name(self.namespace, self.name)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentDefaults:
-    """Operator-wide settings every agent pod receives (from the operator's own environment)."""
-
-    queue_url: str
-    #: Image for pools that name none: the agent image released with this operator.
-    image: str = DEFAULT_AGENT_IMAGE
-    #: Secret (name, key) holding the Redis password; mounted as CODEFORGE_REDIS_PASSWORD.
-    redis_password_secret: tuple[str, str] | None = None
-    log_format: str = "json"
 
 
 # Variables the operator owns: handler settings may not override them.

@@ -1,8 +1,8 @@
 """What the whole operator process shares: its configuration, one Kubernetes client and one queue connection.
 
-The startup handler puts a `Runtime` into Kopf's operator-wide memo; every object's memo is a shallow copy of
-it, so the AgentPool and Workflow handlers reach the same connections through
-`memo.runtime`. The queue connection is retried with a pause when the queue is down, and the reason is kept
+The startup handler puts an `OperatorServices` into Kopf's operator-wide memo; every object's memo is a
+shallow copy of it, so the AgentPool and Workflow handlers reach the same connections through
+`memo.services`. The queue connection is retried with a pause when the queue is down, and the reason is kept
 for the QueueUnreachable conditions. With CODEFORGE_LEADER_ELECTION on, the startup handler first waits until
 this replica holds the leader Lease (`controller/leader.py`); a standby never gets past it.
 """
@@ -21,8 +21,9 @@ import prometheus_client
 
 from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
+from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
-from codeforge.controller.settings import configure
+from codeforge.controller.standby import liveness_endpoint
 from codeforge.queue import TaskQueue, open_queue
 
 #: Read once at import: Kopf timers take their interval when the handlers are declared.
@@ -35,7 +36,7 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass
-class Runtime:
+class OperatorServices:
     """Operator-wide connections, shared by every object's memo (memos are shallow copies of this one)."""
 
     config: OperatorConfig
@@ -78,17 +79,17 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, *
     configure(settings)
     if CONFIG.queue_url.startswith("memory://"):
         logger.warning("CODEFORGE_QUEUE_URL is unset: using an in-process queue that no agent pod can reach")
-    memo.runtime = Runtime(config=CONFIG)
+    memo.services = OperatorServices(config=CONFIG)
     if CONFIG.metrics_port is not None:
         prometheus_client.start_http_server(CONFIG.metrics_port)  # a daemon thread; exits with the process
     # A standby waits here (serving liveness and metrics): Kopf starts no watcher before this returns.
-    probe = leader.liveness_endpoint(os.environ, sys.argv)
-    memo.runtime.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
-    await memo.runtime.connected_queue(logger)
+    probe = liveness_endpoint(os.environ, sys.argv)
+    memo.services.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
+    await memo.services.connected_queue(logger)
 
 
 @kopf.on.cleanup()
 async def stop(*, memo: Any, **_: Any) -> None:
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is not None:
-        await runtime.close()
+    services: OperatorServices | None = getattr(memo, "services", None)
+    if services is not None:
+        await services.close()

@@ -1,4 +1,4 @@
-"""Kopf handlers of the Workflow kind: thin wrappers around `workflow_runs` and `workflow_tracker`.
+"""Kopf handlers of the Workflow kind: thin wrappers around `supervisor`, `registry` and `tracker`.
 
 - create / resume / spec update: validate. A bad spec gives phase Failed and an `Invalid` condition whose
   message names each bad field (one status patch; the operator carries on). Fixing the spec of such a
@@ -9,7 +9,7 @@
 - `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
 - delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
 - retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
-  codeforge.ai/retry="$(date +%s)" --overwrite` (see `workflow_retry`).
+  codeforge.ai/retry="$(date +%s)" --overwrite` (see `retry`).
 """
 
 from __future__ import annotations
@@ -20,37 +20,39 @@ import kopf
 
 from codeforge.api.agentpool import API_VERSION, GROUP, VERSION
 from codeforge.api.workflow import KIND, PLURAL, WorkflowSpecError, parse_workflow_spec
-from codeforge.controller import workflow_metrics
-from codeforge.controller.kube import Kind
-from codeforge.controller.runtime import Logger
-from codeforge.controller.workflow_runs import (
-    Unavailable,
-    WorkflowObject,
-    WorkflowRuntime,
-    WorkflowSettings,
-    cleanup,
-    drive,
-    wants_run,
+from codeforge.controller.kstatus import (
+    EVENT_MESSAGE_LIMIT,
+    EventType,
+    KubeEvent,
+    ObjectRef,
+    condition_message,
+    condition_true,
 )
-from codeforge.controller.workflow_status_writer import StatusWriter, WorkflowRef
-from codeforge.controller.workflow_tracker import ConditionType, Transition, invalid_status, pending_status
+from codeforge.controller.kube import Kind
+from codeforge.controller.services import Logger
+from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
+from codeforge.controller.workflow.settings import WorkflowSettings
+from codeforge.controller.workflow.status_writer import StatusWriter
+from codeforge.controller.workflow.supervisor import WorkflowObject, cleanup, supervise, wants_run
+from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
 
 WORKFLOWS = Kind(API_VERSION, PLURAL)
 
 
-def _ref(meta: kopf.Meta) -> WorkflowRef:
-    return WorkflowRef(namespace=meta.namespace or "default", name=meta.name or "", uid=meta.uid or "")
+def _ref(meta: kopf.Meta) -> ObjectRef:
+    return ObjectRef(namespace=meta.namespace or "default", name=meta.name or "", uid=meta.uid or "")
 
 
 @kopf.on.startup()
 async def start_workflows(*, memo: Any, **_: Any) -> None:
     """The status writer and the run registry, shared by every Workflow's memo."""
 
-    async def patch_status(ref: WorkflowRef, body: dict[str, Any]) -> None:
+    async def patch_status(ref: ObjectRef, body: dict[str, Any]) -> None:
         # `name/status` is the status subresource (the path keeps the slash).
-        await memo.runtime.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", body)
+        await memo.services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", body)
 
-    def post_event(ref: WorkflowRef, transition: Transition) -> None:
+    def post_event(ref: ObjectRef, transition: KubeEvent) -> None:
         target: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -70,21 +72,14 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         interval=settings.status_interval,
         writes_per_second=settings.writes_per_second,
     )
-    memo.workflows = WorkflowRuntime(settings=settings, writer=writer)
+    memo.workflows = WorkflowRegistry(settings=settings, writer=writer)
 
 
 @kopf.on.cleanup()
 async def stop_workflows(*, memo: Any, **_: Any) -> None:
-    workflows: WorkflowRuntime | None = getattr(memo, "workflows", None)
+    workflows: WorkflowRegistry | None = getattr(memo, "workflows", None)
     if workflows is not None:
         await workflows.close()
-
-
-def _is_invalid(status: kopf.Status) -> bool:
-    return any(
-        c.get("type") == ConditionType.INVALID and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -108,21 +103,16 @@ def validate_workflow(
         parsed = parse_workflow_spec(dict(spec))
     except WorkflowSpecError as exc:
         message = str(exc)
-        if _invalid_message(status) != message:  # not on every resume of the same invalid spec
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=message[:1024])
+        if condition_message(status.get("conditions"), ConditionType.INVALID) != message:  # not every resume
+            kopf.event(
+                body, type=EventType.WARNING, reason="InvalidSpec", message=message[:EVENT_MESSAGE_LIMIT]
+            )
         logger.error("invalid Workflow spec:\n%s", message)
         patch.status.update(invalid_status(dict(status), message, generation))
         workflow_metrics.observe_phase(meta.uid or "", "Failed")
         return
-    if _is_invalid(status):
+    if condition_true(status.get("conditions"), ConditionType.INVALID):
         patch.status.update(pending_status(dict(status), len(parsed.steps), generation))
-
-
-def _invalid_message(status: kopf.Status) -> str:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == ConditionType.INVALID:
-            return str(condition.get("message", ""))
-    return ""
 
 
 def _wants_run(annotations: kopf.Annotations, status: kopf.Status, **_: Any) -> bool:
@@ -160,7 +150,7 @@ async def run_workflow(
         reason = stopped.reason
         return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
 
-    await drive(memo.workflows, memo.runtime, obj, stopped, deleted, logger)
+    await supervise(memo.workflows, memo.services, obj, stopped, deleted, logger)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
@@ -174,9 +164,9 @@ async def delete_workflow(
     *, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any, logger: Logger, **_: Any
 ) -> None:
     try:
-        kept = await cleanup(memo.workflows, memo.runtime, _ref(meta), dict(status), logger)
+        kept = await cleanup(memo.workflows, memo.services, _ref(meta), dict(status), logger)
     except Unavailable as exc:
         # The finalizer holds the Workflow until its keys can be removed: nothing is left behind in Redis.
         raise kopf.TemporaryError(f"cannot clean up the Workflow's Redis keys yet: {exc}", delay=5) from exc
     if kept:  # the cleanup task stays queued; the Event tells the user where the refs are
-        kopf.warn(body, reason="WorkspaceRefsKept", message=kept[:1024])
+        kopf.warn(body, reason="WorkspaceRefsKept", message=kept[:EVENT_MESSAGE_LIMIT])

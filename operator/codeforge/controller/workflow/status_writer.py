@@ -23,30 +23,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from codeforge.controller import workflow_metrics
+from codeforge.controller.kstatus import EventType, KubeEvent, ObjectRef
 from codeforge.controller.kube import KubeApiError, NotFoundError
-from codeforge.controller.workflow_tracker import Transition, WorkflowTracker
+from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.tracker import WorkflowTracker
 
 JSON = dict[str, Any]
 EVENTS_PER_WRITE: Final = 5
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkflowRef:
-    namespace: str
-    name: str
-    uid: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
 #: Sends `{"status": ...}` as a merge patch to the Workflow's status subresource.
-PatchStatus = Callable[[WorkflowRef, JSON], Awaitable[None]]
+PatchStatus = Callable[[ObjectRef, JSON], Awaitable[None]]
 #: Posts one Kubernetes Event on the Workflow (type, reason, message).
-PostEvent = Callable[[WorkflowRef, Transition], None]
+PostEvent = Callable[[ObjectRef, KubeEvent], None]
 
 
 class TokenBucket:
@@ -74,7 +64,7 @@ class TokenBucket:
 
 @dataclass
 class _Entry:
-    ref: WorkflowRef
+    ref: ObjectRef
     tracker: WorkflowTracker
     written_version: int = -1
     written_at: float = float("-inf")
@@ -100,12 +90,15 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self.writes = 0  # patches sent, for tests and the benchmark
 
-    def track(self, ref: WorkflowRef, tracker: WorkflowTracker) -> None:
+    def track(self, ref: ObjectRef, tracker: WorkflowTracker) -> None:
         self._entries[ref.uid] = _Entry(ref, tracker)
+        tracker.on_change = self.changed
         self._wake.set()
 
     def untrack(self, uid: str) -> None:
-        self._entries.pop(uid, None)
+        entry = self._entries.pop(uid, None)
+        if entry is not None and entry.tracker.on_change == self.changed:
+            entry.tracker.on_change = None
 
     def changed(self) -> None:
         """A tracker changed: the loop looks at it once its interval has passed."""
@@ -182,15 +175,15 @@ class StatusWriter:
         entry.flushed.set()
         self._post_events(entry.ref, transitions)
 
-    def _post_events(self, ref: WorkflowRef, transitions: list[Transition]) -> None:
+    def _post_events(self, ref: ObjectRef, transitions: list[KubeEvent]) -> None:
         if self._post is None or not transitions:
             return
         shown = transitions
         if len(transitions) > EVENTS_PER_WRITE:
             # Keep the first ones and the latest (often the Workflow's own ending); sum up the middle.
             middle = transitions[EVENTS_PER_WRITE - 2 : -1]
-            summary = Transition(
-                "Normal",
+            summary = KubeEvent(
+                EventType.NORMAL,
                 "StepTransitions",
                 f"{len(middle)} more step transitions, the last: {middle[-1].message}",
             )

@@ -24,11 +24,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from codeforge.api.agentpool import AgentPoolPhase
-
-JSON = dict[str, Any]
+from codeforge.controller.kstatus import ConditionValue
 
 
 class ConditionType(enum.StrEnum):
@@ -79,14 +78,6 @@ class Observation:
     pod_problems: Sequence[PodProblem] = field(default_factory=tuple)
     queue_error: str | None = None
     spec_error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConditionValue:
-    type: ConditionType
-    status: bool
-    reason: Reason
-    message: str
 
 
 def _summarise(problems: Iterable[PodProblem], limit: int = 3) -> str:
@@ -152,26 +143,3 @@ def phase(values: Sequence[ConditionValue]) -> AgentPoolPhase:
     if by_type[ConditionType.PROGRESSING].status:
         return AgentPoolPhase.SCALING
     return AgentPoolPhase.READY if by_type[ConditionType.READY].status else AgentPoolPhase.PENDING
-
-
-def merge(
-    existing: Sequence[JSON], values: Iterable[ConditionValue], now: str, generation: int | None
-) -> list[JSON]:
-    """New conditions list; `lastTransitionTime` moves only when a condition's status flips."""
-    previous = {c.get("type"): c for c in existing}
-    merged: list[JSON] = []
-    for value in values:
-        status = "True" if value.status else "False"
-        before = previous.get(value.type.value)
-        since = before["lastTransitionTime"] if before and before.get("status") == status else now
-        condition: JSON = {
-            "type": value.type.value,
-            "status": status,
-            "reason": value.reason.value,
-            "message": value.message[:32768],
-            "lastTransitionTime": since,
-        }
-        if generation is not None:
-            condition["observedGeneration"] = generation
-        merged.append(condition)
-    return merged

@@ -1,0 +1,1 @@
+"""The AgentPool controller: Kopf handlers (thin), reconcile, object builders, conditions, autoscaler."""

@@ -1,0 +1,122 @@
+"""The registry of the Workflows live in this operator (in Kopf's memo as `memo.workflows`): the
+orchestrator's runner on the operator's queue with its checkpointer, one `LiveWorkflow` per running
+Workflow, the shared status writer, and the queue probe that reports an outage on every running Workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.results import ResultStore
+from codeforge.controller.workflow.settings import WorkflowSettings
+from codeforge.controller.workflow.status_writer import StatusWriter
+from codeforge.controller.workflow.tracker import WorkflowTracker
+from codeforge.orchestrator import RunControl, WorkflowRunner
+from codeforge.orchestrator.checkpoint import RedisCheckpointSaver, open_checkpointer
+from codeforge.queue import QueueError, TaskQueue
+
+#: How often the queue is probed while Workflows run (the queue itself rides out outages by retrying, so
+#: without a probe a run would wait silently), and how long an answer may take.
+PROBE_SECONDS: Final = 5.0
+PROBE_TIMEOUT: Final = 3.0
+#: How long a deletion waits for a cancelled run to cancel its tasks.
+CANCEL_WAIT_SECONDS: Final = 20.0
+
+
+class Unavailable(Exception):
+    """The queue or the checkpoint store cannot be reached (retried with a pause)."""
+
+
+@dataclass
+class LiveWorkflow:
+    """One Workflow whose run this operator drives: its controls, its tracker, and when it ended."""
+
+    control: RunControl
+    tracker: WorkflowTracker
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class WorkflowRegistry:
+    """The Workflows live in this operator and what they share (in Kopf's memo as `memo.workflows`)."""
+
+    settings: WorkflowSettings
+    writer: StatusWriter
+    runs: dict[str, LiveWorkflow] = field(default_factory=dict)
+    runner: WorkflowRunner | None = None
+    results: ResultStore = field(default_factory=ResultStore)
+    writer_task: asyncio.Task[None] | None = None
+    probe_task: asyncio.Task[None] | None = None
+
+    async def connect(self, services: OperatorServices, log: Logger) -> WorkflowRunner:
+        """The runner on the operator's queue, with its checkpointer (opened once); Unavailable if down."""
+        queue: TaskQueue | None = await services.connected_queue(log)
+        if queue is None:
+            raise Unavailable(services.queue_error)
+        if self.runner is None or self.runner.queue is not queue:
+            url = services.config.queue_url
+            checkpointer: BaseCheckpointSaver[Any]
+            if url.startswith("memory://"):
+                checkpointer, self.results = InMemorySaver(), ResultStore()
+            else:
+                try:
+                    saver = await open_checkpointer(url)
+                except QueueError as exc:
+                    raise Unavailable(f"checkpoint store unreachable: {exc}") from None
+                checkpointer, self.results = saver, ResultStore.beside(saver)
+            self.runner = WorkflowRunner(queue, checkpointer)
+        return self.runner
+
+    def start_writer(self) -> None:
+        """Started from the first daemon, not at startup: the writer posts Events through Kopf, whose
+        event queue is reachable only from tasks spawned by the operator's processing (a context var)."""
+        if self.writer_task is None or self.writer_task.done():
+            self.writer_task = asyncio.create_task(self.writer.run(), name="workflow-status-writer")
+        if self.probe_task is None or self.probe_task.done():
+            self.probe_task = asyncio.create_task(self.probe_queue(), name="workflow-queue-probe")
+
+    async def probe_queue(self, every: float = PROBE_SECONDS) -> None:
+        """While runs are active, ping the queue: an outage shows as Degraded/QueueUnreachable on every
+        running Workflow (the runs wait for Redis meanwhile, and carry on once it is back)."""
+        while True:
+            await asyncio.sleep(every)
+            if self.runner is None or not self.runs:
+                continue
+            try:
+                await asyncio.wait_for(self.runner.queue.ping(), PROBE_TIMEOUT)
+                problem = None
+            except Exception as exc:  # any failure to answer is an outage to report
+                problem = f"queue unreachable: {exc or f'no answer within {PROBE_TIMEOUT:g}s'}"
+            for run in list(self.runs.values()):
+                if problem is not None or run.tracker.degraded_by_probe:
+                    run.tracker.set_degraded(problem)
+                    run.tracker.degraded_by_probe = problem is not None
+
+    async def close(self) -> None:
+        for task in (self.writer_task, self.probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
+            with contextlib.suppress(Exception):
+                await self.runner.checkpointer.aclose()
+
+    def set_suspended(self, uid: str, suspended: bool) -> bool:
+        """Pause or resume dispatching of a running Workflow; False when no run is active here."""
+        run = self.runs.get(uid)
+        if run is None:
+            return False
+        if suspended:
+            run.control.suspend()
+        else:
+            run.control.resume()
+        run.tracker.set_suspended(suspended)
+        return True

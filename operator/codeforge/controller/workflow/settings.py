@@ -1,0 +1,32 @@
+"""Settings of the Workflow controller, from the operator's environment.
+
+- CODEFORGE_WORKFLOW_STATUS_INTERVAL: seconds between status writes of one Workflow; default 2
+- CODEFORGE_STATUS_WRITES_PER_SECOND: status writes of all Workflows together; default 20
+- CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT: how long a deletion waits for an agent to delete the run's step refs
+  in its repository; default 30 (the cleanup task stays queued after that)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from codeforge.controller.env import positive
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSettings:
+    status_interval: float = 2.0
+    writes_per_second: float = 20.0
+    #: How long a deletion waits for an agent to delete the run's step refs (then it goes on without).
+    ref_cleanup_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
+        env = os.environ if env is None else env
+        return cls(
+            status_interval=positive(env, "CODEFORGE_WORKFLOW_STATUS_INTERVAL", 2.0),
+            writes_per_second=positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
+            ref_cleanup_timeout=positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
+        )

@@ -1,0 +1,240 @@
+"""The supervisor of one Workflow inside the operator: what its Kopf daemon does (`supervise`), and what its
+deletion does (`cleanup`), as plain functions.
+
+`supervise()` starts or resumes the LangGraph run (thread id = the Workflow's uid; the orchestrator resumes
+from the Redis checkpoint and re-attaches in-flight tasks by their deterministic ids), feeds its progress
+events to a `WorkflowTracker` (which wakes the `StatusWriter` that batches them into status patches), and,
+when Kopf stops the daemon, tells apart:
+
+- the Workflow was deleted: cancel the run, which cancels its outstanding tasks in the queue;
+- the operator stops or pauses (restart, leader hand-over): only stop waiting; the tasks keep running in
+  the agents and the next operator re-attaches to them from the checkpoint.
+
+When the run has ended the daemon stays (idle) until its filter no longer matches (the final status landed),
+because Kopf never restarts a daemon that returned by itself, and a retry needs this daemon to start again.
+Settings: `workflow/settings.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from codeforge.api.outcome import Outcome
+from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow_status import StepPhase, WorkflowPhase
+from codeforge.controller.kstatus import ObjectRef, condition_true
+from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
+from codeforge.controller.workflow.results import ResultStore, bounded_result
+from codeforge.controller.workflow.retry import RETRY_ANNOTATION, RetryError, rewind_to_failed_step
+from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
+from codeforge.orchestrator import EventKind, ProgressEvent, RunControl, WorkflowOutcome, task_id
+from codeforge.queue import TaskQueue
+
+#: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
+RETRY_SECONDS: Final = 5.0
+logger = logging.getLogger(__name__)
+
+
+def qualified(spec: WorkflowSpec, namespace: str) -> WorkflowSpec:
+    """Steps name AgentPools of the Workflow's namespace; their queues are `namespace/pool`."""
+    steps = [
+        s if "/" in s.pool else s.model_copy(update={"pool": f"{namespace}/{s.pool}"}) for s in spec.steps
+    ]
+    return spec.model_copy(update={"steps": steps})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowObject:
+    """What the daemon reads from the Workflow (Kopf's live body keeps annotations fresh)."""
+
+    ref: ObjectRef
+    generation: int | None
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    annotations: Callable[[], Mapping[str, str]]
+
+
+def retry_requested(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
+    """A Failed (not invalid) Workflow whose retry annotation carries a token not acted upon yet."""
+    token = annotations.get(RETRY_ANNOTATION)
+    if not token or token == status.get("retryToken") or status.get("phase") != WorkflowPhase.FAILED:
+        return False
+    return not condition_true(status.get("conditions"), ConditionType.INVALID)
+
+
+def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
+    """The daemon filter: not finished yet, or a retry was asked for."""
+    phase = status.get("phase")
+    if not phase or not WorkflowPhase(phase).finished:
+        return True
+    return retry_requested(annotations, status)
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    """Wait until any of the awaitables is done; cancel the helpers made here, never a future passed in."""
+    made = [a for a in aws if not asyncio.isfuture(a)]
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, source in zip(tasks, aws, strict=True):
+            if source in made:
+                task.cancel()
+
+
+async def supervise(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    obj: WorkflowObject,
+    stopped: Any,  # kopf.DaemonStopped: truthy once set, `await stopped.wait()`, `.reason`
+    deleted: Callable[[], bool],
+    log: Logger,
+) -> None:
+    """Run (or resume, or retry) one Workflow until it ends or Kopf stops the daemon."""
+    try:
+        written = parse_workflow_spec(dict(obj.spec))
+    except WorkflowSpecError:
+        await stopped.wait()  # the create/update handler reports the invalid spec
+        return
+    spec = qualified(written, obj.ref.namespace)
+    uid = obj.ref.uid
+    tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
+    workflows.start_writer()
+    control = RunControl()
+    if spec.suspend:
+        control.suspend()
+    active = LiveWorkflow(control, tracker)
+    workflows.runs[uid] = active
+    workflows.writer.track(obj.ref, tracker)
+
+    def emit(event: ProgressEvent) -> None:
+        tracker.apply(event)
+        if event.kind is EventKind.STEP_FINISHED and event.duration is not None:
+            workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
+
+    try:
+        while not stopped:
+            try:
+                runner = await workflows.connect(services, log)
+                if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
+                    token = obj.annotations().get(RETRY_ANNOTATION)
+                    try:
+                        step = await rewind_to_failed_step(runner, uid, spec)
+                    except RetryError as exc:
+                        tracker.refuse_retry(token, str(exc))
+                        await workflows.writer.flush(uid)
+                        await stopped.wait()
+                        return
+                    tracker.begin_retry(token, step)
+                tracker.set_degraded(None)
+                run = asyncio.ensure_future(
+                    runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
+                )
+            except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
+                tracker.set_degraded(str(exc))
+                log.warning("Workflow %s waits for the queue: %s", obj.ref.key, exc)
+                await _first(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+                continue
+            await _first(run, stopped.wait())
+            if not run.done():
+                await _stop_run(run, control, deleted(), log)
+                if run.done() and not run.cancelled() and run.exception() is None:
+                    # Deleted: "Cancelled" is written (and its status event wakes Kopf's finalizer wait).
+                    tracker.finish(run.result(), None, None)
+                return
+            try:
+                outcome = run.result()
+            except Exception as exc:  # Redis went away mid-run (or any fault): resume from the checkpoint
+                workflow_metrics.RUN_ERRORS.inc()
+                tracker.set_degraded(f"run interrupted, resuming: {exc}")
+                log.warning(
+                    "Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc
+                )
+                await _first(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+                continue
+            await _finish(workflows, obj, tracker, outcome)
+            break
+        await stopped.wait()  # until the final status lands and the filter stops matching
+    finally:
+        active.done.set()
+        workflows.runs.pop(uid, None)
+        if workflows.writer_task is not None and not workflows.writer_task.done():
+            await workflows.writer.flush(uid, timeout=5.0)
+        workflows.writer.untrack(uid)
+
+
+async def _stop_run(
+    run: asyncio.Future[WorkflowOutcome], control: RunControl, deleted: bool, log: Logger
+) -> None:
+    if deleted:
+        control.cancel("the Workflow was deleted")  # the runner cancels its outstanding tasks
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run, CANCEL_WAIT_SECONDS)
+        return
+    # Operator stopping or pausing: leave the tasks to the agents; the next operator re-attaches to them.
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await run
+    log.info("run left to resume from its checkpoint")
+
+
+async def _finish(
+    workflows: WorkflowRegistry, obj: WorkflowObject, tracker: WorkflowTracker, outcome: WorkflowOutcome
+) -> None:
+    result, ref = None, None
+    if outcome.status == Outcome.SUCCEEDED:
+        result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
+    tracker.finish(outcome, result, ref)
+    # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
+    tracker.retry_token = obj.annotations().get(RETRY_ANNOTATION) or tracker.retry_token
+    await workflows.writer.flush(obj.ref.uid)
+
+
+async def cleanup(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    ref: ObjectRef,
+    status: Mapping[str, Any],
+    log: Logger,
+) -> str | None:
+    """The Workflow is being deleted: cancel what still runs, then remove its step refs (through an agent,
+    bounded in time), its checkpoints and its result copy. Returns why step refs were kept, if they were."""
+    active = workflows.runs.get(ref.uid)
+    if active is not None:
+        active.control.cancel("the Workflow was deleted")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(active.done.wait(), CANCEL_WAIT_SECONDS)
+    runner = await workflows.connect(services, log)  # Unavailable: the finalizer waits for the store
+    if active is None:
+        await _cancel_from_status(runner.queue, ref, status)
+    refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
+    if refs.status == "deleted":
+        log.info("deleted %d step ref(s) under %s", refs.deleted, refs.prefix)
+    kept = None
+    if refs.status not in ("none", "deleted"):
+        kept = f"step refs under {refs.prefix} not deleted: {refs.message}"
+        log.warning("%s", kept)
+    await workflows.results.delete(ResultStore.key(ref))
+    workflow_metrics.forget(ref.uid)
+    return kept
+
+
+async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any]) -> None:
+    """No run here (deleted while no operator ran it): cancel the tasks the status says are in flight."""
+    for step in status.get("steps") or []:
+        pool = str(step.get("pool") or "")
+        if step.get("phase") not in (StepPhase.RUNNING, StepPhase.RETRYING) or not pool:
+            continue
+        pool = pool if "/" in pool else f"{ref.namespace}/{pool}"
+        attempt = max(int(step.get("attempts") or 1) - 1, 0)
+        for index in range(int(step.get("parts") or 1)):
+            tid = task_id(ref.uid, step["name"], int(step.get("visits") or 1), index, attempt)
+            with contextlib.suppress(Exception):  # best effort: it may have finished meanwhile
+                await queue.cancel(pool, tid, "the Workflow was deleted")
