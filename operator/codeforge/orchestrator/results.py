@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from codeforge.api.workflow_status import RESULT_INLINE_LIMIT, encoded_size
+from codeforge.orchestrator.checkpoint import RedisCheckpointSaver
 from codeforge.queue.errors import queue_errors
 from codeforge.redis import connect
 
@@ -34,6 +35,12 @@ class ResultStore:
     def __init__(self, client: Any = None) -> None:
         self._client = client
         self._memory: dict[str, str] = {}
+
+    @classmethod
+    def beside(cls, saver: RedisCheckpointSaver) -> ResultStore:
+        """On the checkpointer's connection (which the checkpointer owns and closes): results live and go
+        with the run's checkpoints."""
+        return cls(saver.client)
 
     async def put(self, key: str, text: str) -> None:
         if self._client is None:

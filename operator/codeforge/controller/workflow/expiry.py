@@ -11,18 +11,36 @@ waits for it stops once `Expired` is set (its filter no longer matches).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import enum
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 from codeforge.api import limits
+from codeforge.api.agentpool import API_VERSION
+from codeforge.api.workflow import PLURAL
 from codeforge.api.workflow_status import WorkflowPhase
 from codeforge.controller.env import ConfigError
-from codeforge.controller.kstatus import ConditionValue, condition_true, merge_conditions, now_rfc3339
+from codeforge.controller.kstatus import (
+    ConditionValue,
+    ObjectRef,
+    condition_true,
+    merge_conditions,
+    now_rfc3339,
+)
+from codeforge.controller.kube import Kind
+from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.registry import WorkflowRegistry
+from codeforge.controller.workflow.results import result_key
+from codeforge.controller.workflow.supervisor import first_of
 
 TTL_ENV: Final = "CODEFORGE_WORKFLOW_TTL_SECONDS"
+WORKFLOWS: Final = Kind(API_VERSION, PLURAL)
+#: Wait before retrying a clean-up that failed (Redis or the API server away).
+RETRY_SECONDS: Final = 5.0
 EXPIRED: Final = "Expired"
 
 
@@ -81,3 +99,39 @@ def expired_status(
         generation,
     )
     return {"status": {"conditions": conditions, "resultRef": None}}
+
+
+async def expire_when_due(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    ref: ObjectRef,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    generation: int | None,
+    default: int | None,
+    stopped: Any,  # kopf.DaemonStopped
+    log: Logger,
+) -> None:
+    """What the expiry daemon does: sleep until the TTL passes, remove the run's data (retried until it
+    works), then delete the Workflow or mark it Expired; then idle until the filter lets the daemon go."""
+    at = expires_at(spec, status, default)
+    if at is not None:
+        await first_of(stopped.wait(), asyncio.sleep(max(at - time.time(), 0.0)))
+    while at is not None and not stopped:
+        try:
+            runner = await workflows.connect(services, log)
+            refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
+            await workflows.results.delete(result_key(ref.uid))
+            kept = None if refs.status in ("none", "deleted") else f"step refs kept: {refs.message}"
+            if spec.get("ttlDeletesWorkflow"):
+                await services.api().delete(WORKFLOWS, ref.namespace, ref.name)
+            else:
+                ttl = float(spec.get("ttlSecondsAfterFinished", default) or 0)
+                patch = expired_status(status, ttl, generation, kept)
+                await services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", patch)
+            log.info("TTL passed: the run's data was removed%s", "" if kept is None else f" ({kept})")
+            break
+        except Exception as exc:  # Redis or the API server away: the data stays until it works
+            log.warning("TTL clean-up failed, retrying in %ss: %s", RETRY_SECONDS, exc)
+            await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+    await stopped.wait()
