@@ -36,20 +36,17 @@ from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.registry import WorkflowRegistry
 from codeforge.controller.workflow.results import result_key
 from codeforge.controller.workflow.supervisor import first_of
+from codeforge.controller.workflow.tracker import ConditionType
 
 TTL_ENV: Final = "CODEFORGE_WORKFLOW_TTL_SECONDS"
 WORKFLOWS: Final = Kind(API_VERSION, PLURAL)
 #: Wait before retrying a clean-up that failed (Redis or the API server away).
 RETRY_SECONDS: Final = 5.0
-EXPIRED: Final = "Expired"
+EXPIRED: Final = ConditionType.EXPIRED
 
 
 class Reason(enum.StrEnum):
     TTL_EXPIRED = "TTLExpired"
-
-
-class ExpiredType(enum.StrEnum):
-    EXPIRED = EXPIRED
 
 
 def default_ttl(env: Mapping[str, str] | None = None) -> int | None:
@@ -94,7 +91,7 @@ def expired_status(
         message += f"; {kept}"
     conditions = merge_conditions(
         status.get("conditions") or [],
-        [ConditionValue(ExpiredType.EXPIRED, True, Reason.TTL_EXPIRED, message)],
+        [ConditionValue(ConditionType.EXPIRED, True, Reason.TTL_EXPIRED, message)],
         now_rfc3339(),
         generation,
     )

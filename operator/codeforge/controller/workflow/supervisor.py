@@ -132,6 +132,8 @@ async def supervise(
                 if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
                     token = obj.annotations().get(RETRY_ANNOTATION)
                     try:
+                        if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
+                            raise RetryError("its checkpoints were removed when its TTL passed (Expired)")
                         step = await rewind_to_failed_step(runner, uid, spec)
                     except RetryError as exc:
                         tracker.refuse_retry(token, str(exc))

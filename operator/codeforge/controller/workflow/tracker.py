@@ -76,6 +76,7 @@ class ConditionType(enum.StrEnum):
     FINISHED = "Finished"
     DEGRADED = "Degraded"
     POOL_NOT_FOUND = "PoolNotFound"
+    EXPIRED = "Expired"  # written by `expiry` when the TTL passed
 
 
 class Reason(enum.StrEnum):
