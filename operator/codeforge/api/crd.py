@@ -135,19 +135,31 @@ WORKFLOW_RUN_PHASES: Final = ("Running", "Suspended")
 
 
 def immutable_while_running(model: type[BaseModel], mutable: Iterable[str], phases: Iterable[str]) -> str:
-    """A root transition rule: while `status.phase` is one of `phases`, every spec field but `mutable` keeps
-    its value. At the root because only there both the spec and the status are visible; `oldSelf.status` is
-    what the run wrote, which a spec update cannot change."""
+    """A root transition rule: while `status.phase` is one of `phases`, the spec keeps its value except the
+    `mutable` fields. At the root because only there both the spec and the status are visible;
+    `oldSelf.status` is what the run wrote, which a spec update cannot change.
+
+    CEL cannot name a field without a schema type (`spec.input`, free JSON), so: when no mutable field
+    changed, the whole spec must be equal (input included); when one did, every typed field must be."""
     keep = set(mutable)
-    names = [f.alias or name for name, f in model.model_fields.items() if (f.alias or name) not in keep]
-    compared = " && ".join(
-        f"has(self.spec.{n}) == has(oldSelf.spec.{n}) && "
-        f"(!has(self.spec.{n}) || self.spec.{n} == oldSelf.spec.{n})"
-        for n in names
-    )
+    fields = [f.alias or name for name, f in model.model_fields.items()]
+    raw = model.model_json_schema(by_alias=True)["properties"]
+    free = {
+        n for n, sub in raw.items() if sub.get("x-kubernetes-preserve-unknown-fields") and "type" not in sub
+    }
+    typed = [n for n in fields if n not in keep and n not in free]
+
+    def same(name: str) -> str:
+        return (
+            f"has(self.spec.{name}) == has(oldSelf.spec.{name}) && "
+            f"(!has(self.spec.{name}) || self.spec.{name} == oldSelf.spec.{name})"
+        )
+
     listed = ", ".join(f"'{p}'" for p in phases)
     running = f"has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase in [{listed}]"
-    return f"!({running}) || ({compared})"
+    untouched = " && ".join(same(n) for n in fields if n in keep)
+    compared = " && ".join(same(n) for n in typed)
+    return f"!({running}) || (({untouched}) ? self.spec == oldSelf.spec : ({compared}))"
 
 
 WORKFLOW: Final = CustomResource(
