@@ -164,7 +164,8 @@ def test_codeforge_approve_and_reject_route_through_cel_and_record_who(
     done = codeforge(control_plane, verb, name, "gate", "-n", namespace, "-m", "looked at it")
     user = whoami(control_plane)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"Workflow {namespace}/{name}: step gate (visit 1) {verb}d by {user}"
+    decided = "approved" if approved else "rejected"
+    assert done.stdout.strip() == f"Workflow {namespace}/{name}: step gate (visit 1) {decided} by {user}"
     obj = wait_for(control_plane, namespace, name, operator, finished, "finished")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     assert [s["name"] for s in obj["status"]["steps"]] == ["build", "gate", next_step]
@@ -232,7 +233,7 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     assert kept["status"].get("result") is None
     assert ref["sizeBytes"] > 6000
     fetched = asyncio.run(fetch_result(redis_server.url, ref))
-    assert fetched["one"]["input"]["report"] == "r" * 6000
+    assert "r" * 6000 in json.dumps(fetched["one"])  # the echo agent's answer carries the input back
     uid = kept["metadata"]["uid"]
     assert asyncio.run(redis_keys(redis_server.url, uid)), "the run left no keys to remove"
 
@@ -281,4 +282,4 @@ def test_a_missing_pool_holds_the_workflow_until_it_appears(
         obj = wait_for(control_plane, namespace, "needs-later", operator, finished, "finished", timeout=60)
     assert obj["status"]["phase"] == "Succeeded"
     assert not pool_not_found(obj)
-    assert json.dumps(obj["status"]["result"]["two"]).count("needs-later") >= 0
+    assert obj["status"]["result"]["two"]["step"] == "two"
