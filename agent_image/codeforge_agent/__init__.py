@@ -7,8 +7,9 @@ In-process use (the orchestrator's embedded mode):
 """
 
 from codeforge_agent.config import AgentConfig, ConfigError, HandlerConfig
+from codeforge_agent.execution import TaskTiming
 from codeforge_agent.handlers import Handler, HandlerError, PythonHandler, TaskContext, build_handler
-from codeforge_agent.loop import Agent, TaskTiming, run_agent
+from codeforge_agent.loop import Agent, run_agent
 
 __all__ = [
     "Agent",

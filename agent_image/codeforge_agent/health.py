@@ -9,7 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from codeforge.queue import QueueError
-from codeforge_agent.loop import TRANSIENT_ERRORS, Agent
+from codeforge_agent.execution import TRANSIENT_ERRORS
+from codeforge_agent.loop import Agent
 
 PING_TIMEOUT = 1.0
 PING_ERRORS: tuple[type[BaseException], ...] = (QueueError, *TRANSIENT_ERRORS)

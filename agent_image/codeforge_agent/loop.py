@@ -4,8 +4,7 @@ Usable in-process (the orchestrator's embedded mode) through `Agent` / `run_agen
 `codeforge-agent` CLI, which adds signals, the health server and logging around it.
 
 Per task: claim -> handler (cancelled at the task's deadline or --task-timeout) with a heartbeat beside
-it -> complete or fail with the lease's fencing token. A lost lease (expired and redelivered, or the task
-cancelled) cancels the handler and records nothing: the new owner's result is the one that counts.
+it -> complete or fail with the lease's fencing token: `execution.TaskExecution`.
 
 Leases are as long as the agent's `lease_seconds` (its pool's spec.queue.leaseSeconds): the claim carries
 it, so a task whose agent dies is redelivered after that, whatever the task says.
@@ -19,50 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from codeforge.api.task import Task
-from codeforge.queue import Lease, LeaseLostError, QueueError, TaskCancelledError, TaskQueue
+from codeforge.queue import Lease, LeaseLostError, TaskQueue
 from codeforge.workspace import WorkspaceSettings
 from codeforge_agent.config import AgentConfig
-from codeforge_agent.handlers import Handler, HandlerError, TaskContext, build_handler
+from codeforge_agent.execution import TRANSIENT_ERRORS, TaskExecution, TaskTiming
+from codeforge_agent.handlers import Handler, build_handler
 from codeforge_agent.handlers.workspace import WorkspaceHandler
 from codeforge_agent.log_setup import ContextAdapter, get_logger
 from codeforge_agent.metrics import AgentMetrics
 
-#: Errors of a queue call that the loop logs and retries (with backoff) instead of dying: the queue being
-#: unreachable, or any other queue error. LeaseLostError is a QueueError too, so it is caught before these.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (QueueError, ConnectionError, OSError, TimeoutError)
-REPORT_RETRIES = 5
 STATE_SETTLE_SECONDS = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class TaskTiming:
-    """Where one task's time went inside the agent (perf_counter seconds); for benchmarks and tests."""
-
-    task_id: str
-    outcome: str  # succeeded | failed | retry | lease_lost | interrupted
-    claimed: float
-    started: float
-    finished: float
-    recorded: float
-
-
-@dataclass
-class _Run:
-    """A task this agent is working on."""
-
-    lease: Lease
-    handler_task: asyncio.Task[Any] | None = None
-    lost: LeaseLostError | None = None
-    interrupted: bool = False
-    claimed: float = field(default_factory=time.perf_counter)
 
 
 class Agent:
@@ -95,10 +64,10 @@ class Agent:
         self.connected = False
         self.draining = False
         self._runs: dict[str, asyncio.Task[None]] = {}
-        self._active: dict[str, _Run] = {}
+        self._active: dict[str, TaskExecution] = {}
         self._slot_freed = asyncio.Event()
         self._state_changed = asyncio.Event()
-        self._labels = (config.pool, self.handler.kind)
+        self.metric_labels = (config.pool, self.handler.kind)
 
     @property
     def in_flight(self) -> int:
@@ -121,6 +90,8 @@ class Agent:
         load_error = getattr(self.handler, "load_error", None)
         if load_error:
             self.log.error("handler is misconfigured; every task will fail with: %s", load_error)
+        self.metrics.slots.labels(*self.metric_labels).inc(self.config.concurrency)
+        self._clock("idle")
         background = [
             asyncio.create_task(self._reap_periodically(), name="cf-reaper"),
             asyncio.create_task(self._publish_state(), name="cf-state"),
@@ -130,7 +101,11 @@ class Agent:
         finally:
             self.draining = True
             self._state_changed.set()
+            if not self._runs:
+                self._clock("draining")
             await self._drain()
+            self._clock("stopped")
+            self.metrics.slots.labels(*self.metric_labels).dec(self.config.concurrency)
             for job in background:
                 job.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -188,219 +163,35 @@ class Agent:
             except TRANSIENT_ERRORS as exc:  # the lease will expire and the reaper requeues the task
                 self.log.warning("could not release %s: %s", lease.id, exc)
                 continue
-            self.metrics.released.labels(*self._labels).inc()
-            self._task_log(lease.task).info("released unstarted task", extra={"event": "released"})
+            self.metrics.released.labels(*self.metric_labels).inc()
+            self.task_log(lease.task).info("released unstarted task", extra={"event": "released"})
+
+    def task_log(self, task: Task) -> ContextAdapter:
+        return self.log.bind(task_id=task.id, workflow=task.workflow, step=task.step, attempt=task.attempts)
 
     def _start(self, lease: Lease) -> None:
-        run = _Run(lease)
+        run = TaskExecution(self, lease)
         was_idle = not self._runs
         self._active[lease.id] = run
-        job = asyncio.create_task(self._execute(run), name=f"cf-task-{lease.id}")
+        job = asyncio.create_task(run.execute(), name=f"cf-task-{lease.id}")
         self._runs[lease.id] = job
-        self.metrics.in_flight.labels(*self._labels).inc()
+        self.metrics.in_flight.labels(*self.metric_labels).inc()
         job.add_done_callback(lambda _: self._finished(lease.id))
         if was_idle:
             self._state_changed.set()
+            self._clock("busy")
 
     def _finished(self, task_id: str) -> None:
         self._runs.pop(task_id, None)
         self._active.pop(task_id, None)
-        self.metrics.in_flight.labels(*self._labels).dec()
+        self.metrics.in_flight.labels(*self.metric_labels).dec()
         self._slot_freed.set()
         if not self._runs:
             self._state_changed.set()
+            self._clock("draining" if self.draining else "idle")
 
-    # ---- one task ----
-
-    def _task_log(self, task: Task) -> ContextAdapter:
-        return self.log.bind(task_id=task.id, workflow=task.workflow, step=task.step, attempt=task.attempts)
-
-    def _time_limit(self, task: Task) -> tuple[float | None, bool]:
-        """Seconds the handler may run, and whether the task's deadline (not --task-timeout) sets it."""
-        limit = self.config.task_timeout
-        if task.deadline is not None:
-            remaining = task.deadline - time.time()
-            if limit is None or remaining <= limit:
-                return remaining, True
-        return limit, False
-
-    async def _execute(self, run: _Run) -> None:
-        task = run.lease.task
-        log = self._task_log(task)
-        self.metrics.claimed.labels(*self._labels).inc()
-        self.metrics.claim_latency.labels(*self._labels).observe(max(0.0, time.time() - task.created_at))
-        log.info("claimed", extra={"event": "claimed"})
-        limit, by_deadline = self._time_limit(task)
-        if limit is not None and limit <= 0:
-            now = time.perf_counter()
-            await self._fail(
-                run, log, "the task's deadline passed before it started", False, 0.0, "timeout", now, now
-            )
-            return
-        context = TaskContext(agent_id=self.agent_id, attempt=task.attempts, timeout=limit, log=log)
-        started = time.perf_counter()
-        handler_task = asyncio.create_task(self.handler(task, context), name=f"cf-handler-{task.id}")
-        run.handler_task = handler_task
-        heartbeat = asyncio.create_task(self._heartbeat(run, log), name=f"cf-heartbeat-{task.id}")
-        try:
-            done, _ = await asyncio.wait({handler_task}, timeout=limit)
-            finished = time.perf_counter()
-            self.metrics.handler_duration.labels(*self._labels).observe(finished - started)
-            if not done:
-                handler_task.cancel()
-                await asyncio.wait({handler_task}, timeout=5.0)
-                source = "task deadline" if by_deadline else "--task-timeout"
-                message = f"handler timed out after {limit:.1f}s ({source}); it was cancelled"
-                # Past the deadline a retry is moot; a --task-timeout may be a slow moment, so retry.
-                await self._fail(run, log, message, not by_deadline, 0.0, "timeout", started, finished)
-            elif handler_task.cancelled():
-                await self._handle_cancelled(run, log, started, finished)
-            elif (exc := handler_task.exception()) is not None:
-                await self._handle_error(run, log, exc, started, finished)
-            else:
-                await self._complete(run, log, handler_task.result(), started, finished)
-        finally:
-            heartbeat.cancel()
-            if not handler_task.done():  # we were cancelled ourselves (hard stop)
-                handler_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-
-    async def _handle_cancelled(
-        self, run: _Run, log: ContextAdapter, started: float, finished: float
-    ) -> None:
-        if run.lost is not None:
-            gone = "was cancelled" if isinstance(run.lost, TaskCancelledError) else "lease was lost"
-            log.warning("task %s; handler stopped, nothing recorded", gone, extra={"event": "lease_lost"})
-            self.metrics.failed.labels(*self._labels, "lease_lost").inc()
-            self._timing(run, "lease_lost", started, finished)
-        elif run.interrupted:
-            message = f"agent {self.agent_id} shut down before the task finished (grace period over)"
-            await self._hand_back(run, log, message, started, finished)
-        else:
-            await self._fail(run, log, "the handler was cancelled", True, 0.0, "error", started, finished)
-
-    async def _handle_error(
-        self, run: _Run, log: ContextAdapter, exc: BaseException, started: float, finished: float
-    ) -> None:
-        if isinstance(exc, HandlerError):
-            await self._fail(
-                run, log, exc.message, exc.retryable, exc.retry_delay, "error", started, finished
-            )
-            return
-        # An unexpected exception is a bug in the handler or a passing fault: log the traceback, retry.
-        log.error("handler raised", exc_info=exc, extra={"event": "handler_exception"})
-        message = f"{self.handler.kind} handler raised {type(exc).__name__}: {exc}"
-        await self._fail(run, log, message, True, 0.0, "error", started, finished)
-
-    async def _complete(
-        self, run: _Run, log: ContextAdapter, result: Any, started: float, finished: float
-    ) -> None:
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            message = f"{self.handler.kind} handler returned a value that is not JSON: {exc}"
-            await self._fail(run, log, message, False, 0.0, "error", started, finished)
-            return
-        if await self._report(run, log, lambda lease: self.queue.complete(lease, result)):
-            self.metrics.completed.labels(*self._labels).inc()
-            self._timing(run, "succeeded", started, finished)
-            log.info(
-                "completed",
-                extra={"event": "completed", "duration_ms": round((finished - started) * 1000, 3)},
-            )
-
-    async def _fail(
-        self,
-        run: _Run,
-        log: ContextAdapter,
-        message: str,
-        retryable: bool,
-        retry_delay: float,
-        reason: str,
-        started: float,
-        finished: float,
-    ) -> None:
-        states: list[str] = []
-
-        async def report(lease: Lease) -> None:
-            state = await self.queue.fail(lease, message, retryable=retryable, retry_delay=retry_delay)
-            states.append(str(state))
-
-        if await self._report(run, log, report):
-            self.metrics.failed.labels(*self._labels, reason).inc()
-            state = states[-1] if states else "?"
-            outcome = "interrupted" if reason == "shutdown" else "retry" if state == "queued" else "failed"
-            self._timing(run, outcome, started, finished)
-            kind = "retryable" if retryable else "permanent"
-            log.warning(
-                "failed (%s, now %s)", kind, state, extra={"event": "failed", "error": message[:1000]}
-            )
-
-    async def _hand_back(
-        self, run: _Run, log: ContextAdapter, message: str, started: float, finished: float
-    ) -> None:
-        """A drain ran out of grace: give the started task back, spending a lost lease, not a retry."""
-        states: list[str] = []
-
-        async def report(lease: Lease) -> None:
-            states.append(str(await self.queue.release(lease, started=True, reason=message)))
-
-        if await self._report(run, log, report):
-            self.metrics.failed.labels(*self._labels, "shutdown").inc()
-            self._timing(run, "interrupted", started, finished)
-            log.warning(
-                "handed back unfinished (now %s)",
-                states[-1],
-                extra={"event": "interrupted", "error": message},
-            )
-
-    async def _report(self, run: _Run, log: ContextAdapter, call: Callable[[Lease], Awaitable[None]]) -> bool:
-        """Record the outcome under the lease's fencing token; retry while the queue is unreachable."""
-        delay = 0.1
-        for attempt in range(REPORT_RETRIES):
-            try:
-                await call(run.lease)
-                self.connected = True
-                return True
-            except LeaseLostError as exc:
-                log.warning("result not recorded: %s", exc, extra={"event": "lease_lost"})
-                self.metrics.failed.labels(*self._labels, "lease_lost").inc()
-                return False
-            except TRANSIENT_ERRORS as exc:
-                self.connected = False
-                if attempt == REPORT_RETRIES - 1:
-                    log.error(
-                        "result not recorded, the lease will expire and the task be redelivered: %s", exc
-                    )
-                    return False
-                await asyncio.sleep(delay)
-                delay *= 2
-        return False
-
-    def _timing(self, run: _Run, outcome: str, started: float, finished: float) -> None:
-        if self.on_task_done is not None:
-            self.on_task_done(
-                TaskTiming(run.lease.id, outcome, run.claimed, started, finished, time.perf_counter())
-            )
-
-    async def _heartbeat(self, run: _Run, log: ContextAdapter) -> None:
-        interval = self.config.lease_seconds / 3  # the claim asked for this lease length
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                run.lease = await self.queue.heartbeat(run.lease)
-                self.connected = True
-            except LeaseLostError as exc:
-                run.lost = exc
-                if run.handler_task is not None:
-                    run.handler_task.cancel()
-                return
-            except (
-                TRANSIENT_ERRORS
-            ) as exc:  # keep trying; if the lease expires meanwhile, we hear it next time
-                self.connected = False
-                log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_error"})
+    def _clock(self, state: str) -> None:
+        self.metrics.state_time.set(self.agent_id, self.metric_labels, state)
 
     # ---- stopping ----
 

@@ -236,7 +236,8 @@ async def test_progress_events_describe_the_run(queue: TaskQueue) -> None:
     events: list[ProgressEvent] = []
     outcome = await run(queue, ROUTING % "direct", events)
     assert outcome.status == "succeeded"
-    kinds = [(e.kind.value, e.step) for e in events if e.kind is not EventKind.TASK_DISPATCHED]
+    per_task = (EventKind.TASK_DISPATCHED, EventKind.TASK_FINISHED)
+    kinds = [(e.kind.value, e.step) for e in events if e.kind not in per_task]
     assert kinds == [
         ("workflow_started", ""),
         ("step_started", "assign"),
@@ -247,6 +248,11 @@ async def test_progress_events_describe_the_run(queue: TaskQueue) -> None:
     ]
     finished = [e for e in events if e.kind is EventKind.STEP_FINISHED]
     assert all(e.status == "succeeded" and e.duration is not None and e.duration >= 0 for e in finished)
+    # One per task, for the metrics: how long an agent held it, and end -> this run woken.
+    tasks = [e for e in events if e.kind is EventKind.TASK_FINISHED]
+    assert [(e.step, e.status) for e in tasks] == [("assign", "succeeded"), ("implement", "succeeded")]
+    assert all(e.duration is not None and 0 <= e.duration < 5 for e in tasks)
+    assert all(e.latency is not None and 0 <= e.latency < 1 for e in tasks)
 
 
 async def test_running_a_finished_workflow_again_returns_its_outcome(queue: TaskQueue) -> None:

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from codeforge.api.workflow import parse_workflow_spec
-from codeforge.controller.workflow.retry import rewind_to_failed_step
 from codeforge.orchestrator import WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import open_queue
@@ -221,7 +220,7 @@ async def run_in_process(
     parsed = parse_workflow_spec(spec)
     try:
         if retry:  # what the operator does for the codeforge.ai/retry annotation
-            await rewind_to_failed_step(runner, workflow_id, parsed)
+            await runner.rewind(workflow_id, parsed)
         return await asyncio.wait_for(runner.run(workflow_id, parsed, name=name), 180)
     finally:
         await saver.aclose()

@@ -43,6 +43,8 @@ API_VERSIONS = {
     "Job": "batch/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "PodDisruptionBudget": "policy/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "Secret": "v1",
@@ -127,6 +129,9 @@ MODES = [
         (
             "examplePools.enabled=true",
             "metrics.serviceMonitor.enabled=true",
+            "metrics.agentPodMonitor.enabled=true",
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.prometheusRule.enabled=true",
             "operator.watchNamespaces={a,b}",
         ),
         id="everything-on",

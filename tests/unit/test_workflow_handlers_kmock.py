@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,52 @@ async def test_an_approval_annotation_decides_the_waiting_step(
         assert gate()["approval"]["decision"] == "approved"
         assert gate()["approval"]["by"] == "annotation"
         assert cluster.status("gated")["result"]["gate"]["approved"] is True
+
+
+async def test_a_workflow_that_timed_out_is_retried_with_a_new_deadline(
+    operator_env: kmock.KubernetesEmulator, redis_url: str, tmp_path: Path
+) -> None:
+    marker, log = tmp_path / "fixed", tmp_path / "runs.log"
+    pools = {
+        f"{NS}/echo-late": ("echo", {}),
+        f"{NS}/wait-late": ("python", {"pythonFunction": "support.retry_agents:slow_until_marker"}),
+    }
+    spec = {
+        "timeoutSeconds": 2,
+        "steps": [
+            {"name": "plan", "pool": "echo-late"},
+            {
+                "name": "build",
+                "pool": "wait-late",
+                "params": {"marker": str(marker), "log": str(log), "seconds": 3},
+            },
+        ],
+        "edges": [{"from": "plan", "to": "build"}],
+    }
+    timed_out = "workflow timed out after 2s (spec.timeoutSeconds)"
+    async with agents(redis_url, pools), running(operator_env) as cluster:
+        await cluster.create("late", spec)
+        await cluster.eventually(lambda: cluster.phase("late") == "Failed")
+        assert cluster.status("late")["message"] == timed_out
+
+        # Still broken: the retry runs build again under a deadline of its own (not the spent one).
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        await cluster.patch("late", {"metadata": {"annotations": {"codeforge.ai/retry": "1"}}})
+        await cluster.eventually(lambda: cluster.status("late").get("retryToken") == "1")
+        await cluster.eventually(lambda: cluster.phase("late") == "Failed")
+        assert loop.time() - asked >= 1.9
+        assert cluster.status("late")["message"] == timed_out
+
+        marker.write_text("ok")
+        await cluster.patch("late", {"metadata": {"annotations": {"codeforge.ai/retry": "2"}}})
+        await cluster.eventually(lambda: cluster.phase("late") == "Succeeded")
+        status = cluster.status("late")
+        assert status["retries"] == 2
+        steps = {s["name"]: s for s in status["steps"]}
+        assert (steps["plan"]["visits"], steps["build"]["visits"]) == (1, 3)
+        assert status["result"]["build"]["run"] == 3
+        assert [line.split()[0] for line in log.read_text().splitlines()] == [
+            task_id("uid-late", "build", visit, 0, 0) for visit in (1, 2, 3)
+        ]
+        assert await cluster.queue.get(f"{NS}/echo-late", task_id("uid-late", "plan", 2, 0, 0)) is None

@@ -15,9 +15,10 @@ from codeforge.api.workflow import parse_workflow_spec
 from codeforge.api.workflow_status import RESULT_INLINE_LIMIT, WorkflowPhase, WorkflowStatus
 from codeforge.controller.kstatus import KubeEvent, ObjectRef
 from codeforge.controller.workflow.results import ResultStore, bounded_result
+from codeforge.controller.workflow.retry import retry_requested
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import EVENTS_PER_WRITE, StatusWriter, TokenBucket
-from codeforge.controller.workflow.supervisor import qualified, retry_requested, wants_run
+from codeforge.controller.workflow.supervisor import qualified, wants_run
 from codeforge.controller.workflow.tracker import WorkflowTracker, invalid_status, pending_status
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
 

@@ -20,8 +20,8 @@ POOL_NAME_RE: Final = re.compile(
     r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(/[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"
 )
 TASK_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
-#: Retries and agent deaths (DESIGN.md section 3): a lost lease spends its own budget, with a backoff that
-#: doubles per loss up to this cap (the Redis scripts hold the same cap in lib.lua).
+#: An agent's death (a lost lease) is not the handler failing, so it spends a budget of its own, not the
+#: step's retries, with a backoff that doubles per loss up to this cap (the Redis scripts hold it in lib.lua).
 DEFAULT_MAX_LOST_LEASES: Final = 10
 LOST_LEASE_BACKOFF_CAP_SECONDS: Final = 60.0
 
@@ -373,6 +373,29 @@ class TaskOutcome(BaseModel):
     consumer: str | None = Field(
         default=None, description="The agent holding the task, or that finished it last."
     )
+    finished_at: float | None = Field(
+        default=None, description="Unix time (the queue's clock) the task ended; None while it runs."
+    )
+    run_seconds: float | None = Field(
+        default=None,
+        description="Claim -> end of the delivery that ended it (an agent's busy time on it); None when it "
+        "ended unclaimed (cancelled while queued).",
+    )
+    notified: bool = Field(
+        default=False,
+        exclude=True,
+        description="Delivered to a waiter by the queue's completion notification (the waiter was woken), "
+        "not read from a task that had ended before the wait began. How it arrived, not part of the record: "
+        "left out of comparisons and serialisation.",
+    )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskOutcome):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:  # consistent with __eq__ (results may be unhashable dicts)
+        return hash((self.id, self.pool, self.state, self.attempts))
 
 
 class QueueStats(BaseModel):
@@ -385,4 +408,7 @@ class QueueStats(BaseModel):
     delayed: int = Field(description="Waiting for a retry backoff to pass.")
     in_flight: int = Field(description="Claimed, under a lease.")
     dead: int = Field(description="In the dead-letter queue.")
-    oldest_age_seconds: float = Field(description="Age of the oldest ready task, 0 when none waits.")
+    oldest_age_seconds: float = Field(
+        description="How long the oldest ready task has waited since it last became ready (enqueue, retry "
+        "due, hand-back), 0 when none waits."
+    )

@@ -1,5 +1,5 @@
 """The operator's Prometheus metrics, served on CODEFORGE_METRICS_PORT (`/metrics`): AgentPools, and
-`codeforge_leader` (1 on the replica that acts, 0 on a standby).
+`codeforge_leader` (1 on the replica that acts, 0 on a standby). The chart's README lists every metric.
 
 Pool series are labelled `pool="namespace/name"`; they are removed when a pool is deleted, so 20 pools keep
 a few dozen series, not an ever-growing set.
@@ -7,9 +7,12 @@ a few dozen series, not an ever-growing set.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
+
+from codeforge.api.agentpool import Autoscaling
 
 POOL_GAUGES: Final = {
     "queued": Gauge("codeforge_queue_depth", "Tasks ready to claim in the pool's queue.", ["pool"]),
@@ -20,7 +23,16 @@ POOL_GAUGES: Final = {
     ),
     "desiredReplicas": Gauge("codeforge_agentpool_desired_replicas", "Agents the pool should run.", ["pool"]),
     "readyReplicas": Gauge("codeforge_agentpool_ready_replicas", "Agents ready.", ["pool"]),
+    # From the agents' own reports in the queue (the consumer registry), so they count agents, not pods.
+    "busyAgents": Gauge("codeforge_agentpool_busy_agents", "Agents running at least one task.", ["pool"]),
+    "idleAgents": Gauge("codeforge_agentpool_idle_agents", "Agents waiting for a task.", ["pool"]),
 }
+UTILIZATION: Final = Gauge(
+    "codeforge_agentpool_utilization_ratio", "Busy agents / (busy + idle agents); 0 with no agent.", ["pool"]
+)
+MAX_REPLICAS: Final = Gauge(
+    "codeforge_agentpool_max_replicas", "The pool's spec.autoscaling.maxReplicas.", ["pool"]
+)
 SCALE_DECISIONS: Final = Counter(
     "codeforge_scale_decisions_total",
     "Replica changes applied to agent Deployments, by direction.",
@@ -39,11 +51,21 @@ def observe_status(pool: str, status: dict[str, object]) -> None:
         value = status.get(field)
         if isinstance(value, int | float):
             gauge.labels(pool=pool).set(value)
+    busy, idle = status.get("busyAgents"), status.get("idleAgents")
+    if isinstance(busy, int) and isinstance(idle, int):
+        UTILIZATION.labels(pool=pool).set(busy / (busy + idle) if busy + idle else 0.0)
+
+
+def observe_spec(pool: str, spec: Mapping[str, Any]) -> None:
+    autoscaling = spec.get("autoscaling") or {}
+    value = autoscaling.get("maxReplicas", Autoscaling.model_fields["max_replicas"].default)
+    if isinstance(value, int):
+        MAX_REPLICAS.labels(pool=pool).set(value)
 
 
 def forget(pool: str) -> None:
     """Drop a deleted pool's series."""
-    for gauge in POOL_GAUGES.values():
+    for gauge in (*POOL_GAUGES.values(), UTILIZATION, MAX_REPLICAS):
         try:
             gauge.remove(pool)
         except KeyError:

@@ -3,6 +3,7 @@
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import task_id
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
+from codeforge.orchestrator.rewind import RewindError
 from codeforge.orchestrator.runner import RunControl, WorkflowOutcome, WorkflowRunner
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "EventSink",
     "GraphCompiler",
     "ProgressEvent",
+    "RewindError",
     "RunControl",
     "WorkflowOutcome",
     "WorkflowRunner",

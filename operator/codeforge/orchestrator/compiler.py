@@ -37,6 +37,11 @@ def run_node(step: str) -> str:
     return f"{step}_run"
 
 
+def join_node(step: str) -> str:
+    """The node that joins a step's parts and routes on: named after the step (rewind writes as it)."""
+    return step
+
+
 class GraphCompiler:
     """Builds the StateGraph of a spec; nodes find the run's StepDispatcher in `runtime.context`."""
 
@@ -56,9 +61,9 @@ class GraphCompiler:
         graph.add_conditional_edges(BEGIN, self._fan_out, destinations)
         for step in self.spec.steps:
             graph.add_node(run_node(step.name), self._part_node(step))
-            graph.add_node(step.name, self._join_node(step))
-            graph.add_edge(run_node(step.name), step.name)
-            graph.add_conditional_edges(step.name, self._fan_out, destinations)
+            graph.add_node(join_node(step.name), self._join_node(step))
+            graph.add_edge(run_node(step.name), join_node(step.name))
+            graph.add_conditional_edges(join_node(step.name), self._fan_out, destinations)
         return graph
 
     # -- nodes ---------------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ class GraphCompiler:
                 later["workspace"] = update["workspace"]
             return update | self._route_to(ctx, target, later, variables)
 
-        join_step.__name__ = step.name
+        join_step.__name__ = join_node(step.name)
         return join_step
 
     async def _step_workspace(

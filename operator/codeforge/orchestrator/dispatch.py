@@ -30,7 +30,7 @@ from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskN
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
 #: decides on a fresh attempt (new task id) after its backoff, so `retries.max: N` means at most N+1 handler
 #: runs for handler failures. Agent deaths spend the task's own lost-lease budget (redelivered in the queue,
-#: same attempt), and a drain spends nothing (DESIGN.md section 3, "Retries").
+#: same attempt) and a drain spends nothing: neither says anything about the step, so neither spends a retry.
 HANDLER_RUNS_PER_ATTEMPT: Final = 1
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,27 @@ class StepDispatcher:
             self.ctx.outstanding.pop(tid, None)
         if outcome is None:
             return {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
+        self._task_finished(step.name, req.index, attempt, outcome)
         return self._record(req, self._first(outcome))
+
+    def _task_finished(self, step: str, index: int | None, attempt: int | None, outcome: TaskOutcome) -> None:
+        woken = time.time()
+        latency = None
+        if outcome.notified and outcome.finished_at is not None:
+            latency = max(woken - outcome.finished_at, 0.0)  # the queue's clock to ours: keep it >= 0
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.TASK_FINISHED,
+                self.ctx.workflow,
+                step,
+                index,
+                attempt,
+                outcome.id,
+                outcome.state.value,
+                duration=outcome.run_seconds,
+                latency=latency,
+            )
+        )
 
     def _first(self, outcome: TaskOutcome) -> TaskOutcome:
         """Keep the first terminal outcome of a task id; a later, different one is logged and ignored."""
@@ -281,6 +301,7 @@ class StepDispatcher:
                 self.ctx.outstanding.pop(tid, None)
                 return {"status": Outcome.FAILED.value, "error": f"task {tid} vanished from pool {pool!r}"}
             self.ctx.outstanding.pop(tid, None)
+        self._task_finished(step, None, None, outcome)
         if outcome.state is TaskState.SUCCEEDED:
             return {"status": Outcome.SUCCEEDED.value, "result": outcome.result}
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]

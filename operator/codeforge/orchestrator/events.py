@@ -14,6 +14,9 @@ class EventKind(enum.StrEnum):
     WORKFLOW_RESUMED = "workflow_resumed"  # restarted from a checkpoint
     STEP_STARTED = "step_started"  # the step's task(s) are about to be dispatched
     TASK_DISPATCHED = "task_dispatched"  # one task (fan-out part, attempt) is queued or re-attached
+    #: a task's outcome reached the run (for the metrics): duration = how long an agent held it,
+    #: latency = its end -> this run woken by the notification (None when it had ended before the wait)
+    TASK_FINISHED = "task_finished"
     ATTEMPT_FAILED = "attempt_failed"  # a task ended without success; a retry may follow
     APPROVAL_WAITING = "approval_waiting"  # an approval step waits for a decision (message: the question)
     STEP_FINISHED = "step_finished"  # the join is done: status succeeded or failed
@@ -33,6 +36,7 @@ class ProgressEvent:
     status: str = ""  # succeeded | failed | cancelled | reattached | queued
     message: str = ""
     duration: float | None = None  # seconds, on *_finished and attempt_failed
+    latency: float | None = None  # seconds, on task_finished
     parts: int | None = None  # fan-out width, on step_started
     agent: str = ""  # the agent(s) that ran the task(s), on attempt_failed and step_finished
     commit: str = ""  # spec.workspace runs: the step's output commit (step_finished), the resolved base

@@ -23,6 +23,7 @@ from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
+from codeforge.orchestrator.rewind import rewind
 from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
 
@@ -205,6 +206,13 @@ class WorkflowRunner:
             )
         )
         return outcome
+
+    async def rewind(self, workflow_id: str, spec: WorkflowSpec) -> str | None:
+        """Retry a failed run: rewind its thread to just before the step that failed (or was cut off by
+        spec.timeoutSeconds, whose deadline restarts), so the next `run()` runs that step again with new task
+        ids and continues. Returns the step's name; None when the run never started. Raises `RewindError`
+        when there is no step to retry from (see `orchestrator.rewind`)."""
+        return await rewind(self.graph(spec), workflow_id)
 
     async def forget(
         self, workflow_id: str, *, ref_cleanup_timeout: float = REF_CLEANUP_WAIT_SECONDS

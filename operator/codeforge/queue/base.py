@@ -71,6 +71,9 @@ class Lease:
     fence: int
     consumer: str
     expires_at: float
+    #: How long the task waited ready to claim before this claim (enqueue, or its last return to the queue
+    #: or end of a retry backoff, -> claim), by the queue's clock: the agents' queue-wait metric.
+    queued_seconds: float = 0.0
 
     @property
     def id(self) -> str:

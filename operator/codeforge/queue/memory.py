@@ -12,7 +12,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
@@ -40,11 +40,18 @@ class _Record:
     consumer: str = ""
     expires_at: float = 0.0
     ready_at: float = 0.0
-    enqueued_at: float = field(default_factory=time.time)
+    #: For the metrics (as lib.lua's rdy, clm, fin): when it last became claimable, was last claimed, ended.
+    ready_since: float = field(default_factory=time.time)
+    claimed_at: float | None = None
+    finished_at: float | None = None
     result: Any = None
     error: str | None = None
 
-    def outcome(self) -> TaskOutcome:
+    def outcome(self, *, notified: bool = False) -> TaskOutcome:
+        finished = self.finished_at if self.state.terminal else None
+        run = None
+        if finished is not None and self.claimed_at is not None and self.claimed_at >= self.ready_since:
+            run = finished - self.claimed_at  # claimed since it last became ready: an agent held it
         return TaskOutcome(
             id=self.task.id,
             pool=self.task.pool,
@@ -53,6 +60,9 @@ class _Record:
             error=self.error,
             attempts=self.attempts,
             consumer=self.consumer or None,
+            finished_at=finished,
+            run_seconds=run,
+            notified=notified,
         )
 
 
@@ -97,10 +107,11 @@ class MemoryTaskQueue:
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
         return [await self.enqueue(task) for task in tasks]
 
-    def _make_ready(self, pool: _Pool, record: _Record) -> None:
+    def _make_ready(self, pool: _Pool, record: _Record, since: float | None = None) -> None:
         record.state = TaskState.QUEUED
         record.consumer = ""
         record.ready_at = 0.0
+        record.ready_since = time.time() if since is None else since
         heapq.heappush(pool.ready, (int(record.task.priority), record.seq, record.task.id))
         self._wake_one(pool)
 
@@ -169,6 +180,7 @@ class MemoryTaskQueue:
             record.consumer = consumer
             record.hold = hold or record.task.lease_seconds
             record.expires_at = now + record.hold
+            record.claimed_at = now
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
         if leases and pool.ready:
@@ -178,7 +190,13 @@ class MemoryTaskQueue:
     @staticmethod
     def _lease(record: _Record) -> Lease:
         task = record.task.model_copy(update={"attempts": record.attempts})
-        return Lease(task=task, fence=record.fence, consumer=record.consumer, expires_at=record.expires_at)
+        return Lease(
+            task=task,
+            fence=record.fence,
+            consumer=record.consumer,
+            expires_at=record.expires_at,
+            queued_seconds=max((record.claimed_at or 0.0) - record.ready_since, 0.0),
+        )
 
     def _next_timer(self, pool: _Pool) -> float | None:
         """Seconds until the next lease expiry or retry becomes due, so a waiter wakes exactly then."""
@@ -193,7 +211,7 @@ class MemoryTaskQueue:
             ready_at, task_id = heapq.heappop(pool.delayed)
             record = pool.records.get(task_id)
             if record and record.state is TaskState.QUEUED and record.ready_at == ready_at:
-                self._make_ready(pool, record)
+                self._make_ready(pool, record, since=ready_at)  # claimable since it was due
 
     def _expire(self, pool: _Pool, now: float) -> int:
         expired = [r for r in pool.in_flight.values() if r.expires_at <= now]
@@ -232,7 +250,7 @@ class MemoryTaskQueue:
         record.error = error
         if delay > 0:
             record.state = TaskState.QUEUED
-            record.ready_at = time.time() + delay
+            record.ready_at = record.ready_since = time.time() + delay
             heapq.heappush(pool.delayed, (record.ready_at, record.task.id))
             self._wake_one(pool)  # so a waiting claimer re-arms its timer for the due time
         else:
@@ -257,9 +275,7 @@ class MemoryTaskQueue:
     async def heartbeat(self, lease: Lease) -> Lease:
         _, record = self._held(lease)
         record.expires_at = time.time() + record.hold
-        return Lease(
-            task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=record.expires_at
-        )
+        return replace(lease, expires_at=record.expires_at)
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
         done = self._pool(lease.pool).records.get(lease.id)
@@ -316,9 +332,10 @@ class MemoryTaskQueue:
         return True
 
     def _settle(self, pool: _Pool, record: _Record) -> None:
+        record.finished_at = time.time()
         for waiter in pool.watchers.pop(record.task.id, []):
             if not waiter.done():
-                waiter.set_result(record.outcome())
+                waiter.set_result(record.outcome(notified=True))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -358,7 +375,7 @@ class MemoryTaskQueue:
         self._promote(state, now)
         queued = [r for r in state.records.values() if r.state is TaskState.QUEUED]
         ready = [r for r in queued if not r.ready_at]
-        oldest = min((r.enqueued_at for r in ready), default=now)
+        oldest = min((r.ready_since for r in ready), default=now)  # waiting since it last became ready
         return QueueStats(
             pool=pool,
             queued=len(ready),

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -36,7 +37,7 @@ from codeforge.queue.errors import (
 )
 from codeforge.queue.keys import pool_prefix, task_key, wake_key
 from codeforge.queue.redis_replicated import WRITE_SCRIPTS, ReplicatedWrites, check_durability
-from codeforge.queue.redis_results import MAX_BLOCK_SECONDS, ResultWatcher, outcome_of
+from codeforge.queue.redis_results import MAX_BLOCK_SECONDS, ResultWatcher, outcome_of, run_ms_of
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class RedisTaskQueue:
     @staticmethod
     def _leases(pool: str, consumer: str, reply: list[Any]) -> list[Lease]:
         leases = []
-        for i in range(2, len(reply), 5):
+        for i in range(2, len(reply), 6):
             data = json.loads(reply[i + 1])
             data["attempts"] = int(reply[i + 2])
             leases.append(
@@ -236,6 +237,7 @@ class RedisTaskQueue:
                     fence=int(reply[i + 3]),
                     consumer=consumer,
                     expires_at=int(reply[i + 4]) / 1000.0,
+                    queued_seconds=int(reply[i + 5]) / 1000.0,
                 )
             )
         return leases
@@ -255,9 +257,7 @@ class RedisTaskQueue:
         reply = await self._script("heartbeat", lease.pool, lease.id, lease.fence)
         if reply[0] != "ok":
             raise self._refusal(reply[0], lease)
-        return Lease(
-            task=lease.task, fence=lease.fence, consumer=lease.consumer, expires_at=int(reply[1]) / 1000.0
-        )
+        return replace(lease, expires_at=int(reply[1]) / 1000.0)
 
     async def complete(self, lease: Lease, result: Any = None) -> None:
         refusal = (await self.complete_many([(lease, result)]))[0]
@@ -314,12 +314,16 @@ class RedisTaskQueue:
     async def get(self, pool: str, task_id: str) -> TaskOutcome | None:
         validate_pool_name(pool)
         key = task_key(pool, task_id)
-        state, attempts, result, error, consumer = await self._retrying(
-            lambda: self._r.hmget(key, ["state", "attempts", "result", "error", "consumer"])
+        fields = ["state", "attempts", "result", "error", "consumer", "fin", "clm", "rdy"]
+        state, attempts, result, error, consumer, fin, claimed, ready = await self._retrying(
+            lambda: self._r.hmget(key, fields)
         )
         if state is None:
             return None
-        return outcome_of(pool, task_id, state, attempts, result, error, consumer)
+        run = run_ms_of(fin, claimed, ready)
+        return outcome_of(
+            pool, task_id, state, attempts, result, error, consumer, finished_ms=fin, run_ms=run
+        )
 
     async def wait_result(self, pool: str, task_id: str, timeout: float | None = None) -> TaskOutcome:
         validate_pool_name(pool)

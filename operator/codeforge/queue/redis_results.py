@@ -20,9 +20,20 @@ MAX_BLOCK_SECONDS = 30.0
 
 
 def outcome_of(
-    pool: str, task_id: str, state: str, attempts: str | None, result: str, error: str, consumer: str
+    pool: str,
+    task_id: str,
+    state: str,
+    attempts: str | None,
+    result: str,
+    error: str,
+    consumer: str,
+    *,
+    finished_ms: str | None = None,
+    run_ms: str | None = None,
+    notified: bool = False,
 ) -> TaskOutcome:
-    """A TaskOutcome from a task's fields as Redis stores (and publishes) them."""
+    """A TaskOutcome from a task's fields as Redis stores (and publishes) them; times in ms."""
+    terminal = TaskState(state).terminal
     return TaskOutcome(
         id=task_id,
         pool=pool,
@@ -31,7 +42,28 @@ def outcome_of(
         error=error or None,
         attempts=int(attempts or 0),
         consumer=consumer or None,
+        finished_at=int(finished_ms) / 1000.0 if terminal and finished_ms else None,
+        run_seconds=int(run_ms) / 1000.0 if terminal and run_ms else None,
+        notified=notified,
     )
+
+
+def run_ms_of(finished: str | None, claimed: str | None, ready: str | None) -> str | None:
+    """A stored task's busy time, as lib.lua's publish_done has it: claimed since it last became ready."""
+    if not finished or not claimed or int(claimed) < int(ready or 0):
+        return None
+    return str(int(finished) - int(claimed))
+
+
+def parse_done(data: str) -> tuple[str, str, str, str, str | None, str | None, str, str]:
+    """A `done` message: id, state, attempts, consumer, fin_ms, run_ms, error, result. Messages of scripts
+    from before fin/run were published (an older agent during a rolling upgrade) have 6 fields."""
+    parts = data.split("\0", 7)
+    if len(parts) == 8 and parts[4].isdigit():
+        task_id, state, attempts, consumer, fin, run, error, result = parts
+        return task_id, state, attempts, consumer, fin, run or None, error, result
+    task_id, state, attempts, consumer, error, result = data.split("\0", 5)
+    return task_id, state, attempts, consumer, None, None, error, result
 
 
 class ResultWatcher:
@@ -129,10 +161,22 @@ class ResultWatcher:
                 self._resolve(pool, task_id, outcome)
 
     def _deliver(self, pool: str, data: str) -> None:
-        task_id, state, attempts, consumer, error, result = data.split("\0", 5)
+        task_id, state, attempts, consumer, fin, run, error, result = parse_done(data)
         if (pool, task_id) not in self._waiters:
             return
-        self._resolve(pool, task_id, outcome_of(pool, task_id, state, attempts, result, error, consumer))
+        outcome = outcome_of(
+            pool,
+            task_id,
+            state,
+            attempts,
+            result,
+            error,
+            consumer,
+            finished_ms=fin,
+            run_ms=run,
+            notified=True,
+        )
+        self._resolve(pool, task_id, outcome)
 
     def _resolve(self, pool: str, task_id: str, outcome: TaskOutcome) -> None:
         for future in self._waiters.pop((pool, task_id), []):

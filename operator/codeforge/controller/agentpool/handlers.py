@@ -109,6 +109,7 @@ async def _reconcile_and_report(
         if check_extras:
             pool.extras_checked_at = time.monotonic()
     metrics.observe_status(ref.queue, outcome.status)
+    metrics.observe_spec(ref.queue, body.spec)
     for event in outcome.events:
         if event.reason in ("ScaledUp", "ScaledDown"):
             direction = "up" if event.reason == "ScaledUp" else "down"

@@ -33,9 +33,9 @@ from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
 from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
 from codeforge.controller.workflow.results import bounded_result, result_key
-from codeforge.controller.workflow.retry import RETRY_ANNOTATION, RetryError, rewind_to_failed_step
+from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
 from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
-from codeforge.orchestrator import EventKind, ProgressEvent, RunControl, WorkflowOutcome, task_id
+from codeforge.orchestrator import EventKind, ProgressEvent, RewindError, RunControl, WorkflowOutcome, task_id
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -60,14 +60,6 @@ class WorkflowObject:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     annotations: Callable[[], Mapping[str, str]]
-
-
-def retry_requested(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
-    """A Failed (not invalid) Workflow whose retry annotation carries a token not acted upon yet."""
-    token = annotations.get(RETRY_ANNOTATION)
-    if not token or token == status.get("retryToken") or status.get("phase") != WorkflowPhase.FAILED:
-        return False
-    return not condition_true(status.get("conditions"), ConditionType.INVALID)
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
@@ -116,7 +108,13 @@ async def supervise(
     workflows.runs[uid] = active
     workflows.writer.track(obj.ref, tracker)
 
+    busy = [0.0]  # agent seconds on this run's tasks, for the coordination efficiency
+
     def emit(event: ProgressEvent) -> None:
+        if event.kind is EventKind.TASK_FINISHED:  # metrics only: nothing for the status
+            busy[0] += event.duration or 0.0
+            workflow_metrics.observe_task(event.duration, event.latency)
+            return
         tracker.apply(event)
         if event.kind is EventKind.STEP_FINISHED and event.duration is not None:
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
@@ -133,15 +131,16 @@ async def supervise(
                     token = obj.annotations().get(RETRY_ANNOTATION)
                     try:
                         if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
-                            raise RetryError("its checkpoints were removed when its TTL passed (Expired)")
-                        step = await rewind_to_failed_step(runner, uid, spec)
-                    except RetryError as exc:
+                            raise RewindError("its checkpoints were removed when its TTL passed (Expired)")
+                        step = await runner.rewind(uid, spec)
+                    except RewindError as exc:
                         tracker.refuse_retry(token, str(exc))
                         await workflows.writer.flush(uid)
                         await stopped.wait()
                         return
                     tracker.begin_retry(token, step)
                 tracker.set_degraded(None)
+                busy[0] = 0.0
                 run = asyncio.ensure_future(
                     runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
                 )
@@ -155,7 +154,7 @@ async def supervise(
                 await _stop_run(run, control, deleted(), log)
                 if run.done() and not run.cancelled() and run.exception() is None:
                     # Deleted: "Cancelled" is written (and its status event wakes Kopf's finalizer wait).
-                    tracker.finish(run.result(), None, None)
+                    _end(tracker, run.result(), None, None, busy[0])
                 return
             try:
                 outcome = run.result()
@@ -167,7 +166,7 @@ async def supervise(
                 )
                 await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
-            await _finish(workflows, obj, tracker, outcome)
+            await _finish(workflows, obj, tracker, outcome, busy[0])
             break
         await stopped.wait()  # until the final status lands and the filter stops matching
     finally:
@@ -212,13 +211,28 @@ async def _stop_run(
     log.info("run left to resume from its checkpoint")
 
 
+def _end(
+    tracker: WorkflowTracker, outcome: WorkflowOutcome, result: Any, ref: dict[str, Any] | None, busy: float
+) -> None:
+    """The run's outcome into the tracker; the first time the Workflow ends, into the metrics too."""
+    ended_before = tracker.phase.finished
+    tracker.finish(outcome, result, ref)
+    if not ended_before and tracker.phase.finished:
+        resumed_from = tracker.start_time if outcome.resumed else None
+        workflow_metrics.observe_finished(tracker.phase.value, outcome.duration, busy, resumed_from)
+
+
 async def _finish(
-    workflows: WorkflowRegistry, obj: WorkflowObject, tracker: WorkflowTracker, outcome: WorkflowOutcome
+    workflows: WorkflowRegistry,
+    obj: WorkflowObject,
+    tracker: WorkflowTracker,
+    outcome: WorkflowOutcome,
+    busy: float,
 ) -> None:
     result, ref = None, None
     if outcome.status == Outcome.SUCCEEDED:
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
-    tracker.finish(outcome, result, ref)
+    _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
     tracker.retry_token = obj.annotations().get(RETRY_ANNOTATION) or tracker.retry_token
     await workflows.writer.flush(obj.ref.uid)

@@ -6,6 +6,6 @@ if state ~= 'queued' and state ~= 'running' then return 0 end
 redis.call('ZREM', P .. 'ready', id)
 redis.call('ZREM', P .. 'delayed', id)
 redis.call('ZREM', P .. 'inflight', id)
-finish(tk, id, 'cancelled', ARGV[2], nil, tonumber(ARGV[3]))
+finish(tk, id, 'cancelled', ARGV[2], nil, tonumber(ARGV[3]), now_ms())
 sync_tokens()
 return 1

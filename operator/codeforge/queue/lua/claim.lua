@@ -1,4 +1,4 @@
--- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, ...}.
+-- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, waited_ms, ...}.
 local now = now_ms()
 reap(now, 100)
 promote(now, 1000)
@@ -9,17 +9,19 @@ for i = 1, #popped, 2 do
   local tk = P .. 't:' .. id
   local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
   local fence = next_fence(tk)
-  local info = redis.call('HMGET', tk, 'lease', 'data')
+  local info = redis.call('HMGET', tk, 'lease', 'data', 'rdy', 'enq')
   local hold = tonumber(ARGV[3] or '0')
   if hold <= 0 then hold = tonumber(info[1]) end
   local exp = now + hold
-  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold)
+  redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold, 'clm', now)
   redis.call('ZADD', P .. 'inflight', exp, id)
   out[#out + 1] = id
   out[#out + 1] = info[2]
   out[#out + 1] = attempts
   out[#out + 1] = fence
   out[#out + 1] = exp
+  -- ms it waited ready in the queue (tasks queued before 'rdy' existed count from their enqueue)
+  out[#out + 1] = math.max(now - (tonumber(info[3] or info[4] or '') or now), 0)
 end
 sync_tokens()
 if #popped == 0 then

@@ -17,7 +17,7 @@ for i = 0, n - 1 do
     out[#out + 1] = refused == 'dup' and 'ok' or refused
   else
     redis.call('ZREM', P .. 'inflight', id)
-    finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl)
+    finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl, now)
     out[#out + 1] = 'ok'
   end
 end

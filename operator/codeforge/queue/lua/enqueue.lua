@@ -11,7 +11,7 @@ for i = 0, n - 1 do
   else
     local score = tonumber(ARGV[b + 1]) * 1099511627776 + redis.call('INCR', P .. 'seq')
     redis.call('HSET', tk, 'data', ARGV[b + 4], 'state', 'queued', 'attempts', 0, 'fence', 0,
-      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'fails', 0, 'lost', 0,
+      'max', ARGV[b + 2], 'lease', ARGV[b + 3], 'score', score, 'enq', now, 'rdy', now, 'fails', 0, 'lost', 0,
       'maxlost', ARGV[b + 5], 'lostbk', ARGV[b + 6])
     redis.call('ZADD', P .. 'ready', score, id)
     out[#out + 1] = 1

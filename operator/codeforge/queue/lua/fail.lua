@@ -13,7 +13,7 @@ if refused then
 end
 redis.call('ZREM', P .. 'inflight', id)
 if ARGV[4] ~= '1' then
-  finish(tk, id, 'failed', ARGV[3], nil, tonumber(ARGV[6]))
+  finish(tk, id, 'failed', ARGV[3], nil, tonumber(ARGV[6]), now)
   return 'failed'
 end
 local state = retry_or_bury(tk, id, ARGV[3], now, tonumber(ARGV[5]))

@@ -4,8 +4,11 @@
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
 -- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error, and for the two
 -- budgets: fails (retryable handler failures), lost (lost leases), maxlost, lostbk (backoff ms), hold (this
--- claim's lease ms)),
--- consumers (hash consumer->"state|until_ms"); channel done: "id\0state\0attempts\0consumer\0error\0result".
+-- claim's lease ms); for the metrics, all by the server's clock: rdy (ms it last became ready to claim), clm
+-- (ms of its last claim), fin (ms it ended)),
+-- consumers (hash consumer->"state|until_ms");
+-- channel done: "id\0state\0attempts\0consumer\0fin_ms\0run_ms\0error\0result" (run_ms: claim -> end of
+-- the delivery that ended it, empty when it ended unclaimed).
 local P = KEYS[1]
 local WAKE_CAP = 10000
 
@@ -49,34 +52,42 @@ local function sync_tokens()
   end
 end
 
-local function publish_done(tk, id, state, err, result)
-  local info = redis.call('HMGET', tk, 'attempts', 'consumer')
+-- The task ended at `now` (its state set already): record when, and tell the waiters.
+local function publish_done(tk, id, state, err, result, now)
+  local info = redis.call('HMGET', tk, 'attempts', 'consumer', 'clm', 'rdy', 'state')
+  redis.call('HSET', tk, 'fin', now)
+  -- Claimed since it last became ready: an agent held it from clm until now (its busy time).
+  local run = ''
+  local clm, rdy = tonumber(info[3] or ''), tonumber(info[4] or '0') or 0
+  if clm and clm >= rdy then run = now - clm end
   redis.call('PUBLISH', P .. 'done', id .. '\0' .. state .. '\0' .. (info[1] or '0') .. '\0' .. (info[2] or '')
-    .. '\0' .. (err or '') .. '\0' .. (result or ''))
+    .. '\0' .. now .. '\0' .. run .. '\0' .. (err or '') .. '\0' .. (result or ''))
 end
 
-local function to_ready(tk, id)
-  redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
+-- `since`: when it became claimable (ms); queue-wait metrics count from there.
+local function to_ready(tk, id, since)
+  redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', since)
   redis.call('ZADD', P .. 'ready', redis.call('HGET', tk, 'score'), id)
 end
 
 -- The consumer field stays: it names the agent that finished the task (or held it last).
-local function finish(tk, id, state, err, result, ttl)
+local function finish(tk, id, state, err, result, ttl, now)
   redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '')
   redis.call('EXPIRE', tk, ttl)
-  publish_done(tk, id, state, err, result)
+  publish_done(tk, id, state, err, result, now)
 end
 
--- Two budgets (DESIGN.md section 3, "Retries"); a dead letter's error ends with the one that ran out.
+-- Two budgets: handler failures spend max_attempts, agent deaths (lost leases) their own, so dying nodes
+-- never use up a step's retries; a dead letter's error ends with the one that ran out.
 local LOST_BACKOFF_CAP_MS = 60000  -- codeforge.api.task.LOST_LEASE_BACKOFF_CAP_SECONDS
 
 local function requeue(tk, id, err, now, delay_ms)
   redis.call('HSET', tk, 'error', err)
   if delay_ms > 0 then
-    redis.call('HSET', tk, 'state', 'queued', 'consumer', '')
+    redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', now + delay_ms)
     redis.call('ZADD', P .. 'delayed', now + delay_ms, id)
   else
-    to_ready(tk, id)
+    to_ready(tk, id, now)
   end
   return 'queued'
 end
@@ -84,7 +95,7 @@ end
 local function bury(tk, id, err, now)
   redis.call('HSET', tk, 'state', 'dead', 'error', err)
   redis.call('ZADD', P .. 'dead', now, id)
-  publish_done(tk, id, 'dead', err, nil)
+  publish_done(tk, id, 'dead', err, nil, now)
   return 'dead'
 end
 
@@ -130,12 +141,12 @@ local function reap(now, limit)
 end
 
 local function promote(now, limit)
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', P .. 'delayed', id)
-    to_ready(P .. 't:' .. id, id)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #due, 2 do
+    redis.call('ZREM', P .. 'delayed', due[i])
+    to_ready(P .. 't:' .. due[i], due[i], due[i + 1])  -- claimable since it was due, not since this claim
   end
-  return #ids
+  return #due / 2
 end
 
 -- nil when the caller still holds the task under `fence`, else why not: gone, cancelled or stale.

@@ -13,7 +13,7 @@ if ARGV[3] == '1' then
   state = lose_lease(tk, id, ARGV[4], now, false)
 else
   redis.call('HINCRBY', tk, 'attempts', -1)
-  to_ready(tk, id)
+  to_ready(tk, id, now)
 end
 sync_tokens()
 return state

@@ -3,6 +3,6 @@ local id = ARGV[1]
 if redis.call('ZREM', P .. 'dead', id) == 0 then return 0 end
 local tk = P .. 't:' .. id
 redis.call('HSET', tk, 'attempts', 0, 'fails', 0, 'lost', 0, 'error', '')
-to_ready(tk, id)
+to_ready(tk, id, now_ms())
 sync_tokens()
 return 1
