@@ -147,6 +147,8 @@ class Cluster:
             pool = step.get("pool") if isinstance(step, dict) else None
             if isinstance(pool, str) and pool and "/" not in pool and not self.find(POOLS, pool):
                 await self.create_pool(pool, {**POOL_SPEC, "role": pool})
+                # Settled (its Deployment made) before the Workflow: pool handling must not eat a step's time.
+                await self.eventually(lambda p=pool: self.find("apps/v1/deployments", p))  # type: ignore[misc]
         body = manifest("Workflow", name, spec, uid=uid)
         await self.request("POST", API, body)
         created: str = body["metadata"]["uid"]

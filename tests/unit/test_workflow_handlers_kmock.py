@@ -182,19 +182,19 @@ def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
 async def test_a_missing_pool_holds_the_workflow_with_pool_not_found_until_it_exists(
     operator_env: kmock.KubernetesEmulator, redis_url: str
 ) -> None:
-    async with agents(redis_url, {f"{NS}/echo-late": ("echo", {})}), running(operator_env) as cluster:
-        await cluster.create("late", chain("echo-late", "one"), declare_pools=False)
+    async with agents(redis_url, {f"{NS}/echo-nopool": ("echo", {})}), running(operator_env) as cluster:
+        await cluster.create("no-pool", chain("echo-nopool", "one"), declare_pools=False)
         await cluster.eventually(
-            lambda: (_condition(cluster.status("late"), "PoolNotFound") or {}).get("status") == "True"
+            lambda: (_condition(cluster.status("no-pool"), "PoolNotFound") or {}).get("status") == "True"
         )
-        assert cluster.phase("late") == "Pending"
-        assert f"{NS}/echo-late" in (_condition(cluster.status("late"), "PoolNotFound") or {})["message"]
-        await cluster.eventually(lambda: cluster.events("late", "PoolNotFound"))
+        assert cluster.phase("no-pool") == "Pending"
+        assert f"{NS}/echo-nopool" in (_condition(cluster.status("no-pool"), "PoolNotFound") or {})["message"]
+        await cluster.eventually(lambda: cluster.events("no-pool", "PoolNotFound"))
         await cluster.create_pool(
-            "echo-late", {"role": "late", "image": "agent:1", "handler": {"kind": "echo"}}
+            "echo-nopool", {"role": "no-pool", "image": "agent:1", "handler": {"kind": "echo"}}
         )
-        await cluster.eventually(lambda: cluster.phase("late") == "Succeeded", timeout=30)
-        assert (_condition(cluster.status("late"), "PoolNotFound") or {})["status"] == "False"
+        await cluster.eventually(lambda: cluster.phase("no-pool") == "Succeeded", timeout=30)
+        assert (_condition(cluster.status("no-pool"), "PoolNotFound") or {})["status"] == "False"
 
 
 async def test_an_approval_annotation_decides_the_waiting_step(
