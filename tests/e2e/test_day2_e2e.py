@@ -138,7 +138,7 @@ def finished(obj: dict[str, Any]) -> bool:
 
 def codeforge(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    return subprocess.run([str(CODEFORGE), *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([str(CODEFORGE), *args], capture_output=True, text=True, timeout=180, env=env)
 
 
 def whoami(cluster: Cluster) -> str:
@@ -245,7 +245,9 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=30)
     assert obj["status"]["phase"] == "Succeeded"
     assert obj["status"].get("resultRef") is None
-    assert asyncio.run(redis_keys(redis_server.url, uid)) == []
+    # Checkpoints and the result copy are gone; the queue's task records keep their own retention.
+    left = asyncio.run(redis_keys(redis_server.url, uid))
+    assert [k for k in left if k.startswith((CHECKPOINT_PREFIX, "cf:wf:"))] == [], left
     with pytest.raises(ResultGone):
         asyncio.run(fetch_result(redis_server.url, ref))
 
