@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from codeforge.api.task import validate_pool_name
 from codeforge.queue.errors import QueueConfigError
 from codeforge.queue.factory import check_url
+from codeforge.queue.ratelimit import RateLimit
 
 HANDLER_KINDS = ("echo", "sleep", "fail", "python", "command", "http", "openai")
 LOG_FORMATS = ("text", "json")
@@ -50,6 +51,8 @@ class HandlerConfig:
     openai_system_prompt: str | None = None
     openai_temperature: float | None = None
     openai_max_tokens: int | None = None
+    openai_input_price: float | None = None
+    openai_output_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,19 @@ class AgentConfig:
     git_author_name: str = "CodeForge"
     git_author_email: str = "codeforge@localhost"
     git_timeout: float = 600.0
+    #: The fleet-wide rate limit this pool's agents share (spec.rateLimit); no key = none.
+    rate_limit_key: str = ""
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+    rate_limit_burst_seconds: float = 1.0
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        if not self.rate_limit_key:
+            return None
+        return RateLimit(
+            self.rate_limit_key, self.rate_limit_rpm, self.rate_limit_tpm, self.rate_limit_burst_seconds
+        )
 
     @property
     def workspace_root(self) -> Path:
@@ -142,10 +158,24 @@ class AgentConfig:
                 "--git-author-email / CODEFORGE_GIT_AUTHOR_EMAIL must be an e-mail address, "
                 f"e.g. 'codeforge@example.com' (got {self.git_author_email!r})"
             )
+        self._check_rate_limit()
         try:
             check_url(self.queue_url)
         except QueueConfigError as exc:
             raise ConfigError(f"--queue-url / CODEFORGE_QUEUE_URL: {exc}") from None
+
+    def _check_rate_limit(self) -> None:
+        if not self.rate_limit_key:
+            if self.rate_limit_rpm or self.rate_limit_tpm:
+                raise ConfigError(
+                    "--rate-limit-rpm / --rate-limit-tpm need --rate-limit-key / CODEFORGE_RATE_LIMIT_KEY "
+                    "(the key the fleet shares, e.g. 'openai/gpt-4.1')"
+                )
+            return
+        try:
+            self.rate_limit  # noqa: B018 (validates)
+        except ValueError as exc:
+            raise ConfigError(f"--rate-limit-* / CODEFORGE_RATE_LIMIT_*: {exc}") from None
 
     @classmethod
     def from_sources(
@@ -305,6 +335,20 @@ def log_level(raw: str) -> str:
     return choice(("debug", "info", "warning", "error"))(raw).upper()
 
 
+def price(raw: str) -> float:
+    value = seconds(raw.replace("$", "")) if raw.strip() else 0.0
+    if value < 0:
+        raise ValueError(f"expected a price >= 0 (money per million tokens), got {raw!r}")
+    return value
+
+
+def count(raw: str) -> int:
+    value = whole_number(raw)
+    if not 0 <= value <= 10**12:
+        raise ValueError(f"expected a whole number from 0 to 10^12, got {raw!r}")
+    return value
+
+
 def number(raw: str) -> float:
     try:
         return float(raw)
@@ -365,6 +409,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("openai_system_prompt", text, "openai handler: system message put before the task's messages."),
     Option("openai_temperature", number, "openai handler: sampling temperature.", "the API's"),
     Option("openai_max_tokens", whole_number, "openai handler: completion token limit.", "the API's"),
+    Option("openai_input_price", price, "openai handler: price per million prompt tokens, for the "
+           "`cost` in the result's usage when the provider reports none.", "none"),
+    Option("openai_output_price", price, "openai handler: price per million completion tokens.", "none"),
+    Option("rate_limit_key", text, "Fleet-wide rate-limit key shared by every agent naming it, e.g. "
+           "`openai/gpt-4.1` (the pool's `spec.rateLimit.key`; README, Rate limits and budgets).", "none"),
+    Option("rate_limit_rpm", count, "Requests per minute allowed on that key, fleet-wide; 0: none.", "0"),
+    Option("rate_limit_tpm", count, "Tokens per minute allowed on that key, fleet-wide; 0: none.", "0"),
+    Option("rate_limit_burst_seconds", seconds, "How many seconds' worth of the limits may go at once.",
+           "1"),
     Option("workspace_dir", text, "Workspaces: directory of the Git cache and the per-task worktrees (pods: "
            "the AgentPool's cache volume).", "`<temp dir>/codeforge-workspaces`"),
     Option("workspace_size_limit", byte_size, "Workspaces: size of that volume (the AgentPool's "

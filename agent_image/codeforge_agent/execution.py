@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from codeforge.api.task import Task
+from codeforge.api.usage import Usage, parse_usage
 from codeforge.queue import Lease, LeaseLostError, QueueError, TaskCancelledError
-from codeforge_agent.handlers import HandlerError, TaskContext
+from codeforge_agent.handlers import HandlerError, RateLimitedError, TaskContext
 from codeforge_agent.log_setup import ContextAdapter
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class TaskTiming:
     """Where one task's time went inside the agent (perf_counter seconds); for benchmarks and tests."""
 
     task_id: str
-    outcome: str  # succeeded | failed | retry | lease_lost | interrupted
+    outcome: str  # succeeded | failed | retry | lease_lost | interrupted | rate_limited
     claimed: float
     started: float
     finished: float
@@ -125,6 +126,9 @@ class TaskExecution:
     async def _handle_error(
         self, log: ContextAdapter, exc: BaseException, started: float, finished: float
     ) -> None:
+        if isinstance(exc, RateLimitedError) and self.agent.gate is not None:
+            await self._rate_limited(log, exc, started, finished)
+            return
         if isinstance(exc, HandlerError):
             await self._fail(log, exc.message, exc.retryable, exc.retry_delay, "error", started, finished)
             return
@@ -140,12 +144,60 @@ class TaskExecution:
             message = f"{self.agent.handler.kind} handler returned a value that is not JSON: {exc}"
             await self._fail(log, message, False, 0.0, "error", started, finished)
             return
+        try:
+            usage = parse_usage(result.get("usage")) if isinstance(result, dict) else None
+        except ValueError as exc:
+            message = (
+                f"{self.agent.handler.kind} handler reported a bad {exc} (README, Rate limits and budgets)"
+            )
+            await self._fail(log, message, False, 0.0, "error", started, finished)
+            return
         if await self._report(log, lambda lease: self.agent.queue.complete(lease, result)):
+            await self._account(log, usage, result)
             self.agent.metrics.completed.labels(*self.metric_labels).inc()
             self._timing("succeeded", started, finished)
             log.info(
                 "completed",
                 extra={"event": "completed", "duration_ms": round((finished - started) * 1000, 3)},
+            )
+
+    async def _account(self, log: ContextAdapter, usage: Usage | None, result: Any) -> None:
+        """Count a finished call's tokens and cost, and charge them to the rate-limit key."""
+        if usage is not None:
+            self.agent.usage_metrics.record(usage, result.get("model") if isinstance(result, dict) else None)
+        gate = self.agent.gate
+        if gate is None:
+            return
+        try:
+            await gate.settle(self.lease.id, usage.tokens if usage is not None else None)
+        except TRANSIENT_ERRORS as exc:  # the reservation stays charged: the limit errs on the safe side
+            log.warning("could not charge the call's tokens to %s: %s", gate.limit.key, exc)
+
+    async def _rate_limited(
+        self, log: ContextAdapter, exc: RateLimitedError, started: float, finished: float
+    ) -> None:
+        """A 429: pause the key for the whole fleet and give the task back unstarted (nothing spent)."""
+        gate = self.agent.gate
+        assert gate is not None
+        try:
+            paused = await gate.rate_limited(self.lease.id, exc.retry_after)
+        except TRANSIENT_ERRORS as err:
+            log.warning("could not pause %s for the fleet: %s", gate.limit.key, err)
+            await self._fail(log, exc.message, True, exc.retry_after, "error", started, finished)
+            return
+        m = self.agent.usage_metrics
+        m.rate_limited.labels(m.namespace, m.pool, gate.limit.key).inc()
+
+        async def give_back(lease: Lease) -> None:
+            await self.agent.queue.release(lease)
+
+        if await self._report(log, give_back):
+            self._timing("rate_limited", started, finished)
+            log.warning(
+                "provider rate limit: %s paused %.1fs for every agent; task given back unstarted",
+                gate.limit.key,
+                paused,
+                extra={"event": "rate_limited", "error": exc.message[:1000]},
             )
 
     async def _fail(

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from codeforge.api.task import Task
 from codeforge.queue import Lease, LeaseLostError, TaskQueue
+from codeforge.queue.ratelimit import MemoryRateLimiter, RateLimiter
 from codeforge.workspace import WorkspaceSettings
 from codeforge_agent.config import AgentConfig
 from codeforge_agent.execution import TRANSIENT_ERRORS, TaskExecution, TaskTiming
@@ -30,6 +31,8 @@ from codeforge_agent.handlers import Handler, build_handler
 from codeforge_agent.handlers.workspace import WorkspaceHandler
 from codeforge_agent.log_setup import ContextAdapter, get_logger
 from codeforge_agent.metrics import AgentMetrics
+from codeforge_agent.rate import RateGate
+from codeforge_agent.usage_metrics import UsageMetrics
 
 STATE_SETTLE_SECONDS = 0.1
 
@@ -43,6 +46,7 @@ class Agent:
         *,
         metrics: AgentMetrics | None = None,
         on_task_done: Callable[[TaskTiming], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.queue = queue
         self.config = config
@@ -68,6 +72,10 @@ class Agent:
         self._slot_freed = asyncio.Event()
         self._state_changed = asyncio.Event()
         self.metric_labels = (config.pool, self.handler.kind)
+        #: The pool's fleet-wide rate limit (spec.rateLimit; README, "Rate limits and budgets").
+        limit = config.rate_limit
+        self.gate = RateGate(limiter or MemoryRateLimiter(), limit, self._release) if limit else None
+        self.usage_metrics = UsageMetrics(self.metrics.registry, config.pool)
 
     @property
     def in_flight(self) -> int:
@@ -131,13 +139,7 @@ class Agent:
                 await _wait_any(self._slot_freed, stop)
                 continue
             try:
-                leases = await self.queue.claim_many(
-                    self.config.pool,
-                    self.agent_id,
-                    free,
-                    timeout=self.config.claim_wait,
-                    lease_seconds=self.config.lease_seconds,
-                )
+                leases = await self._claim(free, stop)
             except TRANSIENT_ERRORS as exc:
                 self.connected = False
                 self.log.warning(
@@ -152,6 +154,21 @@ class Agent:
                 return
             for lease in leases:
                 self._start(lease)
+
+    async def _claim(self, free: int, stop: asyncio.Event) -> list[Lease]:
+        def claim(n: int, wait: float) -> Awaitable[list[Lease]]:
+            return self.queue.claim_many(
+                self.config.pool, self.agent_id, n, timeout=wait, lease_seconds=self.config.lease_seconds
+            )
+
+        if self.gate is None:
+            return await claim(free, self.config.claim_wait)
+        waited = self.gate.waited
+        try:  # with a rate limit: capacity first, never a claim it cannot use (codeforge_agent.rate)
+            return await self.gate.claim(claim, free, self.config.claim_wait, stop)
+        finally:
+            m = self.usage_metrics
+            m.rate_wait.labels(m.namespace, m.pool, self.gate.limit.key).inc(self.gate.waited - waited)
 
     async def _release(self, leases: list[Lease]) -> None:
         """Give back tasks claimed after the stop: they were never started, so the attempt does not count."""
@@ -182,6 +199,8 @@ class Agent:
             self._clock("busy")
 
     def _finished(self, task_id: str) -> None:
+        if self.gate is not None:
+            self.gate.forget(task_id)  # a run that settled nothing keeps its reserved tokens charged
         self._runs.pop(task_id, None)
         self._active.pop(task_id, None)
         self.metrics.in_flight.labels(*self.metric_labels).dec()
@@ -296,6 +315,7 @@ async def run_agent(
     handler: Handler | None = None,
     *,
     metrics: AgentMetrics | None = None,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """Run one agent in this event loop until `stop` is set (embedded mode: no process, no signals)."""
-    await Agent(queue, config, handler, metrics=metrics).run(stop)
+    await Agent(queue, config, handler, metrics=metrics, limiter=limiter).run(stop)

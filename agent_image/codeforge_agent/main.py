@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from codeforge.queue import QueueConfigError, QueueUnavailableError, TaskQueue, open_queue
+from codeforge.queue.ratelimit import RateLimiter, open_rate_limiter
 from codeforge_agent.config import AgentConfig, ConfigError
 from codeforge_agent.log_setup import configure, get_logger
 from codeforge_agent.loop import Agent
@@ -26,15 +27,21 @@ if TYPE_CHECKING:
 EXIT_CONFIG = 2
 #: At start-up only an unreachable queue is retried; a wrong URL or password exits with EXIT_CONFIG.
 CONNECT_ERRORS = (QueueUnavailableError, ConnectionError, OSError, TimeoutError)
+T = TypeVar("T")
 
 
-async def connect(url: str, stop: asyncio.Event) -> TaskQueue | None:
-    """Open the queue, retrying with backoff until it answers or we are told to stop."""
+async def connect(
+    url: str,
+    stop: asyncio.Event,
+    opener: Callable[[str], Awaitable[T]] = open_queue,  # type: ignore[assignment]
+) -> T | None:
+    """Open the queue (or the rate limiter on its Redis), retrying with backoff until it answers or we are
+    told to stop."""
     log = get_logger()
     delay = 0.2
     while not stop.is_set():
         try:
-            return await open_queue(url)
+            return await opener(url)
         except CONNECT_ERRORS as exc:
             log.warning(
                 "queue unreachable, retrying in %.1fs: %s", delay, exc, extra={"event": "queue_error"}
@@ -80,16 +87,23 @@ async def serve(config: AgentConfig) -> int:
 
     health = await start_health(config)
     try:
-        queue = await connect(config.queue_url, stop)
+        queue: TaskQueue | None = await connect(config.queue_url, stop)
         if queue is None:
             return 0
+        limiter: RateLimiter | None = None
         try:
-            agent = Agent(queue, config)
+            if config.rate_limit is not None:
+                limiter = await connect(config.queue_url, stop, open_rate_limiter)
+                if limiter is None:
+                    return 0
+            agent = Agent(queue, config, limiter=limiter)
             if health is not None:
                 health.attach(agent)
             await agent.run(stop)
         finally:
             await queue.close()
+            if limiter is not None:
+                await limiter.close()
     finally:
         if health is not None:
             await health.stop()

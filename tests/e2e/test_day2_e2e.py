@@ -180,7 +180,7 @@ def test_codeforge_approve_and_reject_route_through_cel_and_record_who(
     assert "step 'gate' is not waiting for a decision (Succeeded" in again.stderr or "(Failed" in again.stderr
     missing = codeforge(control_plane, "approve", "no-such-wf", "gate", "-n", namespace)
     assert missing.returncode == 1
-    assert f"Workflow {namespace}/no-such-wf not found" in missing.stderr
+    assert f"Workflow 'no-such-wf' not found in namespace {namespace!r}" in missing.stderr
 
 
 def test_a_decision_made_while_the_operator_is_down_is_honoured_after_its_restart(

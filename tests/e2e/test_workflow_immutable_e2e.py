@@ -63,12 +63,16 @@ def test_the_spec_of_a_running_workflow_is_refused_but_suspend_passes(
         code, err = _apply(control_plane, namespace, _workflow(name, **change))
         assert code != 0, change
         assert "the spec of a running Workflow is immutable except spec.suspend" in err, err
-    code, err = _apply(control_plane, namespace, _workflow(name, suspend=True, ttlSecondsAfterFinished=60))
+    budget = {"maxTokens": 1000}  # raising a budget lets a run it suspended go on: allowed while running
+    code, err = _apply(
+        control_plane, namespace, _workflow(name, suspend=True, ttlSecondsAfterFinished=60, budget=budget)
+    )
     assert code == 0, err
     got = control_plane.kubectl("get", "workflow", name, "-n", namespace, "-o", "json").stdout
     spec = json.loads(got)["spec"]
     assert spec["suspend"] is True
     assert spec["ttlSecondsAfterFinished"] == 60
+    assert spec["budget"]["maxTokens"] == 1000
 
 
 @pytest.mark.parametrize("phase", [None, "Pending", "Failed", "Succeeded"])

@@ -80,3 +80,13 @@ def square(task: Task) -> dict[str, Any]:
 def total(task: Task) -> dict[str, Any]:
     results = _payload(task)["input"]["results"]
     return {"n": _payload(task)["input"]["input"]["n"], "sum": sum(r["value"] for r in results["fan"])}
+
+
+def timed_sleep(task: Task) -> dict[str, Any]:
+    """Sleep `payload.seconds`, then append "task-id start end" (Unix times) to `payload.log`."""
+    payload = _payload(task)
+    start = time.time()
+    time.sleep(float(payload.get("seconds", 0)))
+    with open(payload["log"], "a") as log:
+        log.write(f"{task.id} {start:.6f} {time.time():.6f}\n")
+    return {"ran": task.id}

@@ -94,3 +94,18 @@ def test_missing_peer_is_skipped_with_install_hint(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     assert {r["scenario"] for r in rows} == {"latency", "idle-wakeup", "throughput"}
     assert all(r["p99_ms"] is None and "not installed" in r["notes"] for r in rows)
+
+
+def test_fairness_quick_run_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "fairness.json"
+    cmd = [sys.executable, "-c", "from codeforge.cli import main; main()", "bench", "fairness", "--quick"]
+    cmd += ["--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    rows = {(r["backend"], r["mode"]): r for r in doc["results"]}
+    assert set(rows) == {("memory", "fifo"), ("memory", "fair"), ("redis", "fifo"), ("redis", "fair")}
+    for backend in ("memory", "redis"):
+        # The late Workflow waits for the whole backlog in FIFO order, and only a few turns when fair.
+        assert rows[(backend, "fair")]["small_p99_ms"] < rows[(backend, "fifo")]["small_p99_ms"] / 3
+    assert "small p99" in proc.stdout

@@ -82,9 +82,23 @@ def test_the_pools_lease_reaches_its_agents_claims() -> None:
     assert AgentConfig.from_sources([], plain).lease_seconds == 7.5
 
 
+def test_the_pools_rate_limit_reaches_its_agents() -> None:
+    spec = make_spec(rateLimit={"key": "openai/gpt-4.1", "requestsPerMinute": 500, "tokensPerMinute": 30000})
+    env = env_of(builders.build_deployment(REF, spec, 1, DEFAULTS))
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    limit = AgentConfig.from_sources([], plain).rate_limit
+    assert limit is not None
+    assert (limit.key, limit.requests_per_minute, limit.tokens_per_minute) == ("openai/gpt-4.1", 500, 30000)
+    with pytest.raises(ValueError, match="operator manages"):  # a handler setting cannot bypass it
+        builders.build_deployment(
+            REF, make_spec(handler={"kind": "echo", "settings": {"rateLimitRpm": 10**9}}), 1, DEFAULTS
+        )
+
+
 def test_every_operator_set_variable_is_one_the_agent_reads() -> None:
     known = {option.env for option in OPTIONS} | {"CODEFORGE_REDIS_PASSWORD"}
-    env = env_of(builders.build_deployment(REF, make_spec(), 1, DEFAULTS))
+    spec = make_spec(rateLimit={"key": "k", "requestsPerMinute": 1})
+    env = env_of(builders.build_deployment(REF, spec, 1, DEFAULTS))
     assert {name for name in env if name.startswith("CODEFORGE_")} <= known
 
 

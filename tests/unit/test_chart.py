@@ -327,9 +327,11 @@ def test_rbac_cluster_scope_is_one_cluster_role_without_wildcards_or_secrets() -
     for (group, resource), verbs in rules.items():
         assert "*" not in verbs, "no wildcards"
         assert "*" not in (group, resource), "no wildcards"
-        assert resource not in ("secrets", "clusterroles", "roles", "rolebindings"), (
-            f"no access to {resource}"
-        )
+        assert resource not in ("clusterroles", "roles", "rolebindings"), f"no access to {resource}"
+    # Secrets: only the pools' Redis password Secrets it makes (agent.redisIdentity), never listed or watched.
+    assert rules[("", "secrets")] == {"get", "create", "delete"}
+    without = _rules(one(render("agent.redisIdentity.enabled=false"), "ClusterRole"))
+    assert ("", "secrets") not in without
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -739,3 +741,49 @@ def test_redis_scripts_form_a_cluster_once_and_are_safe_to_run_again(tmp_path: P
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+TENANTS = (
+    "tenants.namespaces[0].namespace=team-a",
+    "tenants.namespaces[0].subjects[0].kind=Group",
+    "tenants.namespaces[0].subjects[0].name=team-a-devs",
+    "tenants.namespaces[0].subjects[0].apiGroup=rbac.authorization.k8s.io",
+    "tenants.namespaces[1].namespace=team-b",
+    "tenants.namespaces[1].subjects[0].kind=User",
+    "tenants.namespaces[1].subjects[0].name=bob",
+    "tenants.namespaces[1].subjects[0].apiGroup=rbac.authorization.k8s.io",
+)
+
+
+@needs_helm
+def test_tenants_read_secrets_of_their_own_namespace_only() -> None:
+    """The tenant ClusterRole is bound by RoleBindings in each team's namespace, never cluster-wide, so a
+    team reads the Secrets (its pools' Redis passwords included) of its namespace and no other."""
+    objs = render(*TENANTS)
+    role = one(objs, "ClusterRole", "codeforge-tenant")
+    rules = _rules(role)
+    assert {"get", "list"} <= rules[("", "secrets")]
+    assert {"create", "delete"} <= rules[("codeforge.ai", "workflows")]
+    assert {"create", "delete"} <= rules[("codeforge.ai", "agentpools")]
+    for (group, resource), verbs in rules.items():
+        assert "*" not in verbs, "no wildcards"
+        assert "*" not in (group, resource), "no wildcards"
+        assert resource not in ("namespaces", "clusterroles", "roles", "rolebindings", "nodes")
+    for binding in find(objs, "ClusterRoleBinding"):
+        assert binding["roleRef"]["name"] != "codeforge-tenant", "never bound cluster-wide"
+    bindings = [b for b in find(objs, "RoleBinding") if b["roleRef"]["name"] == "codeforge-tenant"]
+    by_namespace = {b["metadata"]["namespace"]: b["subjects"] for b in bindings}
+    assert by_namespace == {
+        "team-a": [{"kind": "Group", "name": "team-a-devs", "apiGroup": "rbac.authorization.k8s.io"}],
+        "team-b": [{"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"}],
+    }
+    assert not [o for o in render() if o["metadata"]["name"] == "codeforge-tenant"], "none without tenants"
+
+
+@needs_helm
+def test_the_operator_gives_pools_their_own_redis_identity_by_default() -> None:
+    env = operator_env(render())
+    assert env["CODEFORGE_AGENT_REDIS_ACL"] == "true"
+    env = operator_env(render("agent.redisIdentity.extraKeyPatterns={cf:rl:*}"))
+    assert env["CODEFORGE_AGENT_REDIS_ACL_KEYS"] == "cf:rl:*"
+    assert operator_env(render("agent.redisIdentity.enabled=false"))["CODEFORGE_AGENT_REDIS_ACL"] == "false"

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codeforge_agent.config import HandlerConfig
-from codeforge_agent.handlers.base import Handler, HandlerError, TaskContext, ensure_json
+from codeforge_agent.handlers.base import (
+    Handler,
+    HandlerError,
+    RateLimitedError,
+    TaskContext,
+    ensure_json,
+)
 from codeforge_agent.handlers.builtin import EchoHandler, FailHandler, SleepHandler
 from codeforge_agent.handlers.command import CommandHandler
 from codeforge_agent.handlers.python_call import PythonHandler
@@ -26,6 +32,7 @@ __all__ = [
     "HttpHandler",
     "OpenAIHandler",
     "PythonHandler",
+    "RateLimitedError",
     "SleepHandler",
     "TaskContext",
     "build_handler",
@@ -98,5 +105,7 @@ def build_handler(
                 system_prompt=settings.openai_system_prompt,
                 temperature=settings.openai_temperature,
                 max_tokens=settings.openai_max_tokens,
+                input_price=settings.openai_input_price,
+                output_price=settings.openai_output_price,
             )
     raise ValueError(f"unknown handler kind {settings.kind!r}")

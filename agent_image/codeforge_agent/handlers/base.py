@@ -30,6 +30,16 @@ class HandlerError(Exception):
         self.retry_delay = retry_delay
 
 
+class RateLimitedError(HandlerError):
+    """The provider refused the call for its rate limit (HTTP 429). With a rate-limit key (the pool's
+    `spec.rateLimit`) the agent pauses the key for every agent for `retry_after` seconds and gives the task
+    back unstarted, so it neither fails nor spends a retry; without one it is a retryable failure."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retryable=True, retry_delay=retry_after)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """What the loop tells a handler about the run it is in."""

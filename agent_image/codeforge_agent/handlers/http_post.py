@@ -1,30 +1,46 @@
 """The `http` handler: POST the task JSON to a URL and take the JSON response as the result.
 
 For agents that are microservices. 2xx with a JSON body succeeds; 408, 429 and 5xx are retryable
-(honouring Retry-After); other 4xx fail the task permanently with the response body's tail.
+(honouring Retry-After); other 4xx fail the task permanently with the response body's tail. A 429 raises
+RateLimitedError, which pauses the pool's rate-limit key for the whole fleet when it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from codeforge.api.task import Task
-from codeforge_agent.handlers.base import HandlerError, TaskContext, ensure_json, tail, task_json
+from codeforge_agent.handlers.base import (
+    HandlerError,
+    RateLimitedError,
+    TaskContext,
+    ensure_json,
+    tail,
+    task_json,
+)
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+#: A 429 without a usable Retry-After pauses for this long; a hostile one for at most the cap.
+DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 600.0
 
 
 def retry_after(headers: Mapping[str, str]) -> float:
-    """Seconds from a Retry-After header (delta-seconds form only), else 0."""
-    try:
-        return max(0.0, float(headers.get("Retry-After", "0")))
-    except ValueError:
-        return 0.0
+    """Seconds from `retry-after-ms` (OpenAI's, finer) or Retry-After (delta-seconds form only), else 0."""
+    for name, scale in (("retry-after-ms", 1000.0), ("Retry-After", 1.0)):
+        try:
+            value = float(headers.get(name, "")) / scale
+        except ValueError:
+            continue
+        if math.isfinite(value) and value > 0:
+            return min(value, MAX_RETRY_AFTER)
+    return 0.0
 
 
 class SessionOwner:
@@ -58,6 +74,13 @@ async def post_json(
             url, json=body, headers=dict(headers), timeout=aiohttp.ClientTimeout(total=timeout)
         ) as response:
             text = await response.text(errors="replace")
+            if response.status == 429:
+                wait = retry_after(response.headers) or DEFAULT_RETRY_AFTER
+                raise RateLimitedError(
+                    f"{who}: {url} answered HTTP 429 {response.reason} (retry after {wait:g}s): "
+                    f"{tail(text, 300)}",
+                    retry_after=wait,
+                )
             if response.status >= 300:
                 retryable = response.status >= 500 or response.status in RETRYABLE_STATUS
                 raise HandlerError(

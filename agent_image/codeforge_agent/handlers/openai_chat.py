@@ -7,7 +7,10 @@ Messages come from the task payload:
 The configured system prompt (if any) is put first unless the messages already start with one. Payload
 keys `model`, `temperature`, `max_tokens` override the agent's defaults per task.
 
-The result is `{"content", "model", "finish_reason", "usage"}`. The API key comes from
+The result is `{"content", "model", "finish_reason", "usage"}`, `usage` being the provider's (prompt and
+completion tokens) plus `cost` when the provider gives none and prices are configured
+(`CODEFORGE_OPENAI_INPUT_PRICE` / `CODEFORGE_OPENAI_OUTPUT_PRICE`, per million tokens). A 429 raises
+RateLimitedError (README, "Rate limits and budgets"). The API key comes from
 `CODEFORGE_OPENAI_API_KEY` or the file in `CODEFORGE_OPENAI_API_KEY_FILE` (a mounted Secret); when it is
 missing every task fails with that message and the agent keeps running.
 """
@@ -15,7 +18,7 @@ missing every task fails with that message and the agent keeps running.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from codeforge.api.task import Task
 from codeforge_agent.handlers.base import HandlerError, TaskContext, ensure_json
@@ -58,6 +61,8 @@ class OpenAIHandler(SessionOwner):
         system_prompt: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        input_price: float | None = None,
+        output_price: float | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -68,6 +73,7 @@ class OpenAIHandler(SessionOwner):
         )
         self.system_prompt = system_prompt
         self.defaults: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        self.prices = (input_price or 0.0, output_price or 0.0)
 
     async def __call__(self, task: Task, context: TaskContext) -> Any:
         if not self.api_key:
@@ -98,6 +104,20 @@ class OpenAIHandler(SessionOwner):
             "content": content,
             "model": response.get("model", body["model"]),
             "finish_reason": choice.get("finish_reason"),
-            "usage": response.get("usage"),
+            "usage": self._usage(response.get("usage")),
         }
         return ensure_json(result, "openai handler")
+
+    def _usage(self, usage: Any) -> Any:
+        """The provider's usage, with `cost` from the configured prices when it names none."""
+        if not isinstance(usage, dict) or usage.get("cost") is not None or not any(self.prices):
+            return usage
+        tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not (_tokens(tokens_in) and _tokens(tokens_out)):
+            return usage
+        cost = (tokens_in * self.prices[0] + tokens_out * self.prices[1]) / 1_000_000
+        return {**usage, "cost": round(cost, 9)}
+
+
+def _tokens(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

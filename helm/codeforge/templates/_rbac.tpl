@@ -21,6 +21,13 @@
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- if .Values.agent.redisIdentity.enabled }}
+# Each pool's Redis password Secret (agent.redisIdentity): created once, read to set the pool's ACL user,
+# replaced when an earlier pool of the same name left it. No list or watch: it reads only the names it made.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
 # Agent pods: read their state, set pod-deletion-cost so scale-in removes idle agents first.
 - apiGroups: [""]
   resources: ["pods"]

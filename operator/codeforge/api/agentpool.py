@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
+from codeforge.api.usage import RateLimitSpec
 
 GROUP: Final = "codeforge.ai"
 VERSION: Final = "v1alpha1"
@@ -253,6 +254,25 @@ class PoolWorkspace(CamelModel):
     )
 
 
+#: A namespace name (DNS-1123 label), as `spec.access.namespaces` lists them.
+NAMESPACE_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: Namespaces one pool may grant access to; a pool shared wider belongs in a namespace of its own.
+MAX_ACCESS_NAMESPACES: Final = 256
+Namespace = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]
+
+
+class PoolAccess(CamelModel):
+    """Who besides the pool's own namespace may send it work (README, "Multi-tenancy")."""
+
+    namespaces: list[Namespace] = Field(
+        default_factory=list,
+        max_length=MAX_ACCESS_NAMESPACES,
+        description="Namespaces whose Workflows may name this pool (`<pool-namespace>/<pool>`). "
+        "Workflows of the pool's own namespace always may; any other is Invalid.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
 class AgentPoolSpec(CamelModel):
     """Desired state of a pool of agents for one role."""
 
@@ -311,6 +331,14 @@ class AgentPoolSpec(CamelModel):
         description="Git workspaces for pools whose Workflow steps work on a repository: a cache volume "
         "and the credentials Secret. `workspace: {}` gives the volume with the default size.",
     )
+    access: PoolAccess = Field(
+        default_factory=PoolAccess,
+        description="Namespaces other than the pool's own whose Workflows may use it.",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None,
+        description="A rate limit (requests and tokens per minute) shared by every pool naming its key.",
+    )
 
 
 class ConditionStatus(enum.StrEnum):
@@ -362,6 +390,11 @@ class AgentPoolStatus(CamelModel):
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+
+
+def grants_access(spec: AgentPoolSpec, pool_namespace: str, namespace: str) -> bool:
+    """Whether Workflows of `namespace` may send tasks to a pool of `pool_namespace` with this spec."""
+    return namespace == pool_namespace or namespace in spec.access.namespaces
 
 
 def pool_queue_name(namespace: str, name: str) -> str:

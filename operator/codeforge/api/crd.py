@@ -128,8 +128,9 @@ AGENTPOOL: Final = CustomResource(
 )
 
 
-#: Workflow spec fields a running Workflow may change: pausing, and how long its data is kept afterwards.
-WORKFLOW_MUTABLE_WHILE_RUNNING: Final = ("suspend", "ttlSecondsAfterFinished", "ttlDeletesWorkflow")
+#: Workflow spec fields a running Workflow may change: pausing, its budget (raising it resumes a run the
+#: budget suspended), and how long its data is kept afterwards.
+WORKFLOW_MUTABLE_WHILE_RUNNING: Final = ("suspend", "budget", "ttlSecondsAfterFinished", "ttlDeletesWorkflow")
 #: The phases in which the spec is immutable (a run exists and follows it).
 WORKFLOW_RUN_PHASES: Final = ("Running", "Suspended")
 
@@ -181,8 +182,9 @@ WORKFLOW: Final = CustomResource(
             immutable_while_running(
                 workflow.WorkflowSpec, WORKFLOW_MUTABLE_WHILE_RUNNING, WORKFLOW_RUN_PHASES
             ),
-            "the spec of a running Workflow is immutable except spec.suspend, spec.ttlSecondsAfterFinished "
-            "and spec.ttlDeletesWorkflow: suspend it, wait until it finishes, or delete and recreate it",
+            "the spec of a running Workflow is immutable except spec.suspend, spec.budget, "
+            "spec.ttlSecondsAfterFinished and spec.ttlDeletesWorkflow: suspend it, wait until it finishes, "
+            "or delete and recreate it",
         ),
     ),
 )

@@ -51,6 +51,12 @@ MAX_LIST_ITEMS: Final = 256
 MAX_IMAGE_LENGTH: Final = 1024
 #: A free JSON value (input, params, settings) may nest this deep (the same as YAML).
 MAX_JSON_DEPTH: Final = MAX_YAML_DEPTH
+#: Fair share (README, "Fair share"): a fairness key's length (a `concurrencyKey` value or a Workflow id), the
+#: keys one pool tracks (tasks of further keys share one overflow key), a key's weight and maxConcurrency.
+MAX_FAIR_KEY: Final = 256
+MAX_FAIR_KEYS: Final = 10000
+MAX_FAIR_WEIGHT: Final = 100
+MAX_CONCURRENCY: Final = 100000
 #: How much of a bad value a message repeats.
 SHOWN_PREFIX: Final = 60
 

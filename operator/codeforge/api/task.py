@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 import time
@@ -12,8 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
+from codeforge.api.limits import MAX_CONCURRENCY, MAX_FAIR_KEY, MAX_FAIR_WEIGHT, clip
 from codeforge.api.limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
-from codeforge.api.limits import clip
 
 #: Pool names become Redis hash tags (`{pool}`), so braces are excluded; `namespace/name` is allowed.
 POOL_NAME_RE: Final = re.compile(
@@ -261,6 +262,19 @@ class TaskState(enum.StrEnum):
 _TERMINAL: Final = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
 
 
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_fair_key(value: str, field: str) -> str:
+    """A fairness key: at most MAX_FAIR_KEY printable characters (control characters are reserved)."""
+    if len(value) > MAX_FAIR_KEY or _CONTROL_RE.search(value):
+        raise ValueError(
+            f"{field} {clip(value)} must be at most {MAX_FAIR_KEY} characters without control characters "
+            "(newlines, tabs, NUL): e.g. a team or repository name"
+        )
+    return value
+
+
 def validate_pool_name(pool: str) -> str:
     if not isinstance(pool, str) or not POOL_NAME_RE.match(pool):
         raise ValueError(
@@ -323,6 +337,25 @@ class Task(BaseModel):
         default=None,
         description="The Git workspace the agent materialises for the task (issue #11); None: no files.",
     )
+    fair_key: str = Field(
+        default="",
+        max_length=MAX_FAIR_KEY,
+        description="Fair share: tasks of one pool and priority are served key by key in turn, FIFO within a "
+        "key; empty: the task's workflow is its key.",
+    )
+    fair_weight: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_FAIR_WEIGHT,
+        description="The key's share: turns per round (1: plain round-robin).",
+    )
+    max_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_CONCURRENCY,
+        description="At most this many tasks of the key run at once in the pool (0: no cap); the key's "
+        "latest queued task sets it.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -337,6 +370,20 @@ class Task(BaseModel):
     @classmethod
     def _check_pool(cls, value: str) -> str:
         return validate_pool_name(value)
+
+    @field_validator("fair_key")
+    @classmethod
+    def _check_fair_key(cls, value: str) -> str:
+        return validate_fair_key(value, "fair_key")
+
+    @property
+    def fairness_key(self) -> str:
+        """The key the queue shares its turns by: `fair_key`, else the workflow (hashed when too long)."""
+        if self.fair_key:
+            return self.fair_key
+        if len(self.workflow) <= MAX_FAIR_KEY and not _CONTROL_RE.search(self.workflow):
+            return self.workflow
+        return "workflow-sha256:" + hashlib.sha256(self.workflow.encode()).hexdigest()
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -398,6 +445,15 @@ class TaskOutcome(BaseModel):
         return hash((self.id, self.pool, self.state, self.attempts))
 
 
+class DeadLetter(TaskOutcome):
+    """A task in the dead-letter queue: its outcome, the task as it was enqueued, and when it died."""
+
+    task: Task | None = Field(default=None, description="The task as enqueued (None if its record is torn).")
+    died_at: float = Field(default=0.0, description="Unix time it entered the dead-letter queue.")
+    failures: int = Field(default=0, description="Retryable handler failures spent (max_attempts budget).")
+    lost_leases: int = Field(default=0, description="Lost leases spent (max_lost_leases budget).")
+
+
 class QueueStats(BaseModel):
     """Per-pool figures that drive autoscaling and metrics; each is an O(1) / O(log n) read."""
 
@@ -411,4 +467,7 @@ class QueueStats(BaseModel):
     oldest_age_seconds: float = Field(
         description="How long the oldest ready task has waited since it last became ready (enqueue, retry "
         "due, hand-back), 0 when none waits."
+    )
+    dead_expired: int = Field(
+        default=0, description="Dead letters removed so far because they outlived the retention."
     )

@@ -33,6 +33,7 @@ from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
 from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
 from codeforge.api.task import Priority, validate_git_ref, validate_pool_name, validate_workspace_url
+from codeforge.api.usage import Budget
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
@@ -62,6 +63,7 @@ CelText = Annotated[str, StringConstraints(max_length=limits.MAX_CEL_LENGTH)]
 WHEN_VARIABLES: Final = frozenset({"state", "input", "result", "step"})
 INPUT_VARIABLES: Final = frozenset({"state", "input", "item", "index"})
 FOR_EACH_VARIABLES: Final = frozenset({"state", "input", "result", "step"})
+CONCURRENCY_KEY_VARIABLES: Final = frozenset({"workflow", "input"})
 #: The pseudo-step an edge names to end the workflow.
 END: Final = "END"
 STEP_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -253,6 +255,36 @@ class RetryPolicy(_Model):
         return float(
             min(self.backoff_seconds * self.backoff_multiplier ** (retry - 1), self.max_backoff_seconds)
         )
+
+
+class FairShare(_Model):
+    """`spec.fairShare`: how the Workflow's tasks share their pools with other Workflows' (README, "Fair
+    share"). Within one pool and priority the keys take turns, FIFO within a key."""
+
+    concurrency_key: CelText | None = Field(
+        default=None,
+        description="CEL over `workflow` ({name, namespace, uid, labels}) and `input` giving the key the "
+        "Workflow's tasks share turns and maxConcurrency by, e.g. workflow.labels.team or input.repository "
+        f"(a string of at most {limits.MAX_FAIR_KEY} characters; it is scoped to the namespace). "
+        "Default: the Workflow itself.",
+    )
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=limits.MAX_FAIR_WEIGHT,
+        description="Turns per round against weight-1 keys (the key's latest task sets it).",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=limits.MAX_CONCURRENCY,
+        description="At most this many tasks of the key run at once in each pool (default: no cap).",
+    )
+
+    @field_validator("concurrency_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        return _check_cel(value, CONCURRENCY_KEY_VARIABLES, "value")
 
 
 class Step(_Model):
@@ -464,6 +496,15 @@ class WorkflowSpec(_Model):
     ttl_deletes_workflow: bool = Field(
         default=False,
         description="When the TTL passes, delete the Workflow object as well (like a Job's TTL).",
+    )
+    budget: Budget | None = Field(
+        default=None,
+        description="Tokens and cost the Workflow's tasks may use (as handlers report); reaching either "
+        "stops dispatching and fails or suspends the Workflow (reason BudgetExceeded).",
+    )
+    fair_share: FairShare = Field(
+        default_factory=FairShare,
+        description="How the tasks share pools with other Workflows: key, weight, maxConcurrency.",
     )
 
     @field_validator("input")

@@ -58,6 +58,16 @@ class ApprovalStatus(CamelModel):
     message: str = Field(default="", max_length=MESSAGE_LIMIT)
 
 
+class UsageStatus(CamelModel):
+    """Tokens and cost as the tasks' handlers reported them (README, "Rate limits and budgets")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    cost: float = Field(default=0.0, ge=0)
+
+
 class StepStatus(CamelModel):
     """The latest visit of one step (a step revisited in a loop shows its last visit and the count)."""
 
@@ -77,6 +87,7 @@ class StepStatus(CamelModel):
     finish_time: str | None = Field(default=None, description="RFC 3339.")
     message: str = Field(default="", max_length=MESSAGE_LIMIT)
     approval: ApprovalStatus | None = Field(default=None, description="Approval steps: the decision.")
+    usage: UsageStatus | None = Field(default=None, description="What the step's tasks used, all visits.")
 
 
 class Diffstat(CamelModel):
@@ -138,6 +149,9 @@ class WorkflowStatus(CamelModel):
     workspace: WorkspaceStatus | None = Field(
         default=None,
         description="spec.workspace: base, current commit, and the branch a succeeded run pushed.",
+    )
+    usage: UsageStatus | None = Field(
+        default=None, description="What all tasks used; spec.budget is checked against it."
     )
     retries: int = Field(default=0, ge=0, description="Retries requested through the retry annotation.")
     retry_token: str | None = Field(default=None, description="The last retry annotation acted upon.")

@@ -8,7 +8,7 @@ import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from rich.console import Console
@@ -55,8 +55,12 @@ def machine_info(redis_url: str) -> dict[str, Any]:
     }
 
 
+class _Result(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 def document(
-    machine: dict[str, Any], command: str, rows: Sequence[Row], settings: dict[str, Any]
+    machine: dict[str, Any], command: str, rows: Sequence[_Result], settings: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "machine": machine,

@@ -3,7 +3,12 @@
 - CODEFORGE_QUEUE_URL: the queue the operator reads (stats) and workflows write; default memory://
 - CODEFORGE_AGENT_QUEUE_URL: the queue URL given to agent pods; default CODEFORGE_QUEUE_URL
 - CODEFORGE_AGENT_IMAGE: image of pools whose spec names none; default ghcr.io/codeforge/agent:latest
-- CODEFORGE_AGENT_REDIS_PASSWORD_SECRET: `secret/key` mounted into agents as their Redis password
+- CODEFORGE_AGENT_REDIS_PASSWORD_SECRET: `secret/key` mounted into agents as their Redis password (without
+  CODEFORGE_AGENT_REDIS_ACL only)
+- CODEFORGE_AGENT_REDIS_ACL: true gives each AgentPool its own Redis ACL user and password Secret, limited to
+  the pool's keys (README, "Multi-tenancy"); default false
+- CODEFORGE_AGENT_REDIS_ACL_KEYS, CODEFORGE_AGENT_REDIS_ACL_CHANNELS: extra Redis glob patterns (comma
+  separated) every pool's user may use besides its own keys, e.g. the fleet's rate-limit keys
 - CODEFORGE_AGENT_LOG_FORMAT: the agents' log format, text or json; default json
 - CODEFORGE_AUTOSCALE_INTERVAL: seconds between autoscaling reconciles of each pool; default 1
 - CODEFORGE_METRICS_PORT: port of the operator's Prometheus /metrics; unset: not served
@@ -17,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from codeforge.controller.env import ConfigError, port, seconds
+from codeforge.controller.env import ConfigError, flag, port, seconds
 
 DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
 
@@ -32,6 +37,19 @@ class AgentDefaults:
     #: Secret (name, key) holding the Redis password; mounted as CODEFORGE_REDIS_PASSWORD.
     redis_password_secret: tuple[str, str] | None = None
     log_format: str = "json"
+    #: Each pool gets a Redis ACL user of its own (controller/agentpool/identity.py), not the shared password.
+    redis_acl: bool = False
+    #: Key and channel patterns granted to every pool's user besides the pool's own (fleet-wide keys).
+    acl_key_patterns: tuple[str, ...] = ()
+    acl_channel_patterns: tuple[str, ...] = ()
+
+
+def _patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+    for item in items:
+        if any(c.isspace() for c in item) or len(item) > 512:
+            raise ConfigError(f"{name}: {item[:60]!r} is not a Redis glob pattern (no spaces, <= 512 chars)")
+    return items
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +78,9 @@ class OperatorConfig:
             image=env.get("CODEFORGE_AGENT_IMAGE", "").strip() or DEFAULT_AGENT_IMAGE,
             redis_password_secret=secret,
             log_format=log_format,
+            redis_acl=flag(env, "CODEFORGE_AGENT_REDIS_ACL"),
+            acl_key_patterns=_patterns(env, "CODEFORGE_AGENT_REDIS_ACL_KEYS"),
+            acl_channel_patterns=_patterns(env, "CODEFORGE_AGENT_REDIS_ACL_CHANNELS"),
         )
         return cls(
             queue_url=queue_url,

@@ -58,6 +58,8 @@ PODS: Final = Kind("v1", "pods")
 PDBS: Final = Kind("policy/v1", "poddisruptionbudgets")
 LEASES: Final = Kind("coordination.k8s.io/v1", "leases")
 EVENTS: Final = Kind("v1", "events")
+SECRETS: Final = Kind("v1", "secrets")
+AGENTPOOLS: Final = Kind("codeforge.ai/v1alpha1", "agentpools")
 
 
 def kind_of(body: Mapping[str, Any]) -> Kind:
@@ -65,6 +67,7 @@ def kind_of(body: Mapping[str, Any]) -> Kind:
     known[("policy/v1", "PodDisruptionBudget")] = PDBS
     known[("coordination.k8s.io/v1", "Lease")] = LEASES
     known[("v1", "Event")] = EVENTS
+    known[("v1", "Secret")] = SECRETS
     return known[(body["apiVersion"], body["kind"])]
 
 

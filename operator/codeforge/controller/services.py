@@ -25,6 +25,7 @@ from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
 from codeforge.controller.standby import liveness_endpoint
 from codeforge.queue import TaskQueue, open_queue
+from codeforge.redis.connect import Connection, connect
 
 #: Read once at import: Kopf timers take their interval when the handlers are declared.
 CONFIG = OperatorConfig.from_env()
@@ -45,6 +46,8 @@ class OperatorServices:
     queue_retry_at: float = 0.0
     queue_error: str = "the operator is not connected to the queue yet"
     leadership: leader.Leadership | None = None
+    redis: Connection | None = None  # the admin connection for the pools' ACL users (redis_acl)
+    redis_retry_at: float = 0.0
 
     def api(self) -> KubeApi:
         # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.
@@ -67,7 +70,20 @@ class OperatorServices:
                 )
         return self.queue
 
+    async def admin_redis(self, logger: Logger) -> Connection | None:
+        """The operator's own Redis connection (its admin credentials), for ACL commands; None while down."""
+        if self.redis is None and time.monotonic() >= self.redis_retry_at:
+            try:
+                self.redis = await connect(self.config.queue_url)
+            except Exception as exc:  # retried later; the pools report it meanwhile
+                self.redis_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
+                self.queue_error = f"Redis unreachable: {exc}"
+                logger.warning("Redis unreachable for the pools' ACL users, retrying: %s", exc)
+        return self.redis
+
     async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.kube is not None:
             await self.kube.close()
         if self.queue is not None:

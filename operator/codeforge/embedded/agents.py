@@ -35,8 +35,11 @@ class InProcessAgents:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> InProcessAgents:
+        from codeforge.queue.ratelimit import MemoryRateLimiter
         from codeforge_agent.config import AgentConfig, ConfigError
         from codeforge_agent.loop import run_agent
+
+        limiter = MemoryRateLimiter()  # one per process: the pools naming a rate-limit key share it
 
         if self.directory is not None and str(self.directory) not in sys.path:
             sys.path.insert(0, str(self.directory))  # `pythonFunction: demo_agents:run` beside the manifest
@@ -50,7 +53,9 @@ class InProcessAgents:
                 config = AgentConfig.from_sources([], env)
             except ConfigError as exc:
                 raise ManifestError(f"AgentPool {pool.name!r}: {exc}") from None
-            self._tasks.append(asyncio.create_task(run_agent(self.queue, config, self._stop)))
+            self._tasks.append(
+                asyncio.create_task(run_agent(self.queue, config, self._stop, limiter=limiter))
+            )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

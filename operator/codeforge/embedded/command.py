@@ -239,11 +239,21 @@ async def _run(
                             notify=lambda message: console.print(message, soft_wrap=True, markup=False),
                         )
                     )
-            name = loaded.workflow.metadata.name
+            meta = loaded.workflow.metadata
             control = RunControl()
             control.approvals.replace(decisions or {})
             prompter = Prompter(control.approvals, console)
-            job = asyncio.create_task(runner.run(run_id, spec, emit=on_event, name=name, control=control))
+            job = asyncio.create_task(
+                runner.run(
+                    run_id,
+                    spec,
+                    emit=on_event,
+                    name=meta.name,
+                    namespace=meta.namespace,
+                    labels=meta.labels,
+                    control=control,
+                )
+            )
             watchers: set[asyncio.Task[Any]] = {job}
             if processes is not None:
                 watchers.add(asyncio.create_task(processes.supervise()))

@@ -31,6 +31,7 @@ from codeforge.api.limits import (
     json_depth,
 )
 from codeforge.api.task import POOL_NAME_RE
+from codeforge.api.usage import RateLimitSpec
 from codeforge.api.workflow import KIND as WORKFLOW_KIND
 from codeforge.api.workflow import (
     WorkflowManifest,
@@ -62,6 +63,7 @@ class PoolSpec:
     concurrency: int = 4
     declared: bool = True
     lease_seconds: float | None = None  # spec.queue.leaseSeconds: how soon a dead agent's task is redelivered
+    rate_limit: RateLimitSpec | None = None  # spec.rateLimit: shared by the pools naming its key
 
     def agent_env(self, queue_url: str) -> dict[str, str]:
         """`CODEFORGE_*` variables for one agent of this pool (the same the operator sets on pods)."""
@@ -75,6 +77,8 @@ class PoolSpec:
         }
         if self.lease_seconds is not None:
             env["CODEFORGE_LEASE_SECONDS"] = f"{self.lease_seconds:g}"
+        if self.rate_limit is not None:
+            env.update(self.rate_limit.to_env())
         for key, value in self.settings.items():
             name = "CODEFORGE_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
             env[name] = value if isinstance(value, str) else json.dumps(value)
@@ -297,4 +301,13 @@ def _pool(doc: dict[str, Any], where: str) -> PoolSpec:
         raise ManifestError(
             f"{where}: spec.queue.leaseSeconds must be seconds, > 0 and <= 86400, got {clip(lease)}"
         )
-    return PoolSpec(name, parsed.kind, parsed.settings, concurrency, lease_seconds=lease)
+    rate_limit = None
+    if spec.get("rateLimit") is not None:
+        try:
+            rate_limit = RateLimitSpec.model_validate(spec["rateLimit"], by_alias=True, by_name=False)
+        except ValidationError as exc:
+            detail = format_validation_error(exc, prefix="spec.rateLimit").splitlines()[0]
+            raise ManifestError(f"{where}: {detail}") from None
+    return PoolSpec(
+        name, parsed.kind, parsed.settings, concurrency, lease_seconds=lease, rate_limit=rate_limit
+    )

@@ -169,7 +169,10 @@ class GraphCompiler:
             outcome = await runtime.context.run_part(
                 PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
             )
-            return {"parts": {key: {str(arg["index"]): outcome}}}
+            update: dict[str, Any] = {"parts": {key: {str(arg["index"]): outcome}}}
+            if outcome.get("usage"):  # checkpointed with the part: a resumed run knows what was spent
+                update["usage"] = {step.name: outcome["usage"]}
+            return update
 
         run_part.__name__ = run_node(step.name)
         return run_part

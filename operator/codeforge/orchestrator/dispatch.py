@@ -22,9 +22,12 @@ from pydantic import ValidationError
 from codeforge.api.approval import now_rfc3339
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import Priority, Task, TaskOutcome, TaskState, TaskWorkspace
+from codeforge.api.usage import Usage, usage_of_result
 from codeforge.api.workflow import Step
 from codeforge.orchestrator.approvals import ApprovalBox
+from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
+from codeforge.orchestrator.fairness import FairShare
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
@@ -65,6 +68,10 @@ class RunContext:
     name: str = ""
     #: Decisions for the run's approval steps (fed by the operator or `codeforge run`)
     approvals: ApprovalBox = field(default_factory=ApprovalBox)
+    #: Tokens and cost per step and in total, against spec.budget (orchestrator.budget)
+    ledger: Ledger = field(default_factory=Ledger)
+    #: The key, weight and cap every task of the run carries (spec.fairShare)
+    fair: FairShare = field(default_factory=FairShare)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -133,9 +140,10 @@ class StepDispatcher:
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
             return self._record(req, recorded)
         step = req.step
-        await self.ctx.running.wait()  # suspended workflows dispatch nothing new
+        await self._may_dispatch()  # suspended workflows (spec.suspend, spec.budget) dispatch nothing new
         timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
         async with self.ctx.in_flight:
+            await self._may_dispatch()  # again: a sibling's result may have reached the budget meanwhile
             try:
                 task = Task(
                     id=tid,
@@ -147,6 +155,7 @@ class StepDispatcher:
                     max_attempts=HANDLER_RUNS_PER_ATTEMPT,
                     deadline=self._task_deadline(step),
                     workspace=req.workspace,
+                    **self._fair_fields(),
                 )
             except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
                 message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
@@ -232,7 +241,12 @@ class StepDispatcher:
         if outcome.state is TaskState.SUCCEEDED:
             if req.first_success:
                 self.ctx.winner(f"{step.name}#{req.visit}").set()
-            return {"status": Outcome.SUCCEEDED.value, "result": outcome.result, **agent}
+            record = {"status": Outcome.SUCCEEDED.value, "result": outcome.result, **agent}
+            usage = usage_of_result(outcome.result)
+            if usage is not None:
+                record["usage"] = usage.to_status()
+                self._charge(step.name, outcome.id, usage)
+            return record
         # One handler run per attempt: the queue's handler-budget note would only repeat that.
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         if outcome.state is TaskState.CANCELLED:
@@ -274,13 +288,37 @@ class StepDispatcher:
         error = f"step {step.name!r} rejected by {decision.by}{why}"
         return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
 
+    async def _may_dispatch(self) -> None:
+        while not self.ctx.running.is_set():
+            if self.ctx.ledger.crossed is not None:
+                self.ctx.ledger.blocked.set()  # the run wants more than its budget: the runner decides
+            await self.ctx.running.wait()
+
+    def _charge(self, step: str, tid: str, usage: Usage) -> None:
+        """Add a task's usage; on reaching spec.budget stop dispatching at once (the runner then fails or
+        suspends the Workflow)."""
+        ledger = self.ctx.ledger
+        was_crossed = ledger.crossed is not None
+        ledger.charge(step, usage)
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.USAGE,
+                self.ctx.workflow,
+                step,
+                task_id=tid,
+                detail={"step": ledger.steps[step].to_status(), "total": ledger.total.to_status()},
+            )
+        )
+        if ledger.crossed is not None and not was_crossed:
+            self.ctx.running.clear()
+
     async def run_system(
         self, pool: str, tid: str, step: str, workspace: TaskWorkspace, attempts: int
     ) -> dict[str, Any]:
         """Dispatch and await a workspace system task (resolve, merge, publish: the agent does the Git work
         without running its handler). Idempotent on `tid`, like a step's task, so a re-executed node
         re-attaches to it. Returns {"status", "result"} or {"status", "error"}."""
-        await self.ctx.running.wait()
+        await self._may_dispatch()
         async with self.ctx.in_flight:
             task = Task(
                 id=tid,
@@ -292,6 +330,7 @@ class StepDispatcher:
                 max_attempts=attempts,
                 deadline=self.ctx.deadline,
                 workspace=workspace,
+                **self._fair_fields(),
             )
             self.ctx.outstanding[tid] = pool
             await self.queue.enqueue(task)
@@ -306,6 +345,10 @@ class StepDispatcher:
             return {"status": Outcome.SUCCEEDED.value, "result": outcome.result}
         error = (outcome.error or outcome.state.value).split(f"; {HANDLER_BUDGET_SPENT}")[0]
         return {"status": Outcome.FAILED.value, "error": error}
+
+    def _fair_fields(self) -> dict[str, Any]:
+        fair = self.ctx.fair
+        return {"fair_key": fair.key, "fair_weight": fair.weight, "max_concurrency": fair.max_concurrency}
 
     def _task_deadline(self, step: Step) -> float | None:
         """When the task's work is moot (its agent stops there): the attempt's or the workflow's end."""

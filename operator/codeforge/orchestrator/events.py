@@ -22,6 +22,9 @@ class EventKind(enum.StrEnum):
     STEP_FINISHED = "step_finished"  # the join is done: status succeeded or failed
     WORKSPACE_RESOLVED = "workspace_resolved"  # spec.workspace: the ref resolved to the run's base commit
     WORKSPACE_PUBLISHED = "workspace_published"  # the final commit was pushed to pushBranch
+    USAGE = "usage"  # a task reported usage; detail: {"step": its step's sum, "total": the run's}
+    BUDGET_EXCEEDED = "budget_exceeded"  # spec.budget reached at `step`; status: Fail or Suspend
+    BUDGET_RAISED = "budget_raised"  # a suspended run's budget was raised above its usage: it goes on
     WORKFLOW_FINISHED = "workflow_finished"
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +19,15 @@ from langgraph.graph.state import CompiledStateGraph
 
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import Task, TaskOutcome, TaskState
+from codeforge.api.usage import Budget, BudgetAction
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.approvals import ApprovalBox
+from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
+from codeforge.orchestrator.fairness import fair_share_of
 from codeforge.orchestrator.rewind import rewind
 from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
@@ -56,6 +61,10 @@ class WorkflowOutcome:
     #: spec.workspace runs: {url, ref, base, commit (the final one), and once published: branch, diffstat,
     #: files}; None without a workspace
     workspace: dict[str, Any] | None = None
+    #: Why it failed, when a reason applies (BudgetExceeded)
+    reason: str | None = None
+    #: {"total": {tokensIn, tokensOut, cost}, "steps": {step: ...}} when tasks reported usage
+    usage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -69,6 +78,10 @@ class WorkflowOutcome:
         }
         if self.workspace is not None:
             data["workspace"] = self.workspace
+        if self.reason is not None:
+            data["reason"] = self.reason
+        if self.usage is not None:
+            data["usage"] = self.usage
         return data
 
 
@@ -81,15 +94,32 @@ class RunControl:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
     approvals: ApprovalBox = field(default_factory=ApprovalBox)
+    #: spec.suspend; a reached spec.budget holds the run suspended on its own (the run's ledger)
+    suspended: bool = False
+    ledger: Ledger | None = None
 
     def __post_init__(self) -> None:
         self.running.set()
 
     def suspend(self) -> None:
+        self.suspended = True
         self.running.clear()
 
     def resume(self) -> None:
-        self.running.set()
+        self.suspended = False
+        if self.ledger is None or self.ledger.crossed is None:
+            self.running.set()
+
+    def set_budget(self, budget: Budget | None) -> None:
+        """spec.budget changed on a running Workflow: raising it above the usage lets a run it suspended
+        go on; lowering it below stops dispatching."""
+        if self.ledger is None:
+            return
+        self.ledger.rebudget(budget)
+        if self.ledger.crossed is not None:
+            self.running.clear()
+        elif not self.suspended:
+            self.running.set()
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop the run and cancel its outstanding tasks; `run()` returns status "cancelled"."""
@@ -133,9 +163,12 @@ class WorkflowRunner:
         emit: EventSink = ignore_events,
         control: RunControl | None = None,
         name: str | None = None,
+        namespace: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> WorkflowOutcome:
         """Run (start, resume or report) the workflow; `name` fills {{workflow}} in the workspace's
-        pushBranch (default: the run id)."""
+        pushBranch (default: the run id); name, namespace and labels are `workflow` in the
+        spec.fairShare.concurrencyKey expression."""
         control = control or RunControl()
         if spec.suspend:
             control.suspend()
@@ -154,6 +187,7 @@ class WorkflowRunner:
             first=self._first.setdefault(workflow_id, {}),
             name=name or workflow_id,
             approvals=control.approvals,
+            fair=fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)
@@ -162,19 +196,25 @@ class WorkflowRunner:
         started_at = float(values.get("started_at") or time.time())
         if values and not snapshot.next:
             return self._outcome(workflow_id, values, started_at, resumed=True)  # finished before
+        ctx.ledger = control.ledger = Ledger.restore(spec.budget, values.get("usage"))
+        if ctx.ledger.crossed is not None:
+            control.running.clear()
         resumed = bool(values)
         graph_input: RunState | None = None if resumed else {"input": spec.input, "started_at": started_at}
         if spec.timeout_seconds is not None:
             ctx.deadline = started_at + spec.timeout_seconds
         emit(
-            ProgressEvent(EventKind.WORKFLOW_RESUMED if resumed else EventKind.WORKFLOW_STARTED, workflow_id)
+            ProgressEvent(
+                EventKind.WORKFLOW_RESUMED if resumed else EventKind.WORKFLOW_STARTED,
+                workflow_id,
+                detail={"usage": ctx.ledger.to_status()} if ctx.ledger.steps else None,
+            )
         )
         job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
         stop = asyncio.ensure_future(control.cancelled.wait())
+        over_budget: Crossing | None = None
         try:
-            await asyncio.wait(
-                {job, stop}, timeout=self._seconds_left(ctx.deadline), return_when=FIRST_COMPLETED
-            )
+            over_budget = await self._supervise(job, stop, ctx)
         finally:
             stop.cancel()
             if not job.done():
@@ -187,15 +227,25 @@ class WorkflowRunner:
         if job.cancelled():
             await self._cancel_outstanding(ctx)
             values = dict((await graph.aget_state(config)).values or {})
-            values["error"] = (
-                f"cancelled: {control.reason}"
-                if cancelled
-                else f"workflow timed out after {spec.timeout_seconds:g}s (spec.timeoutSeconds)"
-            )
+            if cancelled:
+                values["error"] = f"cancelled: {control.reason}"
+            elif over_budget is not None:
+                values["error"] = over_budget.message
+            else:
+                values["error"] = _timed_out(spec)
         else:
             values = job.result()  # a queue or checkpoint error propagates; the run can resume later
+            if values.get("error") and ctx.deadline is not None and time.time() >= ctx.deadline:
+                # Its tasks carry the workflow's deadline, so an agent may fail one at the same instant the
+                # runner's own timer fires: the cause is the workflow's timeout either way, so say that.
+                values["error"] = _timed_out(spec)
         self._first.pop(workflow_id, None)  # the run ended: nothing resumes it in this process
         outcome = self._outcome(workflow_id, values, started_at, resumed=resumed, cancelled=cancelled)
+        outcome = dataclasses.replace(
+            outcome,
+            reason=BUDGET_EXCEEDED if over_budget is not None and not cancelled else None,
+            usage=ctx.ledger.to_status() if ctx.ledger.steps else None,
+        )
         emit(
             ProgressEvent(
                 EventKind.WORKFLOW_FINISHED,
@@ -206,6 +256,46 @@ class WorkflowRunner:
             )
         )
         return outcome
+
+    async def _supervise(
+        self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: RunContext
+    ) -> Crossing | None:
+        """Wait for the graph, a cancel or the deadline; meanwhile act on spec.budget. Returns the crossing
+        when the budget ends the run (onExceed Fail, once the run wants to dispatch more), else None."""
+        ledger = ctx.ledger
+        while True:
+            changed = asyncio.ensure_future(ledger.changed.wait())
+            blocked = asyncio.ensure_future(ledger.blocked.wait())
+            waiting: set[asyncio.Future[Any]] = {job, stop, changed}
+            crossing = ledger.crossed
+            if crossing is not None and crossing.action is BudgetAction.FAIL:
+                waiting.add(blocked)
+            try:
+                done, _ = await asyncio.wait(
+                    waiting, timeout=self._seconds_left(ctx.deadline), return_when=FIRST_COMPLETED
+                )
+            finally:
+                changed.cancel()
+                blocked.cancel()
+            if not done or job in done or stop in done:
+                return None
+            if ledger.changed.is_set():
+                ledger.changed.clear()
+                crossing = ledger.crossed
+                ctx.emit(
+                    ProgressEvent(EventKind.BUDGET_RAISED, ctx.workflow)
+                    if crossing is None
+                    else ProgressEvent(
+                        EventKind.BUDGET_EXCEEDED,
+                        ctx.workflow,
+                        crossing.step,
+                        status=crossing.action.value,
+                        message=crossing.message,
+                        detail={"usage": ledger.to_status()},
+                    )
+                )
+            if crossing is not None and crossing.action is BudgetAction.FAIL and ledger.blocked.is_set():
+                return crossing  # the run wants more than its budget allows: it fails now
 
     async def rewind(self, workflow_id: str, spec: WorkflowSpec) -> str | None:
         """Retry a failed run: rewind its thread to just before the step that failed (or was cut off by
@@ -291,3 +381,7 @@ class WorkflowRunner:
             resumed=resumed,
             workspace=workspace,
         )
+
+
+def _timed_out(spec: WorkflowSpec) -> str:
+    return f"workflow timed out after {spec.timeout_seconds:g}s (spec.timeoutSeconds)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
+from codeforge.orchestrator.budget import add_usage
+
 
 def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
     """Later writes win per key (results of a step revisited in a loop replace the earlier ones)."""
@@ -37,6 +39,8 @@ class RunState(TypedDict, total=False):
     #: spec.workspace runs: {url, ref, base (the resolved start commit), head (the commit the next step starts
     #: from), pool (the last step's), and once published: branch, diffstat, files}
     workspace: dict[str, Any]
+    #: step name -> {tokensIn, tokensOut, cost} its tasks reported, summed (orchestrator.budget)
+    usage: Annotated[dict[str, dict[str, Any]], add_usage]
 
 
 def public_state(state: RunState) -> dict[str, Any]:

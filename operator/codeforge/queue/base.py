@@ -1,7 +1,9 @@
 """The TaskQueue contract shared by the memory and Redis backends (README, "The task queue").
 
 Semantics every backend keeps:
-- priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), FIFO within a priority;
+- priorities CRITICAL(1) > HIGH(2) > MEDIUM(3) > LOW(4), strictly; within a priority, fair share: the tasks'
+  keys (`Task.fairness_key`: a Workflow, a team, ...) take turns (weighted by `fair_weight`), FIFO within a
+  key, and a key with `max_concurrency` leases held waits until one of them ends (README, "Fair share");
 - `enqueue` is idempotent on the task id within a pool;
 - `claim` is atomic and gives a lease with a fencing token, as long as the consumer asks (its pool's
   setting; the task's `lease_seconds` when it names none); `heartbeat` extends it by as much;
@@ -21,12 +23,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from codeforge.api.task import LOST_LEASE_BACKOFF_CAP_SECONDS, QueueStats, Task, TaskOutcome, TaskState
+from codeforge.api.task import (
+    LOST_LEASE_BACKOFF_CAP_SECONDS,
+    DeadLetter,
+    QueueStats,
+    Task,
+    TaskOutcome,
+    TaskState,
+)
 from codeforge.queue.errors import LeaseLostError
 
 #: How long a finished task's record (and result) stays readable; idempotent re-enqueues find it meanwhile.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600
+#: How long a dead letter is kept before `reap` removes it (and counts it in `QueueStats.dead_expired`);
+#: CODEFORGE_DEAD_LETTER_RETENTION_SECONDS sets it for every process that reaps (0: keep them forever).
+DEFAULT_DEAD_LETTER_RETENTION_SECONDS = 7 * 24 * 3600
+MAX_DEAD_LETTER_RETENTION_SECONDS = 10 * 365 * 24 * 3600
+#: Task ids per `purge_dead` call (one script call each 500), and dead letters per `dead_letters` page.
+MAX_PURGE_IDS = 10000
+MAX_DEAD_LETTERS_PAGE = 10000
 
+
+#: The key tasks share once a pool tracks `MAX_FAIR_KEYS` keys (lua/lib.lua names it too).
+OVERFLOW_KEY = "\x01overflow"
 
 #: How a dead letter's error ends, per budget (the Redis scripts in lua/lib.lua write the same words).
 HANDLER_BUDGET_SPENT = "handler budget spent"
@@ -56,6 +75,27 @@ def claim_lease_ms(lease_seconds: float | None) -> int:
     if not 0 < lease_seconds <= 86400:
         raise ValueError(f"lease_seconds must be > 0 and <= 86400 (got {lease_seconds})")
     return max(int(lease_seconds * 1000), 1)
+
+
+def check_retention(seconds: float) -> float:
+    if not 0 <= seconds <= MAX_DEAD_LETTER_RETENTION_SECONDS:
+        raise ValueError(
+            f"dead-letter retention must be 0 (keep forever) to {MAX_DEAD_LETTER_RETENTION_SECONDS} seconds "
+            f"(got {seconds!r})"
+        )
+    return float(seconds)
+
+
+def check_page(limit: int) -> int:
+    if not 1 <= limit <= MAX_DEAD_LETTERS_PAGE:
+        raise ValueError(f"limit must be 1 to {MAX_DEAD_LETTERS_PAGE} (got {limit})")
+    return limit
+
+
+def check_purge_ids(task_ids: Sequence[str]) -> list[str]:
+    if len(task_ids) > MAX_PURGE_IDS:
+        raise ValueError(f"purge at most {MAX_PURGE_IDS} task ids at once (got {len(task_ids)})")
+    return list(task_ids)
 
 
 def check_max_tasks(max_tasks: int) -> None:
@@ -157,8 +197,16 @@ class TaskQueue(Protocol):
         """Queued, delayed, in-flight, dead counts and the oldest ready task's age."""
         ...
 
-    async def dead_letters(self, pool: str, limit: int = 100) -> list[TaskOutcome]:
-        """The dead-letter queue, oldest first, with each task's last error."""
+    async def dead_letters(self, pool: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead-letter queue, oldest first, with each task's last error, the task and when it died."""
+        ...
+
+    async def dead_letter(self, pool: str, task_id: str) -> DeadLetter | None:
+        """One dead letter, or None when the task is not in the dead-letter queue."""
+        ...
+
+    async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        """Delete these dead letters (ids not in the dead-letter queue are skipped); returns how many went."""
         ...
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
@@ -166,8 +214,9 @@ class TaskQueue(Protocol):
         ...
 
     async def reap(self, pool: str) -> int:
-        """Requeue (after the lost-lease backoff) or dead-letter tasks whose lease expired; safe to run from
-        many processes at once. Returns how many leases had expired."""
+        """Requeue (after the lost-lease backoff) or dead-letter tasks whose lease expired, and remove dead
+        letters older than the retention (counted in `stats().dead_expired`); safe to run from many
+        processes at once. Returns how many leases had expired."""
         ...
 
     async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:

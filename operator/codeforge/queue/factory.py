@@ -12,10 +12,11 @@ replica has the write (WAIT).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from codeforge.queue.base import TaskQueue
+from codeforge.queue.base import MAX_DEAD_LETTER_RETENTION_SECONDS, TaskQueue, check_retention
 from codeforge.queue.errors import QueueConfigError, queue_errors
 from codeforge.redis import url as redis_url
 
@@ -53,9 +54,31 @@ def check_url(url: str) -> str:
     return scheme
 
 
+RETENTION_ENV = "CODEFORGE_DEAD_LETTER_RETENTION_SECONDS"
+
+
+def retention_from_env(env: dict[str, str] | None = None) -> float | None:
+    """The dead-letter retention CODEFORGE_DEAD_LETTER_RETENTION_SECONDS sets (0: keep forever), or None."""
+    raw = (dict(os.environ) if env is None else env).get(RETENTION_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return check_retention(float(raw))
+    except ValueError:
+        raise QueueConfigError(
+            f"{RETENTION_ENV}={raw[:40]!r}: expected seconds from 0 (keep forever) "
+            f"to {MAX_DEAD_LETTER_RETENTION_SECONDS}"
+        ) from None
+
+
 async def open_queue(url: str, **options: Any) -> TaskQueue:
-    """Connect to the queue a URL names and check that it answers (QueueUnavailableError if not)."""
+    """Connect to the queue a URL names and check that it answers (QueueUnavailableError if not).
+
+    The dead-letter retention is `dead_letter_retention=` if given, else
+    CODEFORGE_DEAD_LETTER_RETENTION_SECONDS, else 7 days."""
     scheme = check_url(url)
+    if "dead_letter_retention" not in options and (retention := retention_from_env()) is not None:
+        options["dead_letter_retention"] = retention
     if scheme == "memory":
         from codeforge.queue.memory import MemoryTaskQueue
 

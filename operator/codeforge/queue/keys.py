@@ -29,3 +29,18 @@ def pool_from_channel(channel: str) -> str:
 def sync_key(pool: str) -> str:
     """Written before each WAIT in durability=replicated, so the WAIT always follows a write of its own."""
     return pool_prefix(pool) + "sync"
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob (ACL key and channel patterns, SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def pool_key_patterns(pool: str) -> list[str]:
+    """Redis ACL key patterns covering every key of the pool (its tasks, indexes, wake list)."""
+    return [glob_escape(pool_prefix(pool)) + "*"]
+
+
+def pool_channel_patterns(pool: str) -> list[str]:
+    """Redis ACL channel patterns covering the pool's Pub/Sub channels (`done`)."""
+    return [glob_escape(pool_prefix(pool)) + "*"]

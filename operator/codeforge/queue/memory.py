@@ -15,16 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
 from codeforge.queue.base import (
+    DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     Lease,
     check_max_tasks,
+    check_page,
+    check_purge_ids,
+    check_retention,
     claim_lease_ms,
     handler_budget_spent,
     lost_lease_backoff,
     lost_lease_budget_spent,
 )
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
+from codeforge.queue.fair import FairReady
 
 
 @dataclass
@@ -46,6 +51,19 @@ class _Record:
     finished_at: float | None = None
     result: Any = None
     error: str | None = None
+    fair_key: str = ""  # the key it is filed under (its own, or the overflow key)
+    holds_slot: bool = False  # its lease counts against its key's max_concurrency
+
+    died_at: float = 0.0
+
+    def dead_letter(self) -> DeadLetter:
+        return DeadLetter(
+            **self.outcome().model_dump(),
+            task=self.task,
+            died_at=self.died_at,
+            failures=self.failures,
+            lost_leases=self.lost,
+        )
 
     def outcome(self, *, notified: bool = False) -> TaskOutcome:
         finished = self.finished_at if self.state.terminal else None
@@ -69,19 +87,21 @@ class _Record:
 @dataclass
 class _Pool:
     records: dict[str, _Record] = field(default_factory=dict)
-    ready: list[tuple[int, int, str]] = field(default_factory=list)  # (priority, seq, id), lazily pruned
+    ready: FairReady = field(default_factory=FairReady)
     delayed: list[tuple[float, str]] = field(default_factory=list)  # (ready_at, id), lazily pruned
     in_flight: dict[str, _Record] = field(default_factory=dict)
     dead: dict[str, _Record] = field(default_factory=dict)  # insertion order = dead-letter order
     claimers: deque[asyncio.Future[None]] = field(default_factory=deque)
     watchers: dict[str, list[asyncio.Future[TaskOutcome]]] = field(default_factory=dict)
     consumers: dict[str, tuple[str, float]] = field(default_factory=dict)
+    dead_expired: int = 0
 
 
 class MemoryTaskQueue:
     """TaskQueue kept in this process's memory; nothing survives the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dead_letter_retention: float = DEFAULT_DEAD_LETTER_RETENTION_SECONDS) -> None:
+        self.dead_letter_retention = check_retention(dead_letter_retention)
         self._pools: dict[str, _Pool] = {}
         self._seq = itertools.count(1)
         self._closed = False
@@ -100,6 +120,7 @@ class MemoryTaskQueue:
         if task.id in pool.records:
             return False
         record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
+        record.fair_key = pool.ready.key_for(task.fairness_key)
         pool.records[task.id] = record
         self._make_ready(pool, record)
         return True
@@ -112,8 +133,19 @@ class MemoryTaskQueue:
         record.consumer = ""
         record.ready_at = 0.0
         record.ready_since = time.time() if since is None else since
-        heapq.heappush(pool.ready, (int(record.task.priority), record.seq, record.task.id))
-        self._wake_one(pool)
+        task = record.task
+        pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
+                       task.max_concurrency)  # fmt: skip
+        if pool.ready.claimable:
+            self._wake_one(pool)
+
+    def _end_lease(self, pool: _Pool, record: _Record) -> None:
+        """Every way a lease ends (complete, fail, release, cancel, expiry) frees its key's slot."""
+        pool.in_flight.pop(record.task.id, None)
+        if record.holds_slot:
+            record.holds_slot = False
+            if pool.ready.ended(record.fair_key):
+                self._wake_one(pool)
 
     @staticmethod
     def _wake_one(pool: _Pool) -> None:
@@ -169,11 +201,12 @@ class MemoryTaskQueue:
         self._expire(pool, now)
         self._promote(pool, now)
         leases: list[Lease] = []
-        while pool.ready and len(leases) < max_tasks:
-            _, seq, task_id = heapq.heappop(pool.ready)
-            record = pool.records.get(task_id)
-            if record is None or record.state is not TaskState.QUEUED or record.seq != seq or record.ready_at:
-                continue  # cancelled, or a stale heap entry
+        while len(leases) < max_tasks:
+            task_id = pool.ready.pop()
+            if task_id is None:
+                break
+            record = pool.records[task_id]
+            record.holds_slot = True
             record.state = TaskState.RUNNING
             record.attempts += 1
             record.fence += 1
@@ -183,7 +216,7 @@ class MemoryTaskQueue:
             record.claimed_at = now
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
-        if leases and pool.ready:
+        if leases and pool.ready.claimable:
             self._wake_one(pool)  # more work is waiting: pass the baton
         return leases
 
@@ -216,7 +249,7 @@ class MemoryTaskQueue:
     def _expire(self, pool: _Pool, now: float) -> int:
         expired = [r for r in pool.in_flight.values() if r.expires_at <= now]
         for record in expired:
-            del pool.in_flight[record.task.id]
+            self._end_lease(pool, record)
             record.fence += 1  # the old holder's token is stale from now on
             error = f"lease expired after {record.hold:g}s without a heartbeat (delivery {record.attempts})"
             self._lose_lease(pool, record, error, backoff=True)
@@ -225,6 +258,7 @@ class MemoryTaskQueue:
     def _bury(self, pool: _Pool, record: _Record, error: str) -> TaskState:
         record.state = TaskState.DEAD
         record.error = error
+        record.died_at = time.time()
         pool.dead[record.task.id] = record
         self._settle(pool, record)
         return TaskState.DEAD
@@ -282,7 +316,7 @@ class MemoryTaskQueue:
         if done and done.state is TaskState.SUCCEEDED and done.fence == lease.fence and done.result == result:
             return  # the same call again (a retry): already recorded, not a second recording
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         record.state = TaskState.SUCCEEDED
         record.result = result
         record.error = None
@@ -302,7 +336,7 @@ class MemoryTaskQueue:
         self, lease: Lease, error: str, *, retryable: bool = True, retry_delay: float = 0.0
     ) -> TaskState:
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         if not retryable:
             record.state = TaskState.FAILED
             record.error = error
@@ -312,7 +346,7 @@ class MemoryTaskQueue:
 
     async def release(self, lease: Lease, *, started: bool = False, reason: str = "") -> TaskState:
         pool, record = self._held(lease)
-        del pool.in_flight[record.task.id]
+        self._end_lease(pool, record)
         record.fence += 1
         if started:
             return self._lose_lease(pool, record, reason or "interrupted", backoff=False)
@@ -325,7 +359,9 @@ class MemoryTaskQueue:
         record = state.records.get(task_id)
         if record is None or record.state.terminal:
             return False
-        state.in_flight.pop(task_id, None)
+        if record.state is TaskState.QUEUED:
+            state.ready.discard(task_id)
+        self._end_lease(state, record)
         record.state = TaskState.CANCELLED
         record.error = reason
         self._settle(state, record)
@@ -383,10 +419,38 @@ class MemoryTaskQueue:
             in_flight=len(state.in_flight),
             dead=len(state.dead),
             oldest_age_seconds=max(now - oldest, 0.0),
+            dead_expired=state.dead_expired,
         )
 
-    async def dead_letters(self, pool: str, limit: int = 100) -> list[TaskOutcome]:
-        return [r.outcome() for r in list(self._pool(pool).dead.values())[:limit]]
+    async def dead_letters(self, pool: str, limit: int = 100) -> list[DeadLetter]:
+        check_page(limit)
+        return [r.dead_letter() for r in list(self._pool(pool).dead.values())[:limit]]
+
+    async def dead_letter(self, pool: str, task_id: str) -> DeadLetter | None:
+        record = self._pool(pool).dead.get(task_id)
+        return record.dead_letter() if record else None
+
+    async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        state = self._pool(pool)
+        removed = 0
+        for task_id in check_purge_ids(task_ids):
+            if state.dead.pop(task_id, None) is not None:
+                del state.records[task_id]
+                removed += 1
+        return removed
+
+    def _expire_dead(self, pool: _Pool, now: float) -> None:
+        """Dead letters older than the retention go (insertion order is death order: oldest first)."""
+        if not self.dead_letter_retention:
+            return
+        cutoff = now - self.dead_letter_retention
+        while pool.dead:
+            task_id, record = next(iter(pool.dead.items()))
+            if record.died_at > cutoff:
+                return
+            del pool.dead[task_id]
+            del pool.records[task_id]
+            pool.dead_expired += 1
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
         state = self._pool(pool)
@@ -402,6 +466,7 @@ class MemoryTaskQueue:
         state = self._pool(pool)
         count = self._expire(state, time.time())
         self._promote(state, time.time())
+        self._expire_dead(state, time.time())
         return count
 
     async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:

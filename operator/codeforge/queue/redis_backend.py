@@ -25,8 +25,17 @@ from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 
-from codeforge.api.task import QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
-from codeforge.queue.base import DEFAULT_RESULT_TTL_SECONDS, Lease, check_max_tasks, claim_lease_ms
+from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.queue.base import (
+    DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
+    DEFAULT_RESULT_TTL_SECONDS,
+    Lease,
+    check_max_tasks,
+    check_page,
+    check_purge_ids,
+    check_retention,
+    claim_lease_ms,
+)
 from codeforge.queue.errors import (
     LeaseLostError,
     QueueUnavailableError,
@@ -37,7 +46,13 @@ from codeforge.queue.errors import (
 )
 from codeforge.queue.keys import pool_prefix, task_key, wake_key
 from codeforge.queue.redis_replicated import WRITE_SCRIPTS, ReplicatedWrites, check_durability
-from codeforge.queue.redis_results import MAX_BLOCK_SECONDS, ResultWatcher, outcome_of, run_ms_of
+from codeforge.queue.redis_results import (
+    MAX_BLOCK_SECONDS,
+    ResultWatcher,
+    dead_letter_of,
+    outcome_of,
+    run_ms_of,
+)
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 
 log = logging.getLogger(__name__)
@@ -57,6 +72,8 @@ SCRIPT_NAMES = (
     "stats",
     "requeue_dead",
     "consumers",
+    "dead_letter",
+    "purge_dead",
 )
 #: The queue's Lua scripts (`lua/<name>.lua`, each with `lua/lib.lua` prepended).
 SCRIPTS = {name: Script.from_package("codeforge.queue", name, prelude="lib") for name in SCRIPT_NAMES}
@@ -73,8 +90,10 @@ class RedisTaskQueue:
         result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
         durability: str = "fast",
         replica_wait: float = 1.0,
+        dead_letter_retention: float = DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     ) -> None:
         self._conn = conn
+        self.dead_letter_retention = check_retention(dead_letter_retention)
         # redis-py types every command as `Awaitable[T] | T` (sync and async share stubs): treat it as Any.
         self._r: Any = conn.client
         self.url = conn.url.safe
@@ -98,7 +117,9 @@ class RedisTaskQueue:
         result_ttl: int = DEFAULT_RESULT_TTL_SECONDS,
         durability: str | None = None,
         replica_wait: float = 1.0,
+        dead_letter_retention: float = DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     ) -> RedisTaskQueue:
+        check_retention(dead_letter_retention)
         with queue_errors():
             conn = await connect(url, durability=durability)
         queue = cls(
@@ -107,6 +128,7 @@ class RedisTaskQueue:
             result_ttl=result_ttl,
             durability=conn.url.durability,
             replica_wait=replica_wait,
+            dead_letter_retention=dead_letter_retention,
         )
         try:
             await check_durability(conn, queue.durability, queue.url, retry_seconds)
@@ -163,6 +185,9 @@ class RedisTaskQueue:
                         task.model_dump_json(),
                         task.max_lost_leases,
                         int(task.lost_lease_backoff_seconds * 1000),
+                        task.fairness_key,
+                        task.fair_weight,
+                        task.max_concurrency,
                     ]
                 flags = await self._script("enqueue", pool, *args)
                 for index, flag in zip(chunk, flags, strict=True):
@@ -345,7 +370,7 @@ class RedisTaskQueue:
 
     async def stats(self, pool: str) -> QueueStats:
         validate_pool_name(pool)
-        ready, delayed, in_flight, dead, age_ms = await self._script("stats", pool)
+        ready, delayed, in_flight, dead, age_ms, expired = await self._script("stats", pool)
         return QueueStats(
             pool=pool,
             queued=int(ready),
@@ -353,13 +378,30 @@ class RedisTaskQueue:
             in_flight=int(in_flight),
             dead=int(dead),
             oldest_age_seconds=max(int(age_ms), 0) / 1000.0,
+            dead_expired=int(expired),
         )
 
-    async def dead_letters(self, pool: str, limit: int = 100) -> list[TaskOutcome]:
+    async def dead_letters(self, pool: str, limit: int = 100) -> list[DeadLetter]:
         validate_pool_name(pool)
+        check_page(limit)
         ids = await self._retrying(lambda: self._r.zrange(pool_prefix(pool) + "dead", 0, limit - 1))
-        outcomes = [await self.get(pool, task_id) for task_id in ids]
-        return [o for o in outcomes if o is not None]
+        letters = [await self.dead_letter(pool, task_id) for task_id in ids]
+        return [letter for letter in letters if letter is not None]
+
+    async def dead_letter(self, pool: str, task_id: str) -> DeadLetter | None:
+        validate_pool_name(pool)
+        reply = await self._script("dead_letter", pool, task_id)
+        if not reply:
+            return None
+        return dead_letter_of(pool, task_id, reply)
+
+    async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        validate_pool_name(pool)
+        ids = check_purge_ids(task_ids)
+        removed = 0
+        for start in range(0, len(ids), BATCH):
+            removed += int(await self._script("purge_dead", pool, *ids[start : start + BATCH]))
+        return removed
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
         validate_pool_name(pool)
@@ -367,7 +409,7 @@ class RedisTaskQueue:
 
     async def reap(self, pool: str) -> int:
         validate_pool_name(pool)
-        return int(await self._script("reap", pool))
+        return int(await self._script("reap", pool, int(self.dead_letter_retention * 1000)))
 
     async def set_consumer_state(self, pool: str, consumer: str, state: str, ttl: float) -> None:
         validate_pool_name(pool)

@@ -23,7 +23,18 @@ log = logging.getLogger(__name__)
 
 #: Scripts that change what a caller is told; with durability=replicated each returns only after a WAIT.
 WRITE_SCRIPTS = frozenset(
-    {"enqueue", "claim", "complete", "fail", "release", "heartbeat", "cancel", "requeue_dead", "reap"}
+    {
+        "enqueue",
+        "claim",
+        "complete",
+        "fail",
+        "release",
+        "heartbeat",
+        "cancel",
+        "requeue_dead",
+        "reap",
+        "purge_dead",
+    }
 )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from codeforge.api.task import TaskOutcome, TaskState
+from codeforge.api.task import DeadLetter, Task, TaskOutcome, TaskState
 from codeforge.queue.keys import done_channel, pool_from_channel
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,27 @@ def parse_done(data: str) -> tuple[str, str, str, str, str | None, str | None, s
         return task_id, state, attempts, consumer, fin, run or None, error, result
     task_id, state, attempts, consumer, error, result = data.split("\0", 5)
     return task_id, state, attempts, consumer, None, None, error, result
+
+
+def dead_letter_of(pool: str, task_id: str, reply: list[Any]) -> DeadLetter:
+    """A DeadLetter from `lua/dead_letter.lua`'s reply; a torn task record still shows its error."""
+    died_ms, data, attempts, error, consumer, fails, lost = reply
+    try:
+        task: Task | None = Task.model_validate_json(data) if data else None
+    except ValueError:
+        task = None
+    return DeadLetter(
+        id=task_id,
+        pool=pool,
+        state=TaskState.DEAD,
+        error=error or None,
+        attempts=int(attempts or 0),
+        consumer=consumer or None,
+        task=task,
+        died_at=float(died_ms) / 1000.0,
+        failures=int(fails or 0),
+        lost_leases=int(lost or 0),
+    )
 
 
 class ResultWatcher:

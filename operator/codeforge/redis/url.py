@@ -7,7 +7,8 @@
 
 `?durability=fast|fsync|replicated` says what an acknowledged write survives (README, "Durability").
 The password may also come from `CODEFORGE_REDIS_PASSWORD` or a file named by
-`CODEFORGE_REDIS_PASSWORD_FILE` (a mounted Secret), so it never has to sit in a URL.
+`CODEFORGE_REDIS_PASSWORD_FILE` (a mounted Secret), so it never has to sit in a URL; the ACL user name from
+`CODEFORGE_REDIS_USERNAME` (agents: their pool's user, README "Multi-tenancy").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from codeforge.redis.errors import RedisConfigError
 
@@ -91,11 +92,11 @@ def parse_url(url: str, *, durability: str | None = None, decode_responses: bool
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username = None
+    username = os.environ.get("CODEFORGE_REDIS_USERNAME") or None
     password = password_from_env()
     if userinfo:
         user, _, pw = userinfo.partition(":")
-        username = unquote(user) or None
+        username = unquote(user) or username
         password = unquote(pw) or password
     hosts: list[tuple[str, int]] = []
     for item in hostlist.split(","):
@@ -135,3 +136,11 @@ def redact(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2], 1)
+
+
+def redact_credentials(url: str) -> str:
+    """The URL without its user and password (what agents get when they hold identities of their own)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

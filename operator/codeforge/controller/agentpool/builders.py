@@ -16,6 +16,8 @@ from typing import Any, Final
 from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
 from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import ObjectRef
+from codeforge.redis.acl import user_name
+from codeforge.redis.url import redact_credentials
 
 JSON = dict[str, Any]
 
@@ -45,6 +47,8 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_AGENT_ID",
         "CODEFORGE_QUEUE_URL",
         "CODEFORGE_REDIS_PASSWORD",
+        "CODEFORGE_REDIS_PASSWORD_FILE",
+        "CODEFORGE_REDIS_USERNAME",
         "CODEFORGE_CONCURRENCY",
         "CODEFORGE_LEASE_SECONDS",
         "CODEFORGE_TASK_TIMEOUT",
@@ -55,6 +59,10 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_WORKSPACE_DIR",
         "CODEFORGE_WORKSPACE_SIZE_LIMIT",
         "CODEFORGE_GIT_CREDENTIALS_DIR",
+        "CODEFORGE_RATE_LIMIT_KEY",
+        "CODEFORGE_RATE_LIMIT_RPM",
+        "CODEFORGE_RATE_LIMIT_TPM",
+        "CODEFORGE_RATE_LIMIT_BURST_SECONDS",
     }
 )
 #: Where agent pods keep the Git cache and worktrees (an emptyDir) and find the Git credentials (a Secret).
@@ -62,6 +70,10 @@ WORKSPACE_VOLUME: Final = "workspace"
 WORKSPACE_MOUNT: Final = "/var/lib/codeforge/workspaces"
 GIT_CREDENTIALS_VOLUME: Final = "git-credentials"
 GIT_CREDENTIALS_MOUNT: Final = "/var/run/secrets/codeforge/git"
+#: The pool's own Redis identity (redis_acl): a Secret owned by the pool, its password mounted as a file.
+REDIS_IDENTITY_VOLUME: Final = "redis-identity"
+REDIS_IDENTITY_MOUNT: Final = "/var/run/secrets/codeforge/redis"
+REDIS_PASSWORD_KEY: Final = "password"
 #: The agent image's group: files of the mounted Secret are readable by it (mode 0440), nobody else.
 AGENT_GID: Final = 10001
 _SETTING_KEY: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -71,7 +83,7 @@ GRACE_MARGIN_SECONDS: Final = 5
 
 def names(pool: str) -> dict[str, str]:
     """Names of the owned objects; the Deployment carries the pool's own name, as users expect."""
-    return {"deployment": pool, "service": f"{pool}-metrics", "pdb": pool}
+    return {"deployment": pool, "service": f"{pool}-metrics", "pdb": pool, "redis": f"{pool}-agent-redis"}
 
 
 def selector_labels(pool: str) -> dict[str, str]:
@@ -156,9 +168,20 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         {"name": "CODEFORGE_ROLE", "value": spec.role},
         # The pod name is the consumer name, so busy/idle reports map to pods for pod-deletion-cost.
         {"name": "CODEFORGE_AGENT_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "CODEFORGE_QUEUE_URL", "value": defaults.queue_url},
     ]
-    if defaults.redis_password_secret is not None:
+    if defaults.redis_acl:
+        # The pool's own user; whatever credentials the operator's URL carries stay with the operator.
+        env += [
+            {"name": "CODEFORGE_QUEUE_URL", "value": redact_credentials(defaults.queue_url)},
+            {"name": "CODEFORGE_REDIS_USERNAME", "value": user_name(ref.queue)},
+            {
+                "name": "CODEFORGE_REDIS_PASSWORD_FILE",
+                "value": f"{REDIS_IDENTITY_MOUNT}/{REDIS_PASSWORD_KEY}",
+            },
+        ]
+    else:
+        env.append({"name": "CODEFORGE_QUEUE_URL", "value": defaults.queue_url})
+    if defaults.redis_password_secret is not None and not defaults.redis_acl:
         secret, key = defaults.redis_password_secret
         env.append(
             {"name": "CODEFORGE_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
@@ -182,6 +205,8 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         ]
         if spec.workspace.credentials_secret:
             env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
+    if spec.rate_limit is not None:  # fleet-wide, shared with every pool naming the key
+        env += [{"name": k, "value": v} for k, v in spec.rate_limit.to_env().items()]
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}
@@ -227,6 +252,16 @@ def pod_template(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> 
     }
     if spec.workspace is not None:
         _add_workspace_volumes(pod, container, spec)
+    if defaults.redis_acl:
+        _add_volume(
+            pod,
+            container,
+            {
+                "name": REDIS_IDENTITY_VOLUME,
+                "secret": {"secretName": names(ref.name)["redis"], "defaultMode": 0o440},
+            },
+            {"name": REDIS_IDENTITY_VOLUME, "mountPath": REDIS_IDENTITY_MOUNT, "readOnly": True},
+        )
     if spec.service_account_name:
         pod["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
@@ -258,10 +293,16 @@ def _add_workspace_volumes(pod: JSON, container: JSON, spec: AgentPoolSpec) -> N
             }
         )
         mounts.append({"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_MOUNT, "readOnly": True})
+    for volume, mount in zip(volumes, mounts, strict=True):
+        _add_volume(pod, container, volume, mount)
+
+
+def _add_volume(pod: JSON, container: JSON, volume: JSON, mount: JSON) -> None:
+    pod.setdefault("volumes", []).append(volume)
+    container.setdefault("volumeMounts", []).append(mount)
+    if "secret" in volume:
         # Secret files belong to this group, so the agent reads them whatever user the image runs as.
         pod["securityContext"]["fsGroup"] = AGENT_GID
-    pod["volumes"] = volumes
-    container["volumeMounts"] = mounts
 
 
 def build_deployment(ref: PoolRef, spec: AgentPoolSpec, replicas: int, defaults: AgentDefaults) -> JSON:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from redis.exceptions import RedisError
 
 from codeforge.api.agentpool import GROUP, PLURAL, VERSION
 from codeforge.controller import metrics
-from codeforge.controller.agentpool import builders
+from codeforge.controller.agentpool import builders, identity
 from codeforge.controller.agentpool.autoscaler import AutoscalerState
 from codeforge.controller.agentpool.reconcile import Deps, Outcome, PoolObject, reconcile, status_needs_write
 from codeforge.controller.kstatus import now_rfc3339
@@ -42,6 +43,7 @@ class PoolMemory:
     desired: int | None = None  # last replicas applied: what "current" means to the autoscaler
     extras_checked_at: float = float("-inf")
     gauges_written_at: float = float("-inf")
+    identity_error: str | None = None  # last check of the pool's Redis user (redis_acl)
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
@@ -87,7 +89,11 @@ async def _reconcile_and_report(
     async with pool.lock:
         queue = await services.connected_queue(logger)
         deps = Deps(
-            kube=services.api(), queue=queue, agents=services.config.agents, queue_error=services.queue_error
+            kube=services.api(),
+            queue=queue,
+            agents=services.config.agents,
+            queue_error=services.queue_error,
+            redis=await services.admin_redis(logger) if services.config.agents.redis_acl else None,
         )
         try:
             outcome = await reconcile(
@@ -99,11 +105,13 @@ async def _reconcile_and_report(
                 timestamp=now_rfc3339(),
                 check_extras=check_extras,
                 last_desired=pool.desired,
+                identity_error=pool.identity_error,
             )
         except KubeApiError as exc:  # only retryable ones reach here
             metrics.RECONCILE_ERRORS.labels(pool=ref.queue).inc()
             raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=5) from exc
         pool.autoscaler = outcome.autoscaler
+        pool.identity_error = outcome.identity_error
         if outcome.desired is not None:
             pool.desired = outcome.desired
         if check_extras:
@@ -161,7 +169,21 @@ async def autoscale_pool(
         pool.gauges_written_at = time.monotonic()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget_pool(*, meta: kopf.Meta, **_: Any) -> None:
-    """Owned objects go with the pool (owner references); only its metric series are ours to drop."""
-    metrics.forget(builders.PoolRef(meta.namespace or "default", meta.name or "", meta.uid or "").queue)
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=not CONFIG.agents.redis_acl, retries=60)
+async def forget_pool(*, meta: kopf.Meta, memo: Any, logger: Logger, **_: Any) -> None:
+    """Owned objects (Deployment, Secret...) go with the pool (owner references); its metric series and,
+    with per-pool Redis users, its ACL user are ours to remove: a finalizer holds the pool until Redis has
+    forgotten the user (retried while Redis is down, for at most 60 attempts)."""
+    ref = builders.PoolRef(meta.namespace or "default", meta.name or "", meta.uid or "")
+    metrics.forget(ref.queue)
+    services: OperatorServices = memo.services
+    if not services.config.agents.redis_acl:
+        return
+    redis = await services.admin_redis(logger)
+    if redis is None:
+        why = services.queue_error
+        raise kopf.TemporaryError(f"cannot remove the Redis user of {ref.queue} yet: {why}", delay=5)
+    try:
+        await identity.forget(redis, ref)
+    except RedisError as exc:
+        raise kopf.TemporaryError(f"cannot remove the Redis user of {ref.queue} yet: {exc}", delay=5) from exc

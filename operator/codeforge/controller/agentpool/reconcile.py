@@ -3,7 +3,8 @@
     1. validate the spec (a bad one gives InvalidSpec conditions, never a crash loop);
     2. read the queue (depth, in flight, agents' busy/idle states); unreachable -> hold replicas;
     3. decide the replicas (autoscaler in mode queue; spec.replicas in mode external);
-    4. before a scale-in, mark idle agents cheapest to delete (pod-deletion-cost);
+    4. before a scale-in, mark idle agents cheapest to delete (pod-deletion-cost); with per-pool Redis
+       users, keep the pool's Secret and ACL user (identity.py) on full reconciles and extras checks;
     5. create the Deployment or correct its drift (template and replicas);
     6. optionally check the owned metrics Service and PodDisruptionBudget;
     7. look at the pods when agents are missing (image pulls, crash loops);
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec, AgentPoolStatus, AutoscalingMode, Condition
 from codeforge.api.task import QueueStats
-from codeforge.controller.agentpool import builders, conditions
+from codeforge.controller.agentpool import builders, conditions, identity
 from codeforge.controller.agentpool.autoscaler import (
     AutoscalerState,
     Decision,
@@ -38,6 +39,7 @@ from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import EventType, KubeEvent, merge_conditions
 from codeforge.controller.kube import PDBS, PODS, KubeApi, KubeApiError, kind_of
 from codeforge.queue import TaskQueue
+from codeforge.redis.connect import Connection
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class Deps:
     agents: AgentDefaults
     queue_timeout: float = 2.0
     queue_error: str = "the operator is not connected to the queue yet"  # why `queue` is None
+    redis: Connection | None = None  # the operator's admin connection, for the pools' ACL users
 
 
 @dataclass(slots=True)
@@ -73,6 +76,7 @@ class Outcome:
     events: list[KubeEvent] = field(default_factory=list)
     autoscaler: AutoscalerState = field(default_factory=AutoscalerState)
     desired: int | None = None  # replicas applied to the Deployment; None when nothing was applied
+    identity_error: str | None = None  # why the pool's Redis user is not set (kept until the next check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,7 @@ async def reconcile(
     timestamp: str,
     check_extras: bool,
     last_desired: int | None = None,
+    identity_error: str | None = None,
 ) -> Outcome:
     """Bring the pool's objects to the spec and return the status to write (and Events to post)."""
     ref = pool.ref
@@ -320,6 +325,10 @@ async def reconcile(
     try:
         if current is not None and desired < current and view.stats is not None:  # step 4
             await mark_idle_agents_first(deps, ref, view)
+        if deps.agents.redis_acl and check_extras:
+            identity_error = await identity.reconcile_identity(
+                deps.kube, deps.redis, ref, spec.role, deps.agents
+            )
         body = builders.build_deployment(ref, spec, desired, deps.agents)  # step 5
         deployment = await apply_object(deps.kube, body, deployment, ref)
         if check_extras:  # step 6
@@ -353,9 +362,11 @@ async def reconcile(
     status.replicas = seen["replicas"]
     status.ready_replicas = seen["ready"]
     status.desired_replicas = desired
-    observation = Observation(desired=desired, pod_problems=problems, queue_error=view.error, **seen)
+    queue_error = view.error or (f"Redis identity: {identity_error}" if identity_error else None)
+    observation = Observation(desired=desired, pod_problems=problems, queue_error=queue_error, **seen)
     outcome = _finish(old_status, status, observation, events, autoscaler, timestamp)
     outcome.desired = desired
+    outcome.identity_error = identity_error
     return outcome
 
 

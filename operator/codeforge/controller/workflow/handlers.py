@@ -7,6 +7,7 @@
   reports progress through the batched status writer. Kopf stops it when the Workflow is deleted, when the
   operator exits, or when it pauses for a peer (HA): the standby's daemon resumes from the checkpoint.
 - `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
+- `spec.budget`: raising it lets a run the budget suspended go on (README, "Rate limits and budgets").
 - delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
 - retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
   codeforge.ai/retry="$(date +%s)" --overwrite` (see `retry`).
@@ -20,8 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from codeforge.api.agentpool import API_VERSION, GROUP, VERSION
+from codeforge.api.usage import Budget
 from codeforge.api.workflow import KIND, PLURAL, WorkflowSpecError, parse_workflow_spec
 from codeforge.controller.kstatus import (
     EVENT_MESSAGE_LIMIT,
@@ -34,6 +37,7 @@ from codeforge.controller.kstatus import (
 from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger
 from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
@@ -91,22 +95,25 @@ async def stop_workflows(*, memo: Any, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def validate_workflow(
+async def validate_workflow(
     *,
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
     body: kopf.Body,
     patch: kopf.Patch,
+    memo: Any,
     logger: Logger,
     **_: Any,
 ) -> None:
-    """Report an invalid spec; a spec fixed after it was reported invalid makes the Workflow Pending again.
-    A valid Workflow's status is left to its run (one writer per object)."""
+    """Report an invalid spec (or a pool of another namespace that grants no access); a spec fixed after it
+    was reported invalid makes the Workflow Pending again. A valid Workflow's status is left to its run (one
+    writer per object)."""
     generation = meta.get("generation")
     workflow_metrics.observe_phase(meta.uid or "", status.get("phase"))
     try:
         parsed = parse_workflow_spec(dict(spec))
+        await check_access(memo.services.api(), meta.namespace or "default", parsed)
     except WorkflowSpecError as exc:
         message = str(exc)
         if condition_message(status.get("conditions"), ConditionType.INVALID) != message:  # not every resume
@@ -150,6 +157,7 @@ async def run_workflow(
         spec=dict(spec),
         status=dict(status),
         annotations=lambda: dict(body.metadata.annotations),  # the live body: fresh on every read
+        labels=dict(meta.get("labels") or {}),
     )
 
     def deleted() -> bool:
@@ -185,6 +193,17 @@ async def expire_workflow(
 def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
     """A run not active here (yet) reads spec.suspend when it starts."""
     memo.workflows.set_suspended(meta.uid or "", bool(new))
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.budget")
+def budget_workflow(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
+    """A run not active here (yet) reads spec.budget when it starts."""
+    try:
+        budget = Budget.model_validate(new, by_alias=True, by_name=False) if new else None
+    except ValidationError as exc:  # the CRD schema refuses this; a stale schema must not crash us
+        logger.warning("spec.budget ignored: %s", exc.errors()[0]["msg"])
+        return
+    memo.workflows.set_budget(meta.uid or "", budget)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -15,6 +15,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
 from codeforge.api.approval import decisions_from_annotations
+from codeforge.api.usage import Budget
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
@@ -120,6 +121,15 @@ class WorkflowRegistry:
         for problem in problems:
             log.warning("ignored: %s", problem)
         control.approvals.replace(decisions)
+
+    def set_budget(self, uid: str, budget: Budget | None) -> bool:
+        """spec.budget changed on a running Workflow: raised, a run it suspended goes on; False when no run
+        is active here (a run reads spec.budget when it starts)."""
+        run = self.runs.get(uid)
+        if run is None:
+            return False
+        run.control.set_budget(budget)
+        return True
 
     def set_suspended(self, uid: str, suspended: bool) -> bool:
         """Pause or resume dispatching of a running Workflow; False when no run is active here."""

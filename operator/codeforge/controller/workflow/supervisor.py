@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
@@ -30,6 +30,7 @@ from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
+from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
 from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
 from codeforge.controller.workflow.results import bounded_result, result_key
@@ -60,6 +61,7 @@ class WorkflowObject:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     annotations: Callable[[], Mapping[str, str]]
+    labels: Mapping[str, str] = field(default_factory=dict)  # workflow.labels in fairShare.concurrencyKey
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
@@ -93,6 +95,8 @@ async def supervise(
     """Run (or resume, or retry) one Workflow until it ends or Kopf stops the daemon."""
     try:
         written = parse_workflow_spec(dict(obj.spec))
+        # Checked here too: the daemon may start before the validate handler has marked it Invalid.
+        await check_access(services.api(), obj.ref.namespace, written)
     except WorkflowSpecError:
         await stopped.wait()  # the create/update handler reports the invalid spec
         return
@@ -142,7 +146,15 @@ async def supervise(
                 tracker.set_degraded(None)
                 busy[0] = 0.0
                 run = asyncio.ensure_future(
-                    runner.run(uid, spec, emit=emit, control=control, name=obj.ref.name)
+                    runner.run(
+                        uid,
+                        spec,
+                        emit=emit,
+                        control=control,
+                        name=obj.ref.name,
+                        namespace=obj.ref.namespace,
+                        labels=obj.labels,
+                    )
                 )
             except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
                 tracker.set_degraded(str(exc))

@@ -13,10 +13,12 @@ Conditions of a Workflow and their reasons:
 | Running  | True   | Running          | steps are being dispatched                                          |
 | Running  | False  | Pending          | accepted, not started yet                                           |
 | Running  | False  | Suspended        | spec.suspend is true: nothing new is dispatched                     |
+| Running  | False  | BudgetExceeded   | spec.budget reached (onExceed Suspend): the message names the step  |
 | Running  | False  | Finished         | the run ended (see Finished)                                        |
 | Finished | True   | Succeeded        | every step on the taken path succeeded                              |
 | Finished | True   | Failed           | a step failed with no edge routing its failure, or the run errored  |
 | Finished | True   | Cancelled        | the run was cancelled                                               |
+| Finished | True   | BudgetExceeded   | spec.budget reached (onExceed Fail): the message names the step     |
 | Finished | False  | InProgress       | not finished                                                        |
 | Degraded | True   | QueueUnreachable | the queue or checkpoint store cannot be reached; retried w/ backoff |
 | Degraded | False  | AsExpected       | nothing is wrong                                                    |
@@ -93,6 +95,7 @@ class Reason(enum.StrEnum):
     AS_EXPECTED = "AsExpected"
     POOL_NOT_FOUND = "PoolNotFound"
     POOLS_FOUND = "PoolsFound"
+    BUDGET_EXCEEDED = "BudgetExceeded"
 
 
 def invalid_status(
@@ -156,6 +159,7 @@ class StepView:
     message: str = ""
     commit: str | None = None
     approval: JSON | None = None
+    usage: JSON | None = None  # what its tasks used (all visits): {tokensIn, tokensOut, cost}
 
     def to_status(self) -> JSON:
         return StepStatus.model_validate(self.__dict__ | {"message": truncate(self.message)}).to_k8s()
@@ -182,6 +186,9 @@ class WorkflowTracker:
     degraded: str | None = None  # why the queue or checkpoint store is unreachable
     degraded_by_probe: bool = False  # set by the queue probe (which also clears it)
     missing_pools: list[str] | None = None  # None: never checked; []: every pool exists
+    usage: JSON | None = None  # all tasks' usage (status.usage)
+    budget_hold: str | None = None  # spec.budget reached with onExceed Suspend: the message naming the step
+    reason: str | None = None  # the finished run's reason when it is not its phase (BudgetExceeded)
     conditions: list[JSON] = field(default_factory=list)
     transitions: list[KubeEvent] = field(default_factory=list)
     version: int = 0  # bumped on every change; the writer compares it with what it wrote
@@ -209,6 +216,8 @@ class WorkflowTracker:
         tracker.conditions = [dict(c) for c in status.get("conditions") or []]
         if isinstance(status.get("workspace"), Mapping):
             tracker.workspace = dict(status["workspace"])
+        if isinstance(status.get("usage"), Mapping):
+            tracker.usage = dict(status["usage"])
         for raw in status.get("steps") or []:
             step = StepStatus.model_validate(raw)
             tracker.steps[step.name] = StepView(**step.model_dump())
@@ -224,6 +233,19 @@ class WorkflowTracker:
             self.start_time = self.start_time or at
             self.completion_time = None
             self.message = "resumed from its checkpoint" if kind is EventKind.WORKFLOW_RESUMED else None
+            self._take_usage((event.detail or {}).get("usage"))
+        elif kind is EventKind.USAGE:
+            detail = event.detail or {}
+            self._step(event.step).usage = detail.get("step")
+            self.usage = detail.get("total")
+        elif kind is EventKind.BUDGET_EXCEEDED:
+            self._take_usage((event.detail or {}).get("usage"))
+            if event.status == "Suspend":
+                self.budget_hold = event.message
+            self._transition(EventType.WARNING, Reason.BUDGET_EXCEEDED, f"{event.message}; {event.status}")
+        elif kind is EventKind.BUDGET_RAISED:
+            self.budget_hold = None
+            self._transition(EventType.NORMAL, "BudgetRaised", "spec.budget raised above the usage: resumed")
         elif kind is EventKind.STEP_STARTED:
             step = self._step(event.step)
             step.phase, step.visits, step.attempts = StepPhase.RUNNING, step.visits + 1, 0
@@ -301,7 +323,17 @@ class WorkflowTracker:
         if outcome.workspace is not None:
             self.workspace = {**(self.workspace or {}), **workspace_status(outcome.workspace)}
         phase = _OUTCOME_PHASES.get(outcome.status, WorkflowPhase.FAILED)
+        self._take_usage(outcome.usage)
+        self.reason, self.budget_hold = outcome.reason, None
         self._finish(phase, outcome.error or "", now_rfc3339())
+
+    def _take_usage(self, usage: Any) -> None:
+        """{"total", "steps"} from the run (restored, crossed or final): overwrite, it is cumulative."""
+        if not isinstance(usage, Mapping):
+            return
+        self.usage = usage.get("total") or self.usage
+        for name, value in (usage.get("steps") or {}).items():
+            self._step(name).usage = value
 
     def _finish(self, phase: WorkflowPhase, message: str, at: str) -> None:
         first = self.phase is not phase or self.completion_time is None
@@ -352,7 +384,7 @@ class WorkflowTracker:
         self.retries += 1
         self.retry_token = token
         self.phase, self.message, self.completion_time = WorkflowPhase.RUNNING, None, None
-        self.result = self.result_ref = None
+        self.result = self.result_ref = self.reason = None
         if step is not None:  # the rewound step starts its next visit (no StepStarted event comes for it)
             view = self._step(step)
             view.phase, view.visits, view.attempts = StepPhase.RUNNING, view.visits + 1, 0
@@ -381,7 +413,7 @@ class WorkflowTracker:
 
     @property
     def effective_phase(self) -> WorkflowPhase:
-        if self.suspended and not self.phase.finished:
+        if (self.suspended or self.budget_hold) and not self.phase.finished:
             return WorkflowPhase.SUSPENDED
         return self.phase
 
@@ -408,6 +440,7 @@ class WorkflowTracker:
             "result": self.result,
             "resultRef": self.result_ref,
             "workspace": self.workspace,
+            "usage": self.usage,
             "retries": self.retries,
             "retryToken": self.retry_token,
             "conditions": self.conditions,
@@ -417,6 +450,8 @@ class WorkflowTracker:
         running: ConditionValue
         if phase is WorkflowPhase.RUNNING:
             running = ConditionValue(ConditionType.RUNNING, True, Reason.RUNNING, "")
+        elif phase is WorkflowPhase.SUSPENDED and self.budget_hold and not self.suspended:
+            running = ConditionValue(ConditionType.RUNNING, False, Reason.BUDGET_EXCEEDED, self.budget_hold)
         elif phase is WorkflowPhase.SUSPENDED:
             running = ConditionValue(ConditionType.RUNNING, False, Reason.SUSPENDED, "spec.suspend is true")
         elif phase is WorkflowPhase.PENDING:
@@ -426,7 +461,8 @@ class WorkflowTracker:
         else:
             running = ConditionValue(ConditionType.RUNNING, False, Reason.FINISHED, "")
         if phase.finished:
-            finished = ConditionValue(ConditionType.FINISHED, True, Reason(phase.value), self.message or "")
+            why = Reason.BUDGET_EXCEEDED if self.reason == Reason.BUDGET_EXCEEDED else Reason(phase.value)
+            finished = ConditionValue(ConditionType.FINISHED, True, why, self.message or "")
         else:
             finished = ConditionValue(ConditionType.FINISHED, False, Reason.IN_PROGRESS, "")
         if self.degraded:

@@ -3,9 +3,9 @@ local id = ARGV[1]
 local tk = P .. 't:' .. id
 local state = redis.call('HGET', tk, 'state')
 if state ~= 'queued' and state ~= 'running' then return 0 end
-redis.call('ZREM', P .. 'ready', id)
+drop_ready(tk, id)
 redis.call('ZREM', P .. 'delayed', id)
-redis.call('ZREM', P .. 'inflight', id)
+end_lease(tk, id)
 finish(tk, id, 'cancelled', ARGV[2], nil, tonumber(ARGV[3]), now_ms())
 sync_tokens()
 return 1

@@ -3,6 +3,7 @@ local now = now_ms()
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local out = {}
+local unblocked = false
 for i = 0, n - 1 do
   local b = 3 + i * 3
   local id, fence = ARGV[b], ARGV[b + 1]
@@ -16,9 +17,10 @@ for i = 0, n - 1 do
   if refused then
     out[#out + 1] = refused == 'dup' and 'ok' or refused
   else
-    redis.call('ZREM', P .. 'inflight', id)
+    if end_lease(tk, id) then unblocked = true end
     finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl, now)
     out[#out + 1] = 'ok'
   end
 end
+if unblocked then sync_tokens() end  -- a key below its cap again has tasks to hand out
 return out

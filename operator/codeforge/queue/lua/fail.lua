@@ -11,9 +11,10 @@ if refused then
   end
   return 'refused:' .. refused
 end
-redis.call('ZREM', P .. 'inflight', id)
+end_lease(tk, id)
 if ARGV[4] ~= '1' then
   finish(tk, id, 'failed', ARGV[3], nil, tonumber(ARGV[6]), now)
+  sync_tokens()
   return 'failed'
 end
 local state = retry_or_bury(tk, id, ARGV[3], now, tonumber(ARGV[5]))

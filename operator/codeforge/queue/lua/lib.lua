@@ -2,6 +2,7 @@
 -- script touches starts with it, so all of them hash to one Redis Cluster slot.
 -- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
+-- dead_expired (counter of dead letters removed past their retention),
 -- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error, and for the two
 -- budgets: fails (retryable handler failures), lost (lost leases), maxlost, lostbk (backoff ms), hold (this
 -- claim's lease ms); for the metrics, all by the server's clock: rdy (ms it last became ready to claim), clm
@@ -9,8 +10,19 @@
 -- consumers (hash consumer->"state|until_ms");
 -- channel done: "id\0state\0attempts\0consumer\0fin_ms\0run_ms\0error\0result" (run_ms: claim -> end of
 -- the delivery that ended it, empty when it ended unclaimed).
+-- Fair share (README, "Fair share"): t:<id> also holds fk (its fairness key), fw (weight) and fcap (the key's
+-- maxConcurrency, 0: none). Per priority p: fk:<p> (zset of claimable keys -> virtual time), fb:<p> (keys at
+-- their cap -> virtual time); per key fq:<p>:<key> (zset id->score, FIFO) and fs:<key> (hash: n<p> ready
+-- tasks, h leases held, cap, w weight, blk 1 at its cap, l<p> its next virtual time); fvt (hash p->where
+-- the level's last key left it), fkeys (keys tracked), fbn (ready tasks of keys at their cap: they get no
+-- wake-up tokens), fver (set once the pool's older tasks are filed).
 local P = KEYS[1]
 local WAKE_CAP = 10000
+local PRIO_UNIT = 1099511627776  -- a ready score is priority * 2^40 + seq
+local MAX_KEYS = 10000  -- codeforge.api.limits.MAX_FAIR_KEYS
+local OVERFLOW = '\1overflow'  -- codeforge.queue.base.OVERFLOW_KEY: keys past MAX_KEYS share it
+
+local function num(v) return tonumber(v or '0') or 0 end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -35,7 +47,7 @@ end
 -- Re-synchronised after every change: stale tokens are trimmed, lost ones (a consumer that died between
 -- BLPOP and claim) are replaced.
 local function sync_tokens()
-  local want = redis.call('ZCARD', P .. 'ready')
+  local want = redis.call('ZCARD', P .. 'ready') - num(redis.call('GET', P .. 'fbn'))
   if want > WAKE_CAP then want = WAKE_CAP end
   local have = redis.call('LLEN', P .. 'wake')
   if have > want then
@@ -64,10 +76,162 @@ local function publish_done(tk, id, state, err, result, now)
     .. '\0' .. now .. '\0' .. run .. '\0' .. (err or '') .. '\0' .. (result or ''))
 end
 
+-- Fair share: strict priority across levels; within one, the claimable key with the lowest virtual time is
+-- served and its time moves on by 1/weight (start-time fair queueing: equal weights take turns, ties by key
+-- name), FIFO within a key. A key holding `cap` leases moves to fb:<p> until one ends. All O(log n).
+local function fq(p, key) return P .. 'fq:' .. p .. ':' .. key end
+local function fs(key) return P .. 'fs:' .. key end
+
+-- The level's virtual time: that of the task it served last.
+local function vnow(p) return num(redis.call('HGET', P .. 'fvt', p)) end
+
+local function key_state(key, p)
+  local s = redis.call('HMGET', fs(key), 'n1', 'n2', 'n3', 'n4', 'h', 'cap', 'blk', 'w', 'l' .. (p or 1))
+  return {n = {num(s[1]), num(s[2]), num(s[3]), num(s[4])}, h = num(s[5]), cap = num(s[6]), blk = s[7] == '1',
+    known = s[8] ~= false, w = num(s[8]), last = num(s[9])}
+end
+
+-- After a change of the key's leases, cap or ready tasks: forget it when idle, or move it between the
+-- claimable and the blocked sets when its leases reached (or left) its cap. True when it became claimable.
+local function settle_key(key, st)
+  local ready = st.n[1] + st.n[2] + st.n[3] + st.n[4]
+  if st.h <= 0 and ready <= 0 then
+    if redis.call('DEL', fs(key)) == 1 then redis.call('DECR', P .. 'fkeys') end
+    return false
+  end
+  local block = st.cap > 0 and st.h >= st.cap
+  if block == st.blk then return false end
+  st.blk = block
+  redis.call('HSET', fs(key), 'blk', block and 1 or 0)
+  redis.call(block and 'INCRBY' or 'DECRBY', P .. 'fbn', ready)
+  local from, to = 'fk:', 'fb:'
+  if not block then from, to = 'fb:', 'fk:' end
+  for p = 1, 4 do
+    if st.n[p] > 0 then
+      local vt = redis.call('ZSCORE', P .. from .. p, key)
+      if vt then
+        redis.call('ZREM', P .. from .. p, key)
+        vt = tonumber(vt)
+        if not block then vt = math.max(vt, vnow(p)) end
+        redis.call('ZADD', P .. to .. p, vt, key)
+      end
+    end
+  end
+  return not block and ready > 0
+end
+
+-- The task joins the ready set and its key's FIFO; a key new to the level joins at the later of its own next
+-- virtual time and the level's (an idle key banks no turns). The key's cap and weight are its latest
+-- ready task's (Workflows sharing a key should agree).
+local function add_ready(tk, id, score, key, cap, w)
+  local p = math.floor(score / PRIO_UNIT)
+  redis.call('ZADD', P .. 'ready', score, id)
+  if redis.call('ZADD', fq(p, key), score, id) == 0 then return end
+  local st = key_state(key, p)
+  if not st.known then redis.call('INCR', P .. 'fkeys') end
+  st.n[p] = st.n[p] + 1
+  w = math.max(w, 1)
+  if st.cap ~= cap or st.w ~= w then
+    redis.call('HSET', fs(key), 'n' .. p, st.n[p], 'cap', cap, 'w', w)
+  else
+    redis.call('HSET', fs(key), 'n' .. p, st.n[p])
+  end
+  st.cap = cap
+  if st.blk then redis.call('INCR', P .. 'fbn') end
+  if st.n[p] == 1 then
+    redis.call('ZADD', P .. (st.blk and 'fb:' or 'fk:') .. p, math.max(st.last, vnow(p)), key)
+  end
+  settle_key(key, st)
+end
+
 -- `since`: when it became claimable (ms); queue-wait metrics count from there.
 local function to_ready(tk, id, since)
   redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', since)
-  redis.call('ZADD', P .. 'ready', redis.call('HGET', tk, 'score'), id)
+  local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
+  add_ready(tk, id, tonumber(t[1]), t[2] or '', num(t[3]), num(t[4]))
+end
+
+-- Take a queued task out of the ready set (a cancel); false when it was not there.
+local function drop_ready(tk, id)
+  if redis.call('ZREM', P .. 'ready', id) == 0 then return false end
+  local t = redis.call('HMGET', tk, 'score', 'fk')
+  local p, key = math.floor(tonumber(t[1]) / PRIO_UNIT), t[2] or ''
+  if redis.call('ZREM', fq(p, key), id) == 0 then return true end
+  local st = key_state(key, p)
+  st.n[p] = st.n[p] - 1
+  redis.call('HSET', fs(key), 'n' .. p, st.n[p])
+  if st.blk then redis.call('DECR', P .. 'fbn') end
+  if st.n[p] <= 0 then
+    redis.call('ZREM', P .. 'fk:' .. p, key)
+    redis.call('ZREM', P .. 'fb:' .. p, key)
+  end
+  settle_key(key, st)
+  return true
+end
+
+-- Up to `want` tasks to claim, all of one key: the most urgent level with a claimable key, its key with the
+-- lowest virtual time, that key's oldest tasks, as many in a row as the key would be served before the
+-- runner-up's turn (and its cap allows). Their leases count against the key from now on.
+local pick
+pick = function(want)
+  for p = 1, 4 do
+    local top = redis.call('ZRANGE', P .. 'fk:' .. p, 0, 1, 'WITHSCORES')
+    if top[1] then
+      local key, vt = top[1], tonumber(top[2])
+      local st = key_state(key, p)
+      local w = math.max(st.w, 1)
+      local count = math.min(want, st.n[p])
+      if top[3] then count = math.min(count, math.max(1, math.ceil((tonumber(top[4]) - vt) * w - 1e-9))) end
+      if st.cap > 0 then count = math.min(count, st.cap - st.h) end
+      local ids = {}
+      for i, v in ipairs(redis.call('ZPOPMIN', fq(p, key), math.max(count, 1))) do
+        if i % 2 == 1 then ids[#ids + 1] = v end
+      end
+      count = #ids
+      if count == 0 then  -- listed without tasks (cannot happen): unlist it and look again
+        redis.call('ZREM', P .. 'fk:' .. p, key)
+        return pick(want)
+      end
+      redis.call('ZREM', P .. 'ready', unpack(ids))
+      local nxt = vt + count / w
+      st.n[p], st.h = st.n[p] - count, st.h + count
+      redis.call('HSET', fs(key), 'l' .. p, nxt, 'h', st.h, 'n' .. p, st.n[p])
+      redis.call('HSET', P .. 'fvt', p, nxt - 1 / w)
+      if st.n[p] > 0 then
+        redis.call('ZADD', P .. 'fk:' .. p, nxt, key)
+      else
+        redis.call('ZREM', P .. 'fk:' .. p, key)
+      end
+      settle_key(key, st)
+      return ids
+    end
+  end
+  return {}
+end
+
+-- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees. True when
+-- that made the key claimable again (its waiting tasks need wake-up tokens).
+local function end_lease(tk, id)
+  if redis.call('ZREM', P .. 'inflight', id) == 0 then return false end
+  local key = redis.call('HGET', tk, 'fk') or ''
+  local st = key_state(key)
+  if not st.known then return false end  -- claimed before fair share existed
+  st.h = st.h - 1
+  redis.call('HSET', fs(key), 'h', st.h)
+  return settle_key(key, st)
+end
+
+-- Tasks queued before fair share existed sit in `ready` only: file them under their key once.
+local function migrate()
+  if redis.call('EXISTS', P .. 'fver') == 1 then return end
+  local ids = redis.call('ZRANGE', P .. 'ready', 0, -1)
+  redis.call('DEL', P .. 'ready')
+  for _, id in ipairs(ids) do
+    local tk = P .. 't:' .. id
+    local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
+    add_ready(tk, id, tonumber(t[1]), t[2] or '', num(t[3]), num(t[4]))
+  end
+  redis.call('SET', P .. 'fver', 1)
 end
 
 -- The consumer field stays: it names the agent that finished the task (or held it last).
@@ -131,7 +295,7 @@ local function reap(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     local tk = P .. 't:' .. id
-    redis.call('ZREM', P .. 'inflight', id)
+    end_lease(tk, id)
     next_fence(tk)
     local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts')
     lose_lease(tk, id, 'lease expired after ' .. (tonumber(info[1] or info[2]) / 1000) .. 's without a heartbeat'

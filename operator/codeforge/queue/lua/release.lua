@@ -6,7 +6,7 @@ local id, fence = ARGV[1], ARGV[2]
 local tk = P .. 't:' .. id
 local refused = check_holder(tk, fence, now)
 if refused then return refused end
-redis.call('ZREM', P .. 'inflight', id)
+end_lease(tk, id)
 next_fence(tk)
 local state = 'queued'
 if ARGV[3] == '1' then

@@ -1,5 +1,6 @@
--- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms}: a few O(log n) reads. The age counts
--- from when the task last became ready (rdy), so a retry that just came back is not "old" for its earlier runs.
+-- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms, dead_expired}: a few O(log n) reads.
+-- The age counts from when the task last became ready (rdy), so a retry that just came back is not "old" for
+-- its earlier runs.
 local now = now_ms()
 local oldest = now
 for prio = 1, 4 do
@@ -12,4 +13,5 @@ for prio = 1, 4 do
   end
 end
 return {redis.call('ZCARD', P .. 'ready'), redis.call('ZCARD', P .. 'delayed'), redis.call('ZCARD', P .. 'inflight'),
-  redis.call('ZCARD', P .. 'dead'), now - oldest}
+  redis.call('ZCARD', P .. 'dead'), now - oldest,
+  tonumber(redis.call('GET', P .. 'dead_expired') or '0')}
