@@ -181,6 +181,8 @@ def test_the_kubectl_plugin_entry_point_is_the_same_cli() -> None:
         "retry",
         "suspend",
         "resume",
+        "approve",
+        "reject",
         "pools",
         "dlq",
         "run",
