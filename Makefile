@@ -26,12 +26,15 @@ $(UV):
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@echo ">> syncing Python packages into $(VENV) (locked by uv.lock)"
-	@$(UV) sync --frozen --all-extras --quiet
+	@$(UV) sync --frozen --all-extras --compile-bytecode --quiet
 	@touch $@
 
 deps: $(VENV)/.synced ## install Python packages (.venv), and redis-server and git when missing
 	@bash hack/ensure-redis.sh
 	@bash hack/ensure-apt.sh git
+	@# PYTHONDONTWRITEBYTECODE may be set (it is on our CI machines): without .pyc files every process the tests
+	@# start (operator, agents, CLI) compiles our modules again; compileall writes them anyway, and only anew.
+	@$(PY) -m compileall -q operator agent_image >/dev/null
 
 lint: deps ## ruff, mypy --strict and import-linter
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 import kmock
 
+from cluster.metrics import cpu_seconds, rss_mib
 from codeforge.api.task import Task
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.queue import open_queue
@@ -50,19 +51,6 @@ TARGET_BURST_SECONDS = 2.0
 BURST_TASKS = 40
 TASKS_PER_AGENT = 2
 PAGE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def find(emulator: kmock.KubernetesEmulator, plural: str, name: str) -> dict[str, Any] | None:

@@ -253,6 +253,10 @@ async def test_progress_events_describe_the_run(queue: TaskQueue) -> None:
     assert [(e.step, e.status) for e in tasks] == [("assign", "succeeded"), ("implement", "succeeded")]
     assert all(e.duration is not None and 0 <= e.duration < 5 for e in tasks)
     assert all(e.latency is not None and 0 <= e.latency < 1 for e in tasks)
+    # And per dispatch: the step became ready (the run began, the previous step joined) -> enqueued.
+    dispatched = [e for e in events if e.kind is EventKind.TASK_DISPATCHED]
+    assert [e.step for e in dispatched] == ["assign", "implement"]
+    assert all(e.latency is not None and 0 <= e.latency < 1 for e in dispatched)
 
 
 async def test_running_a_finished_workflow_again_returns_its_outcome(queue: TaskQueue) -> None:

@@ -371,6 +371,9 @@ class GraphCompiler:
         route: dict[str, Any] = {"to": target, "visit": visit, "payloads": payloads}
         if step.is_approval:
             route["since"] = time.time()  # the approval's timeout counts from here, across restarts
+        else:  # dispatch latency: an approval dispatches no task
+            now = time.monotonic()
+            ctx.ready.update({f"{target}#{visit}/{i}": now for i in range(len(payloads))})
         head = (state.get("workspace") or {}).get("head")
         if head:
             route["base"] = head  # every part starts from the commit the previous step reported

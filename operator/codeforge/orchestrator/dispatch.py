@@ -72,6 +72,9 @@ class RunContext:
     ledger: Ledger = field(default_factory=Ledger)
     #: The key, weight and cap every task of the run carries (spec.fairShare)
     fair: FairShare = field(default_factory=FairShare)
+    #: "step#visit/part" -> monotonic time the step was routed to (became ready), for the dispatch latency;
+    #: in-process only (a step resumed from a checkpoint has none and reports no latency)
+    ready: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -167,6 +170,7 @@ class StepDispatcher:
                 }
             self.ctx.outstanding[tid] = step.pool
             created = await self.queue.enqueue(task)
+            ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
             self.ctx.emit(
                 ProgressEvent(
                     EventKind.TASK_DISPATCHED,
@@ -176,6 +180,7 @@ class StepDispatcher:
                     attempt,
                     tid,
                     "queued" if created else "reattached",
+                    latency=None if ready is None or attempt else time.monotonic() - ready,
                 )
             )
             # Not in a `finally`: when the run is cancelled mid-wait the task stays listed, so the runner

@@ -13,7 +13,9 @@ class EventKind(enum.StrEnum):
     WORKFLOW_STARTED = "workflow_started"
     WORKFLOW_RESUMED = "workflow_resumed"  # restarted from a checkpoint
     STEP_STARTED = "step_started"  # the step's task(s) are about to be dispatched
-    TASK_DISPATCHED = "task_dispatched"  # one task (fan-out part, attempt) is queued or re-attached
+    #: one task (fan-out part, attempt) is queued or re-attached; latency = the step became ready -> its
+    #: first attempt's enqueue returned (None for a retry or a step resumed from a checkpoint)
+    TASK_DISPATCHED = "task_dispatched"
     #: a task's outcome reached the run (for the metrics): duration = how long an agent held it,
     #: latency = its end -> this run woken by the notification (None when it had ended before the wait)
     TASK_FINISHED = "task_finished"
@@ -39,7 +41,7 @@ class ProgressEvent:
     status: str = ""  # succeeded | failed | cancelled | reattached | queued
     message: str = ""
     duration: float | None = None  # seconds, on *_finished and attempt_failed
-    latency: float | None = None  # seconds, on task_finished
+    latency: float | None = None  # seconds, on task_finished and task_dispatched
     parts: int | None = None  # fan-out width, on step_started
     agent: str = ""  # the agent(s) that ran the task(s), on attempt_failed and step_finished
     commit: str = ""  # spec.workspace runs: the step's output commit (step_finished), the resolved base

@@ -36,6 +36,11 @@ RESULT_NOTIFICATION_SECONDS: Final = Histogram(
     "A task's end (recorded by the queue) -> the Workflow run awaiting it woken by the queue's notification.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+STEP_DISPATCH_SECONDS: Final = Histogram(
+    "codeforge_workflow_step_dispatch_latency_seconds",
+    "A step became ready (its predecessor joined, or the run began) -> its task's enqueue returned.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 AGENT_BUSY_SECONDS: Final = Counter(
     "codeforge_workflow_agent_busy_seconds",
     "Agent time spent on Workflow tasks (claim -> end of each delivery that ended a task).",

@@ -119,6 +119,8 @@ async def supervise(
             busy[0] += event.duration or 0.0
             workflow_metrics.observe_task(event.duration, event.latency)
             return
+        if event.kind is EventKind.TASK_DISPATCHED and event.latency is not None:
+            workflow_metrics.STEP_DISPATCH_SECONDS.observe(event.latency)
         tracker.apply(event)
         if event.kind is EventKind.STEP_FINISHED and event.duration is not None:
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)

@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
+from codeforge.orchestrator.checkpoint.serde import CheckpointSerializer
 from codeforge.redis import Script
 
 RedisClient = Redis | RedisCluster
@@ -62,7 +63,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     def __init__(
         self, client: RedisClient, *, prefix: str = DEFAULT_PREFIX, serde: SerializerProtocol | None = None
     ) -> None:
-        super().__init__(serde=serde)
+        super().__init__(serde=serde or CheckpointSerializer())  # its fast path for fan-out writes
         self.client = client
         # redis-py types every command as `Awaitable[T] | T` (sync and async share stubs): treat it as Any.
         self._r: Any = client

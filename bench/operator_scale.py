@@ -1,0 +1,378 @@
+"""Operator scale: 1,000 / 3,000 / 10,000 running Workflows of three steps on one `codeforge operator`.
+
+What runs, all on this machine: the local control plane of hack/cluster/ (a real etcd and kube-apiserver, plus
+the controllers, scheduler and kwok, which this benchmark does not use); a private redis-server; the operator
+as its own process (`codeforge operator`, one namespace, default status-write settings: one patch per Workflow
+per 2 s, at most 20 patches per second in total); the agents as their own `codeforge-agent` processes
+(`sleep` handler). Per size, in a fresh namespace:
+
+1. start: the Workflows (a chain s0 -> s1 -> s2, each sleeping `--step-seconds`) are created through the API
+   with a thread pool. No agent runs yet, so a Workflow has started once its first task is in the queue:
+   start time = first create -> the queue holds one task per Workflow (the queue's own count);
+2. run: `--agents` agent processes start and work the 3 x N tasks; the window ends when the operator counts
+   every Workflow Succeeded (its `codeforge_workflows` gauge);
+3. measured over start + run: the operator's peak RSS (VmRSS) and CPU (utime + stime, % of one core); the API
+   server's requests per second by verb and resource (`apiserver_request_total`, delta of two scrapes);
+   step dispatch latency p50/p99 (the step became ready -> its task's enqueue returned:
+   `codeforge_workflow_step_dispatch_latency_seconds`, bucket-interpolated like histogram_quantile).
+
+    PYTHONPATH=tests .venv/bin/python bench/operator_scale.py --workflows 1000,3000 [--agents 4] \\
+        [--json bench/results/operator_scale.json]
+
+Goals (issue 15): RSS under 1 GiB at 10,000; dispatch p99 under 50 ms; at least 100 Workflows started per s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from cluster import Cluster, LocalControlPlane
+from cluster.metrics import (
+    bucket_delta,
+    cpu_seconds,
+    gauge_values,
+    histogram_buckets,
+    quantile,
+    rate_by_key,
+    request_counts,
+    rss_mib,
+)
+from cluster.processes import AgentProcess, OperatorProcess
+from cluster.resources import install_crds, sleep_workflow, temporary_namespace
+from codeforge.queue import open_queue
+from codeforge.testing.redis_server import LocalRedis
+
+POOL = "scale"
+STEPS = ["s0", "s1", "s2"]
+DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
+GOAL_RSS_MIB = 1024.0
+GOAL_P99_MS = 50.0
+GOAL_START_RATE = 100.0
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def waiting_seconds(pid: int) -> float:
+    """Time the operator's main thread (its event loop) was runnable but waiting for a CPU
+    (/proc/PID/schedstat): on a loaded machine, how much of the window the machine, not the operator,
+    decided."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
+class RssSampler(threading.Thread):
+    """The peak RSS of a process, sampled every `every` seconds until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak = pid, every, 0.0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.peak = max(self.peak, rss_mib(self.pid))
+            except OSError:
+                return
+            self.halt.wait(self.every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def queue_depth(url: str, pool: str) -> int:
+    async def read() -> int:
+        queue = await open_queue(url)
+        try:
+            stats = await queue.stats(pool)
+            return stats.queued + stats.delayed + stats.in_flight
+        finally:
+            await queue.close()
+
+    return asyncio.run(read())
+
+
+def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, threads: int) -> None:
+    """Create `count` Workflows through `threads` API connections (the way a CI system submits runs)."""
+    api_client: Any = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = threads
+    custom = k8s.CustomObjectsApi(api_client)
+
+    def create(i: int) -> None:
+        body = sleep_workflow(f"wf-{i}", POOL, STEPS, seconds)
+        custom.create_namespaced_custom_object("codeforge.ai", "v1alpha1", namespace, "workflows", body)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for done, _ in enumerate(pool.map(create, range(count)), 1):
+                if done % 500 == 0:
+                    progress(f"created {done}/{count}")
+    finally:
+        api_client.close()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
+
+
+def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(every)
+    return time.monotonic()
+
+
+def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    redis = LocalRedis().start()
+    metrics_port = free_port()
+    try:
+        with temporary_namespace(cluster, f"scale-{count}") as namespace:
+            operator = OperatorProcess(
+                kubeconfig=cluster.kubeconfig,
+                queue_url=redis.url,
+                namespaces=[namespace],
+                log_path=log_dir / f"operator-{count}.log",
+                entrypoint="codeforge",
+                env={
+                    "CODEFORGE_METRICS_PORT": str(metrics_port),
+                    "CODEFORGE_WORKFLOW_STATUS_INTERVAL": "2",  # the defaults, not the e2e suite's 0.3
+                    "CODEFORGE_LOG_FORMAT": "json",
+                },
+            )
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            pool = f"{namespace}/{POOL}"
+            operator.start(timeout=300)  # imports alone take long on a loaded machine
+            try:
+                time.sleep(2)
+                rss_idle = rss_mib(operator.pid)
+                sampler = RssSampler(operator.pid)
+                sampler.start()
+                api_before = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
+                cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
+                wait_before = waiting_seconds(operator.pid)
+                progress(f"{count}: creating Workflows")
+                create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.threads)
+                created_at = time.monotonic()
+                progress(f"{count}: created in {created_at - t0:.1f}s; waiting for every first task")
+                started_at = wait(
+                    lambda: queue_depth(redis.url, pool) >= count, args.timeout, "every Workflow started"
+                )
+                cpu_start = cpu_seconds(operator.pid) - cpu_before
+                waited_start = waiting_seconds(operator.pid) - wait_before
+                rss_started = rss_mib(operator.pid)
+                start_dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
+                progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
+                agents = [
+                    AgentProcess(
+                        pool=pool,
+                        queue_url=redis.url,
+                        log_path=log_dir / f"agent-{count}-{i}.log",
+                        handler="sleep",
+                        concurrency=str(args.concurrency),
+                        log_format="json",
+                    )
+                    for i in range(args.agents)
+                ]
+                try:
+                    for agent in agents:
+                        agent.launch()
+
+                    def succeeded() -> bool:
+                        phases = gauge_values(scrape(metrics_url), "codeforge_workflows", "phase")
+                        shown = {k: int(v) for k, v in phases.items() if v}
+                        progress(f"{count}: phases {shown}")
+                        return phases.get("Succeeded", 0) >= count
+
+                    done_at = wait(succeeded, args.timeout, "every Workflow succeeded", every=5.0)
+                finally:
+                    for agent in agents:
+                        agent.stop(grace=10)
+                window = done_at - t0
+                cpu = cpu_seconds(operator.pid) - cpu_before
+                waited = waiting_seconds(operator.pid) - wait_before
+                api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
+                dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
+                sampler.halt.set()
+                sampler.join()
+                running = bucket_delta(start_dispatch, dispatch)
+                rates = rate_by_key(api_before, api_after, window)
+                status_key = "PATCH workflows/status"
+
+                def ms(value: float | None) -> float | None:
+                    return None if value is None else round(value * 1000, 1)
+
+                return {
+                    "workflows": count,
+                    "steps": len(STEPS),
+                    "step_seconds": args.step_seconds,
+                    "agents": args.agents,
+                    "agent_concurrency": args.concurrency,
+                    "rss_idle_mib": round(rss_idle, 1),
+                    "rss_all_started_mib": round(rss_started, 1),
+                    "rss_peak_mib": round(sampler.peak, 1),
+                    "cpu_percent_start": round(cpu_start / (started_at - t0) * 100, 1),
+                    "cpu_percent_overall": round(cpu / window * 100, 1),
+                    "cpu_ms_per_workflow_start": round(cpu_start / count * 1000, 1),
+                    "cpu_ms_per_workflow_overall": round(cpu / count * 1000, 1),
+                    "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
+                    "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
+                    "create_seconds": round(created_at - t0, 1),
+                    "start_seconds": round(started_at - t0, 1),
+                    "start_rate_per_s": round(count / (started_at - t0), 1),
+                    "run_seconds": round(done_at - started_at, 1),
+                    "dispatch_p50_ms": ms(quantile(dispatch, 0.5)),
+                    "dispatch_p99_ms": ms(quantile(dispatch, 0.99)),
+                    "dispatch_p50_ms_start": ms(quantile(start_dispatch, 0.5)),
+                    "dispatch_p99_ms_start": ms(quantile(start_dispatch, 0.99)),
+                    "dispatch_p50_ms_running": ms(quantile(running, 0.5)),
+                    "dispatch_p99_ms_running": ms(quantile(running, 0.99)),
+                    "dispatches": int(dispatch[-1][1]) if dispatch else 0,
+                    "api_requests_per_s": round(sum(rates.values()), 1),
+                    "status_patches_per_s": round(rates.get(status_key, 0.0), 1),
+                    "api_requests_per_s_by_kind": {k: round(v, 2) for k, v in rates.items() if v >= 0.05},
+                    "load_average_1m": round(os.getloadavg()[0], 1),
+                }
+            finally:
+                operator.stop(grace=60)
+    finally:
+        redis.stop()
+
+
+def fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def print_table(results: list[dict[str, Any]], command: str) -> None:
+    rows: list[tuple[str, Callable[[dict[str, Any]], str], str]] = [
+        (
+            "RSS idle / all started / peak (MiB)",
+            lambda r: f"{r['rss_idle_mib']} / {r['rss_all_started_mib']} / {r['rss_peak_mib']}",
+            f"< {GOAL_RSS_MIB:g} at 10,000",
+        ),
+        (
+            "operator CPU, start / overall (% of a core)",
+            lambda r: f"{r['cpu_percent_start']} / {r['cpu_percent_overall']}",
+            "",
+        ),
+        (
+            "operator CPU per Workflow, start / overall (ms)",
+            lambda r: f"{r['cpu_ms_per_workflow_start']} / {r['cpu_ms_per_workflow_overall']}",
+            "",
+        ),
+        (
+            "operator loop runnable but waiting for a CPU, start / overall (%)",
+            lambda r: f"{r['waiting_for_cpu_percent_start']} / {r['waiting_for_cpu_percent_overall']}",
+            "",
+        ),
+        ("create / start all (s)", lambda r: f"{r['create_seconds']} / {r['start_seconds']}", ""),
+        ("start rate (Workflows/s)", lambda r: fmt(r["start_rate_per_s"]), f">= {GOAL_START_RATE:g}"),
+        (
+            "dispatch p50 / p99, all (ms)",
+            lambda r: f"{fmt(r['dispatch_p50_ms'])} / {fmt(r['dispatch_p99_ms'])}",
+            f"p99 < {GOAL_P99_MS:g}",
+        ),
+        (
+            "  while starting (ms)",
+            lambda r: f"{fmt(r['dispatch_p50_ms_start'])} / {fmt(r['dispatch_p99_ms_start'])}",
+            "",
+        ),
+        (
+            "  while running (ms)",
+            lambda r: f"{fmt(r['dispatch_p50_ms_running'])} / {fmt(r['dispatch_p99_ms_running'])}",
+            "",
+        ),
+        (
+            "API requests/s (Workflow status patches/s)",
+            lambda r: f"{r['api_requests_per_s']} ({r['status_patches_per_s']})",
+            "patches <= 20",
+        ),
+        ("all succeeded after start (s)", lambda r: fmt(r["run_seconds"]), ""),
+        ("load average (1 min) at the end", lambda r: fmt(r["load_average_1m"]), ""),
+    ]
+    print(f"$ {command}")
+    print("| measure | " + " | ".join(f"{r['workflows']:,} Workflows" for r in results) + " | goal |")
+    print("|---|" + "---|" * len(results) + "---|")
+    for title, value, goal in rows:
+        print(f"| {title} | " + " | ".join(value(r) for r in results) + f" | {goal} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workflows", default="1000,3000,10000", help="sizes, comma-separated")
+    parser.add_argument("--agents", type=int, default=4, help="agent processes")
+    parser.add_argument("--concurrency", type=int, default=100, help="tasks each agent runs at once")
+    parser.add_argument("--step-seconds", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=16, help="API connections creating Workflows")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per phase of a size")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.workflows.split(",") if s.strip()]
+    command = " ".join(["bench/operator_scale.py", *sys.argv[1:]])
+    results: list[dict[str, Any]] = []
+    log_dir = Path(tempfile.mkdtemp(prefix="codeforge-operator-scale-"))  # kept: the operator's logs
+    progress(f"logs under {log_dir}")
+    plane = LocalControlPlane(state_dir=log_dir / "control-plane", nodes=1)
+    if not plane.is_built():
+        sys.exit(f"the local control plane is not built: run `make cluster-build` ({plane.bin_dir})")
+    plane.start()
+    try:
+        install_crds(plane)
+        for count in sizes:
+            try:
+                row = one_size(plane, count, args, log_dir)
+            except (TimeoutError, AssertionError) as exc:
+                row = {"workflows": count, "error": str(exc)}
+            progress(f"{count}: {json.dumps(row)}")
+            results.append(row)
+            if "error" in row:
+                break
+        versions = {k: v for k, v in plane.info.items() if k.endswith("_VERSION")}
+    finally:
+        plane.stop()
+        shutil.rmtree(log_dir / "control-plane", ignore_errors=True)
+    measured = [r for r in results if "error" not in r]
+    print_table(measured, command)
+    for row in results:
+        if "error" in row:
+            print(f"{row['workflows']:,} Workflows: not measured: {row['error']}")
+    if args.json is not None:
+        machine = {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            **versions,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": machine, "command": command, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
