@@ -135,6 +135,11 @@ async def test_the_codeforge_operator_command_runs_workflows_and_serves_liveness
             }
             async with http.post(f"{str(kmock.url).rstrip('/')}{API}", json=body) as response:
                 assert response.status < 400
+            pool = {**body, "kind": "AgentPool", "metadata": {"name": "cli-echo", "namespace": NS}}
+            pool["spec"] = {"image": "agent:1", "handler": {"kind": "echo"}}
+            pools = f"{str(kmock.url).rstrip('/')}{API.replace('workflows', 'agentpools')}"
+            async with http.post(pools, json=pool) as response:  # the pool the step names exists
+                assert response.status < 400
             phase = None
             for _ in range(300):
                 for (res, _ns, name), obj in kmock.objects.items():

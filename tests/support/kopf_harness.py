@@ -104,6 +104,15 @@ def prepare(
     monkeypatch.setattr(services, "CONFIG", OperatorConfig(queue_url=queue_url))
 
 
+#: The AgentPools `create()` declares for a Workflow's steps: one fixed agent each (agents run in-process).
+POOLS = "codeforge.ai/v1alpha1/agentpools"
+POOL_SPEC: dict[str, Any] = {
+    "image": "agent:1",
+    "handler": {"kind": "echo"},
+    "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+}
+
+
 class Cluster:
     """The emulator and the running operator's memo; `timeout` is the default of `eventually`."""
 
@@ -129,8 +138,17 @@ class Cluster:
             assert response.status < 400, await response.text()
             return await response.json()
 
-    async def create(self, name: str, spec: dict[str, Any], uid: str | None = None) -> str:
-        """Create a Workflow; returns its uid."""
+    async def create(
+        self, name: str, spec: dict[str, Any], uid: str | None = None, declare_pools: bool = True
+    ) -> str:
+        """Create a Workflow (first the AgentPools its steps name, as a user declares them, unless
+        `declare_pools` is false: a Workflow on a missing pool waits with PoolNotFound); returns its uid."""
+        for step in spec.get("steps") or [] if declare_pools else []:
+            pool = step.get("pool") if isinstance(step, dict) else None
+            if isinstance(pool, str) and pool and "/" not in pool and not self.find(POOLS, pool):
+                await self.create_pool(pool, {**POOL_SPEC, "role": pool})
+                # Settled (its Deployment made) before the Workflow: pool handling must not eat a step's time.
+                await self.eventually(lambda p=pool: self.find("apps/v1/deployments", p))  # type: ignore[misc]
         body = manifest("Workflow", name, spec, uid=uid)
         await self.request("POST", API, body)
         created: str = body["metadata"]["uid"]

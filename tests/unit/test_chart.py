@@ -283,7 +283,7 @@ def _rules(role: Obj) -> dict[tuple[str, str], set[str]]:
 
 OPERATOR_NEEDS = {
     ("codeforge.ai", "agentpools"): {"get", "list", "watch", "patch"},
-    ("codeforge.ai", "workflows"): {"get", "list", "watch", "patch"},
+    ("codeforge.ai", "workflows"): {"get", "list", "watch", "patch", "delete"},  # delete: ttlDeletesWorkflow
     ("codeforge.ai", "agentpools/status"): {"patch"},
     ("codeforge.ai", "workflows/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},

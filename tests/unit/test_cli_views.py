@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codeforge.api.workflow_status import StepPhase, StepStatus, WorkflowPhase, WorkflowStatus
+from codeforge.api.workflow_status import (
+    ApprovalStatus,
+    StepPhase,
+    StepStatus,
+    WorkflowPhase,
+    WorkflowStatus,
+)
 from codeforge.cli import render, workflow_view
 from codeforge.cli.logs import matching, readable
 from codeforge_agent.log_setup import JsonFormatter, TextFormatter, get_logger
@@ -73,6 +79,16 @@ def test_get_shows_every_step_of_the_graph_with_what_the_status_knows() -> None:
     assert build.split()[:4] == ["◷", "build", "impl", "Pending"], (
         "a step not reached yet is listed as Pending"
     )
+
+
+def test_get_shows_an_approval_steps_decision_and_who_made_it() -> None:
+    decided = ApprovalStatus(decision="rejected", by="alice", at="2026-12-02T10:03:00Z", message="no tests")
+    gate = StepStatus(
+        name="research", phase=StepPhase.FAILED, message="step 'research' rejected by alice", approval=decided
+    )
+    text = workflow_view.describe(workflow_obj(WorkflowStatus(phase=WorkflowPhase.RUNNING, steps=[gate])))
+    row = text[text.index("STEP") :].splitlines()[1]
+    assert "rejected by alice: step 'research' rejected by alice" in row
 
 
 def test_list_columns_and_a_suspended_workflow() -> None:
@@ -165,6 +181,8 @@ def test_the_kubectl_plugin_entry_point_is_the_same_cli() -> None:
         "retry",
         "suspend",
         "resume",
+        "approve",
+        "reject",
         "pools",
         "dlq",
         "run",

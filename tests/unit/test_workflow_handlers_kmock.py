@@ -175,6 +175,54 @@ async def test_a_failed_workflow_is_retried_from_its_failed_step(
         await cluster.eventually(lambda: cluster.events("flaky", "Retrying"))
 
 
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), None)
+
+
+async def test_a_missing_pool_holds_the_workflow_with_pool_not_found_until_it_exists(
+    operator_env: kmock.KubernetesEmulator, redis_url: str
+) -> None:
+    async with agents(redis_url, {f"{NS}/echo-nopool": ("echo", {})}), running(operator_env) as cluster:
+        await cluster.create("no-pool", chain("echo-nopool", "one"), declare_pools=False)
+        await cluster.eventually(
+            lambda: (_condition(cluster.status("no-pool"), "PoolNotFound") or {}).get("status") == "True"
+        )
+        assert cluster.phase("no-pool") == "Pending"
+        assert f"{NS}/echo-nopool" in (_condition(cluster.status("no-pool"), "PoolNotFound") or {})["message"]
+        await cluster.eventually(lambda: cluster.events("no-pool", "PoolNotFound"))
+        await cluster.create_pool(
+            "echo-nopool", {"role": "no-pool", "image": "agent:1", "handler": {"kind": "echo"}}
+        )
+        await cluster.eventually(lambda: cluster.phase("no-pool") == "Succeeded", timeout=30)
+        assert (_condition(cluster.status("no-pool"), "PoolNotFound") or {})["status"] == "False"
+
+
+async def test_an_approval_annotation_decides_the_waiting_step(
+    operator_env: kmock.KubernetesEmulator, redis_url: str
+) -> None:
+    spec = {
+        "steps": [
+            {"name": "gate", "kind": "approval", "message": "go?"},
+            {"name": "after", "pool": "echo-gate"},
+        ],
+        "edges": [{"from": "gate", "to": "after", "when": "result.approved"}],
+    }
+    async with agents(redis_url, {f"{NS}/echo-gate": ("echo", {})}), running(operator_env) as cluster:
+        await cluster.create("gated", spec)
+
+        def gate() -> dict[str, Any]:
+            return next((s for s in cluster.status("gated").get("steps") or [] if s["name"] == "gate"), {})
+
+        await cluster.eventually(lambda: gate().get("phase") == "Waiting")
+        assert gate()["message"] == "go?"
+        assert cluster.status("gated")["currentStep"] == "gate"
+        await cluster.patch("gated", {"metadata": {"annotations": {"approval.codeforge.ai/gate": "approve"}}})
+        await cluster.eventually(lambda: cluster.phase("gated") == "Succeeded")
+        assert gate()["approval"]["decision"] == "approved"
+        assert gate()["approval"]["by"] == "annotation"
+        assert cluster.status("gated")["result"]["gate"]["approved"] is True
+
+
 async def test_a_workflow_that_timed_out_is_retried_with_a_new_deadline(
     operator_env: kmock.KubernetesEmulator, redis_url: str, tmp_path: Path
 ) -> None:

@@ -48,8 +48,13 @@ def test_hello_world_json_output() -> None:
     assert outcome["results"]["hello"]["input"] == "hello, world"
 
 
-def test_undeclared_pools_get_echo_agents(tmp_path: Path) -> None:
-    code, out, _ = invoke(write(tmp_path, GOOD), "-o", "json", "--input", '{"x": 42}')
+def test_undeclared_pools_get_echo_agents_only_when_asked(tmp_path: Path) -> None:
+    code, out, err = invoke(write(tmp_path, GOOD), "-o", "json", "--input", '{"x": 42}')
+    assert code == 2
+    assert out == ""
+    assert "spec.steps[0].pool: 'echo' is not declared in the file" in err
+    assert "--echo-pools" in err
+    code, out, _ = invoke(write(tmp_path, GOOD), "-o", "json", "--input", '{"x": 42}', "--echo-pools")
     assert code == 0
     assert json.loads(out)["results"]["a"]["input"] == 42
 

@@ -7,6 +7,10 @@
 - apiGroups: ["codeforge.ai"]
   resources: ["agentpools/status", "workflows/status"]
   verbs: ["get", "patch", "update"]
+# A finished Workflow whose spec.ttlDeletesWorkflow asks for it is deleted when its TTL passes.
+- apiGroups: ["codeforge.ai"]
+  resources: ["workflows"]
+  verbs: ["delete"]
 # What an AgentPool owns: its Deployment, metrics Service and PodDisruptionBudget.
 - apiGroups: ["apps"]
   resources: ["deployments"]

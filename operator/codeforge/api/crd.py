@@ -128,6 +128,41 @@ AGENTPOOL: Final = CustomResource(
 )
 
 
+#: Workflow spec fields a running Workflow may change: pausing, its budget (raising it resumes a run the
+#: budget suspended), and how long its data is kept afterwards.
+WORKFLOW_MUTABLE_WHILE_RUNNING: Final = ("suspend", "budget", "ttlSecondsAfterFinished", "ttlDeletesWorkflow")
+#: The phases in which the spec is immutable (a run exists and follows it).
+WORKFLOW_RUN_PHASES: Final = ("Running", "Suspended")
+
+
+def immutable_while_running(model: type[BaseModel], mutable: Iterable[str], phases: Iterable[str]) -> str:
+    """A root transition rule: while `status.phase` is one of `phases`, the spec keeps its value except the
+    `mutable` fields. At the root because only there both the spec and the status are visible;
+    `oldSelf.status` is what the run wrote, which a spec update cannot change.
+
+    CEL cannot name a field without a schema type (`spec.input`, free JSON), so: when no mutable field
+    changed, the whole spec must be equal (input included); when one did, every typed field must be."""
+    keep = set(mutable)
+    fields = [f.alias or name for name, f in model.model_fields.items()]
+    raw = model.model_json_schema(by_alias=True)["properties"]
+    free = {
+        n for n, sub in raw.items() if sub.get("x-kubernetes-preserve-unknown-fields") and "type" not in sub
+    }
+    typed = [n for n in fields if n not in keep and n not in free]
+
+    def same(name: str) -> str:
+        return (
+            f"has(self.spec.{name}) == has(oldSelf.spec.{name}) && "
+            f"(!has(self.spec.{name}) || self.spec.{name} == oldSelf.spec.{name})"
+        )
+
+    listed = ", ".join(f"'{p}'" for p in phases)
+    running = f"has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase in [{listed}]"
+    untouched = " && ".join(same(n) for n in fields if n in keep)
+    compared = " && ".join(same(n) for n in typed)
+    return f"!({running}) || (({untouched}) ? self.spec == oldSelf.spec : ({compared}))"
+
+
 WORKFLOW: Final = CustomResource(
     kind=workflow.KIND,
     plural=workflow.PLURAL,
@@ -141,6 +176,16 @@ WORKFLOW: Final = CustomResource(
         PrinterColumn("Step", "string", ".status.currentStep", "The steps running now."),
         AGE,
         PrinterColumn("Message", "string", ".status.message"),
+    ),
+    root_rules=(
+        (
+            immutable_while_running(
+                workflow.WorkflowSpec, WORKFLOW_MUTABLE_WHILE_RUNNING, WORKFLOW_RUN_PHASES
+            ),
+            "the spec of a running Workflow is immutable except spec.suspend, spec.budget, "
+            "spec.ttlSecondsAfterFinished and spec.ttlDeletesWorkflow: suspend it, wait until it finishes, "
+            "or delete and recreate it",
+        ),
     ),
 )
 
@@ -200,7 +245,7 @@ def _convert(node: JSON, defs: Mapping[str, JSON], path: str, defaults: bool) ->
         out.get("x-kubernetes-int-or-string") or out.get("x-kubernetes-preserve-unknown-fields")
     ):
         raise CRDSchemaError(f"{path}: no type; annotate the field with WithJsonSchema")
-    if defaults and node.get("default") is not None:
+    if defaults and node.get("default") not in (None, ""):  # "" means "unset" (an approval step's pool)
         default = _minimal_default(out, node["default"])
         if default not in ([], {}) or "properties" in out:
             out["default"] = default

@@ -30,6 +30,10 @@ MAX_INPUT_BYTES: Final = MAX_PAYLOAD_BYTES
 MAX_PARAMS_BYTES: Final = 64 * 1024
 MAX_PARAMS_KEYS: Final = 64
 MAX_STEPS: Final = 256
+#: An approval step's question to its approver.
+MAX_APPROVAL_MESSAGE: Final = 1024
+#: spec.ttlSecondsAfterFinished: a year (a longer retention is "keep").
+MAX_TTL_SECONDS: Final = 365 * 86400
 MAX_EDGES: Final = 1024
 #: Names: steps and other DNS labels, pools (`namespace/name`), Kubernetes object names.
 MAX_NAME: Final = 63

@@ -235,6 +235,13 @@ class StepWorkspace(_Model):
     )
 
 
+class StepKind(enum.StrEnum):
+    """What a step does."""
+
+    TASK = "task"  # a task (or N) in its pool's queue, run by an agent
+    APPROVAL = "approval"  # waits for a human decision (`codeforge approve|reject`); no agent, no queue
+
+
 class RetryPolicy(_Model):
     """Retries of a step after its task failed: `max` extra attempts, waiting backoff * multiplier^n."""
 
@@ -287,8 +294,21 @@ class Step(_Model):
         max_length=limits.MAX_NAME,
         description="Unique within the workflow: lowercase letters, digits and '-'.",
     )
+    kind: StepKind = Field(
+        default=StepKind.TASK,
+        description="task (run by an agent of `pool`) or approval (waits for `codeforge approve|reject`, "
+        "holding no agent; its result is {approved, decision, by, at, message}; a rejection fails the step, "
+        "so only an edge such as `when: '!result.approved'` routes it).",
+    )
     pool: str = Field(
-        max_length=limits.MAX_POOL_NAME, description="The AgentPool whose agents run this step."
+        default="",
+        max_length=limits.MAX_POOL_NAME,
+        description="The AgentPool whose agents run this step (task steps; approval steps have none).",
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=limits.MAX_APPROVAL_MESSAGE,
+        description="Approval steps: what the approver is asked (shown by `codeforge get`, in the status).",
     )
     input: CelText | None = Field(
         default=None,
@@ -302,7 +322,12 @@ class Step(_Model):
         f"(at most {limits.MAX_PARAMS_BYTES} bytes of JSON).",
     )
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 86400, description="Per attempt.")
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86400,
+        description="Per attempt; for an approval step, how long it waits for a decision (then it fails).",
+    )
     parallel: int | None = Field(default=None, ge=1, le=1000, description="Fan out to N agents.")
     for_each: CelText | None = Field(
         default=None, description="CEL over `state` giving a list: one task per item."
@@ -334,7 +359,7 @@ class Step(_Model):
     @field_validator("pool")
     @classmethod
     def _check_pool(cls, value: str) -> str:
-        return validate_pool_name(value)
+        return validate_pool_name(value) if value else value
 
     @field_validator("input")
     @classmethod
@@ -355,6 +380,39 @@ class Step(_Model):
     @classmethod
     def _parse_priority(cls, value: object) -> Priority | None:
         return None if value is None else Priority.parse(value)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Step:
+        if self.kind is StepKind.TASK:
+            if not self.pool:
+                raise ValueError("pool: a task step needs the AgentPool that runs it: set `pool`")
+            if self.message is not None:
+                raise ValueError("message is for approval steps (`kind: approval`): remove it")
+            return self
+        extra = [
+            name
+            for name, unset in (
+                ("pool", not self.pool),
+                ("input", self.input is None),
+                ("params", not self.params),
+                ("parallel", self.parallel is None),
+                ("forEach", self.for_each is None),
+                ("priority", self.priority is None),
+                ("workspace", self.workspace is None),
+                ("retries", self.retries == RetryPolicy()),
+            )
+            if not unset
+        ]
+        if extra:
+            raise ValueError(
+                f"an approval step waits for a person, not an agent: remove {', '.join(extra)} "
+                "(it takes `message` and `timeoutSeconds`)"
+            )
+        return self
+
+    @property
+    def is_approval(self) -> bool:
+        return self.kind is StepKind.APPROVAL
 
     @model_validator(mode="after")
     def _check_fanout(self) -> Step:
@@ -428,6 +486,17 @@ class WorkflowSpec(_Model):
     workspace: WorkspaceSpec | None = Field(
         default=None, description="The Git repository the steps work on (each task gets its own checkout)."
     )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=limits.MAX_TTL_SECONDS,
+        description="Seconds after the run finished when its checkpoints, result copy and step refs are "
+        "removed (default: the operator's CODEFORGE_WORKFLOW_TTL_SECONDS; unset there too: kept).",
+    )
+    ttl_deletes_workflow: bool = Field(
+        default=False,
+        description="When the TTL passes, delete the Workflow object as well (like a Job's TTL).",
+    )
     budget: Budget | None = Field(
         default=None,
         description="Tokens and cost the Workflow's tasks may use (as handlers report); reaching either "
@@ -451,6 +520,8 @@ class WorkflowSpec(_Model):
     @model_validator(mode="after")
     def _check_graph(self) -> WorkflowSpec:
         problems = check_graph(self)
+        if self.workspace is not None and not self.task_pools:
+            problems.append(("spec.workspace", "a workspace needs a task step (its agents do the Git work)"))
         if self.workspace is None:
             problems += [
                 (f"spec.steps[{i}].workspace.merge", "merging needs a repository: set spec.workspace.git")
@@ -464,6 +535,11 @@ class WorkflowSpec(_Model):
     @property
     def entry_step(self) -> str:
         return self.entry or self.steps[0].name
+
+    @property
+    def task_pools(self) -> list[str]:
+        """The pools the task steps name, in step order, each once (approval steps name none)."""
+        return list(dict.fromkeys(s.pool for s in self.steps if s.pool))
 
     def step(self, name: str) -> Step:
         for step in self.steps:

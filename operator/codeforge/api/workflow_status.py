@@ -41,9 +41,21 @@ class WorkflowPhase(enum.StrEnum):
 class StepPhase(enum.StrEnum):
     RUNNING = "Running"  # its task(s) are queued or being worked on
     RETRYING = "Retrying"  # an attempt failed; the step's retry policy runs another one
+    WAITING = "Waiting"  # an approval step waits for `codeforge approve|reject` (or its annotation)
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
+
+
+class ApprovalStatus(CamelModel):
+    """An approval step's decision: what was decided, by whom (as the deciding client said), and when."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    decision: str = Field(description="approved, rejected or timedOut.", max_length=16)
+    by: str = Field(default="", max_length=253, description="The Kubernetes user who decided.")
+    at: str | None = Field(default=None, max_length=40, description="RFC 3339.")
+    message: str = Field(default="", max_length=MESSAGE_LIMIT)
 
 
 class UsageStatus(CamelModel):
@@ -74,6 +86,7 @@ class StepStatus(CamelModel):
     start_time: str | None = Field(default=None, description="RFC 3339.")
     finish_time: str | None = Field(default=None, description="RFC 3339.")
     message: str = Field(default="", max_length=MESSAGE_LIMIT)
+    approval: ApprovalStatus | None = Field(default=None, description="Approval steps: the decision.")
     usage: UsageStatus | None = Field(default=None, description="What the step's tasks used, all visits.")
 
 

@@ -2,7 +2,8 @@
 when the command line is built, so `codeforge --help` stays fast.
 
 - `run`, `operator`, `crds`, `bench`: beside the code they drive (embedded, controller, api, benchmarks);
-- `list`, `get`, `watch`, `logs`, `submit`, `retry`, `suspend`, `resume`: Workflows on a cluster;
+- `list`, `get`, `watch`, `logs`, `submit`, `retry`, `suspend`, `resume`, `approve`, `reject`: Workflows on a
+  cluster;
 - `pools`, `dlq ...`: AgentPools and their dead letters.
 """
 
@@ -53,9 +54,10 @@ def _operator() -> None:
 
 
 def _cluster() -> None:
-    from codeforge.cli import logs, pools, workflows
+    from codeforge.cli import approve, logs, pools, workflows
 
     workflows.register(app)
+    approve.register(app)
     app.command("logs")(logs.logs_command)
     pools.register(app)
 
@@ -68,7 +70,21 @@ GROUPS = {
     "run": _run,
     "operator": _operator,
     **dict.fromkeys(
-        ("list", "get", "watch", "submit", "retry", "suspend", "resume", "logs", "pools", "dlq"), _cluster
+        (
+            "list",
+            "get",
+            "watch",
+            "submit",
+            "retry",
+            "suspend",
+            "resume",
+            "approve",
+            "reject",
+            "logs",
+            "pools",
+            "dlq",
+        ),
+        _cluster,
     ),
 }
 

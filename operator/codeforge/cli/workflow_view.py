@@ -81,10 +81,20 @@ def step_rows(obj: JSON, now: float | None = None) -> list[list[Any]]:
                 (seen.get("commit") or "-")[:10],
                 ", ".join(successors.get(name, [])) or "-",
                 render.summary(results.get(name), 40) if name in results else "-",
-                render.clip(seen.get("message"), 60) or "-",
+                _note(seen) or "-",
             ]
         )
     return rows
+
+
+def _note(seen: JSON) -> str:
+    """The step's message; an approval step's decision (and who made it) before it."""
+    note = render.clip(seen.get("message"), 60)
+    approval = seen.get("approval")
+    if isinstance(approval, dict) and approval.get("decision"):
+        decided = f"{approval['decision']} by {approval.get('by') or '?'}"
+        note = render.clip(f"{decided}: {note}" if note else decided, 80)
+    return note
 
 
 STEP_HEADERS = [

@@ -5,12 +5,18 @@ memory. With `--queue redis://...`: the Redis queue, checkpoints in the same Red
 `--workflow-id` resumes), and one `codeforge-agent` process per pool (`--no-agents` when agents run
 elsewhere). `--dry-run` only validates the manifest (the same checks the operator and the CRD schema make).
 Exit codes: 0 succeeded (or valid), 1 the workflow failed, 2 the manifest or an option is invalid.
+
+Every pool a step names must be declared by an AgentPool document in the file (a typo must not "succeed"
+through an echo agent); `--echo-pools` runs undeclared pools with echo agents instead. Approval steps are
+decided by `--approve STEP` / `--reject STEP` (repeatable) or `--auto-approve`; a step left undecided is
+asked on the terminal when stdin is one, and refused up front when it is not (it would wait forever).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import uuid
@@ -24,8 +30,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from codeforge.api.outcome import Outcome
+from codeforge.embedded.approvals import check_declared, decide_flags, spec_asks
 
 if TYPE_CHECKING:  # LangGraph and the agent runtime load only when a workflow runs: `--help` stays fast
+    from codeforge.api.approval import Decision
     from codeforge.embedded.manifest import Manifest
     from codeforge.orchestrator import WorkflowOutcome
 
@@ -77,6 +85,24 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only validate the manifest: exit 0 when valid, 2 when not.")
     ] = False,
+    echo_pools: Annotated[
+        bool,
+        typer.Option("--echo-pools", help="Run pools the file does not declare with echo agents."),
+    ] = False,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option("--approve", metavar="STEP", help="Approve this approval step (repeatable)."),
+    ] = None,
+    reject: Annotated[
+        list[str] | None,
+        typer.Option("--reject", metavar="STEP", help="Reject this approval step (repeatable)."),
+    ] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Approve every approval step not --reject'ed.")
+    ] = False,
+    message: Annotated[
+        str, typer.Option("--message", help="The note recorded with --approve/--reject decisions.")
+    ] = "",
 ) -> None:
     """Run a Workflow manifest locally and print its final state; exit 1 when it fails."""
     from codeforge.embedded.manifest import ManifestError, load_manifest
@@ -91,6 +117,11 @@ def run_command(
             loaded = _with_input(loaded, input_json)
         if workspace_url is not None:
             loaded = _with_workspace_url(loaded, workspace_url)
+        if agents and not echo_pools:
+            check_declared(loaded)
+        decisions = decide_flags(
+            loaded, approve or [], reject or [], auto_approve, message, interactive=sys.stdin.isatty()
+        )
     except (ManifestError, QueueConfigError) as exc:
         console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -108,7 +139,7 @@ def run_command(
         or f"{loaded.workflow.metadata.name}-{uuid.uuid4().hex[:8]}"
     )
     try:
-        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts))
+        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts, decisions))
     except (QueueError, ManifestError) as exc:
         console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
@@ -123,7 +154,7 @@ def run_command(
 
 def _with_input(loaded: Manifest, text: str) -> Manifest:
     from codeforge.api.workflow import check_input
-    from codeforge.embedded.manifest import Manifest, ManifestError
+    from codeforge.embedded.manifest import ManifestError
 
     try:
         value = json.loads(text)
@@ -136,14 +167,14 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
     except ValueError as exc:
         raise ManifestError(str(exc)) from None
     spec = loaded.workflow.spec.model_copy(update={"input": value})
-    return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
+    return dataclasses.replace(loaded, workflow=loaded.workflow.model_copy(update={"spec": spec}))
 
 
 def _with_workspace_url(loaded: Manifest, url: str) -> Manifest:
     from pydantic import ValidationError
 
     from codeforge.api.workflow import GitSource, WorkspaceSpec
-    from codeforge.embedded.manifest import Manifest, ManifestError
+    from codeforge.embedded.manifest import ManifestError
 
     current = loaded.workflow.spec.workspace
     try:
@@ -153,18 +184,25 @@ def _with_workspace_url(loaded: Manifest, url: str) -> Manifest:
         message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         raise ManifestError(f"--workspace-url: {message}") from None
     spec = loaded.workflow.spec.model_copy(update={"workspace": WorkspaceSpec(git=git)})
-    return Manifest(loaded.workflow.model_copy(update={"spec": spec}), loaded.pools, loaded.directory)
+    return dataclasses.replace(loaded, workflow=loaded.workflow.model_copy(update={"spec": spec}))
 
 
 async def _run(
-    loaded: Manifest, url: str, run_id: str, output: Output, agents: bool, agent_restarts: int = 5
+    loaded: Manifest,
+    url: str,
+    run_id: str,
+    output: Output,
+    agents: bool,
+    agent_restarts: int = 5,
+    decisions: dict[str, Decision] | None = None,
 ) -> WorkflowOutcome:
     from rich.live import Live
 
     from codeforge.embedded.agents import AgentProcesses, InProcessAgents
+    from codeforge.embedded.approvals import Prompter
     from codeforge.embedded.manifest import ManifestError
     from codeforge.embedded.progress import ProgressBoard, console_for
-    from codeforge.orchestrator import ProgressEvent, WorkflowRunner
+    from codeforge.orchestrator import ProgressEvent, RunControl, WorkflowRunner
     from codeforge.orchestrator.checkpoint import open_checkpointer
     from codeforge.queue import TaskQueue, open_queue
 
@@ -202,9 +240,18 @@ async def _run(
                         )
                     )
             meta = loaded.workflow.metadata
+            control = RunControl()
+            control.approvals.replace(decisions or {})
+            prompter = Prompter(control.approvals, console)
             job = asyncio.create_task(
                 runner.run(
-                    run_id, spec, emit=on_event, name=meta.name, namespace=meta.namespace, labels=meta.labels
+                    run_id,
+                    spec,
+                    emit=on_event,
+                    name=meta.name,
+                    namespace=meta.namespace,
+                    labels=meta.labels,
+                    control=control,
                 )
             )
             watchers: set[asyncio.Task[Any]] = {job}
@@ -215,8 +262,11 @@ async def _run(
                 try:
                     while not any(w.done() for w in watchers):
                         await asyncio.wait(
-                            watchers, timeout=0.125 if view else None, return_when=FIRST_COMPLETED
-                        )
+                            watchers, timeout=0.125 if view or spec_asks(spec) else None,
+                            return_when=FIRST_COMPLETED,
+                        )  # fmt: skip
+                        if prompter.due():  # an approval step waits: ask on the terminal
+                            await prompter.ask(view)
                         if view is not None:
                             view.update(board.render())
                 finally:

@@ -90,6 +90,7 @@ class Manifest:
     workflow: WorkflowManifest
     pools: dict[str, PoolSpec]
     directory: Path  # python handlers may import modules that sit beside the manifest
+    source: str = ""  # "FILE (document N, Workflow)": where the Workflow's errors point
 
 
 class BoundedLoader(yaml.SafeLoader):
@@ -225,9 +226,9 @@ def load_manifest(path: Path) -> Manifest:
                     f"{path} (document {i + 1}, AgentPool): a second pool named {pool.name!r}"
                 )
             pools[pool.name] = pool
-    for step in workflow.spec.steps:
-        pools.setdefault(step.pool, PoolSpec(step.pool, declared=False))
-    return Manifest(workflow, pools, path.resolve().parent)
+    for name in workflow.spec.task_pools:
+        pools.setdefault(name, PoolSpec(name, declared=False))
+    return Manifest(workflow, pools, path.resolve().parent, f"{path} (document {index + 1}, Workflow)")
 
 
 def _indent(text: str) -> str:

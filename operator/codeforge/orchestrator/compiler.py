@@ -83,7 +83,7 @@ class GraphCompiler:
         resumed or retried run keeps it); an error message when that fails."""
         assert self.spec.workspace is not None
         git, ctx = self.spec.workspace.git, dispatcher.ctx
-        pool = self.spec.step(self.spec.entry_step).pool
+        pool = self._first_pool()
         done = await dispatcher.run_system(
             pool,
             ws.resolve_task_id(ctx.workflow),
@@ -116,7 +116,7 @@ class GraphCompiler:
         ctx = runtime.context.ctx
         request = ws.publish_request(self.spec.workspace, current["base"], current["head"], ctx.name)
         done = await runtime.context.run_system(
-            current.get("pool") or self.spec.step(self.spec.entry_step).pool,
+            current.get("pool") or self._first_pool(),
             ws.publish_task_id(ctx.workflow),
             "_publish",
             request,
@@ -143,6 +143,12 @@ class GraphCompiler:
         )
         return {"workspace": published}
 
+    def _first_pool(self) -> str:
+        """The pool that runs the workspace's system tasks before any step has run: the entry step's, or
+        (an approval step has none) the first task step's."""
+        entry = self.spec.step(self.spec.entry_step)
+        return entry.pool or self.spec.task_pools[0]
+
     def _part_node(self, step: Step) -> Any:
         first_success = step.fans_out and step.join is JoinPolicy.FIRST_SUCCESS
 
@@ -150,6 +156,10 @@ class GraphCompiler:
             key = parts_key(step.name, arg["visit"])
             if arg.get("empty"):
                 return {"parts": {key: {}}}
+            if step.is_approval:
+                since = float(arg.get("since") or time.time())
+                decided = await runtime.context.run_approval(step, arg["visit"], since)
+                return {"parts": {key: {"0": decided}}}
             checkout = None
             if self.spec.workspace is not None and arg.get("base"):
                 ctx = runtime.context.ctx
@@ -175,7 +185,7 @@ class GraphCompiler:
             joined = join(step, parts)
             current = state.get("workspace")
             info: dict[str, Any] | None = None
-            if self.spec.workspace is not None and current:
+            if self.spec.workspace is not None and current and not step.is_approval:
                 joined, info = await self._step_workspace(
                     runtime.context, step, visit, parts, joined, current
                 )
@@ -206,18 +216,20 @@ class GraphCompiler:
                     parts=len(parts),
                     agent=agents,
                     commit=(info or {}).get("commit", ""),
-                    detail=ws.compact(info),
+                    detail={"approval": joined.result} if step.is_approval else ws.compact(info),
                 )
             )
+            # An approval's decision is kept whichever way it went: later steps may read who decided.
+            keep = joined.status == Outcome.SUCCEEDED or step.is_approval
             results = dict(state.get("results", {}))
-            if joined.status == Outcome.SUCCEEDED:
+            if keep:
                 results[step.name] = joined.result
             update: dict[str, Any] = {
                 "history": [record],
                 "visits": {step.name: visit},
                 "parts": {parts_key(step.name, visit): None},  # merged now: drop them from the state
             }
-            if joined.status == Outcome.SUCCEEDED:
+            if keep:
                 update["results"] = {step.name: joined.result}
             if info is not None and current:
                 head = info["commit"] if joined.status == Outcome.SUCCEEDED else current["head"]
@@ -343,19 +355,25 @@ class GraphCompiler:
         public = public_state(state)  # type: ignore[arg-type]
         where = f"spec.steps[{self.spec.steps.index(step)}]"
         try:
-            if step.for_each is not None:
+            if step.is_approval:
+                items = [None]
+            elif step.for_each is not None:
                 items = for_each_items(step.for_each, {**variables, "state": public}, f"{where}.forEach")
             else:
                 items = [None] * (step.parallel or 1)
             payloads = [
-                self._payload(ctx, step, public, i, item, f"{where}.input") for i, item in enumerate(items)
+                {} if step.is_approval else self._payload(ctx, step, public, i, item, f"{where}.input")
+                for i, item in enumerate(items)
             ]
         except ConditionError as exc:
             return self._fail(str(exc))
         ctx.emit(ProgressEvent(EventKind.STEP_STARTED, ctx.workflow, target, parts=len(payloads)))
-        now = time.monotonic()
-        ctx.ready.update({f"{target}#{visit}/{i}": now for i in range(len(payloads))})
-        route = {"to": target, "visit": visit, "payloads": payloads}
+        route: dict[str, Any] = {"to": target, "visit": visit, "payloads": payloads}
+        if step.is_approval:
+            route["since"] = time.time()  # the approval's timeout counts from here, across restarts
+        else:  # dispatch latency: an approval dispatches no task
+            now = time.monotonic()
+            ctx.ready.update({f"{target}#{visit}/{i}": now for i in range(len(payloads))})
         head = (state.get("workspace") or {}).get("head")
         if head:
             route["base"] = head  # every part starts from the commit the previous step reported
@@ -389,6 +407,8 @@ class GraphCompiler:
         if not payloads:  # forEach over an empty list: one no-op part so the join still runs
             return [Send(node, {"visit": route["visit"], "empty": True})]
         base = {"base": route["base"]} if route.get("base") else {}
+        if "since" in route:
+            base["since"] = route["since"]
         return [
             Send(node, {"visit": route["visit"], "index": i, "payload": p, **base})
             for i, p in enumerate(payloads)

@@ -19,10 +19,12 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from codeforge.api.approval import now_rfc3339
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import Priority, Task, TaskOutcome, TaskState, TaskWorkspace
 from codeforge.api.usage import Usage, usage_of_result
 from codeforge.api.workflow import Step
+from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.fairness import FairShare
@@ -64,6 +66,8 @@ class RunContext:
     first: dict[str, TaskOutcome] = field(default_factory=dict)
     #: The Workflow's name ({{workflow}} in spec.workspace.git.pushBranch); default: the run id
     name: str = ""
+    #: Decisions for the run's approval steps (fed by the operator or `codeforge run`)
+    approvals: ApprovalBox = field(default_factory=ApprovalBox)
     #: Tokens and cost per step and in total, against spec.budget (orchestrator.budget)
     ledger: Ledger = field(default_factory=Ledger)
     #: The key, weight and cap every task of the run carries (spec.fairShare)
@@ -261,6 +265,33 @@ class StepDispatcher:
             # Its agents kept dying: the lost-lease budget is the whole allowance, not one per step retry.
             return {"status": Outcome.FAILED.value, "error": error, "final": True, **agent}
         return {"status": Outcome.FAILED.value, "error": error, **agent}
+
+    async def run_approval(self, step: Step, visit: int, since: float) -> dict[str, Any]:
+        """Wait for the decision on an approval step's visit: no task, no agent, no in-flight slot. `since`
+        (checkpointed with the route) is when the wait began, so a resumed run keeps its deadline."""
+        deadline = None if step.timeout_seconds is None else since + step.timeout_seconds
+        question = step.message or f"approve step {step.name!r}?"
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.APPROVAL_WAITING,
+                self.ctx.workflow,
+                step.name,
+                message=question,
+                detail={"deadline": deadline, "visit": visit},
+            )
+        )
+        decision = await self.ctx.approvals.wait(step.name, visit, question, deadline)
+        record: dict[str, Any] = {"index": 0, "attempts": 0, "started": since, "finished": time.time()}
+        if decision is None:
+            result = {"approved": False, "decision": "timedOut", "by": "", "at": now_rfc3339(), "message": ""}
+            error = f"no decision on step {step.name!r} within {step.timeout_seconds:g}s (timeoutSeconds)"
+            return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
+        result = decision.result(now_rfc3339())
+        if decision.approved:
+            return record | {"status": Outcome.SUCCEEDED.value, "result": result}
+        why = f": {decision.message}" if decision.message else ""
+        error = f"step {step.name!r} rejected by {decision.by}{why}"
+        return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
 
     async def _may_dispatch(self) -> None:
         while not self.ctx.running.is_set():

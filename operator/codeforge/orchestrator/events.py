@@ -20,6 +20,7 @@ class EventKind(enum.StrEnum):
     #: latency = its end -> this run woken by the notification (None when it had ended before the wait)
     TASK_FINISHED = "task_finished"
     ATTEMPT_FAILED = "attempt_failed"  # a task ended without success; a retry may follow
+    APPROVAL_WAITING = "approval_waiting"  # an approval step waits for a decision (message: the question)
     STEP_FINISHED = "step_finished"  # the join is done: status succeeded or failed
     WORKSPACE_RESOLVED = "workspace_resolved"  # spec.workspace: the ref resolved to the run's base commit
     WORKSPACE_PUBLISHED = "workspace_published"  # the final commit was pushed to pushBranch
@@ -45,7 +46,9 @@ class ProgressEvent:
     agent: str = ""  # the agent(s) that ran the task(s), on attempt_failed and step_finished
     commit: str = ""  # spec.workspace runs: the step's output commit (step_finished), the resolved base
     #: (workspace_resolved) or the published commit (workspace_published)
-    detail: dict[str, Any] | None = None  # workspace_*: {ref/branch, base, commit, diffstat, files}
+    #: workspace_*: {ref/branch, base, commit, diffstat, files}; an approval step's step_finished:
+    #: {"approval": its result}; approval_waiting: {"deadline": Unix time or None}
+    detail: dict[str, Any] | None = None
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:

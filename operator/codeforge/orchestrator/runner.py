@@ -22,6 +22,7 @@ from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.usage import Budget, BudgetAction
 from codeforge.api.workflow import WorkflowSpec
 from codeforge.orchestrator import workspace as ws
+from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
@@ -86,11 +87,13 @@ class WorkflowOutcome:
 
 @dataclass
 class RunControl:
-    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel."""
+    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, and the
+    decisions of its approval steps."""
 
     running: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
+    approvals: ApprovalBox = field(default_factory=ApprovalBox)
     #: spec.suspend; a reached spec.budget holds the run suspended on its own (the run's ledger)
     suspended: bool = False
     ledger: Ledger | None = None
@@ -183,6 +186,7 @@ class WorkflowRunner:
             running=control.running,
             first=self._first.setdefault(workflow_id, {}),
             name=name or workflow_id,
+            approvals=control.approvals,
             fair=fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
         )
         dispatcher = StepDispatcher(self.queue, ctx)

@@ -11,6 +11,9 @@
 - delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
 - retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
   codeforge.ai/retry="$(date +%s)" --overwrite` (see `retry`).
+- approval decisions: the `approval.codeforge.ai/<step>` annotations, handed to the run when they change
+  (`codeforge.api.approval`).
+- a daemon per finished Workflow with a TTL: when it passes, the run's Redis data goes (`expiry`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.access import check_access
+from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
@@ -42,6 +46,8 @@ from codeforge.controller.workflow.supervisor import WorkflowObject, cleanup, su
 from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
 
 WORKFLOWS = Kind(API_VERSION, PLURAL)
+#: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: Kopf evaluates the daemon filter on every event.
+DEFAULT_TTL = default_ttl()
 
 
 def _ref(meta: kopf.Meta) -> ObjectRef:
@@ -159,6 +165,28 @@ async def run_workflow(
         return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
 
     await supervise(memo.workflows, memo.services, obj, stopped, deleted, logger)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="metadata.annotations")
+def annotations_changed(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
+    """An approval decision (or any annotation) changed: the run, if active here, sees the decisions now."""
+    memo.workflows.set_approvals(meta.uid or "", dict(new or {}), logger)
+
+
+def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return expires_at(spec, status, DEFAULT_TTL) is not None
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_expires, cancellation_timeout=10.0)
+async def expire_workflow(
+    *, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, memo: Any, logger: Logger,
+    stopped: kopf.DaemonStopped, **_: Any,
+) -> None:  # fmt: skip
+    """Sleep until the finished Workflow's TTL passes, then remove its data (and it, if asked)."""
+    await expire_when_due(
+        memo.workflows, memo.services, _ref(meta), dict(spec), dict(status), meta.get("generation"),
+        DEFAULT_TTL, stopped, logger,
+    )  # fmt: skip
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from codeforge.api.approval import decisions_from_annotations
 from codeforge.api.usage import Budget
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.results import ResultStore
@@ -109,6 +111,16 @@ class WorkflowRegistry:
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
                 await self.runner.checkpointer.aclose()
+
+    def set_approvals(self, run: RunControl | str, annotations: Mapping[str, str], log: Logger) -> None:
+        """Hand the Workflow's approval annotations to its run (by control or uid; no run here: nothing)."""
+        control = run if isinstance(run, RunControl) else getattr(self.runs.get(run), "control", None)
+        if control is None:
+            return
+        decisions, problems = decisions_from_annotations(annotations)
+        for problem in problems:
+            log.warning("ignored: %s", problem)
+        control.approvals.replace(decisions)
 
     def set_budget(self, uid: str, budget: Budget | None) -> bool:
         """spec.budget changed on a running Workflow: raised, a run it suspended goes on; False when no run

@@ -27,14 +27,15 @@ from typing import Any, Final
 from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
-from codeforge.controller.kstatus import ObjectRef
+from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.access import check_access
+from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
 from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
-from codeforge.controller.workflow.results import ResultStore, bounded_result
+from codeforge.controller.workflow.results import bounded_result, result_key
 from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
-from codeforge.controller.workflow.tracker import WorkflowTracker
+from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
 from codeforge.orchestrator import EventKind, ProgressEvent, RewindError, RunControl, WorkflowOutcome, task_id
 from codeforge.queue import TaskQueue
 
@@ -71,7 +72,7 @@ def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool
     return retry_requested(annotations, status)
 
 
-async def _first(*aws: Awaitable[Any]) -> None:
+async def first_of(*aws: Awaitable[Any]) -> None:
     """Wait until any of the awaitables is done; cancel the helpers made here, never a future passed in."""
     made = [a for a in aws if not asyncio.isfuture(a)]
     tasks = [asyncio.ensure_future(a) for a in aws]
@@ -106,6 +107,7 @@ async def supervise(
     control = RunControl()
     if spec.suspend:
         control.suspend()
+    workflows.set_approvals(control, obj.annotations(), log)  # decisions made while no operator ran
     active = LiveWorkflow(control, tracker)
     workflows.runs[uid] = active
     workflows.writer.track(obj.ref, tracker)
@@ -124,12 +126,18 @@ async def supervise(
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
 
     try:
+        if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
+            services, spec, tracker, stopped, log
+        ):
+            return
         while not stopped:
             try:
                 runner = await workflows.connect(services, log)
                 if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
                     token = obj.annotations().get(RETRY_ANNOTATION)
                     try:
+                        if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
+                            raise RewindError("its checkpoints were removed when its TTL passed (Expired)")
                         step = await runner.rewind(uid, spec)
                     except RewindError as exc:
                         tracker.refuse_retry(token, str(exc))
@@ -153,9 +161,9 @@ async def supervise(
             except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
                 tracker.set_degraded(str(exc))
                 log.warning("Workflow %s waits for the queue: %s", obj.ref.key, exc)
-                await _first(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+                await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
-            await _first(run, stopped.wait())
+            await first_of(run, stopped.wait())
             if not run.done():
                 await _stop_run(run, control, deleted(), log)
                 if run.done() and not run.cancelled() and run.exception() is None:
@@ -170,7 +178,7 @@ async def supervise(
                 log.warning(
                     "Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc
                 )
-                await _first(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+                await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
             await _finish(workflows, obj, tracker, outcome, busy[0])
             break
@@ -181,6 +189,25 @@ async def supervise(
         if workflows.writer_task is not None and not workflows.writer_task.done():
             await workflows.writer.flush(uid, timeout=5.0)
         workflows.writer.untrack(uid)
+
+
+async def _pools_ready(
+    services: OperatorServices, spec: WorkflowSpec, tracker: WorkflowTracker, stopped: Any, log: Logger
+) -> bool:
+    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped."""
+    delay = RECHECK_SECONDS
+    while not stopped:
+        try:
+            missing = await missing_pools(services.api(), spec)
+        except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
+            log.warning("cannot look up the Workflow's AgentPools: %s", exc)
+            return True
+        tracker.set_missing_pools(missing)
+        if not missing:
+            return True
+        await first_of(stopped.wait(), asyncio.sleep(delay))
+        delay = min(delay * 2, RECHECK_CAP_SECONDS)
+    return False
 
 
 async def _stop_run(
@@ -249,7 +276,7 @@ async def cleanup(
     if refs.status not in ("none", "deleted"):
         kept = f"step refs under {refs.prefix} not deleted: {refs.message}"
         log.warning("%s", kept)
-    await workflows.results.delete(ResultStore.key(ref))
+    await workflows.results.delete(result_key(ref.uid))
     workflow_metrics.forget(ref.uid)
     return kept
 

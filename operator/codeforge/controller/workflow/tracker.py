@@ -22,6 +22,11 @@ Conditions of a Workflow and their reasons:
 | Finished | False  | InProgress       | not finished                                                        |
 | Degraded | True   | QueueUnreachable | the queue or checkpoint store cannot be reached; retried w/ backoff |
 | Degraded | False  | AsExpected       | nothing is wrong                                                    |
+| PoolNotFound | True | PoolNotFound   | a step names an AgentPool that does not exist; the run waits for it |
+| PoolNotFound | False | PoolsFound    | every pool the steps name exists                                    |
+| Expired  | True   | TTLExpired       | ttlSecondsAfterFinished passed: the run's Redis data was removed    |
+
+A step of `kind: approval` shows phase Waiting while it waits, and its decision in `steps[].approval`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
 JSON = dict[str, Any]
 #: Which step phases count as finished for the progress column.
 FINISHED_STEPS: Final = frozenset({StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED})
+ACTIVE_STEPS: Final = frozenset({StepPhase.RUNNING, StepPhase.RETRYING, StepPhase.WAITING})
 _OUTCOME_PHASES: Final[dict[str, WorkflowPhase]] = {
     Outcome.SUCCEEDED: WorkflowPhase.SUCCEEDED,
     Outcome.FAILED: WorkflowPhase.FAILED,
@@ -71,6 +77,8 @@ class ConditionType(enum.StrEnum):
     RUNNING = "Running"
     FINISHED = "Finished"
     DEGRADED = "Degraded"
+    POOL_NOT_FOUND = "PoolNotFound"
+    EXPIRED = "Expired"  # written by `expiry` when the TTL passed
 
 
 class Reason(enum.StrEnum):
@@ -85,6 +93,8 @@ class Reason(enum.StrEnum):
     IN_PROGRESS = "InProgress"
     QUEUE_UNREACHABLE = "QueueUnreachable"
     AS_EXPECTED = "AsExpected"
+    POOL_NOT_FOUND = "PoolNotFound"
+    POOLS_FOUND = "PoolsFound"
     BUDGET_EXCEEDED = "BudgetExceeded"
 
 
@@ -148,6 +158,7 @@ class StepView:
     finish_time: str | None = None
     message: str = ""
     commit: str | None = None
+    approval: JSON | None = None
     usage: JSON | None = None  # what its tasks used (all visits): {tokensIn, tokensOut, cost}
 
     def to_status(self) -> JSON:
@@ -174,6 +185,7 @@ class WorkflowTracker:
     retry_token: str | None = None
     degraded: str | None = None  # why the queue or checkpoint store is unreachable
     degraded_by_probe: bool = False  # set by the queue probe (which also clears it)
+    missing_pools: list[str] | None = None  # None: never checked; []: every pool exists
     usage: JSON | None = None  # all tasks' usage (status.usage)
     budget_hold: str | None = None  # spec.budget reached with onExceed Suspend: the message naming the step
     reason: str | None = None  # the finished run's reason when it is not its phase (BudgetExceeded)
@@ -259,9 +271,20 @@ class WorkflowTracker:
                 f"step {event.step} attempt {(event.attempt or 0) + 1} failed: "
                 f"{truncate(event.message, 200)}",
             )
+        elif kind is EventKind.APPROVAL_WAITING:
+            step = self._step(event.step)
+            step.phase, step.message, step.approval = StepPhase.WAITING, event.message, None
+            step.visits = max(step.visits, 1)
+            step.start_time = step.start_time or at
+            self._transition(
+                EventType.NORMAL, "ApprovalWaiting", f"step {event.step} waits for approval: {event.message}"
+            )
         elif kind is EventKind.STEP_FINISHED:
             step = self._step(event.step)
             step.phase = _STEP_PHASES.get(event.status, StepPhase.FAILED)
+            decided = (event.detail or {}).get("approval")
+            if isinstance(decided, Mapping):
+                step.approval = {k: decided.get(k) for k in ("decision", "by", "at", "message")}
             step.attempts = max(step.attempts, event.attempt or 0)
             step.finish_time, step.message = at, event.message
             step.agent = event.agent or step.agent
@@ -318,7 +341,7 @@ class WorkflowTracker:
         self.phase, self.message = phase, message or None
         self.completion_time = self.completion_time if not first else at
         for step in self.steps.values():
-            if step.phase in (StepPhase.RUNNING, StepPhase.RETRYING) and phase.finished:
+            if step.phase in ACTIVE_STEPS and phase.finished:
                 step.phase, step.finish_time = StepPhase.CANCELLED, at
         if first:
             kind = EventType.NORMAL if phase is WorkflowPhase.SUCCEEDED else EventType.WARNING
@@ -332,6 +355,19 @@ class WorkflowTracker:
                 EventType.NORMAL, "Suspended" if suspended else "Resumed", "spec.suspend changed"
             )
             self._changed()
+
+    def set_missing_pools(self, missing: list[str]) -> None:
+        """The pools the steps name that do not exist ([] once they all do); the run waits until then."""
+        if missing == self.missing_pools:
+            return
+        if missing:
+            self._transition(
+                EventType.WARNING,
+                "PoolNotFound",
+                f"waiting for AgentPool(s) {', '.join(missing)}: create them (kubectl get agentpools)",
+            )
+        self.missing_pools = missing
+        self._changed()
 
     def set_degraded(self, reason: str | None) -> None:
         if reason != self.degraded:
@@ -388,7 +424,7 @@ class WorkflowTracker:
         order = {name: i for i, name in enumerate(self.step_names)}
         steps = sorted(self.steps.values(), key=lambda s: order.get(s.name, len(order)))
         finished = sum(1 for s in steps if s.phase in FINISHED_STEPS)
-        running = [s.name for s in steps if s.phase in (StepPhase.RUNNING, StepPhase.RETRYING)]
+        running = [s.name for s in steps if s.phase in ACTIVE_STEPS]
         self.conditions = merge_conditions(
             self.conditions, self._condition_values(phase), now, self.generation
         )
@@ -433,7 +469,17 @@ class WorkflowTracker:
             degraded = ConditionValue(ConditionType.DEGRADED, True, Reason.QUEUE_UNREACHABLE, self.degraded)
         else:
             degraded = ConditionValue(ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "")
-        return [running, finished, degraded]
+        values = [running, finished, degraded]
+        if self.missing_pools:
+            message = (
+                f"AgentPool(s) {', '.join(self.missing_pools)} not found; the run starts when they exist"
+            )
+            values.append(ConditionValue(ConditionType.POOL_NOT_FOUND, True, Reason.POOL_NOT_FOUND, message))
+        elif self.missing_pools is not None and any(
+            c.get("type") == ConditionType.POOL_NOT_FOUND for c in self.conditions
+        ):
+            values.append(ConditionValue(ConditionType.POOL_NOT_FOUND, False, Reason.POOLS_FOUND, ""))
+        return values
 
 
 def workspace_status(info: Mapping[str, Any]) -> JSON:

@@ -1,0 +1,134 @@
+"""`spec.ttlSecondsAfterFinished`: a finished run's data goes after a while, and the Workflow too if asked.
+
+That long after `status.completionTime`, the run's checkpoints, its result copy and its step refs (through
+an agent, as on deletion) are removed and the condition `Expired` says so; with `spec.ttlDeletesWorkflow`
+the Workflow object is deleted instead (as a Job's TTL controller and Argo's `ttlStrategy` do). The
+operator-wide default for Workflows that set no TTL is CODEFORGE_WORKFLOW_TTL_SECONDS (unset: kept).
+
+The deadline comes from the stored status, so an operator restart or a failover keeps it; the daemon that
+waits for it stops once `Expired` is set (its filter no longer matches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import enum
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from codeforge.api import limits
+from codeforge.api.agentpool import API_VERSION
+from codeforge.api.workflow import PLURAL
+from codeforge.api.workflow_status import WorkflowPhase
+from codeforge.controller.env import ConfigError
+from codeforge.controller.kstatus import (
+    ConditionValue,
+    ObjectRef,
+    condition_true,
+    merge_conditions,
+    now_rfc3339,
+)
+from codeforge.controller.kube import Kind
+from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.registry import WorkflowRegistry
+from codeforge.controller.workflow.results import result_key
+from codeforge.controller.workflow.supervisor import first_of
+from codeforge.controller.workflow.tracker import ConditionType
+
+TTL_ENV: Final = "CODEFORGE_WORKFLOW_TTL_SECONDS"
+WORKFLOWS: Final = Kind(API_VERSION, PLURAL)
+#: Wait before retrying a clean-up that failed (Redis or the API server away).
+RETRY_SECONDS: Final = 5.0
+EXPIRED: Final = ConditionType.EXPIRED
+
+
+class Reason(enum.StrEnum):
+    TTL_EXPIRED = "TTLExpired"
+
+
+def default_ttl(env: Mapping[str, str] | None = None) -> int | None:
+    """The operator-wide TTL (seconds) for Workflows that set none; None: keep their data."""
+    raw = (os.environ if env is None else env).get(TTL_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{TTL_ENV}={raw!r}: expected whole seconds") from None
+    if not 0 <= value <= limits.MAX_TTL_SECONDS:
+        raise ConfigError(f"{TTL_ENV}={raw!r}: must be 0-{limits.MAX_TTL_SECONDS} seconds")
+    return value
+
+
+def expires_at(spec: Mapping[str, Any], status: Mapping[str, Any], default: int | None) -> float | None:
+    """When a finished Workflow's data goes (Unix time); None when it is not finished, has no TTL, or its
+    data is gone already."""
+    phase = status.get("phase")
+    if not phase or phase not in {p.value for p in WorkflowPhase if p.finished}:
+        return None
+    if condition_true(status.get("conditions"), EXPIRED):
+        return None
+    ttl = spec.get("ttlSecondsAfterFinished", default)
+    finished = status.get("completionTime")
+    if ttl is None or not isinstance(finished, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(finished.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() + float(ttl)
+
+
+def expired_status(
+    status: Mapping[str, Any], ttl: float, generation: int | None, kept: str | None
+) -> dict[str, Any]:
+    """The status patch that records the clean-up (and what it could not remove)."""
+    message = f"the run's checkpoints, result copy and step refs were removed {ttl:g}s after it finished"
+    if kept:
+        message += f"; {kept}"
+    conditions = merge_conditions(
+        status.get("conditions") or [],
+        [ConditionValue(ConditionType.EXPIRED, True, Reason.TTL_EXPIRED, message)],
+        now_rfc3339(),
+        generation,
+    )
+    return {"status": {"conditions": conditions, "resultRef": None}}
+
+
+async def expire_when_due(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    ref: ObjectRef,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    generation: int | None,
+    default: int | None,
+    stopped: Any,  # kopf.DaemonStopped
+    log: Logger,
+) -> None:
+    """What the expiry daemon does: sleep until the TTL passes, remove the run's data (retried until it
+    works), then delete the Workflow or mark it Expired; then idle until the filter lets the daemon go."""
+    at = expires_at(spec, status, default)
+    if at is not None:
+        await first_of(stopped.wait(), asyncio.sleep(max(at - time.time(), 0.0)))
+    while at is not None and not stopped:
+        try:
+            runner = await workflows.connect(services, log)
+            refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
+            await workflows.results.delete(result_key(ref.uid))
+            kept = None if refs.status in ("none", "deleted") else f"step refs kept: {refs.message}"
+            if spec.get("ttlDeletesWorkflow"):
+                await services.api().delete(WORKFLOWS, ref.namespace, ref.name)
+            else:
+                ttl = float(spec.get("ttlSecondsAfterFinished", default) or 0)
+                patch = expired_status(status, ttl, generation, kept)
+                await services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", patch)
+            log.info("TTL passed: the run's data was removed%s", "" if kept is None else f" ({kept})")
+            break
+        except Exception as exc:  # Redis or the API server away: the data stays until it works
+            log.warning("TTL clean-up failed, retrying in %ss: %s", RETRY_SECONDS, exc)
+            await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
+    await stopped.wait()
