@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, LocalControlPlane
 from cluster.processes import VENV_BIN, AgentProcess, OperatorProcess, running_agents, wait_until
 from cluster.resources import dump, install_crds, sleep_workflow, temporary_namespace
 from codeforge.api.task import TaskState
@@ -160,23 +160,24 @@ def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 # --- a cluster without the CRDs (first: the module's fixtures install them afterwards) -------------------
 
 
-def test_without_the_crds_the_cli_says_how_to_install_them(control_plane: Cluster) -> None:
-    # Module-scoped fixtures of earlier modules are torn down by now; `namespace` below installs them again.
-    control_plane.kubectl(
-        "delete",
-        "crd",
-        "workflows.codeforge.ai",
-        "agentpools.codeforge.ai",
-        "--ignore-not-found",
-        "--timeout=60s",
-    )
-    line = one_error_line(cli(control_plane, "list", ok=False))
-    assert line == (
-        "error: the Workflow resource (workflows.codeforge.ai) is not installed in this cluster: install the "
-        "chart (helm install codeforge helm/codeforge) or kubectl apply -f crds/"
-    )
-    line = one_error_line(cli(control_plane, "pools", "-A", ok=False))
-    assert line.startswith("error: the AgentPool resource (agentpools.codeforge.ai) is not installed"), line
+def test_without_the_crds_the_cli_says_how_to_install_them(control_plane: Cluster, tmp_path: Path) -> None:
+    # A control plane of its own: deleting the shared one's CRDs leaves them terminating behind objects of
+    # earlier tests whose finalizers no operator removes any more, which broke every later test.
+    if not isinstance(control_plane, LocalControlPlane):
+        pytest.skip("needs the local control plane (a second, bare one is started for this test)")
+    bare = LocalControlPlane(state_dir=tmp_path / "bare", nodes=0)
+    bare.start()
+    try:
+        line = one_error_line(cli(bare, "list", ok=False))
+        assert line == (
+            "error: the Workflow resource (workflows.codeforge.ai) is not installed in this cluster: install "
+            "the chart (helm install codeforge helm/codeforge) or kubectl apply -f crds/"
+        )
+        line = one_error_line(cli(bare, "pools", "-A", ok=False))
+        expected = "error: the AgentPool resource (agentpools.codeforge.ai) is not installed"
+        assert line.startswith(expected), line
+    finally:
+        bare.stop()
 
 
 # --- Workflows ------------------------------------------------------------------------------------------

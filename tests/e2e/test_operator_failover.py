@@ -173,7 +173,11 @@ def elect(
     leader, standby = wait_until(
         settled, timeout=60, interval=0.3, what="one replica leading, one standing by", detail=logs
     )
-    assert standby.probe() == {"leader": False, "holder": holder(cluster, namespace)}
+    # The standby reads the Lease on its own period: wait for it to name the holder.
+    expected = {"leader": False, "holder": holder(cluster, namespace)}
+    wait_until(
+        lambda: standby.probe() == expected, timeout=15, interval=0.3, what="the standby naming the holder"
+    )
     return leader, standby
 
 

@@ -133,6 +133,7 @@ class MemoryTaskQueue:
         record.consumer = ""
         record.ready_at = 0.0
         record.ready_since = time.time() if since is None else since
+        record.claimed_at = None  # an earlier claim was not a run of this readiness
         task = record.task
         pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
                        task.max_concurrency)  # fmt: skip
@@ -285,6 +286,7 @@ class MemoryTaskQueue:
         if delay > 0:
             record.state = TaskState.QUEUED
             record.ready_at = record.ready_since = time.time() + delay
+            record.claimed_at = None
             heapq.heappush(pool.delayed, (record.ready_at, record.task.id))
             self._wake_one(pool)  # so a waiting claimer re-arms its timer for the due time
         else:

@@ -146,7 +146,7 @@ end
 
 -- `since`: when it became claimable (ms); queue-wait metrics count from there.
 local function to_ready(tk, id, since)
-  redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', since)
+  redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', since, 'clm', '')
   local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
   add_ready(tk, id, tonumber(t[1]), t[2] or '', num(t[3]), num(t[4]))
 end
@@ -248,7 +248,7 @@ local LOST_BACKOFF_CAP_MS = 60000  -- codeforge.api.task.LOST_LEASE_BACKOFF_CAP_
 local function requeue(tk, id, err, now, delay_ms)
   redis.call('HSET', tk, 'error', err)
   if delay_ms > 0 then
-    redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', now + delay_ms)
+    redis.call('HSET', tk, 'state', 'queued', 'consumer', '', 'rdy', now + delay_ms, 'clm', '')
     redis.call('ZADD', P .. 'delayed', now + delay_ms, id)
   else
     to_ready(tk, id, now)
