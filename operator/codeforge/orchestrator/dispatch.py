@@ -5,8 +5,9 @@ so a node that LangGraph re-executes after a crash finds the task it dispatched 
 finished) and waits for that one instead of creating a twin: the in-flight step is re-attached, not re-run.
 
 The first outcome received for a task id is kept (`DispatchContext.first`, owned by the runner across resumes
-of a run in this process) and any later one ignored: when Redis loses a completion (a crash in durability=fast)
-the task runs again and may publish a second, different result, but the step keeps the one it saw first.
+of a run in this process) and any later one ignored: when Redis loses a completion (a crash in
+durability=fast) the task runs again and may publish a second, different result, but the step keeps the one it
+saw first.
 """
 
 from __future__ import annotations
