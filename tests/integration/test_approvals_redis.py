@@ -16,7 +16,7 @@ from codeforge.api.approval import Decision
 from codeforge.api.workflow import parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
-from codeforge.orchestrator import RunControl, WorkflowOutcome, WorkflowRunner
+from codeforge.orchestrator import WorkflowHandle, WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.orchestrator.results import ResultGone, ResultStore, fetch_result
 from codeforge.queue import QueueUnavailableError, open_queue
@@ -47,7 +47,7 @@ async def run_until_waiting(url: str, run_id: str, spec_data: dict[str, object],
     """One 'operator': runs the workflow until its approval step waits, then stops as a restart does."""
     queue = await open_queue(url)
     saver = await open_checkpointer(url)
-    control = RunControl()
+    control = WorkflowHandle()
     try:
         async with InProcessAgents(queue, [PoolSpec(pool)]):
             job = asyncio.ensure_future(
@@ -71,7 +71,7 @@ async def resume(
 ) -> WorkflowOutcome:
     queue = await open_queue(url)
     saver = await open_checkpointer(url)
-    control = RunControl()
+    control = WorkflowHandle()
     if decision is not None:
         control.approvals.replace({"gate": decision})
     try:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from codeforge.api.task import Priority, Task
 from codeforge.api.workflow import Step
-from codeforge.orchestrator.dispatch import PartRequest, RunContext, StepDispatcher, task_id
+from codeforge.orchestrator.dispatch import DispatchContext, PartRequest, StepDispatcher, task_id
 from codeforge.queue import TaskQueue, open_queue
 from codeforge.queue.keys import task_key
 from support.tasks import unique_pool
@@ -28,8 +28,8 @@ async def queue(redis_url: str) -> AsyncIterator[TaskQueue]:
     await q.close()
 
 
-def context(first: dict[str, Any]) -> RunContext:
-    return RunContext(
+def context(first: dict[str, Any]) -> DispatchContext:
+    return DispatchContext(
         workflow="wf-first",
         priority=Priority.MEDIUM,
         emit=lambda _: None,

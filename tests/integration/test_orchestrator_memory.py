@@ -12,7 +12,7 @@ import yaml
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
-from codeforge.orchestrator import EventKind, ProgressEvent, RunControl, WorkflowOutcome, WorkflowRunner
+from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowHandle, WorkflowOutcome, WorkflowRunner
 from codeforge.queue import TaskQueue, open_queue
 
 FUNCS = "support.workflow_agents"
@@ -271,7 +271,7 @@ async def test_running_a_finished_workflow_again_returns_its_outcome(queue: Task
 
 
 async def test_a_suspended_workflow_dispatches_nothing_until_resumed(queue: TaskQueue) -> None:
-    control = RunControl()
+    control = WorkflowHandle()
     job = asyncio.create_task(
         WorkflowRunner(queue).run(
             "wf-s", spec("suspend: true\nsteps: [{name: a, pool: tag}]"), control=control
@@ -296,7 +296,7 @@ async def test_an_oversized_payload_fails_the_step_with_a_hint(queue: TaskQueue)
 
 
 async def test_cancel_stops_the_run_and_its_tasks(queue: TaskQueue) -> None:
-    control = RunControl()
+    control = WorkflowHandle()
     runner = WorkflowRunner(queue)
     job = asyncio.create_task(
         runner.run("wf-c", spec("steps: [{name: s, pool: slow, params: {seconds: 5}}]"), control=control)

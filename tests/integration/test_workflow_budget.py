@@ -21,7 +21,7 @@ from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.orchestrator.events import EventKind, ProgressEvent
-from codeforge.orchestrator.runner import RunControl
+from codeforge.orchestrator.runner import WorkflowHandle
 from codeforge.queue import TaskQueue, open_queue
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -125,7 +125,7 @@ async def test_the_cost_budget_counts_too(env: Env) -> None:
 async def test_on_exceed_suspend_waits_for_a_raised_budget(env: Env) -> None:
     run_id = f"wf-{uuid.uuid4().hex[:6]}"
     events: list[ProgressEvent] = []
-    control = RunControl()
+    control = WorkflowHandle()
     spec = env.spec({"maxTokens": 250, "onExceed": "Suspend"})
     run = asyncio.ensure_future(env.runner.run(run_id, spec, emit=events.append, control=control))
     for _ in range(300):

@@ -15,7 +15,7 @@ from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
 from codeforge.cli import _register, app
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
-from codeforge.orchestrator import RunControl, WorkflowRunner
+from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
 from codeforge.queue import open_queue
 
 runner = CliRunner()
@@ -128,7 +128,7 @@ async def test_an_approval_times_out_and_routes_as_not_approved() -> None:
 
 async def test_a_decision_for_another_visit_does_not_count() -> None:
     spec = parse_workflow_spec({"steps": [{"name": "gate", "kind": "approval", "timeoutSeconds": 0.5}]})
-    control = RunControl()
+    control = WorkflowHandle()
     control.approvals.replace({"gate": Decision(True, "bob", visit=2)})
     queue = await open_queue("memory://")
     outcome = await asyncio.wait_for(WorkflowRunner(queue).run("v", spec, control=control), 10)

@@ -202,7 +202,7 @@ async def _run(
     from codeforge.embedded.approvals import Prompter
     from codeforge.embedded.manifest import ManifestError
     from codeforge.embedded.progress import ProgressBoard, console_for
-    from codeforge.orchestrator import ProgressEvent, RunControl, WorkflowRunner
+    from codeforge.orchestrator import ProgressEvent, WorkflowHandle, WorkflowRunner
     from codeforge.orchestrator.checkpoint import open_checkpointer
     from codeforge.queue import TaskQueue, open_queue
 
@@ -240,7 +240,7 @@ async def _run(
                         )
                     )
             meta = loaded.workflow.metadata
-            control = RunControl()
+            control = WorkflowHandle()
             control.approvals.replace(decisions or {})
             prompter = Prompter(control.approvals, console)
             job = asyncio.create_task(

@@ -4,7 +4,7 @@ from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import task_id
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.rewind import RewindError
-from codeforge.orchestrator.runner import RunControl, WorkflowOutcome, WorkflowRunner
+from codeforge.orchestrator.runner import WorkflowHandle, WorkflowOutcome, WorkflowRunner
 
 __all__ = [
     "EventKind",
@@ -12,7 +12,7 @@ __all__ = [
     "GraphCompiler",
     "ProgressEvent",
     "RewindError",
-    "RunControl",
+    "WorkflowHandle",
     "WorkflowOutcome",
     "WorkflowRunner",
     "task_id",

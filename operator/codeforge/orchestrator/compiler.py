@@ -24,7 +24,7 @@ from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import END, JoinPolicy, Step, WorkflowSpec
 from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.conditions import ConditionError, edge_matches, for_each_items, select_input
-from codeforge.orchestrator.dispatch import PartRequest, RunContext, StepDispatcher
+from codeforge.orchestrator.dispatch import DispatchContext, PartRequest, StepDispatcher
 from codeforge.orchestrator.events import EventKind, ProgressEvent
 from codeforge.orchestrator.joins import Joined, join
 from codeforge.orchestrator.state import RunState, parts_key, public_state
@@ -341,7 +341,7 @@ class GraphCompiler:
         return default or END
 
     def _route_to(
-        self, ctx: RunContext, target: str, state: RunState | dict[str, Any], variables: dict[str, Any]
+        self, ctx: DispatchContext, target: str, state: RunState | dict[str, Any], variables: dict[str, Any]
     ) -> dict[str, Any]:
         """Decide the target's visit and its parts' payloads, evaluated now and checkpointed with the node."""
         step = self.spec.step(target)
@@ -380,7 +380,7 @@ class GraphCompiler:
         return {"route": route}
 
     def _payload(
-        self, ctx: RunContext, step: Step, public: dict[str, Any], index: int, item: Any, where: str
+        self, ctx: DispatchContext, step: Step, public: dict[str, Any], index: int, item: Any, where: str
     ) -> Any:
         variables = {"state": public, "input": public["input"], "item": item, "index": index}
         payload: dict[str, Any] = dict(step.params)

@@ -4,9 +4,10 @@ Task ids are deterministic: `{workflow}/{step}/v{visit}/p{index}/a{attempt}`. En
 so a node that LangGraph re-executes after a crash finds the task it dispatched before (queued, running or
 finished) and waits for that one instead of creating a twin: the in-flight step is re-attached, not re-run.
 
-The first outcome received for a task id is kept (`RunContext.first`, owned by the runner across resumes of
-a run in this process) and any later one ignored: when Redis loses a completion (a crash in durability=fast)
-the task runs again and may publish a second, different result, but the step keeps the one it saw first.
+The first outcome received for a task id is kept (`DispatchContext.first`, owned by the runner across resumes
+of a run in this process) and any later one ignored: when Redis loses a completion (a crash in
+durability=fast) the task runs again and may publish a second, different result, but the step keeps the one it
+saw first.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _set(event: asyncio.Event) -> asyncio.Event:
 
 
 @dataclass
-class RunContext:
+class DispatchContext:
     """Per-run, in-process coordination that is not part of the checkpointed state."""
 
     workflow: str
@@ -98,7 +99,7 @@ class StepDispatcher:
     """Runs the parts of one workflow run; LangGraph hands it to the nodes as the runtime context."""
 
     queue: TaskQueue
-    ctx: RunContext
+    ctx: DispatchContext
 
     async def run_part(self, req: PartRequest) -> dict[str, Any]:
         """Dispatch and await one part, with retries; returns its outcome record for the join."""

@@ -25,7 +25,7 @@ from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
-from codeforge.orchestrator.dispatch import RunContext, StepDispatcher
+from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.fairness import fair_share_of
 from codeforge.orchestrator.rewind import rewind
@@ -86,7 +86,7 @@ class WorkflowOutcome:
 
 
 @dataclass
-class RunControl:
+class WorkflowHandle:
     """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, and the
     decisions of its approval steps."""
 
@@ -161,7 +161,7 @@ class WorkflowRunner:
         spec: WorkflowSpec,
         *,
         emit: EventSink = ignore_events,
-        control: RunControl | None = None,
+        control: WorkflowHandle | None = None,
         name: str | None = None,
         namespace: str = "",
         labels: Mapping[str, str] | None = None,
@@ -169,7 +169,7 @@ class WorkflowRunner:
         """Run (start, resume or report) the workflow; `name` fills {{workflow}} in the workspace's
         pushBranch (default: the run id); name, namespace and labels are `workflow` in the
         spec.fairShare.concurrencyKey expression."""
-        control = control or RunControl()
+        control = control or WorkflowHandle()
         if spec.suspend:
             control.suspend()
         config: RunnableConfig = {
@@ -177,7 +177,7 @@ class WorkflowRunner:
             # a superstep per part batch and per join, plus begin: bounded by maxStepRuns
             "recursion_limit": 2 * spec.max_step_runs + 10,
         }
-        ctx = RunContext(
+        ctx = DispatchContext(
             workflow=workflow_id,
             priority=spec.priority,
             emit=emit,
@@ -258,7 +258,7 @@ class WorkflowRunner:
         return outcome
 
     async def _supervise(
-        self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: RunContext
+        self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: DispatchContext
     ) -> Crossing | None:
         """Wait for the graph, a cancel or the deadline; meanwhile act on spec.budget. Returns the crossing
         when the budget ends the run (onExceed Fail, once the run wants to dispatch more), else None."""
@@ -351,7 +351,7 @@ class WorkflowRunner:
             return RefCleanup("deleted", prefix, deleted=int(info.get("deleted") or 0))
         return RefCleanup("failed", prefix, message=outcome.error or outcome.state.value)
 
-    async def _cancel_outstanding(self, ctx: RunContext) -> None:
+    async def _cancel_outstanding(self, ctx: DispatchContext) -> None:
         for tid, pool in list(ctx.outstanding.items()):
             with contextlib.suppress(Exception):  # best effort: the task may have just finished
                 await self.queue.cancel(pool, tid, "workflow ended")

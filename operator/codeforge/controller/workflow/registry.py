@@ -21,7 +21,7 @@ from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.tracker import WorkflowTracker
-from codeforge.orchestrator import RunControl, WorkflowRunner
+from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
 from codeforge.orchestrator.checkpoint import RedisCheckpointSaver, open_checkpointer
 from codeforge.queue import QueueError, TaskQueue
 
@@ -41,7 +41,7 @@ class Unavailable(Exception):
 class LiveWorkflow:
     """One Workflow whose run this operator drives: its controls, its tracker, and when it ended."""
 
-    control: RunControl
+    control: WorkflowHandle
     tracker: WorkflowTracker
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -112,9 +112,9 @@ class WorkflowRegistry:
             with contextlib.suppress(Exception):
                 await self.runner.checkpointer.aclose()
 
-    def set_approvals(self, run: RunControl | str, annotations: Mapping[str, str], log: Logger) -> None:
+    def set_approvals(self, run: WorkflowHandle | str, annotations: Mapping[str, str], log: Logger) -> None:
         """Hand the Workflow's approval annotations to its run (by control or uid; no run here: nothing)."""
-        control = run if isinstance(run, RunControl) else getattr(self.runs.get(run), "control", None)
+        control = run if isinstance(run, WorkflowHandle) else getattr(self.runs.get(run), "control", None)
         if control is None:
             return
         decisions, problems = decisions_from_annotations(annotations)

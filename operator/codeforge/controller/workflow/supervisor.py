@@ -36,7 +36,14 @@ from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWork
 from codeforge.controller.workflow.results import bounded_result, result_key
 from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
 from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
-from codeforge.orchestrator import EventKind, ProgressEvent, RewindError, RunControl, WorkflowOutcome, task_id
+from codeforge.orchestrator import (
+    EventKind,
+    ProgressEvent,
+    RewindError,
+    WorkflowHandle,
+    WorkflowOutcome,
+    task_id,
+)
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -104,7 +111,7 @@ async def supervise(
     uid = obj.ref.uid
     tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
     workflows.start_writer()
-    control = RunControl()
+    control = WorkflowHandle()
     if spec.suspend:
         control.suspend()
     workflows.set_approvals(control, obj.annotations(), log)  # decisions made while no operator ran
@@ -211,7 +218,7 @@ async def _pools_ready(
 
 
 async def _stop_run(
-    run: asyncio.Future[WorkflowOutcome], control: RunControl, deleted: bool, log: Logger
+    run: asyncio.Future[WorkflowOutcome], control: WorkflowHandle, deleted: bool, log: Logger
 ) -> None:
     if deleted:
         control.cancel("the Workflow was deleted")  # the runner cancels its outstanding tasks
