@@ -202,22 +202,20 @@ def _run_fairness(cfg: object, json_path: Path | None, redis_url: str | None, co
 
     from codeforge.benchmarks import report
     from codeforge.benchmarks.fairness import FairnessConfig, run_all
-    from codeforge.testing.redis_server import LocalRedis
 
     assert isinstance(cfg, FairnessConfig)
     err = Console(stderr=True, highlight=False)
-    server: LocalRedis | None = None
-    try:
-        url = redis_url
-        if url is None and "redis" in cfg.backends:
-            server = LocalRedis().start()
-            url = server.url
-        urls = {"memory": "memory://", "redis": url or ""}
+    # The same private redis-server (or --redis-url) as the other benchmarks; none for memory alone.
+    memory_only = ("", {"redis_version": None}, False)
+    redis_for = (
+        _benchmark_redis(err, redis_url) if "redis" in cfg.backends else contextlib.nullcontext(memory_only)
+    )
+    with redis_for as found:
+        if found is None:
+            return 2
+        url, machine, _ = found
+        urls = {"memory": "memory://", "redis": url}
         rows, every = asyncio.run(run_all(urls, cfg, lambda line: err.print(line, markup=False)))
-        machine = report.machine_info(url) if url else {"redis_version": None}
-    finally:
-        if server is not None:
-            server.stop()
     title = f"Fair share: {cfg.agents} agents, tasks of {cfg.duration_ms:g} ms, median of {cfg.runs} runs"
     table = Table(title=title)
     for column in ("backend", "mode", "big p50 ms", "big p99 ms", "small p50 ms", "small p99 ms",
