@@ -55,7 +55,7 @@ async def test_create_builds_owned_objects_and_reports_status(operator: Operator
         await cluster.create_pool("research", SPEC)
         deployment = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "research"))
         assert deployment["spec"]["replicas"] == 2
-        assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-research"
+        assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-agentpool-research"
         env = {
             e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
