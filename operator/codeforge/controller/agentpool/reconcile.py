@@ -135,7 +135,8 @@ def desired_replicas(
         held = current if current is not None else policy.min_replicas
         return max(policy.min_replicas, min(policy.max_replicas, held))
     baseline = current if current is not None else policy.min_replicas
-    demand = Demand(queued=view.stats.queued, in_flight=view.stats.in_flight)
+    stats = view.stats
+    demand = Demand(queued=stats.queued, in_flight=stats.in_flight, held_back=stats.held_back)
     return decide(policy, baseline, demand, now, state)
 
 
@@ -306,6 +307,7 @@ async def reconcile(
     view = await observe_queue(deps, ref)  # step 2
     if view.stats is not None:
         status.queued, status.delayed = view.stats.queued, view.stats.delayed
+        status.held_back = view.stats.held_back
         status.in_flight, status.dead = view.stats.in_flight, view.stats.dead
         status.oldest_task_age_seconds = round(view.stats.oldest_age_seconds, 1)
         states = list(view.agent_states.values())
@@ -354,6 +356,8 @@ async def reconcile(
     if current is not None and desired != current:  # step 8
         if isinstance(decision, Decision) and view.stats is not None:
             load = f"{view.stats.queued} queued + {view.stats.in_flight} in flight"
+            if view.stats.held_back:
+                load += f" ({view.stats.held_back} more held back by maxConcurrency)"
             why = f"{load} at {spec.autoscaling.target_tasks_per_agent} per agent ({decision.reason})"
         else:
             why = "following spec.replicas (external autoscaler)"
