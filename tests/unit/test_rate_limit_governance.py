@@ -102,6 +102,17 @@ def test_two_pools_of_a_namespace_disagreeing_is_a_conflict_naming_both() -> Non
     assert declare("team-a", "tester", 600) is None
 
 
+def test_a_declaration_not_renewed_is_forgotten() -> None:
+    """A pool deleted while the operator missed it stops conflicting once it stops renewing."""
+    declared = ratelimits.Declarations()
+    old, new = (
+        ratelimits.resolve(RateLimitSpec(key="k", requests_per_minute=n), "ns", "p", {}) for n in (1, 2)
+    )
+    assert declared.declare("ns", "gone", old, now=0.0) is None
+    assert declared.declare("ns", "live", new, now=10.0) is not None
+    assert declared.declare("ns", "live", new, now=ratelimits.STALE_SECONDS + 1) is None
+
+
 def test_the_rate_limit_condition_and_its_warning_event() -> None:
     resolved = ratelimits.resolve(
         RateLimitSpec(key=KEY, requests_per_minute=1), "team-a", "research", PLATFORM

@@ -16,6 +16,7 @@ reconcile; an operator restart refills it as every pool is resumed).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,6 +30,9 @@ FLEET_ENV: Final = "CODEFORGE_FLEET_RATE_LIMITS"
 PLATFORM: Final = f"the platform ({FLEET_ENV}, chart rateLimits.fleet)"
 #: Fleet-wide keys the platform may declare: enough for every model of every provider it pays for.
 MAX_FLEET_LIMITS: Final = 200
+#: A declaration not renewed for this long is forgotten: every pool renews its own on each autoscaler tick
+#: (every few seconds), and a pool deleted while its delete handler did not run must not leave a conflict.
+STALE_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,32 +107,36 @@ def resolve(spec: RateLimitSpec, namespace: str, pool: str, fleet: Mapping[str, 
 class Declarations:
     """Which pool of a namespace declared which numbers for which namespace key, to find conflicts."""
 
-    #: (namespace, key) -> pool name -> its numbers
-    _by_key: dict[tuple[str, str], dict[str, tuple[int, int, float]]] = field(default_factory=dict)
+    #: (namespace, key) -> pool name -> (its numbers, when it last declared them)
+    _by_key: dict[tuple[str, str], dict[str, tuple[tuple[int, int, float], float]]] = field(
+        default_factory=dict
+    )
     #: (namespace, pool) -> the key it declared
     _of_pool: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def declare(self, namespace: str, pool: str, resolved: Resolved | None) -> str | None:
+    def declare(
+        self, namespace: str, pool: str, resolved: Resolved | None, now: float | None = None
+    ) -> str | None:
         """Record what the pool declares now (None: nothing of its namespace's); the conflict to report,
         naming the pool and another of the namespace declaring other numbers for the same key."""
+        now = time.monotonic() if now is None else now
         self.forget(namespace, pool)
         if resolved is None or resolved.fleet:
             return None
         key = resolved.limit.key
         others = self._by_key.setdefault((namespace, key), {})
+        for name in [n for n, (_, at) in others.items() if at < now - STALE_SECONDS]:
+            self.forget(namespace, name)
+        others = self._by_key.setdefault((namespace, key), {})
         mine = resolved.limit.numbers()
-        others[pool] = mine
+        others[pool] = (mine, now)
         self._of_pool[(namespace, pool)] = key
-        differing = sorted(name for name, numbers in others.items() if numbers != mine)
+        differing = sorted(name for name, (numbers, _) in others.items() if numbers != mine)
         if not differing:
             return None
         other = differing[0]
-        theirs = RateLimitSpec(
-            key=key,
-            requests_per_minute=others[other][0],
-            tokens_per_minute=others[other][1],
-            burst_seconds=others[other][2],
-        )
+        rpm, tpm, burst = others[other][0]
+        theirs = RateLimitSpec(key=key, requests_per_minute=rpm, tokens_per_minute=tpm, burst_seconds=burst)
         more = f" (and {len(differing) - 1} more pools)" if len(differing) > 1 else ""
         return (
             f"rate limit {key!r} of namespace {namespace} is declared by AgentPool {namespace}/{pool}: "
