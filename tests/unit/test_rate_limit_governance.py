@@ -165,3 +165,18 @@ def test_an_agent_refuses_a_scope_that_is_not_a_namespace() -> None:
     assert RateLimit(KEY, 1, scope="team-a").scope == "team-a"
     with pytest.raises(ValueError, match="namespace name"):
         RateLimit(KEY, 1, scope="a:b")
+
+
+def test_an_embedded_run_needs_the_numbers_it_has_no_platform_to_give() -> None:
+    from codeforge.embedded.manifest import ManifestError, _pool
+
+    doc: dict[str, Any] = {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": "p"},
+        "spec": {"role": "r", "handler": {"kind": "echo"}, "rateLimit": {"key": KEY}},
+    }
+    with pytest.raises(ManifestError, match=r"spec\.rateLimit 'openai/gpt-4\.1': set requestsPerMinute"):
+        _pool(doc, "pools.yaml")
+    doc["spec"]["rateLimit"]["requestsPerMinute"] = 5
+    assert _pool(doc, "pools.yaml").rate_limit == RateLimitSpec(key=KEY, requests_per_minute=5)
