@@ -67,10 +67,15 @@ def test_the_spec_of_a_running_workflow_is_refused_but_suspend_passes(
         assert "the spec of a running Workflow is immutable except spec.suspend" in err, err
     # An editable field changed in the same apply as another one: refused too (the free-JSON `input` used to
     # slip through beside `suspend`, since CEL cannot name an untyped field directly).
-    for change in ({"suspend": True, "input": {"n": 2}}, {"shutdown": "Stop", "input": {"n": 9}},
-                   {"ttlSecondsAfterFinished": 5, "input": None}, {"suspend": True, "priority": "LOW"}):  # fmt: skip
-        code, err = _apply(control_plane, namespace, _workflow(name, **change))
-        assert code != 0, change
+    together: list[dict[str, Any]] = [
+        {"suspend": True, "input": {"n": 2}},
+        {"shutdown": "Stop", "input": {"n": 9}},
+        {"ttlSecondsAfterFinished": 5, "input": None},
+        {"suspend": True, "priority": "LOW"},
+    ]
+    for mixed in together:
+        code, err = _apply(control_plane, namespace, _workflow(name, **mixed))
+        assert code != 0, mixed
         assert "the spec of a running Workflow is immutable except spec.suspend" in err, err
         assert "in an apply of their own" in err, err
     budget = {"maxTokens": 1000}  # raising a budget lets a run it suspended go on: allowed while running
@@ -86,7 +91,9 @@ def test_the_spec_of_a_running_workflow_is_refused_but_suspend_passes(
     assert spec["input"] == {"n": 1}
 
 
-def test_shutdown_passes_while_running_and_cannot_be_withdrawn(control_plane: Cluster, namespace: str) -> None:
+def test_shutdown_passes_while_running_and_cannot_be_withdrawn(
+    control_plane: Cluster, namespace: str
+) -> None:
     name = "imm-shutdown"
     assert _apply(control_plane, namespace, _workflow(name))[0] == 0
     _set_phase(control_plane, namespace, name, "Running")

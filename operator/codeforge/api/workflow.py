@@ -236,7 +236,7 @@ class StepWorkspace(_Model):
 
 
 class Shutdown(enum.StrEnum):
-    """`spec.shutdown`: end a run early (as Argo's `argo stop` / `argo terminate`). Set by `codeforge stop`."""
+    """`spec.shutdown`: end a run early, as `argo stop` / `argo terminate` do (`codeforge stop`)."""
 
     STOP = "Stop"  # nothing new is dispatched; running tasks finish; then the run ends (reason Stopped)
     TERMINATE = "Terminate"  # running tasks are cancelled now; the run ends (reason Terminated)

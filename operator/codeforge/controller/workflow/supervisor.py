@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
-from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
@@ -44,6 +44,7 @@ from codeforge.orchestrator import (
     WorkflowOutcome,
     task_id,
 )
+from codeforge.orchestrator.shutdown import TERMINATE_MESSAGE
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -134,7 +135,7 @@ async def supervise(
 
     try:
         if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
-            services, spec, tracker, stopped, log
+            services, spec, tracker, stopped, log, control
         ):
             return
         while not stopped:
@@ -152,6 +153,8 @@ async def supervise(
                         await stopped.wait()
                         return
                     tracker.begin_retry(token, step)
+                if spec.shutdown is Shutdown.TERMINATE:  # after a restart: what the earlier run dispatched
+                    await _cancel_from_status(runner.queue, obj.ref, obj.status, TERMINATE_MESSAGE)
                 tracker.set_degraded(None)
                 busy[0] = 0.0
                 run = asyncio.ensure_future(
@@ -199,11 +202,19 @@ async def supervise(
 
 
 async def _pools_ready(
-    services: OperatorServices, spec: WorkflowSpec, tracker: WorkflowTracker, stopped: Any, log: Logger
+    services: OperatorServices,
+    spec: WorkflowSpec,
+    tracker: WorkflowTracker,
+    stopped: Any,
+    log: Logger,
+    control: WorkflowHandle,
 ) -> bool:
-    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped."""
+    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped.
+    A Workflow stopped meanwhile (spec.shutdown) starts at once: its run ends before dispatching anything."""
     delay = RECHECK_SECONDS
     while not stopped:
+        if spec.shutdown is not None or control.shutdown is not None:
+            return True
         try:
             missing = await missing_pools(services.api(), spec)
         except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
@@ -212,7 +223,7 @@ async def _pools_ready(
         tracker.set_missing_pools(missing)
         if not missing:
             return True
-        await first_of(stopped.wait(), asyncio.sleep(delay))
+        await first_of(stopped.wait(), asyncio.sleep(delay), control.gate.changed.wait())
         delay = min(delay * 2, RECHECK_CAP_SECONDS)
     return False
 
@@ -288,8 +299,11 @@ async def cleanup(
     return kept
 
 
-async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any]) -> None:
-    """No run here (deleted while no operator ran it): cancel the tasks the status says are in flight."""
+async def _cancel_from_status(
+    queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any], reason: str = "the Workflow was deleted"
+) -> None:
+    """No run here (deleted, or terminated, while no operator ran it): cancel the tasks the status says are
+    in flight."""
     for step in status.get("steps") or []:
         pool = str(step.get("pool") or "")
         if step.get("phase") not in (StepPhase.RUNNING, StepPhase.RETRYING) or not pool:
@@ -299,4 +313,4 @@ async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[
         for index in range(int(step.get("parts") or 1)):
             tid = task_id(ref.uid, step["name"], int(step.get("visits") or 1), index, attempt)
             with contextlib.suppress(Exception):  # best effort: it may have finished meanwhile
-                await queue.cancel(pool, tid, "the Workflow was deleted")
+                await queue.cancel(pool, tid, reason)
