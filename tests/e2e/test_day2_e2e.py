@@ -213,7 +213,7 @@ def test_an_approval_times_out(control_plane: Cluster, namespace: str, operator:
 async def redis_keys(url: str, uid: str) -> list[str]:
     client = aioredis.Redis.from_url(url)
     try:
-        return [key.decode() async for key in client.scan_iter(match=f"*{uid}*", count=1000)]
+        return sorted([key.decode() async for key in client.scan_iter(match=f"*{uid}*", count=1000)])
     finally:
         await client.aclose()
 
@@ -226,7 +226,13 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
         control_plane, namespace,
         workflow("ttl-keep", {**big, "ttlSecondsAfterFinished": 3}),
         workflow("ttl-delete", {**big, "ttlSecondsAfterFinished": 3, "ttlDeletesWorkflow": True}),
+        workflow("ttl-none", big),
     )  # fmt: skip
+    other = wait_for(control_plane, namespace, "ttl-none", operator, finished, "finished")
+    other_tasks = [
+        k for k in asyncio.run(redis_keys(redis_server.url, other["metadata"]["uid"])) if ":t:" in k
+    ]
+    assert other_tasks, "the run without a TTL left no task record to keep"
     kept = wait_for(control_plane, namespace, "ttl-keep", operator, finished, "finished")
     assert kept["status"]["phase"] == "Succeeded"
     ref = kept["status"]["resultRef"]
@@ -235,7 +241,7 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     fetched = asyncio.run(fetch_result(redis_server.url, ref))
     assert "r" * 6000 in json.dumps(fetched["one"])  # the echo agent's answer carries the input back
     uid = kept["metadata"]["uid"]
-    assert asyncio.run(redis_keys(redis_server.url, uid)), "the run left no keys to remove"
+    assert [k for k in asyncio.run(redis_keys(redis_server.url, uid)) if f":t:{uid}/" in k], "no task record"
 
     def expired(obj: dict[str, Any]) -> bool:
         return any(
@@ -245,9 +251,12 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=30)
     assert obj["status"]["phase"] == "Succeeded"
     assert obj["status"].get("resultRef") is None
-    # Checkpoints and the result copy are gone; the queue's task records keep their own retention.
+    # Checkpoints, the result copy and the run's task records in the queue are gone; another run's stay.
     left = asyncio.run(redis_keys(redis_server.url, uid))
-    assert [k for k in left if k.startswith((CHECKPOINT_PREFIX, "cf:wf:"))] == [], left
+    assert [k for k in left if k.startswith((CHECKPOINT_PREFIX, "cf:wf:")) or f":t:{uid}/" in k] == [], left
+    assert [k for k in asyncio.run(redis_keys(redis_server.url, other["metadata"]["uid"])) if ":t:" in k] == (
+        other_tasks
+    )
     with pytest.raises(ResultGone):
         asyncio.run(fetch_result(redis_server.url, ref))
 

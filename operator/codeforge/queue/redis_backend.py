@@ -74,6 +74,7 @@ SCRIPT_NAMES = (
     "consumers",
     "dead_letter",
     "purge_dead",
+    "forget",
 )
 #: The queue's Lua scripts (`lua/<name>.lua`, each with `lua/lib.lua` prepended).
 SCRIPTS = {name: Script.from_package("codeforge.queue", name, prelude="lib") for name in SCRIPT_NAMES}
@@ -401,6 +402,14 @@ class RedisTaskQueue:
         removed = 0
         for start in range(0, len(ids), BATCH):
             removed += int(await self._script("purge_dead", pool, *ids[start : start + BATCH]))
+        return removed
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        validate_pool_name(pool)
+        ids = check_purge_ids(task_ids)
+        removed = 0
+        for start in range(0, len(ids), BATCH):
+            removed += int(await self._script("forget", pool, *ids[start : start + BATCH]))
         return removed
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:

@@ -1,0 +1,196 @@
+"""`codeforge stop | terminate` (spec.shutdown) end to end: the local control plane, a real redis-server, the
+operator as a local process and a real `codeforge-agent`, driven through the CLI's real entry points.
+
+Stop lets the running step finish and starts nothing new (Cancelled, reason Stopped); Terminate cancels the
+running task (reason Terminated); a Stop given while no operator runs is honoured by the next one, which waits
+for the step still running in the agent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster import Cluster
+from cluster.processes import VENV_BIN, AgentProcess, OperatorProcess, running_agents, wait_until
+from cluster.resources import dump, event_reasons, install_crds, sleep_workflow, temporary_namespace
+from codeforge.api.task import TaskState
+from codeforge.queue import TaskQueue
+from codeforge.testing.redis_server import LocalRedis
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def namespace(control_plane: Cluster) -> Iterator[str]:
+    install_crds(control_plane)
+    with temporary_namespace(control_plane, "e2e-stop") as name:
+        pool = {
+            "apiVersion": "codeforge.ai/v1alpha1",
+            "kind": "AgentPool",
+            "metadata": {"name": "sleepy"},
+            "spec": {
+                "role": "sleepy",
+                "image": "registry.invalid/codeforge/agent:e2e",
+                "handler": {"kind": "sleep"},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+            },
+        }
+        control_plane.kubectl("apply", "--namespace", name, "-f", "-", input=dump([pool]))
+        yield name
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stop-e2e")
+
+
+@pytest.fixture(scope="module")
+def agent(namespace: str, redis_server: LocalRedis, log_dir: Path) -> Iterator[AgentProcess]:
+    pool = f"{namespace}/sleepy"
+    with running_agents(pool, redis_server.url, log_dir, handler="sleep", concurrency="4") as started:
+        yield started[0]
+
+
+@pytest.fixture(scope="module")
+def operator(
+    control_plane: Cluster, namespace: str, redis_server: LocalRedis, log_dir: Path, agent: AgentProcess
+) -> Iterator[OperatorProcess]:
+    with OperatorProcess.for_namespace(
+        control_plane, namespace, redis_server.url, log_dir / "operator.log", "codeforge"
+    ) as process:
+        yield process
+
+
+def cli(cluster: Cluster, *args: str, plugin: bool = False) -> subprocess.CompletedProcess[str]:
+    """`codeforge ARGS` (or `kubectl codeforge ARGS`, kubectl finding the plugin on the PATH)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEFORGE_")}
+    env.update(KUBECONFIG=str(cluster.kubeconfig), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    argv = [str(cluster.kubectl_path), "codeforge"] if plugin else [str(VENV_BIN / "codeforge")]
+    return subprocess.run(
+        [*argv, *args], env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(cluster.kubectl_json("get", "workflow", name, "-n", namespace).get("status") or {})
+
+
+def step(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    return next((s for s in obj.get("steps", []) if s["name"] == name), {})
+
+
+def finished_reason(obj: dict[str, Any]) -> str:
+    return next((c["reason"] for c in obj.get("conditions", []) if c["type"] == "Finished"), "")
+
+
+def wait_status(
+    cluster: Cluster, namespace: str, name: str, operator: OperatorProcess, check: Any, what: str,
+    timeout: float = 90,
+) -> dict[str, Any]:  # fmt: skip
+    def reached() -> dict[str, Any] | None:
+        current = status(cluster, namespace, name)
+        return current if check(current) else None
+
+    return wait_until(
+        reached, timeout=timeout, interval=0.3, what=f"Workflow {name}: {what}",
+        detail=lambda: f"{status(cluster, namespace, name)}\n{operator.tail()}",
+    )  # fmt: skip
+
+
+def step_running(name: str) -> Any:
+    return lambda s: step(s, name).get("phase") == "Running" and s.get("phase") == "Running"
+
+
+def cancelled(s: dict[str, Any]) -> bool:
+    return s.get("phase") == "Cancelled"
+
+
+async def test_stop_lets_the_running_step_finish_and_starts_nothing_new(
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+) -> None:
+    name = "stopped"
+    control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 12)])
+    )
+    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
+    done = cli(control_plane, "stop", name, "-n", namespace, plugin=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"workflow.codeforge.ai/{name} stopping (running steps finish, nothing new starts)"
+    )
+    again = cli(control_plane, "stop", name, "-n", namespace)
+    assert again.stdout.strip() == f"workflow.codeforge.ai/{name} already stopping", again.stderr
+
+    final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
+    assert step(final, "one")["phase"] == "Succeeded"  # allowed to finish
+    assert step(final, "two") == {}  # never started
+    assert finished_reason(final) == "Stopped"
+    assert "spec.shutdown: Stop" in final["message"]
+    assert final["progress"] == "1/2"
+    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
+    record = await queue.get(f"{namespace}/sleepy", f"{uid}/one/v1/p0/a0")
+    assert record is not None
+    assert record.state is TaskState.SUCCEEDED
+    assert await queue.get(f"{namespace}/sleepy", f"{uid}/two/v1/p0/a0") is None
+    reasons = event_reasons(control_plane, namespace, "Workflow", name)
+    assert "Stopping" in reasons
+    assert "WorkflowCancelled" in reasons
+
+    shown = cli(control_plane, "get", name, "-n", namespace)
+    assert "Phase:       Cancelled" in shown.stdout, shown.stdout
+    late = cli(control_plane, "stop", name, "-n", namespace)
+    assert late.returncode == 1
+    assert late.stderr.strip() == (
+        f"error: Workflow {name!r} is Cancelled: a finished Workflow cannot be stopped"
+    )
+
+
+async def test_terminate_cancels_the_running_task(
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+) -> None:
+    name = "terminated"
+    control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 60)])
+    )
+    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
+    done = cli(control_plane, "terminate", name, "-n", namespace)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"workflow.codeforge.ai/{name} terminating (running tasks are cancelled)"
+    final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled", timeout=30)
+    assert step(final, "one")["phase"] == "Cancelled"
+    assert finished_reason(final) == "Terminated"
+    assert "spec.shutdown: Terminate" in final["message"]
+    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
+    record = await queue.get(f"{namespace}/sleepy", f"{uid}/one/v1/p0/a0")
+    assert record is not None
+    assert record.state is TaskState.CANCELLED
+    assert "Terminating" in event_reasons(control_plane, namespace, "Workflow", name)
+
+
+async def test_a_stop_given_while_the_operator_is_down_is_honoured_after_its_restart(
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+) -> None:
+    name = "stopped-restart"
+    control_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 15)])
+    )
+    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
+    operator.kill()
+    try:
+        done = cli(control_plane, "stop", name, "-n", namespace)
+        assert done.returncode == 0, done.stderr
+    finally:
+        operator.start()
+    final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
+    assert finished_reason(final) == "Stopped"
+    assert step(final, "one")["phase"] == "Succeeded"  # re-attached and waited for, not dropped
+    assert step(final, "one")["visits"] == 1
+    assert step(final, "two") == {}
+    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
+    assert await queue.get(f"{namespace}/sleepy", f"{uid}/two/v1/p0/a0") is None
