@@ -116,7 +116,7 @@ async def test_stop_lets_the_running_step_finish_and_starts_nothing_new(
 ) -> None:
     name = "stopped"
     control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 12)])
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 30)])
     )
     wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
     done = cli(control_plane, "stop", name, "-n", namespace, plugin=True)
@@ -178,7 +178,7 @@ async def test_a_stop_given_while_the_operator_is_down_is_honoured_after_its_res
 ) -> None:
     name = "stopped-restart"
     control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 15)])
+        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 40)])
     )
     wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
     operator.kill()
