@@ -3,10 +3,12 @@ operator as a local process and a real `codeforge-agent`, driven through the CLI
 
 Stop lets the running step finish and starts nothing new (Cancelled, reason Stopped); Terminate cancels the
 running task (reason Terminated); a Stop given while no operator runs is honoured by the next one, which waits
-for the step still running in the agent."""
+for the step still running in the agent. A step runs until the test opens its gate (a file the agent's command
+waits for), so no assertion depends on how long a CLI call takes on a busy machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -32,11 +34,11 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
         pool = {
             "apiVersion": "codeforge.ai/v1alpha1",
             "kind": "AgentPool",
-            "metadata": {"name": "sleepy"},
+            "metadata": {"name": "gated"},
             "spec": {
-                "role": "sleepy",
+                "role": "gated",
                 "image": "registry.invalid/codeforge/agent:e2e",
-                "handler": {"kind": "sleep"},
+                "handler": {"kind": "command"},
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
             },
         }
@@ -50,9 +52,23 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def agent(namespace: str, redis_server: LocalRedis, log_dir: Path) -> Iterator[AgentProcess]:
-    pool = f"{namespace}/sleepy"
-    with running_agents(pool, redis_server.url, log_dir, handler="sleep", concurrency="4") as started:
+def gates(log_dir: Path) -> Path:
+    path = log_dir / "gates"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def agent(namespace: str, redis_server: LocalRedis, log_dir: Path, gates: Path) -> Iterator[AgentProcess]:
+    # Each task marks itself started, then runs until its gate file exists (or the agent cancels it).
+    script = (
+        f'g="{gates}/$CODEFORGE_TASK_WORKFLOW.$CODEFORGE_TASK_STEP"; touch "$g.started"; '
+        'while [ ! -e "$g" ]; do sleep 0.1; done; echo "{\\"step\\": \\"$CODEFORGE_TASK_STEP\\"}"'
+    )
+    command = json.dumps(["sh", "-c", script])
+    with running_agents(
+        f"{namespace}/gated", redis_server.url, log_dir, handler="command", command=command, concurrency="4"
+    ) as started:
         yield started[0]
 
 
@@ -103,22 +119,29 @@ def wait_status(
     )  # fmt: skip
 
 
-def step_running(name: str) -> Any:
-    return lambda s: step(s, name).get("phase") == "Running" and s.get("phase") == "Running"
+def stopping(s: dict[str, Any]) -> bool:
+    return any(c["type"] == "Running" and c["reason"] == "Stopping" for c in s.get("conditions", []))
 
 
 def cancelled(s: dict[str, Any]) -> bool:
     return s.get("phase") == "Cancelled"
 
 
+def start(cluster: Cluster, namespace: str, name: str, gates: Path, operator: OperatorProcess) -> str:
+    """Create a two-step Workflow on the gated pool and wait until its first step's task runs; its uid."""
+    doc = sleep_workflow(name, "gated", ["one", "two"], 0)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=dump([doc]))
+    uid = str(cluster.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"])
+    wait_until(lambda: (gates / f"{uid}.one.started").exists(), timeout=90, what=f"{name}: step one started",
+               detail=operator.tail)  # fmt: skip
+    return uid
+
+
 async def test_stop_lets_the_running_step_finish_and_starts_nothing_new(
-    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue, gates: Path
 ) -> None:
     name = "stopped"
-    control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 30)])
-    )
-    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
+    uid = start(control_plane, namespace, name, gates, operator)
     done = cli(control_plane, "stop", name, "-n", namespace, plugin=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
@@ -126,18 +149,22 @@ async def test_stop_lets_the_running_step_finish_and_starts_nothing_new(
     )
     again = cli(control_plane, "stop", name, "-n", namespace)
     assert again.stdout.strip() == f"workflow.codeforge.ai/{name} already stopping", again.stderr
+    draining = wait_status(control_plane, namespace, name, operator, stopping, "condition Stopping")
+    assert draining["phase"] == "Running"  # the running step is allowed to finish: nothing ends it early
+    assert step(draining, "one")["phase"] == "Running"
 
+    (gates / f"{uid}.one").touch()  # the step finishes
     final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
-    assert step(final, "one")["phase"] == "Succeeded"  # allowed to finish
+    assert step(final, "one")["phase"] == "Succeeded"
+    assert final["result"] == {"one": {"step": "one"}}
     assert step(final, "two") == {}  # never started
     assert finished_reason(final) == "Stopped"
     assert "spec.shutdown: Stop" in final["message"]
     assert final["progress"] == "1/2"
-    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
-    record = await queue.get(f"{namespace}/sleepy", f"{uid}/one/v1/p0/a0")
+    record = await queue.get(f"{namespace}/gated", f"{uid}/one/v1/p0/a0")
     assert record is not None
     assert record.state is TaskState.SUCCEEDED
-    assert await queue.get(f"{namespace}/sleepy", f"{uid}/two/v1/p0/a0") is None
+    assert await queue.get(f"{namespace}/gated", f"{uid}/two/v1/p0/a0") is None
     reasons = event_reasons(control_plane, namespace, "Workflow", name)
     assert "Stopping" in reasons
     assert "WorkflowCancelled" in reasons
@@ -146,51 +173,52 @@ async def test_stop_lets_the_running_step_finish_and_starts_nothing_new(
     assert "Phase:       Cancelled" in shown.stdout, shown.stdout
     late = cli(control_plane, "stop", name, "-n", namespace)
     assert late.returncode == 1
-    assert late.stderr.strip() == (
-        f"error: Workflow {name!r} is Cancelled: a finished Workflow cannot be stopped"
+    assert (
+        late.stderr.strip() == f"error: Workflow {name!r} is Cancelled: a finished Workflow cannot be stopped"
     )
 
 
 async def test_terminate_cancels_the_running_task(
-    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue, gates: Path
 ) -> None:
     name = "terminated"
-    control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 60)])
-    )
-    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
-    done = cli(control_plane, "terminate", name, "-n", namespace)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"workflow.codeforge.ai/{name} terminating (running tasks are cancelled)"
-    final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled", timeout=30)
+    uid = start(control_plane, namespace, name, gates, operator)
+    try:
+        done = cli(control_plane, "terminate", name, "-n", namespace)
+        assert done.returncode == 0, done.stderr
+        assert (
+            done.stdout.strip() == f"workflow.codeforge.ai/{name} terminating (running tasks are cancelled)"
+        )
+        final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
+    finally:
+        (gates / f"{uid}.one").touch()  # let the agent's command go, whatever happened
     assert step(final, "one")["phase"] == "Cancelled"
     assert finished_reason(final) == "Terminated"
     assert "spec.shutdown: Terminate" in final["message"]
-    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
-    record = await queue.get(f"{namespace}/sleepy", f"{uid}/one/v1/p0/a0")
+    record = await queue.get(f"{namespace}/gated", f"{uid}/one/v1/p0/a0")
     assert record is not None
     assert record.state is TaskState.CANCELLED
     assert "Terminating" in event_reasons(control_plane, namespace, "Workflow", name)
 
 
 async def test_a_stop_given_while_the_operator_is_down_is_honoured_after_its_restart(
-    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue, gates: Path
 ) -> None:
     name = "stopped-restart"
-    control_plane.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=dump([sleep_workflow(name, "sleepy", ["one", "two"], 40)])
-    )
-    wait_status(control_plane, namespace, name, operator, step_running("one"), "step one running")
+    uid = start(control_plane, namespace, name, gates, operator)
     operator.kill()
     try:
         done = cli(control_plane, "stop", name, "-n", namespace)
         assert done.returncode == 0, done.stderr
     finally:
         operator.start()
+    draining = wait_status(control_plane, namespace, name, operator, stopping, "condition Stopping")
+    assert draining["phase"] == "Running"
+    (gates / f"{uid}.one").touch()
     final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
     assert finished_reason(final) == "Stopped"
     assert step(final, "one")["phase"] == "Succeeded"  # re-attached and waited for, not dropped
     assert step(final, "one")["visits"] == 1
+    assert final["result"] == {"one": {"step": "one"}}
     assert step(final, "two") == {}
-    uid = control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"]
-    assert await queue.get(f"{namespace}/sleepy", f"{uid}/two/v1/p0/a0") is None
+    assert await queue.get(f"{namespace}/gated", f"{uid}/two/v1/p0/a0") is None

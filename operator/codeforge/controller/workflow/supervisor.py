@@ -44,7 +44,7 @@ from codeforge.orchestrator import (
     WorkflowOutcome,
     task_id,
 )
-from codeforge.orchestrator.shutdown import TERMINATE_MESSAGE
+from codeforge.orchestrator.shutdown import STOPPED, TERMINATE_MESSAGE
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -262,7 +262,7 @@ async def _finish(
     busy: float,
 ) -> None:
     result, ref = None, None
-    if outcome.status == Outcome.SUCCEEDED:
+    if outcome.status == Outcome.SUCCEEDED or outcome.reason == STOPPED:  # a stopped run's steps finished
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
     _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
