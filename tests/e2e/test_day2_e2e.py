@@ -21,7 +21,10 @@ import redis.asyncio as aioredis
 
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, running_agents, wait_until
-from cluster.resources import dump, event_reasons, install_crds, temporary_namespace
+from cluster.resources import apply_docs as apply
+from cluster.resources import dump, event_reasons, install_crds, pool_doc, temporary_namespace, wait_workflow
+from cluster.resources import get_workflow as get
+from cluster.resources import workflow_doc as workflow
 from codeforge.orchestrator.results import ResultGone, fetch_result
 from codeforge.testing.redis_server import LocalRedis
 
@@ -29,20 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 
 CODEFORGE = Path(sys.executable).parent / "codeforge"
 CHECKPOINT_PREFIX = "cf:cp"
-
-
-def pool_doc(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {"name": name},
-        "spec": {
-            "role": name,
-            "image": "registry.invalid/codeforge/agent:e2e",
-            "handler": {"kind": "echo"},
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +63,6 @@ def operator(
         yield process
 
 
-def workflow(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def gated(timeout: float | None = None) -> dict[str, Any]:
     gate: dict[str, Any] = {"name": "gate", "kind": "approval", "message": "ship it?"}
     if timeout is not None:
@@ -103,29 +83,13 @@ def gated(timeout: float | None = None) -> dict[str, Any]:
     }
 
 
-def apply(cluster: Cluster, namespace: str, *docs: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=dump(list(docs)))
-
-
-def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = cluster.kubectl_json("get", "workflow", name, "--namespace", namespace)
-    return obj
-
-
 def step_status(obj: dict[str, Any], step: str) -> dict[str, Any]:
     return next((s for s in obj.get("status", {}).get("steps", []) if s["name"] == step), {})
 
 
 def wait_for(cluster: Cluster, namespace: str, name: str, operator: OperatorProcess, check: Any, what: str,
              timeout: float = 60) -> dict[str, Any]:  # fmt: skip
-    def reached() -> dict[str, Any] | None:
-        obj = get(cluster, namespace, name)
-        return obj if check(obj) else None
-
-    return wait_until(
-        reached, timeout=timeout, interval=0.3, what=f"Workflow {name}: {what}",
-        detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{operator.tail()}",
-    )  # fmt: skip
+    return wait_workflow(cluster, namespace, name, check, f": {what}", timeout=timeout, tail=operator.tail)
 
 
 def waiting(obj: dict[str, Any]) -> bool:
