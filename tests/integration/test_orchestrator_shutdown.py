@@ -14,7 +14,7 @@ from codeforge.api.task import TaskState
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
-from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
+from codeforge.orchestrator import WorkflowHandle, WorkflowOutcome, WorkflowRunner
 from codeforge.orchestrator.shutdown import STOPPED, TERMINATED
 from codeforge.queue import TaskQueue, open_queue
 
@@ -55,29 +55,30 @@ async def running(queue: TaskQueue, pool: str, tid: str) -> None:
     raise AssertionError(f"{tid} never ran")
 
 
-async def test_stop_lets_the_running_step_finish_and_dispatches_nothing_new(queue: TaskQueue) -> None:
+async def shut_down_while_first_runs(queue: TaskQueue, run: str, mode: str) -> WorkflowOutcome:
+    """Run CHAIN, and once its first task runs set spec.shutdown to `mode`; the run's outcome."""
     control = WorkflowHandle()
-    job = asyncio.create_task(WorkflowRunner(queue).run("wf-stop", spec(CHAIN), control=control))
-    await running(queue, "slow", "wf-stop/first/v1/p0/a0")
-    control.request_shutdown(spec(CHAIN, shutdown="Stop").shutdown)
-    outcome = await asyncio.wait_for(job, 10)
+    job = asyncio.create_task(WorkflowRunner(queue).run(run, spec(CHAIN), control=control))
+    await running(queue, "slow", f"{run}/first/v1/p0/a0")
+    control.request_shutdown(spec(CHAIN, shutdown=mode).shutdown)
+    return await asyncio.wait_for(job, 10)
+
+
+async def test_stop_lets_the_running_step_finish_and_dispatches_nothing_new(queue: TaskQueue) -> None:
+    outcome = await shut_down_while_first_runs(queue, "wf-stop", "Stop")
     assert outcome.status == "cancelled"
     assert outcome.reason == STOPPED
     assert "spec.shutdown: Stop" in (outcome.error or "")
     first = await queue.get("slow", "wf-stop/first/v1/p0/a0")
     assert first is not None
-    assert first.state is TaskState.SUCCEEDED
+    assert first.state is TaskState.SUCCEEDED  # allowed to finish, not cancelled
     assert outcome.results == {"first": {"slept": True}}
     assert [r["step"] for r in outcome.history] == ["first"]
     assert await queue.get("tag", "wf-stop/second/v1/p0/a0") is None  # never dispatched
 
 
 async def test_terminate_cancels_the_running_task(queue: TaskQueue) -> None:
-    control = WorkflowHandle()
-    job = asyncio.create_task(WorkflowRunner(queue).run("wf-term", spec(CHAIN), control=control))
-    await running(queue, "slow", "wf-term/first/v1/p0/a0")
-    control.request_shutdown(spec(CHAIN, shutdown="Terminate").shutdown)
-    outcome = await asyncio.wait_for(job, 5)
+    outcome = await shut_down_while_first_runs(queue, "wf-term", "Terminate")
     assert outcome.status == "cancelled"
     assert outcome.reason == TERMINATED
     record = await queue.get("slow", "wf-term/first/v1/p0/a0")
