@@ -225,12 +225,16 @@ class WorkflowRunner:
         snapshot = await graph.aget_state(config)
         values: dict[str, Any] = dict(snapshot.values or {})
         started_at = float(values.get("started_at") or time.time())
-        if values and not snapshot.next:
+        # A run that started has `started_at` in its state. A checkpoint without it is a shell (a process
+        # killed between writing the input checkpoint and its writes): start afresh rather than take it for
+        # a finished run with no results.
+        begun = bool(values.get("started_at"))
+        if begun and not snapshot.next:
             return self._outcome(workflow_id, values, started_at, resumed=True)  # finished before
         ctx.ledger = control.ledger = Ledger.restore(spec.budget, values.get("usage"))
         if ctx.ledger.crossed is not None or control.gate.requested:
             control.running.clear()
-        resumed = bool(values)
+        resumed = begun
         graph_input: RunState | None = None if resumed else {"input": spec.input, "started_at": started_at}
         if spec.timeout_seconds is not None:
             ctx.deadline = started_at + spec.timeout_seconds

@@ -190,6 +190,11 @@ async def supervise(
                 )
                 await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
+            log.info(
+                "Workflow %s run ended %s%s (resumed: %s): %s",
+                obj.ref.key, outcome.status, f", reason {outcome.reason}" if outcome.reason else "",
+                outcome.resumed, outcome.error or "",
+            )  # fmt: skip
             await _finish(workflows, obj, tracker, outcome, busy[0])
             break
         await stopped.wait()  # until the final status lands and the filter stops matching
