@@ -188,7 +188,8 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     big = {"input": {"report": "r" * 6000}, "steps": [{"name": "one", "pool": "echo"}]}
     apply(
         control_plane, namespace,
-        workflow("ttl-keep", {**big, "ttlSecondsAfterFinished": 3}),
+        # Long enough to look at its keys before they go (on a busy machine a kubectl call takes seconds).
+        workflow("ttl-keep", {**big, "ttlSecondsAfterFinished": 20}),
         workflow("ttl-delete", {**big, "ttlSecondsAfterFinished": 3, "ttlDeletesWorkflow": True}),
         workflow("ttl-none", big),
     )  # fmt: skip
@@ -212,7 +213,7 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
             c["type"] == "Expired" and c["status"] == "True" for c in obj["status"].get("conditions", [])
         )
 
-    obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=30)
+    obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=60)
     assert obj["status"]["phase"] == "Succeeded"
     assert obj["status"].get("resultRef") is None
     # Checkpoints, the result copy and the run's task records in the queue are gone; another run's stay.
