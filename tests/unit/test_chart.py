@@ -248,6 +248,23 @@ def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
     assert not ElectionConfig.from_env(single).enabled
 
 
+@needs_helm
+def test_the_operator_wide_workflow_ttl_is_a_value_the_operator_reads() -> None:
+    from codeforge.controller.workflow.expiry import TTL_ENV, default_ttl
+
+    assert TTL_ENV not in operator_env(render())  # unset: finished runs keep their data
+    assert default_ttl({}) is None
+    env = operator_env(render("operator.workflowTTLSecondsAfterFinished=86400"))
+    assert env[TTL_ENV] == "86400"
+    assert default_ttl(env) == 86400
+    assert default_ttl(operator_env(render("operator.workflowTTLSecondsAfterFinished=0"))) == 0
+    for bad in ("-1", "31536001", "1.5"):
+        value = f"operator.workflowTTLSecondsAfterFinished={bad}"
+        out = helm("template", RELEASE, str(CHART), "--set", value, check=False)
+        assert out.returncode != 0, bad
+        assert "/operator/workflowTTLSecondsAfterFinished" in out.stderr, out.stderr
+
+
 # ------------------------------------------------------------------------------------------- security, RBAC
 
 

@@ -213,6 +213,12 @@ class TaskQueue(Protocol):
         """Move a dead task back into the queue with both budgets fresh."""
         ...
 
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        """Delete the records of these tasks that ended (succeeded, failed, cancelled): a finished Workflow's
+        TTL clean-up. Queued, running and dead-lettered tasks (and unknown ids) are skipped; returns how many
+        went."""
+        ...
+
     async def reap(self, pool: str) -> int:
         """Requeue (after the lost-lease backoff) or dead-letter tasks whose lease expired, and remove dead
         letters older than the retention (counted in `stats().dead_expired`); safe to run from many

@@ -31,6 +31,9 @@ from codeforge.queue.base import (
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
 from codeforge.queue.fair import FairReady
 
+#: What `forget` removes: tasks that ended and are not dead letters.
+_FORGETTABLE = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
 
 @dataclass
 class _Record:
@@ -439,6 +442,16 @@ class MemoryTaskQueue:
         removed = 0
         for task_id in check_purge_ids(task_ids):
             if state.dead.pop(task_id, None) is not None:
+                del state.records[task_id]
+                removed += 1
+        return removed
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        state = self._pool(pool)
+        removed = 0
+        for task_id in check_purge_ids(task_ids):
+            record = state.records.get(task_id)
+            if record is not None and record.state in _FORGETTABLE:
                 del state.records[task_id]
                 removed += 1
         return removed

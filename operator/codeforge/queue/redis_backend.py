@@ -74,6 +74,7 @@ SCRIPT_NAMES = (
     "consumers",
     "dead_letter",
     "purge_dead",
+    "forget",
 )
 #: The queue's Lua scripts (`lua/<name>.lua`, each with `lua/lib.lua` prepended).
 SCRIPTS = {name: Script.from_package("codeforge.queue", name, prelude="lib") for name in SCRIPT_NAMES}
@@ -398,11 +399,18 @@ class RedisTaskQueue:
         return dead_letter_of(pool, task_id, reply)
 
     async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        return await self._removing("purge_dead", pool, task_ids)
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        return await self._removing("forget", pool, task_ids)
+
+    async def _removing(self, script: str, pool: str, task_ids: Sequence[str]) -> int:
+        """A script that removes some of the ids it is given, in batches; how many went in all."""
         validate_pool_name(pool)
         ids = check_purge_ids(task_ids)
         removed = 0
         for start in range(0, len(ids), BATCH):
-            removed += int(await self._script("purge_dead", pool, *ids[start : start + BATCH]))
+            removed += int(await self._script(script, pool, *ids[start : start + BATCH]))
         return removed
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:

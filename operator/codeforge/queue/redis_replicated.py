@@ -34,6 +34,7 @@ WRITE_SCRIPTS = frozenset(
         "requeue_dead",
         "reap",
         "purge_dead",
+        "forget",
     }
 )
 

@@ -7,6 +7,7 @@
   reports progress through the batched status writer. Kopf stops it when the Workflow is deleted, when the
   operator exits, or when it pauses for a peer (HA): the standby's daemon resumes from the checkpoint.
 - `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
+- `spec.shutdown` (`codeforge stop | terminate`): ends the run early (`shutdown`).
 - `spec.budget`: raising it lets a run the budget suspended go on (README, "Rate limits and budgets").
 - delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
 - retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
@@ -41,6 +42,7 @@ from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
+from codeforge.controller.workflow.shutdown import request_shutdown
 from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.supervisor import WorkflowObject, cleanup, supervise, wants_run
 from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
@@ -193,6 +195,12 @@ async def expire_workflow(
 def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
     """A run not active here (yet) reads spec.suspend when it starts."""
     memo.workflows.set_suspended(meta.uid or "", bool(new))
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.shutdown")
+def shutdown_workflow(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
+    """`codeforge stop | terminate`: a run not active here (yet) reads spec.shutdown when it starts."""
+    request_shutdown(memo.workflows, meta.uid or "", new, logger)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.budget")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
-from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
@@ -44,6 +44,7 @@ from codeforge.orchestrator import (
     WorkflowOutcome,
     task_id,
 )
+from codeforge.orchestrator.shutdown import STOPPED, TERMINATE_MESSAGE
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -134,7 +135,7 @@ async def supervise(
 
     try:
         if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
-            services, spec, tracker, stopped, log
+            services, spec, tracker, stopped, log, control
         ):
             return
         while not stopped:
@@ -152,6 +153,8 @@ async def supervise(
                         await stopped.wait()
                         return
                     tracker.begin_retry(token, step)
+                if spec.shutdown is Shutdown.TERMINATE:  # after a restart: what the earlier run dispatched
+                    await _cancel_from_status(runner.queue, obj.ref, obj.status, TERMINATE_MESSAGE)
                 tracker.set_degraded(None)
                 busy[0] = 0.0
                 run = asyncio.ensure_future(
@@ -187,6 +190,11 @@ async def supervise(
                 )
                 await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
                 continue
+            log.info(
+                "Workflow %s run ended %s%s (resumed: %s): %s",
+                obj.ref.key, outcome.status, f", reason {outcome.reason}" if outcome.reason else "",
+                outcome.resumed, outcome.error or "",
+            )  # fmt: skip
             await _finish(workflows, obj, tracker, outcome, busy[0])
             break
         await stopped.wait()  # until the final status lands and the filter stops matching
@@ -199,11 +207,19 @@ async def supervise(
 
 
 async def _pools_ready(
-    services: OperatorServices, spec: WorkflowSpec, tracker: WorkflowTracker, stopped: Any, log: Logger
+    services: OperatorServices,
+    spec: WorkflowSpec,
+    tracker: WorkflowTracker,
+    stopped: Any,
+    log: Logger,
+    control: WorkflowHandle,
 ) -> bool:
-    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped."""
+    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped.
+    A Workflow stopped meanwhile (spec.shutdown) starts at once: its run ends before dispatching anything."""
     delay = RECHECK_SECONDS
     while not stopped:
+        if spec.shutdown is not None or control.shutdown is not None:
+            return True
         try:
             missing = await missing_pools(services.api(), spec)
         except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
@@ -212,7 +228,7 @@ async def _pools_ready(
         tracker.set_missing_pools(missing)
         if not missing:
             return True
-        await first_of(stopped.wait(), asyncio.sleep(delay))
+        await first_of(stopped.wait(), asyncio.sleep(delay), control.gate.changed.wait())
         delay = min(delay * 2, RECHECK_CAP_SECONDS)
     return False
 
@@ -251,7 +267,7 @@ async def _finish(
     busy: float,
 ) -> None:
     result, ref = None, None
-    if outcome.status == Outcome.SUCCEEDED:
+    if outcome.status == Outcome.SUCCEEDED or outcome.reason == STOPPED:  # a stopped run's steps finished
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
     _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
@@ -288,8 +304,11 @@ async def cleanup(
     return kept
 
 
-async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any]) -> None:
-    """No run here (deleted while no operator ran it): cancel the tasks the status says are in flight."""
+async def _cancel_from_status(
+    queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any], reason: str = "the Workflow was deleted"
+) -> None:
+    """No run here (deleted, or terminated, while no operator ran it): cancel the tasks the status says are
+    in flight."""
     for step in status.get("steps") or []:
         pool = str(step.get("pool") or "")
         if step.get("phase") not in (StepPhase.RUNNING, StepPhase.RETRYING) or not pool:
@@ -299,4 +318,4 @@ async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[
         for index in range(int(step.get("parts") or 1)):
             tid = task_id(ref.uid, step["name"], int(step.get("visits") or 1), index, attempt)
             with contextlib.suppress(Exception):  # best effort: it may have finished meanwhile
-                await queue.cancel(pool, tid, "the Workflow was deleted")
+                await queue.cancel(pool, tid, reason)
