@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
-from codeforge.orchestrator.checkpoint.pending import Key, PendingWrites
+from codeforge.orchestrator.checkpoint.pending import LINGER_SECONDS, Key, PendingWrites
 from codeforge.orchestrator.checkpoint.serde import CheckpointSerializer
 from codeforge.redis import Script
 
@@ -63,7 +64,12 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(
-        self, client: RedisClient, *, prefix: str = DEFAULT_PREFIX, serde: SerializerProtocol | None = None
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        serde: SerializerProtocol | None = None,
+        writes_linger: float = LINGER_SECONDS,
     ) -> None:
         super().__init__(serde=serde or CheckpointSerializer())  # its fast path for fan-out writes
         self.client = client
@@ -71,7 +77,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self._r: Any = client
         self.prefix = prefix
         self._registered: set[str] = set()  # threads this process already put in the registry
-        self._pending = PendingWrites(self._put_writes)
+        self._writing: Counter[str] = Counter()  # thread id -> its checkpoint scripts in flight
+        self._pending = PendingWrites(self._put_writes, self._writing.__contains__, writes_linger)
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await SCRIPTS[name].run(self._r, keys, args)
@@ -114,20 +121,23 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
             args += [f"{channel}\x00{version}", ormsgpack.packb(list(typed))]
         script_keys = [keys.records(ns), keys.index(ns), keys.blobs(ns), keys.namespaces]
-        parent = conf.get("checkpoint_id")
-        held = self._pending.take((thread_id, ns, str(parent))) if parent else None
+        parent = (thread_id, ns, str(conf.get("checkpoint_id")))
+        held = self._pending.take(parent) if conf.get("checkpoint_id") else None
         if held is not None:  # the parent's writes, stored with their successor
-            script_keys += [keys.writes(ns, str(parent)), keys.writes_keys]
+            script_keys += [keys.writes(ns, parent[2]), keys.writes_keys]
             args += held.args
+        self._writing[thread_id] += 1
         try:
             await self._register(thread_id)
             await self._script("put_checkpoint", script_keys, args)
-        except BaseException as exc:
-            if held is not None:
-                held.settle(
-                    exc if isinstance(exc, Exception) else ConnectionError("checkpoint write cancelled")
-                )
+        except BaseException:
+            if held is not None:  # the writes' fate is their own: they are stored alone
+                self._pending.store_alone(parent, held)
             raise
+        finally:
+            self._writing[thread_id] -= 1
+            if not self._writing[thread_id]:
+                del self._writing[thread_id]
         if held is not None:
             held.settle(None)
         return {
