@@ -358,7 +358,7 @@ class WorkflowRunner:
         spec.timeoutSeconds, whose deadline restarts), so the next `run()` runs that step again with new task
         ids and continues. Returns the step's name; None when the run never started. Raises `RewindError`
         when there is no step to retry from (see `orchestrator.rewind`)."""
-        return await rewind(self.graph(spec), workflow_id)
+        return await rewind(self.graph(spec), GraphCompiler(spec), workflow_id)
 
     async def forget(
         self, workflow_id: str, *, ref_cleanup_timeout: float = REF_CLEANUP_WAIT_SECONDS
