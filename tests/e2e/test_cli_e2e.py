@@ -278,7 +278,9 @@ def run_on_terminal(
 def test_suspend_and_resume(
     control_plane: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 6)
+    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 2)
+    # The first step outlasts a CLI call on a loaded machine: the suspend must land before the run ends.
+    spec["spec"]["steps"][0]["params"]["seconds"] = 25
     cli(control_plane, "submit", str(workflow_file(tmp_path, spec)), "-n", namespace, "--no-watch")
     wait_until(lambda: status_of(control_plane, namespace, "paused").get("phase") == "Running", timeout=60)
 
