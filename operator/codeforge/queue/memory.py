@@ -1,7 +1,9 @@
 """In-process TaskQueue: the embedded mode's queue (`codeforge run`) and the reference for the contract.
 
-One asyncio event loop owns it. Idle claimers wait on futures that an enqueue resolves (one waiter per
-task, no herd); timers for leases and retry backoffs bound the wait precisely, so there is no polling.
+One asyncio event loop owns it. Idle claimers wait on futures; whatever makes a task claimable leases it to
+the longest-waiting claimer right away and resolves its future with the leases (a handover, as on Redis:
+one waiter per task, no herd, the task already held when the claimer resumes); timers for leases and retry
+backoffs bound the wait precisely, so there is no polling.
 """
 
 from __future__ import annotations
@@ -84,6 +86,16 @@ class _Record:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Claimer:
+    """A consumer blocked in a claim: what it asked for, and the future its leases are handed over on."""
+
+    future: asyncio.Future[list[Lease]]
+    consumer: str
+    max_tasks: int
+    hold: float
+
+
 @dataclass
 class _Pool:
     records: dict[str, _Record] = field(default_factory=dict)
@@ -91,7 +103,7 @@ class _Pool:
     delayed: list[tuple[float, str]] = field(default_factory=list)  # (ready_at, id), lazily pruned
     in_flight: dict[str, _Record] = field(default_factory=dict)
     dead: dict[str, _Record] = field(default_factory=dict)  # insertion order = dead-letter order
-    claimers: deque[asyncio.Future[None]] = field(default_factory=deque)
+    claimers: deque[_Claimer] = field(default_factory=deque)
     watchers: dict[str, list[asyncio.Future[TaskOutcome]]] = field(default_factory=dict)
     consumers: dict[str, tuple[str, float]] = field(default_factory=dict)
     dead_expired: int = 0
@@ -138,7 +150,7 @@ class MemoryTaskQueue:
         pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
                        task.max_concurrency)  # fmt: skip
         if pool.ready.claimable:
-            self._wake_one(pool)
+            self._hand_out(pool)
 
     def _end_lease(self, pool: _Pool, record: _Record) -> None:
         """Every way a lease ends (complete, fail, release, cancel, expiry) frees its key's slot."""
@@ -146,14 +158,24 @@ class MemoryTaskQueue:
         if record.holds_slot:
             record.holds_slot = False
             if pool.ready.ended(record.fair_key):
-                self._wake_one(pool)
+                self._hand_out(pool)
+
+    def _hand_out(self, pool: _Pool) -> None:
+        """Lease claimable tasks to blocked claimers, longest waiting first, in the queue's order."""
+        while pool.claimers and pool.ready.claimable:
+            claimer = pool.claimers.popleft()
+            if not claimer.future.done():
+                claimer.future.set_result(
+                    self._take(pool, claimer.consumer, claimer.max_tasks, claimer.hold, hand_out=False)
+                )
 
     @staticmethod
     def _wake_one(pool: _Pool) -> None:
+        """Wake one claimer with nothing, so it re-arms its timer (a retry became due sooner)."""
         while pool.claimers:
-            waiter = pool.claimers.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            claimer = pool.claimers.popleft()
+            if not claimer.future.done():
+                claimer.future.set_result([])
                 return
 
     # -- consuming ---------------------------------------------------------------------------------
@@ -187,17 +209,26 @@ class MemoryTaskQueue:
                 if remaining <= 0:
                     return []
                 wait = remaining if wait is None else min(wait, remaining)
-            waiter = asyncio.get_running_loop().create_future()
-            state.claimers.append(waiter)
+            waiter: asyncio.Future[list[Lease]] = asyncio.get_running_loop().create_future()
+            state.claimers.append(_Claimer(waiter, consumer, max_tasks, hold))
             try:
-                await asyncio.wait_for(waiter, wait)
+                await asyncio.wait_for(asyncio.shield(waiter), wait)
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed over as the claim was cancelled
+                    for lease in waiter.result():
+                        await self.release(lease)  # back in line, nothing spent
+                raise
             finally:
                 if not waiter.done():
                     waiter.cancel()
+            if not waiter.cancelled() and waiter.result():
+                return waiter.result()  # handed over while it waited (or just as its wait ran out)
 
-    def _take(self, pool: _Pool, consumer: str, max_tasks: int, hold: float) -> list[Lease]:
+    def _take(
+        self, pool: _Pool, consumer: str, max_tasks: int, hold: float, *, hand_out: bool = True
+    ) -> list[Lease]:
         now = time.time()
         self._expire(pool, now)
         self._promote(pool, now)
@@ -217,8 +248,8 @@ class MemoryTaskQueue:
             record.claimed_at = now
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
-        if leases and pool.ready.claimable:
-            self._wake_one(pool)  # more work is waiting: pass the baton
+        if hand_out and pool.ready.claimable:
+            self._hand_out(pool)  # an expiry or a due retry readied more than this claimer took
         return leases
 
     @staticmethod
@@ -485,6 +516,6 @@ class MemoryTaskQueue:
         self._closed = True
         for pool in self._pools.values():
             while pool.claimers:
-                waiter = pool.claimers.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+                claimer = pool.claimers.popleft()
+                if not claimer.future.done():
+                    claimer.future.set_result([])

@@ -146,6 +146,30 @@ class ReplicatedWrites:
             raise ConnectionError(str(exc)) from exc
         return reply
 
+    async def pop(self, pool: str, key: str, block: float) -> str | None:
+        """BLPOP a handed-over lease, then WAIT for one replica on the same connection (one pipeline): the
+        consumer starts the task only once a replica holds its lease, as after a claim."""
+        client = await self._master(pool)
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.blpop([key], timeout=block)
+            pipe.set(sync_key(pool), "1")  # WAIT covers this connection's writes: one after the pop
+            pipe.execute_command("WAIT", 1, self.replica_wait_ms)
+            item, _, acked = await pipe.execute()
+            if item is not None and int(acked) < 1:
+                await self._confirm(client, pool)
+        except ReplicationTimeoutError:
+            raise
+        except redis_errors.ResponseError as exc:
+            if not topology_changed(exc):
+                raise
+            await self._forget_master(pool, exc)
+            raise ConnectionError(str(exc)) from exc
+        except (*TOPOLOGY, *TRANSIENT) as exc:
+            await self._forget_master(pool, exc)
+            raise ConnectionError(str(exc)) from exc
+        return None if item is None else str(item[1])
+
     async def _confirm(self, client: Any, pool: str) -> None:
         """WAIT again (after a fresh write of our own) until a replica confirms, for up to retry_seconds."""
         deadline = time.monotonic() + self.retry_seconds
