@@ -128,19 +128,29 @@ class MemoryTaskQueue:
     # -- producing ---------------------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> bool:
-        pool = self._pool(task.pool)
-        if task.id in pool.records:
-            return False
-        record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
-        record.fair_key = pool.ready.key_for(task.fairness_key)
-        pool.records[task.id] = record
-        self._make_ready(pool, record)
-        return True
+        return (await self.enqueue_many([task]))[0]
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
-        return [await self.enqueue(task) for task in tasks]
+        added: list[bool] = []
+        touched: dict[str, _Pool] = {}
+        for task in tasks:
+            pool = self._pool(task.pool)
+            if task.id in pool.records:
+                added.append(False)
+                continue
+            record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
+            record.fair_key = pool.ready.key_for(task.fairness_key)
+            pool.records[task.id] = record
+            self._make_ready(pool, record, hand_out=False)
+            touched[task.pool] = pool
+            added.append(True)
+        for pool in touched.values():  # all of a call at once, as on Redis: the most urgent goes first
+            self._hand_out(pool)
+        return added
 
-    def _make_ready(self, pool: _Pool, record: _Record, since: float | None = None) -> None:
+    def _make_ready(
+        self, pool: _Pool, record: _Record, since: float | None = None, *, hand_out: bool = True
+    ) -> None:
         record.state = TaskState.QUEUED
         record.consumer = ""
         record.ready_at = 0.0
@@ -149,7 +159,7 @@ class MemoryTaskQueue:
         task = record.task
         pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
                        task.max_concurrency)  # fmt: skip
-        if pool.ready.claimable:
+        if hand_out and pool.ready.claimable:
             self._hand_out(pool)
 
     def _end_lease(self, pool: _Pool, record: _Record) -> None:
