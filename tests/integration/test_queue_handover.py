@@ -8,10 +8,9 @@ caps), and a consumer that dies or stops waiting at that moment loses nothing an
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import random
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -42,7 +41,9 @@ async def blocked_claim(
     return job
 
 
-async def test_a_waiting_consumer_holds_the_task_when_the_enqueue_returns(queue: TaskQueue, pool: str) -> None:
+async def test_a_waiting_consumer_holds_the_task_when_the_enqueue_returns(
+    queue: TaskQueue, pool: str
+) -> None:
     job = await blocked_claim(queue, pool, "c1")
     task = make_task(pool, "t1")
     await queue.enqueue(task)
@@ -51,11 +52,17 @@ async def test_a_waiting_consumer_holds_the_task_when_the_enqueue_returns(queue:
     assert outcome is not None
     assert (outcome.state, outcome.consumer, outcome.attempts) == (TaskState.RUNNING, "c1", 1)
     (lease,) = await asyncio.wait_for(job, 5)
-    assert (lease.id, lease.consumer, lease.task.payload, lease.task.attempts) == ("t1", "c1", task.payload, 1)
+    assert (lease.id, lease.consumer, lease.task.payload, lease.task.attempts) == (
+        "t1",
+        "c1",
+        task.payload,
+        1,
+    )
     assert lease.expires_at > time.time()
     await queue.complete(lease, {"ok": True})
     outcome = await queue.get(pool, "t1")
-    assert outcome is not None and outcome.state is TaskState.SUCCEEDED
+    assert outcome is not None
+    assert outcome.state is TaskState.SUCCEEDED
 
 
 async def test_a_handover_takes_the_most_urgent_task_first(queue: TaskQueue, pool: str) -> None:
@@ -110,10 +117,10 @@ async def test_a_cancelled_claim_gives_back_what_was_handed_over(queue: TaskQueu
 
 async def test_no_task_is_lost_or_twice_when_waits_end_as_tasks_arrive(queue: TaskQueue, pool: str) -> None:
     """Consumers whose short claims time out at the moment tasks arrive: each task runs exactly once, and
-    none is stranded with a consumer that stopped waiting (leases are 30 s: a stranded one would not finish)."""
+    none is stranded with a consumer that stopped waiting (30 s leases: a stranded one would not finish)."""
     total = 150
     seen: list[str] = []
-    stop = asyncio.Event()
+    stop, all_seen = asyncio.Event(), asyncio.Event()
 
     async def consumer(name: str) -> None:
         rng = random.Random(name)
@@ -122,15 +129,16 @@ async def test_no_task_is_lost_or_twice_when_waits_end_as_tasks_arrive(queue: Ta
             for lease in leases:
                 seen.append(lease.id)
                 await queue.complete(lease, None)
+            if len(seen) >= total:
+                all_seen.set()
 
     consumers = [asyncio.ensure_future(consumer(f"c{i}")) for i in range(4)]
     rng = random.Random(7)
     for i in range(total):
         await queue.enqueue(make_task(pool, f"t{i}"))
         await asyncio.sleep(rng.uniform(0.0, 0.02))
-    deadline = time.monotonic() + 20
-    while len(seen) < total and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_seen.wait(), 20)
     stop.set()
     await asyncio.gather(*consumers)
     assert sorted(seen) == sorted(f"t{i}" for i in range(total)), "every task exactly once"
@@ -160,21 +168,19 @@ async def test_a_consumer_killed_while_waiting_loses_its_handed_task_to_the_reap
 ) -> None:
     url = str(request.getfixturevalue("redis_url" if backend == "redis" else "cluster_url"))
     queue: Any = await open_queue(url)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _DOOMED, url, pool, str(SHORT_LEASE)],
-        stdout=subprocess.PIPE,
-        env={**os.environ},
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DOOMED, url, pool, str(SHORT_LEASE), stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"claiming"
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"claiming"
         idle = queue._r  # the test reads the queue's own keys to see the registration
         deadline = time.monotonic() + 10
         while not await idle.zcard(f"cf:{{{pool}}}:idle"):
             assert time.monotonic() < deadline, "the consumer never registered as waiting"
             await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
         await queue.enqueue(make_task(pool, "t1", lost_lease_backoff_seconds=0.05))
         outcome = await queue.get(pool, "t1")
         assert outcome is not None
@@ -184,10 +190,11 @@ async def test_a_consumer_killed_while_waiting_loses_its_handed_task_to_the_reap
         lease = await claim_one(queue, pool, "survivor", timeout=5)
         assert (lease.id, lease.task.attempts) == ("t1", 2)
         dead = await queue.get(pool, "t1")
-        assert dead is not None and "lease expired" in (dead.error or "")
+        assert dead is not None
+        assert "lease expired" in (dead.error or "")
         await queue.complete(lease, None)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait(10)
+            await proc.wait()
         await queue.close()
