@@ -8,8 +8,9 @@ local consumer, want, hold = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3] or '0'
 local idle_ms, member = tonumber(ARGV[4] or '0'), ARGV[5] or ''
 local moved = reap(now, 100) + promote(now, 1000)
 local out = {now, -1}
-if member ~= '' then
-  redis.call('ZREM', P .. 'idle', member)
+-- Leases handed over that its pop did not return (its wait ended as they came): still its, if the fence says
+-- so; beyond what it asks for now, back in line unstarted with nothing spent (as a release).
+local function drain()
   local handed = redis.call('LPOP', P .. 'h:' .. consumer, 1000)
   for _, msg in ipairs(handed or {}) do
     local f, s = {}, 1
@@ -22,11 +23,11 @@ if member ~= '' then
     for i = 1, #f, 6 do
       local tk = P .. 't:' .. f[i]
       local st = redis.call('HMGET', tk, 'state', 'fence', 'consumer', 'fk')
-      if st[1] == 'running' and st[2] == f[i + 3] and st[3] == consumer then  -- still its lease
+      if st[1] == 'running' and st[2] == f[i + 3] and st[3] == consumer then
         if want > 0 then
           for j = i, i + 5 do out[#out + 1] = f[j] end
           want = want - 1
-        else  -- more than it asks for now: back in line unstarted, nothing spent (as a release)
+        else
           end_lease(tk, f[i], st[4] or '')
           next_fence(tk)
           redis.call('HINCRBY', tk, 'attempts', -1)
@@ -37,7 +38,14 @@ if member ~= '' then
     end
   end
 end
+
+if member ~= '' then
+  redis.call('ZREM', P .. 'idle', member)
+  drain()
+end
 if want > 0 then take(out, want, consumer, hold, now) end
+-- About to wait: first what an earlier wait of this consumer (a restarted process of the same name) left.
+if #out == 2 and member == '' and idle_ms > 0 then drain() end
 if #out == 2 then
   -- When nothing is ready, tell the caller when something will be (a retry backoff or a lease running out),
   -- so its blocking wait ends exactly then instead of polling.
