@@ -269,7 +269,7 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
         ({"handler": {"kind": "echo", "settings": {f"k{i}": 1 for i in range(65)}}}, "too many properties"),
         ({"resources": {"limits": {"memory": "1" * 63 + "Gi"}}}, "too long"),
         ({"tolerations": [{"key": "k"}] * 65}, "too many items"),
-        ({"rateLimit": {"key": "openai/gpt-4.1"}}, "set requestsPerMinute or tokensPerMinute"),
+        ({"rateLimit": {"key": "openai/gpt-4.1", "requestsPerMinute": -1}}, "below minimum"),
         ({"rateLimit": {"key": "{slot}", "requestsPerMinute": 1}}, ".spec.rateLimit.key: does not match"),
     ],
 )

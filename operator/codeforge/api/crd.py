@@ -117,6 +117,7 @@ AGENTPOOL: Final = CustomResource(
         AGE,
         PrinterColumn("Phase", "string", ".status.phase", priority=1),
         PrinterColumn("Mode", "string", ".spec.autoscaling.mode", priority=1),
+        PrinterColumn("Held", "integer", ".status.heldBack", "Waiting for maxConcurrency", priority=1),
     ),
     scale=ScaleSubresource(
         spec_replicas_path=".spec.replicas",

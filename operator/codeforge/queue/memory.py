@@ -455,9 +455,11 @@ class MemoryTaskQueue:
         queued = [r for r in state.records.values() if r.state is TaskState.QUEUED]
         ready = [r for r in queued if not r.ready_at]
         oldest = min((r.ready_since for r in ready), default=now)  # waiting since it last became ready
+        held_back = max(len(ready) - state.ready.claimable, 0)  # their keys hold maxConcurrency leases
         return QueueStats(
             pool=pool,
-            queued=len(ready),
+            queued=len(ready) - held_back,
+            held_back=held_back,
             delayed=len(queued) - len(ready),
             in_flight=len(state.in_flight),
             dead=len(state.dead),

@@ -388,10 +388,12 @@ class RedisTaskQueue:
 
     async def stats(self, pool: str) -> QueueStats:
         validate_pool_name(pool)
-        ready, delayed, in_flight, dead, age_ms, expired = await self._script("stats", pool)
+        ready, delayed, in_flight, dead, age_ms, expired, held = await self._script("stats", pool)
+        held_back = min(max(int(held), 0), int(ready))
         return QueueStats(
             pool=pool,
-            queued=int(ready),
+            queued=int(ready) - held_back,
+            held_back=held_back,
             delayed=int(delayed),
             in_flight=int(in_flight),
             dead=int(dead),
