@@ -79,7 +79,7 @@ async def test_an_invalid_spec_fails_with_a_condition_naming_the_field(
         assert invalid["reason"] == "InvalidSpec"
         assert "spec.edges[0].to" in invalid["message"]
         assert "nowhere" in invalid["message"]
-        await cluster.eventually(lambda: bool(cluster.events("bad", "InvalidSpec")))  # posted in the background
+        await cluster.eventually(lambda: bool(cluster.events("bad", "InvalidSpec")))  # posted in background
 
         # The operator keeps working, and fixing the spec runs the Workflow.
         await cluster.create("good", chain("echo-fix", "one"))

@@ -99,7 +99,7 @@ async def _problem(
     """The spec's problems ("" when it can run), checked once per spec; None when not known."""
     uid = seen.ref.uid
     cached = workflows.checked.get(uid)
-    if cached is not None and cached[0] == seen.spec:  # compared, not by generation: not every server bumps it
+    if cached is not None and cached[0] == seen.spec:  # not by generation: not every server bumps it
         return cached[1]
     try:
         parsed = parse_workflow_spec(dict(seen.spec))
