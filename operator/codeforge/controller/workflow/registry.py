@@ -134,7 +134,7 @@ class WorkflowRegistry:
         for task in (self.writer_task, self.probe_task):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down either way
                     await task
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
