@@ -5,6 +5,7 @@ writer's cost with many tracked Workflows. The runs themselves are covered by te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -13,7 +14,7 @@ from codeforge.controller.config import OperatorConfig
 from codeforge.controller.kstatus import ObjectRef
 from codeforge.controller.services import OperatorServices
 from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
-from codeforge.controller.workflow.registry import WorkflowRegistry
+from codeforge.controller.workflow.registry import WorkflowRegistry, landmark
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.tracker import WorkflowTracker
@@ -43,8 +44,13 @@ def registry() -> WorkflowRegistry:
     return WorkflowRegistry(settings=WorkflowSettings(), writer=StatusWriter(Recorder().patch))
 
 
-def seen(spec: dict[str, Any], status: dict[str, Any] | None = None, **fields: Any) -> WatchedWorkflow:
-    return WatchedWorkflow(ref=REF, generation=1, spec=spec, status=status or {}, annotations={}, **fields)
+def seen(
+    spec: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+    **fields: Any,
+) -> WatchedWorkflow:
+    return WatchedWorkflow(REF, 1, spec, status or {}, annotations or {}, **fields)
 
 
 async def test_an_invalid_spec_is_reported_once_and_a_fixed_one_goes_back_to_pending() -> None:
@@ -67,14 +73,29 @@ async def test_an_invalid_spec_is_reported_once_and_a_fixed_one_goes_back_to_pen
 
 async def test_a_run_that_ended_here_is_not_started_again_by_stale_events() -> None:
     workflows, services = registry(), OperatorServices(OperatorConfig())
-    workflows.ended.add(REF.uid)
-    running = {"phase": "Running", "conditions": []}
-    assert (await observe(workflows, services, seen(GOOD, running), LOG)).status is None
+    final = {"phase": "Failed", "retryToken": "1", "completionTime": "2026-12-02T10:00:00Z"}
+    workflows.ended[REF.uid] = landmark(final)
+    running = {"phase": "Running", "retryToken": "1", "conditions": []}
+    retry = {"codeforge.ai/retry": "2"}
+    stale = seen(GOOD, running, annotations=retry)
+    assert (await observe(workflows, services, stale, LOG)).status is None
     assert not workflows.runs  # the event still shows Running: the final status has not landed yet
-    await observe(workflows, services, seen(GOOD, {"phase": "Succeeded"}), LOG)
-    assert REF.uid not in workflows.ended  # landed: a retry may start it again
+    earlier = {**final, "completionTime": "2026-12-02T09:00:00Z"}  # the failure before the last retry
+    await observe(workflows, services, seen(GOOD, earlier, annotations=retry), LOG)
+    assert not workflows.runs
+    # The final status and a new retry token in one (batched) event: the retry starts.
+    await observe(workflows, services, seen(GOOD, final, annotations=retry), LOG)
+    assert REF.uid not in workflows.ended
+    assert REF.uid in workflows.runs
+    workflows.runs[REF.uid].control.cancel("test over")
+    task = workflows.runs[REF.uid].task
+    assert task is not None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     await observe(workflows, services, seen(GOOD, {"phase": "Succeeded"}, gone=True), LOG)
     assert REF.uid not in workflows.checked  # nothing kept of a deleted Workflow
+    await workflows.close()
 
 
 async def test_a_deleting_workflow_is_not_started() -> None:

@@ -9,7 +9,9 @@ a Workflow to `observe()`, which
   `cleanup` cancels it) or the operator stops (`WorkflowRegistry.close`: the tasks stay with the agents and
   the next operator re-attaches to them from the checkpoint);
 - hands changes of a live run's approval annotations, `spec.suspend` and `spec.budget` to it;
-- remembers a run that ended here until its final status is seen, so stale events never start it again.
+- remembers a run that ended here until its final status is seen, so stale events never start it again
+  (compared by phase, retryToken and completionTime: Kopf may batch the final status with a retry
+  annotation into one event, which must start the retry).
 
 Task results wake the runs through the queue's shared result listener (one Pub/Sub connection), not a
 poll per Workflow. Everything here is plain functions and data: `handlers.watch_workflow` is the Kopf side.
@@ -30,7 +32,7 @@ from codeforge.controller.kstatus import ObjectRef, condition_message, condition
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.access import check_access
-from codeforge.controller.workflow.registry import LiveWorkflow, WorkflowRegistry
+from codeforge.controller.workflow.registry import LiveWorkflow, WorkflowRegistry, landmark
 from codeforge.controller.workflow.supervisor import WorkflowObject, supervise, wants_run
 from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
 from codeforge.orchestrator import WorkflowHandle
@@ -86,9 +88,12 @@ async def observe(
     live = workflows.runs.get(uid)
     if live is not None:
         refresh(workflows, live, seen, log)
-    elif not wants_run(seen.annotations, status):
-        workflows.ended.discard(uid)  # its final status is in: a retry may start it again
-    elif uid not in workflows.ended and not seen.deleting:
+        return Reaction()
+    if uid in workflows.ended:
+        final = workflows.ended[uid]
+        if (final is not None and landmark(status) == final) or not wants_run(seen.annotations, status):
+            del workflows.ended[uid]  # its final status is in: a retry may start it again
+    if uid not in workflows.ended and not seen.deleting and wants_run(seen.annotations, status):
         start(workflows, services, seen, log)
     return Reaction()
 

@@ -36,6 +36,14 @@ CANCEL_WAIT_SECONDS: Final = 20.0
 CLOSE_WAIT_SECONDS: Final = 10.0
 
 
+#: What tells a run's final status from the ones before it: (phase, retryToken, completionTime).
+Landmark = tuple[Any, Any, Any]
+
+
+def landmark(status: Mapping[str, Any]) -> Landmark:
+    return status.get("phase"), status.get("retryToken"), status.get("completionTime")
+
+
 class Unavailable(Exception):
     """The queue or the checkpoint store cannot be reached (retried with a pause)."""
 
@@ -62,8 +70,9 @@ class WorkflowRegistry:
     runs: dict[str, LiveWorkflow] = field(default_factory=dict)
     #: uid -> (the spec, its problems or ""): a spec is validated once, not on every watch event
     checked: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
-    #: runs that ended here whose final status has not been seen yet: stale events must not restart them
-    ended: set[str] = field(default_factory=set)
+    #: runs that ended here whose final status has not been seen yet (stale events must not restart them):
+    #: uid -> the final status's (phase, retryToken, completionTime), None when it wrote none
+    ended: dict[str, Landmark | None] = field(default_factory=dict)
     runner: WorkflowRunner | None = None
     results: ResultStore = field(default_factory=ResultStore)
     writer_task: asyncio.Task[None] | None = None
@@ -118,7 +127,7 @@ class WorkflowRegistry:
         """The Workflow is gone: drop what is kept of it (its run, if one is still live, is cancelled: the
         finalizer's cleanup does that first, unless the finalizer was removed by hand)."""
         self.checked.pop(uid, None)
-        self.ended.discard(uid)
+        self.ended.pop(uid, None)
         run = self.runs.get(uid)
         if run is not None:
             run.control.cancel("the Workflow was deleted")

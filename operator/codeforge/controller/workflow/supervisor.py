@@ -31,7 +31,12 @@ from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
-from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
+from codeforge.controller.workflow.registry import (
+    CANCEL_WAIT_SECONDS,
+    LiveWorkflow,
+    WorkflowRegistry,
+    landmark,
+)
 from codeforge.controller.workflow.results import bounded_result, result_key
 from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
 from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
@@ -100,6 +105,7 @@ async def supervise(
     """Run (or resume, or retry) one Workflow until it ends, it is deleted (`live.control` cancelled), or
     this task is cancelled (the operator stops: its tasks stay with the agents, the next operator resumes)."""
     uid = obj.ref.uid
+    tracker: WorkflowTracker | None = None
     try:
         written = parse_workflow_spec(dict(obj.spec))  # valid: `dispatcher.observe` checked it
         spec = qualified(written, obj.ref.namespace)
@@ -115,10 +121,10 @@ async def supervise(
         live.done.set()
         if workflows.runs.get(uid) is live:
             del workflows.runs[uid]
-        workflows.ended.add(uid)
         if workflows.writer_task is not None and not workflows.writer_task.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await workflows.writer.flush(uid, timeout=5.0)
+        workflows.ended[uid] = None if tracker is None else landmark(tracker.render())
         workflows.writer.untrack(uid)
 
 
