@@ -117,6 +117,29 @@ def queue_depth(url: str, pool: str) -> int:
     return asyncio.run(read())
 
 
+def create_pool(kubeconfig: Path, namespace: str) -> None:
+    """The AgentPool the steps name (a Workflow whose pool does not exist waits, PoolNotFound); external
+    autoscaling at 0 replicas: the agents are this benchmark's own processes, not the pool's pods."""
+    api_client: Any = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    body = {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": POOL},
+        "spec": {
+            "image": "agent:1",
+            "handler": {"kind": "sleep"},
+            "replicas": 0,
+            "autoscaling": {"mode": "external"},
+        },
+    }
+    try:
+        k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            "codeforge.ai", "v1alpha1", namespace, "agentpools", body
+        )
+    finally:
+        api_client.close()
+
+
 def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, threads: int) -> None:
     """Create `count` Workflows through `threads` API connections (the way a CI system submits runs)."""
     api_client: Any = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
@@ -168,6 +191,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 },
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
             operator.start(timeout=300)  # imports alone take long on a loaded machine
             profiler = start_profiler(args.py_spy, operator.pid, log_dir / f"profile-{count}.txt")
