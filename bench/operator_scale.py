@@ -126,6 +126,7 @@ def create_pool(kubeconfig: Path, namespace: str) -> None:
         "kind": "AgentPool",
         "metadata": {"name": POOL},
         "spec": {
+            "role": POOL,
             "image": "agent:1",
             "handler": {"kind": "sleep"},
             "replicas": 0,

@@ -20,38 +20,24 @@ poll per Workflow. Everything here is plain functions and data: `handlers.watch_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from codeforge.api.usage import Budget
 from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
-from codeforge.controller.kstatus import ObjectRef, condition_message, condition_true
+from codeforge.controller.kstatus import condition_message, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.registry import LiveWorkflow, WorkflowRegistry, landmark
-from codeforge.controller.workflow.supervisor import WorkflowObject, supervise, wants_run
+from codeforge.controller.workflow.supervisor import WatchedWorkflow, supervise, wants_run
 from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
 from codeforge.orchestrator import WorkflowHandle
 
 JSON = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class WatchedWorkflow:
-    """One watch event of a Workflow, as `observe` needs it."""
-
-    ref: ObjectRef
-    generation: int | None
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
-    annotations: Mapping[str, str]
-    labels: Mapping[str, str] = field(default_factory=dict)
-    deleting: bool = False  # deletionTimestamp set: the finalizer's `cleanup` stops the run
-    gone: bool = False  # the DELETED event
+__all__ = ["Reaction", "WatchedWorkflow", "observe", "refresh", "start"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +114,9 @@ def start(
     if live.spec.get("suspend"):
         control.suspend()
     workflows.set_approvals(control, live.annotations, log)  # decisions made while no operator ran
-    obj = WorkflowObject(
-        ref=seen.ref,
-        generation=seen.generation,
-        spec=live.spec,
-        status=dict(seen.status),
-        annotations=lambda: live.annotations,  # refreshed by every later event
-        labels=dict(seen.labels),
-    )
     workflows.runs[seen.ref.uid] = live
     live.task = asyncio.create_task(
-        supervise(workflows, services, obj, live, log), name=f"workflow {seen.ref.key}"
+        supervise(workflows, services, seen, live, log), name=f"workflow {seen.ref.key}"
     )
     return live
 

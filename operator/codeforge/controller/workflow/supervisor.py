@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -64,15 +64,17 @@ def qualified(spec: WorkflowSpec, namespace: str) -> WorkflowSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkflowObject:
-    """What the run reads from the Workflow (`annotations` gives the latest the dispatcher has seen)."""
+class WatchedWorkflow:
+    """One watch event of a Workflow: what the dispatcher decides on, and what a run starts from."""
 
     ref: ObjectRef
     generation: int | None
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
-    annotations: Callable[[], Mapping[str, str]]
+    annotations: Mapping[str, str]
     labels: Mapping[str, str] = field(default_factory=dict)  # workflow.labels in fairShare.concurrencyKey
+    deleting: bool = False  # deletionTimestamp set: the finalizer's `cleanup` stops the run
+    gone: bool = False  # the DELETED event
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
@@ -98,7 +100,7 @@ async def first_of(*aws: Awaitable[Any]) -> None:
 async def supervise(
     workflows: WorkflowRegistry,
     services: OperatorServices,
-    obj: WorkflowObject,
+    obj: WatchedWorkflow,
     live: LiveWorkflow,
     log: Logger,
 ) -> None:
@@ -131,7 +133,7 @@ async def supervise(
 async def _drive(
     workflows: WorkflowRegistry,
     services: OperatorServices,
-    obj: WorkflowObject,
+    obj: WatchedWorkflow,
     spec: WorkflowSpec,
     live: LiveWorkflow,
     tracker: WorkflowTracker,
@@ -158,8 +160,8 @@ async def _drive(
     while not control.cancelled.is_set():
         try:
             runner = await workflows.connect(services, log)
-            if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
-                token = obj.annotations().get(RETRY_ANNOTATION)
+            if retry_requested(live.annotations, obj.status) and tracker.phase is WorkflowPhase.FAILED:
+                token = live.annotations.get(RETRY_ANNOTATION)
                 try:
                     if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
                         raise RewindError("its checkpoints were removed when its TTL passed (Expired)")
@@ -193,7 +195,7 @@ async def _drive(
             log.warning("Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc)
             await first_of(control.cancelled.wait(), asyncio.sleep(RETRY_SECONDS))
             continue
-        await _finish(workflows, obj, tracker, outcome, busy[0])
+        await _finish(workflows, obj, live, tracker, outcome, busy[0])
         return
     _end(tracker, _cancelled(uid, control), None, None, busy[0])  # deleted while waiting for the queue
 
@@ -238,7 +240,8 @@ def _end(
 
 async def _finish(
     workflows: WorkflowRegistry,
-    obj: WorkflowObject,
+    obj: WatchedWorkflow,
+    live: LiveWorkflow,
     tracker: WorkflowTracker,
     outcome: WorkflowOutcome,
     busy: float,
@@ -248,7 +251,7 @@ async def _finish(
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
     _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
-    tracker.retry_token = obj.annotations().get(RETRY_ANNOTATION) or tracker.retry_token
+    tracker.retry_token = live.annotations.get(RETRY_ANNOTATION) or tracker.retry_token
     await workflows.writer.flush(obj.ref.uid)
 
 
