@@ -121,13 +121,24 @@ async def supervise(
         return  # the dispatcher reports an invalid spec
     finally:
         live.done.set()
+        # Marked ended before it leaves `runs`: an event seen while the last status is written is stale.
+        workflows.ended[uid] = None if tracker is None else landmark(_final_status(tracker))
         if workflows.runs.get(uid) is live:
             del workflows.runs[uid]
         if workflows.writer_task is not None and not workflows.writer_task.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await workflows.writer.flush(uid, timeout=5.0)
-        workflows.ended[uid] = None if tracker is None else landmark(tracker.render())
         workflows.writer.untrack(uid)
+
+
+def _final_status(tracker: WorkflowTracker) -> dict[str, Any]:
+    """The fields of the status the run ends with that `landmark` compares (as `tracker.render` has them)."""
+    phase = tracker.effective_phase
+    return {
+        "phase": phase.value,
+        "retryToken": tracker.retry_token,
+        "completionTime": tracker.completion_time if phase.finished else None,
+    }
 
 
 async def _drive(
