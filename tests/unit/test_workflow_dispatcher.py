@@ -136,3 +136,20 @@ async def test_changes_within_the_interval_do_not_make_the_writer_rescan_every_w
         assert len(api.patches) == 2000  # within the interval
     finally:
         loop.cancel()
+
+
+async def test_an_ended_run_keeps_its_last_status_until_it_is_written() -> None:
+    """The run ended while the writer is behind: its final status is written later, never dropped."""
+    api = Recorder()
+    writer = StatusWriter(api.patch, interval=60, writes_per_second=1e6)
+    tracker = WorkflowTracker.from_status(SPEC, {}, 1)
+    writer.track(REF, tracker)
+    await writer.write_due()
+    tracker.apply(ProgressEvent(EventKind.WORKFLOW_STARTED, "wf"))
+    writer.release(REF.uid)
+    assert len(api.patches) == 1  # behind: not written yet, still tracked
+    await writer.write_due()  # released entries are urgent: the interval does not hold them
+    assert api.patches[-1][1]["status"]["phase"] == "Running"
+    tracker.apply(ProgressEvent(EventKind.STEP_STARTED, "wf", "one"))
+    await writer.write_due()
+    assert len(api.patches) == 2  # written, then untracked

@@ -73,6 +73,7 @@ class _Entry:
     urgent: bool = False
     flushed: asyncio.Event = field(default_factory=asyncio.Event)
     marker: Callable[[], None] | None = None  # the tracker's on_change set by `track`
+    released: bool = False  # the run ended: untracked once its last status is written
 
 
 class StatusWriter:
@@ -105,6 +106,19 @@ class StatusWriter:
         self._dirty.pop(uid, None)
         if entry is not None and entry.tracker.on_change is entry.marker:
             entry.tracker.on_change = None
+
+    def release(self, uid: str) -> None:
+        """The run ended: stop tracking it once its last status is written (at once if it is). A final
+        status is never dropped because the writer is behind (the cap queues thousands at 10,000 runs)."""
+        entry = self._entries.get(uid)
+        if entry is None:
+            return
+        if not self._is_dirty(entry):
+            self.untrack(uid)
+            return
+        entry.released = entry.urgent = True
+        self._dirty[uid] = None
+        self._wake.set()
 
     def changed(self) -> None:
         """Something may have changed in any tracker: look at them all (trackers report their own changes
@@ -200,6 +214,8 @@ class StatusWriter:
         entry.urgent = False
         if not self._is_dirty(entry):
             self._dirty.pop(entry.ref.uid, None)
+            if entry.released:
+                self.untrack(entry.ref.uid)
         entry.flushed.set()
         self._post_events(entry.ref, transitions)
 

@@ -125,10 +125,7 @@ async def supervise(
         workflows.ended[uid] = None if tracker is None else landmark(_final_status(tracker))
         if workflows.runs.get(uid) is live:
             del workflows.runs[uid]
-        if workflows.writer_task is not None and not workflows.writer_task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await workflows.writer.flush(uid, timeout=5.0)
-        workflows.writer.untrack(uid)
+        workflows.writer.release(uid)  # untracked once its last status is written
 
 
 def _final_status(tracker: WorkflowTracker) -> dict[str, Any]:
