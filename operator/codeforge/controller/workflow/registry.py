@@ -145,6 +145,7 @@ class WorkflowRegistry:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down either way
                     await task
+        await self.writer.drain(CLOSE_WAIT_SECONDS)  # the steps in flight show in the status
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
                 await self.runner.checkpointer.aclose()

@@ -120,6 +120,15 @@ class StatusWriter:
         self._dirty[uid] = None
         self._wake.set()
 
+    async def drain(self, timeout: float) -> bool:
+        """Shutdown, with the loop stopped: write every changed status now (still under the cap), in this
+        task (Kopf may have cancelled the loop's); False if some were left."""
+        for entry in self._pending():
+            entry.urgent = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.write_due(), timeout)
+        return not self._pending()
+
     def changed(self) -> None:
         """Something may have changed in any tracker: look at them all (trackers report their own changes
         through `_mark`, which costs nothing per Workflow)."""
