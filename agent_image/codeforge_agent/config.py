@@ -87,13 +87,20 @@ class AgentConfig:
     rate_limit_rpm: int = 0
     rate_limit_tpm: int = 0
     rate_limit_burst_seconds: float = 1.0
+    #: The namespace the key belongs to (the operator sets the pool's own for keys the platform does not
+    #: declare fleet-wide); empty: the fleet's key.
+    rate_limit_scope: str = ""
 
     @property
     def rate_limit(self) -> RateLimit | None:
         if not self.rate_limit_key:
             return None
         return RateLimit(
-            self.rate_limit_key, self.rate_limit_rpm, self.rate_limit_tpm, self.rate_limit_burst_seconds
+            self.rate_limit_key,
+            self.rate_limit_rpm,
+            self.rate_limit_tpm,
+            self.rate_limit_burst_seconds,
+            self.rate_limit_scope,
         )
 
     @property
@@ -418,6 +425,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_tpm", count, "Tokens per minute allowed on that key, fleet-wide; 0: none.", "0"),
     Option("rate_limit_burst_seconds", seconds, "How many seconds' worth of the limits may go at once.",
            "1"),
+    Option("rate_limit_scope", text, "The namespace whose pools share that key (the operator sets it for "
+           "keys the platform does not declare fleet-wide); empty: the fleet's key.", "none"),
     Option("workspace_dir", text, "Workspaces: directory of the Git cache and the per-task worktrees (pods: "
            "the AgentPool's cache volume).", "`<temp dir>/codeforge-workspaces`"),
     Option("workspace_size_limit", byte_size, "Workspaces: size of that volume (the AgentPool's "

@@ -1,17 +1,19 @@
-"""kubectl-level helpers of the e2e suite: CRDs, namespaces, YAML documents and `kubectl get` tables."""
+"""kubectl-level helpers of the e2e suite: CRDs, namespaces, YAML documents, `kubectl get` tables, and the
+AgentPool / Workflow documents and waits the e2e modules share."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cluster.control_plane import REPO_ROOT, Cluster
+from cluster.processes import wait_until
 
 CHART_DIR = REPO_ROOT / "helm" / "codeforge"
 CHART_CRDS_DIR = CHART_DIR / "crds"
@@ -103,3 +105,64 @@ def sleep_workflow(name: str, pool: str, steps: list[str], seconds: float) -> di
             "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
         },
     }
+
+
+# --- AgentPool and Workflow documents, and waiting for a Workflow's status --------------------------------
+
+API_VERSION = "codeforge.ai/v1alpha1"
+#: Pools of the e2e suite run their agents as local processes: the image is never pulled.
+E2E_AGENT_IMAGE = "registry.invalid/codeforge/agent:e2e"
+
+
+def pool_doc(name: str, handler: str = "echo") -> dict[str, Any]:
+    """An AgentPool of one agent (role = name) whose handler is `handler`, as the e2e modules declare them."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AgentPool",
+        "metadata": {"name": name},
+        "spec": {
+            "role": name,
+            "image": E2E_AGENT_IMAGE,
+            "handler": {"kind": handler},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+        },
+    }
+
+
+def workflow_doc(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Workflow", "metadata": {"name": name}, "spec": spec}
+
+
+def apply_docs(cluster: Cluster, namespace: str, *docs: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=dump(list(docs)))
+
+
+def get_workflow(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = cluster.kubectl_json("get", "workflow", name, "--namespace", namespace)
+    return obj
+
+
+def wait_workflow(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    what: str,
+    *,
+    timeout: float = 60,
+    tail: Callable[[], str] = lambda: "",
+) -> dict[str, Any]:
+    """The Workflow object once `check` holds for it; on a timeout the failure shows its status and `tail`
+    (the operator's log)."""
+
+    def reached() -> dict[str, Any] | None:
+        obj = get_workflow(cluster, namespace, name)
+        return obj if check(obj) else None
+
+    return wait_until(
+        reached,
+        timeout=timeout,
+        interval=0.3,
+        what=f"Workflow {name}{what}",
+        detail=lambda: f"{get_workflow(cluster, namespace, name).get('status')}\n{tail()}",
+    )

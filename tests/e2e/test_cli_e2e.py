@@ -22,7 +22,7 @@ import pytest
 
 from cluster import Cluster, LocalControlPlane
 from cluster.processes import VENV_BIN, AgentProcess, OperatorProcess, running_agents, wait_until
-from cluster.resources import dump, install_crds, sleep_workflow, temporary_namespace
+from cluster.resources import dump, install_crds, pool_doc, sleep_workflow, temporary_namespace
 from codeforge.api.task import TaskState
 from codeforge.queue import TaskQueue
 from codeforge.testing.redis_server import LocalRedis
@@ -33,20 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(900)]
 #: Pools of this module: `sleepy` steps take a while, `failing` steps fail (a command exiting 3), nobody
 #: serves `idle` (its dead letters are made by the test itself, acting as a failing agent).
 POOLS = ("sleepy", "failing", "idle")
-
-
-def pool_doc(name: str, handler: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {"name": name},
-        "spec": {
-            "role": name,
-            "image": "registry.invalid/codeforge/agent:e2e",
-            "handler": {"kind": handler},
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +278,9 @@ def run_on_terminal(
 def test_suspend_and_resume(
     control_plane: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 6)
+    spec = sleep_workflow("paused", "sleepy", ["one", "two", "three"], 2)
+    # The first step outlasts a CLI call on a loaded machine: the suspend must land before the run ends.
+    spec["spec"]["steps"][0]["params"]["seconds"] = 25
     cli(control_plane, "submit", str(workflow_file(tmp_path, spec)), "-n", namespace, "--no-watch")
     wait_until(lambda: status_of(control_plane, namespace, "paused").get("phase") == "Running", timeout=60)
 

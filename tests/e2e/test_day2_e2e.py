@@ -21,7 +21,10 @@ import redis.asyncio as aioredis
 
 from cluster import Cluster
 from cluster.processes import AgentProcess, OperatorProcess, running_agents, wait_until
-from cluster.resources import dump, event_reasons, install_crds, temporary_namespace
+from cluster.resources import apply_docs as apply
+from cluster.resources import dump, event_reasons, install_crds, pool_doc, temporary_namespace, wait_workflow
+from cluster.resources import get_workflow as get
+from cluster.resources import workflow_doc as workflow
 from codeforge.orchestrator.results import ResultGone, fetch_result
 from codeforge.testing.redis_server import LocalRedis
 
@@ -29,20 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 
 CODEFORGE = Path(sys.executable).parent / "codeforge"
 CHECKPOINT_PREFIX = "cf:cp"
-
-
-def pool_doc(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {"name": name},
-        "spec": {
-            "role": name,
-            "image": "registry.invalid/codeforge/agent:e2e",
-            "handler": {"kind": "echo"},
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +63,6 @@ def operator(
         yield process
 
 
-def workflow(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def gated(timeout: float | None = None) -> dict[str, Any]:
     gate: dict[str, Any] = {"name": "gate", "kind": "approval", "message": "ship it?"}
     if timeout is not None:
@@ -103,29 +83,13 @@ def gated(timeout: float | None = None) -> dict[str, Any]:
     }
 
 
-def apply(cluster: Cluster, namespace: str, *docs: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=dump(list(docs)))
-
-
-def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = cluster.kubectl_json("get", "workflow", name, "--namespace", namespace)
-    return obj
-
-
 def step_status(obj: dict[str, Any], step: str) -> dict[str, Any]:
     return next((s for s in obj.get("status", {}).get("steps", []) if s["name"] == step), {})
 
 
 def wait_for(cluster: Cluster, namespace: str, name: str, operator: OperatorProcess, check: Any, what: str,
              timeout: float = 60) -> dict[str, Any]:  # fmt: skip
-    def reached() -> dict[str, Any] | None:
-        obj = get(cluster, namespace, name)
-        return obj if check(obj) else None
-
-    return wait_until(
-        reached, timeout=timeout, interval=0.3, what=f"Workflow {name}: {what}",
-        detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{operator.tail()}",
-    )  # fmt: skip
+    return wait_workflow(cluster, namespace, name, check, f": {what}", timeout=timeout, tail=operator.tail)
 
 
 def waiting(obj: dict[str, Any]) -> bool:
@@ -213,7 +177,7 @@ def test_an_approval_times_out(control_plane: Cluster, namespace: str, operator:
 async def redis_keys(url: str, uid: str) -> list[str]:
     client = aioredis.Redis.from_url(url)
     try:
-        return [key.decode() async for key in client.scan_iter(match=f"*{uid}*", count=1000)]
+        return sorted([key.decode() async for key in client.scan_iter(match=f"*{uid}*", count=1000)])
     finally:
         await client.aclose()
 
@@ -224,9 +188,16 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     big = {"input": {"report": "r" * 6000}, "steps": [{"name": "one", "pool": "echo"}]}
     apply(
         control_plane, namespace,
-        workflow("ttl-keep", {**big, "ttlSecondsAfterFinished": 3}),
+        # Long enough to look at its keys before they go (on a busy machine a kubectl call takes seconds).
+        workflow("ttl-keep", {**big, "ttlSecondsAfterFinished": 20}),
         workflow("ttl-delete", {**big, "ttlSecondsAfterFinished": 3, "ttlDeletesWorkflow": True}),
+        workflow("ttl-none", big),
     )  # fmt: skip
+    other = wait_for(control_plane, namespace, "ttl-none", operator, finished, "finished")
+    other_tasks = [
+        k for k in asyncio.run(redis_keys(redis_server.url, other["metadata"]["uid"])) if ":t:" in k
+    ]
+    assert other_tasks, "the run without a TTL left no task record to keep"
     kept = wait_for(control_plane, namespace, "ttl-keep", operator, finished, "finished")
     assert kept["status"]["phase"] == "Succeeded"
     ref = kept["status"]["resultRef"]
@@ -235,19 +206,22 @@ def test_ttl_removes_checkpoints_and_the_result_copy_and_then_the_workflow(
     fetched = asyncio.run(fetch_result(redis_server.url, ref))
     assert "r" * 6000 in json.dumps(fetched["one"])  # the echo agent's answer carries the input back
     uid = kept["metadata"]["uid"]
-    assert asyncio.run(redis_keys(redis_server.url, uid)), "the run left no keys to remove"
+    assert [k for k in asyncio.run(redis_keys(redis_server.url, uid)) if f":t:{uid}/" in k], "no task record"
 
     def expired(obj: dict[str, Any]) -> bool:
         return any(
             c["type"] == "Expired" and c["status"] == "True" for c in obj["status"].get("conditions", [])
         )
 
-    obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=30)
+    obj = wait_for(control_plane, namespace, "ttl-keep", operator, expired, "Expired", timeout=60)
     assert obj["status"]["phase"] == "Succeeded"
     assert obj["status"].get("resultRef") is None
-    # Checkpoints and the result copy are gone; the queue's task records keep their own retention.
+    # Checkpoints, the result copy and the run's task records in the queue are gone; another run's stay.
     left = asyncio.run(redis_keys(redis_server.url, uid))
-    assert [k for k in left if k.startswith((CHECKPOINT_PREFIX, "cf:wf:"))] == [], left
+    assert [k for k in left if k.startswith((CHECKPOINT_PREFIX, "cf:wf:")) or f":t:{uid}/" in k] == [], left
+    assert [k for k in asyncio.run(redis_keys(redis_server.url, other["metadata"]["uid"])) if ":t:" in k] == (
+        other_tasks
+    )
     with pytest.raises(ResultGone):
         asyncio.run(fetch_result(redis_server.url, ref))
 

@@ -11,6 +11,7 @@ import pytest
 
 from cluster import Cluster
 from cluster.resources import install_crds, temporary_namespace
+from cluster.resources import workflow_doc as workflow
 from codeforge.api import limits
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -21,15 +22,6 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
     install_crds(control_plane)  # fails when a CRD's CEL rules exceed the cost budget
     with temporary_namespace(control_plane, "e2e-hostile") as name:
         yield name
-
-
-def workflow(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def pool(name: str, spec: dict[str, Any]) -> dict[str, Any]:

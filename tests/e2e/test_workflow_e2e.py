@@ -30,9 +30,14 @@ from cluster.resources import (
     dump,
     event_reasons,
     install_crds,
+    pool_doc,
     table,
     temporary_namespace,
+    wait_workflow,
 )
+from cluster.resources import apply_docs as apply
+from cluster.resources import get_workflow as get
+from cluster.resources import workflow_doc as workflow
 from codeforge.api.task import TaskState
 from codeforge.orchestrator import task_id
 from codeforge.queue import TaskQueue
@@ -51,20 +56,7 @@ def namespace(control_plane: Cluster) -> Iterator[str]:
     install_crds(control_plane)
     with temporary_namespace(control_plane, "e2e-wf") as name:
         # The pools the steps name, as a user declares them (the operator gives each one a Deployment).
-        pools = [
-            {
-                "apiVersion": "codeforge.ai/v1alpha1",
-                "kind": "AgentPool",
-                "metadata": {"name": pool},
-                "spec": {
-                    "role": pool,
-                    "image": "registry.invalid/codeforge/agent:e2e",
-                    "handler": {"kind": handler},
-                    "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-                },
-            }
-            for pool, handler in [*POOLS.items(), ("idle", "echo")]
-        ]
+        pools = [pool_doc(pool, handler) for pool, handler in [*POOLS.items(), ("idle", "echo")]]
         control_plane.kubectl("apply", "--namespace", name, "-f", "-", input=dump(pools))
         yield name
 
@@ -113,24 +105,6 @@ def chain(pool: str, *names: str, **params: Any) -> dict[str, Any]:
     }
 
 
-def workflow(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "codeforge.ai/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def apply(cluster: Cluster, namespace: str, *docs: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "--namespace", namespace, "-f", "-", input=dump(list(docs)))
-
-
-def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = cluster.kubectl_json("get", "workflow", name, "--namespace", namespace)
-    return obj
-
-
 def phase(cluster: Cluster, namespace: str, name: str) -> str:
     return str(get(cluster, namespace, name).get("status", {}).get("phase", ""))
 
@@ -147,17 +121,10 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 def wait_phase(
     cluster: Cluster, namespace: str, name: str, want: str, operator: OperatorProcess, timeout: float = 60
 ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        obj = get(cluster, namespace, name)
-        return obj if obj.get("status", {}).get("phase") == want else None
+    def reached(obj: dict[str, Any]) -> bool:
+        return bool(obj.get("status", {}).get("phase") == want)
 
-    return wait_until(
-        reached,
-        timeout=timeout,
-        interval=0.3,
-        what=f"Workflow {name} {want}",
-        detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{operator.tail()}",
-    )
+    return wait_workflow(cluster, namespace, name, reached, f" {want}", timeout=timeout, tail=operator.tail)
 
 
 def progress_in(cluster: Cluster, namespace: str, name: str, *want: str) -> dict[str, Any] | None:

@@ -86,7 +86,7 @@ async def test_sigkill_mid_step_resumes_and_reattaches(fresh_redis: LocalRedis, 
         second = orchestrator(path, url)
         out, err = await asyncio.to_thread(second.communicate, timeout=60)
     assert second.returncode == 0, err + out
-    assert f"step slow: re-attached to task {slow_id}" in err
+    assert f"step slow: re-attached to task {slow_id}" in err, (err, out)
     assert "step first:" not in err  # finished before the kill: not run again
     assert "workflow: resumed from its checkpoint" in err
     executions = log.read_text().split()

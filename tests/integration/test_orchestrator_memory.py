@@ -315,3 +315,21 @@ async def test_cancel_stops_the_run_and_its_tasks(queue: TaskQueue) -> None:
     assert record.state.value == "cancelled"
     await runner.forget("wf-c")
     assert await runner.checkpointer.aget_tuple({"configurable": {"thread_id": "wf-c"}}) is None
+
+
+async def test_a_checkpoint_shell_is_not_taken_for_a_finished_run(queue: TaskQueue) -> None:
+    """A process killed between writing a run's first checkpoint and its writes leaves default channel values
+    and nothing to run next; the run starts afresh instead of "succeeding" with no results."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    saver = InMemorySaver()
+    shell = empty_checkpoint()
+    shell["channel_values"] = {"results": {}, "parts": {}, "visits": {}, "history": [], "usage": {}}
+    shell["channel_versions"] = {k: saver.get_next_version(None, None) for k in shell["channel_values"]}
+    config = {"configurable": {"thread_id": "wf-shell", "checkpoint_ns": ""}}
+    await saver.aput(config, shell, {"source": "input", "step": -1}, shell["channel_versions"])  # type: ignore[arg-type]
+    outcome = await WorkflowRunner(queue, saver).run("wf-shell", spec("steps: [{name: a, pool: tag}]"))
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["a"]["step"] == "a"
+    assert not outcome.resumed

@@ -22,7 +22,7 @@ from codeforge.controller.agentpool.builders import PoolRef
 from codeforge.controller.agentpool.identity import user_rules
 from codeforge.controller.config import AgentDefaults
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.keys import pool_prefix, task_key, wake_key
+from codeforge.queue.keys import hand_key, pool_prefix, task_key
 from codeforge.redis import acl
 from codeforge.redis.connect import Connection, connect
 from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster
@@ -129,13 +129,13 @@ async def test_an_agent_of_pool_a_is_refused_on_pool_b(
     await operator.enqueue(Task(id="secret", pool=b.pool, payload={"token": "team-b-only"}))
     intruder = await connect(a.url(admin_url))
     r: Any = intruder.client
-    b_task, b_wake = task_key(b.pool, "secret"), wake_key(b.pool)
+    b_task, b_hand = task_key(b.pool, "secret"), hand_key(b.pool, "agent-b")
     single: Any = await intruder.any_node()  # a plain client: Pub/Sub and keyless commands
     try:
         refused: list[Callable[[], Awaitable[Any]]] = [
             lambda: r.hgetall(b_task),  # read B's task
             lambda: r.hset(b_task, "state", "succeeded"),  # forge B's result
-            lambda: r.rpush(b_wake, "x"),
+            lambda: r.rpush(b_hand, "x"),  # forge a handed-over lease
             lambda: r.delete(b_task),
             lambda: single.publish(pool_prefix(b.pool) + "done", "forged"),
             # A script may not reach B's keys either (Redis checks every call inside it).

@@ -900,3 +900,33 @@ async def test_bad_pool_name_is_refused_before_touching_the_backend(queue: TaskQ
 async def test_claim_many_needs_at_least_one_task(queue: TaskQueue, pool: str) -> None:
     with pytest.raises(ValueError, match=r"max_tasks must be at least 1 \(got 0\)"):
         await queue.claim_many(pool, "agent", 0)
+
+
+# --- forgetting a finished run's records (a Workflow's TTL) ---------------------------------------------
+
+
+async def test_forget_removes_ended_tasks_only(queue: TaskQueue, pool: str) -> None:
+    for name in ("done", "failed", "dead", "running", "cancelled", "queued"):
+        await queue.enqueue(make_task(pool, name, max_attempts=1))
+    await queue.cancel(pool, "cancelled")
+    leases = {lease.id: lease for lease in [await claim_one(queue, pool) for _ in range(4)]}
+    assert set(leases) == {"done", "failed", "dead", "running"}
+    await queue.complete(leases["done"], {"ok": 1})
+    await queue.fail(leases["failed"], "bad", retryable=False)
+    await queue.fail(leases["dead"], "worse", retryable=True)  # its one attempt spent: a dead letter
+    ids = ["done", "failed", "cancelled", "queued", "running", "dead", "never-was"]
+
+    assert await queue.forget(pool, ids) == 3
+    for gone in ("done", "failed", "cancelled"):
+        assert await queue.get(pool, gone) is None, gone
+    for kept, state in (
+        ("running", TaskState.RUNNING),
+        ("queued", TaskState.QUEUED),
+        ("dead", TaskState.DEAD),
+    ):
+        record = await queue.get(pool, kept)
+        assert record is not None, kept
+        assert record.state is state
+    assert await queue.dead_letter(pool, "dead") is not None
+    assert await queue.forget(pool, ids) == 0
+    assert (await claim_one(queue, pool)).id == "queued"  # the queue still works around the gaps

@@ -107,11 +107,47 @@ async def test_max_concurrency_caps_a_key_and_others_go_on(queue: TaskQueue, poo
     assert [lease.id for lease in leases] == ["capped/0", "free/0", "capped/1", "free/1", "free/2"]
     assert await queue.claim(pool, "c1", timeout=0) is None  # three capped tasks wait for a slot
     stats = await queue.stats(pool)
-    assert (stats.queued, stats.in_flight) == (3, 5)
+    assert (stats.queued, stats.held_back, stats.in_flight) == (0, 3, 5)  # held back: not claimable
 
     await queue.complete(leases[0], "done")
     assert (await claim_one(queue, pool)).id == "capped/2"
     assert await queue.claim(pool, "c1", timeout=0) is None
+
+
+async def test_stats_count_capped_tasks_as_held_back_not_claimable(queue: TaskQueue, pool: str) -> None:
+    """`queued` is what agents can claim now (the autoscaler scales on it); tasks whose key is at its
+    maxConcurrency are `held_back`, on every path that moves a key in or out of its cap."""
+    await queue.enqueue_many([wf_task(pool, "capped", i, max_concurrency=2) for i in range(6)])
+    await queue.enqueue(wf_task(pool, "free", 0))
+
+    async def counts() -> tuple[int, int, int]:
+        stats = await queue.stats(pool)
+        return stats.queued, stats.held_back, stats.in_flight
+
+    assert await counts() == (7, 0, 0)  # below its cap, a key's tasks are all claimable
+    first = await claim_one(queue, pool)
+    assert await counts() == (6, 0, 1)
+    second = await claim_one(queue, pool)
+    third = await claim_one(queue, pool)  # the key reaches its cap
+    assert (first.id, second.id, third.id) == ("capped/0", "free/0", "capped/1")
+    assert await counts() == (0, 4, 3)
+
+    # A task enqueued to a key at its cap is held back at once; cancelling one takes it out of the count.
+    assert await queue.enqueue(wf_task(pool, "capped", 6, max_concurrency=2))
+    assert await counts() == (0, 5, 3)
+    assert await queue.cancel(pool, "capped/6")
+    assert await counts() == (0, 4, 3)
+
+    # A lease that ends frees a slot: the key's tasks are claimable again, and held back once re-capped.
+    await queue.complete(first, None)
+    assert await counts() == (4, 0, 2)
+    assert (await claim_one(queue, pool)).id == "capped/2"
+    assert await counts() == (0, 3, 3)
+    assert await queue.fail(third, "flaky") is TaskState.QUEUED  # back to its key, now below its cap
+    assert await counts() == (4, 0, 2)
+    assert (await claim_one(queue, pool)).id == "capped/1"
+    assert await queue.claim(pool, "c1", timeout=0) is None  # nothing claims past the cap
+    assert await counts() == (0, 3, 3)
 
 
 async def test_a_blocked_claimer_wakes_when_a_slot_frees(queue: TaskQueue, pool: str) -> None:

@@ -84,7 +84,9 @@ def manifest(
     metadata = {
         "name": name,
         "namespace": namespace,
-        "uid": uid or f"uid-{name}",
+        # Uids are unique across kinds in a real cluster, and Kopf keys its per-object memory by uid alone: a
+        # pool and a Workflow of the same name must not share one (a test named both "lonely").
+        "uid": uid or (f"uid-{name}" if kind == "Workflow" else f"uid-{kind.lower()}-{name}"),
         "generation": 1,
         "resourceVersion": "1",  # Kopf patches with a JSON-patch test on it; kmock sets none
     }
@@ -221,7 +223,15 @@ class Cluster:
                 return result
             if asyncio.get_running_loop().time() > deadline:
                 keys = [(r.plural, ns, name) for r, ns, name in self.k8s.objects]
-                raise AssertionError(f"condition not met within {timeout}s; objects: {keys}")
+                # The Workflows' status says why (phase, conditions, steps): a bare timeout tells nothing.
+                statuses = {
+                    name: obj.raw.get("status")
+                    for (r, _, name), obj in self.k8s.objects.items()
+                    if r.plural == "workflows"
+                }
+                raise AssertionError(
+                    f"condition not met within {timeout}s; objects: {keys}; workflow status: {statuses}"
+                )
             await asyncio.sleep(0.05)
 
 

@@ -55,7 +55,7 @@ async def test_create_builds_owned_objects_and_reports_status(operator: Operator
         await cluster.create_pool("research", SPEC)
         deployment = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "research"))
         assert deployment["spec"]["replicas"] == 2
-        assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-research"
+        assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-agentpool-research"
         env = {
             e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
@@ -228,3 +228,45 @@ async def test_a_deleted_deployment_is_recreated(operator: Operator) -> None:
         assert cluster.find(DEPLOYMENTS, "phoenix") is None
         again = await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "phoenix"))
         assert again["spec"] == first["spec"]
+
+
+async def test_tasks_held_back_by_max_concurrency_are_shown_and_not_scaled_for(operator: Operator) -> None:
+    async with operator() as cluster:
+        await cluster.create_pool("capped", SPEC)
+        await cluster.eventually(lambda: cluster.replicas("capped") == 2)
+        tasks = [Task(id=f"t{i}", pool=f"{NS}/capped", workflow="w", max_concurrency=4) for i in range(40)]
+        await cluster.queue.enqueue_many(tasks)
+        for _ in range(4):
+            assert await cluster.queue.claim(f"{NS}/capped", "agent-0", timeout=0) is not None
+
+        def counts() -> Any:
+            status = (cluster.find(POOLS, "capped") or {}).get("status", {})
+            return status.get("heldBack") == 36 and (status["queued"], status["inFlight"])
+
+        assert await cluster.eventually(counts) == (0, 4)
+        await asyncio.sleep(1.5)  # a few autoscaler ticks: 4 in flight at 2 per agent, not 40
+        assert cluster.replicas("capped") == 2
+
+
+async def test_pools_of_a_namespace_declaring_one_key_differently_are_told(operator: Operator) -> None:
+    async with operator() as cluster:
+        await cluster.create_pool(
+            "writer", {**SPEC, "rateLimit": {"key": "team/model", "requestsPerMinute": 60}}
+        )
+        await cluster.eventually(lambda: cluster.find(DEPLOYMENTS, "writer"))
+        await cluster.create_pool(
+            "tester", {**SPEC, "rateLimit": {"key": "team/model", "requestsPerMinute": 600}}
+        )
+
+        def rate_condition(name: str) -> Any:
+            pool = cluster.find(POOLS, name) or {}
+            found = [c for c in pool.get("status", {}).get("conditions", []) if c["type"] == "RateLimit"]
+            return found and found[0]["reason"] == "Conflict" and found[0]
+
+        condition = await cluster.eventually(lambda: rate_condition("tester"))
+        assert condition["status"] == "False"
+        assert f"AgentPool {NS}/tester: 600 rpm" in condition["message"]
+        assert f"AgentPool {NS}/writer: 60 rpm" in condition["message"]
+        assert await cluster.eventually(lambda: rate_condition("writer"))  # told on its next reconcile too
+        events = await cluster.eventually(lambda: cluster.stored_events("RateLimitConflict"))
+        assert "declare the same numbers" in events[0]["message"]

@@ -147,3 +147,32 @@ def test_a_fresh_autoscaler_does_not_scale_down_before_one_window() -> None:
     assert (first.desired, first.reason) == (40, ScaleReason.STABILIZING)
     later = decide(p, current=40, demand=Demand(0, 0), now=1060.0, state=first.state)
     assert later.desired == 3
+
+
+async def test_tasks_held_back_by_max_concurrency_do_not_scale_the_pool() -> None:
+    """A Workflow with maxConcurrency 2 floods the pool: its agents can run 2 tasks at a time, so the pool
+    scales to what runs (2 in flight, target 1 per agent), not to the 50 waiting behind the cap."""
+    from codeforge.api.agentpool import AgentPoolSpec
+    from codeforge.controller.agentpool.reconcile import QueueView, desired_replicas
+    from codeforge.queue.memory import MemoryTaskQueue
+    from support.tasks import make_task
+
+    queue = MemoryTaskQueue()
+    await queue.enqueue_many([make_task("ns/p", f"t{i}", workflow="w", max_concurrency=2) for i in range(52)])
+    leases = [await queue.claim("ns/p", "agent", timeout=0) for _ in range(3)]
+    assert [lease is not None for lease in leases] == [True, True, False]
+    stats = await queue.stats("ns/p")
+    assert (stats.queued, stats.held_back, stats.in_flight) == (0, 50, 2)
+
+    spec = AgentPoolSpec.model_validate(
+        {
+            "role": "r",
+            "handler": {"kind": "echo"},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 100, "targetTasksPerAgent": 1},
+        }
+    )
+    decision = desired_replicas(spec, 1, QueueView(stats, {}, None), AutoscalerState(), now=0.0)
+
+    assert not isinstance(decision, int)
+    assert (decision.desired, decision.reason) == (2, ScaleReason.SCALE_UP)
+    await queue.close()

@@ -68,6 +68,11 @@ def test_codeforge_and_celery_quick_run(tmp_path: Path) -> None:
         assert chain["queue_round_trip_p50_ms"] > 0
         expected = chain["p50_ms"] / 3 - chain["queue_round_trip_p50_ms"]
         assert chain["overhead_per_step_ms"] == pytest.approx(expected, abs=0.01)
+        # the harness (orchestrator) process's CPU per step, beside the latency-derived figure
+        for shape in ("chain", "fanout"):
+            assert rows[system, shape]["harness_cpu_per_step_ms"] > 0
+    for shape in ("chain", "fanout"):  # a peer's harness is only its client: no such figure
+        assert "harness_cpu_per_step_ms" not in rows["celery", shape]
     for shape in ("chain", "fanout"):
         hatchet = rows["hatchet", shape]
         assert hatchet["p50_ms"] is None

@@ -89,6 +89,7 @@ def test_the_pools_rate_limit_reaches_its_agents() -> None:
     limit = AgentConfig.from_sources([], plain).rate_limit
     assert limit is not None
     assert (limit.key, limit.requests_per_minute, limit.tokens_per_minute) == ("openai/gpt-4.1", 500, 30000)
+    assert limit.scope == REF.namespace  # not declared fleet-wide by the platform: the namespace's own key
     with pytest.raises(ValueError, match="operator manages"):  # a handler setting cannot bypass it
         builders.build_deployment(
             REF, make_spec(handler={"kind": "echo", "settings": {"rateLimitRpm": 10**9}}), 1, DEFAULTS

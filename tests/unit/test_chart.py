@@ -248,6 +248,23 @@ def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
     assert not ElectionConfig.from_env(single).enabled
 
 
+@needs_helm
+def test_the_operator_wide_workflow_ttl_is_a_value_the_operator_reads() -> None:
+    from codeforge.controller.workflow.expiry import TTL_ENV, default_ttl
+
+    assert TTL_ENV not in operator_env(render())  # unset: finished runs keep their data
+    assert default_ttl({}) is None
+    env = operator_env(render("operator.workflowTTLSecondsAfterFinished=86400"))
+    assert env[TTL_ENV] == "86400"
+    assert default_ttl(env) == 86400
+    assert default_ttl(operator_env(render("operator.workflowTTLSecondsAfterFinished=0"))) == 0
+    for bad in ("-1", "31536001", "1.5"):
+        value = f"operator.workflowTTLSecondsAfterFinished={bad}"
+        out = helm("template", RELEASE, str(CHART), "--set", value, check=False)
+        assert out.returncode != 0, bad
+        assert "/operator/workflowTTLSecondsAfterFinished" in out.stderr, out.stderr
+
+
 # ------------------------------------------------------------------------------------------- security, RBAC
 
 
@@ -787,3 +804,22 @@ def test_the_operator_gives_pools_their_own_redis_identity_by_default() -> None:
     env = operator_env(render("agent.redisIdentity.extraKeyPatterns={cf:rl:*}"))
     assert env["CODEFORGE_AGENT_REDIS_ACL_KEYS"] == "cf:rl:*"
     assert operator_env(render("agent.redisIdentity.enabled=false"))["CODEFORGE_AGENT_REDIS_ACL"] == "false"
+
+
+@needs_helm
+def test_the_platforms_fleet_rate_limits_reach_the_operator() -> None:
+    from codeforge.controller.config import OperatorConfig
+    from codeforge.controller.ratelimits import FLEET_ENV
+
+    assert FLEET_ENV not in operator_env(render())
+    env = operator_env(
+        render(
+            "rateLimits.fleet[0].key=openai/gpt-4.1",
+            "rateLimits.fleet[0].requestsPerMinute=500",
+            "rateLimits.fleet[0].tokensPerMinute=30000",
+        )
+    )
+    fleet = OperatorConfig.from_env({FLEET_ENV: env[FLEET_ENV]}).agents.fleet_rate_limits
+    assert fleet["openai/gpt-4.1"].numbers() == (500, 30000, 1.0)
+    with pytest.raises(AssertionError, match="schema"):  # the values schema refuses a malformed entry
+        render("rateLimits.fleet[0].rpm=5")

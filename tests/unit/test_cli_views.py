@@ -200,3 +200,15 @@ def test_the_names_the_cli_repeats_match_their_sources() -> None:
     assert (kube.WORKFLOWS, kube.WORKFLOW_KIND) == (workflow.PLURAL, workflow.KIND)
     assert (logs.CONTAINER_NAME, logs.POOL_LABEL) == (CONTAINER_NAME, POOL_LABEL)
     assert workflows.RETRY_ANNOTATION == RETRY_ANNOTATION
+
+
+def test_the_pools_table_shows_tasks_held_back_by_max_concurrency() -> None:
+    from codeforge.cli.pools import pools_table
+
+    pool = {
+        "metadata": {"name": "research", "namespace": "team-a"},
+        "spec": {"role": "research"},
+        "status": {"phase": "Ready", "queued": 0, "heldBack": 36, "inFlight": 4},
+    }
+    header, row = pools_table([pool], all_namespaces=False, wide=False, expired=None).splitlines()[:2]
+    assert dict(zip(header.split(), row.split(), strict=True))["HELD"] == "36"

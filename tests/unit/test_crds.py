@@ -269,7 +269,7 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
         ({"handler": {"kind": "echo", "settings": {f"k{i}": 1 for i in range(65)}}}, "too many properties"),
         ({"resources": {"limits": {"memory": "1" * 63 + "Gi"}}}, "too long"),
         ({"tolerations": [{"key": "k"}] * 65}, "too many items"),
-        ({"rateLimit": {"key": "openai/gpt-4.1"}}, "set requestsPerMinute or tokensPerMinute"),
+        ({"rateLimit": {"key": "openai/gpt-4.1", "requestsPerMinute": -1}}, "below minimum"),
         ({"rateLimit": {"key": "{slot}", "requestsPerMinute": 1}}, ".spec.rateLimit.key: does not match"),
     ],
 )
@@ -324,3 +324,15 @@ def test_every_user_string_list_and_map_in_a_spec_is_bounded(resource: crd.Custo
     spec = crd.openapi_schema(resource)["properties"]["spec"]
     unbounded = [f"{resource.kind}.spec{path}" for path, node in _walk(spec) if path and _unbounded(node)]
     assert sorted(set(unbounded) - UNBOUNDED_BY_DESIGN) == []
+
+
+def test_the_immutability_rule_compares_untyped_fields_when_an_editable_one_changed() -> None:
+    from codeforge.api.crd import WORKFLOW_MUTABLE_WHILE_RUNNING, immutable_while_running
+    from codeforge.api.workflow import WorkflowSpec
+
+    rule = immutable_while_running(WorkflowSpec, WORKFLOW_MUTABLE_WHILE_RUNNING, ("Running",))
+    then = rule.split(" : ", 1)[1]  # the branch taken when an editable field changed
+    assert "dyn(self.spec).input == dyn(oldSelf.spec).input" in then
+    assert "self.spec.priority == oldSelf.spec.priority" in then
+    assert "self.spec.suspend" not in then
+    assert "shutdown" in WORKFLOW_MUTABLE_WHILE_RUNNING

@@ -4,6 +4,7 @@ batched and rate-limited writer, and the pure decisions of the Workflow controll
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from typing import Any
@@ -151,6 +152,37 @@ def test_suspended_shows_as_its_own_phase_and_condition_reason() -> None:
     assert conditions(status)["Running"] == ("False", "Suspended")
     tracker.set_suspended(False)
     assert tracker.render()["phase"] == "Running"
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("Stop", "Stopped"), ("Terminate", "Terminated")])
+def test_shutdown_shows_while_draining_and_as_the_finished_reason(mode: str, reason: str) -> None:
+    tracker = WorkflowTracker.from_status(SPEC, {}, 1)
+    tracker.apply(event(EventKind.WORKFLOW_STARTED))
+    tracker.apply(event(EventKind.STEP_STARTED, "research"))
+    tracker.take_transitions()
+    tracker.set_shutdown(mode)
+    assert [t.reason for t in tracker.take_transitions()] == ["Stopping" if mode == "Stop" else "Terminating"]
+    draining = tracker.render()
+    assert draining["phase"] == "Running"
+    if mode == "Stop":
+        assert conditions(draining)["Running"] == ("False", "Stopping")
+    ended = dataclasses.replace(
+        outcome("cancelled", f"{reason.lower()} (spec.shutdown: {mode})"), reason=reason
+    )
+    tracker.finish(ended, None, None)
+    status = tracker.render()
+    assert status["phase"] == "Cancelled"
+    assert conditions(status)["Finished"] == ("True", reason)
+    assert conditions(status)["Running"] == ("False", "Finished")
+    assert tracker.take_transitions()[-1].reason == "WorkflowCancelled"
+
+
+def test_a_stop_is_read_back_from_the_spec_after_a_restart() -> None:
+    stopped = SPEC.model_copy(update={"shutdown": "Stop"})
+    tracker = WorkflowTracker.from_status(stopped, {"phase": "Running"}, 2)
+    assert conditions(tracker.render())["Running"] == ("False", "Stopping")
+    done = WorkflowTracker.from_status(stopped, {"phase": "Cancelled"}, 2)
+    assert not done.stopping
 
 
 def test_invalid_and_pending_statuses() -> None:

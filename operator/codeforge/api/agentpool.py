@@ -378,7 +378,10 @@ class AgentPoolStatus(CamelModel):
     ready_replicas: int = 0
     desired_replicas: int = Field(default=0, description="What the autoscaler (or spec.replicas) asks for.")
     selector: str = Field(default="", description="Label selector of the agent pods, for HPA and KEDA.")
-    queued: int = 0
+    queued: int = Field(default=0, description="Tasks agents can claim now (what the autoscaler scales on).")
+    held_back: int = Field(
+        default=0, description="Ready tasks waiting because their fair-share key is at its maxConcurrency."
+    )
     delayed: int = 0
     in_flight: int = 0
     dead: int = 0

@@ -117,6 +117,7 @@ AGENTPOOL: Final = CustomResource(
         AGE,
         PrinterColumn("Phase", "string", ".status.phase", priority=1),
         PrinterColumn("Mode", "string", ".spec.autoscaling.mode", priority=1),
+        PrinterColumn("Held", "integer", ".status.heldBack", "Waiting for maxConcurrency", priority=1),
     ),
     scale=ScaleSubresource(
         spec_replicas_path=".spec.replicas",
@@ -128,9 +129,15 @@ AGENTPOOL: Final = CustomResource(
 )
 
 
-#: Workflow spec fields a running Workflow may change: pausing, its budget (raising it resumes a run the
-#: budget suspended), and how long its data is kept afterwards.
-WORKFLOW_MUTABLE_WHILE_RUNNING: Final = ("suspend", "budget", "ttlSecondsAfterFinished", "ttlDeletesWorkflow")
+#: Workflow spec fields a running Workflow may change: pausing, ending it early (`codeforge stop`), its budget
+#: (raising it resumes a run the budget suspended), and how long its data is kept afterwards.
+WORKFLOW_MUTABLE_WHILE_RUNNING: Final = (
+    "suspend",
+    "shutdown",
+    "budget",
+    "ttlSecondsAfterFinished",
+    "ttlDeletesWorkflow",
+)
 #: The phases in which the spec is immutable (a run exists and follows it).
 WORKFLOW_RUN_PHASES: Final = ("Running", "Suspended")
 
@@ -140,27 +147,36 @@ def immutable_while_running(model: type[BaseModel], mutable: Iterable[str], phas
     `mutable` fields. At the root because only there both the spec and the status are visible;
     `oldSelf.status` is what the run wrote, which a spec update cannot change.
 
-    CEL cannot name a field without a schema type (`spec.input`, free JSON), so: when no mutable field
-    changed, the whole spec must be equal (input included); when one did, every typed field must be."""
+    A field without a schema type (`spec.input`, free JSON) has no CEL declaration, so `self.spec.input` does
+    not compile; `dyn(self.spec).input` defers the lookup to run time, where the API server's value supports
+    presence and equality. When no mutable field changed the whole spec must be equal (a fast path); when one
+    did, every other field must be, free ones included (else a single apply could change `suspend` and
+    `input` at once)."""
     keep = set(mutable)
     fields = [f.alias or name for name, f in model.model_fields.items()]
     raw = model.model_json_schema(by_alias=True)["properties"]
     free = {
         n for n, sub in raw.items() if sub.get("x-kubernetes-preserve-unknown-fields") and "type" not in sub
     }
-    typed = [n for n in fields if n not in keep and n not in free]
 
     def same(name: str) -> str:
-        return (
-            f"has(self.spec.{name}) == has(oldSelf.spec.{name}) && "
-            f"(!has(self.spec.{name}) || self.spec.{name} == oldSelf.spec.{name})"
+        new, old = (
+            f"dyn({o}.spec).{name}" if name in free else f"{o}.spec.{name}" for o in ("self", "oldSelf")
         )
+        return f"has({new}) == has({old}) && (!has({new}) || {new} == {old})"
 
     listed = ", ".join(f"'{p}'" for p in phases)
     running = f"has(oldSelf.status) && has(oldSelf.status.phase) && oldSelf.status.phase in [{listed}]"
     untouched = " && ".join(same(n) for n in fields if n in keep)
-    compared = " && ".join(same(n) for n in typed)
+    compared = " && ".join(same(n) for n in fields if n not in keep)
     return f"!({running}) || (({untouched}) ? self.spec == oldSelf.spec : ({compared}))"
+
+
+#: `spec.shutdown` is a one-way request: withdrawing it would leave a run half stopped.
+SHUTDOWN_ONE_WAY: Final = (
+    "!has(oldSelf.spec.shutdown) || (has(self.spec.shutdown) && "
+    "(self.spec.shutdown == oldSelf.spec.shutdown || self.spec.shutdown == 'Terminate'))"
+)
 
 
 WORKFLOW: Final = CustomResource(
@@ -182,9 +198,14 @@ WORKFLOW: Final = CustomResource(
             immutable_while_running(
                 workflow.WorkflowSpec, WORKFLOW_MUTABLE_WHILE_RUNNING, WORKFLOW_RUN_PHASES
             ),
-            "the spec of a running Workflow is immutable except spec.suspend, spec.budget, "
-            "spec.ttlSecondsAfterFinished and spec.ttlDeletesWorkflow: suspend it, wait until it finishes, "
-            "or delete and recreate it",
+            "the spec of a running Workflow is immutable except spec.suspend, spec.shutdown, spec.budget, "
+            "spec.ttlSecondsAfterFinished and spec.ttlDeletesWorkflow (change those in an apply of their "
+            "own): suspend it, stop it, wait until it finishes, or delete and recreate it",
+        ),
+        (
+            SHUTDOWN_ONE_WAY,
+            "spec.shutdown cannot be removed or changed from Terminate to Stop once set "
+            "(Stop may become Terminate)",
         ),
     ),
 )

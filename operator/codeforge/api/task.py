@@ -460,7 +460,10 @@ class QueueStats(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     pool: str
-    queued: int = Field(description="Ready to claim now.")
+    queued: int = Field(
+        description="Ready to claim now: what agents can run (the autoscaler scales on it). Tasks whose "
+        "fair-share key is at its maxConcurrency are in `held_back` instead."
+    )
     delayed: int = Field(description="Waiting for a retry backoff to pass.")
     in_flight: int = Field(description="Claimed, under a lease.")
     dead: int = Field(description="In the dead-letter queue.")
@@ -470,4 +473,9 @@ class QueueStats(BaseModel):
     )
     dead_expired: int = Field(
         default=0, description="Dead letters removed so far because they outlived the retention."
+    )
+    held_back: int = Field(
+        default=0,
+        description="Ready, but their fair-share key holds its maxConcurrency leases: claimable only as "
+        "those end, so more agents would not run them sooner.",
     )

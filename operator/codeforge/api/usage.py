@@ -155,12 +155,13 @@ class Budget(BaseModel):
 
 
 class RateLimitSpec(BaseModel):
-    """AgentPool `spec.rateLimit`: a fleet-wide rate limit; every agent of every pool naming the same `key`
-    shares it (in Redis).
+    """A rate limit by key: AgentPool `spec.rateLimit`, or one of the platform's fleet-wide limits (the
+    operator's CODEFORGE_FLEET_RATE_LIMITS, chart `rateLimits.fleet`).
 
-    Agents wait for capacity before they claim a task; a provider's 429 pauses the key for all of them for
-    its Retry-After. Pools sharing a key should declare the same limits: each agent applies its own pool's
-    numbers to the shared state. README, "Rate limits and budgets".
+    On a pool, a key the platform declares fleet-wide is shared by every pool of every namespace naming it,
+    with the platform's numbers (the pool may omit its own); any other key is the pool's namespace's own,
+    shared by that namespace's pools only, with the pool's numbers (README, "Multi-tenancy"). Agents wait
+    for capacity before they claim a task; a provider's 429 pauses the key for all of its agents.
     """
 
     model_config = ConfigDict(
@@ -168,24 +169,18 @@ class RateLimitSpec(BaseModel):
         populate_by_name=True,
         extra="forbid",
         allow_inf_nan=False,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.requestsPerMinute) && self.requestsPerMinute > 0) || "
-                    "(has(self.tokensPerMinute) && self.tokensPerMinute > 0)",
-                    "message": "set requestsPerMinute or tokensPerMinute (or both) above 0",
-                }
-            ]
-        },
     )
 
     key: str = Field(
         min_length=1,
         max_length=200,
         pattern=RATE_LIMIT_KEY_PATTERN,
-        description="What the limit is for, shared fleet-wide, e.g. openai/gpt-4.1.",
+        description="What the limit is for, e.g. openai/gpt-4.1: a fleet-wide key of the platform's, or "
+        "else a key of this namespace.",
     )
-    requests_per_minute: int = Field(default=0, ge=0, le=10**9, description="0: no request limit.")
+    requests_per_minute: int = Field(
+        default=0, ge=0, le=10**9, description="0: no request limit. Omit both for a fleet-wide key."
+    )
     tokens_per_minute: int = Field(
         default=0, ge=0, le=MAX_TOKENS, description="0: no token limit. Tokens as handlers report them."
     )
@@ -197,19 +192,33 @@ class RateLimitSpec(BaseModel):
         "rate * (W + burstSeconds)).",
     )
 
-    @model_validator(mode="after")
-    def _some_limit(self) -> RateLimitSpec:
-        if not self.requests_per_minute and not self.tokens_per_minute:
+    @property
+    def declares_numbers(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
+    def numbers(self) -> tuple[int, int, float]:
+        return self.requests_per_minute, self.tokens_per_minute, self.burst_seconds
+
+    def describe(self) -> str:
+        parts = [f"{self.requests_per_minute} rpm"] if self.requests_per_minute else []
+        parts += [f"{self.tokens_per_minute} tpm"] if self.tokens_per_minute else []
+        return ", ".join(parts or ["no numbers"]) + f", burst {self.burst_seconds:g} s"
+
+    def require_numbers(self, why: str) -> RateLimitSpec:
+        """Self, when it sets a limit; else ValueError saying `why` it must."""
+        if not self.declares_numbers:
             raise ValueError(
-                f"rateLimit {self.key!r}: set requestsPerMinute or tokensPerMinute (or both) above 0"
+                f"rateLimit {self.key!r}: set requestsPerMinute or tokensPerMinute (or both) above 0 ({why})"
             )
         return self
 
-    def to_env(self) -> dict[str, str]:
-        """The agent's CODEFORGE_RATE_LIMIT_* variables (the operator's pods and embedded runs alike)."""
+    def to_env(self, scope: str = "") -> dict[str, str]:
+        """The agent's CODEFORGE_RATE_LIMIT_* variables (the operator's pods and embedded runs alike);
+        `scope`: the namespace owning the key, "" for a fleet-wide key."""
         return {
             "CODEFORGE_RATE_LIMIT_KEY": self.key,
             "CODEFORGE_RATE_LIMIT_RPM": str(self.requests_per_minute),
             "CODEFORGE_RATE_LIMIT_TPM": str(self.tokens_per_minute),
             "CODEFORGE_RATE_LIMIT_BURST_SECONDS": f"{self.burst_seconds:g}",
+            "CODEFORGE_RATE_LIMIT_SCOPE": scope,
         }

@@ -235,6 +235,13 @@ class StepWorkspace(_Model):
     )
 
 
+class Shutdown(enum.StrEnum):
+    """`spec.shutdown`: end a run early, as `argo stop` / `argo terminate` do (`codeforge stop`)."""
+
+    STOP = "Stop"  # nothing new is dispatched; running tasks finish; then the run ends (reason Stopped)
+    TERMINATE = "Terminate"  # running tasks are cancelled now; the run ends (reason Terminated)
+
+
 class StepKind(enum.StrEnum):
     """What a step does."""
 
@@ -467,6 +474,12 @@ class WorkflowSpec(_Model):
     priority: PriorityField = Field(default=Priority.MEDIUM, description="Priority of the workflow's tasks.")
     timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86400, description="Whole workflow.")
     suspend: bool = Field(default=False, description="Pause dispatching new tasks; running ones finish.")
+    shutdown: Shutdown | None = Field(
+        default=None,
+        description="End the run early: Stop (nothing new is dispatched, running tasks finish) or Terminate "
+        "(running tasks are cancelled). The Workflow ends Cancelled, reason Stopped or Terminated. Once set "
+        "it can only go from Stop to Terminate.",
+    )
     max_tasks_in_flight: int = Field(default=100, ge=1, le=10000, description="Tasks dispatched at once.")
     max_step_runs: int = Field(
         default=100, ge=1, le=10000, description="Bound on step executions, so a loop always ends."

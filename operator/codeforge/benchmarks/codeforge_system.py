@@ -13,16 +13,13 @@ import signal
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
-from typing import Any, ClassVar
-from urllib.parse import urlsplit
-
-import redis
+from typing import ClassVar
 
 from codeforge.api.task import Task
+from codeforge.benchmarks.durable_server import DurableServer
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
-from codeforge.benchmarks.system import BenchContext, System, split_consumers
+from codeforge.benchmarks.system import System, split_consumers
 from codeforge.queue import Lease, TaskQueue, open_queue
-from codeforge.testing.redis_server import LocalRedis, start_replica_of
 
 #: Tasks per `enqueue_many` call when sending a burst.
 BURST_CHUNK = 500
@@ -74,83 +71,18 @@ class CodeforgeSystem(System):
             await self._queue.enqueue_many(tasks)
 
 
-class _Durable(CodeforgeSystem):
-    """codeforge in one durability mode: for the run, the private server's AOF is set as the chart sets it
-    for the mode (and `replicated` gets a replica with the same settings); afterwards it is put back."""
-
-    appendfsync: ClassVar[str] = "always"
-
-    def __init__(self, ctx: BenchContext) -> None:
-        super().__init__(ctx)
-        self._saved: dict[str, str] = {}
-        self._replica: LocalRedis | None = None
-
-    def describe(self, consumers: int) -> str:
-        replica = " + 1 replica (WAIT 1)" if self.durability == "replicated" else ""
-        return f"{super().describe(consumers)}; AOF appendfsync {self.appendfsync}{replica}"
-
-    async def open(self) -> None:
-        if not self.ctx.owns_server:
-            raise RuntimeError(
-                f"{self.name} sets the server's appendfsync for its run: drop --redis-url so the benchmark "
-                "starts its own redis-server"
-            )
-        await asyncio.to_thread(self._configure)
-        await super().open()
-
-    def _configure(self) -> None:
-        client: Any = redis.Redis.from_url(self.ctx.url, decode_responses=True)
-        try:
-            saved = client.config_get("append*")
-            self._saved = {k: saved[k] for k in ("appendonly", "appendfsync")}
-            client.config_set("appendfsync", self.appendfsync)
-            client.config_set("appendonly", "yes")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:  # turning the AOF on rewrites it in the background first
-                info = client.info("persistence")
-                busy = info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
-                if info.get("aof_enabled") and not busy:
-                    break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError("the AOF rewrite did not finish within 60s")
-        finally:
-            client.close()
-        if self.durability == "replicated":
-            port = urlsplit(self.ctx.url).port or 6379
-            self._replica = start_replica_of(port, None, True, self.appendfsync)
-
-    async def close(self) -> None:
-        try:
-            await super().close()
-        finally:
-            await asyncio.to_thread(self._restore)
-
-    def _restore(self) -> None:
-        if self._replica is not None:
-            self._replica.stop()
-            self._replica = None
-        if self._saved:
-            client = redis.Redis.from_url(self.ctx.url, decode_responses=True)
-            try:
-                client.config_set("appendonly", self._saved["appendonly"])
-                client.config_set("appendfsync", self._saved["appendfsync"])
-            finally:
-                client.close()
-
-
-class CodeforgeFast(_Durable):
+class CodeforgeFast(DurableServer, CodeforgeSystem):
     name = "codeforge-fast"
     durability = "fast"
     appendfsync = "everysec"
 
 
-class CodeforgeFsync(_Durable):
+class CodeforgeFsync(DurableServer, CodeforgeSystem):
     name = "codeforge-fsync"
     durability = "fsync"
 
 
-class CodeforgeReplicated(_Durable):
+class CodeforgeReplicated(DurableServer, CodeforgeSystem):
     name = "codeforge-replicated"
     durability = "replicated"
 

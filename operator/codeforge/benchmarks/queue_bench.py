@@ -38,6 +38,9 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     "codeforge-fsync": ("codeforge.benchmarks.codeforge_system", "CodeforgeFsync", ""),
     "codeforge-replicated": ("codeforge.benchmarks.codeforge_system", "CodeforgeReplicated", ""),
     "raw": ("codeforge.benchmarks.raw_floor", "RawFloor", ""),
+    # the floor on the server as each durable mode runs it, for a like-for-like ratio
+    "raw-fsync": ("codeforge.benchmarks.raw_floor", "RawFsync", ""),
+    "raw-replicated": ("codeforge.benchmarks.raw_floor", "RawReplicated", ""),
     "celery": ("codeforge.benchmarks.peers.celery_peer", "CeleryPeer", "celery"),
     "arq": ("codeforge.benchmarks.peers.arq_peer", "ArqPeer", "arq"),
     "rq": ("codeforge.benchmarks.peers.rq_peer", "RqPeer", "rq"),

@@ -15,6 +15,7 @@ import time
 import redis
 import redis.asyncio as aioredis
 
+from codeforge.benchmarks.durable_server import DurableServer
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
 from codeforge.benchmarks.system import System, split_consumers
 
@@ -51,6 +52,28 @@ class RawFloor(System):
             chunk = range(start, min(start + BURST_CHUNK, seqs.stop))
             sent = time.time_ns()
             await self._client.lpush(self.ctx.queue, *(f"{seq}:{sent}" for seq in chunk))
+
+
+class RawFsync(DurableServer, RawFloor):
+    """The floor on the server as `durability=fsync` runs it (appendfsync always): LPUSH and BRPOP fsync."""
+
+    name = "raw-fsync"
+    durability = "fsync"
+
+
+class RawReplicated(DurableServer, RawFloor):
+    """The floor as `durability=replicated` runs it: AOF always, a replica, and each LPUSH acknowledged only
+    after a WAIT for it (the consumer's BRPOP does not wait: the floor is the least a durable send costs)."""
+
+    name = "raw-replicated"
+    durability = "replicated"
+
+    async def send(self, seq: int) -> None:
+        sent = time.time_ns()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lpush(self.ctx.queue, f"{seq}:{sent}")
+        pipe.execute_command("WAIT", 1, 1000)
+        await pipe.execute()
 
 
 async def _consume(url: str, key: str, stop: asyncio.Event) -> None:

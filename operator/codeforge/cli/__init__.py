@@ -2,8 +2,8 @@
 when the command line is built, so `codeforge --help` stays fast.
 
 - `run`, `operator`, `crds`, `bench`: beside the code they drive (embedded, controller, api, benchmarks);
-- `list`, `get`, `watch`, `logs`, `submit`, `retry`, `suspend`, `resume`, `approve`, `reject`: Workflows on a
-  cluster;
+- `list`, `get`, `watch`, `logs`, `submit`, `retry`, `suspend`, `resume`, `stop`, `terminate`, `approve`,
+  `reject`: Workflows on a cluster;
 - `pools`, `dlq ...`: AgentPools and their dead letters.
 """
 
@@ -78,6 +78,8 @@ GROUPS = {
             "retry",
             "suspend",
             "resume",
+            "stop",
+            "terminate",
             "approve",
             "reject",
             "logs",

@@ -78,7 +78,8 @@ def pools_command(
 def pools_table(
     objs: list[dict[str, Any]], all_namespaces: bool, wide: bool, expired: dict[str, int] | None
 ) -> str:
-    headers = ["NAME", "ROLE", "PHASE", "READY", "QUEUED", "IN-FLIGHT", "BUSY", "IDLE", "DEAD", "OLDEST"]
+    headers = ["NAME", "ROLE", "PHASE", "READY", "QUEUED", "HELD", "IN-FLIGHT", "BUSY", "IDLE", "DEAD"]
+    headers.append("OLDEST")
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
     if expired is not None:
@@ -94,6 +95,7 @@ def pools_table(
             st.get("phase") or "Pending",
             f"{st.get('readyReplicas', 0)}/{st.get('desiredReplicas', 0)}",
             st.get("queued", 0),
+            st.get("heldBack", 0),
             st.get("inFlight", 0),
             st.get("busyAgents"),
             st.get("idleAgents"),

@@ -1,9 +1,10 @@
-"""`codeforge list | get | watch | submit | retry | suspend | resume`: Workflows on a cluster.
+"""`codeforge list | get | watch | submit | retry | suspend | resume | stop | terminate`: Workflows.
 
 Every command reads and writes the Workflow objects only, through what the operator already honours:
-`spec.suspend` (suspend, resume) and the `codeforge.ai/retry` annotation (retry a Failed Workflow from its
-failed step). `watch` follows the API server's watch stream (no polling) and redraws in place on a terminal;
-elsewhere it prints one plain line per change, so CI logs stay readable.
+`spec.suspend` (suspend, resume), `spec.shutdown` (stop: running steps finish, nothing new starts;
+terminate: running tasks are cancelled) and the `codeforge.ai/retry` annotation (retry a Failed Workflow
+from its failed step). `watch` follows the API server's watch stream (no polling) and redraws in place on a
+terminal; elsewhere it prints one plain line per change, so CI logs stay readable.
 """
 
 from __future__ import annotations
@@ -209,6 +210,43 @@ def resume_command(
     _set_suspend(name, False, connect(kubeconfig, context, namespace))
 
 
+def _shutdown(name: str, mode: str, kube: Kube) -> None:
+    """Set spec.shutdown (one way: Stop may become Terminate; the CRD refuses anything else)."""
+    obj = kube.get(WF, name)
+    current = workflow_view.phase(obj)
+    verb = "stopped" if mode == "Stop" else "terminated"
+    if current in workflow_view.FINISHED:
+        raise CliError(f"Workflow {name!r} is {current}: a finished Workflow cannot be {verb}")
+    asked = (obj.get("spec") or {}).get("shutdown")
+    if asked == mode or asked == "Terminate":
+        typer.echo(
+            f"workflow.{agentpool.GROUP}/{name} already {'stopping' if asked == 'Stop' else 'terminating'}"
+        )
+        return
+    kube.patch(WF, name, {"spec": {"shutdown": mode}})
+    what = "running steps finish, nothing new starts" if mode == "Stop" else "running tasks are cancelled"
+    typer.echo(
+        f"workflow.{agentpool.GROUP}/{name} {'stopping' if mode == 'Stop' else 'terminating'} ({what})"
+    )
+
+
+@guarded
+def stop_command(
+    name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
+) -> None:
+    """Stop a Workflow: nothing new is dispatched, the running steps finish, then it ends (Cancelled,
+    reason Stopped)."""
+    _shutdown(name, "Stop", connect(kubeconfig, context, namespace))
+
+
+@guarded
+def terminate_command(
+    name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
+) -> None:
+    """Terminate a Workflow now: its running tasks are cancelled (Cancelled, reason Terminated)."""
+    _shutdown(name, "Terminate", connect(kubeconfig, context, namespace))
+
+
 def register(app: typer.Typer) -> None:
     app.command("list")(list_command)
     app.command("get")(get_command)
@@ -217,3 +255,5 @@ def register(app: typer.Typer) -> None:
     app.command("retry")(retry_command)
     app.command("suspend")(suspend_command)
     app.command("resume")(resume_command)
+    app.command("stop")(stop_command)
+    app.command("terminate")(terminate_command)

@@ -8,7 +8,9 @@
 - CODEFORGE_AGENT_REDIS_ACL: true gives each AgentPool its own Redis ACL user and password Secret, limited to
   the pool's keys (README, "Multi-tenancy"); default false
 - CODEFORGE_AGENT_REDIS_ACL_KEYS, CODEFORGE_AGENT_REDIS_ACL_CHANNELS: extra Redis glob patterns (comma
-  separated) every pool's user may use besides its own keys, e.g. the fleet's rate-limit keys
+  separated) every pool's user may use besides its own keys
+- CODEFORGE_FLEET_RATE_LIMITS: the platform's fleet-wide rate limits, JSON `[{key, requestsPerMinute,
+  tokensPerMinute, burstSeconds}]` (chart `rateLimits.fleet`; controller/controller/ratelimits.py)
 - CODEFORGE_AGENT_LOG_FORMAT: the agents' log format, text or json; default json
 - CODEFORGE_AUTOSCALE_INTERVAL: seconds between autoscaling reconciles of each pool; default 1
 - CODEFORGE_METRICS_PORT: port of the operator's Prometheus /metrics; unset: not served
@@ -22,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from codeforge.api.usage import RateLimitSpec
 from codeforge.controller.env import ConfigError, flag, port, seconds
+from codeforge.controller.ratelimits import FLEET_ENV, parse_fleet
 
 DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
 
@@ -42,6 +46,8 @@ class AgentDefaults:
     #: Key and channel patterns granted to every pool's user besides the pool's own (fleet-wide keys).
     acl_key_patterns: tuple[str, ...] = ()
     acl_channel_patterns: tuple[str, ...] = ()
+    #: The platform's fleet-wide rate limits by key; any other key a pool names is its namespace's own.
+    fleet_rate_limits: Mapping[str, RateLimitSpec] = field(default_factory=dict)
 
 
 def _patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -70,6 +76,10 @@ class OperatorConfig:
             if not sep or not name or not key:
                 raise ConfigError(f"CODEFORGE_AGENT_REDIS_PASSWORD_SECRET={raw!r}: use `secret-name/key`")
             secret = (name, key)
+        try:
+            fleet = parse_fleet(env.get(FLEET_ENV, ""))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         log_format = env.get("CODEFORGE_AGENT_LOG_FORMAT", "json").strip() or "json"
         if log_format not in ("text", "json"):
             raise ConfigError(f"CODEFORGE_AGENT_LOG_FORMAT={log_format!r}: use text or json")
@@ -81,6 +91,7 @@ class OperatorConfig:
             redis_acl=flag(env, "CODEFORGE_AGENT_REDIS_ACL"),
             acl_key_patterns=_patterns(env, "CODEFORGE_AGENT_REDIS_ACL_KEYS"),
             acl_channel_patterns=_patterns(env, "CODEFORGE_AGENT_REDIS_ACL_CHANNELS"),
+            fleet_rate_limits=fleet,
         )
         return cls(
             queue_url=queue_url,

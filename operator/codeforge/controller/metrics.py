@@ -16,6 +16,11 @@ from codeforge.api.agentpool import Autoscaling
 
 POOL_GAUGES: Final = {
     "queued": Gauge("codeforge_queue_depth", "Tasks ready to claim in the pool's queue.", ["pool"]),
+    "heldBack": Gauge(
+        "codeforge_queue_held_back",
+        "Ready tasks waiting because their fair-share key holds its maxConcurrency leases.",
+        ["pool"],
+    ),
     "inFlight": Gauge("codeforge_queue_in_flight", "Tasks claimed by agents, under a lease.", ["pool"]),
     "dead": Gauge("codeforge_queue_dead", "Tasks in the pool's dead-letter queue.", ["pool"]),
     "oldestTaskAgeSeconds": Gauge(

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -23,6 +23,7 @@ from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
 from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
+from codeforge.controller.ratelimits import Declarations
 from codeforge.controller.standby import liveness_endpoint
 from codeforge.queue import TaskQueue, open_queue
 from codeforge.redis.connect import Connection, connect
@@ -48,6 +49,8 @@ class OperatorServices:
     leadership: leader.Leadership | None = None
     redis: Connection | None = None  # the admin connection for the pools' ACL users (redis_acl)
     redis_retry_at: float = 0.0
+    #: Which pool declared which namespace rate limit, to report conflicting numbers (controller/ratelimits).
+    rate_limits: Declarations = field(default_factory=Declarations)
 
     def api(self) -> KubeApi:
         # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.

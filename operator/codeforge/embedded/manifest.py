@@ -305,9 +305,12 @@ def _pool(doc: dict[str, Any], where: str) -> PoolSpec:
     if spec.get("rateLimit") is not None:
         try:
             rate_limit = RateLimitSpec.model_validate(spec["rateLimit"], by_alias=True, by_name=False)
+            rate_limit.require_numbers("an embedded run has no platform declaring fleet-wide keys")
         except ValidationError as exc:
             detail = format_validation_error(exc, prefix="spec.rateLimit").splitlines()[0]
             raise ManifestError(f"{where}: {detail}") from None
+        except ValueError as exc:
+            raise ManifestError(f"{where}: spec.{exc}") from None
     return PoolSpec(
         name, parsed.kind, parsed.settings, concurrency, lease_seconds=lease, rate_limit=rate_limit
     )

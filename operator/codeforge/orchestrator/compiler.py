@@ -18,7 +18,7 @@ from typing import Any, Final
 from langgraph.graph import END as LG_END
 from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Send
+from langgraph.types import Command, Send
 
 from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import END, JoinPolicy, Step, WorkflowSpec
@@ -42,6 +42,12 @@ def join_node(step: str) -> str:
     return step
 
 
+def entry_node(step: Step) -> str:
+    """Where a step's visit starts: a fan-out's part node (one Send per part), else the step's own node,
+    which runs its single part and joins it in the same superstep (half the supersteps and checkpoints)."""
+    return run_node(step.name) if step.fans_out else join_node(step.name)
+
+
 class GraphCompiler:
     """Builds the StateGraph of a spec; nodes find the run's StepDispatcher in `runtime.context`."""
 
@@ -51,32 +57,41 @@ class GraphCompiler:
 
     def build(self) -> StateGraph[RunState, StepDispatcher]:
         graph: StateGraph[RunState, StepDispatcher] = StateGraph(RunState, context_schema=StepDispatcher)
-        graph.add_node(BEGIN, self._begin)
-        graph.add_edge(START, BEGIN)
-        destinations = [run_node(s.name) for s in self.spec.steps] + [LG_END]
+        # Nodes that route return a Command (update + goto); `destinations` only draws the graph.
+        destinations = (*(entry_node(s) for s in self.spec.steps), LG_END)
         if self.spec.workspace is not None:
             graph.add_node(PUBLISH, self._publish)
             graph.add_edge(PUBLISH, LG_END)
-            destinations.append(PUBLISH)
-        graph.add_conditional_edges(BEGIN, self._fan_out, destinations)
+            destinations += (PUBLISH,)
+        graph.add_node(BEGIN, self._begin, destinations=destinations)
+        graph.add_edge(START, BEGIN)
         for step in self.spec.steps:
+            # a single-part step's part node serves runs checkpointed before it ran in the join's node
             graph.add_node(run_node(step.name), self._part_node(step))
-            graph.add_node(join_node(step.name), self._join_node(step))
+            graph.add_node(join_node(step.name), self._join_node(step), destinations=destinations)
             graph.add_edge(run_node(step.name), join_node(step.name))
-            graph.add_conditional_edges(join_node(step.name), self._fan_out, destinations)
         return graph
+
+    def routed(self, state: RunState | dict[str, Any], update: dict[str, Any]) -> Command[str]:
+        """A routing node's update and where the run goes next, decided from it. A Command rather than a
+        conditional edge: LangGraph reads an edge's input as a copy of every channel, about a third of a
+        superstep's cost here."""
+        after = {k: update[k] if k in update else state.get(k) for k in ("route", "error", "workspace")}
+        return Command(update=update, goto=self.destinations(after))
 
     # -- nodes ---------------------------------------------------------------------------------------
 
-    async def _begin(self, state: RunState, runtime: Runtime[StepDispatcher]) -> dict[str, Any]:
+    async def _begin(self, state: RunState, runtime: Runtime[StepDispatcher]) -> Command[str]:
         update: dict[str, Any] = {"started_at": state.get("started_at") or time.time(), "error": None}
         if self.spec.workspace is not None and not (state.get("workspace") or {}).get("base"):
             resolved = await self._resolve(runtime.context)
             if isinstance(resolved, str):
-                return update | self._fail(resolved)
+                return self.routed(state, update | self._fail(resolved))
             update["workspace"] = resolved
             state = {**state, "workspace": resolved}
-        return update | self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
+        return self.routed(
+            state, update | self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
+        )
 
     async def _resolve(self, dispatcher: StepDispatcher) -> dict[str, Any] | str:
         """Resolve the workspace's ref to the run's base commit (checkpointed with the begin node, so a
@@ -150,25 +165,11 @@ class GraphCompiler:
         return entry.pool or self.spec.task_pools[0]
 
     def _part_node(self, step: Step) -> Any:
-        first_success = step.fans_out and step.join is JoinPolicy.FIRST_SUCCESS
-
         async def run_part(arg: dict[str, Any], runtime: Runtime[StepDispatcher]) -> dict[str, Any]:
             key = parts_key(step.name, arg["visit"])
             if arg.get("empty"):
                 return {"parts": {key: {}}}
-            if step.is_approval:
-                since = float(arg.get("since") or time.time())
-                decided = await runtime.context.run_approval(step, arg["visit"], since)
-                return {"parts": {key: {"0": decided}}}
-            checkout = None
-            if self.spec.workspace is not None and arg.get("base"):
-                ctx = runtime.context.ctx
-                checkout = ws.checkout_request(
-                    self.spec.workspace, arg["base"], ctx.workflow, step.name, arg["visit"], arg["index"]
-                )
-            outcome = await runtime.context.run_part(
-                PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
-            )
+            outcome = await self._run_part(step, arg, runtime.context)
             update: dict[str, Any] = {"parts": {key: {str(arg["index"]): outcome}}}
             if outcome.get("usage"):  # checkpointed with the part: a resumed run knows what was spent
                 update["usage"] = {step.name: outcome["usage"]}
@@ -177,92 +178,127 @@ class GraphCompiler:
         run_part.__name__ = run_node(step.name)
         return run_part
 
-    def _join_node(self, step: Step) -> Any:
-        async def join_step(state: RunState, runtime: Runtime[StepDispatcher]) -> dict[str, Any]:
-            ctx = runtime.context.ctx
-            visit = int(state["route"]["visit"])
-            parts = state.get("parts", {}).get(parts_key(step.name, visit), {})
-            joined = join(step, parts)
-            current = state.get("workspace")
-            info: dict[str, Any] | None = None
-            if self.spec.workspace is not None and current and not step.is_approval:
-                joined, info = await self._step_workspace(
-                    runtime.context, step, visit, parts, joined, current
-                )
-            started = min((p.get("started", time.time()) for p in parts.values()), default=time.time())
-            attempts = max((p.get("attempts", 0) for p in parts.values()), default=0)
-            agents = ", ".join(sorted({p["agent"] for p in parts.values() if p.get("agent")}))
-            duration = time.time() - started
-            record = {
-                "step": step.name,
-                "visit": visit,
-                "status": joined.status,
-                "error": joined.error,
-                "attempts": attempts,
-                "parts": len(parts),
-                "duration": round(duration, 6),
-            }
-            if info is not None:
-                record["workspace"] = ws.compact(info)
-            ctx.emit(
-                ProgressEvent(
-                    EventKind.STEP_FINISHED,
-                    ctx.workflow,
-                    step.name,
-                    attempt=attempts,
-                    status=joined.status,
-                    message=joined.error or "",
-                    duration=duration,
-                    parts=len(parts),
-                    agent=agents,
-                    commit=(info or {}).get("commit", ""),
-                    detail={"approval": joined.result} if step.is_approval else ws.compact(info),
-                )
+    async def _run_part(self, step: Step, arg: dict[str, Any], dispatcher: StepDispatcher) -> dict[str, Any]:
+        """Run one part (a task, or an approval's wait): its outcome record for the join."""
+        if step.is_approval:
+            since = float(arg.get("since") or time.time())
+            return await dispatcher.run_approval(step, arg["visit"], since)
+        checkout = None
+        if self.spec.workspace is not None and arg.get("base"):
+            checkout = ws.checkout_request(
+                self.spec.workspace,
+                arg["base"],
+                dispatcher.ctx.workflow,
+                step.name,
+                arg["visit"],
+                arg["index"],
             )
-            # An approval's decision is kept whichever way it went: later steps may read who decided.
-            keep = joined.status == Outcome.SUCCEEDED or step.is_approval
-            results = dict(state.get("results", {}))
-            if keep:
-                results[step.name] = joined.result
-            update: dict[str, Any] = {
-                "history": [record],
-                "visits": {step.name: visit},
-                "parts": {parts_key(step.name, visit): None},  # merged now: drop them from the state
-            }
-            if keep:
-                update["results"] = {step.name: joined.result}
-            if info is not None and current:
-                head = info["commit"] if joined.status == Outcome.SUCCEEDED else current["head"]
-                update["workspace"] = {**current, "head": head, "pool": step.pool}
-            variables = {
-                "state": {"input": state.get("input"), "results": results},
-                "input": state.get("input"),
-                "result": joined.result,
-                "step": {
-                    "name": step.name,
-                    "status": joined.status,
-                    "error": joined.error or "",
-                    "attempts": attempts,
-                },
-            }
-            if info is not None:
-                variables["workspace"] = info
-            try:
-                target = self._next(step, joined.status, variables)
-            except ConditionError as exc:
-                return update | self._fail(str(exc))
-            if target is None:
-                return update | self._fail(f"step {step.name!r} failed: {joined.error}")
-            if target == END:
-                return update | {"route": {"to": END}}
-            visits = {**state.get("visits", {}), step.name: visit}
-            later = {**state, "results": results, "visits": visits}
-            if "workspace" in update:
-                later["workspace"] = update["workspace"]
-            return update | self._route_to(ctx, target, later, variables)
+        first_success = step.fans_out and step.join is JoinPolicy.FIRST_SUCCESS
+        return await dispatcher.run_part(
+            PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
+        )
+
+    def _join_node(self, step: Step) -> Any:
+        async def join_step(state: RunState, runtime: Runtime[StepDispatcher]) -> Command[str]:
+            route, dispatcher = state["route"], runtime.context
+            key = parts_key(step.name, int(route["visit"]))
+            parts = state.get("parts", {}).get(key)
+            if parts is None and not step.fans_out:
+                # A single part runs here, in its join's superstep: half the supersteps and checkpoints. A
+                # crash before the join loses nothing: the node runs again and re-attaches to the task by
+                # its id (dispatch.py). (Parts present: a run checkpointed before this ran its part node.)
+                arg = {"visit": route["visit"], "index": 0, "payload": route["payloads"][0]}
+                outcome = await self._run_part(
+                    step, arg | {k: route[k] for k in ("base", "since") if k in route}, dispatcher
+                )
+                update = await self._join(step, state, dispatcher, {"0": outcome})
+                if outcome.get("usage"):
+                    update["usage"] = {step.name: outcome["usage"]}
+                return self.routed(state, update)
+            update = await self._join(step, state, dispatcher, parts or {})
+            return self.routed(state, {"parts": {key: None}} | update)  # merged: drop them from the state
 
         join_step.__name__ = join_node(step.name)
         return join_step
+
+    async def _join(
+        self, step: Step, state: RunState, dispatcher: StepDispatcher, parts: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Join a visit's parts, record it, and route on: the state update of the step's node."""
+        ctx = dispatcher.ctx
+        visit = int(state["route"]["visit"])
+        joined = join(step, parts)
+        current = state.get("workspace")
+        info: dict[str, Any] | None = None
+        if self.spec.workspace is not None and current and not step.is_approval:
+            joined, info = await self._step_workspace(dispatcher, step, visit, parts, joined, current)
+        started = min((p.get("started", time.time()) for p in parts.values()), default=time.time())
+        attempts = max((p.get("attempts", 0) for p in parts.values()), default=0)
+        agents = ", ".join(sorted({p["agent"] for p in parts.values() if p.get("agent")}))
+        duration = time.time() - started
+        record = {
+            "step": step.name,
+            "visit": visit,
+            "status": joined.status,
+            "error": joined.error,
+            "attempts": attempts,
+            "parts": len(parts),
+            "duration": round(duration, 6),
+        }
+        if info is not None:
+            record["workspace"] = ws.compact(info)
+        ctx.emit(
+            ProgressEvent(
+                EventKind.STEP_FINISHED,
+                ctx.workflow,
+                step.name,
+                attempt=attempts,
+                status=joined.status,
+                message=joined.error or "",
+                duration=duration,
+                parts=len(parts),
+                agent=agents,
+                commit=(info or {}).get("commit", ""),
+                detail={"approval": joined.result} if step.is_approval else ws.compact(info),
+            )
+        )
+        # An approval's decision is kept whichever way it went: later steps may read who decided.
+        keep = joined.status == Outcome.SUCCEEDED or step.is_approval
+        results = dict(state.get("results", {}))
+        if keep:
+            results[step.name] = joined.result
+        update: dict[str, Any] = {"history": [record], "visits": {step.name: visit}}
+        if keep:
+            update["results"] = {step.name: joined.result}
+        if info is not None and current:
+            head = info["commit"] if joined.status == Outcome.SUCCEEDED else current["head"]
+            update["workspace"] = {**current, "head": head, "pool": step.pool}
+        variables = {
+            "state": {"input": state.get("input"), "results": results},
+            "input": state.get("input"),
+            "result": joined.result,
+            "step": {
+                "name": step.name,
+                "status": joined.status,
+                "error": joined.error or "",
+                "attempts": attempts,
+            },
+        }
+        if info is not None:
+            variables["workspace"] = info
+        try:
+            target = self._next(step, joined.status, variables)
+        except ConditionError as exc:
+            return update | self._fail(str(exc))
+        if target is None:
+            return update | self._fail(f"step {step.name!r} failed: {joined.error}")
+        if target == END:
+            return update | {"route": {"to": END}}
+        visits = {**state.get("visits", {}), step.name: visit}
+        later = {**state, "results": results, "visits": visits}
+        if "workspace" in update:
+            later["workspace"] = update["workspace"]
+        return update | self._route_to(ctx, target, later, variables)
 
     async def _step_workspace(
         self,
@@ -395,14 +431,18 @@ class GraphCompiler:
     def _fail(self, message: str) -> dict[str, Any]:
         return {"route": {"to": END}, "error": message}
 
-    async def _fan_out(self, state: RunState) -> list[Send] | str:
-        # async on purpose: LangGraph runs a sync router in a thread pool, a hop that costs ~1 ms per step
+    def destinations(self, state: dict[str, Any]) -> list[Send] | str:
+        """Where a state's `route` leads: the routed step's node, the Sends of its parts, publishing, or
+        the end."""
         route = state.get("route") or {"to": END}
         if route["to"] == END:
             if self.spec.workspace is not None and not state.get("error") and state.get("workspace"):
                 return PUBLISH
             return LG_END
-        node = run_node(route["to"])
+        step = self.spec.step(route["to"])
+        if not step.fans_out:
+            return join_node(step.name)  # one part: the step's node reads its route from the state
+        node = run_node(step.name)
         payloads = route["payloads"]
         if not payloads:  # forEach over an empty list: one no-op part so the join still runs
             return [Send(node, {"visit": route["visit"], "empty": True})]

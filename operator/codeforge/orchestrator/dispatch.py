@@ -29,6 +29,7 @@ from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.fairness import FairShare
+from codeforge.orchestrator.shutdown import StopGate
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
@@ -76,6 +77,8 @@ class DispatchContext:
     #: "step#visit/part" -> monotonic time the step was routed to (became ready), for the dispatch latency;
     #: in-process only (a step resumed from a checkpoint has none and reports no latency)
     ready: dict[str, float] = field(default_factory=dict)
+    #: spec.shutdown Stop: where waits that dispatch nothing are counted (orchestrator.shutdown)
+    stop: StopGate = field(default_factory=StopGate)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
@@ -144,10 +147,14 @@ class StepDispatcher:
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
             return self._record(req, recorded)
         step = req.step
-        await self._may_dispatch()  # suspended workflows (spec.suspend, spec.budget) dispatch nothing new
+        # Under Stop a task dispatched before (a resumed run) is re-attached: it runs already, it is not new.
+        known = self.ctx.stop.requested and await self.queue.get(step.pool, tid) is not None
+        if not known:  # suspended workflows (spec.suspend, spec.budget, Stop) dispatch nothing new
+            await self._may_dispatch()
         timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
         async with self.ctx.in_flight:
-            await self._may_dispatch()  # again: a sibling's result may have reached the budget meanwhile
+            if not known:  # again: a sibling's result may have reached the budget meanwhile
+                await self._may_dispatch()
             try:
                 task = Task(
                     id=tid,
@@ -210,6 +217,7 @@ class StepDispatcher:
 
     def _task_finished(self, step: str, index: int | None, attempt: int | None, outcome: TaskOutcome) -> None:
         woken = time.time()
+        self.ctx.stop.poke()  # under Stop the run may be over once its last task ended
         latency = None
         if outcome.notified and outcome.finished_at is not None:
             latency = max(woken - outcome.finished_at, 0.0)  # the queue's clock to ours: keep it >= 0
@@ -281,7 +289,8 @@ class StepDispatcher:
                 detail={"deadline": deadline, "visit": visit},
             )
         )
-        decision = await self.ctx.approvals.wait(step.name, visit, question, deadline)
+        with self.ctx.stop.holding():  # Stop ends a run waiting for a decision (no task runs for it)
+            decision = await self.ctx.approvals.wait(step.name, visit, question, deadline)
         record: dict[str, Any] = {"index": 0, "attempts": 0, "started": since, "finished": time.time()}
         if decision is None:
             result = {"approved": False, "decision": "timedOut", "by": "", "at": now_rfc3339(), "message": ""}
@@ -295,10 +304,13 @@ class StepDispatcher:
         return record | {"status": Outcome.FAILED.value, "result": result, "error": error}
 
     async def _may_dispatch(self) -> None:
-        while not self.ctx.running.is_set():
-            if self.ctx.ledger.crossed is not None:
-                self.ctx.ledger.blocked.set()  # the run wants more than its budget: the runner decides
-            await self.ctx.running.wait()
+        if self.ctx.running.is_set():
+            return
+        with self.ctx.stop.holding():
+            while not self.ctx.running.is_set():
+                if self.ctx.ledger.crossed is not None:
+                    self.ctx.ledger.blocked.set()  # the run wants more than its budget: the runner decides
+                await self.ctx.running.wait()
 
     def _charge(self, step: str, tid: str, usage: Usage) -> None:
         """Add a task's usage; on reaching spec.budget stop dispatching at once (the runner then fails or

@@ -3,8 +3,8 @@
 The checkpointed state keeps every result of the steps that succeeded; the rewound step gets a new visit
 (visit + 1), so its task ids are new and the queue, idempotent on task ids, runs it again instead of handing
 back the old failure; then the graph continues as usual. The rewind is one `aupdate_state` as the step's join
-node, with the routing decision that node would have written: a new checkpoint on top of the old ones, so the
-history of the failed attempt stays readable.
+node, with the routing decision that node would have written (a Command: its update and where it leads): a new
+checkpoint on top of the old ones, so the history of the failed attempt stays readable.
 
 Two ways a run fails, two places the step is found:
 - a step failed with no edge routing its failure: the graph finished; the step is the last failed record in
@@ -25,7 +25,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from codeforge.api.outcome import Outcome
 from codeforge.api.workflow import END
-from codeforge.orchestrator.compiler import PUBLISH, join_node
+from codeforge.orchestrator.compiler import PUBLISH, GraphCompiler, join_node
 from codeforge.orchestrator.dispatch import StepDispatcher
 from codeforge.orchestrator.state import RunState, parts_key
 
@@ -34,7 +34,9 @@ class RewindError(Exception):
     """The failed run cannot be rewound (the message says why)."""
 
 
-async def rewind(graph: CompiledStateGraph[RunState, StepDispatcher], thread_id: str) -> str | None:
+async def rewind(
+    graph: CompiledStateGraph[RunState, StepDispatcher], compiler: GraphCompiler, thread_id: str
+) -> str | None:
     """Prepare the thread so that the next run re-runs the failed (or timed-out) step; returns its name.
 
     None when there is nothing to rewind: the run never started, so the next run starts it from the beginning.
@@ -56,7 +58,7 @@ async def rewind(graph: CompiledStateGraph[RunState, StepDispatcher], thread_id:
         # spec.workspace: "base" is the commit the failed visit was given; the new visit starts from it too
         "route": {k: route[k] for k in ("to", "payloads", "base") if k in route} | {"visit": visit + 1},
     }
-    await graph.aupdate_state(config, update, as_node=join_node(step))
+    await graph.aupdate_state(config, compiler.routed(values, update), as_node=join_node(step))
     return step
 
 

@@ -20,7 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.usage import Budget, BudgetAction
-from codeforge.api.workflow import WorkflowSpec
+from codeforge.api.workflow import Shutdown, WorkflowSpec
 from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
@@ -29,6 +29,13 @@ from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.fairness import fair_share_of
 from codeforge.orchestrator.rewind import rewind
+from codeforge.orchestrator.shutdown import (
+    STOP_MESSAGE,
+    STOPPED,
+    TERMINATE_MESSAGE,
+    TERMINATED,
+    StopGate,
+)
 from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
 
@@ -87,8 +94,8 @@ class WorkflowOutcome:
 
 @dataclass
 class WorkflowHandle:
-    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, and the
-    decisions of its approval steps."""
+    """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, stop or
+    terminate (spec.shutdown, `orchestrator.shutdown`), and the decisions of its approval steps."""
 
     running: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,6 +104,9 @@ class WorkflowHandle:
     #: spec.suspend; a reached spec.budget holds the run suspended on its own (the run's ledger)
     suspended: bool = False
     ledger: Ledger | None = None
+    #: spec.shutdown once requested (it is one way: Stop may become Terminate, nothing goes back)
+    shutdown: Shutdown | None = None
+    gate: StopGate = field(default_factory=StopGate)
 
     def __post_init__(self) -> None:
         self.running.set()
@@ -107,8 +117,27 @@ class WorkflowHandle:
 
     def resume(self) -> None:
         self.suspended = False
-        if self.ledger is None or self.ledger.crossed is None:
+        if (self.ledger is None or self.ledger.crossed is None) and not self.gate.requested:
             self.running.set()
+
+    def stop(self) -> None:
+        """spec.shutdown Stop: dispatch nothing new; the run ends once its running tasks have ended."""
+        if self.shutdown is None:
+            self.shutdown = Shutdown.STOP
+        self.running.clear()
+        self.gate.request()
+
+    def terminate(self) -> None:
+        """spec.shutdown Terminate: cancel the run and its outstanding tasks now."""
+        self.shutdown = Shutdown.TERMINATE
+        self.running.clear()
+        self.cancel(TERMINATE_MESSAGE)
+
+    def request_shutdown(self, mode: Shutdown | None) -> None:
+        if mode is Shutdown.TERMINATE and self.shutdown is not Shutdown.TERMINATE:
+            self.terminate()
+        elif mode is Shutdown.STOP and self.shutdown is None:
+            self.stop()
 
     def set_budget(self, budget: Budget | None) -> None:
         """spec.budget changed on a running Workflow: raising it above the usage lets a run it suspended
@@ -118,7 +147,7 @@ class WorkflowHandle:
         self.ledger.rebudget(budget)
         if self.ledger.crossed is not None:
             self.running.clear()
-        elif not self.suspended:
+        elif not self.suspended and not self.gate.requested:
             self.running.set()
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -172,6 +201,7 @@ class WorkflowRunner:
         control = control or WorkflowHandle()
         if spec.suspend:
             control.suspend()
+        control.request_shutdown(spec.shutdown)  # a resumed run reads spec.shutdown again
         config: RunnableConfig = {
             "configurable": {"thread_id": workflow_id},
             # a superstep per part batch and per join, plus begin: bounded by maxStepRuns
@@ -188,18 +218,23 @@ class WorkflowRunner:
             name=name or workflow_id,
             approvals=control.approvals,
             fair=fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
+            stop=control.gate,
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         graph = self.graph(spec)
         snapshot = await graph.aget_state(config)
         values: dict[str, Any] = dict(snapshot.values or {})
         started_at = float(values.get("started_at") or time.time())
-        if values and not snapshot.next:
+        # A run that started has `started_at` in its state. A checkpoint without it is a shell (a process
+        # killed between writing the input checkpoint and its writes): start afresh rather than take it for
+        # a finished run with no results.
+        begun = bool(values.get("started_at"))
+        if begun and not snapshot.next:
             return self._outcome(workflow_id, values, started_at, resumed=True)  # finished before
         ctx.ledger = control.ledger = Ledger.restore(spec.budget, values.get("usage"))
-        if ctx.ledger.crossed is not None:
+        if ctx.ledger.crossed is not None or control.gate.requested:
             control.running.clear()
-        resumed = bool(values)
+        resumed = begun
         graph_input: RunState | None = None if resumed else {"input": spec.input, "started_at": started_at}
         if spec.timeout_seconds is not None:
             ctx.deadline = started_at + spec.timeout_seconds
@@ -213,8 +248,11 @@ class WorkflowRunner:
         job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
         stop = asyncio.ensure_future(control.cancelled.wait())
         over_budget: Crossing | None = None
+        settled = False
         try:
             over_budget = await self._supervise(job, stop, ctx)
+            # Read before the graph is cancelled: cancelling releases what waits at the gate.
+            settled = not job.done() and over_budget is None and ctx.stop.settled(ctx.outstanding)
         finally:
             stop.cancel()
             if not job.done():
@@ -224,6 +262,7 @@ class WorkflowRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
         cancelled = job.cancelled() and control.cancelled.is_set()
+        stopped = settled and job.cancelled() and not cancelled
         if job.cancelled():
             await self._cancel_outstanding(ctx)
             values = dict((await graph.aget_state(config)).values or {})
@@ -231,6 +270,8 @@ class WorkflowRunner:
                 values["error"] = f"cancelled: {control.reason}"
             elif over_budget is not None:
                 values["error"] = over_budget.message
+            elif stopped:
+                values["error"] = STOP_MESSAGE
             else:
                 values["error"] = _timed_out(spec)
         else:
@@ -240,10 +281,19 @@ class WorkflowRunner:
                 # runner's own timer fires: the cause is the workflow's timeout either way, so say that.
                 values["error"] = _timed_out(spec)
         self._first.pop(workflow_id, None)  # the run ended: nothing resumes it in this process
-        outcome = self._outcome(workflow_id, values, started_at, resumed=resumed, cancelled=cancelled)
+        outcome = self._outcome(
+            workflow_id, values, started_at, resumed=resumed, cancelled=cancelled or stopped
+        )
+        reason = None
+        if cancelled and control.shutdown is Shutdown.TERMINATE:
+            reason = TERMINATED
+        elif stopped:
+            reason = STOPPED
+        elif over_budget is not None and not cancelled:
+            reason = BUDGET_EXCEEDED
         outcome = dataclasses.replace(
             outcome,
-            reason=BUDGET_EXCEEDED if over_budget is not None and not cancelled else None,
+            reason=reason,
             usage=ctx.ledger.to_status() if ctx.ledger.steps else None,
         )
         emit(
@@ -260,13 +310,18 @@ class WorkflowRunner:
     async def _supervise(
         self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: DispatchContext
     ) -> Crossing | None:
-        """Wait for the graph, a cancel or the deadline; meanwhile act on spec.budget. Returns the crossing
-        when the budget ends the run (onExceed Fail, once the run wants to dispatch more), else None."""
-        ledger = ctx.ledger
+        """Wait for the graph, a cancel, a settled Stop or the deadline; meanwhile act on spec.budget. Returns
+        the crossing when the budget ends the run (onExceed Fail, once the run wants to dispatch more), else
+        None."""
+        ledger, gate = ctx.ledger, ctx.stop
         while True:
+            if gate.settled(ctx.outstanding):
+                return None  # Stop: nothing runs any more and the run waits for something new
+            gate.changed.clear()
             changed = asyncio.ensure_future(ledger.changed.wait())
             blocked = asyncio.ensure_future(ledger.blocked.wait())
-            waiting: set[asyncio.Future[Any]] = {job, stop, changed}
+            poked = asyncio.ensure_future(gate.changed.wait())
+            waiting: set[asyncio.Future[Any]] = {job, stop, changed, poked}
             crossing = ledger.crossed
             if crossing is not None and crossing.action is BudgetAction.FAIL:
                 waiting.add(blocked)
@@ -277,6 +332,7 @@ class WorkflowRunner:
             finally:
                 changed.cancel()
                 blocked.cancel()
+                poked.cancel()
             if not done or job in done or stop in done:
                 return None
             if ledger.changed.is_set():
@@ -302,7 +358,7 @@ class WorkflowRunner:
         spec.timeoutSeconds, whose deadline restarts), so the next `run()` runs that step again with new task
         ids and continues. Returns the step's name; None when the run never started. Raises `RewindError`
         when there is no step to retry from (see `orchestrator.rewind`)."""
-        return await rewind(self.graph(spec), workflow_id)
+        return await rewind(self.graph(spec), GraphCompiler(spec), workflow_id)
 
     async def forget(
         self, workflow_id: str, *, ref_cleanup_timeout: float = REF_CLEANUP_WAIT_SECONDS

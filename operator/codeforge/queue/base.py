@@ -98,6 +98,18 @@ def check_purge_ids(task_ids: Sequence[str]) -> list[str]:
     return list(task_ids)
 
 
+#: Longest consumer name (it names the consumer's handover list and its idle registration).
+MAX_CONSUMER_NAME = 256
+
+
+def check_consumer(consumer: str) -> None:
+    if not consumer or len(consumer) > MAX_CONSUMER_NAME or "\0" in consumer:
+        raise ValueError(
+            f"consumer must be a non-empty name of at most {MAX_CONSUMER_NAME} characters without NUL "
+            f"(got {consumer[:40]!r}{'...' if len(consumer) > 40 else ''})"
+        )
+
+
 def check_max_tasks(max_tasks: int) -> None:
     if max_tasks < 1:
         raise ValueError(f"max_tasks must be at least 1 (got {max_tasks}): claim_many takes one task or more")
@@ -211,6 +223,12 @@ class TaskQueue(Protocol):
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
         """Move a dead task back into the queue with both budgets fresh."""
+        ...
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        """Delete the records of these tasks that ended (succeeded, failed, cancelled): a finished Workflow's
+        TTL clean-up. Queued, running and dead-lettered tasks (and unknown ids) are skipped; returns how many
+        went."""
         ...
 
     async def reap(self, pool: str) -> int:

@@ -10,8 +10,9 @@ def pool_prefix(pool: str) -> str:
     return f"{KEY_PREFIX}:{{{pool}}}:"
 
 
-def wake_key(pool: str) -> str:
-    return pool_prefix(pool) + "wake"
+def hand_key(pool: str, consumer: str) -> str:
+    """The list a consumer blocked in a claim pops: leases handed over to it (lua/lib.lua, hand_out)."""
+    return pool_prefix(pool) + "h:" + consumer
 
 
 def task_key(pool: str, task_id: str) -> str:

@@ -1,7 +1,9 @@
 """In-process TaskQueue: the embedded mode's queue (`codeforge run`) and the reference for the contract.
 
-One asyncio event loop owns it. Idle claimers wait on futures that an enqueue resolves (one waiter per
-task, no herd); timers for leases and retry backoffs bound the wait precisely, so there is no polling.
+One asyncio event loop owns it. Idle claimers wait on futures; whatever makes a task claimable leases it to
+the longest-waiting claimer right away and resolves its future with the leases (a handover, as on Redis:
+one waiter per task, no herd, the task already held when the claimer resumes); timers for leases and retry
+backoffs bound the wait precisely, so there is no polling.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from codeforge.queue.base import (
 )
 from codeforge.queue.errors import LeaseLostError, TaskCancelledError, TaskNotFoundError
 from codeforge.queue.fair import FairReady
+
+#: What `forget` removes: tasks that ended and are not dead letters.
+_FORGETTABLE = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
 @dataclass
@@ -84,6 +89,16 @@ class _Record:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Claimer:
+    """A consumer blocked in a claim: what it asked for, and the future its leases are handed over on."""
+
+    future: asyncio.Future[list[Lease]]
+    consumer: str
+    max_tasks: int
+    hold: float
+
+
 @dataclass
 class _Pool:
     records: dict[str, _Record] = field(default_factory=dict)
@@ -91,7 +106,7 @@ class _Pool:
     delayed: list[tuple[float, str]] = field(default_factory=list)  # (ready_at, id), lazily pruned
     in_flight: dict[str, _Record] = field(default_factory=dict)
     dead: dict[str, _Record] = field(default_factory=dict)  # insertion order = dead-letter order
-    claimers: deque[asyncio.Future[None]] = field(default_factory=deque)
+    claimers: deque[_Claimer] = field(default_factory=deque)
     watchers: dict[str, list[asyncio.Future[TaskOutcome]]] = field(default_factory=dict)
     consumers: dict[str, tuple[str, float]] = field(default_factory=dict)
     dead_expired: int = 0
@@ -116,19 +131,29 @@ class MemoryTaskQueue:
     # -- producing ---------------------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> bool:
-        pool = self._pool(task.pool)
-        if task.id in pool.records:
-            return False
-        record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
-        record.fair_key = pool.ready.key_for(task.fairness_key)
-        pool.records[task.id] = record
-        self._make_ready(pool, record)
-        return True
+        return (await self.enqueue_many([task]))[0]
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
-        return [await self.enqueue(task) for task in tasks]
+        added: list[bool] = []
+        touched: dict[str, _Pool] = {}
+        for task in tasks:
+            pool = self._pool(task.pool)
+            if task.id in pool.records:
+                added.append(False)
+                continue
+            record = _Record(task=task, seq=next(self._seq), attempts=task.attempts)
+            record.fair_key = pool.ready.key_for(task.fairness_key)
+            pool.records[task.id] = record
+            self._make_ready(pool, record, hand_out=False)
+            touched[task.pool] = pool
+            added.append(True)
+        for pool in touched.values():  # all of a call at once, as on Redis: the most urgent goes first
+            self._hand_out(pool)
+        return added
 
-    def _make_ready(self, pool: _Pool, record: _Record, since: float | None = None) -> None:
+    def _make_ready(
+        self, pool: _Pool, record: _Record, since: float | None = None, *, hand_out: bool = True
+    ) -> None:
         record.state = TaskState.QUEUED
         record.consumer = ""
         record.ready_at = 0.0
@@ -137,8 +162,8 @@ class MemoryTaskQueue:
         task = record.task
         pool.ready.add(task.id, int(task.priority), record.seq, record.fair_key, task.fair_weight,
                        task.max_concurrency)  # fmt: skip
-        if pool.ready.claimable:
-            self._wake_one(pool)
+        if hand_out and pool.ready.claimable:
+            self._hand_out(pool)
 
     def _end_lease(self, pool: _Pool, record: _Record) -> None:
         """Every way a lease ends (complete, fail, release, cancel, expiry) frees its key's slot."""
@@ -146,14 +171,24 @@ class MemoryTaskQueue:
         if record.holds_slot:
             record.holds_slot = False
             if pool.ready.ended(record.fair_key):
-                self._wake_one(pool)
+                self._hand_out(pool)
+
+    def _hand_out(self, pool: _Pool) -> None:
+        """Lease claimable tasks to blocked claimers, longest waiting first, in the queue's order."""
+        while pool.claimers and pool.ready.claimable:
+            claimer = pool.claimers.popleft()
+            if not claimer.future.done():
+                claimer.future.set_result(
+                    self._take(pool, claimer.consumer, claimer.max_tasks, claimer.hold, hand_out=False)
+                )
 
     @staticmethod
     def _wake_one(pool: _Pool) -> None:
+        """Wake one claimer with nothing, so it re-arms its timer (a retry became due sooner)."""
         while pool.claimers:
-            waiter = pool.claimers.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            claimer = pool.claimers.popleft()
+            if not claimer.future.done():
+                claimer.future.set_result([])
                 return
 
     # -- consuming ---------------------------------------------------------------------------------
@@ -187,17 +222,26 @@ class MemoryTaskQueue:
                 if remaining <= 0:
                     return []
                 wait = remaining if wait is None else min(wait, remaining)
-            waiter = asyncio.get_running_loop().create_future()
-            state.claimers.append(waiter)
+            waiter: asyncio.Future[list[Lease]] = asyncio.get_running_loop().create_future()
+            state.claimers.append(_Claimer(waiter, consumer, max_tasks, hold))
             try:
-                await asyncio.wait_for(waiter, wait)
+                await asyncio.wait_for(asyncio.shield(waiter), wait)
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed over as the claim was cancelled
+                    for lease in waiter.result():
+                        await self.release(lease)  # back in line, nothing spent
+                raise
             finally:
                 if not waiter.done():
                     waiter.cancel()
+            if not waiter.cancelled() and waiter.result():
+                return waiter.result()  # handed over while it waited (or just as its wait ran out)
 
-    def _take(self, pool: _Pool, consumer: str, max_tasks: int, hold: float) -> list[Lease]:
+    def _take(
+        self, pool: _Pool, consumer: str, max_tasks: int, hold: float, *, hand_out: bool = True
+    ) -> list[Lease]:
         now = time.time()
         self._expire(pool, now)
         self._promote(pool, now)
@@ -217,8 +261,8 @@ class MemoryTaskQueue:
             record.claimed_at = now
             pool.in_flight[task_id] = record
             leases.append(self._lease(record))
-        if leases and pool.ready.claimable:
-            self._wake_one(pool)  # more work is waiting: pass the baton
+        if hand_out and pool.ready.claimable:
+            self._hand_out(pool)  # an expiry or a due retry readied more than this claimer took
         return leases
 
     @staticmethod
@@ -414,9 +458,11 @@ class MemoryTaskQueue:
         queued = [r for r in state.records.values() if r.state is TaskState.QUEUED]
         ready = [r for r in queued if not r.ready_at]
         oldest = min((r.ready_since for r in ready), default=now)  # waiting since it last became ready
+        held_back = max(len(ready) - state.ready.claimable, 0)  # their keys hold maxConcurrency leases
         return QueueStats(
             pool=pool,
-            queued=len(ready),
+            queued=len(ready) - held_back,
+            held_back=held_back,
             delayed=len(queued) - len(ready),
             in_flight=len(state.in_flight),
             dead=len(state.dead),
@@ -437,6 +483,16 @@ class MemoryTaskQueue:
         removed = 0
         for task_id in check_purge_ids(task_ids):
             if state.dead.pop(task_id, None) is not None:
+                del state.records[task_id]
+                removed += 1
+        return removed
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        state = self._pool(pool)
+        removed = 0
+        for task_id in check_purge_ids(task_ids):
+            record = state.records.get(task_id)
+            if record is not None and record.state in _FORGETTABLE:
                 del state.records[task_id]
                 removed += 1
         return removed
@@ -485,6 +541,6 @@ class MemoryTaskQueue:
         self._closed = True
         for pool in self._pools.values():
             while pool.claimers:
-                waiter = pool.claimers.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+                claimer = pool.claimers.popleft()
+                if not claimer.future.done():
+                    claimer.future.set_result([])

@@ -1,7 +1,8 @@
 """Fleet-wide rate limits by key (e.g. `openai/gpt-4.1`): requests and tokens per minute, and 429 pauses.
 
-Every agent of every pool that names a key shares one state, kept in Redis under its own hash tag
-(`cf:{rl:<key>}`, one Redis Cluster slot whatever pools use it) and changed only by one Lua script
+Every agent of every pool that names a key in one scope shares one state, kept in Redis under its own hash
+tag (`cf:{rl:<key>}` for a fleet-wide key the platform declares, `cf:{rl@<namespace>:<key>}` for a key of
+one namespace; one Redis Cluster slot whatever pools use it) and changed only by one Lua script
 (`lua/ratelimit.lua`), so limits hold across processes and nodes. The memory backend does the same
 arithmetic in-process for embedded runs and unit tests.
 
@@ -33,14 +34,22 @@ from codeforge.queue.errors import QueueError, QueueUnavailableError, queue_erro
 from codeforge.redis import TRANSIENT, Connection, Script, connect
 
 _KEY_RE = re.compile(RATE_LIMIT_KEY_PATTERN)
+#: A rate limit's scope: a namespace (a DNS label), or "" for the fleet.
+_SCOPE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Longest pause a 429 can ask for: a broken or hostile Retry-After must not stop a fleet for a day.
 MAX_PAUSE_SECONDS = 600.0
 SCRIPT = Script.from_package("codeforge.queue", "ratelimit")
 
 
-def rate_key(key: str) -> str:
-    """The Redis hash of a rate-limit key: a hash tag of its own, never a pool's."""
-    return f"cf:{{rl:{key}}}"
+def rate_key(key: str, scope: str = "") -> str:
+    """The Redis hash of a rate-limit key: a hash tag of its own, never a pool's. A namespace's keys
+    (`rl@<namespace>:`) never meet the fleet's (`rl:`): a namespace cannot contain '@' or ':'."""
+    return f"cf:{{rl@{scope}:{key}}}" if scope else f"cf:{{rl:{key}}}"
+
+
+def namespace_rate_prefix(namespace: str) -> str:
+    """What every rate-limit key of one namespace starts with (its pools' ACL users may use them all)."""
+    return f"cf:{{rl@{namespace}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +60,14 @@ class RateLimit:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     burst_seconds: float = 1.0
+    #: The namespace whose pools share the key, or "" for the fleet (README, "Multi-tenancy").
+    scope: str = ""
 
     def __post_init__(self) -> None:
+        if self.scope and not _SCOPE_RE.match(self.scope):
+            raise ValueError(
+                f"rate-limit scope {self.scope!r} must be a namespace name (or empty: fleet-wide)"
+            )
         if not _KEY_RE.match(self.key):
             raise ValueError(
                 f"rate-limit key {self.key!r} must be 1-200 characters of letters, digits and ._:/@+- "
@@ -118,7 +133,7 @@ class RedisRateLimiter:
     async def _run(self, limit: RateLimit, op: str, *args: Any) -> Any:
         base = (op, limit.requests_per_minute, limit.tokens_per_minute, limit.burst_ms)
         try:
-            return await SCRIPT.run(self._r, [rate_key(limit.key)], (*base, *args))
+            return await SCRIPT.run(self._r, [rate_key(limit.key, limit.scope)], (*base, *args))
         except TRANSIENT as exc:
             raise QueueUnavailableError(f"rate limiter: Redis at {self._conn.url.safe}: {exc}") from exc
         except redis_errors.RedisError as exc:
@@ -169,7 +184,7 @@ class MemoryRateLimiter:
     def _load(self, limit: RateLimit) -> tuple[_Key, float, float, float, float]:
         """The key's state refilled to now, and (now, T, tau, capacity)."""
         now = self._now()
-        k = self._keys.setdefault(limit.key, _Key(tat=now, ts=now))
+        k = self._keys.setdefault(rate_key(limit.key, limit.scope), _Key(tat=now, ts=now))
         k.tat = max(k.tat, now)
         period = tau = cap = 0.0
         if limit.requests_per_minute:

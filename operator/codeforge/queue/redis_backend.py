@@ -1,9 +1,11 @@
 """TaskQueue on Redis (one server or a Redis Cluster).
 
 Every multi-key change is one Lua script (`lua/*.lua`), so it is atomic, and every key of a pool carries
-the pool's hash tag, so each script runs on one cluster slot. Idle consumers block in BLPOP on the pool's
-wake-up list (one token per ready task), so an enqueue wakes exactly one of them with no polling; result
-waiters are woken by Pub/Sub (`redis_results.py`). Lost connections are retried with backoff; every
+the pool's hash tag, so each script runs on one cluster slot. A consumer that finds nothing to claim is
+registered as idle and blocks in BLPOP on its own list; the script that makes a task claimable (an enqueue, a
+freed slot, a requeue) leases it to an idle consumer and pushes the lease there, so the consumer's pop returns
+a task it already holds: one round trip from enqueue to handler, no polling, no herd (README, "Handover").
+Result waiters are woken by Pub/Sub (`redis_results.py`). Lost connections are retried with backoff; every
 operation is safe to retry. Connecting and URLs are `codeforge.redis`'s.
 
 Durability (`?durability=` on the URL, README "Durability"): `fast` waits for nothing; `fsync` checks at
@@ -14,6 +16,7 @@ too and sends every state-changing script with a WAIT for one replica (`redis_re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -23,13 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from redis import exceptions as redis_errors
-
 from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
 from codeforge.queue.base import (
     DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     DEFAULT_RESULT_TTL_SECONDS,
     Lease,
+    check_consumer,
     check_max_tasks,
     check_page,
     check_purge_ids,
@@ -44,7 +46,7 @@ from codeforge.queue.errors import (
     TaskNotFoundError,
     queue_errors,
 )
-from codeforge.queue.keys import pool_prefix, task_key, wake_key
+from codeforge.queue.keys import hand_key, pool_prefix, task_key
 from codeforge.queue.redis_replicated import WRITE_SCRIPTS, ReplicatedWrites, check_durability
 from codeforge.queue.redis_results import (
     MAX_BLOCK_SECONDS,
@@ -74,6 +76,7 @@ SCRIPT_NAMES = (
     "consumers",
     "dead_letter",
     "purge_dead",
+    "forget",
 )
 #: The queue's Lua scripts (`lua/<name>.lua`, each with `lua/lib.lua` prepended).
 SCRIPTS = {name: Script.from_package("codeforge.queue", name, prelude="lib") for name in SCRIPT_NAMES}
@@ -107,6 +110,7 @@ class RedisTaskQueue:
             conn, url=self.url, retry_seconds=retry_seconds, replica_wait_ms=self.replica_wait_ms
         )
         self._watcher = ResultWatcher(conn.any_node, self.get)
+        self._withdrawals: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def connect(
@@ -213,47 +217,62 @@ class RedisTaskQueue:
     ) -> list[Lease]:
         validate_pool_name(pool)
         check_max_tasks(max_tasks)
+        check_consumer(consumer)
         lease_ms = claim_lease_ms(lease_seconds)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        reply = await self._script("claim", pool, consumer, max_tasks, lease_ms)
-        while True:
-            if len(reply) > 2:
-                return self._leases(pool, consumer, reply)
-            wait = MAX_BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
-            if wait <= 0:
-                return []
-            now_ms, next_due_ms = int(reply[0]), int(reply[1])
-            if next_due_ms >= 0:
-                wait = min(wait, max((next_due_ms - now_ms) / 1000.0, 0.0) + 0.002)
-            # Block until an enqueue pushes a wake-up token (or a retry / lease expiry is due), then claim.
-            reply = await self._wait_and_claim(pool, consumer, max_tasks, lease_ms, max(wait, 0.01))
+        member = ""  # its registration as an idle consumer, while it holds one (lua/lib.lua, hand_out)
+        try:
+            while True:
+                wait = MAX_BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
+                # Nothing claimable: the script registers it as idle for as long as it will wait, so the next
+                # task is leased to it where it becomes ready; past its deadline the call only takes back
+                # the registration (and whatever was handed over as the wait ran out).
+                idle_ms = max(int(wait * 1000), 0)
+                reply = await self._script("claim", pool, consumer, max_tasks, lease_ms, idle_ms, member)
+                if len(reply) > 2:
+                    member = ""
+                    return self._leases(pool, consumer, reply)
+                if idle_ms <= 0:
+                    member = ""
+                    return []
+                member = f"{max_tasks}|{lease_ms}|{consumer}"
+                now_ms, next_due_ms = int(reply[0]), int(reply[1])
+                if next_due_ms >= 0:
+                    wait = min(wait, max((next_due_ms - now_ms) / 1000.0, 0.0) + 0.002)
+                handed = await self._pop_handed(pool, consumer, max(wait, 0.01))
+                if handed is not None:
+                    member = ""  # the handover took the registration
+                    return self._leases(pool, consumer, [now_ms, -1, *handed.split("\0")])
+        except BaseException:
+            if member:  # cancelled or failed while registered: give back what may be handed over meanwhile
+                self._withdraw(pool, consumer, lease_ms, member)
+            raise
 
-    async def _wait_and_claim(
-        self, pool: str, consumer: str, max_tasks: int, lease_ms: int, block: float
-    ) -> Any:
-        if self.cluster or self.durability == "replicated":
-            await self._retrying(functools.partial(self._r.blpop, [wake_key(pool)], timeout=block))
-            return await self._script("claim", pool, consumer, max_tasks, lease_ms)
+    async def _pop_handed(self, pool: str, consumer: str, block: float) -> str | None:
+        """Block until leases are handed over to this consumer (one message), or `block` seconds pass."""
+        key = hand_key(pool, consumer)
+        if self.durability != "replicated":
+            item = await self._retrying(functools.partial(self._r.blpop, [key], timeout=block))
+            return None if item is None else str(item[1])
+        # The handover was written by another client's script: a WAIT after a write of our own on the same
+        # connection confirms that a replica holds the lease before the task starts (one pipeline).
+        return await self._retrying(functools.partial(self._replicated.pop, pool, key, block))
 
-        # One server: BLPOP and the claim go out in one pipeline. Redis runs the claim as soon as BLPOP
-        # returns, on the same connection, so a woken consumer gets its task one round trip sooner.
-        async def call() -> Any:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.blpop([wake_key(pool)], timeout=block)
-            pipe.evalsha(SCRIPTS["claim"].sha, 1, pool_prefix(pool), consumer, max_tasks, lease_ms)
-            try:
-                return (await pipe.execute())[1]
-            except redis_errors.NoScriptError:  # the server restarted and lost its script cache
-                return await self._r.eval(
-                    SCRIPTS["claim"].source, 1, pool_prefix(pool), consumer, max_tasks, lease_ms
-                )
+    def _withdraw(self, pool: str, consumer: str, lease_ms: int, member: str) -> None:
+        """Drop an idle registration and put back, unstarted, what was handed over (in the background)."""
 
-        return await self._retrying(call)
+        async def withdraw() -> None:
+            with contextlib.suppress(Exception):
+                await self._script("claim", pool, consumer, 0, lease_ms, 0, member)
+
+        job = asyncio.ensure_future(withdraw())
+        self._withdrawals.add(job)
+        job.add_done_callback(self._withdrawals.discard)
 
     @staticmethod
     def _leases(pool: str, consumer: str, reply: list[Any]) -> list[Lease]:
         leases = []
-        for i in range(2, len(reply), 6):
+        for i in range(2, len(reply) - 5, 6):
             data = json.loads(reply[i + 1])
             data["attempts"] = int(reply[i + 2])
             leases.append(
@@ -370,10 +389,12 @@ class RedisTaskQueue:
 
     async def stats(self, pool: str) -> QueueStats:
         validate_pool_name(pool)
-        ready, delayed, in_flight, dead, age_ms, expired = await self._script("stats", pool)
+        ready, delayed, in_flight, dead, age_ms, expired, held = await self._script("stats", pool)
+        held_back = min(max(int(held), 0), int(ready))
         return QueueStats(
             pool=pool,
-            queued=int(ready),
+            queued=int(ready) - held_back,
+            held_back=held_back,
             delayed=int(delayed),
             in_flight=int(in_flight),
             dead=int(dead),
@@ -396,11 +417,18 @@ class RedisTaskQueue:
         return dead_letter_of(pool, task_id, reply)
 
     async def purge_dead(self, pool: str, task_ids: Sequence[str]) -> int:
+        return await self._removing("purge_dead", pool, task_ids)
+
+    async def forget(self, pool: str, task_ids: Sequence[str]) -> int:
+        return await self._removing("forget", pool, task_ids)
+
+    async def _removing(self, script: str, pool: str, task_ids: Sequence[str]) -> int:
+        """A script that removes some of the ids it is given, in batches; how many went in all."""
         validate_pool_name(pool)
         ids = check_purge_ids(task_ids)
         removed = 0
         for start in range(0, len(ids), BATCH):
-            removed += int(await self._script("purge_dead", pool, *ids[start : start + BATCH]))
+            removed += int(await self._script(script, pool, *ids[start : start + BATCH]))
         return removed
 
     async def requeue_dead(self, pool: str, task_id: str) -> bool:
@@ -429,6 +457,8 @@ class RedisTaskQueue:
             raise QueueUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._withdrawals:
+            await asyncio.wait(self._withdrawals, timeout=2.0)
         await self._watcher.close()
         await self._replicated.close()
         await self._r.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -34,6 +35,7 @@ WRITE_SCRIPTS = frozenset(
         "requeue_dead",
         "reap",
         "purge_dead",
+        "forget",
     }
 )
 
@@ -127,13 +129,34 @@ class ReplicatedWrites:
             reply, _, acked = await pipe.execute()
             return reply, int(acked)
 
-        try:
+        async with self._master_changes(pool):
             try:
                 reply, acked = await send("EVALSHA", script.sha)
             except redis_errors.NoScriptError:
                 reply, acked = await send("EVAL", script.source)
             if acked < 1 and _changed(script.name, reply):
                 await self._confirm(client, pool)
+        return reply
+
+    async def pop(self, pool: str, key: str, block: float) -> str | None:
+        """BLPOP a handed-over lease, then WAIT for one replica on the same connection (one pipeline): the
+        consumer starts the task only once a replica holds its lease, as after a claim."""
+        client = await self._master(pool)
+        async with self._master_changes(pool):
+            pipe = client.pipeline(transaction=False)
+            pipe.blpop([key], timeout=block)
+            pipe.set(sync_key(pool), "1")  # WAIT covers this connection's writes: one after the pop
+            pipe.execute_command("WAIT", 1, self.replica_wait_ms)
+            item, _, acked = await pipe.execute()
+            if item is not None and int(acked) < 1:
+                await self._confirm(client, pool)
+        return None if item is None else str(item[1])
+
+    @contextlib.asynccontextmanager
+    async def _master_changes(self, pool: str) -> AsyncIterator[None]:
+        """A moved slot or a lost master: forget the master's client and raise a retryable ConnectionError."""
+        try:
+            yield
         except ReplicationTimeoutError:
             raise
         except redis_errors.ResponseError as exc:
@@ -144,7 +167,6 @@ class ReplicatedWrites:
         except (*TOPOLOGY, *TRANSIENT) as exc:
             await self._forget_master(pool, exc)
             raise ConnectionError(str(exc)) from exc
-        return reply
 
     async def _confirm(self, client: Any, pool: str) -> None:
         """WAIT again (after a fresh write of our own) until a replica confirms, for up to retry_seconds."""

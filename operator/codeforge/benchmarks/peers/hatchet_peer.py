@@ -4,7 +4,9 @@ says why instead of leaving it out.
 Hatchet-lite is a Go binary (github.com/hatchet-dev/hatchet, cmd/hatchet-lite) that needs PostgreSQL. The only
 way to get Go code here is the Go module proxy, and the proxy refuses that module: `go list -m -versions
 github.com/hatchet-dev/hatchet` and `@latest` answer 403 "This module version is not available" (checked
-2026-12-02). Its release binaries and container images come from hosts this machine cannot reach.
+2026-12-02 and again the same day: 403 Forbidden for `@v/list` and `@latest`; no version of it is known to
+be served, so there is no pinned version to ask for). Its release binaries and container images come from
+hosts this machine cannot reach.
 """
 
 from __future__ import annotations

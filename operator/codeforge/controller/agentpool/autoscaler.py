@@ -1,6 +1,8 @@
 """The scaling decision: how many agents an AgentPool should run, from its queue. Pure; no I/O, no clock.
 
     raw     = clamp(ceil((queued + in_flight) / targetTasksPerAgent), minReplicas, maxReplicas)
+              (queued: claimable tasks only; those held back by their key's maxConcurrency wait for leases
+              that are already in flight, so agents added for them would sit idle)
     up      = the lowest raw seen in the scale-up stabilization window   (scale up only on sustained demand)
     down    = the highest raw seen in the scale-down stabilization window (scale down only on sustained calm)
     desired = up if current < up, down if current > down, else current;
@@ -39,8 +41,10 @@ class ScaleReason(enum.StrEnum):
 class Demand:
     """What the queue asks for right now."""
 
-    queued: int
+    queued: int  # claimable now
     in_flight: int
+    #: Ready but held back by their fair-share key's maxConcurrency: not load (shown, never scaled on).
+    held_back: int = 0
 
     @property
     def load(self) -> int:

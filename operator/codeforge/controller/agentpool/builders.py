@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from codeforge.api.agentpool import API_VERSION, KIND, AgentPoolSpec, pool_queue_name
+from codeforge.api.usage import RateLimitSpec
+from codeforge.controller import ratelimits
 from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kstatus import ObjectRef
 from codeforge.redis.acl import user_name
@@ -39,6 +41,16 @@ class PoolRef(ObjectRef):
         return pool_queue_name(self.namespace, self.name)
 
 
+def rate_limit(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> ratelimits.Resolved | None:
+    """The rate limit the pool's agents apply (the platform's for a fleet-wide key, else the namespace's);
+    ValueError for a key that is neither declared fleet-wide nor given numbers."""
+    if spec.rate_limit is None:
+        return None
+    return ratelimits.resolve(spec.rate_limit, ref.namespace, ref.name, defaults.fleet_rate_limits)
+
+
+#: Variables only spec.rateLimit sets (neither handler settings nor spec.env).
+RATE_LIMIT_ENV: Final = frozenset(RateLimitSpec(key="k", requests_per_minute=1).to_env())
 # Variables the operator owns: handler settings may not override them.
 RESERVED_ENV: Final = frozenset(
     {
@@ -63,6 +75,7 @@ RESERVED_ENV: Final = frozenset(
         "CODEFORGE_RATE_LIMIT_RPM",
         "CODEFORGE_RATE_LIMIT_TPM",
         "CODEFORGE_RATE_LIMIT_BURST_SECONDS",
+        "CODEFORGE_RATE_LIMIT_SCOPE",
     }
 )
 #: Where agent pods keep the Git cache and worktrees (an emptyDir) and find the Git credentials (a Secret).
@@ -205,11 +218,16 @@ def agent_env(ref: PoolRef, spec: AgentPoolSpec, defaults: AgentDefaults) -> lis
         ]
         if spec.workspace.credentials_secret:
             env.append({"name": "CODEFORGE_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_MOUNT})
-    if spec.rate_limit is not None:  # fleet-wide, shared with every pool naming the key
-        env += [{"name": k, "value": v} for k, v in spec.rate_limit.to_env().items()]
+    limit = rate_limit(ref, spec, defaults)
+    if limit is not None:
+        env += [{"name": k, "value": v} for k, v in limit.to_env().items()]
     env += handler_env(spec)
     user = [e.to_k8s() for e in spec.env]
     overridden = {e["name"] for e in user}
+    if taken := sorted(overridden & RATE_LIMIT_ENV):
+        # The agent would apply other numbers, or another namespace's or the fleet's key (its Redis user
+        # refuses keys not granted, but the pool should say why at once).
+        raise ValueError(f"spec.env: {taken[0]} is set by the operator from spec.rateLimit; remove it")
     return [e for e in env if e["name"] not in overridden] + user
 
 

@@ -17,23 +17,31 @@ Every reason is a constant here, with its meaning, so `kubectl describe`, alerts
 | Degraded    | True   | DeploymentFailed | the Deployment reports a failure (quota, progress deadline)   |
 | Degraded    | True   | InvalidSpec      | see Ready/InvalidSpec                                         |
 | Degraded    | False  | AsExpected       | nothing is wrong                                              |
+| RateLimit   | True   | FleetWide        | spec.rateLimit names a key the platform declares fleet-wide   |
+| RateLimit   | True   | Namespace        | spec.rateLimit names a key of the pool's namespace            |
+| RateLimit   | False  | Conflict         | another declarer gives the key other numbers (both named)     |
+
+RateLimit is there only while the pool has a `spec.rateLimit`; a Conflict does not degrade the pool (its
+agents run, under the platform's numbers or their own).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from codeforge.api.agentpool import AgentPoolPhase
-from codeforge.controller.kstatus import ConditionValue
+from codeforge.controller.kstatus import ConditionValue, EventType, KubeEvent
+from codeforge.controller.ratelimits import Resolved
 
 
 class ConditionType(enum.StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    RATE_LIMIT = "RateLimit"
 
 
 class Reason(enum.StrEnum):
@@ -49,6 +57,9 @@ class Reason(enum.StrEnum):
     QUEUE_UNREACHABLE = "QueueUnreachable"
     DEPLOYMENT_FAILED = "DeploymentFailed"
     AS_EXPECTED = "AsExpected"
+    FLEET_WIDE = "FleetWide"
+    NAMESPACE = "Namespace"
+    CONFLICT = "Conflict"
 
 
 #: Container waiting reasons that mean the image cannot be pulled.
@@ -78,6 +89,21 @@ class Observation:
     pod_problems: Sequence[PodProblem] = field(default_factory=tuple)
     queue_error: str | None = None
     spec_error: str | None = None
+    rate_limit: ConditionValue | None = None  # describe_rate_limit()
+
+
+def describe_rate_limit(limit: Resolved | None, conflict: str | None) -> ConditionValue | None:
+    """The RateLimit condition: which state the agents share and by whose numbers, or the conflict."""
+    if limit is None:
+        return None
+    if conflict:
+        return ConditionValue(ConditionType.RATE_LIMIT, False, Reason.CONFLICT, conflict)
+    key = limit.limit.key
+    if limit.fleet:
+        message = f"{key!r}: fleet-wide, the platform's {limit.limit.describe()}"
+        return ConditionValue(ConditionType.RATE_LIMIT, True, Reason.FLEET_WIDE, message)
+    message = f"{key!r}: shared by the pools of namespace {limit.scope}, {limit.limit.describe()}"
+    return ConditionValue(ConditionType.RATE_LIMIT, True, Reason.NAMESPACE, message)
 
 
 def _summarise(problems: Iterable[PodProblem], limit: int = 3) -> str:
@@ -132,7 +158,7 @@ def evaluate(obs: Observation) -> list[ConditionValue]:
         health = ConditionValue(degraded, True, Reason.DEPLOYMENT_FAILED, obs.deployment_failure)
     else:
         health = ConditionValue(degraded, False, Reason.AS_EXPECTED, "")
-    return [ready_value, progress, health]
+    return [ready_value, progress, health, *([obs.rate_limit] if obs.rate_limit else [])]
 
 
 def phase(values: Sequence[ConditionValue]) -> AgentPoolPhase:
@@ -143,3 +169,12 @@ def phase(values: Sequence[ConditionValue]) -> AgentPoolPhase:
     if by_type[ConditionType.PROGRESSING].status:
         return AgentPoolPhase.SCALING
     return AgentPoolPhase.READY if by_type[ConditionType.READY].status else AgentPoolPhase.PENDING
+
+
+def rate_limit_events(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[KubeEvent]:
+    """A Warning when the pool's rate limit comes into conflict (or into another one)."""
+    before = next((c for c in old if c.get("type") == ConditionType.RATE_LIMIT.value), {})
+    after = next((c for c in new if c.get("type") == ConditionType.RATE_LIMIT.value), {})
+    if after.get("reason") == Reason.CONFLICT and before.get("message") != after.get("message"):
+        return [KubeEvent(EventType.WARNING, "RateLimitConflict", str(after.get("message")))]
+    return []

@@ -94,6 +94,7 @@ async def _reconcile_and_report(
             agents=services.config.agents,
             queue_error=services.queue_error,
             redis=await services.admin_redis(logger) if services.config.agents.redis_acl else None,
+            rate_limits=services.rate_limits,
         )
         try:
             outcome = await reconcile(
@@ -177,6 +178,7 @@ async def forget_pool(*, meta: kopf.Meta, memo: Any, logger: Logger, **_: Any) -
     ref = builders.PoolRef(meta.namespace or "default", meta.name or "", meta.uid or "")
     metrics.forget(ref.queue)
     services: OperatorServices = memo.services
+    services.rate_limits.forget(ref.namespace, ref.name)
     if not services.config.agents.redis_acl:
         return
     redis = await services.admin_redis(logger)

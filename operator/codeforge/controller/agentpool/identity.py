@@ -20,10 +20,12 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from codeforge.api.agentpool import KIND
+from codeforge.controller import ratelimits
 from codeforge.controller.agentpool import builders
 from codeforge.controller.config import AgentDefaults
 from codeforge.controller.kube import SECRETS, KubeApi, KubeApiError
-from codeforge.queue.keys import pool_channel_patterns, pool_key_patterns
+from codeforge.queue.keys import glob_escape, pool_channel_patterns, pool_key_patterns
+from codeforge.queue.ratelimit import namespace_rate_prefix, rate_key
 from codeforge.redis import acl
 from codeforge.redis.connect import Connection
 
@@ -94,22 +96,39 @@ async def ensure_secret(kube: KubeApi, ref: builders.PoolRef, role: str) -> str:
     raise IdentityError(f"Secret {ref.namespace}/{name} keeps changing; retrying")
 
 
-def user_rules(ref: builders.PoolRef, password: str, agents: AgentDefaults) -> list[str]:
-    """The pool's ACL: its own keys and channels, plus the fleet-wide patterns the operator grants to all."""
+def rate_limit_patterns(ref: builders.PoolRef, limit: ratelimits.Resolved | None) -> list[str]:
+    """The rate-limit keys the pool's agents may touch: every key of its namespace, and the one fleet-wide
+    key its spec names (never another fleet key: a tenant's agent cannot pause or drain those)."""
+    patterns = [glob_escape(namespace_rate_prefix(ref.namespace)) + "*"]
+    if limit is not None and limit.fleet:
+        patterns.append(glob_escape(rate_key(limit.limit.key)))
+    return patterns
+
+
+def user_rules(
+    ref: builders.PoolRef, password: str, agents: AgentDefaults, limit: ratelimits.Resolved | None = None
+) -> list[str]:
+    """The pool's ACL: its own keys and channels, its rate-limit keys, and the patterns the operator grants
+    to all."""
     return acl.agent_rules(
         password,
-        [*pool_key_patterns(ref.queue), *agents.acl_key_patterns],
+        [*pool_key_patterns(ref.queue), *rate_limit_patterns(ref, limit), *agents.acl_key_patterns],
         [*pool_channel_patterns(ref.queue), *agents.acl_channel_patterns],
     )
 
 
 async def ensure_identity(
-    kube: KubeApi, redis: Connection, ref: builders.PoolRef, role: str, agents: AgentDefaults
+    kube: KubeApi,
+    redis: Connection,
+    ref: builders.PoolRef,
+    role: str,
+    agents: AgentDefaults,
+    limit: ratelimits.Resolved | None = None,
 ) -> None:
     """The Secret exists and Redis (every node) knows the pool's user with its password."""
     password = await ensure_secret(kube, ref, role)
     try:
-        await acl.set_user(redis, acl.user_name(ref.queue), user_rules(ref, password, agents))
+        await acl.set_user(redis, acl.user_name(ref.queue), user_rules(ref, password, agents, limit))
         await acl.save(redis)
     except redis_errors.RedisError as exc:
         raise IdentityError(f"cannot set the pool's Redis ACL user: {exc}") from exc
@@ -122,14 +141,19 @@ async def forget(redis: Connection, ref: builders.PoolRef) -> None:
 
 
 async def reconcile_identity(
-    kube: KubeApi, redis: Connection | None, ref: builders.PoolRef, role: str, agents: AgentDefaults
+    kube: KubeApi,
+    redis: Connection | None,
+    ref: builders.PoolRef,
+    role: str,
+    agents: AgentDefaults,
+    limit: ratelimits.Resolved | None = None,
 ) -> str | None:
     """`ensure_identity`, with what went wrong as a message for the pool's conditions (None: all set).
     Retryable Kubernetes errors propagate (the handler retries the reconcile)."""
     if redis is None:
         return "the operator is not connected to Redis yet: the pool's Redis user is not set"
     try:
-        await ensure_identity(kube, redis, ref, role, agents)
+        await ensure_identity(kube, redis, ref, role, agents, limit)
     except IdentityError as exc:
         return str(exc)
     except KubeApiError as exc:

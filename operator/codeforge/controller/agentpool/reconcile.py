@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec, AgentPoolStatus, AutoscalingMode, Condition
 from codeforge.api.task import QueueStats
+from codeforge.controller import ratelimits
 from codeforge.controller.agentpool import builders, conditions, identity
 from codeforge.controller.agentpool.autoscaler import (
     AutoscalerState,
@@ -68,6 +69,7 @@ class Deps:
     queue_timeout: float = 2.0
     queue_error: str = "the operator is not connected to the queue yet"  # why `queue` is None
     redis: Connection | None = None  # the operator's admin connection, for the pools' ACL users
+    rate_limits: ratelimits.Declarations = field(default_factory=ratelimits.Declarations)
 
 
 @dataclass(slots=True)
@@ -135,7 +137,8 @@ def desired_replicas(
         held = current if current is not None else policy.min_replicas
         return max(policy.min_replicas, min(policy.max_replicas, held))
     baseline = current if current is not None else policy.min_replicas
-    demand = Demand(queued=view.stats.queued, in_flight=view.stats.in_flight)
+    stats = view.stats
+    demand = Demand(queued=stats.queued, in_flight=stats.in_flight, held_back=stats.held_back)
     return decide(policy, baseline, demand, now, state)
 
 
@@ -306,6 +309,7 @@ async def reconcile(
     view = await observe_queue(deps, ref)  # step 2
     if view.stats is not None:
         status.queued, status.delayed = view.stats.queued, view.stats.delayed
+        status.held_back = view.stats.held_back
         status.in_flight, status.dead = view.stats.in_flight, view.stats.dead
         status.oldest_task_age_seconds = round(view.stats.oldest_age_seconds, 1)
         states = list(view.agent_states.values())
@@ -322,12 +326,15 @@ async def reconcile(
     if isinstance(decision, Decision):
         autoscaler = decision.state
 
+    limit = builders.rate_limit(ref, spec, deps.agents)  # valid: parse_spec checked it
+    shared = deps.rate_limits.declare(ref.namespace, ref.name, limit)  # other pools of the namespace
+    conflict = (limit.conflict if limit else None) or shared
     try:
         if current is not None and desired < current and view.stats is not None:  # step 4
             await mark_idle_agents_first(deps, ref, view)
         if deps.agents.redis_acl and check_extras:
             identity_error = await identity.reconcile_identity(
-                deps.kube, deps.redis, ref, spec.role, deps.agents
+                deps.kube, deps.redis, ref, spec.role, deps.agents, limit
             )
         body = builders.build_deployment(ref, spec, desired, deps.agents)  # step 5
         deployment = await apply_object(deps.kube, body, deployment, ref)
@@ -354,6 +361,8 @@ async def reconcile(
     if current is not None and desired != current:  # step 8
         if isinstance(decision, Decision) and view.stats is not None:
             load = f"{view.stats.queued} queued + {view.stats.in_flight} in flight"
+            if view.stats.held_back:
+                load += f" ({view.stats.held_back} more held back by maxConcurrency)"
             why = f"{load} at {spec.autoscaling.target_tasks_per_agent} per agent ({decision.reason})"
         else:
             why = "following spec.replicas (external autoscaler)"
@@ -363,7 +372,13 @@ async def reconcile(
     status.ready_replicas = seen["ready"]
     status.desired_replicas = desired
     queue_error = view.error or (f"Redis identity: {identity_error}" if identity_error else None)
-    observation = Observation(desired=desired, pod_problems=problems, queue_error=queue_error, **seen)
+    observation = Observation(
+        desired=desired,
+        pod_problems=problems,
+        queue_error=queue_error,
+        rate_limit=conditions.describe_rate_limit(limit, conflict),
+        **seen,
+    )
     outcome = _finish(old_status, status, observation, events, autoscaler, timestamp)
     outcome.desired = desired
     outcome.identity_error = identity_error
@@ -385,7 +400,9 @@ def _finish(
     status.conditions = [Condition.model_validate(c) for c in merged]
     status.phase = conditions.phase(values)
     body = status.to_k8s()
-    return Outcome(status=body, events=events + _health_events(old_status, merged), autoscaler=autoscaler)
+    events += _health_events(old_status, merged)
+    events += conditions.rate_limit_events(old_status.get("conditions", []), merged)
+    return Outcome(status=body, events=events, autoscaler=autoscaler)
 
 
 def status_needs_write(old: Mapping[str, Any], new: Mapping[str, Any], gauges_due: bool) -> bool:

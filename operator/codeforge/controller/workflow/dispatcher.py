@@ -8,7 +8,7 @@ a Workflow to `observe()`, which
   registry (`WorkflowRegistry.runs`), which runs until the run ends, the Workflow is deleted (the finalizer's
   `cleanup` cancels it) or the operator stops (`WorkflowRegistry.close`: the tasks stay with the agents and
   the next operator re-attaches to them from the checkpoint);
-- hands changes of a live run's approval annotations, `spec.suspend` and `spec.budget` to it;
+- hands changes of a live run's approval annotations, `spec.suspend`, `spec.shutdown` and `spec.budget` to it;
 - remembers a run that ended here until its final status is seen, so stale events never start it again
   (compared by phase, retryToken and completionTime: Kopf may batch the final status with a retry
   annotation into one event, which must start the retry).
@@ -32,6 +32,7 @@ from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.registry import LiveWorkflow, WorkflowRegistry, landmark
+from codeforge.controller.workflow.shutdown import request_shutdown
 from codeforge.controller.workflow.supervisor import WatchedWorkflow, supervise, wants_run
 from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
 from codeforge.orchestrator import WorkflowHandle
@@ -122,7 +123,8 @@ def start(
 
 
 def refresh(workflows: WorkflowRegistry, live: LiveWorkflow, seen: WatchedWorkflow, log: Logger) -> None:
-    """Hand a live run what changed since the last event: approval decisions, spec.suspend, spec.budget."""
+    """Hand a live run what changed since the last event: approval decisions, spec.suspend, spec.shutdown
+    (a run that starts later reads it from its spec), spec.budget."""
     uid = seen.ref.uid
     if seen.annotations != live.annotations:
         live.annotations = dict(seen.annotations)
@@ -130,6 +132,9 @@ def refresh(workflows: WorkflowRegistry, live: LiveWorkflow, seen: WatchedWorkfl
     suspend, budget = bool(seen.spec.get("suspend")), seen.spec.get("budget")
     if suspend != bool(live.spec.get("suspend")):
         workflows.set_suspended(uid, suspend)
+    shutdown = seen.spec.get("shutdown")
+    if shutdown != live.spec.get("shutdown"):
+        request_shutdown(workflows, uid, shutdown, log)
     if budget != live.spec.get("budget"):
         try:
             parsed = Budget.model_validate(budget, by_alias=True, by_name=False) if budget else None

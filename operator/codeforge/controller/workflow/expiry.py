@@ -1,7 +1,8 @@
 """`spec.ttlSecondsAfterFinished`: a finished run's data goes after a while, and the Workflow too if asked.
 
-That long after `status.completionTime`, the run's checkpoints, its result copy and its step refs (through
-an agent, as on deletion) are removed and the condition `Expired` says so; with `spec.ttlDeletesWorkflow`
+That long after `status.completionTime`, the run's checkpoints, its result copy, its tasks' records in the
+queue (ended ones; dead letters keep their own retention) and its step refs (through an agent, as on
+deletion) are removed and the condition `Expired` says so; with `spec.ttlDeletesWorkflow`
 the Workflow object is deleted instead (as a Job's TTL controller and Argo's `ttlStrategy` do). The
 operator-wide default for Workflows that set no TTL is CODEFORGE_WORKFLOW_TTL_SECONDS (unset: kept).
 
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 from codeforge.api import limits
 from codeforge.api.agentpool import API_VERSION
-from codeforge.api.workflow import PLURAL
+from codeforge.api.workflow import PLURAL, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import WorkflowPhase
 from codeforge.controller.env import ConfigError
 from codeforge.controller.kstatus import (
@@ -35,8 +36,11 @@ from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.registry import WorkflowRegistry
 from codeforge.controller.workflow.results import result_key
-from codeforge.controller.workflow.supervisor import first_of
+from codeforge.controller.workflow.supervisor import first_of, qualified
 from codeforge.controller.workflow.tracker import ConditionType
+from codeforge.orchestrator import WorkflowRunner
+from codeforge.orchestrator.records import forget_run_tasks
+from codeforge.orchestrator.workspace import cleanup_task_id
 
 TTL_ENV: Final = "CODEFORGE_WORKFLOW_TTL_SECONDS"
 WORKFLOWS: Final = Kind(API_VERSION, PLURAL)
@@ -86,7 +90,10 @@ def expired_status(
     status: Mapping[str, Any], ttl: float, generation: int | None, kept: str | None
 ) -> dict[str, Any]:
     """The status patch that records the clean-up (and what it could not remove)."""
-    message = f"the run's checkpoints, result copy and step refs were removed {ttl:g}s after it finished"
+    message = (
+        f"the run's checkpoints, result copy, task records and step refs were removed {ttl:g}s after it "
+        "finished"
+    )
     if kept:
         message += f"; {kept}"
     conditions = merge_conditions(
@@ -96,6 +103,19 @@ def expired_status(
         generation,
     )
     return {"status": {"conditions": conditions, "resultRef": None}}
+
+
+async def _forget_tasks(
+    runner: WorkflowRunner, ref: ObjectRef, spec: Mapping[str, Any]
+) -> WorkflowSpec | None:
+    """Remove the queue records of the run's ended tasks; the spec they ran under (None: an invalid spec,
+    which ran nothing)."""
+    try:
+        parsed = qualified(parse_workflow_spec(dict(spec)), ref.namespace)
+    except WorkflowSpecError:
+        return None
+    await forget_run_tasks(runner.queue, runner.checkpointer, ref.uid, parsed)
+    return parsed
 
 
 async def expire_when_due(
@@ -117,7 +137,11 @@ async def expire_when_due(
     while at is not None and not stopped:
         try:
             runner = await workflows.connect(services, log)
+            tasks = await _forget_tasks(runner, ref, spec)  # first: the checkpoints name the tasks
             refs = await runner.forget(ref.uid, ref_cleanup_timeout=workflows.settings.ref_cleanup_timeout)
+            if tasks is not None and tasks.workspace is not None:  # the step-ref cleanup task just ended
+                for pool in {s.pool for s in tasks.steps}:
+                    await runner.queue.forget(pool, [cleanup_task_id(ref.uid)])
             await workflows.results.delete(result_key(ref.uid))
             kept = None if refs.status in ("none", "deleted") else f"step refs kept: {refs.message}"
             if spec.get("ttlDeletesWorkflow"):

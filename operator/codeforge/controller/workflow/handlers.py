@@ -7,7 +7,8 @@
   approval decisions (`approval.codeforge.ai/<step>` annotations), `spec.suspend` (pauses dispatching,
   running tasks finish) and `spec.budget` (raising it lets a run the budget suspended go on); a retry of a
   Failed Workflow from its failed step: `kubectl annotate workflow NAME codeforge.ai/retry="$(date +%s)"
-  --overwrite` (see `retry`). No Kopf daemon and no handler progress per Workflow: with 10,000 Workflows,
+  --overwrite` (see `retry`); `spec.shutdown` (`codeforge stop | terminate`) ends the run early
+  (`shutdown`). No Kopf daemon and no handler progress per Workflow: with 10,000 Workflows,
   those were most of the operator's memory and of its API requests while starting them.
 - operator exit (or losing the lead, which exits the process): the runs stop waiting; the next operator
   resumes them from their checkpoints.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
-from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
@@ -48,6 +48,7 @@ from codeforge.orchestrator import (
     WorkflowOutcome,
     task_id,
 )
+from codeforge.orchestrator.shutdown import STOPPED, TERMINATE_MESSAGE
 from codeforge.queue import TaskQueue
 
 #: Wait before reconnecting to the queue / checkpoint store, or restarting a run that raised.
@@ -178,6 +179,8 @@ async def _drive(
                     tracker.refuse_retry(token, str(exc))
                     return
                 tracker.begin_retry(token, step)
+            if spec.shutdown is Shutdown.TERMINATE:  # after a restart: what the earlier run dispatched
+                await _cancel_from_status(runner.queue, obj.ref, obj.status, TERMINATE_MESSAGE)
         except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
             tracker.set_degraded(str(exc))
             log.warning("Workflow %s waits for the queue: %s", obj.ref.key, exc)
@@ -203,6 +206,11 @@ async def _drive(
             log.warning("Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc)
             await first_of(control.cancelled.wait(), asyncio.sleep(RETRY_SECONDS))
             continue
+        log.info(
+            "Workflow %s run ended %s%s (resumed: %s): %s",
+            obj.ref.key, outcome.status, f", reason {outcome.reason}" if outcome.reason else "",
+            outcome.resumed, outcome.error or "",
+        )  # fmt: skip
         await _finish(workflows, obj, live, tracker, outcome, busy[0])
         return
     _end(tracker, _cancelled(uid, control), None, None, busy[0])  # deleted while waiting for the queue
@@ -219,9 +227,12 @@ async def _pools_ready(
     control: WorkflowHandle,
     log: Logger,
 ) -> bool:
-    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if cancelled."""
+    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if cancelled.
+    A Workflow stopped meanwhile (spec.shutdown) starts at once: its run ends before dispatching anything."""
     delay = RECHECK_SECONDS
     while not control.cancelled.is_set():
+        if spec.shutdown is not None or control.shutdown is not None:
+            return True
         try:
             missing = await missing_pools(services.api(), spec)
         except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
@@ -230,7 +241,7 @@ async def _pools_ready(
         tracker.set_missing_pools(missing)
         if not missing:
             return True
-        await first_of(control.cancelled.wait(), asyncio.sleep(delay))
+        await first_of(control.cancelled.wait(), asyncio.sleep(delay), control.gate.changed.wait())
         delay = min(delay * 2, RECHECK_CAP_SECONDS)
     return False
 
@@ -255,7 +266,7 @@ async def _finish(
     busy: float,
 ) -> None:
     result, ref = None, None
-    if outcome.status == Outcome.SUCCEEDED:
+    if outcome.status == Outcome.SUCCEEDED or outcome.reason == STOPPED:  # a stopped run's steps finished
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
     _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
@@ -292,8 +303,11 @@ async def cleanup(
     return kept
 
 
-async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any]) -> None:
-    """No run here (deleted while no operator ran it): cancel the tasks the status says are in flight."""
+async def _cancel_from_status(
+    queue: TaskQueue, ref: ObjectRef, status: Mapping[str, Any], reason: str = "the Workflow was deleted"
+) -> None:
+    """No run here (deleted, or terminated, while no operator ran it): cancel the tasks the status says are
+    in flight."""
     for step in status.get("steps") or []:
         pool = str(step.get("pool") or "")
         if step.get("phase") not in (StepPhase.RUNNING, StepPhase.RETRYING) or not pool:
@@ -303,4 +317,4 @@ async def _cancel_from_status(queue: TaskQueue, ref: ObjectRef, status: Mapping[
         for index in range(int(step.get("parts") or 1)):
             tid = task_id(ref.uid, step["name"], int(step.get("visits") or 1), index, attempt)
             with contextlib.suppress(Exception):  # best effort: it may have finished meanwhile
-                await queue.cancel(pool, tid, "the Workflow was deleted")
+                await queue.cancel(pool, tid, reason)

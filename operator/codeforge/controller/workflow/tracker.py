@@ -14,11 +14,14 @@ Conditions of a Workflow and their reasons:
 | Running  | False  | Pending          | accepted, not started yet                                           |
 | Running  | False  | Suspended        | spec.suspend is true: nothing new is dispatched                     |
 | Running  | False  | BudgetExceeded   | spec.budget reached (onExceed Suspend): the message names the step  |
+| Running  | False  | Stopping         | spec.shutdown Stop: nothing new is dispatched; running tasks finish |
 | Running  | False  | Finished         | the run ended (see Finished)                                        |
 | Finished | True   | Succeeded        | every step on the taken path succeeded                              |
 | Finished | True   | Failed           | a step failed with no edge routing its failure, or the run errored  |
 | Finished | True   | Cancelled        | the run was cancelled                                               |
 | Finished | True   | BudgetExceeded   | spec.budget reached (onExceed Fail): the message names the step     |
+| Finished | True   | Stopped          | spec.shutdown Stop (phase Cancelled): running tasks finished first  |
+| Finished | True   | Terminated       | spec.shutdown Terminate (phase Cancelled): running tasks cancelled  |
 | Finished | False  | InProgress       | not finished                                                        |
 | Degraded | True   | QueueUnreachable | the queue or checkpoint store cannot be reached; retried w/ backoff |
 | Degraded | False  | AsExpected       | nothing is wrong                                                    |
@@ -72,6 +75,9 @@ _STEP_PHASES: Final[dict[str, StepPhase]] = {
 }
 
 
+_FINISH_REASONS: Final = frozenset({"BudgetExceeded", "Stopped", "Terminated"})
+
+
 class ConditionType(enum.StrEnum):
     INVALID = "Invalid"
     RUNNING = "Running"
@@ -96,6 +102,9 @@ class Reason(enum.StrEnum):
     POOL_NOT_FOUND = "PoolNotFound"
     POOLS_FOUND = "PoolsFound"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    TERMINATED = "Terminated"
 
 
 def invalid_status(
@@ -188,6 +197,7 @@ class WorkflowTracker:
     missing_pools: list[str] | None = None  # None: never checked; []: every pool exists
     usage: JSON | None = None  # all tasks' usage (status.usage)
     budget_hold: str | None = None  # spec.budget reached with onExceed Suspend: the message naming the step
+    stopping: bool = False  # spec.shutdown Stop asked; the run ends once its running tasks have
     reason: str | None = None  # the finished run's reason when it is not its phase (BudgetExceeded)
     conditions: list[JSON] = field(default_factory=list)
     transitions: list[KubeEvent] = field(default_factory=list)
@@ -206,6 +216,9 @@ class WorkflowTracker:
             generation=generation,
         )
         tracker.suspended = spec.suspend
+        tracker.stopping = (
+            spec.shutdown is not None and not WorkflowPhase(status.get("phase") or "Pending").finished
+        )
         if phase := status.get("phase"):
             tracker.phase = WorkflowPhase(phase)
         tracker.message = status.get("message")
@@ -356,6 +369,21 @@ class WorkflowTracker:
             )
             self._changed()
 
+    def set_shutdown(self, mode: str) -> None:
+        """spec.shutdown was set on this run (Stop, or Terminate): an Event says what happens now."""
+        if self.phase.finished:
+            return
+        if mode == "Terminate":
+            self._transition(EventType.WARNING, "Terminating", "spec.shutdown Terminate: cancelling the run")
+        elif not self.stopping:
+            self.stopping = True
+            self._transition(
+                EventType.NORMAL,
+                Reason.STOPPING,
+                "spec.shutdown Stop: nothing new is dispatched; the run ends once its running tasks finish",
+            )
+        self._changed()
+
     def set_missing_pools(self, missing: list[str]) -> None:
         """The pools the steps name that do not exist ([] once they all do); the run waits until then."""
         if missing == self.missing_pools:
@@ -448,7 +476,11 @@ class WorkflowTracker:
 
     def _condition_values(self, phase: WorkflowPhase) -> list[ConditionValue]:
         running: ConditionValue
-        if phase is WorkflowPhase.RUNNING:
+        if self.stopping and not phase.finished:
+            running = ConditionValue(
+                ConditionType.RUNNING, False, Reason.STOPPING, "spec.shutdown Stop: running tasks finish"
+            )
+        elif phase is WorkflowPhase.RUNNING:
             running = ConditionValue(ConditionType.RUNNING, True, Reason.RUNNING, "")
         elif phase is WorkflowPhase.SUSPENDED and self.budget_hold and not self.suspended:
             running = ConditionValue(ConditionType.RUNNING, False, Reason.BUDGET_EXCEEDED, self.budget_hold)
@@ -461,7 +493,8 @@ class WorkflowTracker:
         else:
             running = ConditionValue(ConditionType.RUNNING, False, Reason.FINISHED, "")
         if phase.finished:
-            why = Reason.BUDGET_EXCEEDED if self.reason == Reason.BUDGET_EXCEEDED else Reason(phase.value)
+            # A reason finer than the phase when the run gave one (BudgetExceeded, Stopped, Terminated).
+            why = Reason(self.reason) if self.reason in _FINISH_REASONS else Reason(phase.value)
             finished = ConditionValue(ConditionType.FINISHED, True, why, self.message or "")
         else:
             finished = ConditionValue(ConditionType.FINISHED, False, Reason.IN_PROGRESS, "")

@@ -5,7 +5,8 @@ Why our own: `langgraph-checkpoint-redis` needs RedisJSON and RediSearch; `langg
 cluster one checkpoint spans slots and its pipeline is not atomic (it passes the conformance suite on one
 Redis 7.0, but on our 6-node cluster it fails 4 `put` tests and 1 `delete_thread` test). Here every key of
 a thread shares the thread's hash tag (see `keys.py`) and one checkpoint write (or one task's writes) is one
-Lua script: a crash never leaves a torn checkpoint.
+Lua script: a crash never leaves a torn checkpoint. A task's writes wait briefly for the checkpoint that
+follows them and go in its script (`pending.py`): one round trip per workflow step instead of two.
 
 Checkpoint ids are LangGraph's time-ordered UUIDs, kept in a sorted set with equal scores, so lexical order
 is creation order and "latest" / "before" are single range reads.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -36,6 +38,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
+from codeforge.orchestrator.checkpoint.pending import LINGER_SECONDS, Key, PendingWrites
 from codeforge.orchestrator.checkpoint.serde import CheckpointSerializer
 from codeforge.redis import Script
 
@@ -44,8 +47,8 @@ DEFAULT_PREFIX = "cf:cp"
 
 
 SCRIPTS = {
-    name: Script.from_package("codeforge.orchestrator.checkpoint", name)
-    for name in ("put_checkpoint", "put_writes", "delete_keys")
+    name: Script.from_package("codeforge.orchestrator.checkpoint", name, prelude=prelude)
+    for name, prelude in (("put_checkpoint", "writes"), ("put_writes", "writes"), ("delete_keys", ""))
 }
 
 
@@ -61,7 +64,12 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(
-        self, client: RedisClient, *, prefix: str = DEFAULT_PREFIX, serde: SerializerProtocol | None = None
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        serde: SerializerProtocol | None = None,
+        writes_linger: float = LINGER_SECONDS,
     ) -> None:
         super().__init__(serde=serde or CheckpointSerializer())  # its fast path for fan-out writes
         self.client = client
@@ -69,13 +77,18 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self._r: Any = client
         self.prefix = prefix
         self._registered: set[str] = set()  # threads this process already put in the registry
+        self._writing: Counter[str] = Counter()  # thread id -> its checkpoint scripts in flight
+        self._pending = PendingWrites(self._put_writes, self._writing.__contains__, writes_linger)
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await SCRIPTS[name].run(self._r, keys, args)
 
     async def aclose(self) -> None:
-        """Close the connection (the saver is unusable after)."""
-        await self.client.aclose()
+        """Store the writes still held, close the connection (the saver is unusable after)."""
+        try:
+            await self._pending.flush()
+        finally:
+            await self.client.aclose()
 
     async def __aenter__(self) -> RedisCheckpointSaver:
         return self
@@ -103,14 +116,30 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         ctype, cbytes = self.serde.dumps_typed(saved)
         mtype, mbytes = self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))
         record = ormsgpack.packb([ctype, cbytes, mtype, mbytes, conf.get("checkpoint_id")])
-        args: list[Any] = [ns, checkpoint["id"], record]
+        args: list[Any] = [ns, checkpoint["id"], record, len(new_versions)]
         for channel, version in new_versions.items():
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
             args += [f"{channel}\x00{version}", ormsgpack.packb(list(typed))]
-        await self._register(thread_id)
-        await self._script(
-            "put_checkpoint", [keys.records(ns), keys.index(ns), keys.blobs(ns), keys.namespaces], args
-        )
+        script_keys = [keys.records(ns), keys.index(ns), keys.blobs(ns), keys.namespaces]
+        parent = (thread_id, ns, str(conf.get("checkpoint_id")))
+        held = self._pending.take(parent) if conf.get("checkpoint_id") else None
+        if held is not None:  # the parent's writes, stored with their successor
+            script_keys += [keys.writes(ns, parent[2]), keys.writes_keys]
+            args += held.args
+        self._writing[thread_id] += 1
+        try:
+            await self._register(thread_id)
+            await self._script("put_checkpoint", script_keys, args)
+        except BaseException:
+            if held is not None:  # the writes' fate is their own: they are stored alone
+                self._pending.store_alone(parent, held)
+            raise
+        finally:
+            self._writing[thread_id] -= 1
+            if not self._writing[thread_id]:
+                del self._writing[thread_id]
+        if held is not None:
+            held.settle(None)
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
@@ -126,17 +155,20 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             return
         conf = config["configurable"]
         thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns", ""))
-        keys = self._keys(thread_id)
         args: list[Any] = []
         for i, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, i)
             vtype, vbytes = self.serde.dumps_typed(value)
             packed = ormsgpack.packb([task_id, channel, vtype, vbytes, task_path, idx])
             args += ["nx" if idx >= 0 else "set", f"{task_id}\x00{idx}", packed]
+        await self._pending.hold((thread_id, ns, str(conf["checkpoint_id"])), args)
+
+    async def _put_writes(self, key: Key, args: list[Any]) -> None:
+        """Held writes whose checkpoint did not follow in time, stored on their own."""
+        thread_id, ns, checkpoint_id = key
+        keys = self._keys(thread_id)
         await self._register(thread_id)
-        await self._script(
-            "put_writes", [keys.writes(ns, str(conf["checkpoint_id"])), keys.writes_keys], args
-        )
+        await self._script("put_writes", [keys.writes(ns, checkpoint_id), keys.writes_keys], args)
 
     async def _register(self, thread_id: str) -> None:
         if thread_id not in self._registered:
@@ -144,6 +176,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
             self._registered.add(thread_id)
 
     async def adelete_thread(self, thread_id: str) -> None:
+        await self._pending.flush(thread_id)  # else a held write would recreate a key after the delete
         keys = self._keys(thread_id)
         namespaces = [_text(n) for n in await self._r.smembers(keys.namespaces)]
         writes = [_text(k) for k in await self._r.smembers(keys.writes_keys)]
@@ -159,6 +192,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]
         thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns", ""))
+        await self._pending.flush(thread_id)  # read what this process wrote, held writes included
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
             latest = await self._r.zrevrangebylex(self._keys(thread_id).index(ns), "+", "-", 0, 1)
@@ -175,6 +209,7 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
+        await self._pending.flush(str(config["configurable"]["thread_id"]) if config is not None else None)
         if config is not None:
             threads = [str(config["configurable"]["thread_id"])]
         else:

@@ -1,37 +1,51 @@
--- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence, exp, waited_ms, ...}.
+-- ARGV: consumer, max_tasks, lease_ms (the consumer's lease length; 0: the task's own), idle_ms (when nothing
+-- is claimable, register the consumer as idle this long, so tasks are handed to it: see hand_out; 0: do
+-- not), member (its earlier registration, '' when it holds none: dropped, and leases handed over that its
+-- pop did not return are returned now). Returns {now_ms, next_due_ms or -1, id, data, attempts, fence,
+-- exp, waited_ms, ...}.
 local now = now_ms()
-migrate()
-reap(now, 100)
-promote(now, 1000)
+local consumer, want, hold = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3] or '0')
+local idle_ms, member = tonumber(ARGV[4] or '0'), ARGV[5] or ''
+local moved = reap(now, 100) + promote(now, 1000)
 local out = {now, -1}
-local want = tonumber(ARGV[2])
--- Nothing claimable (empty, or every ready task's key at its cap): skip the per-level look-ups.
-if redis.call('ZCARD', P .. 'ready') - num(redis.call('GET', P .. 'fbn')) <= 0 then want = 0 end
-local hold_arg = tonumber(ARGV[3] or '0')
-while want > 0 do
-  local ids = pick(want)
-  if #ids == 0 then break end
-  want = want - #ids
-  for _, id in ipairs(ids) do
-    local tk = P .. 't:' .. id
-    local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
-    local fence = next_fence(tk)
-    local info = redis.call('HMGET', tk, 'lease', 'data', 'rdy', 'enq')
-    local hold = hold_arg
-    if hold <= 0 then hold = tonumber(info[1]) end
-    local exp = now + hold
-    redis.call('HSET', tk, 'state', 'running', 'consumer', ARGV[1], 'exp', exp, 'hold', hold, 'clm', now)
-    redis.call('ZADD', P .. 'inflight', exp, id)
-    out[#out + 1] = id
-    out[#out + 1] = info[2]
-    out[#out + 1] = attempts
-    out[#out + 1] = fence
-    out[#out + 1] = exp
-    -- ms it waited ready in the queue (tasks queued before 'rdy' existed count from their enqueue)
-    out[#out + 1] = math.max(now - (tonumber(info[3] or info[4] or '') or now), 0)
+-- Leases handed over that its pop did not return (its wait ended as they came): still its, if the fence says
+-- so; beyond what it asks for now, back in line unstarted with nothing spent (as a release).
+local function drain()
+  local handed = redis.call('LPOP', P .. 'h:' .. consumer, 1000)
+  for _, msg in ipairs(handed or {}) do
+    local f, s = {}, 1
+    while true do
+      local e = string.find(msg, '\0', s, true)
+      f[#f + 1] = string.sub(msg, s, (e or 0) - 1)
+      if not e then break end
+      s = e + 1
+    end
+    for i = 1, #f, 6 do
+      local tk = P .. 't:' .. f[i]
+      local st = redis.call('HMGET', tk, 'state', 'fence', 'consumer', 'fk')
+      if st[1] == 'running' and st[2] == f[i + 3] and st[3] == consumer then
+        if want > 0 then
+          for j = i, i + 5 do out[#out + 1] = f[j] end
+          want = want - 1
+        else
+          end_lease(tk, f[i], st[4] or '')
+          next_fence(tk)
+          redis.call('HINCRBY', tk, 'attempts', -1)
+          to_ready(tk, f[i], now)
+          moved = moved + 1
+        end
+      end
+    end
   end
 end
-sync_tokens()
+
+if member ~= '' then
+  redis.call('ZREM', P .. 'idle', member)
+  drain()
+end
+if want > 0 then take(out, want, consumer, hold, now) end
+-- About to wait: first what an earlier wait of this consumer (a restarted process of the same name) left.
+if #out == 2 and member == '' and idle_ms > 0 then drain() end
 if #out == 2 then
   -- When nothing is ready, tell the caller when something will be (a retry backoff or a lease running out),
   -- so its blocking wait ends exactly then instead of polling.
@@ -41,5 +55,7 @@ if #out == 2 then
   if due[2] then next_due = tonumber(due[2]) end
   if exp[2] and (next_due < 0 or tonumber(exp[2]) < next_due) then next_due = tonumber(exp[2]) end
   out[2] = next_due
+  if idle_ms > 0 then redis.call('ZADD', P .. 'idle', now + idle_ms, ARGV[2] .. '|' .. hold .. '|' .. consumer) end
 end
+if moved > 0 then hand_out(now) end  -- the reap or promote readied tasks others may be waiting for
 return out

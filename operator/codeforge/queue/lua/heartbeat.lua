@@ -2,10 +2,9 @@
 local now = now_ms()
 local id, fence = ARGV[1], ARGV[2]
 local tk = P .. 't:' .. id
-local refused = check_holder(tk, fence, now)
+local refused, st = check_holder(tk, fence, now)
 if refused then return {refused} end
-local hold = redis.call('HMGET', tk, 'hold', 'lease')  -- this claim's lease length
-local exp = now + tonumber(hold[1] or hold[2])
+local exp = now + tonumber(st[9] or st[10])  -- this claim's lease length
 redis.call('HSET', tk, 'exp', exp)
 redis.call('ZADD', P .. 'inflight', exp, id)
 return {'ok', exp}

@@ -1,6 +1,6 @@
 -- Shared helpers, prepended to every script. KEYS[1] is the pool's key prefix "cf:{pool}:"; every key a
 -- script touches starts with it, so all of them hash to one Redis Cluster slot.
--- Keys: ready (zset id->priority*2^40+seq), wake (list of wake-up tokens), seq (counter),
+-- Keys: ready (zset id->priority*2^40+seq), seq (counter),
 -- inflight (zset id->lease expiry ms), delayed (zset id->due ms), dead (zset id->buried ms),
 -- dead_expired (counter of dead letters removed past their retention),
 -- t:<id> (hash: data state attempts fence max lease score enq exp consumer result error, and for the two
@@ -8,24 +8,30 @@
 -- claim's lease ms); for the metrics, all by the server's clock: rdy (ms it last became ready to claim), clm
 -- (ms of its last claim), fin (ms it ended)),
 -- consumers (hash consumer->"state|until_ms");
+-- handover (README, "Handover"): idle (zset "max|lease_ms|consumer" -> until ms: consumers blocked in a claim
+-- right now), h:<consumer> (list: leases handed to that consumer, each one message of the claim reply's
+-- fields joined by \0, for its blocking pop);
 -- channel done: "id\0state\0attempts\0consumer\0fin_ms\0run_ms\0error\0result" (run_ms: claim -> end of
 -- the delivery that ended it, empty when it ended unclaimed).
 -- Fair share (README, "Fair share"): t:<id> also holds fk (its fairness key), fw (weight) and fcap (the key's
 -- maxConcurrency, 0: none). Per priority p: fk:<p> (zset of claimable keys -> virtual time), fb:<p> (keys at
 -- their cap -> virtual time); per key fq:<p>:<key> (zset id->score, FIFO) and fs:<key> (hash: n<p> ready
 -- tasks, h leases held, cap, w weight, blk 1 at its cap, l<p> its next virtual time); fvt (hash p->where
--- the level's last key left it), fkeys (keys tracked), fbn (ready tasks of keys at their cap: they get no
--- wake-up tokens), fver (set once the pool's older tasks are filed).
+-- the level's last key left it), fkeys (keys tracked), fbn (ready tasks of keys at their cap: nobody can
+-- claim them now), fver (set once the pool's older tasks are filed).
 local P = KEYS[1]
-local WAKE_CAP = 10000
 local PRIO_UNIT = 1099511627776  -- a ready score is priority * 2^40 + seq
 local MAX_KEYS = 10000  -- codeforge.api.limits.MAX_FAIR_KEYS
 local OVERFLOW = '\1overflow'  -- codeforge.queue.base.OVERFLOW_KEY: keys past MAX_KEYS share it
 
 local function num(v) return tonumber(v or '0') or 0 end
 
+-- The script's clock, read once (TIME) and kept: every stamp and fence of one script call shares it.
+local NOW_US = nil
+
 local function now_ms()
   local t = redis.call('TIME')
+  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
@@ -33,41 +39,29 @@ end
 -- or a failover is greater than every fence issued before it even when Redis lost the task's hash or its
 -- last writes (the clock moved on meanwhile), so two holders never share one. About 1.8e15: exact in Lua's
 -- doubles (< 2^53) and stored as a plain integer string; compared as numbers.
-local function next_fence(tk)
-  local t = redis.call('TIME')
-  local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local old = tonumber(redis.call('HGET', tk, 'fence') or '0') or 0
+local function fence_after(old)
+  if not NOW_US then now_ms() end
+  local fence = NOW_US
+  old = tonumber(old or '0') or 0
   if old + 1 > fence then fence = old + 1 end
-  fence = string.format('%.0f', fence)
+  return string.format('%.0f', fence)
+end
+
+local function next_fence(tk)
+  local fence = fence_after(redis.call('HGET', tk, 'fence'))
   redis.call('HSET', tk, 'fence', fence)
   return fence
 end
 
--- One wake-up token per ready task (capped), so a blocked BLPOP wakes exactly one idle consumer per task.
--- Re-synchronised after every change: stale tokens are trimmed, lost ones (a consumer that died between
--- BLPOP and claim) are replaced.
-local function sync_tokens()
-  local want = redis.call('ZCARD', P .. 'ready') - num(redis.call('GET', P .. 'fbn'))
-  if want > WAKE_CAP then want = WAKE_CAP end
-  local have = redis.call('LLEN', P .. 'wake')
-  if have > want then
-    if want == 0 then redis.call('DEL', P .. 'wake') else redis.call('LTRIM', P .. 'wake', 0, want - 1) end
-  elseif have < want then
-    local n = want - have
-    while n > 0 do
-      local k = math.min(n, 1000)
-      local tokens = {}
-      for i = 1, k do tokens[i] = '1' end
-      redis.call('RPUSH', P .. 'wake', unpack(tokens))
-      n = n - k
-    end
-  end
+-- Ready tasks nobody is kept from claiming (those of keys at their cap are not).
+local function claimable()
+  return redis.call('ZCARD', P .. 'ready') - num(redis.call('GET', P .. 'fbn'))
 end
 
--- The task ended at `now` (its state set already): record when, and tell the waiters.
-local function publish_done(tk, id, state, err, result, now)
-  local info = redis.call('HMGET', tk, 'attempts', 'consumer', 'clm', 'rdy', 'state')
-  redis.call('HSET', tk, 'fin', now)
+-- The task ended at `now`: record its state and when, and tell the waiters. `info`: its attempts, consumer,
+-- clm and rdy fields when the caller read them already.
+local function publish_done(tk, id, state, err, result, now, info)
+  info = info or redis.call('HMGET', tk, 'attempts', 'consumer', 'clm', 'rdy')
   -- Claimed since it last became ready: an agent held it from clm until now (its busy time).
   local run = ''
   local clm, rdy = tonumber(info[3] or ''), tonumber(info[4] or '0') or 0
@@ -122,11 +116,11 @@ end
 
 -- The task joins the ready set and its key's FIFO; a key new to the level joins at the later of its own next
 -- virtual time and the level's (an idle key banks no turns). The key's cap and weight are its latest
--- ready task's (Workflows sharing a key should agree).
+-- ready task's (Workflows sharing a key should agree). True when the pool did not track the key before.
 local function add_ready(tk, id, score, key, cap, w)
   local p = math.floor(score / PRIO_UNIT)
   redis.call('ZADD', P .. 'ready', score, id)
-  if redis.call('ZADD', fq(p, key), score, id) == 0 then return end
+  if redis.call('ZADD', fq(p, key), score, id) == 0 then return false end
   local st = key_state(key, p)
   if not st.known then redis.call('INCR', P .. 'fkeys') end
   st.n[p] = st.n[p] + 1
@@ -142,6 +136,7 @@ local function add_ready(tk, id, score, key, cap, w)
     redis.call('ZADD', P .. (st.blk and 'fb:' or 'fk:') .. p, math.max(st.last, vnow(p)), key)
   end
   settle_key(key, st)
+  return not st.known
 end
 
 -- `since`: when it became claimable (ms); queue-wait metrics count from there.
@@ -172,9 +167,27 @@ end
 -- Up to `want` tasks to claim, all of one key: the most urgent level with a claimable key, its key with the
 -- lowest virtual time, that key's oldest tasks, as many in a row as the key would be served before the
 -- runner-up's turn (and its cap allows). Their leases count against the key from now on.
+-- Tasks queued before fair share existed sit in `ready` only: file them under their key once (checked by
+-- enqueue and reap, and by a claim that finds ready tasks but no key to serve).
+local function migrate()
+  if redis.call('EXISTS', P .. 'fver') == 1 then return false end
+  local ids = redis.call('ZRANGE', P .. 'ready', 0, -1)
+  redis.call('DEL', P .. 'ready')
+  for _, id in ipairs(ids) do
+    local tk = P .. 't:' .. id
+    local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
+    add_ready(tk, id, tonumber(t[1]), t[2] or '', num(t[3]), num(t[4]))
+  end
+  redis.call('SET', P .. 'fver', 1)
+  return #ids > 0
+end
+
 local pick
 pick = function(want)
-  for p = 1, 4 do
+  -- The most urgent ready task's level: no level above it has tasks, so none is looked at.
+  local head = redis.call('ZRANGE', P .. 'ready', 0, 0, 'WITHSCORES')
+  if not head[1] then return {} end
+  for p = math.floor(tonumber(head[2]) / PRIO_UNIT), 4 do
     local top = redis.call('ZRANGE', P .. 'fk:' .. p, 0, 1, 'WITHSCORES')
     if top[1] then
       local key, vt = top[1], tonumber(top[2])
@@ -206,14 +219,17 @@ pick = function(want)
       return ids
     end
   end
+  -- Ready tasks but no key to serve: keys at their cap, or tasks from before fair share (filed now).
+  if migrate() then return pick(want) end
   return {}
 end
 
 -- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees. True when
--- that made the key claimable again (its waiting tasks need wake-up tokens).
-local function end_lease(tk, id)
+-- that made the key claimable again (idle consumers may get its waiting tasks). `key`: the task's fk when
+-- the caller read it already.
+local function end_lease(tk, id, key)
   if redis.call('ZREM', P .. 'inflight', id) == 0 then return false end
-  local key = redis.call('HGET', tk, 'fk') or ''
+  key = key or redis.call('HGET', tk, 'fk') or ''
   local st = key_state(key)
   if not st.known then return false end  -- claimed before fair share existed
   st.h = st.h - 1
@@ -221,24 +237,11 @@ local function end_lease(tk, id)
   return settle_key(key, st)
 end
 
--- Tasks queued before fair share existed sit in `ready` only: file them under their key once.
-local function migrate()
-  if redis.call('EXISTS', P .. 'fver') == 1 then return end
-  local ids = redis.call('ZRANGE', P .. 'ready', 0, -1)
-  redis.call('DEL', P .. 'ready')
-  for _, id in ipairs(ids) do
-    local tk = P .. 't:' .. id
-    local t = redis.call('HMGET', tk, 'score', 'fk', 'fcap', 'fw')
-    add_ready(tk, id, tonumber(t[1]), t[2] or '', num(t[3]), num(t[4]))
-  end
-  redis.call('SET', P .. 'fver', 1)
-end
-
 -- The consumer field stays: it names the agent that finished the task (or held it last).
-local function finish(tk, id, state, err, result, ttl, now)
-  redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '')
+local function finish(tk, id, state, err, result, ttl, now, info)
+  redis.call('HSET', tk, 'state', state, 'error', err or '', 'result', result or '', 'fin', now)
   redis.call('EXPIRE', tk, ttl)
-  publish_done(tk, id, state, err, result, now)
+  publish_done(tk, id, state, err, result, now, info)
 end
 
 -- Two budgets: handler failures spend max_attempts, agent deaths (lost leases) their own, so dying nodes
@@ -257,7 +260,7 @@ local function requeue(tk, id, err, now, delay_ms)
 end
 
 local function bury(tk, id, err, now)
-  redis.call('HSET', tk, 'state', 'dead', 'error', err)
+  redis.call('HSET', tk, 'state', 'dead', 'error', err, 'fin', now)
   redis.call('ZADD', P .. 'dead', now, id)
   publish_done(tk, id, 'dead', err, nil, now)
   return 'dead'
@@ -313,16 +316,83 @@ local function promote(now, limit)
   return #due / 2
 end
 
--- nil when the caller still holds the task under `fence`, else why not: gone, cancelled or stale.
-local function check_holder(tk, fence, now)
-  local st = redis.call('HMGET', tk, 'state', 'fence', 'exp')
-  if not st[1] then return 'gone' end
-  if st[1] == 'cancelled' then return 'cancelled' end
-  if st[1] ~= 'running' or st[2] ~= fence then return 'stale' end
-  if tonumber(st[3]) <= now then
-    reap(now, 100)
-    sync_tokens()
-    return 'stale'
+-- Lease one picked task to `consumer` for `hold_ms` (0: the task's own lease). Returns the claim reply's six
+-- fields: id, data, attempts, fence, expiry ms, ms it waited ready (tasks queued before 'rdy' existed count
+-- from their enqueue).
+local function lease(id, consumer, hold_ms, now)
+  local tk = P .. 't:' .. id
+  local info = redis.call('HMGET', tk, 'lease', 'data', 'rdy', 'enq', 'attempts', 'fence')
+  local attempts = num(info[5]) + 1
+  local fence = fence_after(info[6])
+  local hold = hold_ms
+  if hold <= 0 then hold = tonumber(info[1]) end
+  local exp = now + hold
+  redis.call('HSET', tk, 'state', 'running', 'consumer', consumer, 'exp', exp, 'hold', hold, 'clm', now,
+    'attempts', attempts, 'fence', fence)
+  redis.call('ZADD', P .. 'inflight', exp, id)
+  return {id, info[2], attempts, fence, exp, math.max(now - (tonumber(info[3] or info[4] or '') or now), 0)}
+end
+
+-- Up to `want` tasks in fair-share order leased to `consumer`, their fields appended to `out`; how many.
+local function take(out, want, consumer, hold_ms, now)
+  local got = 0
+  while got < want do
+    local ids = pick(want - got)
+    if #ids == 0 then break end
+    got = got + #ids
+    for _, id in ipairs(ids) do
+      for _, v in ipairs(lease(id, consumer, hold_ms, now)) do out[#out + 1] = v end
+    end
   end
-  return nil
+  return got
+end
+
+-- Handover (README, "Handover"): a consumer blocked in a claim is registered in `idle` as
+-- "max|lease_ms|consumer" until its wait ends. Whatever makes tasks claimable (enqueue, a freed slot, a
+-- requeue) leases them to idle consumers right here, in fair-share order, and pushes each one's leases to
+-- its own list h:<consumer>, so its blocking pop returns tasks it already holds: one round trip, no claim.
+-- The latest registration goes first (its wait has the longest to run); busy consumers claim as before.
+local HAND_TTL_MS = 60000  -- a dead consumer's list outlives its wait this long (its leases expire anyway)
+
+local function hand_out(now)
+  if redis.call('EXISTS', P .. 'idle') == 0 then return end
+  local left = claimable()
+  while left > 0 do
+    local top = redis.call('ZPOPMAX', P .. 'idle')
+    if not top[1] then return end
+    local until_ms = tonumber(top[2])
+    if until_ms <= now then  -- the latest registration's wait is over, and so is every other's
+      redis.call('DEL', P .. 'idle')
+      return
+    end
+    local member = top[1]
+    local a = string.find(member, '|', 1, true)
+    local b = string.find(member, '|', a + 1, true)
+    local consumer = string.sub(member, b + 1)
+    local out = {}
+    local got = take(out, tonumber(string.sub(member, 1, a - 1)), consumer, tonumber(string.sub(member, a + 1, b - 1)), now)
+    if got == 0 then  -- every ready task's key is at its cap: it waits on
+      redis.call('ZADD', P .. 'idle', until_ms, member)
+      return
+    end
+    local hk = P .. 'h:' .. consumer
+    redis.call('RPUSH', hk, table.concat(out, '\0'))
+    redis.call('PEXPIRE', hk, until_ms - now + HAND_TTL_MS)
+    left = left - got
+  end
+end
+
+-- nil when the caller still holds the task under `fence`, else why not: gone, cancelled or stale. Second:
+-- the fields it read (state, fence, exp, fk, attempts, consumer, clm, rdy, hold, lease), for the caller.
+local function check_holder(tk, fence, now)
+  local st = redis.call('HMGET', tk, 'state', 'fence', 'exp', 'fk', 'attempts', 'consumer', 'clm', 'rdy',
+    'hold', 'lease')
+  if not st[1] then return 'gone', st end
+  if st[1] == 'cancelled' then return 'cancelled', st end
+  if st[1] ~= 'running' or st[2] ~= fence then return 'stale', st end
+  if tonumber(st[3]) <= now then
+    if reap(now, 100) > 0 then hand_out(now) end
+    return 'stale', st
+  end
+  return nil, st
 end

@@ -8,7 +8,7 @@ repeat
   total = total + n
 until n < 500
 while promote(now, 1000) == 1000 do end
-sync_tokens()
+hand_out(now)
 local retention = tonumber(ARGV[1] or '0') or 0
 if retention > 0 then
   -- At most 1000 per call, so one reap never blocks Redis for long; reaps run every few seconds.

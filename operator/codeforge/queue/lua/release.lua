@@ -4,9 +4,9 @@
 local now = now_ms()
 local id, fence = ARGV[1], ARGV[2]
 local tk = P .. 't:' .. id
-local refused = check_holder(tk, fence, now)
+local refused, st = check_holder(tk, fence, now)
 if refused then return refused end
-end_lease(tk, id)
+end_lease(tk, id, st[4] or '')
 next_fence(tk)
 local state = 'queued'
 if ARGV[3] == '1' then
@@ -15,5 +15,5 @@ else
   redis.call('HINCRBY', tk, 'attempts', -1)
   to_ready(tk, id, now)
 end
-sync_tokens()
+hand_out(now)
 return state

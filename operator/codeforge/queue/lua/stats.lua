@@ -1,4 +1,5 @@
--- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms, dead_expired}: a few O(log n) reads.
+-- No ARGV. Returns {ready, delayed, inflight, dead, oldest_ready_age_ms, dead_expired, held_back}: a few O(log n)
+-- reads. held_back (fbn, kept by lib.lua) counts the ready tasks of keys at their cap; ready includes them.
 -- The age counts from when the task last became ready (rdy), so a retry that just came back is not "old" for
 -- its earlier runs.
 local now = now_ms()
@@ -14,4 +15,4 @@ for prio = 1, 4 do
 end
 return {redis.call('ZCARD', P .. 'ready'), redis.call('ZCARD', P .. 'delayed'), redis.call('ZCARD', P .. 'inflight'),
   redis.call('ZCARD', P .. 'dead'), now - oldest,
-  tonumber(redis.call('GET', P .. 'dead_expired') or '0')}
+  tonumber(redis.call('GET', P .. 'dead_expired') or '0'), num(redis.call('GET', P .. 'fbn'))}
