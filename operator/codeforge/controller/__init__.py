@@ -3,8 +3,9 @@
 Kopf handlers stay thin and call plain functions (`agentpool/reconcile`, `agentpool/builders`,
 `workflow/supervisor`, ...).
 Kopf runs startup and cleanup handlers in the order they were registered, so the import order matters:
-`workflow_handlers` comes first, so that on shutdown the runs write their last statuses before `services`
-closes the API session; `leader_handlers` comes last: its cleanup handler (releasing the leader Lease) must
+`services` registers first (every handler module imports it), so the Workflow runs hand it their shutdown
+(`OperatorServices.before_close`) to write their last statuses before it closes the API session;
+`leader_handlers` comes last: its cleanup handler (releasing the leader Lease) must
 run after the others.
 """
 

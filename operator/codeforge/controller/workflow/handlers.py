@@ -32,7 +32,7 @@ from codeforge.controller.kstatus import (
     ObjectRef,
 )
 from codeforge.controller.kube import Kind
-from codeforge.controller.services import Logger
+from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
 from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
@@ -78,6 +78,9 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         writes_per_second=settings.writes_per_second,
     )
     memo.workflows = WorkflowRegistry(settings=settings, writer=writer)
+    services: OperatorServices | None = getattr(memo, "services", None)
+    if services is not None:  # the runs write their last statuses before the API session closes
+        services.before_close.append(memo.workflows.close)
 
 
 @kopf.on.cleanup()

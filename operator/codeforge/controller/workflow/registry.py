@@ -68,6 +68,7 @@ class WorkflowRegistry:
     settings: WorkflowSettings
     writer: StatusWriter
     runs: dict[str, LiveWorkflow] = field(default_factory=dict)
+    closed: bool = False
     #: uid -> (the spec, its problems or ""): a spec is validated once, not on every watch event
     checked: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
     #: runs that ended here whose final status has not been seen yet (stale events must not restart them):
@@ -135,6 +136,9 @@ class WorkflowRegistry:
     async def close(self) -> None:
         """Operator shutdown: stop waiting on the runs (their tasks stay with the agents; the next operator
         re-attaches to them from the checkpoints), let their statuses out, then stop the writer."""
+        if self.closed:  # run by the services' shutdown first, then by Kopf's cleanup handler
+            return
+        self.closed = True
         runs = [run.task for run in self.runs.values() if run.task is not None]
         for run in runs:
             run.cancel()
