@@ -144,11 +144,11 @@ class WorkflowRegistry:
             run.cancel()
         if runs:
             await asyncio.wait(runs, timeout=CLOSE_WAIT_SECONDS)
-        for task in (self.writer_task, self.probe_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down either way
-                    await task
+        loops = [task for task in (self.writer_task, self.probe_task) if task is not None]
+        for task in loops:
+            task.cancel()
+        if loops:  # bounded: a loop that swallowed its cancellation must not hold up the operator's exit
+            await asyncio.wait(loops, timeout=CLOSE_WAIT_SECONDS)
         await self.writer.drain(CLOSE_WAIT_SECONDS)  # the steps in flight show in the status
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):

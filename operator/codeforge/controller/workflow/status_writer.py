@@ -167,6 +167,11 @@ class StatusWriter:
             self._planned = float("inf") if delay is None else time.monotonic() + delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # Python 3.11's wait_for loses a cancellation that races the wake-up: honour it here, or the
+                # operator's cleanup waits on this loop forever.
+                raise asyncio.CancelledError
             self._planned = float("-inf")  # writing: every change wakes the next round
             self._wake.clear()
             await self.write_due()
