@@ -30,7 +30,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -115,6 +117,30 @@ def queue_depth(url: str, pool: str) -> int:
     return asyncio.run(read())
 
 
+def create_pool(kubeconfig: Path, namespace: str) -> None:
+    """The AgentPool the steps name (a Workflow whose pool does not exist waits, PoolNotFound); external
+    autoscaling at 0 replicas: the agents are this benchmark's own processes, not the pool's pods."""
+    api_client: Any = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    body = {
+        "apiVersion": "codeforge.ai/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": POOL},
+        "spec": {
+            "role": POOL,
+            "image": "agent:1",
+            "handler": {"kind": "sleep"},
+            "replicas": 0,
+            "autoscaling": {"mode": "external"},
+        },
+    }
+    try:
+        k8s.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            "codeforge.ai", "v1alpha1", namespace, "agentpools", body
+        )
+    finally:
+        api_client.close()
+
+
 def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, threads: int) -> None:
     """Create `count` Workflows through `threads` API connections (the way a CI system submits runs)."""
     api_client: Any = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
@@ -166,8 +192,10 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 },
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
             operator.start(timeout=300)  # imports alone take long on a loaded machine
+            profiler = start_profiler(args.py_spy, operator.pid, log_dir / f"profile-{count}.txt")
             try:
                 time.sleep(2)
                 rss_idle = rss_mib(operator.pid)
@@ -259,9 +287,29 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "load_average_1m": round(os.getloadavg()[0], 1),
                 }
             finally:
+                stop_profiler(profiler)
                 operator.stop(grace=60)
     finally:
         redis.stop()
+
+
+def start_profiler(py_spy: str | None, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the operator (collapsed stacks in `out`) until `stop_profiler`; None without it."""
+    if not py_spy:
+        return None
+    progress(f"profiling the operator into {out}")
+    command = [py_spy, "record", "--pid", str(pid), "--rate", "20", "--format", "raw", "-o", str(out)]
+    return subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
 
 
 def fmt(value: Any) -> str:
@@ -331,6 +379,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="API connections creating Workflows")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase of a size")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--py-spy", default=None, help="py-spy binary: profile the operator per size")
     args = parser.parse_args()
     sizes = [int(s) for s in args.workflows.split(",") if s.strip()]
     command = " ".join(["bench/operator_scale.py", *sys.argv[1:]])

@@ -230,7 +230,7 @@ def finish(
         succeeded, timeout=90, interval=0.3, what=f"{name} Succeeded",
         detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{survivor.tail()}",
     )  # fmt: skip
-    assert handled(survivor, "validate_workflow"), survivor.tail()
+    assert handled(survivor, "watch_workflow"), survivor.tail()
     assert done["status"]["progress"] == "6/6"
     assert [(s["name"], s["phase"], s["attempts"]) for s in done["status"]["steps"]] == [
         (step, "Succeeded", 1) for step in STEPS
@@ -249,7 +249,7 @@ def test_standby_takes_over_within_the_lease_duration_when_the_leader_is_killed(
     # Only the leader runs Kopf: the standby has handled nothing, not even while both started.
     assert handled(standby) == [], standby.tail()
     uid = start_workflow(control_plane, namespace, "killed", lambda: leader.tail(40))
-    assert handled(leader, "validate_workflow"), leader.tail()
+    assert handled(leader, "watch_workflow"), leader.tail()
     assert handled(standby) == [], standby.tail()
 
     leader.kill()  # SIGKILL mid-run: no cleanup; the Lease stays until it runs out

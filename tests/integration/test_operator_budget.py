@@ -49,6 +49,8 @@ async def test_status_usage_and_a_budget_suspension_lifted_by_a_raised_budget(
                 await cluster.patch("spender", {"spec": {"budget": {"maxTokens": 1000}}})
                 await cluster.eventually(lambda: cluster.phase("spender") == "Succeeded", timeout=60)
                 finished = cluster.status("spender")
+                # Kopf posts Events in the background: the last may land after the final status.
+                await cluster.eventually(lambda: cluster.events("spender", "BudgetRaised"))
                 reasons = [e["reason"] for e in cluster.events("spender")]
     finally:
         await queue.close()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,9 @@ class OperatorServices:
     redis_retry_at: float = 0.0
     #: Which pool declared which namespace rate limit, to report conflicting numbers (controller/ratelimits).
     rate_limits: Declarations = field(default_factory=Declarations)
+    #: Run first by `close` (e.g. the Workflow runs writing their last statuses): Kopf runs cleanup handlers
+    #: in registration order, and this module's registers before any handler module that imports it.
+    before_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def api(self) -> KubeApi:
         # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.
@@ -85,6 +89,11 @@ class OperatorServices:
         return self.redis
 
     async def close(self) -> None:
+        for hook in self.before_close:
+            try:
+                await hook()
+            except Exception:  # shutting down either way; the connections below must still close
+                logging.getLogger(__name__).exception("a shutdown step failed")
         if self.redis is not None:
             await self.redis.aclose()
         if self.kube is not None:

@@ -1,19 +1,19 @@
-"""Kopf handlers of the Workflow kind: thin wrappers around `supervisor`, `registry` and `tracker`.
+"""Kopf handlers of the Workflow kind: thin wrappers around `dispatcher`, `supervisor` and `expiry`.
 
-- create / resume / spec update: validate. A bad spec gives phase Failed and an `Invalid` condition whose
-  message names each bad field (one status patch; the operator carries on). Fixing the spec of such a
-  Workflow puts it back to Pending, and the run starts.
-- a daemon per Workflow that is not finished: starts or resumes its LangGraph run (thread id = uid) and
-  reports progress through the batched status writer. Kopf stops it when the Workflow is deleted, when the
-  operator exits, or when it pauses for a peer (HA): the standby's daemon resumes from the checkpoint.
-- `spec.suspend`: pauses dispatching (running tasks finish) and resuming continues.
-- `spec.shutdown` (`codeforge stop | terminate`): ends the run early (`shutdown`).
-- `spec.budget`: raising it lets a run the budget suspended go on (README, "Rate limits and budgets").
-- delete (finalizer): cancels outstanding tasks and removes the Workflow's checkpoints and result copy.
-- retry of a Failed Workflow from its failed step: `kubectl annotate workflow NAME
-  codeforge.ai/retry="$(date +%s)" --overwrite` (see `retry`).
-- approval decisions: the `approval.codeforge.ai/<step>` annotations, handed to the run when they change
-  (`codeforge.api.approval`).
+- every watch event (`dispatcher.observe`): validate once per generation (a bad spec gives phase Failed and
+  an `Invalid` condition whose message names each bad field; fixing it puts the Workflow back to Pending and
+  the run starts); start or resume the run of a Workflow that is not finished (thread id = uid) as a task of
+  the operator's registry, which reports progress through the batched status writer; hand a live run its
+  approval decisions (`approval.codeforge.ai/<step>` annotations), `spec.suspend` (pauses dispatching,
+  running tasks finish) and `spec.budget` (raising it lets a run the budget suspended go on); a retry of a
+  Failed Workflow from its failed step: `kubectl annotate workflow NAME codeforge.ai/retry="$(date +%s)"
+  --overwrite` (see `retry`); `spec.shutdown` (`codeforge stop | terminate`) ends the run early
+  (`shutdown`). No Kopf daemon and no handler progress per Workflow: with 10,000 Workflows,
+  those were most of the operator's memory and of its API requests while starting them.
+- operator exit (or losing the lead, which exits the process): the runs stop waiting; the next operator
+  resumes them from their checkpoints.
+- delete (finalizer): cancels the run and its outstanding tasks, and removes the Workflow's checkpoints and
+  result copy.
 - a daemon per finished Workflow with a TTL: when it passes, the run's Redis data goes (`expiry`).
 """
 
@@ -22,33 +22,26 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from codeforge.api.agentpool import API_VERSION, GROUP, VERSION
-from codeforge.api.usage import Budget
-from codeforge.api.workflow import KIND, PLURAL, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import KIND, PLURAL
 from codeforge.controller.kstatus import (
     EVENT_MESSAGE_LIMIT,
     EventType,
     KubeEvent,
     ObjectRef,
-    condition_message,
-    condition_true,
 )
 from codeforge.controller.kube import Kind
-from codeforge.controller.services import Logger
-from codeforge.controller.workflow import metrics as workflow_metrics
-from codeforge.controller.workflow.access import check_access
+from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
 from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
-from codeforge.controller.workflow.shutdown import request_shutdown
 from codeforge.controller.workflow.status_writer import StatusWriter
-from codeforge.controller.workflow.supervisor import WorkflowObject, cleanup, supervise, wants_run
-from codeforge.controller.workflow.tracker import ConditionType, invalid_status, pending_status
+from codeforge.controller.workflow.supervisor import cleanup
 
 WORKFLOWS = Kind(API_VERSION, PLURAL)
-#: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: Kopf evaluates the daemon filter on every event.
+#: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: Kopf evaluates the expiry daemon's filter on every event.
 DEFAULT_TTL = default_ttl()
 
 
@@ -85,6 +78,9 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         writes_per_second=settings.writes_per_second,
     )
     memo.workflows = WorkflowRegistry(settings=settings, writer=writer)
+    services: OperatorServices | None = getattr(memo, "services", None)
+    if services is not None:  # the runs write their last statuses before the API session closes
+        services.before_close.append(memo.workflows.close)
 
 
 @kopf.on.cleanup()
@@ -94,85 +90,39 @@ async def stop_workflows(*, memo: Any, **_: Any) -> None:
         await workflows.close()
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def validate_workflow(
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def watch_workflow(
     *,
+    type: str | None,  # noqa: A002  (Kopf's name for the watch event's type)
+    body: kopf.Body,
+    meta: kopf.Meta,
     spec: kopf.Spec,
     status: kopf.Status,
-    meta: kopf.Meta,
-    body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
     logger: Logger,
     **_: Any,
 ) -> None:
-    """Report an invalid spec (or a pool of another namespace that grants no access); a spec fixed after it
-    was reported invalid makes the Workflow Pending again. A valid Workflow's status is left to its run (one
-    writer per object)."""
-    generation = meta.get("generation")
-    workflow_metrics.observe_phase(meta.uid or "", status.get("phase"))
-    try:
-        parsed = parse_workflow_spec(dict(spec))
-        await check_access(memo.services.api(), meta.namespace or "default", parsed)
-    except WorkflowSpecError as exc:
-        message = str(exc)
-        if condition_message(status.get("conditions"), ConditionType.INVALID) != message:  # not every resume
-            kopf.event(
-                body, type=EventType.WARNING, reason="InvalidSpec", message=message[:EVENT_MESSAGE_LIMIT]
-            )
-        logger.error("invalid Workflow spec:\n%s", message)
-        patch.status.update(invalid_status(dict(status), message, generation))
-        workflow_metrics.observe_phase(meta.uid or "", "Failed")
-        return
-    if condition_true(status.get("conditions"), ConditionType.INVALID):
-        patch.status.update(pending_status(dict(status), len(parsed.steps), generation))
-
-
-def _wants_run(annotations: kopf.Annotations, status: kopf.Status, **_: Any) -> bool:
-    return wants_run(dict(annotations), dict(status))
-
-
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    PLURAL,
-    when=_wants_run,
-    cancellation_backoff=5.0,  # graceful: the daemon reacts to `stopped` (cancels its tasks on deletion)
-    cancellation_timeout=10.0,
-)
-async def run_workflow(
-    *,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    memo: Any,
-    logger: Logger,
-    stopped: kopf.DaemonStopped,
-    **_: Any,
-) -> None:
-    obj = WorkflowObject(
+    """Every watch event (and the initial listing): validation, starting runs, and handing a live run its
+    approvals, spec.suspend and spec.budget (`dispatcher.observe`). No per-object state is stored in the
+    Workflow (no progress annotations), so this costs no API request unless the status must change."""
+    seen = WatchedWorkflow(
         ref=_ref(meta),
         generation=meta.get("generation"),
         spec=dict(spec),
         status=dict(status),
-        annotations=lambda: dict(body.metadata.annotations),  # the live body: fresh on every read
+        annotations=dict(meta.annotations),
         labels=dict(meta.get("labels") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        gone=type == "DELETED",
     )
-
-    def deleted() -> bool:
-        reason = stopped.reason
-        return reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
-
-    await supervise(memo.workflows, memo.services, obj, stopped, deleted, logger)
-
-
-@kopf.on.field(GROUP, VERSION, PLURAL, field="metadata.annotations")
-def annotations_changed(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
-    """An approval decision (or any annotation) changed: the run, if active here, sees the decisions now."""
-    memo.workflows.set_approvals(meta.uid or "", dict(new or {}), logger)
+    reaction = await observe(memo.workflows, memo.services, seen, logger)
+    if reaction.invalid is not None:
+        kopf.event(
+            body, type=EventType.WARNING, reason="InvalidSpec", message=reaction.invalid[:EVENT_MESSAGE_LIMIT]
+        )
+    if reaction.status is not None:
+        patch.status.update(reaction.status)
 
 
 def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
@@ -189,29 +139,6 @@ async def expire_workflow(
         memo.workflows, memo.services, _ref(meta), dict(spec), dict(status), meta.get("generation"),
         DEFAULT_TTL, stopped, logger,
     )  # fmt: skip
-
-
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend")
-def suspend_workflow(*, meta: kopf.Meta, new: Any, memo: Any, **_: Any) -> None:
-    """A run not active here (yet) reads spec.suspend when it starts."""
-    memo.workflows.set_suspended(meta.uid or "", bool(new))
-
-
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.shutdown")
-def shutdown_workflow(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
-    """`codeforge stop | terminate`: a run not active here (yet) reads spec.shutdown when it starts."""
-    request_shutdown(memo.workflows, meta.uid or "", new, logger)
-
-
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.budget")
-def budget_workflow(*, meta: kopf.Meta, new: Any, memo: Any, logger: Logger, **_: Any) -> None:
-    """A run not active here (yet) reads spec.budget when it starts."""
-    try:
-        budget = Budget.model_validate(new, by_alias=True, by_name=False) if new else None
-    except ValidationError as exc:  # the CRD schema refuses this; a stale schema must not crash us
-        logger.warning("spec.budget ignored: %s", exc.errors()[0]["msg"])
-        return
-    memo.workflows.set_budget(meta.uid or "", budget)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

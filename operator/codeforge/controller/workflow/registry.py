@@ -1,6 +1,7 @@
 """The registry of the Workflows live in this operator (in Kopf's memo as `memo.workflows`): the
-orchestrator's runner on the operator's queue with its checkpointer, one `LiveWorkflow` per running
-Workflow, the shared status writer, and the queue probe that reports an outage on every running Workflow.
+orchestrator's runner on the operator's queue with its checkpointer, one `LiveWorkflow` (and its run task,
+started by `dispatcher.start`) per running Workflow, the shared status writer, and the queue probe that
+reports an outage on every running Workflow.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ PROBE_SECONDS: Final = 5.0
 PROBE_TIMEOUT: Final = 3.0
 #: How long a deletion waits for a cancelled run to cancel its tasks.
 CANCEL_WAIT_SECONDS: Final = 20.0
+#: How long a shutdown waits for the runs to write their last status.
+CLOSE_WAIT_SECONDS: Final = 10.0
+
+
+#: What tells a run's final status from the ones before it: (phase, retryToken, completionTime).
+Landmark = tuple[Any, Any, Any]
+
+
+def landmark(status: Mapping[str, Any]) -> Landmark:
+    return status.get("phase"), status.get("retryToken"), status.get("completionTime")
 
 
 class Unavailable(Exception):
@@ -39,10 +50,14 @@ class Unavailable(Exception):
 
 @dataclass
 class LiveWorkflow:
-    """One Workflow whose run this operator drives: its controls, its tracker, and when it ended."""
+    """One Workflow whose run this operator drives: its controls, its tracker (once the run has read the
+    status), the annotations and spec last seen, its task, and when it ended."""
 
     control: WorkflowHandle
-    tracker: WorkflowTracker
+    tracker: WorkflowTracker | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -53,6 +68,12 @@ class WorkflowRegistry:
     settings: WorkflowSettings
     writer: StatusWriter
     runs: dict[str, LiveWorkflow] = field(default_factory=dict)
+    closed: bool = False
+    #: uid -> (the spec, its problems or ""): a spec is validated once, not on every watch event
+    checked: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
+    #: runs that ended here whose final status has not been seen yet (stale events must not restart them):
+    #: uid -> the final status's (phase, retryToken, completionTime), None when it wrote none
+    ended: dict[str, Landmark | None] = field(default_factory=dict)
     runner: WorkflowRunner | None = None
     results: ResultStore = field(default_factory=ResultStore)
     writer_task: asyncio.Task[None] | None = None
@@ -98,16 +119,37 @@ class WorkflowRegistry:
             except Exception as exc:  # any failure to answer is an outage to report
                 problem = f"queue unreachable: {exc or f'no answer within {PROBE_TIMEOUT:g}s'}"
             for run in list(self.runs.values()):
-                if problem is not None or run.tracker.degraded_by_probe:
-                    run.tracker.set_degraded(problem)
-                    run.tracker.degraded_by_probe = problem is not None
+                tracker = run.tracker
+                if tracker is not None and (problem is not None or tracker.degraded_by_probe):
+                    tracker.set_degraded(problem)
+                    tracker.degraded_by_probe = problem is not None
+
+    def forget(self, uid: str) -> None:
+        """The Workflow is gone: drop what is kept of it (its run, if one is still live, is cancelled: the
+        finalizer's cleanup does that first, unless the finalizer was removed by hand)."""
+        self.checked.pop(uid, None)
+        self.ended.pop(uid, None)
+        run = self.runs.get(uid)
+        if run is not None:
+            run.control.cancel("the Workflow was deleted")
 
     async def close(self) -> None:
-        for task in (self.writer_task, self.probe_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Operator shutdown: stop waiting on the runs (their tasks stay with the agents; the next operator
+        re-attaches to them from the checkpoints), let their statuses out, then stop the writer."""
+        if self.closed:  # run by the services' shutdown first, then by Kopf's cleanup handler
+            return
+        self.closed = True
+        runs = [run.task for run in self.runs.values() if run.task is not None]
+        for run in runs:
+            run.cancel()
+        if runs:
+            await asyncio.wait(runs, timeout=CLOSE_WAIT_SECONDS)
+        loops = [task for task in (self.writer_task, self.probe_task) if task is not None]
+        for task in loops:
+            task.cancel()
+        if loops:  # bounded: a loop that swallowed its cancellation must not hold up the operator's exit
+            await asyncio.wait(loops, timeout=CLOSE_WAIT_SECONDS)
+        await self.writer.drain(CLOSE_WAIT_SECONDS)  # the steps in flight show in the status
         if self.runner is not None and isinstance(self.runner.checkpointer, RedisCheckpointSaver):
             with contextlib.suppress(Exception):
                 await self.runner.checkpointer.aclose()
@@ -140,5 +182,6 @@ class WorkflowRegistry:
             run.control.suspend()
         else:
             run.control.resume()
-        run.tracker.set_suspended(suspended)
+        if run.tracker is not None:
+            run.tracker.set_suspended(suspended)
         return True

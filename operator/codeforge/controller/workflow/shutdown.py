@@ -36,5 +36,6 @@ def request_shutdown(workflows: WorkflowRegistry, uid: str, value: Any, log: Log
     if mode is None or run is None:
         return False
     run.control.request_shutdown(mode)
-    run.tracker.set_shutdown(mode)
+    if run.tracker is not None:  # None until the run has read its status: it reads spec.shutdown then
+        run.tracker.set_shutdown(mode)
     return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,8 @@ class _Entry:
     written: JSON | None = None
     urgent: bool = False
     flushed: asyncio.Event = field(default_factory=asyncio.Event)
+    marker: Callable[[], None] | None = None  # the tracker's on_change set by `track`
+    released: bool = False  # the run ended: untracked once its last status is written
 
 
 class StatusWriter:
@@ -87,22 +90,60 @@ class StatusWriter:
         self.interval = interval
         self.bucket = TokenBucket(writes_per_second)
         self._entries: dict[str, _Entry] = {}
+        self._dirty: dict[str, None] = {}  # uids changed since written (insertion-ordered set)
+        self._planned = float("-inf")  # when the loop wakes next by itself (-inf: it is writing)
         self._wake = asyncio.Event()
         self.writes = 0  # patches sent, for tests and the benchmark
 
     def track(self, ref: ObjectRef, tracker: WorkflowTracker) -> None:
-        self._entries[ref.uid] = _Entry(ref, tracker)
-        tracker.on_change = self.changed
-        self._wake.set()
+        entry = _Entry(ref, tracker)
+        self._entries[ref.uid] = entry
+        entry.marker = tracker.on_change = functools.partial(self._mark, ref.uid)
+        self._mark(ref.uid)
 
     def untrack(self, uid: str) -> None:
         entry = self._entries.pop(uid, None)
-        if entry is not None and entry.tracker.on_change == self.changed:
+        self._dirty.pop(uid, None)
+        if entry is not None and entry.tracker.on_change is entry.marker:
             entry.tracker.on_change = None
 
-    def changed(self) -> None:
-        """A tracker changed: the loop looks at it once its interval has passed."""
+    def release(self, uid: str) -> None:
+        """The run ended: stop tracking it once its last status is written (at once if it is). A final
+        status is never dropped because the writer is behind (the cap queues thousands at 10,000 runs)."""
+        entry = self._entries.get(uid)
+        if entry is None:
+            return
+        if not self._is_dirty(entry):
+            self.untrack(uid)
+            return
+        entry.released = entry.urgent = True
+        self._dirty[uid] = None
         self._wake.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Shutdown, with the loop stopped: write every changed status now (still under the cap), in this
+        task (Kopf may have cancelled the loop's); False if some were left."""
+        for entry in self._pending():
+            entry.urgent = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.write_due(), timeout)
+        return not self._pending()
+
+    def changed(self) -> None:
+        """Something may have changed in any tracker: look at them all (trackers report their own changes
+        through `_mark`, which costs nothing per Workflow)."""
+        self._dirty.update(dict.fromkeys(self._entries))
+        self._wake.set()
+
+    def _mark(self, uid: str) -> None:
+        """A tracker changed: remember it; wake the loop only if it is due before the loop's planned wake
+        (so 400 changes per second do not make the loop rescan 10,000 Workflows 400 times a second)."""
+        entry = self._entries.get(uid)
+        if entry is None or uid in self._dirty:
+            return
+        self._dirty[uid] = None
+        if entry.written_at + self.interval < self._planned:
+            self._wake.set()
 
     async def flush(self, uid: str, timeout: float = 30.0) -> bool:
         """Write this Workflow's status now (still under the global cap); False if it could not be written."""
@@ -113,6 +154,7 @@ class StatusWriter:
             return True
         entry.urgent = True
         entry.flushed.clear()
+        self._dirty[uid] = None
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(entry.flushed.wait(), timeout)
@@ -122,29 +164,41 @@ class StatusWriter:
         """The writer loop; runs until cancelled (operator cleanup)."""
         while True:
             delay = self._next_delay()
+            self._planned = float("inf") if delay is None else time.monotonic() + delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # Python 3.11's wait_for loses a cancellation that races the wake-up: honour it here, or the
+                # operator's cleanup waits on this loop forever.
+                raise asyncio.CancelledError
+            self._planned = float("-inf")  # writing: every change wakes the next round
             self._wake.clear()
             await self.write_due()
 
-    def _dirty(self, entry: _Entry) -> bool:
+    def _is_dirty(self, entry: _Entry) -> bool:
         return entry.tracker.version != entry.written_version or bool(entry.tracker.transitions)
+
+    def _pending(self) -> list[_Entry]:
+        """The changed entries (only those: the loop never scans every tracked Workflow)."""
+        pending = []
+        for uid in list(self._dirty):
+            entry = self._entries.get(uid)
+            if entry is not None and self._is_dirty(entry):
+                pending.append(entry)
+            else:
+                del self._dirty[uid]
+        return pending
 
     def _next_delay(self) -> float | None:
         now = time.monotonic()
-        waits = [
-            max(e.written_at + self.interval - now, 0.0) for e in self._entries.values() if self._dirty(e)
-        ]
+        waits = [max(e.written_at + self.interval - now, 0.0) for e in self._pending()]
         return min(waits) if waits else None
 
     async def write_due(self) -> int:
         """Write every Workflow whose status changed and whose interval passed; returns the count."""
         now = time.monotonic()
-        due = [
-            e
-            for e in self._entries.values()
-            if self._dirty(e) and (e.urgent or now - e.written_at >= self.interval)
-        ]
+        due = [e for e in self._pending() if e.urgent or now - e.written_at >= self.interval]
         due.sort(key=lambda e: (not e.urgent, e.written_at))
         for entry in due:
             await self.bucket.acquire()
@@ -172,6 +226,10 @@ class StatusWriter:
         entry.written, entry.written_version, entry.written_at = status, version, time.monotonic()
         workflow_metrics.observe_phase(entry.ref.uid, status.get("phase"))
         entry.urgent = False
+        if not self._is_dirty(entry):
+            self._dirty.pop(entry.ref.uid, None)
+            if entry.released:
+                self.untrack(entry.ref.uid)
         entry.flushed.set()
         self._post_events(entry.ref, transitions)
 

@@ -1,17 +1,17 @@
-"""The supervisor of one Workflow inside the operator: what its Kopf daemon does (`supervise`), and what its
-deletion does (`cleanup`), as plain functions.
+"""The run of one Workflow inside the operator (`supervise`: a task the dispatcher starts, no Kopf daemon)
+and what its deletion does (`cleanup`), as plain functions.
 
 `supervise()` starts or resumes the LangGraph run (thread id = the Workflow's uid; the orchestrator resumes
-from the Redis checkpoint and re-attaches in-flight tasks by their deterministic ids), feeds its progress
-events to a `WorkflowTracker` (which wakes the `StatusWriter` that batches them into status patches), and,
-when Kopf stops the daemon, tells apart:
+from the Redis checkpoint and re-attaches in-flight tasks by their deterministic ids) and feeds its progress
+events to a `WorkflowTracker` (which wakes the `StatusWriter` that batches them into status patches). It
+tells apart how it is stopped:
 
-- the Workflow was deleted: cancel the run, which cancels its outstanding tasks in the queue;
-- the operator stops or pauses (restart, leader hand-over): only stop waiting; the tasks keep running in
-  the agents and the next operator re-attaches to them from the checkpoint.
+- the Workflow was deleted (`cleanup` cancels its `WorkflowHandle`): the run cancels its outstanding tasks
+  in the queue and the status says Cancelled;
+- the operator stops (its task is cancelled, `WorkflowRegistry.close`): only stop waiting; the tasks keep
+  running in the agents and the next operator (a restart, or the standby taking the lead) re-attaches to
+  them from the checkpoint.
 
-When the run has ended the daemon stays (idle) until its filter no longer matches (the final status landed),
-because Kopf never restarts a daemon that returned by itself, and a retry needs this daemon to start again.
 Settings: `workflow/settings.py`.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,9 +30,13 @@ from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
-from codeforge.controller.workflow.access import check_access
 from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
-from codeforge.controller.workflow.registry import CANCEL_WAIT_SECONDS, LiveWorkflow, WorkflowRegistry
+from codeforge.controller.workflow.registry import (
+    CANCEL_WAIT_SECONDS,
+    LiveWorkflow,
+    WorkflowRegistry,
+    landmark,
+)
 from codeforge.controller.workflow.results import bounded_result, result_key
 from codeforge.controller.workflow.retry import RETRY_ANNOTATION, retry_requested
 from codeforge.controller.workflow.tracker import ConditionType, WorkflowTracker
@@ -61,19 +65,21 @@ def qualified(spec: WorkflowSpec, namespace: str) -> WorkflowSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkflowObject:
-    """What the daemon reads from the Workflow (Kopf's live body keeps annotations fresh)."""
+class WatchedWorkflow:
+    """One watch event of a Workflow: what the dispatcher decides on, and what a run starts from."""
 
     ref: ObjectRef
     generation: int | None
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
-    annotations: Callable[[], Mapping[str, str]]
+    annotations: Mapping[str, str]
     labels: Mapping[str, str] = field(default_factory=dict)  # workflow.labels in fairShare.concurrencyKey
+    deleting: bool = False  # deletionTimestamp set: the finalizer's `cleanup` stops the run
+    gone: bool = False  # the DELETED event
 
 
 def wants_run(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
-    """The daemon filter: not finished yet, or a retry was asked for."""
+    """Whether the Workflow needs a run: not finished yet, or a retry was asked for."""
     phase = status.get("phase")
     if not phase or not WorkflowPhase(phase).finished:
         return True
@@ -95,31 +101,54 @@ async def first_of(*aws: Awaitable[Any]) -> None:
 async def supervise(
     workflows: WorkflowRegistry,
     services: OperatorServices,
-    obj: WorkflowObject,
-    stopped: Any,  # kopf.DaemonStopped: truthy once set, `await stopped.wait()`, `.reason`
-    deleted: Callable[[], bool],
+    obj: WatchedWorkflow,
+    live: LiveWorkflow,
     log: Logger,
 ) -> None:
-    """Run (or resume, or retry) one Workflow until it ends or Kopf stops the daemon."""
-    try:
-        written = parse_workflow_spec(dict(obj.spec))
-        # Checked here too: the daemon may start before the validate handler has marked it Invalid.
-        await check_access(services.api(), obj.ref.namespace, written)
-    except WorkflowSpecError:
-        await stopped.wait()  # the create/update handler reports the invalid spec
-        return
-    spec = qualified(written, obj.ref.namespace)
+    """Run (or resume, or retry) one Workflow until it ends, it is deleted (`live.control` cancelled), or
+    this task is cancelled (the operator stops: its tasks stay with the agents, the next operator resumes)."""
     uid = obj.ref.uid
-    tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
-    workflows.start_writer()
-    control = WorkflowHandle()
-    if spec.suspend:
-        control.suspend()
-    workflows.set_approvals(control, obj.annotations(), log)  # decisions made while no operator ran
-    active = LiveWorkflow(control, tracker)
-    workflows.runs[uid] = active
-    workflows.writer.track(obj.ref, tracker)
+    tracker: WorkflowTracker | None = None
+    try:
+        written = parse_workflow_spec(dict(obj.spec))  # valid: `dispatcher.observe` checked it
+        spec = qualified(written, obj.ref.namespace)
+        tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
+        tracker.suspended = live.control.suspended  # spec.suspend may have changed since the event
+        live.tracker = tracker
+        workflows.start_writer()
+        workflows.writer.track(obj.ref, tracker)
+        await _drive(workflows, services, obj, spec, live, tracker, log)
+    except WorkflowSpecError:
+        return  # the dispatcher reports an invalid spec
+    finally:
+        live.done.set()
+        # Marked ended before it leaves `runs`: an event seen while the last status is written is stale.
+        workflows.ended[uid] = None if tracker is None else landmark(_final_status(tracker))
+        if workflows.runs.get(uid) is live:
+            del workflows.runs[uid]
+        workflows.writer.release(uid)  # untracked once its last status is written
 
+
+def _final_status(tracker: WorkflowTracker) -> dict[str, Any]:
+    """The fields of the status the run ends with that `landmark` compares (as `tracker.render` has them)."""
+    phase = tracker.effective_phase
+    return {
+        "phase": phase.value,
+        "retryToken": tracker.retry_token,
+        "completionTime": tracker.completion_time if phase.finished else None,
+    }
+
+
+async def _drive(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    obj: WatchedWorkflow,
+    spec: WorkflowSpec,
+    live: LiveWorkflow,
+    tracker: WorkflowTracker,
+    log: Logger,
+) -> None:
+    uid, control = obj.ref.uid, live.control
     busy = [0.0]  # agent seconds on this run's tasks, for the coordination efficiency
 
     def emit(event: ProgressEvent) -> None:
@@ -133,91 +162,75 @@ async def supervise(
         if event.kind is EventKind.STEP_FINISHED and event.duration is not None:
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
 
-    try:
-        if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
-            services, spec, tracker, stopped, log, control
-        ):
-            return
-        while not stopped:
-            try:
-                runner = await workflows.connect(services, log)
-                if retry_requested(obj.annotations(), obj.status) and tracker.phase is WorkflowPhase.FAILED:
-                    token = obj.annotations().get(RETRY_ANNOTATION)
-                    try:
-                        if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
-                            raise RewindError("its checkpoints were removed when its TTL passed (Expired)")
-                        step = await runner.rewind(uid, spec)
-                    except RewindError as exc:
-                        tracker.refuse_retry(token, str(exc))
-                        await workflows.writer.flush(uid)
-                        await stopped.wait()
-                        return
-                    tracker.begin_retry(token, step)
-                if spec.shutdown is Shutdown.TERMINATE:  # after a restart: what the earlier run dispatched
-                    await _cancel_from_status(runner.queue, obj.ref, obj.status, TERMINATE_MESSAGE)
-                tracker.set_degraded(None)
-                busy[0] = 0.0
-                run = asyncio.ensure_future(
-                    runner.run(
-                        uid,
-                        spec,
-                        emit=emit,
-                        control=control,
-                        name=obj.ref.name,
-                        namespace=obj.ref.namespace,
-                        labels=obj.labels,
-                    )
-                )
-            except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
-                tracker.set_degraded(str(exc))
-                log.warning("Workflow %s waits for the queue: %s", obj.ref.key, exc)
-                await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
-                continue
-            await first_of(run, stopped.wait())
-            if not run.done():
-                await _stop_run(run, control, deleted(), log)
-                if run.done() and not run.cancelled() and run.exception() is None:
-                    # Deleted: "Cancelled" is written (and its status event wakes Kopf's finalizer wait).
-                    _end(tracker, run.result(), None, None, busy[0])
-                return
-            try:
-                outcome = run.result()
-            except Exception as exc:  # Redis went away mid-run (or any fault): resume from the checkpoint
-                workflow_metrics.RUN_ERRORS.inc()
-                tracker.set_degraded(f"run interrupted, resuming: {exc}")
-                log.warning(
-                    "Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc
-                )
-                await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
-                continue
-            log.info(
-                "Workflow %s run ended %s%s (resumed: %s): %s",
-                obj.ref.key, outcome.status, f", reason {outcome.reason}" if outcome.reason else "",
-                outcome.resumed, outcome.error or "",
-            )  # fmt: skip
-            await _finish(workflows, obj, tracker, outcome, busy[0])
-            break
-        await stopped.wait()  # until the final status lands and the filter stops matching
-    finally:
-        active.done.set()
-        workflows.runs.pop(uid, None)
-        if workflows.writer_task is not None and not workflows.writer_task.done():
-            await workflows.writer.flush(uid, timeout=5.0)
-        workflows.writer.untrack(uid)
+    if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
+        services, spec, tracker, control, log
+    ):
+        return
+    while not control.cancelled.is_set():
+        try:
+            runner = await workflows.connect(services, log)
+            if retry_requested(live.annotations, obj.status) and tracker.phase is WorkflowPhase.FAILED:
+                token = live.annotations.get(RETRY_ANNOTATION)
+                try:
+                    if condition_true(obj.status.get("conditions"), ConditionType.EXPIRED):
+                        raise RewindError("its checkpoints were removed when its TTL passed (Expired)")
+                    step = await runner.rewind(uid, spec)
+                except RewindError as exc:
+                    tracker.refuse_retry(token, str(exc))
+                    return
+                tracker.begin_retry(token, step)
+            if spec.shutdown is Shutdown.TERMINATE:  # after a restart: what the earlier run dispatched
+                await _cancel_from_status(runner.queue, obj.ref, obj.status, TERMINATE_MESSAGE)
+        except Exception as exc:  # Redis down (queue, checkpoints) or any fault: report it, retry later
+            tracker.set_degraded(str(exc))
+            log.warning("Workflow %s waits for the queue: %s", obj.ref.key, exc)
+            await first_of(control.cancelled.wait(), asyncio.sleep(RETRY_SECONDS))
+            continue
+        tracker.set_degraded(None)
+        busy[0] = 0.0
+        try:
+            # Cancelling this task (operator shutdown) cancels the run, which leaves its tasks to the agents;
+            # a deletion cancels `control`, and the run cancels its outstanding tasks and returns.
+            outcome = await runner.run(
+                uid,
+                spec,
+                emit=emit,
+                control=control,
+                name=obj.ref.name,
+                namespace=obj.ref.namespace,
+                labels=obj.labels,
+            )
+        except Exception as exc:  # Redis went away mid-run (or any fault): resume from the checkpoint
+            workflow_metrics.RUN_ERRORS.inc()
+            tracker.set_degraded(f"run interrupted, resuming: {exc}")
+            log.warning("Workflow %s run interrupted, resuming in %ss: %s", obj.ref.key, RETRY_SECONDS, exc)
+            await first_of(control.cancelled.wait(), asyncio.sleep(RETRY_SECONDS))
+            continue
+        log.info(
+            "Workflow %s run ended %s%s (resumed: %s): %s",
+            obj.ref.key, outcome.status, f", reason {outcome.reason}" if outcome.reason else "",
+            outcome.resumed, outcome.error or "",
+        )  # fmt: skip
+        await _finish(workflows, obj, live, tracker, outcome, busy[0])
+        return
+    _end(tracker, _cancelled(uid, control), None, None, busy[0])  # deleted while waiting for the queue
+
+
+def _cancelled(uid: str, control: WorkflowHandle) -> WorkflowOutcome:
+    return WorkflowOutcome(uid, Outcome.CANCELLED, {}, f"cancelled: {control.reason}", [], 0.0)
 
 
 async def _pools_ready(
     services: OperatorServices,
     spec: WorkflowSpec,
     tracker: WorkflowTracker,
-    stopped: Any,
-    log: Logger,
     control: WorkflowHandle,
+    log: Logger,
 ) -> bool:
-    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if stopped.
+    """Wait (Pending, condition PoolNotFound) until every pool the steps name exists; False if cancelled.
     A Workflow stopped meanwhile (spec.shutdown) starts at once: its run ends before dispatching anything."""
     delay = RECHECK_SECONDS
-    while not stopped:
+    while not control.cancelled.is_set():
         if spec.shutdown is not None or control.shutdown is not None:
             return True
         try:
@@ -228,24 +241,9 @@ async def _pools_ready(
         tracker.set_missing_pools(missing)
         if not missing:
             return True
-        await first_of(stopped.wait(), asyncio.sleep(delay), control.gate.changed.wait())
+        await first_of(control.cancelled.wait(), asyncio.sleep(delay), control.gate.changed.wait())
         delay = min(delay * 2, RECHECK_CAP_SECONDS)
     return False
-
-
-async def _stop_run(
-    run: asyncio.Future[WorkflowOutcome], control: WorkflowHandle, deleted: bool, log: Logger
-) -> None:
-    if deleted:
-        control.cancel("the Workflow was deleted")  # the runner cancels its outstanding tasks
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(run, CANCEL_WAIT_SECONDS)
-        return
-    # Operator stopping or pausing: leave the tasks to the agents; the next operator re-attaches to them.
-    run.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await run
-    log.info("run left to resume from its checkpoint")
 
 
 def _end(
@@ -261,7 +259,8 @@ def _end(
 
 async def _finish(
     workflows: WorkflowRegistry,
-    obj: WorkflowObject,
+    obj: WatchedWorkflow,
+    live: LiveWorkflow,
     tracker: WorkflowTracker,
     outcome: WorkflowOutcome,
     busy: float,
@@ -271,7 +270,7 @@ async def _finish(
         result, ref = await bounded_result(workflows.results, obj.ref, outcome.results)
     _end(tracker, outcome, result, ref, busy)
     # A retry asked for while the run was going is consumed now: only a new token retries the next failure.
-    tracker.retry_token = obj.annotations().get(RETRY_ANNOTATION) or tracker.retry_token
+    tracker.retry_token = live.annotations.get(RETRY_ANNOTATION) or tracker.retry_token
     await workflows.writer.flush(obj.ref.uid)
 
 
