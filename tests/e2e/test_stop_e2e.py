@@ -206,7 +206,11 @@ async def test_a_stop_given_while_the_operator_is_down_is_honoured_after_its_res
         assert done.returncode == 0, done.stderr
     finally:
         operator.start()
-    draining = wait_status(control_plane, namespace, name, operator, stopping, "condition Stopping")
+    # The killed operator may not have written phase Running yet: the new one shows it once the run resumes.
+    draining = wait_status(
+        control_plane, namespace, name, operator, lambda s: stopping(s) and s["phase"] != "Pending",
+        "condition Stopping, run resumed",
+    )  # fmt: skip
     assert draining["phase"] == "Running"
     (gates / f"{uid}.one").touch()
     final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")

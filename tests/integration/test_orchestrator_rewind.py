@@ -81,8 +81,8 @@ async def test_a_run_cut_off_by_its_timeout_is_retried_from_that_step_with_a_new
 
     # Retried while still broken: the step runs again (a new visit, new task ids) under a deadline counted
     # from the retry, so it fails on that deadline again, not at once on the old one.
+    started = time.monotonic()  # before the rewind: the new deadline counts from it
     assert await runner.rewind(run_id, wf) == "build"
-    started = time.monotonic()
     second = await runner.run(run_id, wf)
     assert second.status == "failed"
     assert second.error == first.error
