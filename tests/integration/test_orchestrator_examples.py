@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from codeforge.api.workflow import GitSource, WorkspaceSpec
+from codeforge.api.workspace import GitSource, WorkspaceSpec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import load_manifest
 from codeforge.orchestrator import WorkflowOutcome, WorkflowRunner

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from codeforge.api.task import WorkspaceAction
-from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec, safe_ref_part
+from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
 from codeforge.api.workflow_status import WorkflowStatus
+from codeforge.api.workspace import safe_ref_part
 from codeforge.controller.workflow.tracker import WorkflowTracker
 from codeforge.embedded.command import workspace_summary
 from codeforge.embedded.progress import ProgressBoard

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Final, Literal
 
 import cel
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -32,8 +31,10 @@ from pydantic.alias_generators import to_camel
 from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
 from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
-from codeforge.api.task import Priority, validate_git_ref, validate_pool_name, validate_workspace_url
+from codeforge.api.spec_model import SpecModel
+from codeforge.api.task import Priority, validate_pool_name
 from codeforge.api.usage import Budget
+from codeforge.api.workspace import StepWorkspace, WorkspaceSpec
 
 KIND: Final = "Workflow"
 PLURAL: Final = "workflows"
@@ -85,17 +86,6 @@ class WorkflowSpecError(ValueError):
         if len(problems) > MAX_PROBLEMS:
             lines.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
         super().__init__("\n".join(lines))
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,  # Python code builds models by attribute name; manifests use `by_name=False`
-        frozen=True,
-        use_enum_values=False,
-        allow_inf_nan=False,
-    )
 
 
 class JoinPolicy(enum.StrEnum):
@@ -152,89 +142,6 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     return value
 
 
-# -- workspaces (issue #11): the repository a Workflow's steps work on, passed step to step through Git ----
-
-#: The placeholder in `pushBranch` replaced by the Workflow's name.
-WORKFLOW_PLACEHOLDER: Final = "{{workflow}}"
-DEFAULT_PUSH_BRANCH: Final = f"codeforge/{WORKFLOW_PLACEHOLDER}"
-
-
-def check_git_url(url: str) -> str:
-    """spec.workspace.git.url: the rules of a task's workspace URL (one place: `validate_workspace_url`)."""
-    return validate_workspace_url(url.strip())
-
-
-class GitSource(_Model):
-    """The repository a Workflow works on."""
-
-    url: str = Field(
-        min_length=1,
-        max_length=2048,
-        description="https://, http://, ssh://, git:// or file:// URL, without credentials (those come from "
-        "the AgentPools' spec.workspace.credentialsSecret).",
-    )
-    ref: str = Field(
-        default="HEAD",
-        min_length=1,
-        max_length=255,
-        description="Branch, tag or commit the run starts from; resolved to a commit once, when the run "
-        "starts (default: the repository's default branch).",
-    )
-    push_branch: str = Field(
-        default=DEFAULT_PUSH_BRANCH,
-        min_length=1,
-        max_length=255,
-        description=f"The branch the final commit is pushed to when the run succeeds; {WORKFLOW_PLACEHOLDER} "
-        "is replaced by the Workflow's name.",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        return check_git_url(value)
-
-    @field_validator("ref")
-    @classmethod
-    def _check_ref(cls, value: str) -> str:
-        if value != "HEAD":
-            validate_git_ref(value, "ref")
-        return value
-
-    @field_validator("push_branch")
-    @classmethod
-    def _check_branch(cls, value: str) -> str:
-        name = value.removeprefix("refs/heads/")
-        validate_git_ref(name.replace(WORKFLOW_PLACEHOLDER, "w"), "pushBranch")
-        return name
-
-    def branch_for(self, workflow: str) -> str:
-        """The push branch with the Workflow's name filled in (a full ref, refs/heads/...)."""
-        return "refs/heads/" + self.push_branch.replace(WORKFLOW_PLACEHOLDER, safe_ref_part(workflow))
-
-
-def safe_ref_part(value: str) -> str:
-    """`value` made usable inside a ref name (a Workflow name or run id): other characters become '-'."""
-    cleaned = re.sub(r"[^A-Za-z0-9._/-]", "-", value).strip("/")
-    parts = [p.lstrip(".").removesuffix(".lock").rstrip(".") or "-" for p in cleaned.split("/") if p]
-    return "/".join(parts) or "-"
-
-
-class WorkspaceSpec(_Model):
-    """`spec.workspace`: the code the Workflow's steps work on, handed from step to step through Git."""
-
-    git: GitSource
-
-
-class StepWorkspace(_Model):
-    """A step's workspace options."""
-
-    merge: bool = Field(
-        default=False,
-        description="For a fan-out joined with `all`: merge the parts' commits into the step's output "
-        "(the step fails, naming the files, when they conflict). Default: the step passes its input on.",
-    )
-
-
 class Shutdown(enum.StrEnum):
     """`spec.shutdown`: end a run early, as `argo stop` / `argo terminate` do (`codeforge stop`)."""
 
@@ -249,7 +156,7 @@ class StepKind(enum.StrEnum):
     APPROVAL = "approval"  # waits for a human decision (`codeforge approve|reject`); no agent, no queue
 
 
-class RetryPolicy(_Model):
+class RetryPolicy(SpecModel):
     """Retries of a step after its task failed: `max` extra attempts, waiting backoff * multiplier^n."""
 
     max: int = Field(default=0, ge=0, le=100, description="Extra attempts after the first failure.")
@@ -264,7 +171,7 @@ class RetryPolicy(_Model):
         )
 
 
-class FairShare(_Model):
+class FairShare(SpecModel):
     """`spec.fairShare`: how the Workflow's tasks share their pools with other Workflows' (README, "Fair
     share"). Within one pool and priority the keys take turns, FIFO within a key."""
 
@@ -294,7 +201,7 @@ class FairShare(_Model):
         return _check_cel(value, CONCURRENCY_KEY_VARIABLES, "value")
 
 
-class Step(_Model):
+class Step(SpecModel):
     """One node of the graph: a task (or N parallel tasks) in one AgentPool's queue."""
 
     name: str = Field(
@@ -443,7 +350,7 @@ class Step(_Model):
         return self.parallel is not None or self.for_each is not None
 
 
-class Edge(_Model):
+class Edge(SpecModel):
     """A transition. Edges leaving a step are tried in order: the first whose `when` holds is taken; an edge
     without `when` is the default branch, taken when none matched (and only if the step succeeded)."""
 
@@ -463,7 +370,7 @@ class Edge(_Model):
         return _check_cel(value, WHEN_VARIABLES, "bool")
 
 
-class WorkflowSpec(_Model):
+class WorkflowSpec(SpecModel):
     """The Workflow custom resource's `spec`."""
 
     input: FreeJSON = Field(
@@ -654,7 +561,7 @@ LabelValue = Annotated[str, StringConstraints(max_length=limits.MAX_LABEL_VALUE)
 AnnotationValue = Annotated[str, StringConstraints(max_length=limits.MAX_ANNOTATION_VALUE)]
 
 
-class ObjectMeta(_Model):
+class ObjectMeta(SpecModel):
     """The part of Kubernetes metadata a Workflow run needs (the rest of a real object's metadata, such as
     resourceVersion or managedFields, is kept as it is: it only comes from the API server)."""
 
@@ -667,7 +574,7 @@ class ObjectMeta(_Model):
     annotations: dict[MetaKey, AnnotationValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
 
 
-class WorkflowManifest(_Model):
+class WorkflowManifest(SpecModel):
     """A whole Workflow document, as in `kubectl apply -f workflow.yaml`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)

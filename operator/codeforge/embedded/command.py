@@ -173,7 +173,7 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
 def _with_workspace_url(loaded: Manifest, url: str) -> Manifest:
     from pydantic import ValidationError
 
-    from codeforge.api.workflow import GitSource, WorkspaceSpec
+    from codeforge.api.workspace import GitSource, WorkspaceSpec
     from codeforge.embedded.manifest import ManifestError
 
     current = loaded.workflow.spec.workspace

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
 from codeforge.api.task import STEP_REFS_ROOT, TaskWorkspace, WorkspaceAction, unchanged_workspace
-from codeforge.api.workflow import JoinPolicy, Step, WorkspaceSpec, safe_ref_part
+from codeforge.api.workflow import JoinPolicy, Step
+from codeforge.api.workspace import WorkspaceSpec, safe_ref_part
 from codeforge.orchestrator.joins import Joined, vote_of
 
 COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
