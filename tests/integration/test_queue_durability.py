@@ -188,6 +188,50 @@ async def test_replicated_waits_for_a_replica_and_says_so_when_none_comes(fresh_
         replica.stop()
 
 
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_replicated_confirms_every_lease_a_consumer_gets_and_not_an_empty_claim(
+    fresh_redis: LocalRedis,
+) -> None:
+    """A claim that leased a task, and a handed-over lease, return only once the replica holds the lease;
+    a claim that found nothing (a consumer about to wait) does not wait for the replica at all."""
+    replica = fresh_redis.start_replica()
+    queue = await open_queue(f"{fresh_redis.url}?durability=replicated", retry_seconds=2.0, replica_wait=1.0)
+    pool = unique_pool("conf")
+    try:
+
+        def on_replica(task_id: str) -> list[str]:
+            return replica.cli("HMGET", pool_prefix(pool) + "t:" + task_id, "state", "fence").split("\n")
+
+        await queue.enqueue(make_task(pool, "claimed"))
+        lease = await queue.claim(pool, "c1")
+        assert lease is not None
+        assert on_replica("claimed") == ["running", str(lease.fence)]
+        waiting = asyncio.ensure_future(queue.claim(pool, "c2", timeout=10))
+        await asyncio.sleep(0.3)
+        await queue.enqueue(make_task(pool, "handed"))
+        handed = await asyncio.wait_for(waiting, 5)
+        assert handed is not None
+        assert handed.id == "handed"
+        assert on_replica("handed") == ["running", str(handed.fence)]
+
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)  # no replica answers from here on
+        try:
+            start = time.monotonic()
+            assert await queue.claim(pool, "c3", timeout=0) is None
+            assert time.monotonic() - start < 0.5, "an empty claim waited for the replica (WAIT 1 s)"
+            with pytest.raises(ReplicationTimeoutError):
+                await queue.release(lease)  # done on the master, never confirmed
+            with pytest.raises(ReplicationTimeoutError):
+                await queue.claim(pool, "c3", timeout=0)  # it leased the released task: that must wait
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+    finally:
+        await queue.close()
+        replica.stop()
+
+
 # --- fences ---------------------------------------------------------------------------------------------
 
 

@@ -79,6 +79,20 @@ async def test_a_handover_takes_the_most_urgent_task_first(queue: TaskQueue, poo
     assert [(await claim_one(queue, pool)).id for _ in range(2)] == ["high", "low"]
 
 
+async def test_the_consumer_waiting_longest_is_handed_the_task(queue: TaskQueue, pool: str) -> None:
+    """It is surely blocked in its pop by now; the latest to wait may still be on its way there."""
+    first = await blocked_claim(queue, pool, "c1")
+    second = await blocked_claim(queue, pool, "c2")
+    await queue.enqueue(make_task(pool, "t1"))
+    (lease,) = await asyncio.wait_for(first, 5)
+    assert lease.consumer == "c1"
+    await asyncio.sleep(SETTLE)
+    assert not second.done()
+    await queue.enqueue(make_task(pool, "t2"))
+    (lease,) = await asyncio.wait_for(second, 5)
+    assert (lease.id, lease.consumer) == ("t2", "c2")
+
+
 async def test_a_batch_handover_keeps_the_fair_share_order(queue: TaskQueue, pool: str) -> None:
     job = await blocked_claim(queue, pool, "c1", max_tasks=4)
     await queue.enqueue_many(

@@ -41,6 +41,8 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     # the floor on the server as each durable mode runs it, for a like-for-like ratio
     "raw-fsync": ("codeforge.benchmarks.raw_floor", "RawFsync", ""),
     "raw-replicated": ("codeforge.benchmarks.raw_floor", "RawReplicated", ""),
+    # ... and with its consumer waiting for the replica too, as codeforge's does in that mode
+    "raw-replicated-confirmed": ("codeforge.benchmarks.raw_floor", "RawReplicatedConfirmed", ""),
     "celery": ("codeforge.benchmarks.peers.celery_peer", "CeleryPeer", "celery"),
     "arq": ("codeforge.benchmarks.peers.arq_peer", "ArqPeer", "arq"),
     "rq": ("codeforge.benchmarks.peers.rq_peer", "RqPeer", "rq"),

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -76,12 +77,34 @@ class RawReplicated(DurableServer, RawFloor):
         await pipe.execute()
 
 
-async def _consume(url: str, key: str, stop: asyncio.Event) -> None:
+class RawReplicatedConfirmed(RawReplicated):
+    """`raw-replicated` whose consumer also starts only once a replica holds its pop: BRPOP, a write of its
+    own and WAIT 1 in one pipeline, as codeforge's consumer pops a handed-over lease in `replicated` (so a
+    failover cannot hand the same value to a second consumer). The like-for-like floor for that mode."""
+
+    name = "raw-replicated-confirmed"
+
+    def worker_commands(self, consumers: int, *, throughput: bool = False) -> list[list[str]]:
+        return [[*argv, "--confirm"] for argv in super().worker_commands(consumers, throughput=throughput)]
+
+
+async def _pop(client: aioredis.Redis, key: str, confirm: bool) -> Any:
+    if not confirm:
+        return await client.brpop([key], timeout=1)  # type: ignore[misc]
+    pipe = client.pipeline(transaction=False)
+    pipe.brpop([key], timeout=1)
+    pipe.set(f"{key}:sync", "1")  # WAIT covers this connection's own writes: one after the pop
+    pipe.execute_command("WAIT", 1, 1000)
+    item, _, _ = await pipe.execute()
+    return item
+
+
+async def _consume(url: str, key: str, stop: asyncio.Event, confirm: bool) -> None:
     client = aioredis.Redis.from_url(url)
     rec = recorder()
     try:
         while not stop.is_set():
-            item = await client.brpop([key], timeout=1)
+            item = await _pop(client, key, confirm)
             if item is None:
                 continue
             start = time.time_ns()
@@ -91,12 +114,12 @@ async def _consume(url: str, key: str, stop: asyncio.Event) -> None:
         await client.aclose()
 
 
-async def _main(consumers: int) -> None:
+async def _main(consumers: int, confirm: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     url, key = os.environ[ENV_URL], os.environ[ENV_QUEUE]
-    tasks = [asyncio.create_task(_consume(url, key, stop)) for _ in range(consumers)]
+    tasks = [asyncio.create_task(_consume(url, key, stop, confirm)) for _ in range(consumers)]
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -106,7 +129,9 @@ async def _main(consumers: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--consumers", type=int, default=1)
-    asyncio.run(_main(parser.parse_args().consumers))
+    parser.add_argument("--confirm", action="store_true", help="WAIT for a replica after each pop")
+    args = parser.parse_args()
+    asyncio.run(_main(args.consumers, args.confirm))
 
 
 if __name__ == "__main__":

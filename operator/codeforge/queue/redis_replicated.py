@@ -39,6 +39,12 @@ WRITE_SCRIPTS = frozenset(
     }
 )
 
+#: Of those, the ones whose reply says whether they changed anything a caller is told (`_changed`): each is
+#: sent alone and a WAIT follows only when it did. An empty claim (a consumer about to wait: its idle
+#: registration, a reap that found nothing) then costs no replica round trip, which a consumer going idle
+#: otherwise paid on every turn of its loop; a claim that leased tasks pays one more local round trip.
+CONFIRM_IF_CHANGED = frozenset({"claim", "reap"})
+
 
 async def check_durability(conn: Connection, durability: str, url: str, retry_seconds: float) -> None:
     """fsync and replicated: every node must fsync each write, or the mode would promise what the
@@ -130,6 +136,13 @@ class ReplicatedWrites:
             return reply, int(acked)
 
         async with self._master_changes(pool):
+            if script.name in CONFIRM_IF_CHANGED:
+                # The WAIT after a write of our own covers the script's writes even on another pooled
+                # connection of this master: replication is one ordered stream.
+                reply = await script.run(client, [prefix], args)
+                if _changed(script.name, reply):
+                    await self._sync(client, pool)
+                return reply
             try:
                 reply, acked = await send("EVALSHA", script.sha)
             except redis_errors.NoScriptError:
@@ -167,6 +180,15 @@ class ReplicatedWrites:
         except (*TOPOLOGY, *TRANSIENT) as exc:
             await self._forget_master(pool, exc)
             raise ConnectionError(str(exc)) from exc
+
+    async def _sync(self, client: Any, pool: str) -> None:
+        """A write of our own and a WAIT for one replica (one pipeline); then `_confirm` if none answered."""
+        pipe = client.pipeline(transaction=False)
+        pipe.set(sync_key(pool), "1")
+        pipe.execute_command("WAIT", 1, self.replica_wait_ms)
+        _, acked = await pipe.execute()
+        if int(acked) < 1:
+            await self._confirm(client, pool)
 
     async def _confirm(self, client: Any, pool: str) -> None:
         """WAIT again (after a fresh write of our own) until a replica confirms, for up to retry_seconds."""

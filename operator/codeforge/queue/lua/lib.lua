@@ -351,20 +351,25 @@ end
 -- "max|lease_ms|consumer" until its wait ends. Whatever makes tasks claimable (enqueue, a freed slot, a
 -- requeue) leases them to idle consumers right here, in fair-share order, and pushes each one's leases to
 -- its own list h:<consumer>, so its blocking pop returns tasks it already holds: one round trip, no claim.
--- The latest registration goes first (its wait has the longest to run); busy consumers claim as before.
+-- Busy consumers claim as before. The registration whose wait ends first goes first (for equal waits, the
+-- consumer waiting longest): it is blocked in its pop by now, while the latest one may still be on its way
+-- there (its claim's reply, an fsync, its process's turn), which a task handed to it would wait for.
+-- Registrations ending within HAND_MARGIN_MS are passed over while others are left (a lease that arrives
+-- as a pop times out costs that consumer one more claim call); ended ones are dropped.
 local HAND_TTL_MS = 60000  -- a dead consumer's list outlives its wait this long (its leases expire anyway)
+local HAND_MARGIN_MS = 100
 
 local function hand_out(now)
   if redis.call('EXISTS', P .. 'idle') == 0 then return end
   local left = claimable()
+  if left <= 0 then return end
+  redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
   while left > 0 do
-    local top = redis.call('ZPOPMAX', P .. 'idle')
+    local top = redis.call('ZRANGEBYSCORE', P .. 'idle', now + HAND_MARGIN_MS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if not top[1] then top = redis.call('ZRANGE', P .. 'idle', -1, -1, 'WITHSCORES') end
     if not top[1] then return end
+    redis.call('ZREM', P .. 'idle', top[1])
     local until_ms = tonumber(top[2])
-    if until_ms <= now then  -- the latest registration's wait is over, and so is every other's
-      redis.call('DEL', P .. 'idle')
-      return
-    end
     local member = top[1]
     local a = string.find(member, '|', 1, true)
     local b = string.find(member, '|', a + 1, true)
