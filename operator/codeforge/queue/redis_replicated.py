@@ -182,13 +182,17 @@ class ReplicatedWrites:
             raise ConnectionError(str(exc)) from exc
 
     async def _sync(self, client: Any, pool: str) -> None:
-        """A write of our own and a WAIT for one replica (one pipeline); then `_confirm` if none answered."""
+        """A write of our own and a WAIT for one replica; then `_confirm` if none answered."""
+        if not await self._wait_once(client, pool):
+            await self._confirm(client, pool)
+
+    async def _wait_once(self, client: Any, pool: str) -> bool:
+        """One pipeline: a write of our own, then WAIT for one replica; whether one confirmed it."""
         pipe = client.pipeline(transaction=False)
         pipe.set(sync_key(pool), "1")
         pipe.execute_command("WAIT", 1, self.replica_wait_ms)
         _, acked = await pipe.execute()
-        if int(acked) < 1:
-            await self._confirm(client, pool)
+        return int(acked) >= 1
 
     async def _confirm(self, client: Any, pool: str) -> None:
         """WAIT again (after a fresh write of our own) until a replica confirms, for up to retry_seconds."""
@@ -202,11 +206,7 @@ class ReplicatedWrites:
                 )
             log.warning("pool %s: no replica confirmed the write within %d ms; waiting on", pool,
                         self.replica_wait_ms)  # fmt: skip
-            pipe = client.pipeline(transaction=False)
-            pipe.set(sync_key(pool), "1")
-            pipe.execute_command("WAIT", 1, self.replica_wait_ms)
-            _, acked = await pipe.execute()
-            if int(acked) >= 1:
+            if await self._wait_once(client, pool):
                 return
 
     async def close(self) -> None:
