@@ -336,7 +336,7 @@ async def test_an_unchanged_status_is_not_written_and_flush_writes_at_once() -> 
 
 async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     api = Recorder()
-    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100)
+    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100, step_events=True)
     tracker = WorkflowTracker.from_status(SPEC, {}, 1)
     writer.track(ObjectRef("ns", "wf", "uid"), tracker)
     for name in ("research", "debate", "implement"):
@@ -347,6 +347,25 @@ async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     assert len(reasons) == EVENTS_PER_WRITE
     assert reasons[-2] == "StepTransitions"
     assert reasons[-1] == "StepSucceeded"
+
+
+async def test_routine_step_transitions_are_events_only_when_asked_for() -> None:
+    """By default a step's start and success are in the status only; its failures and the Workflow's end
+    are Events."""
+    api = Recorder()
+    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100)
+    tracker = WorkflowTracker.from_status(SPEC, {}, 1)
+    writer.track(ObjectRef("ns", "wf", "uid"), tracker)
+    tracker.apply(event(EventKind.STEP_STARTED, "research"))
+    tracker.apply(event(EventKind.STEP_FINISHED, "research", status="succeeded"))
+    tracker.apply(event(EventKind.STEP_STARTED, "debate"))
+    tracker.apply(event(EventKind.ATTEMPT_FAILED, "debate", index=0, attempt=0, message="agent crashed"))
+    tracker.finish(outcome("failed", "step 'debate' failed"), None, None)
+    await writer.write_due()
+    assert [t.reason for _, t in api.events] == ["StepAttemptFailed", "WorkflowFailed"]
+    assert [s["phase"] for s in api.patches[-1][2]["status"]["steps"]][:1] == ["Succeeded"]
+    assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_STEP_EVENTS": "true"}).step_events
+    assert not WorkflowSettings.from_env({}).step_events
 
 
 async def test_the_token_bucket_paces_acquisitions() -> None:

@@ -76,6 +76,7 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         post_event,
         interval=settings.status_interval,
         writes_per_second=settings.writes_per_second,
+        step_events=settings.step_events,
     )
     memo.workflows = WorkflowRegistry(settings=settings, writer=writer)
     services: OperatorServices | None = getattr(memo, "services", None)

@@ -10,7 +10,9 @@ rendered status of each changed Workflow:
   bucket shared by every Workflow, oldest-written first, so 200 busy Workflows do not flood the API server;
 - unchanged statuses are not written at all;
 - the step transitions gathered since the last write are posted as Kubernetes Events with it, at most
-  `EVENTS_PER_WRITE` per write (the rest are summed up in one Event).
+  `EVENTS_PER_WRITE` per write (the rest are summed up in one Event); a step's routine start and success
+  (`ROUTINE_STEP_REASONS`) only with `step_events` (CODEFORGE_WORKFLOW_STEP_EVENTS): at thousands of
+  Workflows they would be most of the operator's API requests, and status.steps shows them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Final
 from codeforge.controller.kstatus import EventType, KubeEvent, ObjectRef
 from codeforge.controller.kube import KubeApiError, NotFoundError
 from codeforge.controller.workflow import metrics as workflow_metrics
-from codeforge.controller.workflow.tracker import WorkflowTracker
+from codeforge.controller.workflow.tracker import ROUTINE_STEP_REASONS, WorkflowTracker
 
 JSON = dict[str, Any]
 EVENTS_PER_WRITE: Final = 5
@@ -84,9 +86,11 @@ class StatusWriter:
         *,
         interval: float = 2.0,
         writes_per_second: float = 20.0,
+        step_events: bool = False,
     ) -> None:
         self._patch = patch
         self._post = post
+        self.step_events = step_events
         self.interval = interval
         self.bucket = TokenBucket(writes_per_second)
         self._entries: dict[str, _Entry] = {}
@@ -234,7 +238,11 @@ class StatusWriter:
         self._post_events(entry.ref, transitions)
 
     def _post_events(self, ref: ObjectRef, transitions: list[KubeEvent]) -> None:
-        if self._post is None or not transitions:
+        if self._post is None:
+            return
+        if not self.step_events:
+            transitions = [t for t in transitions if t.reason not in ROUTINE_STEP_REASONS]
+        if not transitions:
             return
         shown = transitions
         if len(transitions) > EVENTS_PER_WRITE:
