@@ -18,6 +18,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from codeforge.api.approval import decisions_from_annotations
 from codeforge.api.usage import Budget
 from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.pools import PoolLookup
 from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
@@ -76,6 +77,8 @@ class WorkflowRegistry:
     ended: dict[str, Landmark | None] = field(default_factory=dict)
     runner: WorkflowRunner | None = None
     results: ResultStore = field(default_factory=ResultStore)
+    #: Which AgentPools exist (a pool seen recently is not looked up again for every Workflow start)
+    pools: PoolLookup = field(default_factory=PoolLookup)
     writer_task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
 

@@ -30,7 +30,7 @@ from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
-from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
+from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS
 from codeforge.controller.workflow.registry import (
     CANCEL_WAIT_SECONDS,
     LiveWorkflow,
@@ -163,7 +163,7 @@ async def _drive(
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
 
     if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
-        services, spec, tracker, control, log
+        workflows, services, spec, tracker, control, log
     ):
         return
     while not control.cancelled.is_set():
@@ -221,6 +221,7 @@ def _cancelled(uid: str, control: WorkflowHandle) -> WorkflowOutcome:
 
 
 async def _pools_ready(
+    workflows: WorkflowRegistry,
     services: OperatorServices,
     spec: WorkflowSpec,
     tracker: WorkflowTracker,
@@ -234,7 +235,7 @@ async def _pools_ready(
         if spec.shutdown is not None or control.shutdown is not None:
             return True
         try:
-            missing = await missing_pools(services.api(), spec)
+            missing = await workflows.pools.missing(services.api(), spec)
         except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
             log.warning("cannot look up the Workflow's AgentPools: %s", exc)
             return True
