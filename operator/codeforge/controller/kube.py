@@ -138,9 +138,10 @@ class KubeApi:
         except NotFoundError:
             return None
 
-    async def create(self, body: JSON) -> JSON:
+    async def create(self, body: JSON, kind: Kind | None = None) -> JSON:
+        """POST the object; `kind` for kinds `kind_of` does not know (custom resources)."""
         meta = body["metadata"]
-        return await self._request("POST", kind_of(body).path(meta["namespace"]), body)
+        return await self._request("POST", (kind or kind_of(body)).path(meta["namespace"]), body)
 
     async def replace(self, body: JSON) -> JSON:
         """PUT the whole object: with `metadata.resourceVersion` set, the API server refuses (409) a write
