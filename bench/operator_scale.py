@@ -217,7 +217,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
             create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
             operator.start(timeout=300)  # imports alone take long on a loaded machine
-            profiler = start_profiler(args.py_spy, operator.pid, log_dir / f"profile-{count}.txt")
+            profiler = start_profiler(args.py_spy, args.py_spy_rate, operator.pid, log_dir / f"profile-{count}.txt")
             try:
                 time.sleep(2)
                 rss_idle = rss_mib(operator.pid)
@@ -337,12 +337,12 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
         redis.stop()
 
 
-def start_profiler(py_spy: str | None, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+def start_profiler(py_spy: str | None, rate: int, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     """py-spy sampling the operator (collapsed stacks in `out`) until `stop_profiler`; None without it."""
     if not py_spy:
         return None
     progress(f"profiling the operator into {out}")
-    command = [py_spy, "record", "--pid", str(pid), "--rate", "20", "--format", "raw", "-o", str(out)]
+    command = [py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "-o", str(out)]
     return subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -437,6 +437,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--py-spy", default=None, help="py-spy binary: profile the operator per size")
+    parser.add_argument("--py-spy-rate", type=int, default=20, help="py-spy samples per second")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     command = " ".join(["bench/operator_scale.py", *sys.argv[1:]])

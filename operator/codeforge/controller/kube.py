@@ -107,7 +107,12 @@ class KubeApi:
         await self._session.close()
 
     async def _request(
-        self, method: str, path: str, body: JSON | None = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: JSON | None = None,
+        params: Mapping[str, str] | None = None,
+        decode: bool = True,
     ) -> JSON:
         headers = {"Accept": "application/json"}
         if self._token is not None and (token := self._token()):
@@ -129,7 +134,7 @@ class KubeApi:
                 raise error(
                     response.status, status.get("reason", response.reason or ""), status.get("message", text)
                 )
-            result: JSON = json.loads(text) if text else {}
+            result: JSON = json.loads(text) if text and decode else {}
             return result
 
     async def get(self, kind: Kind, namespace: str, name: str) -> JSON | None:
@@ -149,9 +154,11 @@ class KubeApi:
         meta = body["metadata"]
         return await self._request("PUT", kind_of(body).path(meta["namespace"], meta["name"]), body)
 
-    async def patch(self, kind: Kind, namespace: str, name: str, patch: JSON) -> JSON:
-        """An RFC 7386 merge patch: lists (containers, env) are replaced whole, so stray entries go."""
-        return await self._request("PATCH", kind.path(namespace, name), patch)
+    async def patch(self, kind: Kind, namespace: str, name: str, patch: JSON, *, result: bool = True) -> JSON:
+        """An RFC 7386 merge patch: lists (containers, env) are replaced whole, so stray entries go. With
+        `result=False` the object the server returns is not decoded ({} instead): the status writer sends
+        thousands of patches and reads none of them."""
+        return await self._request("PATCH", kind.path(namespace, name), patch, decode=result)
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
         try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
-from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
@@ -110,7 +110,7 @@ async def supervise(
     uid = obj.ref.uid
     tracker: WorkflowTracker | None = None
     try:
-        written = parse_workflow_spec(dict(obj.spec))  # valid: `dispatcher.observe` checked it
+        written = workflows.parsed(uid, obj.spec)  # valid: `dispatcher.observe` checked (and parsed) it
         spec = qualified(written, obj.ref.namespace)
         tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
         tracker.suspended = live.control.suspended  # spec.suspend may have changed since the event
