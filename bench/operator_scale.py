@@ -217,7 +217,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
             create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
             operator.start(timeout=300)  # imports alone take long on a loaded machine
-            profiler = start_profiler(args.py_spy, args.py_spy_rate, operator.pid, log_dir / f"profile-{count}.txt")
+            profile = log_dir / f"profile-{count}.txt"
+            profiler = start_profiler(args.py_spy, args.py_spy_rate, operator.pid, profile)
             try:
                 time.sleep(2)
                 rss_idle = rss_mib(operator.pid)
