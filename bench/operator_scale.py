@@ -211,6 +211,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "CODEFORGE_AUTOSCALE_INTERVAL": "1",
                     "CODEFORGE_STATUS_INTERVAL": "5",
                     "CODEFORGE_LOG_FORMAT": "json",
+                    # another checkout's operator (`--operator-source`), for a before/after on one machine
+                    **({"PYTHONPATH": str(args.operator_source)} if args.operator_source else {}),
                 },
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -438,6 +440,12 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--py-spy", default=None, help="py-spy binary: profile the operator per size")
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        default=None,
+        help="run the operator from this source tree (another checkout's operator/ directory)",
+    )
     parser.add_argument("--py-spy-rate", type=int, default=20, help="py-spy samples per second")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
