@@ -18,7 +18,12 @@ from codeforge.controller.kstatus import KubeEvent, ObjectRef
 from codeforge.controller.workflow.results import ResultStore, bounded_result
 from codeforge.controller.workflow.retry import retry_requested
 from codeforge.controller.workflow.settings import WorkflowSettings
-from codeforge.controller.workflow.status_writer import EVENTS_PER_WRITE, StatusWriter, TokenBucket
+from codeforge.controller.workflow.status_writer import (
+    EVENTS_PER_WRITE,
+    WRITES_IN_FLIGHT,
+    StatusWriter,
+    TokenBucket,
+)
 from codeforge.controller.workflow.supervisor import qualified, wants_run
 from codeforge.controller.workflow.tracker import WorkflowTracker, invalid_status, pending_status
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
@@ -347,6 +352,28 @@ async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     assert len(reasons) == EVENTS_PER_WRITE
     assert reasons[-2] == "StepTransitions"
     assert reasons[-1] == "StepSucceeded"
+
+
+async def test_slow_patches_of_different_workflows_overlap_under_the_cap() -> None:
+    """The API server's latency must not bound the rate: patches of different Workflows are in flight at
+    once (WRITES_IN_FLIGHT), each Workflow's one at a time."""
+    in_flight: set[str] = set()
+    most = [0]
+
+    async def slow_patch(ref: ObjectRef, body: dict[str, Any]) -> None:
+        assert ref.uid not in in_flight
+        in_flight.add(ref.uid)
+        most[0] = max(most[0], len(in_flight))
+        await asyncio.sleep(0.1)
+        in_flight.discard(ref.uid)
+
+    writer = StatusWriter(slow_patch, interval=0.01, writes_per_second=1000)
+    for i in range(2 * WRITES_IN_FLIGHT):
+        writer.track(ObjectRef("ns", f"wf{i}", f"uid{i}"), WorkflowTracker.from_status(SPEC, {}, 1))
+    started = time.monotonic()
+    assert await writer.write_due() == 2 * WRITES_IN_FLIGHT
+    assert time.monotonic() - started < 0.1 * 2 * WRITES_IN_FLIGHT / 2  # one at a time would take 1.6 s
+    assert most[0] == WRITES_IN_FLIGHT
 
 
 async def test_routine_step_transitions_are_events_only_when_asked_for() -> None:
