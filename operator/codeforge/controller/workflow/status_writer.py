@@ -215,8 +215,8 @@ class StatusWriter:
                 await self.bucket.acquire()
                 await self._write(entry)
 
-        # A few patches in flight: one at a time, the round trip (not the cap) bounded the writes (9 per
-        # second with 10,000 Workflows on a busy operator, against a cap of 20).
+        # A few patches in flight: one at a time, the API server's round trip (not the cap) bounded the
+        # writes (12-14 per second with 1,000-3,000 Workflows against a cap of 20; 18 with 8 in flight).
         async with asyncio.TaskGroup() as group:
             for _ in range(min(WRITES_IN_FLIGHT, len(due))):
                 group.create_task(writer())
