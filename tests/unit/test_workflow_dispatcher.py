@@ -153,3 +153,16 @@ async def test_an_ended_run_keeps_its_last_status_until_it_is_written() -> None:
     tracker.apply(ProgressEvent(EventKind.STEP_STARTED, "wf", "one"))
     await writer.write_due()
     assert len(api.patches) == 2  # written, then untracked
+
+
+async def test_a_run_starts_from_the_spec_the_dispatcher_parsed_and_a_changed_spec_is_parsed_again() -> None:
+    workflows, services = registry(), OperatorServices(OperatorConfig())
+    await observe(workflows, services, seen(GOOD, {"phase": "Succeeded"}), LOG)  # checked, no run
+    parsed = workflows.checked[REF.uid][2]
+    assert parsed is not None
+    assert workflows.parsed(REF.uid, dict(GOOD)) is parsed  # not parsed a second time
+    changed = {**GOOD, "input": {"n": 2}}
+    assert workflows.parsed(REF.uid, changed) is not parsed
+    assert workflows.parsed(REF.uid, changed).input == {"n": 2}
+    await observe(workflows, services, seen(BAD, {"phase": "Succeeded"}), LOG)
+    assert workflows.checked[REF.uid][2] is None  # an invalid spec keeps nothing parsed

@@ -18,7 +18,12 @@ from codeforge.controller.kstatus import KubeEvent, ObjectRef
 from codeforge.controller.workflow.results import ResultStore, bounded_result
 from codeforge.controller.workflow.retry import retry_requested
 from codeforge.controller.workflow.settings import WorkflowSettings
-from codeforge.controller.workflow.status_writer import EVENTS_PER_WRITE, StatusWriter, TokenBucket
+from codeforge.controller.workflow.status_writer import (
+    EVENTS_PER_WRITE,
+    WRITES_IN_FLIGHT,
+    StatusWriter,
+    TokenBucket,
+)
 from codeforge.controller.workflow.supervisor import qualified, wants_run
 from codeforge.controller.workflow.tracker import WorkflowTracker, invalid_status, pending_status
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowOutcome
@@ -336,7 +341,7 @@ async def test_an_unchanged_status_is_not_written_and_flush_writes_at_once() -> 
 
 async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     api = Recorder()
-    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100)
+    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100, step_events=True)
     tracker = WorkflowTracker.from_status(SPEC, {}, 1)
     writer.track(ObjectRef("ns", "wf", "uid"), tracker)
     for name in ("research", "debate", "implement"):
@@ -347,6 +352,47 @@ async def test_a_burst_of_transitions_is_summed_up_in_one_event() -> None:
     assert len(reasons) == EVENTS_PER_WRITE
     assert reasons[-2] == "StepTransitions"
     assert reasons[-1] == "StepSucceeded"
+
+
+async def test_slow_patches_of_different_workflows_overlap_under_the_cap() -> None:
+    """The API server's latency must not bound the rate: patches of different Workflows are in flight at
+    once (WRITES_IN_FLIGHT), each Workflow's one at a time."""
+    in_flight: set[str] = set()
+    most = [0]
+
+    async def slow_patch(ref: ObjectRef, body: dict[str, Any]) -> None:
+        assert ref.uid not in in_flight
+        in_flight.add(ref.uid)
+        most[0] = max(most[0], len(in_flight))
+        await asyncio.sleep(0.1)
+        in_flight.discard(ref.uid)
+
+    writer = StatusWriter(slow_patch, interval=0.01, writes_per_second=1000)
+    for i in range(2 * WRITES_IN_FLIGHT):
+        writer.track(ObjectRef("ns", f"wf{i}", f"uid{i}"), WorkflowTracker.from_status(SPEC, {}, 1))
+    started = time.monotonic()
+    assert await writer.write_due() == 2 * WRITES_IN_FLIGHT
+    assert time.monotonic() - started < 0.1 * 2 * WRITES_IN_FLIGHT / 2  # one at a time would take 1.6 s
+    assert most[0] == WRITES_IN_FLIGHT
+
+
+async def test_routine_step_transitions_are_events_only_when_asked_for() -> None:
+    """By default a step's start and success are in the status only; its failures and the Workflow's end
+    are Events."""
+    api = Recorder()
+    writer = StatusWriter(api.patch, api.post, interval=0.01, writes_per_second=100)
+    tracker = WorkflowTracker.from_status(SPEC, {}, 1)
+    writer.track(ObjectRef("ns", "wf", "uid"), tracker)
+    tracker.apply(event(EventKind.STEP_STARTED, "research"))
+    tracker.apply(event(EventKind.STEP_FINISHED, "research", status="succeeded"))
+    tracker.apply(event(EventKind.STEP_STARTED, "debate"))
+    tracker.apply(event(EventKind.ATTEMPT_FAILED, "debate", index=0, attempt=0, message="agent crashed"))
+    tracker.finish(outcome("failed", "step 'debate' failed"), None, None)
+    await writer.write_due()
+    assert [t.reason for _, t in api.events] == ["StepAttemptFailed", "WorkflowFailed"]
+    assert [s["phase"] for s in api.patches[-1][2]["status"]["steps"]][:1] == ["Succeeded"]
+    assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_STEP_EVENTS": "true"}).step_events
+    assert not WorkflowSettings.from_env({}).step_events
 
 
 async def test_the_token_bucket_paces_acquisitions() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from codeforge.api.usage import Budget
-from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import WorkflowSpec, WorkflowSpecError, parse_workflow_spec
 from codeforge.controller.kstatus import condition_message, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
@@ -93,16 +93,17 @@ async def _problem(
     cached = workflows.checked.get(uid)
     if cached is not None and cached[0] == seen.spec:  # not by generation: not every server bumps it
         return cached[1]
+    parsed: WorkflowSpec | None = None
     try:
         parsed = parse_workflow_spec(dict(seen.spec))
         await check_access(services.api(), seen.ref.namespace, parsed)
         problem = ""
     except WorkflowSpecError as exc:
-        problem = str(exc)
+        parsed, problem = None, str(exc)
     except Exception as exc:  # the API server is unreachable: decide on a later event
         log.warning("cannot check the access to the Workflow's pools yet: %s", exc)
         return None
-    workflows.checked[uid] = (seen.spec, problem)
+    workflows.checked[uid] = (seen.spec, problem, parsed)
     return problem
 
 

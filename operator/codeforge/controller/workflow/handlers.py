@@ -55,7 +55,7 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
 
     async def patch_status(ref: ObjectRef, body: dict[str, Any]) -> None:
         # `name/status` is the status subresource (the path keeps the slash).
-        await memo.services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", body)
+        await memo.services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", body, result=False)
 
     def post_event(ref: ObjectRef, transition: KubeEvent) -> None:
         target: dict[str, Any] = {
@@ -76,6 +76,7 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         post_event,
         interval=settings.status_interval,
         writes_per_second=settings.writes_per_second,
+        step_events=settings.step_events,
     )
     memo.workflows = WorkflowRegistry(settings=settings, writer=writer)
     services: OperatorServices | None = getattr(memo, "services", None)

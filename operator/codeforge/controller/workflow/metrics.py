@@ -55,10 +55,17 @@ _phases: dict[str, str] = {}
 
 
 def observe_phase(uid: str, phase: str | None) -> None:
-    if phase is None or _phases.get(uid) == phase:
+    """Count the Workflow under its latest phase: two gauge steps, not a recount of every Workflow (that
+    made each phase change cost O(Workflows): quadratic when 10,000 start together)."""
+    if phase is None:
+        return
+    before = _phases.get(uid)
+    if before == phase:
         return
     _phases[uid] = phase
-    _publish()
+    if before is not None:
+        WORKFLOWS.labels(phase=before).dec()
+    WORKFLOWS.labels(phase=phase).inc()
 
 
 def observe_task(busy_seconds: float | None, notification_latency: float | None) -> None:
@@ -84,13 +91,11 @@ def observe_finished(phase: str, run_seconds: float, busy: float | None, resumed
 
 
 def forget(uid: str) -> None:
-    if _phases.pop(uid, None) is not None:
-        _publish()
+    before = _phases.pop(uid, None)
+    if before is not None:
+        WORKFLOWS.labels(phase=before).dec()
 
 
-def _publish() -> None:
-    counts = {phase.value: 0 for phase in WorkflowPhase}
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, count in counts.items():
-        WORKFLOWS.labels(phase=phase).set(count)
+# Every phase is exported (at 0 until a Workflow has it), so dashboards see the series from the start.
+for _phase in WorkflowPhase:
+    WORKFLOWS.labels(phase=_phase.value)

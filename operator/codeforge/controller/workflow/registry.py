@@ -17,7 +17,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from codeforge.api.approval import decisions_from_annotations
 from codeforge.api.usage import Budget
+from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow.pools import PoolLookup
 from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
@@ -69,13 +71,16 @@ class WorkflowRegistry:
     writer: StatusWriter
     runs: dict[str, LiveWorkflow] = field(default_factory=dict)
     closed: bool = False
-    #: uid -> (the spec, its problems or ""): a spec is validated once, not on every watch event
-    checked: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)
+    #: uid -> (the spec, its problems or "", the parsed spec when it has none): a spec is validated once,
+    #: not on every watch event, and its run starts from the parsed one (parsing is most of a start's CPU)
+    checked: dict[str, tuple[Mapping[str, Any], str, WorkflowSpec | None]] = field(default_factory=dict)
     #: runs that ended here whose final status has not been seen yet (stale events must not restart them):
     #: uid -> the final status's (phase, retryToken, completionTime), None when it wrote none
     ended: dict[str, Landmark | None] = field(default_factory=dict)
     runner: WorkflowRunner | None = None
     results: ResultStore = field(default_factory=ResultStore)
+    #: Which AgentPools exist (a pool seen recently is not looked up again for every Workflow start)
+    pools: PoolLookup = field(default_factory=PoolLookup)
     writer_task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
 
@@ -123,6 +128,14 @@ class WorkflowRegistry:
                 if tracker is not None and (problem is not None or tracker.degraded_by_probe):
                     tracker.set_degraded(problem)
                     tracker.degraded_by_probe = problem is not None
+
+    def parsed(self, uid: str, spec: Mapping[str, Any]) -> WorkflowSpec:
+        """The Workflow's spec parsed: the one `dispatcher.observe` validated if it is this spec; else
+        parsed now (WorkflowSpecError if invalid)."""
+        cached = self.checked.get(uid)
+        if cached is not None and cached[2] is not None and cached[0] == spec:
+            return cached[2]
+        return parse_workflow_spec(dict(spec))
 
     def forget(self, uid: str) -> None:
         """The Workflow is gone: drop what is kept of it (its run, if one is still live, is cancelled: the

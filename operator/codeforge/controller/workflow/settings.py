@@ -4,6 +4,10 @@
 - CODEFORGE_STATUS_WRITES_PER_SECOND: status writes of all Workflows together; default 20
 - CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT: how long a deletion waits for an agent to delete the run's step refs
   in its repository; default 30 (the cleanup task stays queued after that)
+- CODEFORGE_WORKFLOW_STEP_EVENTS: also post each step's start and success as Events (StepStarted,
+  StepSucceeded); default false: status.steps has them, and at 7 Events per three-step Workflow they were
+  most of the operator's API requests with thousands of Workflows. Every other transition (failures,
+  approvals, retries, the Workflow's end) is an Event either way.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from codeforge.controller.env import positive
+from codeforge.controller.env import flag, positive
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,8 @@ class WorkflowSettings:
     writes_per_second: float = 20.0
     #: How long a deletion waits for an agent to delete the run's step refs (then it goes on without).
     ref_cleanup_timeout: float = 30.0
+    #: Post StepStarted / StepSucceeded as Events too (the status shows them either way).
+    step_events: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -29,4 +35,5 @@ class WorkflowSettings:
             status_interval=positive(env, "CODEFORGE_WORKFLOW_STATUS_INTERVAL", 2.0),
             writes_per_second=positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
             ref_cleanup_timeout=positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
+            step_events=flag(env, "CODEFORGE_WORKFLOW_STEP_EVENTS"),
         )

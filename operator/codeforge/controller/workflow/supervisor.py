@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.outcome import Outcome
-from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError, parse_workflow_spec
+from codeforge.api.workflow import Shutdown, WorkflowSpec, WorkflowSpecError
 from codeforge.api.workflow_status import StepPhase, WorkflowPhase
 from codeforge.controller.kstatus import ObjectRef, condition_true
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow import metrics as workflow_metrics
-from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS, missing_pools
+from codeforge.controller.workflow.pools import RECHECK_CAP_SECONDS, RECHECK_SECONDS
 from codeforge.controller.workflow.registry import (
     CANCEL_WAIT_SECONDS,
     LiveWorkflow,
@@ -110,7 +110,7 @@ async def supervise(
     uid = obj.ref.uid
     tracker: WorkflowTracker | None = None
     try:
-        written = parse_workflow_spec(dict(obj.spec))  # valid: `dispatcher.observe` checked it
+        written = workflows.parsed(uid, obj.spec)  # valid: `dispatcher.observe` checked (and parsed) it
         spec = qualified(written, obj.ref.namespace)
         tracker = WorkflowTracker.from_status(written, obj.status, obj.generation)
         tracker.suspended = live.control.suspended  # spec.suspend may have changed since the event
@@ -163,7 +163,7 @@ async def _drive(
             workflow_metrics.STEP_SECONDS.labels(outcome=event.status or "unknown").observe(event.duration)
 
     if tracker.phase is WorkflowPhase.PENDING and not await _pools_ready(
-        services, spec, tracker, control, log
+        workflows, services, spec, tracker, control, log
     ):
         return
     while not control.cancelled.is_set():
@@ -221,6 +221,7 @@ def _cancelled(uid: str, control: WorkflowHandle) -> WorkflowOutcome:
 
 
 async def _pools_ready(
+    workflows: WorkflowRegistry,
     services: OperatorServices,
     spec: WorkflowSpec,
     tracker: WorkflowTracker,
@@ -234,7 +235,7 @@ async def _pools_ready(
         if spec.shutdown is not None or control.shutdown is not None:
             return True
         try:
-            missing = await missing_pools(services.api(), spec)
+            missing = await workflows.pools.missing(services.api(), spec)
         except Exception as exc:  # the API server is unreachable: start anyway, the tasks queue meanwhile
             log.warning("cannot look up the Workflow's AgentPools: %s", exc)
             return True

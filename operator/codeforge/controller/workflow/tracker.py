@@ -75,6 +75,9 @@ _STEP_PHASES: Final[dict[str, StepPhase]] = {
 }
 
 
+#: The Event reasons of a step's routine progress: posted only with CODEFORGE_WORKFLOW_STEP_EVENTS
+#: (status.steps shows them either way).
+ROUTINE_STEP_REASONS: Final = frozenset({"StepStarted", "StepSucceeded"})
 _FINISH_REASONS: Final = frozenset({"BudgetExceeded", "Stopped", "Terminated"})
 
 
