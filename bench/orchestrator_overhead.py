@@ -119,7 +119,8 @@ async def measure_waiting(backend: str, url: str, count: int) -> dict[str, Any]:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         jobs = await _start_waiting(runner, pool, count, "held")
-        await asyncio.sleep((park_after or 0) + 2.0)  # every run parked (when the runner parks)
+        # until every run parked (if the runner parks): a park waits for the graph to stop (slow here)
+        await asyncio.sleep((park_after or 0) + 12.0)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()

@@ -273,8 +273,9 @@ class WorkflowRunner:
                 # run again find the ended task in `first` and re-attach to the others.
                 parked = dict(ctx.waiting)  # the cancelled nodes take theirs out
                 job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+                # asyncio.wait, not `await job` under suppress(CancelledError): this coroutine may be
+                # cancelled meanwhile (shutdown, a test's cancel), and that must not be swallowed.
+                await asyncio.wait({job})
                 if not job.cancelled():
                     break  # it ended on its own meanwhile
                 # Not the cancelled task itself: its CancelledError's traceback holds the loop's frames.
