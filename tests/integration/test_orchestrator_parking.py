@@ -210,3 +210,24 @@ edges: [{from: a, to: b}]
     finally:
         await queue.close()
     assert held[str(PARK_AFTER)] < 0.5 * held["None"], held
+
+
+async def test_a_shutdown_reaches_a_parked_run_and_leaves_its_task_queued(
+    backend: tuple[TaskQueue, Any],
+) -> None:
+    """The operator stopping cancels run(): a parked run must end at once, its task left for a restart."""
+    queue, saver = backend
+    runner = CountingRunner(queue, saver, park_after=PARK_AFTER)
+    text = """
+input: {}
+steps: [{name: a, pool: slow, params: {seconds: 30}}]
+"""
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    job = asyncio.ensure_future(runner.run(wf, spec(text)))
+    await asyncio.wait_for(runner.parked.wait(), 10)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(job, 5)
+    task = await queue.get("slow", f"{wf}/a/v1/p0/a0")
+    assert task is not None
+    assert not task.state.terminal  # a restart re-attaches it
