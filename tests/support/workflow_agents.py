@@ -90,3 +90,11 @@ def timed_sleep(task: Task) -> dict[str, Any]:
     with open(payload["log"], "a") as log:
         log.write(f"{task.id} {start:.6f} {time.time():.6f}\n")
     return {"ran": task.id}
+
+
+def slow_flaky(task: Task) -> dict[str, Any]:
+    """Fails its first attempt at once; later attempts sleep `payload.seconds`, then succeed."""
+    if task.id.endswith("/a0"):
+        raise HandlerError("slow_flaky: first attempt fails", retryable=False)
+    time.sleep(float(_payload(task).get("seconds", 1.0)))
+    return {"ok": True, "task": task.id}

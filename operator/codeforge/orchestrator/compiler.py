@@ -12,8 +12,10 @@ runtime context, so one compiled graph serves every run of a spec (compiling cos
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 from langgraph.graph import END as LG_END
 from langgraph.graph import START, StateGraph
@@ -28,6 +30,8 @@ from codeforge.orchestrator.dispatch import DispatchContext, PartRequest, StepDi
 from codeforge.orchestrator.events import EventKind, ProgressEvent
 from codeforge.orchestrator.joins import Joined, join
 from codeforge.orchestrator.state import RunState, parts_key, public_state
+
+_R = TypeVar("_R")
 
 BEGIN: Final = "_begin"  # step names cannot contain "_", so node names never collide
 PUBLISH: Final = "_publish"  # spec.workspace: push the final commit to pushBranch when the run succeeded
@@ -48,6 +52,18 @@ def entry_node(step: Step) -> str:
     return run_node(step.name) if step.fans_out else join_node(step.name)
 
 
+def counted(node: Callable[[Any, Runtime[StepDispatcher]], Awaitable[_R]]) -> Any:
+    """A node that counts itself among the run's running nodes while it runs: the runner parks a run only
+    when every running node waits on a task (`DispatchContext.parkable`)."""
+
+    @functools.wraps(node)
+    async def run(arg: Any, runtime: Runtime[StepDispatcher]) -> _R:
+        with runtime.context.ctx.node():
+            return await node(arg, runtime)
+
+    return run
+
+
 class GraphCompiler:
     """Builds the StateGraph of a spec; nodes find the run's StepDispatcher in `runtime.context`."""
 
@@ -60,15 +76,15 @@ class GraphCompiler:
         # Nodes that route return a Command (update + goto); `destinations` only draws the graph.
         destinations = (*(entry_node(s) for s in self.spec.steps), LG_END)
         if self.spec.workspace is not None:
-            graph.add_node(PUBLISH, self._publish)
+            graph.add_node(PUBLISH, counted(self._publish))
             graph.add_edge(PUBLISH, LG_END)
             destinations += (PUBLISH,)
-        graph.add_node(BEGIN, self._begin, destinations=destinations)
+        graph.add_node(BEGIN, counted(self._begin), destinations=destinations)
         graph.add_edge(START, BEGIN)
         for step in self.spec.steps:
             # a single-part step's part node serves runs checkpointed before it ran in the join's node
-            graph.add_node(run_node(step.name), self._part_node(step))
-            graph.add_node(join_node(step.name), self._join_node(step), destinations=destinations)
+            graph.add_node(run_node(step.name), counted(self._part_node(step)))
+            graph.add_node(join_node(step.name), counted(self._join_node(step)), destinations=destinations)
             graph.add_edge(run_node(step.name), join_node(step.name))
         return graph
 

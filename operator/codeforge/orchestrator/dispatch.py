@@ -13,8 +13,10 @@ saw first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,6 +45,22 @@ log = logging.getLogger(__name__)
 
 def task_id(workflow: str, step: str, visit: int, index: int, attempt: int) -> str:
     return f"{workflow}/{step}/v{visit}/p{index}/a{attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A part's task that a node waits on: what the runner needs to wait for it instead, while the run is
+    parked (no graph running; see `WorkflowRunner`)."""
+
+    pool: str
+    step: str
+    index: int
+    attempt: int
+    #: monotonic time the task's step timeout ends; None without one
+    deadline: float | None
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
 
 
 def _set(event: asyncio.Event) -> asyncio.Event:
@@ -79,9 +97,52 @@ class DispatchContext:
     ready: dict[str, float] = field(default_factory=dict)
     #: spec.shutdown Stop: where waits that dispatch nothing are counted (orchestrator.shutdown)
     stop: StopGate = field(default_factory=StopGate)
+    #: graph nodes running now, and the task each part that waits on one waits on: when every running node
+    #: waits on a task the run may be parked (the runner drops its graph until a task ends)
+    nodes: int = 0
+    waiting: dict[str, Waiting] = field(default_factory=dict)
+    #: set while every running node waits on a task (`parkable`)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
+    reported: set[str] = field(default_factory=set)
+    #: "step#visit/part" -> Unix time the part began, kept while its node may run again
+    part_started: dict[str, float] = field(default_factory=dict)
+    #: task id -> monotonic time its step's timeoutSeconds ends (dispatched tasks of steps with one)
+    timeouts: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
+
+    def parkable(self) -> bool:
+        """Every node of the running superstep waits on a task: nothing else would happen before one ends."""
+        return self.nodes > 0 and len(self.waiting) == self.nodes
+
+    def _idle_changed(self) -> None:
+        if self.parkable():
+            self.idle.set()
+        else:
+            self.idle.clear()
+
+    @contextlib.contextmanager
+    def node(self) -> Iterator[None]:
+        """Around a graph node's body: counts the nodes running, for `parkable`."""
+        self.nodes += 1
+        self._idle_changed()
+        try:
+            yield
+        finally:
+            self.nodes -= 1
+            self._idle_changed()
+
+    @contextlib.contextmanager
+    def waiting_on(self, tid: str, waiting: Waiting) -> Iterator[None]:
+        self.waiting[tid] = waiting
+        self._idle_changed()
+        try:
+            yield
+        finally:
+            self.waiting.pop(tid, None)
+            self._idle_changed()
 
     def winner(self, key: str) -> asyncio.Event:
         return self.winners.setdefault(key, asyncio.Event())
@@ -106,7 +167,15 @@ class StepDispatcher:
 
     async def run_part(self, req: PartRequest) -> dict[str, Any]:
         """Dispatch and await one part, with retries; returns its outcome record for the join."""
-        step, started = req.step, time.time()
+        key = f"{req.step.name}#{req.visit}/{req.index}"
+        # kept across the node's runs (a parked run runs it again): the part's duration counts from here
+        started = self.ctx.part_started.setdefault(key, time.time())
+        record = await self._run_attempts(req, started)
+        del self.ctx.part_started[key]
+        return record
+
+    async def _run_attempts(self, req: PartRequest, started: float) -> dict[str, Any]:
+        step = req.step
         last: dict[str, Any] = {}
         for attempt in range(step.retries.max + 1):
             tid = task_id(self.ctx.workflow, step.name, req.visit, req.index, attempt)
@@ -123,20 +192,22 @@ class StepDispatcher:
             last["finished"] = time.time()
             if outcome["status"] in (Outcome.SUCCEEDED, Outcome.CANCELLED):
                 return last
-            self.ctx.emit(
-                ProgressEvent(
-                    EventKind.ATTEMPT_FAILED,
-                    self.ctx.workflow,
-                    step.name,
-                    req.index,
-                    attempt,
-                    tid,
-                    Outcome.FAILED.value,
-                    outcome.get("error") or "",
-                    time.time() - started,
-                    agent=outcome.get("agent", ""),
+            if tid not in self.ctx.reported:  # else a node run again (parked or resumed) reported it before
+                self.ctx.reported.add(tid)
+                self.ctx.emit(
+                    ProgressEvent(
+                        EventKind.ATTEMPT_FAILED,
+                        self.ctx.workflow,
+                        step.name,
+                        req.index,
+                        attempt,
+                        tid,
+                        Outcome.FAILED.value,
+                        outcome.get("error") or "",
+                        time.time() - started,
+                        agent=outcome.get("agent", ""),
+                    )
                 )
-            )
             if outcome.get("final"):
                 break
         last.pop("final", None)
@@ -147,73 +218,104 @@ class StepDispatcher:
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
             return self._record(req, recorded)
         step = req.step
+        # Dispatched by this run and not ended: the node runs again (the run was parked). It runs already:
+        # neither dispatched again nor reported again.
+        again = tid in self.ctx.outstanding
         # Under Stop a task dispatched before (a resumed run) is re-attached: it runs already, it is not new.
-        known = self.ctx.stop.requested and await self.queue.get(step.pool, tid) is not None
+        known = again or (self.ctx.stop.requested and await self.queue.get(step.pool, tid) is not None)
         if not known:  # suspended workflows (spec.suspend, spec.budget, Stop) dispatch nothing new
             await self._may_dispatch()
-        timeout = step.timeout_seconds  # the workflow's own deadline is enforced by the runner
         async with self.ctx.in_flight:
             if not known:  # again: a sibling's result may have reached the budget meanwhile
                 await self._may_dispatch()
-            try:
-                task = Task(
-                    id=tid,
-                    pool=step.pool,
-                    workflow=self.ctx.workflow,
-                    step=step.name,
-                    priority=step.priority or self.ctx.priority,
-                    payload=req.payload,
-                    max_attempts=HANDLER_RUNS_PER_ATTEMPT,
-                    deadline=self._task_deadline(step),
-                    workspace=req.workspace,
-                    **self._fair_fields(),
-                )
-            except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
-                message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-                hint = " (narrow what the task receives with the step's `input` expression)"
-                return {
-                    "status": Outcome.FAILED.value,
-                    "error": f"cannot build the task: {message}{hint}",
-                    "final": True,
-                }
-            self.ctx.outstanding[tid] = step.pool
-            created = await self.queue.enqueue(task)
-            ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
-            self.ctx.emit(
-                ProgressEvent(
-                    EventKind.TASK_DISPATCHED,
-                    self.ctx.workflow,
-                    step.name,
-                    req.index,
-                    attempt,
-                    tid,
-                    "queued" if created else "reattached",
-                    latency=None if ready is None or attempt else time.monotonic() - ready,
-                )
-            )
+            if not again:
+                failed = await self._dispatch(req, tid, attempt)
+                if failed is not None:
+                    return failed
+            # The step's timeout counts from the dispatch, however often the node waits (the workflow's own
+            # deadline is enforced by the runner).
+            waiting = Waiting(step.pool, step.name, req.index, attempt, self.ctx.timeouts.get(tid))
             # Not in a `finally`: when the run is cancelled mid-wait the task stays listed, so the runner
-            # can cancel it in the queue.
+            # can cancel it in the queue (or, parked, wait for it).
             try:
-                outcome = await self._wait(req, tid, timeout)
+                with self.ctx.waiting_on(tid, waiting):
+                    outcome = await self._wait(req, tid, waiting.seconds_left())
             except TimeoutError:
                 await self.queue.cancel(step.pool, tid, "timed out")
-                self.ctx.outstanding.pop(tid, None)
+                self._ended(tid)
                 return {
                     "status": Outcome.FAILED.value,
-                    "error": f"step {step.name!r} timed out after {timeout:.3g}s",
+                    "error": f"step {step.name!r} timed out after {step.timeout_seconds or 0:.3g}s",
                 }
             except TaskNotFoundError:
-                self.ctx.outstanding.pop(tid, None)
+                self._ended(tid)
                 return {
                     "status": Outcome.FAILED.value,
                     "error": f"task {tid} vanished from pool {step.pool!r}",
                     "final": True,
                 }
-            self.ctx.outstanding.pop(tid, None)
+            self._ended(tid)
         if outcome is None:
             return {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
         self._task_finished(step.name, req.index, attempt, outcome)
         return self._record(req, self._first(outcome))
+
+    async def _dispatch(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any] | None:
+        """Enqueue the attempt's task (idempotent on its id); a failed part's record when it cannot be
+        built."""
+        step = req.step
+        try:
+            task = Task(
+                id=tid,
+                pool=step.pool,
+                workflow=self.ctx.workflow,
+                step=step.name,
+                priority=step.priority or self.ctx.priority,
+                payload=req.payload,
+                max_attempts=HANDLER_RUNS_PER_ATTEMPT,
+                deadline=self._task_deadline(step),
+                workspace=req.workspace,
+                **self._fair_fields(),
+            )
+        except ValidationError as exc:  # e.g. a payload over the size limit: the step fails, not the run
+            message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            hint = " (narrow what the task receives with the step's `input` expression)"
+            return {
+                "status": Outcome.FAILED.value,
+                "error": f"cannot build the task: {message}{hint}",
+                "final": True,
+            }
+        self.ctx.outstanding[tid] = step.pool
+        if step.timeout_seconds is not None:
+            self.ctx.timeouts[tid] = time.monotonic() + step.timeout_seconds
+        created = await self.queue.enqueue(task)
+        ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
+        self.ctx.emit(
+            ProgressEvent(
+                EventKind.TASK_DISPATCHED,
+                self.ctx.workflow,
+                step.name,
+                req.index,
+                attempt,
+                tid,
+                "queued" if created else "reattached",
+                latency=None if ready is None or attempt else time.monotonic() - ready,
+            )
+        )
+        return None
+
+    def _ended(self, tid: str) -> None:
+        self.ctx.outstanding.pop(tid, None)
+        self.ctx.timeouts.pop(tid, None)
+
+    def settle(self, tid: str, waited: Waiting, outcome: TaskOutcome) -> None:
+        """A parked run's task ended (the runner waited for it): record it as the node would have, which
+        finds it in `first` when it runs again."""
+        if not outcome.state.terminal:
+            return
+        self._ended(tid)
+        self._task_finished(waited.step, waited.index, waited.attempt, outcome)
+        self._first(outcome)
 
     def _task_finished(self, step: str, index: int | None, attempt: int | None, outcome: TaskOutcome) -> None:
         woken = time.time()

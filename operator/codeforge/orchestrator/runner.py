@@ -25,7 +25,7 @@ from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
-from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher
+from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher, Waiting
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.fairness import fair_share_of
 from codeforge.orchestrator.rewind import rewind
@@ -40,6 +40,10 @@ from codeforge.orchestrator.state import RunState
 from codeforge.queue import TaskNotFoundError, TaskQueue
 
 GRAPH_CACHE_SIZE = 256
+#: How long every running node of a run waits on a task before the run is parked: its graph is dropped
+#: and the runner waits for a task in its place (a few KiB instead of LangGraph's loop, ~60 KiB). Resuming
+#: costs a checkpoint read and the superstep's nodes run again, so a step that ends sooner never parks.
+PARK_AFTER_SECONDS = 1.0
 #: How long forget() waits for an agent to delete a run's step refs before it lets the run go anyway.
 REF_CLEANUP_WAIT_SECONDS = 30.0
 
@@ -164,8 +168,16 @@ class WorkflowRunner:
     the outcome of a finished one.
     """
 
-    def __init__(self, queue: TaskQueue, checkpointer: BaseCheckpointSaver[Any] | None = None) -> None:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        checkpointer: BaseCheckpointSaver[Any] | None = None,
+        *,
+        park_after: float | None = PARK_AFTER_SECONDS,
+    ) -> None:
         self.queue = queue
+        #: see PARK_AFTER_SECONDS; None: never park
+        self.park_after = park_after
         self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
         #: workflow id -> task id -> first outcome received, kept while a run may still be resumed here
         self._first: dict[str, dict[str, TaskOutcome]] = {}
@@ -245,22 +257,42 @@ class WorkflowRunner:
                 detail={"usage": ctx.ledger.to_status()} if ctx.ledger.steps else None,
             )
         )
-        job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
         stop = asyncio.ensure_future(control.cancelled.wait())
         over_budget: Crossing | None = None
         settled = False
+        job: asyncio.Future[Any] | None = None
         try:
-            over_budget = await self._supervise(job, stop, ctx)
+            while True:
+                job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
+                graph_input = None  # from the second graph on, the run goes on from its checkpoint
+                over_budget, park = await self._supervise(job, stop, ctx)
+                if not park:
+                    break
+                # Every running node waits on a task: drop the graph (its LangGraph loop is most of what a
+                # run holds) and wait for a task here; the run goes on from its checkpoint, and the nodes
+                # run again find the ended task in `first` and re-attach to the others.
+                parked = dict(ctx.waiting)  # the cancelled nodes take theirs out
+                job.cancel()
+                # asyncio.wait, not `await job` under suppress(CancelledError): this coroutine may be
+                # cancelled meanwhile (shutdown, a test's cancel), and that must not be swallowed.
+                await asyncio.wait({job})
+                if not job.cancelled():
+                    break  # it ended on its own meanwhile
+                # Not the cancelled task itself: its CancelledError's traceback holds the loop's frames.
+                job = _cancelled_future()
+                if not await self._parked(dispatcher, parked, stop):
+                    break  # cancelled or timed out while parked: as if the graph were cancelled
             # Read before the graph is cancelled: cancelling releases what waits at the gate.
             settled = not job.done() and over_budget is None and ctx.stop.settled(ctx.outstanding)
         finally:
             stop.cancel()
-            if not job.done():
+            if job is not None and not job.done():
                 # Timeout, cancel(), or this coroutine cancelled (shutdown): stop the graph. Its queued tasks
                 # are cancelled only on timeout and cancel(); after a shutdown a restart re-attaches them.
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
+        assert job is not None
         cancelled = job.cancelled() and control.cancelled.is_set()
         stopped = settled and job.cancelled() and not cancelled
         if job.cancelled():
@@ -309,19 +341,20 @@ class WorkflowRunner:
 
     async def _supervise(
         self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: DispatchContext
-    ) -> Crossing | None:
-        """Wait for the graph, a cancel, a settled Stop or the deadline; meanwhile act on spec.budget. Returns
-        the crossing when the budget ends the run (onExceed Fail, once the run wants to dispatch more), else
-        None."""
+    ) -> tuple[Crossing | None, bool]:
+        """Wait for the graph, a cancel, a settled Stop, the deadline or the run to be parkable; meanwhile
+        act on spec.budget. Returns the crossing when the budget ends the run (onExceed Fail, once the run
+        wants to dispatch more), else None; and whether to park the run."""
         ledger, gate = ctx.ledger, ctx.stop
         while True:
             if gate.settled(ctx.outstanding):
-                return None  # Stop: nothing runs any more and the run waits for something new
+                return None, False  # Stop: nothing runs any more and the run waits for something new
             gate.changed.clear()
             changed = asyncio.ensure_future(ledger.changed.wait())
             blocked = asyncio.ensure_future(ledger.blocked.wait())
             poked = asyncio.ensure_future(gate.changed.wait())
-            waiting: set[asyncio.Future[Any]] = {job, stop, changed, poked}
+            idle = asyncio.ensure_future(self._idle_for(ctx, self.park_after))
+            waiting: set[asyncio.Future[Any]] = {job, stop, changed, poked, idle}
             crossing = ledger.crossed
             if crossing is not None and crossing.action is BudgetAction.FAIL:
                 waiting.add(blocked)
@@ -333,8 +366,9 @@ class WorkflowRunner:
                 changed.cancel()
                 blocked.cancel()
                 poked.cancel()
+                idle.cancel()
             if not done or job in done or stop in done:
-                return None
+                return None, False
             if ledger.changed.is_set():
                 ledger.changed.clear()
                 crossing = ledger.crossed
@@ -351,7 +385,50 @@ class WorkflowRunner:
                     )
                 )
             if crossing is not None and crossing.action is BudgetAction.FAIL and ledger.blocked.is_set():
-                return crossing  # the run wants more than its budget allows: it fails now
+                return crossing, False  # the run wants more than its budget allows: it fails now
+            if idle in done and not idle.cancelled() and ctx.parkable() and not gate.requested:
+                return None, True
+
+    @staticmethod
+    async def _idle_for(ctx: DispatchContext, seconds: float | None) -> None:
+        """Return once every running node of the run has waited on a task for `seconds` (never when
+        None)."""
+        if seconds is None:
+            await asyncio.Future()  # parking is off: wait for ever (cancelled by the caller)
+            return
+        while True:
+            await ctx.idle.wait()
+            await asyncio.sleep(seconds)
+            if ctx.parkable():
+                return
+
+    async def _parked(
+        self, dispatcher: StepDispatcher, parked: dict[str, Waiting], stop: asyncio.Future[Any]
+    ) -> bool:
+        """The run is parked: wait, in its nodes' place, for one of the tasks they waited on, or for anything
+        the graph must see (a budget change, Stop). True to run the graph again; False when the run was
+        cancelled or its deadline passed meanwhile."""
+        ctx = dispatcher.ctx
+        waits = {
+            asyncio.ensure_future(self.queue.wait_result(w.pool, tid, w.seconds_left())): (tid, w)
+            for tid, w in parked.items()
+        }
+        changed = asyncio.ensure_future(ctx.ledger.changed.wait())
+        poked = asyncio.ensure_future(ctx.stop.changed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {*waits, stop, changed, poked},
+                timeout=self._seconds_left(ctx.deadline),
+                return_when=FIRST_COMPLETED,
+            )
+        finally:
+            for future in (*waits, changed, poked):
+                future.cancel()
+        for wait, (tid, waited) in waits.items():
+            # An error (the step's timeout, the task gone, Redis down) is the node's to meet: it runs again.
+            if wait in done and wait.exception() is None:
+                dispatcher.settle(tid, waited, wait.result())
+        return bool(done) and stop not in done
 
     async def rewind(self, workflow_id: str, spec: WorkflowSpec) -> str | None:
         """Retry a failed run: rewind its thread to just before the step that failed (or was cut off by
@@ -437,6 +514,12 @@ class WorkflowRunner:
             resumed=resumed,
             workspace=workspace,
         )
+
+
+def _cancelled_future() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return future
 
 
 def _timed_out(spec: WorkflowSpec) -> str:
