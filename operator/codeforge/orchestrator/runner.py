@@ -125,7 +125,8 @@ class WorkflowHandle:
             self.running.set()
 
     def stop(self) -> None:
-        """spec.shutdown Stop: dispatch nothing new; the run ends once its running tasks have ended."""
+        """spec.shutdown Stop: dispatch nothing new and withdraw the queued tasks no agent took; the run ends
+        once its running tasks have ended."""
         if self.shutdown is None:
             self.shutdown = Shutdown.STOP
         self.running.clear()
