@@ -1,13 +1,15 @@
 """`codeforge stop | terminate` (spec.shutdown) end to end: the local control plane, a real redis-server, the
 operator as a local process and a real `codeforge-agent`, driven through the CLI's real entry points.
 
-Stop lets the running step finish and starts nothing new (Cancelled, reason Stopped); Terminate cancels the
-running task (reason Terminated); a Stop given while no operator runs is honoured by the next one, which waits
-for the step still running in the agent. A step runs until the test opens its gate (a file the agent's command
-waits for), so no assertion depends on how long a CLI call takes on a busy machine."""
+Stop lets the running step finish and starts nothing new (Cancelled, reason Stopped), withdrawing a task no
+agent took; Terminate cancels the running task (reason Terminated); a Stop given while no operator runs is
+honoured by the next one, which waits for the step still running in the agent. A step runs until the test
+opens its gate (a file the agent's command waits for), so no assertion depends on how long a CLI call takes on
+a busy machine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -29,6 +31,7 @@ from cluster.resources import (
     wait_workflow,
 )
 from codeforge.api.task import TaskState
+from codeforge.orchestrator.shutdown import WITHDRAWN_MESSAGE
 from codeforge.queue import TaskQueue
 from codeforge.testing.redis_server import LocalRedis
 
@@ -220,3 +223,51 @@ async def test_a_stop_given_while_the_operator_is_down_is_honoured_after_its_res
     assert final["result"] == {"one": {"step": "one"}}
     assert never_dispatched(step(final, "two"))
     assert await queue.get(f"{namespace}/gated", f"{uid}/two/v1/p0/a0") is None
+
+
+async def test_stop_withdraws_a_part_no_agent_took(
+    control_plane: Cluster, namespace: str, operator: OperatorProcess, queue: TaskQueue, gates: Path
+) -> None:
+    """Five parts on an agent that runs four at a time: Stop withdraws the fifth, still queued, which never
+    runs; the four finish; the step shows Cancelled (as Terminate's) and the run ends Stopped."""
+    name = "stopped-queued"
+    doc = sleep_workflow(name, "gated", ["fan"], 0)
+    doc["spec"]["steps"][0]["parallel"] = 5
+    apply_docs(control_plane, namespace, doc)
+    uid = str(control_plane.kubectl_json("get", "workflow", name, "-n", namespace)["metadata"]["uid"])
+    pool, tids = f"{namespace}/gated", [f"{uid}/fan/v1/p{i}/a0" for i in range(5)]
+
+    async def states() -> list[TaskState | None]:
+        return [None if (r := await queue.get(pool, tid)) is None else r.state for tid in tids]
+
+    try:
+        for _ in range(900):  # the four the agent holds run until the gate opens
+            now = await states()
+            if now.count(TaskState.RUNNING) == 4 and now.count(TaskState.QUEUED) == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(
+                f"{name}: expected 4 parts running and 1 queued, got {now}\n{operator.tail()}"
+            )
+        queued = tids[now.index(TaskState.QUEUED)]
+        done = cli(control_plane, "stop", name, "-n", namespace)
+        assert done.returncode == 0, done.stderr
+        for _ in range(900):
+            if (await states())[tids.index(queued)] is TaskState.CANCELLED:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        (gates / f"{uid}.fan").touch()  # the four finish
+    final = wait_status(control_plane, namespace, name, operator, cancelled, "Cancelled")
+    assert finished_reason(final) == "Stopped"
+    assert step(final, "fan")["phase"] == "Cancelled"
+    withdrawn = await queue.get(pool, queued)
+    assert withdrawn is not None
+    assert (withdrawn.state, withdrawn.error, withdrawn.consumer) == (
+        TaskState.CANCELLED,
+        WITHDRAWN_MESSAGE,
+        None,
+    )
+    assert [s for s in await states() if s is not TaskState.CANCELLED] == [TaskState.SUCCEEDED] * 4
+    assert "StepFailed" not in event_reasons(control_plane, namespace, "Workflow", name)

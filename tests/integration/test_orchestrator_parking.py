@@ -20,11 +20,10 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from codeforge.api.task import TaskState
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
-from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowHandle, WorkflowRunner
-from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import TaskQueue, open_queue
+from support.backends import BACKENDS, queue_with_agents
 
 FUNCS = "support.workflow_agents"
 #: parks a run as soon as its nodes wait: every step below lasts longer
@@ -38,23 +37,11 @@ def py(pool: str, fn: str) -> PoolSpec:
 POOLS = [py("slow", "slow"), py("flaky", "slow_flaky"), py("race", "race")]
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[TaskQueue, Any]]:
     """A queue with the test's agents, and a checkpointer (None: LangGraph's in-memory one)."""
-    saver: Any = None
-    if request.param == "memory":
-        queue = await open_queue("memory://")
-    else:
-        url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
-        queue = await open_queue(url)
-        saver = await open_checkpointer(url, prefix=f"park:{uuid.uuid4().hex[:8]}")
-    try:
-        async with InProcessAgents(queue, POOLS):
-            yield queue, saver
-    finally:
-        await queue.close()
-        if saver is not None:
-            await saver.aclose()
+    async with queue_with_agents(request, POOLS, "park") as pair:
+        yield pair
 
 
 def spec(text: str) -> WorkflowSpec:

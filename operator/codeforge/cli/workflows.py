@@ -234,8 +234,8 @@ def _shutdown(name: str, mode: str, kube: Kube) -> None:
 def stop_command(
     name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
 ) -> None:
-    """Stop a Workflow: nothing new is dispatched, the running steps finish, then it ends (Cancelled,
-    reason Stopped)."""
+    """Stop a Workflow: nothing new is dispatched, its tasks no agent has taken yet are withdrawn from the
+    queue, the running ones finish, then it ends (Cancelled, reason Stopped)."""
     _shutdown(name, "Stop", connect(kubeconfig, context, namespace))
 
 

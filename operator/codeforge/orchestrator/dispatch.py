@@ -31,7 +31,7 @@ from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.fairness import FairShare
-from codeforge.orchestrator.shutdown import StopGate
+from codeforge.orchestrator.shutdown import WITHDRAWN_MESSAGE, StopGate, withdrawn
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
 #: Handler runs per attempt's task: one. A handler failure ends the attempt and the step's `retries` policy
@@ -61,6 +61,10 @@ class Waiting:
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+
+#: The record of a part another part of its firstSuccess step beat.
+_LOST_RACE: Final = {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
 
 
 def _set(event: asyncio.Event) -> asyncio.Event:
@@ -216,7 +220,7 @@ class StepDispatcher:
     async def _attempt(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any]:
         recorded = self.ctx.first.get(tid)
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
-            return self._record(req, recorded)
+            return await self._ended_part(req, recorded)
         step = req.step
         # Dispatched by this run and not ended: the node runs again (the run was parked). It runs already:
         # neither dispatched again nor reported again.
@@ -232,6 +236,11 @@ class StepDispatcher:
                 failed = await self._dispatch(req, tid, attempt)
                 if failed is not None:
                     return failed
+            if self.ctx.stop.requested:
+                # Stop came during the enqueue, or the node runs again (parked, or resumed after a restart)
+                # under Stop: a task no agent took yet does not start. The runner withdraws those that
+                # already wait when Stop comes; from here on this part waits on, as those do.
+                await self.withdraw(step.pool, tid)
             # The step's timeout counts from the dispatch, however often the node waits (the workflow's own
             # deadline is enforced by the runner).
             waiting = Waiting(step.pool, step.name, req.index, attempt, self.ctx.timeouts.get(tid))
@@ -256,9 +265,27 @@ class StepDispatcher:
                 }
             self._ended(tid)
         if outcome is None:
-            return {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
+            return dict(_LOST_RACE)
         self._task_finished(step.name, req.index, attempt, outcome)
-        return self._record(req, self._first(outcome))
+        return await self._ended_part(req, self._first(outcome))
+
+    async def withdraw(self, pool: str, tid: str) -> bool:
+        """Stop: cancel the task unless an agent has claimed it (atomic with claims in the queue)."""
+        return await self.queue.cancel(pool, tid, WITHDRAWN_MESSAGE, only_if_queued=True)
+
+    async def _ended_part(self, req: PartRequest, outcome: TaskOutcome) -> dict[str, Any]:
+        """The part's record for its task's outcome. A task Stop withdrew never ran: the part waits at the
+        gate as an undispatched one does, so the run ends Stopped with the step unfinished (status.steps:
+        Cancelled, as Terminate's), not failed by a cancellation; a firstSuccess sibling's win still ends
+        it, as for any part that lost that race."""
+        if not withdrawn(outcome):
+            return self._record(req, outcome)
+        with self.ctx.stop.holding():
+            if req.first_success:
+                await self.ctx.winner(f"{req.step.name}#{req.visit}").wait()
+            else:
+                await asyncio.Future()  # until the runner ends the run (it is settled now or soon)
+        return dict(_LOST_RACE)
 
     async def _dispatch(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any] | None:
         """Enqueue the attempt's task (idempotent on its id); a failed part's record when it cannot be
@@ -318,6 +345,8 @@ class StepDispatcher:
         self._first(outcome)
 
     def _task_finished(self, step: str, index: int | None, attempt: int | None, outcome: TaskOutcome) -> None:
+        if withdrawn(outcome):
+            return  # it never ran (as Terminate's cancelled tasks: no TASK_FINISHED); its part holds the gate
         woken = time.time()
         self.ctx.stop.poke()  # under Stop the run may be over once its last task ended
         latency = None

@@ -125,7 +125,8 @@ class WorkflowHandle:
             self.running.set()
 
     def stop(self) -> None:
-        """spec.shutdown Stop: dispatch nothing new; the run ends once its running tasks have ended."""
+        """spec.shutdown Stop: dispatch nothing new and withdraw the queued tasks no agent took; the run ends
+        once its running tasks have ended."""
         if self.shutdown is None:
             self.shutdown = Shutdown.STOP
         self.running.clear()
@@ -265,7 +266,7 @@ class WorkflowRunner:
             while True:
                 job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
                 graph_input = None  # from the second graph on, the run goes on from its checkpoint
-                over_budget, park = await self._supervise(job, stop, ctx)
+                over_budget, park = await self._supervise(job, stop, dispatcher)
                 if not park:
                     break
                 # Every running node waits on a task: drop the graph (its LangGraph loop is most of what a
@@ -340,13 +341,17 @@ class WorkflowRunner:
         return outcome
 
     async def _supervise(
-        self, job: asyncio.Future[Any], stop: asyncio.Future[Any], ctx: DispatchContext
+        self, job: asyncio.Future[Any], stop: asyncio.Future[Any], dispatcher: StepDispatcher
     ) -> tuple[Crossing | None, bool]:
         """Wait for the graph, a cancel, a settled Stop, the deadline or the run to be parkable; meanwhile
-        act on spec.budget. Returns the crossing when the budget ends the run (onExceed Fail, once the run
-        wants to dispatch more), else None; and whether to park the run."""
+        act on spec.budget and withdraw what Stop keeps from starting. Returns the crossing when the budget
+        ends the run (onExceed Fail, once the run wants to dispatch more), else None; and whether to park
+        the run."""
+        ctx = dispatcher.ctx
         ledger, gate = ctx.ledger, ctx.stop
         while True:
+            if gate.requested:
+                await self._withdraw_waiting(dispatcher)
             if gate.settled(ctx.outstanding):
                 return None, False  # Stop: nothing runs any more and the run waits for something new
             gate.changed.clear()
@@ -388,6 +393,17 @@ class WorkflowRunner:
                 return crossing, False  # the run wants more than its budget allows: it fails now
             if idle in done and not idle.cancelled() and ctx.parkable() and not gate.requested:
                 return None, True
+
+    @staticmethod
+    async def _withdraw_waiting(dispatcher: StepDispatcher) -> None:
+        """Stop: withdraw the tasks the run's parts wait on that no agent has claimed; their parts then wait
+        at the gate (`StepDispatcher._ended_part`). Parts that wait on a task later withdraw it themselves
+        (a parked run's nodes, run again, too), so each task is tried here once."""
+        gate = dispatcher.ctx.stop
+        for tid, waiting in list(dispatcher.ctx.waiting.items()):
+            if tid not in gate.tried:
+                gate.tried.add(tid)
+                await dispatcher.withdraw(waiting.pool, tid)
 
     @staticmethod
     async def _idle_for(ctx: DispatchContext, seconds: float | None) -> None:

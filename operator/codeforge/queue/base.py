@@ -14,6 +14,9 @@ Semantics every backend keeps:
   to the dead-letter queue, its error ending with the budget that ran out; nothing is silently dropped;
 - `complete`/`fail`/`heartbeat`/`release` carry the fencing token; a stale one raises LeaseLostError,
   so a result is recorded exactly once;
+- `cancel(..., only_if_queued=True)` (a Stop's withdrawal) cancels a task only while no consumer holds it
+  (ready, held back by its key's cap, or waiting out a retry backoff); it is atomic with claims, so a task
+  claimed at the same moment is either withdrawn before the claim or left running with its lease intact;
 - idle consumers block and are woken by an enqueue, never by a sleep-polling loop.
 """
 
@@ -193,8 +196,12 @@ class TaskQueue(Protocol):
         redelivered at once, or DEAD when that budget is spent. Returns QUEUED or DEAD."""
         ...
 
-    async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a queued or running task; False when it had already finished or does not exist."""
+    async def cancel(
+        self, pool: str, task_id: str, reason: str = "cancelled", *, only_if_queued: bool = False
+    ) -> bool:
+        """Cancel a queued or running task; False when it had already finished or does not exist.
+        only_if_queued: only while no consumer holds it (never claimed since it last became ready, a retry
+        backoff included); a claimed task is left running and False returned."""
         ...
 
     async def get(self, pool: str, task_id: str) -> TaskOutcome | None:

@@ -400,11 +400,15 @@ class MemoryTaskQueue:
         self._make_ready(pool, record)
         return TaskState.QUEUED
 
-    async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
+    async def cancel(
+        self, pool: str, task_id: str, reason: str = "cancelled", *, only_if_queued: bool = False
+    ) -> bool:
         state = self._pool(pool)
         record = state.records.get(task_id)
         if record is None or record.state.terminal:
             return False
+        if only_if_queued and record.state is not TaskState.QUEUED:
+            return False  # a consumer holds it (a handover too resolved its claimer with the lease)
         if record.state is TaskState.QUEUED:
             state.ready.discard(task_id)
         self._end_lease(state, record)

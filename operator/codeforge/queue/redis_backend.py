@@ -348,10 +348,13 @@ class RedisTaskQueue:
             raise self._refusal(reply, lease)
         return TaskState(reply)
 
-    async def cancel(self, pool: str, task_id: str, reason: str = "cancelled") -> bool:
+    async def cancel(
+        self, pool: str, task_id: str, reason: str = "cancelled", *, only_if_queued: bool = False
+    ) -> bool:
         validate_pool_name(pool)
         reason = (reason or "cancelled").replace("\0", " ")
-        return bool(await self._script("cancel", pool, task_id, reason, self.result_ttl))
+        only = 1 if only_if_queued else 0
+        return bool(await self._script("cancel", pool, task_id, reason, self.result_ttl, only))
 
     # -- reading -----------------------------------------------------------------------------------
 

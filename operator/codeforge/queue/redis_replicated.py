@@ -221,6 +221,6 @@ def _changed(script: str, reply: Any) -> bool:
     or reap only tidied up, which a lost write merely repeats)."""
     if script == "claim":
         return len(reply) > 2
-    if script == "reap":
-        return int(reply) > 0
+    if script in ("reap", "cancel"):
+        return int(reply) > 0  # a cancel that found the task ended or (withdrawing) claimed changed nothing
     return True

@@ -1,9 +1,11 @@
--- ARGV: id, reason, ttl_seconds. Returns 1 when a queued or running task was cancelled, else 0.
+-- ARGV: id, reason, ttl_seconds, only_queued (1: only a task no consumer holds: ready, held back by its key's
+-- cap or waiting out a retry backoff; a claimed one, handed over ones included, is left running). Returns 1
+-- when the task was cancelled, else 0. One script: a claim runs wholly before or after it, never between.
 local now = now_ms()
 local id = ARGV[1]
 local tk = P .. 't:' .. id
 local state = redis.call('HGET', tk, 'state')
-if state ~= 'queued' and state ~= 'running' then return 0 end
+if state ~= 'queued' and (state ~= 'running' or ARGV[4] == '1') then return 0 end
 drop_ready(tk, id)
 redis.call('ZREM', P .. 'delayed', id)
 local unblocked = end_lease(tk, id)
