@@ -145,7 +145,7 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
 class Shutdown(enum.StrEnum):
     """`spec.shutdown`: end a run early, as `argo stop` / `argo terminate` do (`codeforge stop`)."""
 
-    STOP = "Stop"  # nothing new is dispatched; running tasks finish; then the run ends (reason Stopped)
+    STOP = "Stop"  # nothing new is dispatched, unclaimed tasks withdrawn, running ones end (reason Stopped)
     TERMINATE = "Terminate"  # running tasks are cancelled now; the run ends (reason Terminated)
 
 
@@ -383,9 +383,9 @@ class WorkflowSpec(SpecModel):
     suspend: bool = Field(default=False, description="Pause dispatching new tasks; running ones finish.")
     shutdown: Shutdown | None = Field(
         default=None,
-        description="End the run early: Stop (nothing new is dispatched, running tasks finish) or Terminate "
-        "(running tasks are cancelled). The Workflow ends Cancelled, reason Stopped or Terminated. Once set "
-        "it can only go from Stop to Terminate.",
+        description="End the run early: Stop (nothing new is dispatched, queued tasks no agent took are "
+        "withdrawn, running tasks finish) or Terminate (running tasks are cancelled). The Workflow ends "
+        "Cancelled, reason Stopped or Terminated. Once set it can only go from Stop to Terminate.",
     )
     max_tasks_in_flight: int = Field(default=100, ge=1, le=10000, description="Tasks dispatched at once.")
     max_step_runs: int = Field(
