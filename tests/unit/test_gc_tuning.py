@@ -33,22 +33,31 @@ def seconds(generation: int) -> float:
 def test_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
     assert gc.get_freeze_count() == 0
     older = gc.get_threshold()[1:]
-    assert gc_tuning.tune_gc() is True
+    assert gc_tuning.tune_gc({}) is True
     assert gc.get_freeze_count() > 1000  # the imports' objects
     assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, *older)
 
 
 @pytest.mark.usefixtures("untuned")
 def test_tuned_once_per_process() -> None:
-    assert gc_tuning.tune_gc() is True
+    assert gc_tuning.tune_gc({}) is True
     frozen, callbacks = gc.get_freeze_count(), len(gc.callbacks)
-    assert gc_tuning.tune_gc() is False  # a second operator in this process (tests) changes nothing
+    assert gc_tuning.tune_gc({}) is False  # a second operator in this process (tests) changes nothing
     assert (gc.get_freeze_count(), len(gc.callbacks)) == (frozen, callbacks)
 
 
 @pytest.mark.usefixtures("untuned")
-def test_the_collections_time_is_counted() -> None:
-    gc_tuning.tune_gc()
+def test_python_defaults_on_request() -> None:
+    threshold = gc.get_threshold()
+    assert gc_tuning.tune_gc({gc_tuning.TUNING_ENV: "off"}) is False
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
+
+
+@pytest.mark.usefixtures("untuned")
+@pytest.mark.parametrize("tuning", ["", "off"])
+def test_the_collections_time_is_counted(tuning: str) -> None:
+    gc_tuning.tune_gc({gc_tuning.TUNING_ENV: tuning})
     before = seconds(2)
     cycle: list[object] = []
     cycle.append(cycle)

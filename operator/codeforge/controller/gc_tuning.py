@@ -14,17 +14,21 @@ start-up's: a third of the CPU of starting runs (bench/README, "Operator scale")
   in cycles waits a little longer (at most that many objects, a few MiB).
 
 `codeforge_operator_gc_seconds_total{generation}` counts the time the collections take, to see what this
-buys at scale.
+buys at scale. CODEFORGE_GC_TUNING=off keeps Python's defaults (the time is still counted): for comparing,
+or if these settings are ever suspected.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 from prometheus_client import Counter
 
+TUNING_ENV: Final = "CODEFORGE_GC_TUNING"
 #: Net allocations of container objects between young collections (CPython's default: 700).
 GEN0_THRESHOLD: Final = 50_000
 GC_SECONDS: Final = Counter(
@@ -44,16 +48,19 @@ def _time_collection(phase: str, info: dict[str, Any]) -> None:
         GC_SECONDS.labels(generation=str(info["generation"])).inc(time.perf_counter() - _started.pop())
 
 
-def tune_gc() -> bool:
-    """Freeze what start-up made and raise the young generation's threshold, once per process (tests start
-    several operators in one process); False when done already."""
+def tune_gc(env: Mapping[str, str] | None = None) -> bool:
+    """Freeze what start-up made and raise the young generation's threshold (not with
+    CODEFORGE_GC_TUNING=off), and count the collections' time; once per process (tests start several
+    operators in one process). False when nothing was changed."""
     global _tuned
     if _tuned:
         return False
     _tuned = True
+    gc.callbacks.append(_time_collection)
+    if (os.environ if env is None else env).get(TUNING_ENV, "").strip().lower() == "off":
+        return False
     gc.collect()  # start-up's garbage is freed, not frozen
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, older, oldest)
-    gc.callbacks.append(_time_collection)
     return True
