@@ -194,9 +194,14 @@ def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
     return time.monotonic()
 
 
-def gc_seconds(text: str) -> float:
-    """The operator's time in the cyclic garbage collector so far, all generations."""
-    return sum(gauge_values(text, GC, "generation").values())
+def gc_seconds(text: str) -> dict[str, float]:
+    """The operator's time in the cyclic garbage collector so far, by generation ("all": their sum)."""
+    by_generation = gauge_values(text, GC, "generation")
+    return {**by_generation, "all": sum(by_generation.values())}
+
+
+def gc_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
 
 
 def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -250,7 +255,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 rss_started = rss_mib(operator.pid)
                 started_text = scrape(metrics_url)
                 start_dispatch = histogram_buckets(started_text, DISPATCH)
-                gc_start = gc_seconds(started_text) - gc_before
+                gc_start = gc_delta(gc_seconds(started_text), gc_before)
                 progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
                 agents = [
                     AgentProcess(
@@ -286,7 +291,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 done_text = scrape(metrics_url)
                 dispatch = histogram_buckets(done_text, DISPATCH)
-                gc_all = gc_seconds(done_text) - gc_before
+                gc_all = gc_delta(gc_seconds(done_text), gc_before)
                 rss_peak = sampler.peak
 
                 def written() -> bool:
@@ -326,8 +331,12 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "cpu_percent_overall": round(cpu / window * 100, 1),
                     "cpu_ms_per_workflow_start": round(cpu_start / count * 1000, 1),
                     "cpu_ms_per_workflow_overall": round(cpu / count * 1000, 1),
-                    "gc_percent_of_cpu_start": round(gc_start / cpu_start * 100, 1) if cpu_start else None,
-                    "gc_percent_of_cpu_overall": round(gc_all / cpu * 100, 1) if cpu else None,
+                    "gc_percent_of_cpu_start": round(gc_start["all"] / cpu_start * 100, 1)
+                    if cpu_start
+                    else None,
+                    "gc_percent_of_cpu_overall": round(gc_all["all"] / cpu * 100, 1) if cpu else None,
+                    "gc_seconds_by_generation_start": gc_start,
+                    "gc_seconds_by_generation_overall": gc_all,
                     "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
                     "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
                     "create_seconds": round(created_at - t0, 1),

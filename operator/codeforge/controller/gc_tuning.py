@@ -43,9 +43,9 @@ _tuned = False
 
 def _time_collection(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _started[:] = [time.perf_counter()]
+        _started[:] = [time.thread_time()]
     elif _started:
-        GC_SECONDS.labels(generation=str(info["generation"])).inc(time.perf_counter() - _started.pop())
+        GC_SECONDS.labels(generation=str(info["generation"])).inc(time.thread_time() - _started.pop())
 
 
 def tune_gc(env: Mapping[str, str] | None = None) -> bool:
