@@ -74,6 +74,7 @@ POOL = "scale"
 STEPS = ["s0", "s1", "s2"]
 DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
 ENDED = "codeforge_workflow_duration_seconds"
+GC = "codeforge_operator_gc_seconds"  # a counter (`_total`); absent from operators before gc_tuning: 0
 WORKFLOWS = Kind(API_VERSION, PLURAL)
 GOAL_RSS_MIB = 1024.0
 GOAL_P99_MS = 50.0
@@ -193,6 +194,16 @@ def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
     return time.monotonic()
 
 
+def gc_seconds(text: str) -> dict[str, float]:
+    """The operator's time in the cyclic garbage collector so far, by generation ("all": their sum)."""
+    by_generation = gauge_values(text, GC, "generation")
+    return {**by_generation, "all": sum(by_generation.values())}
+
+
+def gc_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
+
+
 def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     redis = LocalRedis().start()
     metrics_port = free_port()
@@ -213,6 +224,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "CODEFORGE_LOG_FORMAT": "json",
                     # another checkout's operator (`--operator-source`), for a before/after on one machine
                     **({"PYTHONPATH": str(args.operator_source)} if args.operator_source else {}),
+                    # e.g. CODEFORGE_GC_TUNING=off: Python's collector defaults, for a before/after
+                    **dict(item.split("=", 1) for item in args.operator_env),
                 },
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -228,6 +241,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 sampler.start()
                 api_before = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
+                gc_before = gc_seconds(scrape(metrics_url))
                 wait_before = waiting_seconds(operator.pid)
                 progress(f"{count}: creating Workflows")
                 create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.create_concurrency)
@@ -239,7 +253,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 cpu_start = cpu_seconds(operator.pid) - cpu_before
                 waited_start = waiting_seconds(operator.pid) - wait_before
                 rss_started = rss_mib(operator.pid)
-                start_dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
+                started_text = scrape(metrics_url)
+                start_dispatch = histogram_buckets(started_text, DISPATCH)
+                gc_start = gc_delta(gc_seconds(started_text), gc_before)
                 progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
                 agents = [
                     AgentProcess(
@@ -273,7 +289,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 cpu = cpu_seconds(operator.pid) - cpu_before
                 waited = waiting_seconds(operator.pid) - wait_before
                 api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
-                dispatch = histogram_buckets(scrape(metrics_url), DISPATCH)
+                done_text = scrape(metrics_url)
+                dispatch = histogram_buckets(done_text, DISPATCH)
+                gc_all = gc_delta(gc_seconds(done_text), gc_before)
                 rss_peak = sampler.peak
 
                 def written() -> bool:
@@ -313,6 +331,12 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "cpu_percent_overall": round(cpu / window * 100, 1),
                     "cpu_ms_per_workflow_start": round(cpu_start / count * 1000, 1),
                     "cpu_ms_per_workflow_overall": round(cpu / count * 1000, 1),
+                    "gc_percent_of_cpu_start": round(gc_start["all"] / cpu_start * 100, 1)
+                    if cpu_start
+                    else None,
+                    "gc_percent_of_cpu_overall": round(gc_all["all"] / cpu * 100, 1) if cpu else None,
+                    "gc_seconds_by_generation_start": gc_start,
+                    "gc_seconds_by_generation_overall": gc_all,
                     "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
                     "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
                     "create_seconds": round(created_at - t0, 1),
@@ -381,6 +405,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
             "",
         ),
         (
+            "of which garbage collection, start / overall (%)",
+            lambda r: f"{fmt(r.get('gc_percent_of_cpu_start'))} / {fmt(r.get('gc_percent_of_cpu_overall'))}",
+            "",
+        ),
+        (
             "operator loop runnable but waiting for a CPU, start / overall (%)",
             lambda r: f"{r['waiting_for_cpu_percent_start']} / {r['waiting_for_cpu_percent_overall']}",
             "",
@@ -445,6 +474,13 @@ def main() -> None:
         type=Path,
         default=None,
         help="run the operator from this source tree (another checkout's operator/ directory)",
+    )
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the operator (repeatable)",
     )
     parser.add_argument("--py-spy-rate", type=int, default=20, help="py-spy samples per second")
     args = parser.parse_args()

@@ -22,6 +22,7 @@ import prometheus_client
 
 from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
+from codeforge.controller.gc_tuning import tune_gc
 from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
 from codeforge.controller.ratelimits import Declarations
@@ -114,6 +115,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, *
     probe = liveness_endpoint(os.environ, sys.argv)
     memo.services.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
     await memo.services.connected_queue(logger)
+    tune_gc()  # start-up is over: what it made lives as long as the process
 
 
 @kopf.on.cleanup()

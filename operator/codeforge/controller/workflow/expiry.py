@@ -6,8 +6,11 @@ deletion) are removed and the condition `Expired` says so; with `spec.ttlDeletes
 the Workflow object is deleted instead (as a Job's TTL controller and Argo's `ttlStrategy` do). The
 operator-wide default for Workflows that set no TTL is CODEFORGE_WORKFLOW_TTL_SECONDS (unset: kept).
 
-The deadline comes from the stored status, so an operator restart or a failover keeps it; the daemon that
-waits for it stops once `Expired` is set (its filter no longer matches).
+The deadline comes from the stored status, so an operator restart or a failover keeps it. Every watch event
+of a Workflow goes through `schedule_expiry`, which keeps one waiting task per finished Workflow with a TTL
+(in `WorkflowRegistry.expiries`) and drops it once `Expired` is set, the deadline changes or the Workflow is
+being deleted. Not a Kopf daemon: with any daemon on the kind, Kopf keeps the latest full object (managed
+fields and all) of every Workflow for it, about 30 KiB each, and processes a spawning cause on every event.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import enum
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api import limits
@@ -36,7 +40,7 @@ from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.registry import WorkflowRegistry
 from codeforge.controller.workflow.results import result_key
-from codeforge.controller.workflow.supervisor import first_of, qualified
+from codeforge.controller.workflow.supervisor import WatchedWorkflow, first_of, qualified
 from codeforge.controller.workflow.tracker import ConditionType
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.records import forget_run_tasks
@@ -118,23 +122,64 @@ async def _forget_tasks(
     return parsed
 
 
+@dataclass
+class Expiry:
+    """A finished Workflow waiting for its TTL (`schedule_expiry`): when, what the clean-up needs (the
+    status is the latest seen: the Expired condition merges into it), and the task that waits."""
+
+    at: float
+    ref: ObjectRef
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    generation: int | None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.task is not None:
+            self.task.cancel()
+
+
+def schedule_expiry(
+    workflows: WorkflowRegistry,
+    services: OperatorServices,
+    seen: WatchedWorkflow,
+    default: int | None,
+    log: Logger,
+) -> None:
+    """On every watch event: start waiting for the Workflow's TTL, keep waiting, or stop (Expired set, the
+    deadline or spec changed, a retry made it run again, it is being deleted)."""
+    uid = seen.ref.uid
+    current = workflows.expiries.get(uid)
+    at = None if seen.gone or seen.deleting else expires_at(seen.spec, seen.status, default)
+    if current is not None and current.at == at and current.spec == seen.spec:
+        current.status, current.generation = seen.status, seen.generation
+        return
+    if current is not None:
+        current.stop()
+        del workflows.expiries[uid]
+    if at is None:
+        return
+    expiry = Expiry(at, seen.ref, seen.spec, seen.status, seen.generation)
+    expiry.task = asyncio.create_task(
+        expire_when_due(workflows, services, expiry, default, log), name=f"expiry of {seen.ref.key}"
+    )
+    workflows.expiries[uid] = expiry
+
+
 async def expire_when_due(
     workflows: WorkflowRegistry,
     services: OperatorServices,
-    ref: ObjectRef,
-    spec: Mapping[str, Any],
-    status: Mapping[str, Any],
-    generation: int | None,
+    expiry: Expiry,
     default: int | None,
-    stopped: Any,  # kopf.DaemonStopped
     log: Logger,
 ) -> None:
-    """What the expiry daemon does: sleep until the TTL passes, remove the run's data (retried until it
-    works), then delete the Workflow or mark it Expired; then idle until the filter lets the daemon go."""
-    at = expires_at(spec, status, default)
-    if at is not None:
-        await first_of(stopped.wait(), asyncio.sleep(max(at - time.time(), 0.0)))
-    while at is not None and not stopped:
+    """Sleep until the TTL passes, remove the run's data (retried until it works), then delete the Workflow
+    or mark it Expired. Stops early when `expiry.stopped` is set."""
+    ref, spec, stopped = expiry.ref, expiry.spec, expiry.stopped
+    await first_of(stopped.wait(), asyncio.sleep(max(expiry.at - time.time(), 0.0)))
+    while not stopped.is_set():
         try:
             runner = await workflows.connect(services, log)
             tasks = await _forget_tasks(runner, ref, spec)  # first: the checkpoints name the tasks
@@ -148,11 +193,10 @@ async def expire_when_due(
                 await services.api().delete(WORKFLOWS, ref.namespace, ref.name)
             else:
                 ttl = float(spec.get("ttlSecondsAfterFinished", default) or 0)
-                patch = expired_status(status, ttl, generation, kept)
+                patch = expired_status(expiry.status, ttl, expiry.generation, kept)
                 await services.api().patch(WORKFLOWS, ref.namespace, f"{ref.name}/status", patch)
             log.info("TTL passed: the run's data was removed%s", "" if kept is None else f" ({kept})")
-            break
+            return
         except Exception as exc:  # Redis or the API server away: the data stays until it works
             log.warning("TTL clean-up failed, retrying in %ss: %s", RETRY_SECONDS, exc)
             await first_of(stopped.wait(), asyncio.sleep(RETRY_SECONDS))
-    await stopped.wait()

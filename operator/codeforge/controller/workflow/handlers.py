@@ -14,7 +14,9 @@
   resumes them from their checkpoints.
 - delete (finalizer): cancels the run and its outstanding tasks, and removes the Workflow's checkpoints and
   result copy.
-- a daemon per finished Workflow with a TTL: when it passes, the run's Redis data goes (`expiry`).
+- a finished Workflow with a TTL: when it passes, the run's Redis data goes (`expiry.schedule_expiry`, from
+  every watch event: a task per such Workflow, not a Kopf daemon, for which Kopf would keep every Workflow's
+  latest full object).
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ from codeforge.controller.kstatus import (
 from codeforge.controller.kube import Kind
 from codeforge.controller.services import Logger, OperatorServices
 from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
-from codeforge.controller.workflow.expiry import default_ttl, expire_when_due, expires_at
+from codeforge.controller.workflow.expiry import default_ttl, schedule_expiry
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.supervisor import cleanup
 
 WORKFLOWS = Kind(API_VERSION, PLURAL)
-#: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: Kopf evaluates the expiry daemon's filter on every event.
+#: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: every watch event looks at the expiry.
 DEFAULT_TTL = default_ttl()
 
 
@@ -117,6 +119,7 @@ async def watch_workflow(
         deleting=bool(meta.get("deletionTimestamp")),
         gone=type == "DELETED",
     )
+    schedule_expiry(memo.workflows, memo.services, seen, DEFAULT_TTL, logger)
     reaction = await observe(memo.workflows, memo.services, seen, logger)
     if reaction.invalid is not None:
         kopf.event(
@@ -124,22 +127,6 @@ async def watch_workflow(
         )
     if reaction.status is not None:
         patch.status.update(reaction.status)
-
-
-def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    return expires_at(spec, status, DEFAULT_TTL) is not None
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, when=_expires, cancellation_timeout=10.0)
-async def expire_workflow(
-    *, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, memo: Any, logger: Logger,
-    stopped: kopf.DaemonStopped, **_: Any,
-) -> None:  # fmt: skip
-    """Sleep until the finished Workflow's TTL passes, then remove its data (and it, if asked)."""
-    await expire_when_due(
-        memo.workflows, memo.services, _ref(meta), dict(spec), dict(status), meta.get("generation"),
-        DEFAULT_TTL, stopped, logger,
-    )  # fmt: skip
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

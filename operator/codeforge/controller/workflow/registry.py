@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
@@ -27,6 +27,9 @@ from codeforge.controller.workflow.tracker import WorkflowTracker
 from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
 from codeforge.orchestrator.checkpoint import RedisCheckpointSaver, open_checkpointer
 from codeforge.queue import QueueError, TaskQueue
+
+if TYPE_CHECKING:
+    from codeforge.controller.workflow.expiry import Expiry
 
 #: How often the queue is probed while Workflows run (the queue itself rides out outages by retrying, so
 #: without a probe a run would wait silently), and how long an answer may take.
@@ -81,6 +84,8 @@ class WorkflowRegistry:
     results: ResultStore = field(default_factory=ResultStore)
     #: Which AgentPools exist (a pool seen recently is not looked up again for every Workflow start)
     pools: PoolLookup = field(default_factory=PoolLookup)
+    #: finished Workflows waiting for their TTL (`expiry.schedule_expiry`), by uid
+    expiries: dict[str, Expiry] = field(default_factory=dict)
     writer_task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
 
@@ -152,6 +157,8 @@ class WorkflowRegistry:
         if self.closed:  # run by the services' shutdown first, then by Kopf's cleanup handler
             return
         self.closed = True
+        for expiry in self.expiries.values():  # the next operator waits for them from the statuses
+            expiry.stop()
         runs = [run.task for run in self.runs.values() if run.task is not None]
         for run in runs:
             run.cancel()

@@ -1,0 +1,66 @@
+"""The operator process's cyclic garbage collector, set once per process when the operator has started
+(`services.start`, so `kopf run -m codeforge.controller` and `codeforge operator` both get it).
+
+With thousands of Workflows running, Python's default collector (a young collection every 700 net
+allocations, a full one whenever a quarter more objects survived) kept walking the live runs' objects and the
+start-up's: a third of the CPU of starting runs (bench/README, "Operator scale"). Two settings:
+
+- `gc.freeze()` after start-up: what the imports and Kopf's set-up made (modules, classes, the kubernetes
+  client, LangGraph, pydantic: most of an idle operator's objects) lives as long as the process, so it moves
+  to the permanent generation, which no collection walks again;
+- generation 0's threshold from 700 to `GEN0_THRESHOLD`: a run's short-lived objects (a step's event, its
+  task's JSON, LangGraph's per-superstep state) mostly die by reference count within a step; with 700, many
+  were still alive at a young collection, were promoted, and made the full collections come sooner. Garbage
+  in cycles waits a little longer (at most that many objects, a few MiB).
+
+`codeforge_operator_gc_seconds_total{generation}` counts the time the collections take, to see what this
+buys at scale. CODEFORGE_GC_TUNING=off keeps Python's defaults (the time is still counted): for comparing,
+or if these settings are ever suspected.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from prometheus_client import Counter
+
+TUNING_ENV: Final = "CODEFORGE_GC_TUNING"
+#: Net allocations of container objects between young collections (CPython's default: 700).
+GEN0_THRESHOLD: Final = 50_000
+GC_SECONDS: Final = Counter(
+    "codeforge_operator_gc_seconds_total",
+    "Time spent in Python's cyclic garbage collector, by the generation collected.",
+    ["generation"],
+)
+
+_started: list[float] = []  # when the collection in progress began (the callbacks run on one thread)
+_tuned = False
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[:] = [time.thread_time()]
+    elif _started:
+        GC_SECONDS.labels(generation=str(info["generation"])).inc(time.thread_time() - _started.pop())
+
+
+def tune_gc(env: Mapping[str, str] | None = None) -> bool:
+    """Freeze what start-up made and raise the young generation's threshold (not with
+    CODEFORGE_GC_TUNING=off), and count the collections' time; once per process (tests start several
+    operators in one process). False when nothing was changed."""
+    global _tuned
+    if _tuned:
+        return False
+    _tuned = True
+    gc.callbacks.append(_time_collection)
+    if (os.environ if env is None else env).get(TUNING_ENV, "").strip().lower() == "off":
+        return False
+    gc.collect()  # start-up's garbage is freed, not frozen
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, older, oldest)
+    return True

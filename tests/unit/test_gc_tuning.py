@@ -1,0 +1,66 @@
+"""The operator's garbage-collector settings (`controller/gc_tuning.py`): applied once per process, and the
+time of the collections counted."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from codeforge.controller import gc_tuning
+
+
+@pytest.fixture
+def untuned(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process whose collector was not tuned yet; put back as it was afterwards."""
+    threshold = gc.get_threshold()
+    callbacks = list(gc.callbacks)
+    monkeypatch.setattr(gc_tuning, "_tuned", False)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        gc.callbacks[:] = callbacks
+
+
+def seconds(generation: int) -> float:
+    return float(gc_tuning.GC_SECONDS.labels(generation=str(generation))._value.get())
+
+
+@pytest.mark.usefixtures("untuned")
+def test_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
+    assert gc.get_freeze_count() == 0
+    older = gc.get_threshold()[1:]
+    assert gc_tuning.tune_gc({}) is True
+    assert gc.get_freeze_count() > 1000  # the imports' objects
+    assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, *older)
+
+
+@pytest.mark.usefixtures("untuned")
+def test_tuned_once_per_process() -> None:
+    assert gc_tuning.tune_gc({}) is True
+    frozen, callbacks = gc.get_freeze_count(), len(gc.callbacks)
+    assert gc_tuning.tune_gc({}) is False  # a second operator in this process (tests) changes nothing
+    assert (gc.get_freeze_count(), len(gc.callbacks)) == (frozen, callbacks)
+
+
+@pytest.mark.usefixtures("untuned")
+def test_python_defaults_on_request() -> None:
+    threshold = gc.get_threshold()
+    assert gc_tuning.tune_gc({gc_tuning.TUNING_ENV: "off"}) is False
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
+
+
+@pytest.mark.usefixtures("untuned")
+@pytest.mark.parametrize("tuning", ["", "off"])
+def test_the_collections_time_is_counted(tuning: str) -> None:
+    gc_tuning.tune_gc({gc_tuning.TUNING_ENV: tuning})
+    before = seconds(2)
+    cycle: list[object] = []
+    cycle.append(cycle)
+    del cycle
+    gc.collect()
+    assert seconds(2) > before
