@@ -193,9 +193,18 @@ class RedisTaskQueue:
                         task.fair_weight,
                         task.max_concurrency,
                     ]
-                flags = await self._script("enqueue", pool, *args)
+                for index in chunk:
+                    self._watcher.expect(pool, tasks[index].id)
+                try:
+                    flags = await self._script("enqueue", pool, *args)
+                except BaseException:
+                    for index in chunk:
+                        self._watcher.unexpect(pool, tasks[index].id)
+                    raise
                 for index, flag in zip(chunk, flags, strict=True):
                     added[index] = bool(flag)
+                    if not flag:  # it existed: it may have ended before
+                        self._watcher.unexpect(pool, tasks[index].id)
         return added
 
     # -- consuming ---------------------------------------------------------------------------------
@@ -373,10 +382,13 @@ class RedisTaskQueue:
         validate_pool_name(pool)
         future = await self._retrying(lambda: self._watcher.watch(pool, task_id))
         try:
-            outcome = await self.get(pool, task_id)
-            if outcome is None:
-                raise TaskNotFoundError(f"no task {task_id!r} in pool {pool!r}")
-            if outcome.state.terminal:
+            # A task this queue enqueued on a live subscription cannot have ended unseen: no read needed.
+            expected, outcome = self._watcher.take_expected(pool, task_id)
+            if not expected:
+                outcome = await self.get(pool, task_id)
+                if outcome is None:
+                    raise TaskNotFoundError(f"no task {task_id!r} in pool {pool!r}")
+            if outcome is not None and outcome.state.terminal:
                 return outcome
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
