@@ -5,6 +5,7 @@ it, a task that existed already, and an end published while the channel was down
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.redis
 def count_reads(queue: Any) -> list[str]:
     """Record the task reads (`get`: one HMGET each) the queue makes from now on."""
     read: list[str] = []
-    get = queue.get
+    get: Callable[[str, str], Awaitable[TaskOutcome | None]] = queue.get
 
     async def counted(pool: str, task_id: str) -> TaskOutcome | None:
         read.append(task_id)
