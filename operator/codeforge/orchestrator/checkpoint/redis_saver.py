@@ -41,7 +41,7 @@ from redis.asyncio.cluster import RedisCluster
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
 from codeforge.orchestrator.checkpoint.pending import LINGER_SECONDS, Key, PendingWrites
 from codeforge.orchestrator.checkpoint.serde import CheckpointSerializer
-from codeforge.redis import Script
+from codeforge.redis import Script, ScriptPipeline
 
 RedisClient = Redis | RedisCluster
 DEFAULT_PREFIX = "cf:cp"
@@ -86,6 +86,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self.prefix = prefix
         self._registered: set[str] = set()  # threads this process already put in the registry
         self._cluster = isinstance(client, RedisCluster)
+        #: one server: the scripts of one turn of the event loop (many runs' checkpoints) in one pipeline
+        self._pipeline = None if self._cluster else ScriptPipeline(client)
         self._absent: dict[str, float] = {}  # thread id -> monotonic time a read found it empty
         self._writing: Counter[str] = Counter()  # thread id -> its checkpoint scripts in flight
         #: thread id -> the latest checkpoint id stored (of the threads written to lately), for `_waiting`
@@ -99,12 +101,16 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return thread_id in self._writing or self._stored.get(thread_id, checkpoint_id) < checkpoint_id
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._pipeline is not None:
+            return await self._pipeline.run(SCRIPTS[name], keys, args)
         return await SCRIPTS[name].run(self._r, keys, args)
 
     async def aclose(self) -> None:
         """Store the writes still held, close the connection (the saver is unusable after)."""
         try:
             await self._pending.flush()
+            if self._pipeline is not None:
+                await self._pipeline.drain()
         finally:
             await self.client.aclose()
 
