@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import yaml
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.graph import START
 
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
@@ -64,14 +65,21 @@ async def test_a_single_part_step_is_one_superstep(queue: TaskQueue) -> None:
     assert outcome.status == "succeeded", outcome.error
     assert [r["step"] for r in outcome.history] == ["a", "b", "c"]
     # the part ran in its step's node: no `<step>_run` superstep between the steps
-    assert await supersteps(runner, spec(CHAIN), "wf-chain") == [
-        ("__start__",),
-        (BEGIN,),
-        ("a",),
-        ("b",),
-        ("c",),
-        (),
-    ]
+    # and the first route came with the input: no begin superstep before the first step
+    assert await supersteps(runner, spec(CHAIN), "wf-chain") == [("__start__",), ("a",), ("b",), ("c",), ()]
+
+
+async def test_a_run_checkpointed_before_its_begin_node_ran_resumes_through_it(queue: TaskQueue) -> None:
+    """A run saved by the previous graph shape (its input, without a route: `_begin` next) routes there."""
+    runner, wf_spec = WorkflowRunner(queue), spec(CHAIN)
+    graph = runner.graph(wf_spec)
+    config: RunnableConfig = {"configurable": {"thread_id": "wf-old-start"}}
+    await graph.aupdate_state(config, {"input": {"n": 1}, "started_at": 1.0}, as_node=START)
+    assert (await graph.aget_state(config)).next == (BEGIN,)
+    outcome = await runner.run("wf-old-start", wf_spec)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.resumed
+    assert [r["step"] for r in outcome.history] == ["a", "b", "c"]
 
 
 async def test_a_fan_out_still_runs_its_parts_as_parallel_tasks(queue: TaskQueue) -> None:
@@ -87,8 +95,8 @@ edges: [{from: fan, to: join}]
     assert outcome.status == "succeeded", outcome.error
     assert [(r["step"], r["parts"]) for r in outcome.history] == [("fan", 3), ("join", 1)]
     steps = await supersteps(runner, spec(text), "wf-fan")
-    assert steps[2] == (run_node("fan"),) * 3  # three Sends, one superstep
-    assert steps[3:] == [("fan",), ("join",), ()]
+    assert steps[1] == (run_node("fan"),) * 3  # three Sends, one superstep
+    assert steps[2:] == [("fan",), ("join",), ()]
 
 
 async def test_a_run_checkpointed_with_its_part_done_joins_it_without_dispatching(queue: TaskQueue) -> None:
@@ -111,9 +119,9 @@ async def test_a_run_checkpointed_with_its_part_done_joins_it_without_dispatchin
     assert "a#1" not in ((await graph.aget_state(config)).values.get("parts") or {})
 
 
-async def evalsha_calls(client: Any) -> int:
+async def evalsha_calls(client: Any, command: str = "evalsha") -> int:
     stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_on_redis_each_superstep_is_one_checkpoint_script(queue: TaskQueue) -> None:
@@ -126,12 +134,16 @@ async def test_on_redis_each_superstep_is_one_checkpoint_script(queue: TaskQueue
     try:
         runner = WorkflowRunner(queue, saver)
         before = await evalsha_calls(counter)
+        latest_reads = await evalsha_calls(counter, "zrevrangebylex")
         outcome = await runner.run("wf-redis", spec(CHAIN))
         assert outcome.status == "succeeded", outcome.error
         scripts = await evalsha_calls(counter) - before
+        # one read of the new thread: the runner's, which LangGraph's own read right after takes as is
+        assert await evalsha_calls(counter, "zrevrangebylex") - latest_reads == 1
         checkpoints = await supersteps(runner, spec(CHAIN), "wf-redis")
-        assert len(checkpoints) == 6
-        assert scripts == len(checkpoints)  # was 17 (9 checkpoints and 8 tasks' writes)
+        assert len(checkpoints) == 5
+        # was 17 (9 checkpoints and 8 tasks' writes), then 6 and a registry SADD; the registry is in the first
+        assert scripts == len(checkpoints)
         # and the run did not wait out the linger: the last writes went with the final checkpoint
         assert outcome.duration < 30
     finally:
@@ -193,6 +205,32 @@ async def test_held_writes_go_with_the_next_checkpoint_and_return_with_it(
     assert parent is not None
     assert [(w[1], w[2]) for w in parent.pending_writes or []] == [("a", 2)]
     await saver.adelete_thread("wf-both")
+
+
+async def test_held_writes_wait_while_their_own_checkpoint_is_not_stored(
+    saver: RedisCheckpointSaver,
+) -> None:
+    """With hundreds of runs at once LangGraph stores a thread's checkpoints seconds behind its supersteps,
+    each after the one before: writes of a checkpoint not stored yet wait for it and then its successor."""
+    saved = await first_checkpoint(saver, "wf-behind")
+    later = empty_checkpoint()  # the next checkpoint, whose put LangGraph has not got to yet
+    later["channel_values"] = {"a": 2}
+    later["channel_versions"] = {"a": "2"}
+    ahead: RunnableConfig = {"configurable": {**saved["configurable"], "checkpoint_id": later["id"]}}
+    writes = asyncio.ensure_future(saver.aput_writes(ahead, [("a", 3)], task_id="t1"))
+    await asyncio.sleep(LINGER_SECONDS * 3)
+    assert not writes.done()  # still held: its checkpoint has not been stored
+    stored = await saver.aput(saved, later, {"source": "loop", "step": 0}, {"a": "2"})
+    assert not writes.done()  # now its successor's turn
+    last = empty_checkpoint()
+    last["channel_values"] = {"a": 3}
+    last["channel_versions"] = {"a": "3"}
+    await saver.aput(stored, last, {"source": "loop", "step": 1}, {"a": "3"})
+    await asyncio.wait_for(writes, LINGER_SECONDS / 2)  # taken by the successor
+    loaded = await saver.aget_tuple(stored)
+    assert loaded is not None
+    assert [(w[1], w[2]) for w in loaded.pending_writes or []] == [("a", 3)]
+    await saver.adelete_thread("wf-behind")
 
 
 async def test_deleting_a_thread_stores_its_held_writes_first_and_leaves_no_key(

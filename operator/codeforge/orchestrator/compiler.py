@@ -80,7 +80,10 @@ class GraphCompiler:
             graph.add_edge(PUBLISH, LG_END)
             destinations += (PUBLISH,)
         graph.add_node(BEGIN, counted(self._begin), destinations=destinations)
-        graph.add_edge(START, BEGIN)
+        # A run's input carries its first route when no task must run first (`first_route`): its entry
+        # step then runs in the first superstep; else (spec.workspace, or a run checkpointed before) `_begin`
+        # routes.
+        graph.add_conditional_edges(START, self._start, [BEGIN, *destinations])
         for step in self.spec.steps:
             # a single-part step's part node serves runs checkpointed before it ran in the join's node
             graph.add_node(run_node(step.name), counted(self._part_node(step)))
@@ -94,6 +97,17 @@ class GraphCompiler:
         superstep's cost here."""
         after = {k: update[k] if k in update else state.get(k) for k in ("route", "error", "workspace")}
         return Command(update=update, goto=self.destinations(after))
+
+    def first_route(self, ctx: DispatchContext, state: RunState) -> dict[str, Any]:
+        """What `_begin` would write, decided before the graph runs, for the run's input: the entry step's
+        route. Empty with spec.workspace, whose ref `_begin` resolves first (a task). Saves a run a LangGraph
+        superstep and a checkpoint."""
+        if self.spec.workspace is not None:
+            return {}
+        return {"error": None} | self._route_to(ctx, self.spec.entry_step, state, {})
+
+    def _start(self, state: RunState) -> list[Send] | str:
+        return self.destinations(dict(state)) if state.get("route") else BEGIN
 
     # -- nodes ---------------------------------------------------------------------------------------
 

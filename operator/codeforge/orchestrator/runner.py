@@ -183,19 +183,27 @@ class WorkflowRunner:
         #: workflow id -> task id -> first outcome received, kept while a run may still be resumed here
         self._first: dict[str, dict[str, TaskOutcome]] = {}
         #: compiled graphs by spec: compiling costs more than running a step, and a graph is spec-only
-        self._graphs: OrderedDict[str, CompiledStateGraph[RunState, StepDispatcher]] = OrderedDict()
+        self._graphs: OrderedDict[str, tuple[GraphCompiler, CompiledStateGraph[RunState, StepDispatcher]]] = (
+            OrderedDict()
+        )
 
     def graph(self, spec: WorkflowSpec) -> CompiledStateGraph[RunState, StepDispatcher]:
+        return self._compiled(spec)[1]
+
+    def _compiled(
+        self, spec: WorkflowSpec
+    ) -> tuple[GraphCompiler, CompiledStateGraph[RunState, StepDispatcher]]:
         key = spec.model_dump_json()
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = GraphCompiler(spec).build().compile(checkpointer=self.checkpointer)
-            self._graphs[key] = graph
+        compiled = self._graphs.get(key)
+        if compiled is None:
+            compiler = GraphCompiler(spec)
+            compiled = compiler, compiler.build().compile(checkpointer=self.checkpointer)
+            self._graphs[key] = compiled
             if len(self._graphs) > GRAPH_CACHE_SIZE:
                 self._graphs.popitem(last=False)
         else:
             self._graphs.move_to_end(key)
-        return graph
+        return compiled
 
     async def run(
         self,
@@ -234,7 +242,7 @@ class WorkflowRunner:
             stop=control.gate,
         )
         dispatcher = StepDispatcher(self.queue, ctx)
-        graph = self.graph(spec)
+        compiler, graph = self._compiled(spec)
         snapshot = await graph.aget_state(config)
         values: dict[str, Any] = dict(snapshot.values or {})
         started_at = float(values.get("started_at") or time.time())
@@ -248,7 +256,6 @@ class WorkflowRunner:
         if ctx.ledger.crossed is not None or control.gate.requested:
             control.running.clear()
         resumed = begun
-        graph_input: RunState | None = None if resumed else {"input": spec.input, "started_at": started_at}
         if spec.timeout_seconds is not None:
             ctx.deadline = started_at + spec.timeout_seconds
         emit(
@@ -258,6 +265,10 @@ class WorkflowRunner:
                 detail={"usage": ctx.ledger.to_status()} if ctx.ledger.steps else None,
             )
         )
+        graph_input: RunState | None = None
+        if not resumed:
+            graph_input = {"input": spec.input, "started_at": started_at}
+            graph_input.update(compiler.first_route(ctx, graph_input))  # type: ignore[typeddict-item]
         stop = asyncio.ensure_future(control.cancelled.wait())
         over_budget: Crossing | None = None
         settled = False

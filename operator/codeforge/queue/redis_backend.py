@@ -111,6 +111,9 @@ class RedisTaskQueue:
         )
         self._watcher = ResultWatcher(conn.any_node, self.get)
         self._withdrawals: set[asyncio.Future[None]] = set()
+        #: enqueue() calls of this turn of the event loop, and the batches on their way (`_send_enqueues`)
+        self._enqueues: list[tuple[Task, asyncio.Future[bool]]] = []
+        self._sending: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def connect(
@@ -168,7 +171,36 @@ class RedisTaskQueue:
     # -- producing ---------------------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> bool:
-        return (await self.enqueue_many([task]))[0]
+        """Enqueues made in one turn of the event loop (a fan-out's parts, many runs' next steps) go out
+        together, one script call per pool, at the end of the turn."""
+        loop = asyncio.get_running_loop()
+        added: asyncio.Future[bool] = loop.create_future()
+        if not self._enqueues:
+            loop.call_soon(self._send_enqueues)
+        self._enqueues.append((task, added))
+        return await added
+
+    def _send_enqueues(self) -> None:
+        batch, self._enqueues = self._enqueues, []
+        job = asyncio.ensure_future(self._enqueue_batch(batch))
+        self._sending.add(job)
+        job.add_done_callback(self._sending.discard)
+
+    async def _enqueue_batch(self, batch: list[tuple[Task, asyncio.Future[bool]]]) -> None:
+        """Sent whether or not a caller still waits: a cancelled caller may not know, as with a script
+        already on its way."""
+        try:
+            flags = await self.enqueue_many([task for task, _ in batch])
+        except BaseException as exc:
+            for _, added in batch:
+                if not added.done():
+                    added.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, added), flag in zip(batch, flags, strict=True):
+            if not added.done():
+                added.set_result(flag)
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:
         by_pool: dict[str, list[int]] = {}
@@ -193,9 +225,18 @@ class RedisTaskQueue:
                         task.fair_weight,
                         task.max_concurrency,
                     ]
-                flags = await self._script("enqueue", pool, *args)
+                for index in chunk:
+                    self._watcher.expect(pool, tasks[index].id)
+                try:
+                    flags = await self._script("enqueue", pool, *args)
+                except BaseException:
+                    for index in chunk:
+                        self._watcher.unexpect(pool, tasks[index].id)
+                    raise
                 for index, flag in zip(chunk, flags, strict=True):
                     added[index] = bool(flag)
+                    if not flag:  # it existed: it may have ended before
+                        self._watcher.unexpect(pool, tasks[index].id)
         return added
 
     # -- consuming ---------------------------------------------------------------------------------
@@ -376,10 +417,13 @@ class RedisTaskQueue:
         validate_pool_name(pool)
         future = await self._retrying(lambda: self._watcher.watch(pool, task_id))
         try:
-            outcome = await self.get(pool, task_id)
-            if outcome is None:
-                raise TaskNotFoundError(f"no task {task_id!r} in pool {pool!r}")
-            if outcome.state.terminal:
+            # A task this queue enqueued on a live subscription cannot have ended unseen: no read needed.
+            expected, outcome = self._watcher.take_expected(pool, task_id)
+            if not expected:
+                outcome = await self.get(pool, task_id)
+                if outcome is None:
+                    raise TaskNotFoundError(f"no task {task_id!r} in pool {pool!r}")
+            if outcome is not None and outcome.state.terminal:
                 return outcome
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -462,6 +506,8 @@ class RedisTaskQueue:
     async def close(self) -> None:
         if self._withdrawals:
             await asyncio.wait(self._withdrawals, timeout=2.0)
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=2.0)
         await self._watcher.close()
         await self._replicated.close()
         await self._r.aclose()

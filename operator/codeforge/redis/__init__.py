@@ -6,7 +6,7 @@ errors (unreachable, wrong password, bad TLS file) and load scripts the same way
 
 from codeforge.redis.connect import Connection, connect
 from codeforge.redis.errors import TRANSIENT, RedisConfigError, RedisStoreError, RedisUnavailableError
-from codeforge.redis.scripts import Script
+from codeforge.redis.scripts import Script, ScriptPipeline
 from codeforge.redis.url import DURABILITY_MODES, SCHEMES, RedisURL, check_url, durability_of, parse_url
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "RedisURL",
     "RedisUnavailableError",
     "Script",
+    "ScriptPipeline",
     "check_url",
     "connect",
     "durability_of",

@@ -4,9 +4,10 @@ LangGraph saves a task's writes as soon as the task ends, then, once its superst
 checkpoint (whose state already contains those writes). A workflow step is one task per superstep, so every
 step cost two Redis round trips where one does: the writes wait here up to `LINGER_SECONDS`, and the next
 checkpoint of their thread takes them along (one script: both or neither). LangGraph writes a thread's
-checkpoints one after another, so while the thread's previous checkpoint is still being written (a slow
-round trip) the writes wait on, up to `MAX_HOLD_SECONDS`. Past that (a fan-out part whose siblings still run)
-they are stored on their own, as before.
+checkpoints one after another, each once the one before is stored, so while a checkpoint of the thread is
+being written, or the writes' own checkpoint is not stored yet (a busy process: with hundreds of runs at once
+LangGraph's checkpoints trail their supersteps by seconds), the writes wait on, up to `MAX_HOLD_SECONDS`. Past
+that (a fan-out part whose siblings still run) they are stored on their own, as before.
 
 Nothing acknowledged is lost: `aput_writes` returns only once its writes are stored, either way. A crash
 while they wait loses only writes LangGraph had not been told were saved; the task then runs again on resume,
@@ -23,8 +24,8 @@ from typing import Any, Final
 #: How long writes wait for their checkpoint: a superstep's end after its last task is CPU only (well under
 #: this even on a loaded machine), and a write that waits this long is still stored well before a task ends.
 LINGER_SECONDS: Final = 0.1
-#: The longest wait, while the thread's previous checkpoint is still on its way.
-MAX_HOLD_SECONDS: Final = 1.0
+#: The longest wait, while the thread's checkpoints are still on their way.
+MAX_HOLD_SECONDS: Final = 10.0
 
 #: (thread id, checkpoint namespace, checkpoint id): the writes of one checkpoint
 Key = tuple[str, str, str]
@@ -53,11 +54,11 @@ class PendingWrites:
     def __init__(
         self,
         store: Callable[[Key, list[Any]], Awaitable[None]],
-        busy: Callable[[str], bool],
+        busy: Callable[[Key], bool],
         linger: float = LINGER_SECONDS,
     ):
         self._store = store
-        self._busy = busy  # whether a checkpoint of this thread is being written
+        self._busy = busy  # whether the checkpoint after these writes cannot have come yet
         self._linger = linger
         self._batches: dict[Key, Batch] = {}
         self._flushes: set[asyncio.Task[None]] = set()
@@ -98,7 +99,7 @@ class PendingWrites:
         if self._batches.get(key) is not batch:
             return  # taken by a checkpoint meanwhile
         loop = asyncio.get_running_loop()
-        if self._busy(key[0]) and loop.time() < until:
+        if self._busy(key) and loop.time() < until:
             loop.call_at(min(loop.time() + self._linger, until), self._expire, key, batch, until)
         else:
             del self._batches[key]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -40,10 +41,17 @@ from redis.asyncio.cluster import RedisCluster
 from codeforge.orchestrator.checkpoint.keys import ThreadKeys, registry_key
 from codeforge.orchestrator.checkpoint.pending import LINGER_SECONDS, Key, PendingWrites
 from codeforge.orchestrator.checkpoint.serde import CheckpointSerializer
-from codeforge.redis import Script
+from codeforge.redis import Script, ScriptPipeline
 
 RedisClient = Redis | RedisCluster
 DEFAULT_PREFIX = "cf:cp"
+#: A thread read as empty is taken as still empty by the next read of it within this time: a run's start
+#: reads its thread twice in a row (the runner, to tell a new run from a resumed one, then LangGraph's loop).
+#: One orchestrator runs a workflow at a time, so nothing writes the thread in between.
+ABSENT_MEMO_SECONDS = 0.5
+ABSENT_MEMO_LIMIT = 4096
+#: Threads whose latest stored checkpoint is remembered (`_waiting`).
+STORED_LIMIT = 100_000
 
 
 SCRIPTS = {
@@ -77,16 +85,32 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         self._r: Any = client
         self.prefix = prefix
         self._registered: set[str] = set()  # threads this process already put in the registry
+        self._cluster = isinstance(client, RedisCluster)
+        #: one server: the scripts of one turn of the event loop (many runs' checkpoints) in one pipeline
+        self._pipeline = None if self._cluster else ScriptPipeline(client)
+        self._absent: dict[str, float] = {}  # thread id -> monotonic time a read found it empty
         self._writing: Counter[str] = Counter()  # thread id -> its checkpoint scripts in flight
-        self._pending = PendingWrites(self._put_writes, self._writing.__contains__, writes_linger)
+        #: thread id -> the latest checkpoint id stored (of the threads written to lately), for `_waiting`
+        self._stored: OrderedDict[str, str] = OrderedDict()
+        self._pending = PendingWrites(self._put_writes, self._waiting, writes_linger)
+
+    def _waiting(self, key: Key) -> bool:
+        """Whether the checkpoint that follows writes of checkpoint `key` cannot have come yet: one of the
+        thread's checkpoints is being written, or `key`'s own is not stored yet (ids sort by time)."""
+        thread_id, _, checkpoint_id = key
+        return thread_id in self._writing or self._stored.get(thread_id, checkpoint_id) < checkpoint_id
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._pipeline is not None:
+            return await self._pipeline.run(SCRIPTS[name], keys, args)
         return await SCRIPTS[name].run(self._r, keys, args)
 
     async def aclose(self) -> None:
         """Store the writes still held, close the connection (the saver is unusable after)."""
         try:
             await self._pending.flush()
+            if self._pipeline is not None:
+                await self._pipeline.drain()
         finally:
             await self.client.aclose()
 
@@ -110,13 +134,16 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         conf = config["configurable"]
         thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns", ""))
+        self._absent.pop(thread_id, None)
         keys = self._keys(thread_id)
         values: dict[str, Any] = checkpoint["channel_values"]
         saved = {k: v for k, v in checkpoint.items() if k != "channel_values"}
         ctype, cbytes = self.serde.dumps_typed(saved)
         mtype, mbytes = self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))
         record = ormsgpack.packb([ctype, cbytes, mtype, mbytes, conf.get("checkpoint_id")])
-        args: list[Any] = [ns, checkpoint["id"], record, len(new_versions)]
+        # One server: the thread's first checkpoint registers it in the same script (a round trip less).
+        register = thread_id not in self._registered and not self._cluster
+        args: list[Any] = [ns, checkpoint["id"], record, len(new_versions), thread_id if register else ""]
         for channel, version in new_versions.items():
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
             args += [f"{channel}\x00{version}", ormsgpack.packb(list(typed))]
@@ -126,10 +153,15 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         if held is not None:  # the parent's writes, stored with their successor
             script_keys += [keys.writes(ns, parent[2]), keys.writes_keys]
             args += held.args
+        if register:
+            script_keys.append(registry_key(self.prefix))
         self._writing[thread_id] += 1
         try:
-            await self._register(thread_id)
+            if self._cluster:
+                await self._register(thread_id)
             await self._script("put_checkpoint", script_keys, args)
+            self._registered.add(thread_id)
+            self._stored_now(thread_id, checkpoint["id"])
         except BaseException:
             if held is not None:  # the writes' fate is their own: they are stored alone
                 self._pending.store_alone(parent, held)
@@ -143,6 +175,13 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
+
+    def _stored_now(self, thread_id: str, checkpoint_id: str) -> None:
+        if checkpoint_id > self._stored.get(thread_id, ""):
+            self._stored[thread_id] = checkpoint_id
+        self._stored.move_to_end(thread_id)
+        if len(self._stored) > STORED_LIMIT:
+            self._stored.popitem(last=False)  # a thread long quiet: its writes just linger
 
     async def aput_writes(
         self,
@@ -177,6 +216,8 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._pending.flush(thread_id)  # else a held write would recreate a key after the delete
+        self._absent.pop(thread_id, None)
+        self._stored.pop(thread_id, None)
         keys = self._keys(thread_id)
         namespaces = [_text(n) for n in await self._r.smembers(keys.namespaces)]
         writes = [_text(k) for k in await self._r.smembers(keys.writes_keys)]
@@ -195,11 +236,20 @@ class RedisCheckpointSaver(BaseCheckpointSaver[str]):
         await self._pending.flush(thread_id)  # read what this process wrote, held writes included
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
+            read_empty = self._absent.pop(thread_id, None)
+            if read_empty is not None and time.monotonic() - read_empty < ABSENT_MEMO_SECONDS:
+                return None
             latest = await self._r.zrevrangebylex(self._keys(thread_id).index(ns), "+", "-", 0, 1)
             if not latest:
+                if len(self._absent) >= ABSENT_MEMO_LIMIT:
+                    del self._absent[next(iter(self._absent))]
+                self._absent[thread_id] = time.monotonic()
                 return None
             checkpoint_id = _text(latest[0])
-        return await self._load(thread_id, ns, checkpoint_id)
+        found = await self._load(thread_id, ns, checkpoint_id)
+        if found is not None:  # a run resumed from it: its writes wait for its successor, not for it
+            self._stored_now(thread_id, checkpoint_id)
+        return found
 
     async def alist(
         self,
