@@ -1,11 +1,14 @@
 -- ARGV: n, then per task: id, priority, max_attempts, lease_ms, data, max_lost_leases, lost_backoff_ms,
 -- fair key, weight, max_concurrency (0: none). Returns one 1 (added) / 0 (exists) per task.
 local now = now_ms()
-migrate()
+-- The pool's counters in one read: fver (its older tasks filed under their keys), keys tracked, ready tasks
+-- held back (keys at their cap).
+local counts = redis.call('MGET', P .. 'fver', P .. 'fkeys', P .. 'fbn')
+if not counts[1] and migrate() then counts = redis.call('MGET', P .. 'fver', P .. 'fkeys', P .. 'fbn') end
 local n = tonumber(ARGV[1])
 local out = {}
 local seq = redis.call('INCRBY', P .. 'seq', n) - n  -- one sequence number per task, taken at once
-local keys = num(redis.call('GET', P .. 'fkeys'))
+local keys = num(counts[2])
 
 -- One task and a consumer waiting, nothing else claimable (a step dispatched to an idle pool: the common
 -- case, and the one whose latency counts): the task is the one hand_out's pick would take, so it is leased
@@ -15,7 +18,8 @@ local keys = num(redis.call('GET', P .. 'fkeys'))
 -- else (a key at or reaching past its cap, ready tasks of another key, no consumer) takes the general path.
 -- True when it was handed over.
 local function enqueue_handed(b, id, tk, prio, score, key, cap, w)
-  if redis.call('EXISTS', P .. 'idle') == 0 or claimable() > 0 then return false end
+  if redis.call('EXISTS', P .. 'idle') == 0 then return false end
+  if redis.call('ZCARD', P .. 'ready') > num(counts[3]) then return false end  -- claimable() > 0
   local st = key_state(key, prio)
   if st.blk or st.n[1] + st.n[2] + st.n[3] + st.n[4] > 0 or (cap > 0 and st.h >= cap) then return false end
   local member, until_ms, consumer, _, hold_ms = next_idle(now)
