@@ -118,6 +118,37 @@ async def test_a_handover_respects_a_keys_cap(queue: TaskQueue, pool: str) -> No
     assert lease.id == "a/1"
 
 
+async def test_a_task_handed_straight_over_takes_its_keys_turn(queue: TaskQueue, pool: str) -> None:
+    # One task, a consumer waiting, nothing else ready: Redis leases it without filing it under its key
+    # (lua/enqueue.lua). Its key must still have had its turn: b, new, goes before a's next task.
+    job = await blocked_claim(queue, pool, "c1")
+    await queue.enqueue(make_task(pool, "a/0", workflow="a"))
+    (handed,) = await asyncio.wait_for(job, 5)
+    assert handed.id == "a/0"
+    await queue.enqueue_many(
+        [make_task(pool, f"a/{i}", workflow="a") for i in (1, 2)] + [make_task(pool, "b/0", workflow="b")]
+    )
+    assert [(await claim_one(queue, pool)).id for _ in range(3)] == ["b/0", "a/1", "a/2"]
+
+
+async def test_a_task_handed_straight_over_holds_its_keys_slot(queue: TaskQueue, pool: str) -> None:
+    first = await blocked_claim(queue, pool, "c1")
+    await queue.enqueue(make_task(pool, "a/0", workflow="a", max_concurrency=1))
+    (held,) = await asyncio.wait_for(first, 5)
+    second = await blocked_claim(queue, pool, "c2")
+    await queue.enqueue(make_task(pool, "a/1", workflow="a", max_concurrency=1))  # its key is at its cap
+    stats = await queue.stats(pool)
+    assert (stats.in_flight, stats.queued, stats.held_back) == (1, 0, 1)
+    await asyncio.sleep(SETTLE)
+    assert not second.done(), "a/1 must not be handed over while a/0 holds the key's one slot"
+    await queue.complete(held, None)  # the slot frees: a/1 goes to the consumer waiting
+    (lease,) = await asyncio.wait_for(second, 5)
+    assert lease.id == "a/1"
+    await queue.complete(lease, None)
+    stats = await queue.stats(pool)
+    assert (stats.in_flight, stats.queued, stats.held_back) == (0, 0, 0)
+
+
 async def test_a_cancelled_claim_gives_back_what_was_handed_over(queue: TaskQueue, pool: str) -> None:
     job = await blocked_claim(queue, pool, "quitter")
     job.cancel()

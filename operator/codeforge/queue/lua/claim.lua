@@ -55,7 +55,12 @@ if #out == 2 then
   if due[2] then next_due = tonumber(due[2]) end
   if exp[2] and (next_due < 0 or tonumber(exp[2]) < next_due) then next_due = tonumber(exp[2]) end
   out[2] = next_due
-  if idle_ms > 0 then redis.call('ZADD', P .. 'idle', now + idle_ms, ARGV[2] .. '|' .. hold .. '|' .. consumer) end
+  if idle_ms > 0 then
+    -- Registrations whose wait ended (their consumers died or stopped) go as a new one comes, so `idle`
+    -- holds the live ones; hand_out passes over ended ones without this call on the enqueue's path.
+    redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
+    redis.call('ZADD', P .. 'idle', now + idle_ms, ARGV[2] .. '|' .. hold .. '|' .. consumer)
+  end
 end
 if moved > 0 then hand_out(now) end  -- the reap or promote readied tasks others may be waiting for
 return out

@@ -355,34 +355,52 @@ end
 -- consumer waiting longest): it is blocked in its pop by now, while the latest one may still be on its way
 -- there (its claim's reply, an fsync, its process's turn), which a task handed to it would wait for.
 -- Registrations ending within HAND_MARGIN_MS are passed over while others are left (a lease that arrives
--- as a pop times out costs that consumer one more claim call); ended ones are dropped.
+-- as a pop times out costs that consumer one more claim call); ended ones are never handed to.
 local HAND_TTL_MS = 60000  -- a dead consumer's list outlives its wait this long (its leases expire anyway)
 local HAND_MARGIN_MS = 100
+
+-- The registration to hand to next, taken out of `idle`: its member, wait end (ms), consumer, how many tasks
+-- it takes and its lease ms; nil when no consumer is waiting. Registrations whose wait has ended are dropped
+-- when they would be picked (when no other is left), so a handover to a live one costs nothing more.
+local function next_idle(now)
+  local top = redis.call('ZRANGEBYSCORE', P .. 'idle', now + HAND_MARGIN_MS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if not top[1] then
+    top = redis.call('ZRANGE', P .. 'idle', -1, -1, 'WITHSCORES')
+    if not top[1] then return nil end
+    if tonumber(top[2]) <= now then  -- the latest wait has ended, so has every other
+      redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
+      return nil
+    end
+  end
+  redis.call('ZREM', P .. 'idle', top[1])
+  local member = top[1]
+  local a = string.find(member, '|', 1, true)
+  local b = string.find(member, '|', a + 1, true)
+  return member, tonumber(top[2]), string.sub(member, b + 1), tonumber(string.sub(member, 1, a - 1)),
+    tonumber(string.sub(member, a + 1, b - 1))
+end
+
+-- Push leases (the claim reply's fields, `out`) to the consumer's list for its blocking pop.
+local function push_handed(consumer, out, until_ms, now)
+  local hk = P .. 'h:' .. consumer
+  redis.call('RPUSH', hk, table.concat(out, '\0'))
+  redis.call('PEXPIRE', hk, until_ms - now + HAND_TTL_MS)
+end
 
 local function hand_out(now)
   if redis.call('EXISTS', P .. 'idle') == 0 then return end
   local left = claimable()
   if left <= 0 then return end
-  redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
   while left > 0 do
-    local top = redis.call('ZRANGEBYSCORE', P .. 'idle', now + HAND_MARGIN_MS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if not top[1] then top = redis.call('ZRANGE', P .. 'idle', -1, -1, 'WITHSCORES') end
-    if not top[1] then return end
-    redis.call('ZREM', P .. 'idle', top[1])
-    local until_ms = tonumber(top[2])
-    local member = top[1]
-    local a = string.find(member, '|', 1, true)
-    local b = string.find(member, '|', a + 1, true)
-    local consumer = string.sub(member, b + 1)
+    local member, until_ms, consumer, want, hold = next_idle(now)
+    if not member then return end
     local out = {}
-    local got = take(out, tonumber(string.sub(member, 1, a - 1)), consumer, tonumber(string.sub(member, a + 1, b - 1)), now)
+    local got = take(out, want, consumer, hold, now)
     if got == 0 then  -- every ready task's key is at its cap: it waits on
       redis.call('ZADD', P .. 'idle', until_ms, member)
       return
     end
-    local hk = P .. 'h:' .. consumer
-    redis.call('RPUSH', hk, table.concat(out, '\0'))
-    redis.call('PEXPIRE', hk, until_ms - now + HAND_TTL_MS)
+    push_handed(consumer, out, until_ms, now)
     left = left - got
   end
 end
