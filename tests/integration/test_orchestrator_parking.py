@@ -146,7 +146,7 @@ async def test_cancel_and_timeout_reach_a_parked_run(backend: tuple[TaskQueue, A
     runner = CountingRunner(queue, saver, park_after=PARK_AFTER)
     text = """
 input: {}
-steps: [{name: a, pool: slow, params: {seconds: 30}}]
+steps: [{name: a, pool: slow, params: {seconds: 3}}]
 """
     control = WorkflowHandle()
     wf = f"wf-{uuid.uuid4().hex[:8]}"
@@ -207,7 +207,7 @@ async def test_a_shutdown_reaches_a_parked_run_and_leaves_its_task_queued(
     runner = CountingRunner(queue, saver, park_after=PARK_AFTER)
     text = """
 input: {}
-steps: [{name: a, pool: slow, params: {seconds: 30}}]
+steps: [{name: a, pool: slow, params: {seconds: 3}}]
 """
     wf = f"wf-{uuid.uuid4().hex[:8]}"
     job = asyncio.ensure_future(runner.run(wf, spec(text)))
@@ -218,3 +218,5 @@ steps: [{name: a, pool: slow, params: {seconds: 30}}]
     task = await queue.get("slow", f"{wf}/a/v1/p0/a0")
     assert task is not None
     assert not task.state.terminal  # a restart re-attaches it
+    # no restart comes: end it, or the next test's agents on this server would take it up again
+    await queue.cancel("slow", task.id)
