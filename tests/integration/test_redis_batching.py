@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from codeforge.queue import open_queue
+from codeforge.queue.keys import pool_prefix
 from codeforge.redis import Script, ScriptPipeline
 from codeforge.testing.redis_server import LocalRedis
 from support.tasks import make_task, unique_pool
@@ -36,6 +37,27 @@ async def test_enqueues_of_one_turn_are_one_script_call(fresh_redis: LocalRedis)
         assert (await queue.stats(pool)).queued == 5
     finally:
         await counter.aclose()
+        await queue.close()
+
+
+async def test_a_pool_whose_enqueue_fails_fails_only_its_own_callers(fresh_redis: LocalRedis) -> None:
+    """Enqueues of one turn for two pools: one pool's script fails (here its sequence counter is not a
+    number); the other pool's callers are answered as if alone."""
+    broken, fine = unique_pool(), unique_pool()
+    queue = await open_queue(fresh_redis.url)
+    client = aioredis.Redis.from_url(fresh_redis.url)
+    try:
+        await client.set(pool_prefix(broken) + "seq", "not a number")
+        replies = await asyncio.gather(
+            queue.enqueue(make_task(broken, "b")),
+            queue.enqueue(make_task(fine, "f")),
+            return_exceptions=True,
+        )
+        assert isinstance(replies[0], Exception)
+        assert replies[1] is True
+        assert (await queue.stats(fine)).queued == 1
+    finally:
+        await client.aclose()
         await queue.close()
 
 

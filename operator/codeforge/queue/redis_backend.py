@@ -187,6 +187,14 @@ class RedisTaskQueue:
         job.add_done_callback(self._sending.discard)
 
     async def _enqueue_batch(self, batch: list[tuple[Task, asyncio.Future[bool]]]) -> None:
+        """Each pool's share is sent on its own (in parallel: on a cluster, pools live on different nodes),
+        so one pool's failure (its node down, a refused script) fails only its own callers."""
+        by_pool: dict[str, list[tuple[Task, asyncio.Future[bool]]]] = {}
+        for item in batch:
+            by_pool.setdefault(item[0].pool, []).append(item)
+        await asyncio.gather(*(self._enqueue_pool(items) for items in by_pool.values()))
+
+    async def _enqueue_pool(self, batch: list[tuple[Task, asyncio.Future[bool]]]) -> None:
         """Sent whether or not a caller still waits: a cancelled caller may not know, as with a script
         already on its way."""
         try:
