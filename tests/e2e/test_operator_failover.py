@@ -150,6 +150,16 @@ def handled(process: OperatorProcess, handler: str = "") -> list[str]:
     return [line for line in process.log().splitlines() if "kopf.objects" in line and f"'{handler}" in line]
 
 
+def runs(process: OperatorProcess, namespace: str, name: str) -> list[str]:
+    """The operator's lines saying it starts or resumes the run of Workflow `namespace/name`."""
+    return [
+        line.rsplit(" run ", 1)[1]
+        for line in handled(process)
+        if f"Workflow {namespace}/{name} run starts" in line
+        or f"Workflow {namespace}/{name} run resumes" in line
+    ]
+
+
 def claims(agent: AgentProcess, uid: str) -> list[str]:
     return re.findall(rf"claimed .*?task_id=({re.escape(uid)}/\S+)", agent.log())
 
@@ -230,7 +240,8 @@ def finish(
         succeeded, timeout=90, interval=0.3, what=f"{name} Succeeded",
         detail=lambda: f"{get(cluster, namespace, name).get('status')}\n{survivor.tail()}",
     )  # fmt: skip
-    assert handled(survivor, "watch_workflow"), survivor.tail()
+    # The survivor picked the run up from its checkpoint, as a resumption, not a new start.
+    assert runs(survivor, namespace, name) == ["resumes"], survivor.tail()
     assert done["status"]["progress"] == "6/6"
     assert [(s["name"], s["phase"], s["attempts"]) for s in done["status"]["steps"]] == [
         (step, "Succeeded", 1) for step in STEPS
@@ -249,7 +260,7 @@ def test_standby_takes_over_within_the_lease_duration_when_the_leader_is_killed(
     # Only the leader runs Kopf: the standby has handled nothing, not even while both started.
     assert handled(standby) == [], standby.tail()
     uid = start_workflow(control_plane, namespace, "killed", lambda: leader.tail(40))
-    assert handled(leader, "watch_workflow"), leader.tail()
+    assert runs(leader, namespace, "killed") == ["starts"], leader.tail()
     assert handled(standby) == [], standby.tail()
 
     leader.kill()  # SIGKILL mid-run: no cleanup; the Lease stays until it runs out

@@ -15,7 +15,7 @@ import pytest
 
 from codeforge.api.task import Task, TaskOutcome, TaskState, TaskWorkspace, WorkspaceAction
 from codeforge.queue import TaskQueue, open_queue
-from support.agent_procs import agent_env, running_agents
+from support.agent_procs import agent_env, running_agents, sigterm
 from support.git_server import GitServer, git, make_bare_repo
 from support.kopf_harness import NS, prepare, running
 
@@ -170,9 +170,14 @@ async def test_a_deletion_without_agents_goes_on_and_leaves_the_cleanup_queued(
     }
     pool = f"{NS}/lonely"
     env = workspace_agent(pool, redis_url, STEPS, tmp_path, server)
-    async with running_agents(env), running(kmock, timeout=60) as cluster:
+    async with running_agents(env) as agents, running(kmock, timeout=60) as cluster:
         await cluster.create("lonely", spec, uid="uid-lonely")
         await cluster.eventually(lambda: cluster.phase("lonely") == "Succeeded")
+        # Stopped, not killed: a killed agent's wait for work stays registered until it would have ended,
+        # and a task enqueued meanwhile is handed to it (and comes back when the lease runs out).
+        for agent in agents:
+            sigterm(agent)
+            assert await agent.wait(timeout=30) == 0, agent.log
     step_ref = "refs/codeforge/uid-lonely/write/v1/p0"
     assert step_ref in refs(bare)
     # The pool's agent is gone: the deletion waits CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT, then lets it go.

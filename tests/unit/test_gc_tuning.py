@@ -17,6 +17,7 @@ def untuned(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     threshold = gc.get_threshold()
     callbacks = list(gc.callbacks)
     monkeypatch.setattr(gc_tuning, "_tuned", False)
+    gc.unfreeze()  # an operator run in this process by an earlier test froze its objects
     try:
         yield
     finally:

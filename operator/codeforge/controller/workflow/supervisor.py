@@ -188,6 +188,12 @@ async def _drive(
             continue
         tracker.set_degraded(None)
         busy[0] = 0.0
+        # One line per run (and per resumption): which operator replica runs which Workflow.
+        log.info(
+            "Workflow %s run %s",
+            obj.ref.key,
+            "starts" if tracker.phase is WorkflowPhase.PENDING else "resumes",
+        )
         try:
             # Cancelling this task (operator shutdown) cancels the run, which leaves its tasks to the agents;
             # a deletion cancels `control`, and the run cancels its outstanding tasks and returns.
