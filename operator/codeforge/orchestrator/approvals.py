@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from codeforge.api.approval import Decision
+from codeforge.orchestrator.flag import Flag
 
 #: Called when a step starts waiting (step, visit, message): `codeforge run` prompts from there.
 OnWaiting = Callable[[str, int, str], None]
@@ -26,7 +27,7 @@ class ApprovalBox:
         self, decisions: Mapping[str, Decision] | None = None, on_waiting: OnWaiting | None = None
     ) -> None:
         self._decisions: dict[str, Decision] = dict(decisions or {})
-        self._changed = asyncio.Event()
+        self._changed = Flag()
         self.on_waiting = on_waiting
         #: step -> visit of every step waiting now (the CLI's prompt and tests read it)
         self.waiting: dict[str, int] = {}
@@ -43,7 +44,7 @@ class ApprovalBox:
 
     def _wake(self) -> None:
         self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed = Flag()
 
     def get(self, step: str, visit: int) -> Decision | None:
         decision = self._decisions.get(step)

@@ -9,11 +9,11 @@ it; from then on nothing new is dispatched and the runner fails or suspends the 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from codeforge.api.usage import Budget, BudgetAction, Usage
+from codeforge.orchestrator.flag import Flag
 
 #: The Workflow condition reason (and WorkflowOutcome.reason) when the budget ends or suspends a run.
 BUDGET_EXCEEDED: Final = "BudgetExceeded"
@@ -53,9 +53,9 @@ class Ledger:
     total: Usage = field(default_factory=Usage)
     crossed: Crossing | None = None
     #: Set when the budget is crossed or raised again; the runner waits on it beside the graph.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Flag = field(default_factory=Flag)
     #: Set when a dispatch waits because the budget is crossed: the run needs more than it may spend.
-    blocked: asyncio.Event = field(default_factory=asyncio.Event)
+    blocked: Flag = field(default_factory=Flag)
 
     @classmethod
     def restore(cls, budget: Budget | None, saved: dict[str, Any] | None) -> Ledger:

@@ -31,6 +31,7 @@ from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import Ledger
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent
 from codeforge.orchestrator.fairness import FairShare
+from codeforge.orchestrator.flag import Flag
 from codeforge.orchestrator.shutdown import WITHDRAWN_MESSAGE, StopGate, withdrawn
 from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskNotFoundError, TaskQueue
 
@@ -67,7 +68,7 @@ class Waiting:
 _LOST_RACE: Final = {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
 
 
-def _set(event: asyncio.Event) -> asyncio.Event:
+def _set(event: Flag) -> Flag:
     event.set()
     return event
 
@@ -81,9 +82,9 @@ class DispatchContext:
     emit: EventSink
     in_flight: asyncio.Semaphore
     deadline: float | None  # Unix time the whole workflow must end by
-    running: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))  # cleared while suspended
+    running: Flag = field(default_factory=lambda: _set(Flag()))  # cleared while suspended
     #: "step#visit" -> set once a part succeeded, so firstSuccess can cancel the other parts
-    winners: dict[str, asyncio.Event] = field(default_factory=dict)
+    winners: dict[str, Flag] = field(default_factory=dict)
     #: task id -> pool of every task dispatched and not yet finished, to cancel them on timeout or cancel
     outstanding: dict[str, str] = field(default_factory=dict)
     #: task id -> the first terminal outcome received for it; later ones are ignored (see the module doc)
@@ -106,7 +107,7 @@ class DispatchContext:
     nodes: int = 0
     waiting: dict[str, Waiting] = field(default_factory=dict)
     #: set while every running node waits on a task (`parkable`)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: Flag = field(default_factory=Flag)
     #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
     reported: set[str] = field(default_factory=set)
     #: "step#visit/part" -> Unix time the part began, kept while its node may run again
@@ -148,8 +149,8 @@ class DispatchContext:
             self.waiting.pop(tid, None)
             self._idle_changed()
 
-    def winner(self, key: str) -> asyncio.Event:
-        return self.winners.setdefault(key, asyncio.Event())
+    def winner(self, key: str) -> Flag:
+        return self.winners.setdefault(key, Flag())
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from codeforge.orchestrator.compiler import GraphCompiler
 from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher, Waiting
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.fairness import fair_share_of
+from codeforge.orchestrator.flag import Flag
 from codeforge.orchestrator.rewind import rewind
 from codeforge.orchestrator.shutdown import (
     STOP_MESSAGE,
@@ -101,8 +102,8 @@ class WorkflowHandle:
     """Handles to a running workflow from outside: suspend/resume dispatching (spec.suspend), cancel, stop or
     terminate (spec.shutdown, `orchestrator.shutdown`), and the decisions of its approval steps."""
 
-    running: asyncio.Event = field(default_factory=asyncio.Event)
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    running: Flag = field(default_factory=Flag)
+    cancelled: Flag = field(default_factory=Flag)
     reason: str = ""
     approvals: ApprovalBox = field(default_factory=ApprovalBox)
     #: spec.suspend; a reached spec.budget holds the run suspended on its own (the run's ledger)

@@ -15,13 +15,13 @@ re-attaches the tasks it had dispatched and waits for those an agent runs (it wi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from codeforge.api.task import TaskOutcome, TaskState
+from codeforge.orchestrator.flag import Flag
 
 #: `WorkflowOutcome.reason` (and the Workflow's Finished condition reason) of a stopped run.
 STOPPED: Final = "Stopped"
@@ -45,7 +45,7 @@ class StopGate:
 
     requested: bool = False
     held: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: Flag = field(default_factory=Flag)
     #: task ids the runner asked the queue to withdraw (once each: a claimed task stays claimed)
     tried: set[str] = field(default_factory=set)
 

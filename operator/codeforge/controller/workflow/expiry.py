@@ -43,6 +43,7 @@ from codeforge.controller.workflow.results import result_key
 from codeforge.controller.workflow.supervisor import WatchedWorkflow, first_of, qualified
 from codeforge.controller.workflow.tracker import ConditionType
 from codeforge.orchestrator import WorkflowRunner
+from codeforge.orchestrator.flag import Flag
 from codeforge.orchestrator.records import forget_run_tasks
 from codeforge.orchestrator.workspace import cleanup_task_id
 
@@ -132,7 +133,7 @@ class Expiry:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     generation: int | None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: Flag = field(default_factory=Flag)
     task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:

@@ -26,6 +26,7 @@ from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.tracker import WorkflowTracker
 from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
 from codeforge.orchestrator.checkpoint import RedisCheckpointSaver, open_checkpointer
+from codeforge.orchestrator.flag import Flag
 from codeforge.queue import QueueError, TaskQueue
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class LiveWorkflow:
     annotations: dict[str, str] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Flag = field(default_factory=Flag)
 
 
 @dataclass

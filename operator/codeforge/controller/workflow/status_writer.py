@@ -32,6 +32,7 @@ from codeforge.controller.kstatus import EventType, KubeEvent, ObjectRef
 from codeforge.controller.kube import KubeApiError, NotFoundError
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.tracker import ROUTINE_STEP_REASONS, WorkflowTracker
+from codeforge.orchestrator.flag import Flag
 
 JSON = dict[str, Any]
 EVENTS_PER_WRITE: Final = 5
@@ -77,7 +78,7 @@ class _Entry:
     written_at: float = float("-inf")
     written: JSON | None = None
     urgent: bool = False
-    flushed: asyncio.Event = field(default_factory=asyncio.Event)
+    flushed: Flag = field(default_factory=Flag)
     marker: Callable[[], None] | None = None  # the tracker's on_change set by `track`
     released: bool = False  # the run ended: untracked once its last status is written
 
