@@ -143,4 +143,5 @@ def refresh(workflows: WorkflowRegistry, live: LiveWorkflow, seen: WatchedWorkfl
             log.warning("spec.budget ignored: %s", exc.errors()[0]["msg"])
         else:
             workflows.set_budget(uid, parsed)
-    live.spec = dict(seen.spec)
+    if seen.spec != live.spec:  # else keep the copy held: every event decodes a new body, whose spec a copy
+        live.spec = dict(seen.spec)  # would keep alive beside the validated one (`checked`)
