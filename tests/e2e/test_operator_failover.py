@@ -154,7 +154,7 @@ def runs(process: OperatorProcess, namespace: str, name: str) -> list[str]:
     """The operator's lines saying it starts or resumes the run of Workflow `namespace/name`."""
     return [
         line.rsplit(" run ", 1)[1]
-        for line in handled(process)
+        for line in process.log().splitlines()
         if f"Workflow {namespace}/{name} run starts" in line
         or f"Workflow {namespace}/{name} run resumes" in line
     ]
