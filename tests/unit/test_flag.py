@@ -35,7 +35,8 @@ async def test_a_cancelled_waiter_leaves_and_the_others_still_wake() -> None:
     gone.cancel()
     await asyncio.sleep(0)
     assert gone.cancelled()
-    assert flag._waiters is not None and len(flag._waiters) == 1
+    assert flag._waiters is not None
+    assert len(flag._waiters) == 1
     flag.set()
     assert await asyncio.wait_for(stays, timeout=1) is True
 
