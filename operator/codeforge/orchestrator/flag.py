@@ -2,7 +2,7 @@
 
 An asyncio.Event allocates its waiters' deque up front: ~0.86 KiB an event (tracemalloc), and a run held
 about ten (its handle, budget ledger, approvals, Stop gate, dispatch context, the operator's registry entry
-and status entry), ~75 MiB at 10,000 Workflows, nearly all of them never waited on. A `Flag` is ~56 bytes
+and status entry), ~85 MiB at 10,000 Workflows, nearly all of them never waited on. A `Flag` is ~56 bytes
 and makes its waiters' list only when something waits.
 """
 
