@@ -152,12 +152,8 @@ def handled(process: OperatorProcess, handler: str = "") -> list[str]:
 
 def runs(process: OperatorProcess, namespace: str, name: str) -> list[str]:
     """The operator's lines saying it starts or resumes the run of Workflow `namespace/name`."""
-    return [
-        line.rsplit(" run ", 1)[1]
-        for line in process.log().splitlines()
-        if f"Workflow {namespace}/{name} run starts" in line
-        or f"Workflow {namespace}/{name} run resumes" in line
-    ]
+    workflow = re.escape(f"{namespace}/{name}")
+    return re.findall(rf"Workflow {workflow} run (starts|resumes)$", process.log(), re.MULTILINE)
 
 
 def claims(agent: AgentProcess, uid: str) -> list[str]:
