@@ -73,6 +73,7 @@ from codeforge.testing.redis_server import LocalRedis
 POOL = "scale"
 STEPS = ["s0", "s1", "s2"]
 DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
+NOTIFIED = "codeforge_result_notification_latency_seconds"
 ENDED = "codeforge_workflow_duration_seconds"
 GC = "codeforge_operator_gc_seconds"  # a counter (`_total`); absent from operators before gc_tuning: 0
 WORKFLOWS = Kind(API_VERSION, PLURAL)
@@ -291,6 +292,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 done_text = scrape(metrics_url)
                 dispatch = histogram_buckets(done_text, DISPATCH)
+                notified = histogram_buckets(done_text, NOTIFIED)
                 gc_all = gc_delta(gc_seconds(done_text), gc_before)
                 rss_peak = sampler.peak
 
@@ -352,6 +354,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "dispatch_p50_ms_running": ms(quantile(running, 0.5)),
                     "dispatch_p99_ms_running": ms(quantile(running, 0.99)),
                     "dispatches": int(dispatch[-1][1]) if dispatch else 0,
+                    "notification_p50_ms": ms(quantile(notified, 0.5)),
+                    "notification_p99_ms": ms(quantile(notified, 0.99)),
                     "api_requests_per_s": round(sum(rates.values()), 1),
                     "status_patches_per_s": round(rates.get(status_key, 0.0), 1),
                     "api_requests_per_s_by_kind": {k: round(v, 2) for k, v in rates.items() if v >= 0.05},
@@ -429,6 +433,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "  while running (ms)",
             lambda r: f"{fmt(r['dispatch_p50_ms_running'])} / {fmt(r['dispatch_p99_ms_running'])}",
+            "",
+        ),
+        (
+            "a task end -> its run woken, p50 / p99 (ms)",
+            lambda r: f"{fmt(r.get('notification_p50_ms'))} / {fmt(r.get('notification_p99_ms'))}",
             "",
         ),
         (

@@ -172,27 +172,29 @@ class RedisTaskQueue:
 
     async def enqueue(self, task: Task) -> bool:
         """Enqueues made in one turn of the event loop (a fan-out's parts, many runs' next steps) go out
-        together, one script call per pool, at the end of the turn."""
+        together, one script call per pool, at the start of the next turn."""
         loop = asyncio.get_running_loop()
         added: asyncio.Future[bool] = loop.create_future()
         if not self._enqueues:
-            loop.call_soon(self._send_enqueues)
+            # The sending task's first step runs in the next turn, after every enqueue of this one. Created
+            # here rather than from a call_soon callback: on a busy loop every hop is a whole turn.
+            job = loop.create_task(self._send_enqueues())
+            self._sending.add(job)
+            job.add_done_callback(self._sending.discard)
         self._enqueues.append((task, added))
         return await added
 
-    def _send_enqueues(self) -> None:
-        batch, self._enqueues = self._enqueues, []
-        job = asyncio.ensure_future(self._enqueue_batch(batch))
-        self._sending.add(job)
-        job.add_done_callback(self._sending.discard)
-
-    async def _enqueue_batch(self, batch: list[tuple[Task, asyncio.Future[bool]]]) -> None:
+    async def _send_enqueues(self) -> None:
         """Each pool's share is sent on its own (in parallel: on a cluster, pools live on different nodes),
         so one pool's failure (its node down, a refused script) fails only its own callers."""
+        batch, self._enqueues = self._enqueues, []
         by_pool: dict[str, list[tuple[Task, asyncio.Future[bool]]]] = {}
         for item in batch:
             by_pool.setdefault(item[0].pool, []).append(item)
-        await asyncio.gather(*(self._enqueue_pool(items) for items in by_pool.values()))
+        if len(by_pool) == 1:  # the common case, without gather's task per pool (a turn each)
+            await self._enqueue_pool(batch)
+        else:
+            await asyncio.gather(*(self._enqueue_pool(items) for items in by_pool.values()))
 
     async def _enqueue_pool(self, batch: list[tuple[Task, asyncio.Future[bool]]]) -> None:
         """Sent whether or not a caller still waits: a cancelled caller may not know, as with a script

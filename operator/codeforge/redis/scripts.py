@@ -50,19 +50,16 @@ class ScriptPipeline:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         if not self._calls:
-            loop.call_soon(self._send)
+            # Its first step runs in the next turn, after every call of this one; a task made here rather
+            # than from a call_soon callback, since on a busy loop every hop is a whole turn.
+            job = loop.create_task(self._send())
+            self._sending.add(job)
+            job.add_done_callback(self._sending.discard)
         self._calls.append((script, keys, args, done))
         return await done
 
-    def _send(self) -> None:
+    async def _send(self) -> None:
         calls, self._calls = self._calls, []
-        job = asyncio.ensure_future(self._run(calls))
-        self._sending.add(job)
-        job.add_done_callback(self._sending.discard)
-
-    async def _run(
-        self, calls: list[tuple[Script, Sequence[Any], Sequence[Any], asyncio.Future[Any]]]
-    ) -> None:
         if len(calls) == 1:
             script, keys, args, done = calls[0]
             replies: list[Any] = [await _outcome(script.run(self._client, keys, args))]

@@ -60,18 +60,19 @@ class PendingWrites:
         self._store = store
         self._busy = busy  # whether the checkpoint after these writes cannot have come yet
         self._linger = linger
-        self._batches: dict[Key, Batch] = {}
+        #: thread id -> its held batches: a read flushes its own thread's without scanning every run's
+        self._batches: dict[str, dict[Key, Batch]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def hold(self, key: Key, args: list[Any]) -> None:
         """Hold these writes for the checkpoint after `key`; return once they are stored."""
         loop = asyncio.get_running_loop()
-        batch = self._batches.get(key)
+        held = self._batches.setdefault(key[0], {})
+        batch = held.get(key)
         if batch is None:
-            batch = self._batches[key] = Batch()
-            loop.call_later(
-                self._linger, self._expire, key, batch, loop.time() + max(MAX_HOLD_SECONDS, self._linger)
-            )
+            batch = held[key] = Batch()
+            until = loop.time() + max(MAX_HOLD_SECONDS, self._linger)
+            loop.call_later(self._linger, self._expire, key, batch, until, self._linger)
         batch.args += args
         waiter: asyncio.Future[None] = loop.create_future()
         batch.waiters.append(waiter)
@@ -80,12 +81,19 @@ class PendingWrites:
     def take(self, key: Key) -> Batch | None:
         """The held writes of checkpoint `key`, for the script that stores its successor (which settles
         the batch)."""
-        return self._batches.pop(key, None)
+        held = self._batches.get(key[0])
+        if held is None:
+            return None
+        batch = held.pop(key, None)
+        if not held:
+            del self._batches[key[0]]
+        return batch
 
     async def flush(self, thread_id: str | None = None) -> None:
         """Store now every held write (of one thread): before reading or deleting it, and on close."""
-        keys = [k for k in self._batches if thread_id is None or k[0] == thread_id]
-        await asyncio.gather(*(self._write(k, self._batches.pop(k)) for k in keys))
+        threads = list(self._batches) if thread_id is None else [thread_id]
+        batches = [batch for t in threads for batch in self._batches.pop(t, {}).items()]
+        await asyncio.gather(*(self._write(key, batch) for key, batch in batches))
         if thread_id is None and self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
@@ -95,14 +103,16 @@ class PendingWrites:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    def _expire(self, key: Key, batch: Batch, until: float) -> None:
-        if self._batches.get(key) is not batch:
+    def _expire(self, key: Key, batch: Batch, until: float, waited: float) -> None:
+        if self._batches.get(key[0], {}).get(key) is not batch:
             return  # taken by a checkpoint meanwhile
         loop = asyncio.get_running_loop()
         if self._busy(key) and loop.time() < until:
-            loop.call_at(min(loop.time() + self._linger, until), self._expire, key, batch, until)
-        else:
-            del self._batches[key]
+            # Look again later, each time twice as late (up to a second): on a busy process hundreds of
+            # runs wait here for seconds, and a look every linger was thousands of timers a second.
+            again = min(waited * 2, max(self._linger, 1.0))
+            loop.call_at(min(loop.time() + again, until), self._expire, key, batch, until, again)
+        elif self.take(key) is batch:
             self.store_alone(key, batch)
 
     async def _write(self, key: Key, batch: Batch) -> None:
