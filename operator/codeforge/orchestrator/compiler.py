@@ -106,7 +106,9 @@ class GraphCompiler:
             return {}
         return {"error": None} | self._route_to(ctx, self.spec.entry_step, state, {})
 
-    def _start(self, state: RunState) -> list[Send] | str:
+    async def _start(self, state: RunState) -> list[Send] | str:
+        # async: LangGraph runs a sync router in a thread pool (a hand-off and the GIL's switch interval
+        # on every graph run: each run's start and each resume of a parked run)
         return self.destinations(dict(state)) if state.get("route") else BEGIN
 
     # -- nodes ---------------------------------------------------------------------------------------
