@@ -117,6 +117,10 @@ class ResultWatcher:
         future: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault((pool, task_id), []).append(future)
         channel = done_channel(pool)
+        confirmed = self._confirmed.get(channel)
+        listener = self._listener
+        if confirmed is not None and confirmed.is_set() and listener is not None and not listener.done():
+            return future  # subscribed and listening (each step's wait; the lock is for setting up)
         async with self._lock:
             if self._pubsub is None:
                 await self._open()
