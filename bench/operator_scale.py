@@ -16,7 +16,9 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
 3. measured over start + run: the operator's peak RSS (VmRSS) and CPU (utime + stime, % of one core); the API
    server's requests per second by verb and resource (`apiserver_request_total`, delta of two scrapes);
    step dispatch latency p50/p99 (the step became ready -> its task's enqueue returned:
-   `codeforge_workflow_step_dispatch_latency_seconds`, bucket-interpolated like histogram_quantile);
+   `codeforge_workflow_step_dispatch_latency_seconds`, bucket-interpolated like histogram_quantile) and the
+   notification latency before it (a task's end -> its run woken:
+   `codeforge_result_notification_latency_seconds`);
 4. then, up to `--status-timeout` more seconds, until the operator counts every Workflow Succeeded in the
    statuses it wrote (`codeforge_workflows`): status writes are capped at 20/s, so at 10,000 Workflows this
    trails the runs by minutes by design.
