@@ -67,7 +67,9 @@ class PendingWrites:
     async def hold(self, key: Key, args: list[Any]) -> None:
         """Hold these writes for the checkpoint after `key`; return once they are stored."""
         loop = asyncio.get_running_loop()
-        held = self._batches.setdefault(key[0], {})
+        held = self._batches.get(key[0])
+        if held is None:  # not setdefault: it would build a dict on every write
+            held = self._batches[key[0]] = {}
         batch = held.get(key)
         if batch is None:
             batch = held[key] = Batch()
@@ -112,7 +114,8 @@ class PendingWrites:
             # runs wait here for seconds, and a look every linger was thousands of timers a second.
             again = min(waited * 2, max(self._linger, 1.0))
             loop.call_at(min(loop.time() + again, until), self._expire, key, batch, until, again)
-        elif self.take(key) is batch:
+        else:
+            self.take(key)  # it is `batch`, checked above
             self.store_alone(key, batch)
 
     async def _write(self, key: Key, batch: Batch) -> None:
