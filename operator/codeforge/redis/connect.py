@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from codeforge.redis.errors import TRANSIENT, RedisStoreError, RedisUnavailableError, auth_problem, sentence
+from codeforge.redis.pool import plain_client
 from codeforge.redis.url import RedisURL, parse_url
 
 Client = Redis | RedisCluster
@@ -32,7 +33,7 @@ class Connection:
         options = dict(self.url.options)
         if self.cluster:
             options.pop("db", None)
-        return Redis(host=host, port=port, **options)
+        return plain_client(host, port, **options)
 
     async def any_node(self) -> Redis:
         """A plain client on the server, or on any node of the cluster that answers (for Pub/Sub: a
@@ -63,7 +64,7 @@ async def connect(url: str, *, durability: str | None = None, decode_responses: 
     target = parse_url(url, durability=durability, decode_responses=decode_responses)
     options = target.options
     if not target.cluster:
-        single = Redis(host=target.hosts[0][0], port=target.hosts[0][1], **options)
+        single = plain_client(target.hosts[0][0], target.hosts[0][1], **options)
         try:
             info = await single.info("cluster")
         except (*TRANSIENT, redis_errors.RedisError) as exc:
