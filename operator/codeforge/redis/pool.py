@@ -37,6 +37,8 @@ class HandoverPool(ConnectionPool):
     async def get_connection(
         self, command_name: Any = None, *keys: Any, **options: Any
     ) -> AbstractConnection:
+        if self._waiters and self._available_connections:  # only waiters cancelled since the last release
+            self._hand_over()
         if self._available_connections and not self._waiters:
             connection: AbstractConnection | None = self._take()
         elif self._can_open():
