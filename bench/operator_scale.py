@@ -18,7 +18,9 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
    step dispatch latency p50/p99 (the step became ready -> its task's enqueue returned:
    `codeforge_workflow_step_dispatch_latency_seconds`, bucket-interpolated like histogram_quantile) and the
    notification latency before it (a task's end -> its run woken:
-   `codeforge_result_notification_latency_seconds`);
+   `codeforge_result_notification_latency_seconds`) and a woken or new run's wait for its turn to go on
+   (`codeforge_workflow_admission_wait_seconds`, `orchestrator/admission.py`): the three add up to a later
+   step's wait after its predecessor's task ended;
 4. then, up to `--status-timeout` more seconds, until the operator counts every Workflow Succeeded in the
    statuses it wrote (`codeforge_workflows`): status writes are capped at 20/s, so at 10,000 Workflows this
    trails the runs by minutes by design.
@@ -76,6 +78,7 @@ POOL = "scale"
 STEPS = ["s0", "s1", "s2"]
 DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
 NOTIFIED = "codeforge_result_notification_latency_seconds"
+ADMITTED = "codeforge_workflow_admission_wait_seconds"  # absent from operators before admission: no figure
 ENDED = "codeforge_workflow_duration_seconds"
 GC = "codeforge_operator_gc_seconds"  # a counter (`_total`); absent from operators before gc_tuning: 0
 WORKFLOWS = Kind(API_VERSION, PLURAL)
@@ -295,6 +298,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 done_text = scrape(metrics_url)
                 dispatch = histogram_buckets(done_text, DISPATCH)
                 notified = histogram_buckets(done_text, NOTIFIED)
+                admitted = histogram_buckets(done_text, ADMITTED)
                 gc_all = gc_delta(gc_seconds(done_text), gc_before)
                 rss_peak = sampler.peak
 
@@ -358,6 +362,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "dispatches": int(dispatch[-1][1]) if dispatch else 0,
                     "notification_p50_ms": ms(quantile(notified, 0.5)),
                     "notification_p99_ms": ms(quantile(notified, 0.99)),
+                    "admission_wait_p50_ms": ms(quantile(admitted, 0.5)),
+                    "admission_wait_p99_ms": ms(quantile(admitted, 0.99)),
                     "api_requests_per_s": round(sum(rates.values()), 1),
                     "status_patches_per_s": round(rates.get(status_key, 0.0), 1),
                     "api_requests_per_s_by_kind": {k: round(v, 2) for k, v in rates.items() if v >= 0.05},
@@ -440,6 +446,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "a task end -> its run woken, p50 / p99 (ms)",
             lambda r: f"{fmt(r.get('notification_p50_ms'))} / {fmt(r.get('notification_p99_ms'))}",
+            "",
+        ),
+        (
+            "a run's wait for its turn to start or go on, p50 / p99 (ms)",
+            lambda r: f"{fmt(r.get('admission_wait_p50_ms'))} / {fmt(r.get('admission_wait_p99_ms'))}",
             "",
         ),
         (

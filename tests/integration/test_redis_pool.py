@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from redis.asyncio import ConnectionPool, Redis
@@ -58,7 +59,9 @@ async def test_a_burst_of_commands_is_served_in_a_few_loop_turns(redis_server: L
     # redis-py's pool (5.3+) lets one checkout through per loop turn once one waits for a new connection:
     # thousands of turns. Ours hands connections over as they are released, many per turn.
     assert type(theirs.connection_pool) is ConnectionPool
-    assert ours_turns < COMMANDS / 5, (ours_turns, theirs_turns)
+    # (Turns also pass while the loop waits for the server's replies, so compare, not count.)
+    assert ours_turns * 3 < theirs_turns, (ours_turns, theirs_turns)
+    assert theirs_turns > COMMANDS  # the convoy this pool is for: more turns than commands
 
 
 async def test_a_capped_pool_waits_for_a_connection_instead_of_failing(redis_server: LocalRedis) -> None:
@@ -98,10 +101,17 @@ async def test_cancelled_waiters_lose_no_connection(redis_server: LocalRedis) ->
     client = plain_client("127.0.0.1", redis_server.port, max_connections=2)
     pool = client.connection_pool
     assert isinstance(pool, HandoverPool)
+
+    async def blpop() -> Any:
+        return await client.blpop(["never-pushed"], timeout=1)  # type: ignore[misc]
+
+    async def ping() -> Any:
+        return await client.ping()
+
     try:
-        blockers = [asyncio.create_task(client.blpop(["never-pushed"], timeout=1)) for _ in range(2)]
+        blockers = [asyncio.create_task(blpop()) for _ in range(2)]
         await asyncio.sleep(0.1)  # both connections are held by the blocking pops
-        waiting = [asyncio.create_task(client.ping()) for _ in range(20)]
+        waiting = [asyncio.create_task(ping()) for _ in range(20)]
         await asyncio.sleep(0.05)
         assert not any(task.done() for task in waiting)
         for task in waiting[:10]:
@@ -113,7 +123,7 @@ async def test_cancelled_waiters_lose_no_connection(redis_server: LocalRedis) ->
         # every connection is back: the pool serves as many at once as its cap
         assert len(pool._in_use_connections) == 0
         assert len(pool._available_connections) <= 2
-        assert await asyncio.gather(client.ping(), client.ping()) == [True, True]
+        assert list(await asyncio.gather(ping(), ping())) == [True, True]
     finally:
         await client.aclose()
 
@@ -126,7 +136,8 @@ async def test_a_failed_connect_lets_the_next_checkout_try_again() -> None:
     try:
         results = await asyncio.gather(*(client.ping() for _ in range(30)), return_exceptions=True)
         assert all(isinstance(r, RedisConnectionError) for r in results)
-        assert pool._connecting == 0 and not pool._waiters  # no slot leaked by the failures
+        assert pool._connecting == 0  # no slot leaked by the failures
+        assert not pool._waiters
         server = LocalRedis(port=port).start()
         try:
             assert await client.ping()

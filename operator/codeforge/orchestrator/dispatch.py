@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -108,6 +108,8 @@ class DispatchContext:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     #: set while every running node waits on a task (`parkable`)
     idle: Flag = field(default_factory=Flag)
+    #: called once the next time every running node waits on a task (the runner's admission turn back)
+    on_idle: Callable[[], None] | None = None
     #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
     reported: set[str] = field(default_factory=set)
     #: "step#visit/part" -> Unix time the part began, kept while its node may run again
@@ -125,6 +127,9 @@ class DispatchContext:
     def _idle_changed(self) -> None:
         if self.parkable():
             self.idle.set()
+            on_idle, self.on_idle = self.on_idle, None
+            if on_idle is not None:
+                on_idle()
         else:
             self.idle.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.usage import Budget, BudgetAction
 from codeforge.api.workflow import Shutdown, WorkflowSpec
 from codeforge.orchestrator import workspace as ws
+from codeforge.orchestrator.admission import Admission, Leave
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
@@ -176,8 +178,11 @@ class WorkflowRunner:
         checkpointer: BaseCheckpointSaver[Any] | None = None,
         *,
         park_after: float | None = PARK_AFTER_SECONDS,
+        admission: Admission | None = None,
     ) -> None:
         self.queue = queue
+        #: turns for runs to start or resume (orchestrator.admission)
+        self.admission = admission if admission is not None else Admission()
         #: see PARK_AFTER_SECONDS; None: never park
         self.park_after = park_after
         self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
@@ -244,6 +249,7 @@ class WorkflowRunner:
         )
         dispatcher = StepDispatcher(self.queue, ctx)
         compiler, graph = self._compiled(spec)
+        leave = await self.admission.enter()
         snapshot = await graph.aget_state(config)
         values: dict[str, Any] = dict(snapshot.values or {})
         started_at = float(values.get("started_at") or time.time())
@@ -252,6 +258,7 @@ class WorkflowRunner:
         # a finished run with no results.
         begun = bool(values.get("started_at"))
         if begun and not snapshot.next:
+            leave()
             return self._outcome(workflow_id, values, started_at, resumed=True)  # finished before
         ctx.ledger = control.ledger = Ledger.restore(spec.budget, values.get("usage"))
         if ctx.ledger.crossed is not None or control.gate.requested:
@@ -276,7 +283,9 @@ class WorkflowRunner:
         job: asyncio.Future[Any] | None = None
         try:
             while True:
+                ctx.on_idle = leave  # the turn goes back once the run waits on its tasks, or its graph ends
                 job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
+                job.add_done_callback(functools.partial(_leave, leave))
                 graph_input = None  # from the second graph on, the run goes on from its checkpoint
                 over_budget, park = await self._supervise(job, stop, dispatcher)
                 if not park:
@@ -295,9 +304,11 @@ class WorkflowRunner:
                 job = _cancelled_future()
                 if not await self._parked(dispatcher, parked, stop):
                     break  # cancelled or timed out while parked: as if the graph were cancelled
+                leave = await self.admission.enter()
             # Read before the graph is cancelled: cancelling releases what waits at the gate.
             settled = not job.done() and over_budget is None and ctx.stop.settled(ctx.outstanding)
         finally:
+            leave()
             stop.cancel()
             if job is not None and not job.done():
                 # Timeout, cancel(), or this coroutine cancelled (shutdown): stop the graph. Its queued tasks
@@ -542,6 +553,10 @@ class WorkflowRunner:
             resumed=resumed,
             workspace=workspace,
         )
+
+
+def _leave(leave: Leave, _: asyncio.Future[Any]) -> None:
+    leave()
 
 
 def _cancelled_future() -> asyncio.Future[Any]:

@@ -36,6 +36,12 @@ RESULT_NOTIFICATION_SECONDS: Final = Histogram(
     "A task's end (recorded by the queue) -> the Workflow run awaiting it woken by the queue's notification.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+ADMISSION_WAIT_SECONDS: Final = Histogram(
+    "codeforge_workflow_admission_wait_seconds",
+    "A Workflow run about to start or resume (woken by a task's end) -> its turn to go on "
+    "(CODEFORGE_WORKFLOW_BUSY_RUNS runs at once; 0 when it had one at once).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 STEP_DISPATCH_SECONDS: Final = Histogram(
     "codeforge_workflow_step_dispatch_latency_seconds",
     "A step became ready (its predecessor joined, or the run began) -> its task's enqueue returned.",

@@ -19,12 +19,14 @@ from codeforge.api.approval import decisions_from_annotations
 from codeforge.api.usage import Budget
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.pools import PoolLookup
 from codeforge.controller.workflow.results import ResultStore
 from codeforge.controller.workflow.settings import WorkflowSettings
 from codeforge.controller.workflow.status_writer import StatusWriter
 from codeforge.controller.workflow.tracker import WorkflowTracker
 from codeforge.orchestrator import WorkflowHandle, WorkflowRunner
+from codeforge.orchestrator.admission import Admission
 from codeforge.orchestrator.checkpoint import RedisCheckpointSaver, open_checkpointer
 from codeforge.orchestrator.flag import Flag
 from codeforge.queue import QueueError, TaskQueue
@@ -106,7 +108,10 @@ class WorkflowRegistry:
                 except QueueError as exc:
                     raise Unavailable(f"checkpoint store unreachable: {exc}") from None
                 checkpointer, self.results = saver, ResultStore.beside(saver)
-            self.runner = WorkflowRunner(queue, checkpointer)
+            admission = Admission(
+                self.settings.busy_runs, observe=workflow_metrics.ADMISSION_WAIT_SECONDS.observe
+            )
+            self.runner = WorkflowRunner(queue, checkpointer, admission=admission)
         return self.runner
 
     def start_writer(self) -> None:

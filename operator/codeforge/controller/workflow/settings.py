@@ -8,6 +8,9 @@
   StepSucceeded); default false: status.steps has them, and at 7 Events per three-step Workflow they were
   most of the operator's API requests with thousands of Workflows. Every other transition (failures,
   approvals, retries, the Workflow's end) is an Event either way.
+- CODEFORGE_WORKFLOW_BUSY_RUNS: runs that may start or resume at once, until they wait on their tasks
+  (`orchestrator/admission.py`); default 128. Under more load than the operator's loop serves, the others
+  wait their turn in order, rather than every step of every run going slow together.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from codeforge.controller.env import flag, positive
+from codeforge.orchestrator.admission import DEFAULT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,8 @@ class WorkflowSettings:
     ref_cleanup_timeout: float = 30.0
     #: Post StepStarted / StepSucceeded as Events too (the status shows them either way).
     step_events: bool = False
+    #: Runs busy at once (started or resumed, not yet waiting on their tasks).
+    busy_runs: int = DEFAULT_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
@@ -36,4 +42,5 @@ class WorkflowSettings:
             writes_per_second=positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
             ref_cleanup_timeout=positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
             step_events=flag(env, "CODEFORGE_WORKFLOW_STEP_EVENTS"),
+            busy_runs=int(positive(env, "CODEFORGE_WORKFLOW_BUSY_RUNS", DEFAULT_LIMIT)),
         )

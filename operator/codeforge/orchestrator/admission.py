@@ -1,0 +1,89 @@
+"""How many runs of one runner may be busy at once: started or resumed, and not yet waiting on their tasks.
+
+Under more load than one event loop can serve (10,000 Workflows whose agents end 1,000 steps a second), every
+run woken at once would go on at once, and each step's few Redis round trips would each wait behind all the
+others': every step slow, instead of most of them quick and the rest waiting their turn. A run takes a turn
+before its graph starts or resumes from a checkpoint, and gives it back as soon as every running node waits
+on a task (it dispatched what it could), when its graph ends, or after `HOLD_SECONDS` at most (a run that
+waits on something else, an approval, a suspension or its budget, must not keep others out). Turns are
+given in the order asked for. Steps that go on inside a graph that did not park are not held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+#: Runs busy at once per runner: enough to keep Redis and the loop fed, few enough that each goes quickly.
+DEFAULT_LIMIT: Final = 128
+#: The longest a run keeps its turn.
+HOLD_SECONDS: Final = 1.0
+
+Leave = Callable[[], None]
+
+
+class Admission:
+    """Turns for runs to start or resume (see the module's docstring); `limit` None: no limit."""
+
+    def __init__(
+        self,
+        limit: int | None = DEFAULT_LIMIT,
+        hold_seconds: float = HOLD_SECONDS,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
+        self.limit = limit
+        self.hold_seconds = hold_seconds
+        #: called with each turn's wait in seconds (0 for a turn had at once): the operator's histogram
+        self.observe = observe
+        self.busy = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def enter(self) -> Leave:
+        """Wait for a turn; returns the call that gives it back (once; later calls do nothing)."""
+        if self.limit is None:
+            return _nothing
+        loop = asyncio.get_running_loop()
+        if self.busy < self.limit and not self._waiters:
+            self.busy += 1
+            if self.observe is not None:
+                self.observe(0.0)
+        else:
+            asked = loop.time()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # `_release` counted the turn as ours
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # handed a turn just as it was cancelled: pass it on
+                raise
+            if self.observe is not None:
+                self.observe(loop.time() - asked)
+        left = False
+        timer: asyncio.TimerHandle | None = None
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                if timer is not None:
+                    timer.cancel()
+                self._release()
+
+        timer = loop.call_later(self.hold_seconds, leave)
+        return leave
+
+    def _release(self) -> None:
+        self.busy -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # else cancelled while waiting
+                self.busy += 1
+                waiter.set_result(None)
+                return
+
+
+def _nothing() -> None:
+    return None
