@@ -45,6 +45,16 @@ def positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number of at least 1: `default` when unset or blank."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number of at least 1")
+    return int(raw)
+
+
 def port(env: Mapping[str, str], name: str) -> int | None:
     """A TCP port; None when unset or blank."""
     raw = env.get(name, "").strip()

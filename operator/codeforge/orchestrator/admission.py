@@ -4,9 +4,10 @@ Under more load than one event loop can serve (10,000 Workflows whose agents end
 run woken at once would go on at once, and each step's few Redis round trips would each wait behind all the
 others': every step slow, instead of most of them quick and the rest waiting their turn. A run takes a turn
 before its graph starts or resumes from a checkpoint, and gives it back as soon as every running node waits
-on a task (it dispatched what it could), when its graph ends, or after `HOLD_SECONDS` at most (a run that
-waits on something else, an approval, a suspension or its budget, must not keep others out). Turns are
-given in the order asked for. Steps that go on inside a graph that did not park are not held back.
+on a task (it dispatched what it could), a node waits on what no task ends (an approval, a suspension, its
+budget), its graph ends, or after `HOLD_SECONDS` at most (whatever else it waits on must not keep others
+out). Turns are given in the order asked for. Steps that go on inside a graph that did not park are not
+held back.
 """
 
 from __future__ import annotations

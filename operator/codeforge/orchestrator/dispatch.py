@@ -108,7 +108,8 @@ class DispatchContext:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     #: set while every running node waits on a task (`parkable`)
     idle: Flag = field(default_factory=Flag)
-    #: called once the next time every running node waits on a task (the runner's admission turn back)
+    #: gives the run's admission turn back, once: when every running node waits on a task, or a node on
+    #: what no task ends (`give_back_turn`)
     on_idle: Callable[[], None] | None = None
     #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
     reported: set[str] = field(default_factory=set)
@@ -124,12 +125,17 @@ class DispatchContext:
         """Every node of the running superstep waits on a task: nothing else would happen before one ends."""
         return self.nodes > 0 and len(self.waiting) == self.nodes
 
+    def give_back_turn(self) -> None:
+        """The run waits (on its tasks, or on what no task ends: an approval, a suspension, its budget): its
+        admission turn goes back now, not when its hold runs out (orchestrator.admission)."""
+        on_idle, self.on_idle = self.on_idle, None
+        if on_idle is not None:
+            on_idle()
+
     def _idle_changed(self) -> None:
         if self.parkable():
             self.idle.set()
-            on_idle, self.on_idle = self.on_idle, None
-            if on_idle is not None:
-                on_idle()
+            self.give_back_turn()
         else:
             self.idle.clear()
 
@@ -426,6 +432,7 @@ class StepDispatcher:
                 detail={"deadline": deadline, "visit": visit},
             )
         )
+        self.ctx.give_back_turn()
         with self.ctx.stop.holding():  # Stop ends a run waiting for a decision (no task runs for it)
             decision = await self.ctx.approvals.wait(step.name, visit, question, deadline)
         record: dict[str, Any] = {"index": 0, "attempts": 0, "started": since, "finished": time.time()}
@@ -443,6 +450,7 @@ class StepDispatcher:
     async def _may_dispatch(self) -> None:
         if self.ctx.running.is_set():
             return
+        self.ctx.give_back_turn()
         with self.ctx.stop.holding():
             while not self.ctx.running.is_set():
                 if self.ctx.ledger.crossed is not None:

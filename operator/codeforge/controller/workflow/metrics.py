@@ -40,7 +40,7 @@ ADMISSION_WAIT_SECONDS: Final = Histogram(
     "codeforge_workflow_admission_wait_seconds",
     "A Workflow run about to start or resume (woken by a task's end) -> its turn to go on "
     "(CODEFORGE_WORKFLOW_BUSY_RUNS runs at once; 0 when it had one at once).",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 STEP_DISPATCH_SECONDS: Final = Histogram(
     "codeforge_workflow_step_dispatch_latency_seconds",

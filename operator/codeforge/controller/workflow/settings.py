@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from codeforge.controller.env import flag, positive
+from codeforge.controller.env import count, flag, positive
 from codeforge.orchestrator.admission import DEFAULT_LIMIT
 
 
@@ -42,5 +42,5 @@ class WorkflowSettings:
             writes_per_second=positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
             ref_cleanup_timeout=positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
             step_events=flag(env, "CODEFORGE_WORKFLOW_STEP_EVENTS"),
-            busy_runs=int(positive(env, "CODEFORGE_WORKFLOW_BUSY_RUNS", DEFAULT_LIMIT)),
+            busy_runs=count(env, "CODEFORGE_WORKFLOW_BUSY_RUNS", DEFAULT_LIMIT),
         )
