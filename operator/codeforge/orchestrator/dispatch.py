@@ -108,8 +108,8 @@ class DispatchContext:
     waiting: dict[str, Waiting] = field(default_factory=dict)
     #: set while every running node waits on a task (`parkable`)
     idle: Flag = field(default_factory=Flag)
-    #: gives the run's admission turn back, once: when every running node waits on a task, or a node on
-    #: what no task ends (`give_back_turn`)
+    #: gives the run's admission turn back, once: when it enqueued a task, every running node waits on a
+    #: task, or a node waits on what no task ends (`give_back_turn`)
     on_idle: Callable[[], None] | None = None
     #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
     reported: set[str] = field(default_factory=set)
@@ -328,6 +328,7 @@ class StepDispatcher:
         if step.timeout_seconds is not None:
             self.ctx.timeouts[tid] = time.monotonic() + step.timeout_seconds
         created = await self.queue.enqueue(task)
+        self.ctx.give_back_turn()  # dispatched (a fan-out's parts are enqueued in one turn)
         ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
         self.ctx.emit(
             ProgressEvent(

@@ -181,8 +181,9 @@ class WorkflowRunner:
         admission: Admission | None = None,
     ) -> None:
         self.queue = queue
-        #: turns for runs to start or resume (orchestrator.admission)
-        self.admission = admission if admission is not None else Admission()
+        #: turns for runs to start or resume (orchestrator.admission); none: no limit, as `codeforge run` runs
+        #: (the operator sets CODEFORGE_WORKFLOW_BUSY_RUNS)
+        self.admission = admission if admission is not None else Admission(None)
         #: see PARK_AFTER_SECONDS; None: never park
         self.park_after = park_after
         self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
