@@ -11,7 +11,7 @@ asked for. Steps that go on inside a graph that did not park are not held back.
 
 The price: a run's wait for its turn (`codeforge_workflow_admission_wait_seconds`) comes before the step's
 dispatch latency is counted, and the turns keep fewer runs busy than an unlimited loop would (at 10,000
-Workflows every run ended 86-88 s after the start instead of 73 s, with peak memory 0.77-0.81 GiB instead
+Workflows every run ended 81-88 s after the start instead of 73 s, with peak memory 0.77-0.81 GiB instead
 of 1.4 GiB and later steps' dispatch p99 1.2-1.7 s instead of 9 s).
 """
 

@@ -110,7 +110,7 @@ class DispatchContext:
     idle: Flag = field(default_factory=Flag)
     #: gives the run's admission turn back, once: when it enqueued a task, every running node waits on a
     #: task, or a node waits on what no task ends (`give_back_turn`)
-    on_idle: Callable[[], None] | None = None
+    turn_back: Callable[[], None] | None = None
     #: task ids whose failed attempt was reported (ATTEMPT_FAILED), so a node run again does not repeat it
     reported: set[str] = field(default_factory=set)
     #: "step#visit/part" -> Unix time the part began, kept while its node may run again
@@ -128,9 +128,9 @@ class DispatchContext:
     def give_back_turn(self) -> None:
         """The run waits (on its tasks, or on what no task ends: an approval, a suspension, its budget): its
         admission turn goes back now, not when its hold runs out (orchestrator.admission)."""
-        on_idle, self.on_idle = self.on_idle, None
-        if on_idle is not None:
-            on_idle()
+        turn_back, self.turn_back = self.turn_back, None
+        if turn_back is not None:
+            turn_back()
 
     def _idle_changed(self) -> None:
         if self.parkable():

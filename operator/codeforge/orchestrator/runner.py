@@ -284,7 +284,7 @@ class WorkflowRunner:
         job: asyncio.Future[Any] | None = None
         try:
             while True:
-                ctx.on_idle = leave  # the turn goes back once the run waits on its tasks, or its graph ends
+                ctx.turn_back = leave  # the turn goes back once the run waits on its tasks, or its graph ends
                 job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
                 job.add_done_callback(functools.partial(_leave, leave))
                 graph_input = None  # from the second graph on, the run goes on from its checkpoint
