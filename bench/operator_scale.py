@@ -19,8 +19,9 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
    `codeforge_workflow_step_dispatch_latency_seconds`, bucket-interpolated like histogram_quantile) and the
    notification latency before it (a task's end -> its run woken:
    `codeforge_result_notification_latency_seconds`) and a woken or new run's wait for its turn to go on
-   (`codeforge_workflow_admission_wait_seconds`, `orchestrator/admission.py`): the three add up to a later
-   step's wait after its predecessor's task ended;
+   (`codeforge_workflow_admission_wait_seconds`, `orchestrator/admission.py`): together most of a later
+   step's wait after its predecessor's task ended (the resume between a run's turn and its next step
+   becoming ready is in none of them);
 4. then, up to `--status-timeout` more seconds, until the operator counts every Workflow Succeeded in the
    statuses it wrote (`codeforge_workflows`): status writes are capped at 20/s, so at 10,000 Workflows this
    trails the runs by minutes by design.

@@ -18,7 +18,6 @@ of 1.4 GiB and later steps' dispatch p99 1.2-1.7 s instead of 9 s).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -45,30 +44,22 @@ class Admission:
         self.hold_seconds = hold_seconds
         #: called with each turn's wait in seconds (0 for a turn had at once): the operator's histogram
         self.observe = observe
+        #: turns held now
         self.busy = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # asyncio's semaphore queues in order and passes a turn handed to a cancelled waiter on
+        self._turns = asyncio.Semaphore(limit) if limit is not None else None
 
     async def enter(self) -> Leave:
         """Wait for a turn; returns the call that gives it back (once; later calls do nothing)."""
-        if self.limit is None:
+        turns = self._turns
+        if turns is None:
             return _nothing
         loop = asyncio.get_running_loop()
-        if self.busy < self.limit and not self._waiters:
-            self.busy += 1
-            if self.observe is not None:
-                self.observe(0.0)
-        else:
-            asked = loop.time()
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter  # `_release` counted the turn as ours
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # handed a turn just as it was cancelled: pass it on
-                raise
-            if self.observe is not None:
-                self.observe(loop.time() - asked)
+        asked = loop.time()
+        await turns.acquire()
+        self.busy += 1
+        if self.observe is not None:
+            self.observe(loop.time() - asked)
         left = False
         timer: asyncio.TimerHandle | None = None
 
@@ -78,19 +69,11 @@ class Admission:
                 left = True
                 if timer is not None:
                     timer.cancel()
-                self._release()
+                self.busy -= 1
+                turns.release()
 
         timer = loop.call_later(self.hold_seconds, leave)
         return leave
-
-    def _release(self) -> None:
-        self.busy -= 1
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():  # else cancelled while waiting
-                self.busy += 1
-                waiter.set_result(None)
-                return
 
 
 def _nothing() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import time
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from codeforge.api.task import Task, TaskOutcome, TaskState
 from codeforge.api.usage import Budget, BudgetAction
 from codeforge.api.workflow import Shutdown, WorkflowSpec
 from codeforge.orchestrator import workspace as ws
-from codeforge.orchestrator.admission import Admission, Leave
+from codeforge.orchestrator.admission import Admission
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
 from codeforge.orchestrator.compiler import GraphCompiler
@@ -251,7 +250,11 @@ class WorkflowRunner:
         dispatcher = StepDispatcher(self.queue, ctx)
         compiler, graph = self._compiled(spec)
         leave = await self.admission.enter()
-        snapshot = await graph.aget_state(config)
+        try:
+            snapshot = await graph.aget_state(config)
+        except BaseException:  # the checkpoint store is down (the run is retried): not the turn's hold
+            leave()
+            raise
         values: dict[str, Any] = dict(snapshot.values or {})
         started_at = float(values.get("started_at") or time.time())
         # A run that started has `started_at` in its state. A checkpoint without it is a shell (a process
@@ -284,9 +287,8 @@ class WorkflowRunner:
         job: asyncio.Future[Any] | None = None
         try:
             while True:
-                ctx.turn_back = leave  # the turn goes back once the run waits on its tasks, or its graph ends
+                ctx.turn_back = leave  # the turn goes back once the run waits (or below, once it ends)
                 job = asyncio.ensure_future(graph.ainvoke(graph_input, config, context=dispatcher))
-                job.add_done_callback(functools.partial(_leave, leave))
                 graph_input = None  # from the second graph on, the run goes on from its checkpoint
                 over_budget, park = await self._supervise(job, stop, dispatcher)
                 if not park:
@@ -554,10 +556,6 @@ class WorkflowRunner:
             resumed=resumed,
             workspace=workspace,
         )
-
-
-def _leave(leave: Leave, _: asyncio.Future[Any]) -> None:
-    leave()
 
 
 def _cancelled_future() -> asyncio.Future[Any]:
