@@ -147,3 +147,55 @@ async def test_a_failed_connect_lets_the_next_checkout_try_again() -> None:
             server.stop()
     finally:
         await client.aclose()
+
+
+async def test_a_connection_with_an_unread_reply_is_not_handed_out_as_is(redis_server: LocalRedis) -> None:
+    client = plain_client("127.0.0.1", redis_server.port)
+    pool = client.connection_pool
+    try:
+        await client.set("stale", "old")
+        connection = await pool.get_connection("GET")
+        await connection.send_command("GET", "stale")  # its reply is never read
+        await asyncio.sleep(0.05)  # the loop reads the reply into the connection's stream
+        await pool.release(connection)
+        await client.set("fresh", "new")
+        # with the stale reply left on the connection this GET would read b"old"
+        assert await client.get("fresh") == b"new"
+    finally:
+        await client.aclose()
+
+
+async def test_a_connection_the_server_closed_is_reopened(redis_server: LocalRedis) -> None:
+    client = plain_client("127.0.0.1", redis_server.port)
+    admin = Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        await client.client_setname("victim")
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)  # every client but admin
+        assert killed >= 1
+        await asyncio.sleep(0.05)  # the loop sees the end of stream
+        assert await client.ping()
+        assert await client.client_getname() is None  # a new connection (the name went with the old)
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_an_idle_connection_is_checked_out_without_a_loop_turn(redis_server: LocalRedis) -> None:
+    client = plain_client("127.0.0.1", redis_server.port)
+    pool = client.connection_pool
+    try:
+        await client.ping()
+        ran = False
+
+        async def other() -> None:
+            nonlocal ran
+            ran = True
+
+        other_task = asyncio.create_task(other())
+        connection = await pool.get_connection("PING")
+        # redis-py's check (a read with a zero timeout) yields to the loop, letting `other` run first
+        assert not ran
+        await pool.release(connection)
+        await other_task
+    finally:
+        await client.aclose()

@@ -10,6 +10,12 @@ opens one while fewer than `CONNECTS_AT_ONCE` are being opened, and otherwise wa
 connection released or opened, handed over directly, first come first served. `max_connections` (the
 URL's, unbounded by default, as in redis-py) caps the pool: a checkout beyond it waits instead of failing.
 The Redis Cluster client keeps redis-py's per-node connections, which take no lock.
+
+redis-py also checks every connection it hands out by reading from it with a zero timeout: a future, a
+timer and a cancellation, and a loop turn before each command goes out. A connection here is checked
+from what its stream and parser already hold (nothing buffered, no end of stream), which the loop keeps
+current; only one that fails that, or whose parser does not say, gets redis-py's check (and its
+reconnect).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 from collections import deque
 from typing import Any, Final
 
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 
@@ -48,6 +55,8 @@ class HandoverPool(ConnectionPool):
             connection = await self._wait()
         if connection is None:  # a slot to open one is ours
             return await self._open()
+        if _ready_to_send(connection):
+            return connection
         try:
             await self.ensure_connection(connection)
         except BaseException:
@@ -123,6 +132,19 @@ class HandoverPool(ConnectionPool):
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
+
+
+def _ready_to_send(connection: AbstractConnection) -> bool:
+    """Connected, nothing unread and no end of stream, from what the loop has already read into the
+    connection's stream (redis-py's own `_socket_is_empty` looks there too). False when unsure."""
+    stream = connection._reader
+    parser = connection._parser
+    if stream is None or not isinstance(parser, _AsyncHiredisParser) or not parser._connected:
+        return False
+    if stream.exception() is not None or stream.at_eof() or stream._buffer:  # type: ignore[attr-defined]
+        return False
+    reader: Any = parser._reader  # typed None in redis-py: set on connect
+    return reader is not None and not reader.has_data()
 
 
 def plain_client(host: str, port: int, **options: Any) -> Redis:
