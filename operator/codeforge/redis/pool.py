@@ -7,12 +7,13 @@ operator resuming 10,000 runs) every Redis command of the process waited its tur
 per loop turn (probed at 10,000 Workflows: 11,050 coroutines waiting on it, runs unable to park behind
 their checkpoint writes). Here an idle connection is taken without a lock; a checkout that finds none
 opens one while fewer than `CONNECTS_AT_ONCE` are being opened, and otherwise waits for the next
-connection released or opened, handed over directly, first come first served. `max_connections` (the
-URL's, unbounded by default, as in redis-py) caps the pool: a checkout beyond it waits instead of failing.
+connection released or opened, handed over directly, first come first served. redis-py's
+`max_connections` caps the pool (a checkout beyond it waits instead of failing); codeforge's URLs do not set
+it, so a pool is unbounded, as redis-py's is by default.
 The Redis Cluster client keeps redis-py's per-node connections, which take no lock.
 
 redis-py also checks every connection it hands out by reading from it with a zero timeout: a future, a
-timer and a cancellation, and a loop turn before each command goes out. A connection here is checked
+timer and a cancellation, and two loop turns before each command goes out. A connection here is checked
 from what its stream and parser already hold (nothing buffered, no end of stream), which the loop keeps
 current; only one that fails that, or whose parser does not say, gets redis-py's check (and its
 reconnect).
