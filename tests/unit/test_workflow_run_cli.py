@@ -165,6 +165,13 @@ def deep_block(depth: int) -> str:
             ),
             "more than 200000 values once aliases are expanded",
         ),
+        # values PyYAML's constructors cannot build (they raised ValueError, KeyError, AttributeError)
+        (GOOD.replace("input: {x: 1}", "input: " + "9" * 5000), "cannot read '99999"),
+        (GOOD.replace("input: {x: 1}", "input: !!bool abc"), "cannot read 'abc' as bool ('abc') (line 6"),
+        (GOOD.replace("input: {x: 1}", "input: !!timestamp abc"), "cannot read 'abc' as timestamp"),
+        (GOOD.replace("input: {x: 1}", "input: 2001-13-45"), "as timestamp (month must be in 1..12) (line 6"),
+        (GOOD.replace("input: {x: 1}", "input: !!set abc"), "cannot fill a collection (not enough values"),
+        (GOOD.replace("input: {x: 1}", "input: {x: !!int abc}"), "cannot read 'abc' as int"),
     ],
 )
 def test_hostile_manifests_exit_2_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -173,6 +180,13 @@ def test_hostile_manifests_exit_2_naming_the_field(tmp_path: Path, text: str, ex
     assert expected in " ".join(err.split()), err[:2000]
     assert "Traceback" not in err + out
     assert len(err) < 2000, err[:500]
+
+
+def test_an_input_of_too_many_digits_exits_2(tmp_path: Path) -> None:
+    code, out, err = invoke(write(tmp_path, GOOD), "--dry-run", "--input", "9" * 5000)
+    assert code == 2, err[-2000:]
+    assert "--input is not JSON this accepts: Exceeds the limit (4300 digits)" in " ".join(err.split())
+    assert "Traceback" not in err + out
 
 
 def test_a_manifest_that_is_not_utf8_or_too_large_exits_2(tmp_path: Path) -> None:

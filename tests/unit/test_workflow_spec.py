@@ -213,6 +213,59 @@ def test_cel_size_and_nesting_are_checked_before_compiling(expression: str, expe
     assert expected in problems(edge_when(expression))
 
 
+def _nested_exists(levels: int, items: int) -> str:
+    literal = "[" + ",".join(["0"] * items) + "]"
+    expression = "false"
+    for i in range(levels):
+        expression = f"{literal}.exists(v{i}, {expression})"
+    return expression
+
+
+def test_a_compile_error_shows_no_terminal_control_characters() -> None:
+    text = problems(edge_when('"\\"\x1b]0;PWNED\x07\x1b[2J\x1b[31mRED'))
+    assert "does not compile" in text
+    assert "\x1b" not in text, text
+    assert "\x07" not in text, text
+    assert "\\x1b" in text  # escaped, so the user still sees what was there
+
+
+@pytest.mark.parametrize("name", ["W", "a_b", "../x", "w\x1b[31m", "-a", "a" * 254, "a..b"])
+def test_a_workflow_name_must_be_a_kubernetes_name(name: str) -> None:
+    document = {
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {"steps": [{"name": "a", "pool": "p"}]},
+    }
+    with pytest.raises(ValidationError) as info:
+        WorkflowManifest.parse(document)
+    assert "metadata.name" in format_validation_error(info.value, prefix="")
+    assert "\x1b" not in str(info.value).replace("\\x1b", "")
+
+
+def test_a_dotted_workflow_name_and_a_namespace_are_accepted() -> None:
+    document = {
+        "kind": "Workflow",
+        "metadata": {"name": "release-1.2", "namespace": "team-a"},
+        "spec": {"steps": [{"name": "a", "pool": "p"}]},
+    }
+    assert WorkflowManifest.parse(document).metadata.name == "release-1.2"
+    with pytest.raises(ValidationError, match="not a namespace name"):
+        WorkflowManifest.parse(document | {"metadata": {"name": "w", "namespace": "Team.A"}})
+
+
+def test_nested_comprehensions_are_refused_before_they_run() -> None:
+    # six levels over 30 items: 7e8 iterations in the package's evaluator (minutes, holding the GIL), and
+    # no variables, so validation evaluated it as a constant
+    text = problems(edge_when(_nested_exists(6, 30)))
+    assert "nests comprehensions (all, exists, exists_one, filter, map) more than 2 deep" in text
+    assert "nests comprehensions" in problems(edge_when("[1].map(x, [1].filter(y, [1].all(z, true)))"))
+    # two levels, and comprehensions side by side, are fine
+    parse_workflow_spec(edge_when(_nested_exists(2, 30)))
+    parse_workflow_spec(edge_when("result.xs.exists(x, x > 1) && result.xs.all(x, [1].exists(y, y == x))"))
+    # a macro name as a field, not a call, is no comprehension
+    parse_workflow_spec(edge_when("result.map.exists(x, x.filter == result.all.map)"))
+
+
 @pytest.mark.parametrize(
     ("expression", "expected"),
     [
@@ -298,7 +351,7 @@ def test_clip_shows_a_prefix_and_the_length() -> None:
             {"steps": [{"name": "a", "pool": "p"}], "input": {"blob": "x" * 600_000}},
             "spec.input: Value error, input is 600011 bytes of JSON, over the limit of 524288",
         ),
-        ({"steps": [{"name": "a", "pool": "p"}], "input": _nested(100)}, "input nests more than 64 levels"),
+        ({"steps": [{"name": "a", "pool": "p"}], "input": _nested(70)}, "input nests more than 64 levels"),
         ({"steps": [{"name": "a", "pool": "p", "params": {"x": "y" * 70_000}}]}, "params is 70008 bytes"),
         ({"steps": [{"name": "a", "pool": "p"}], "timeoutSeconds": float("nan")}, "spec.timeoutSeconds"),
         ({"steps": [{"name": "a", "pool": "p"}], "timeoutSeconds": float("inf")}, "spec.timeoutSeconds"),
@@ -306,6 +359,43 @@ def test_clip_shows_a_prefix_and_the_length() -> None:
 )
 def test_specs_accepted_before_are_refused(data: dict[str, Any], expected: str) -> None:
     assert expected.replace("Value error, ", "") in problems(data)
+
+
+def _nested_dicts(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        # enum fields: pydantic's error formats the value's repr, which overflowed the stack
+        ({"steps": [{"name": "a", "pool": "p"}], "shutdown": _nested_dicts(5000)}, "spec.shutdown.k.k"),
+        ({"steps": [{"name": "a", "pool": "p", "kind": _nested(5000)}]}, "spec.steps[0].kind[0][0]"),
+        ({"steps": [{"name": "a", "pool": "p", "join": _nested(5000)}]}, "spec.steps[0].join[0]"),
+        (
+            {"steps": [{"name": "a", "pool": "p"}], "budget": {"onExceed": _nested(5000)}},
+            "spec.budget.onExceed",
+        ),
+        ({"steps": [{"name": "a", "pool": "p"}], "input": _nested(100_000)}, "spec.input[0][0]"),
+        (
+            {"steps": [{"name": "a", "pool": "p"}], "input": {"k" * 100_000: _nested_dicts(100)}},
+            "spec.input.kkk",
+        ),
+    ],
+)
+def test_a_deeply_nested_value_is_a_message_not_a_recursion_error(data: dict[str, Any], where: str) -> None:
+    text = problems(data)
+    assert text.startswith(where), text
+    assert "nests more than 72 levels deep" in text
+    assert len(text) < 400  # the path stops at the limit, and is cut
+    # the same through a whole document (codeforge run's path)
+    document = {"kind": "Workflow", "metadata": {"name": "w"}, "spec": data}
+    with pytest.raises(WorkflowSpecError) as info:
+        WorkflowManifest.parse(document)
+    assert str(info.value).startswith(where), str(info.value)
 
 
 def test_the_python_names_still_build_models_in_code() -> None:

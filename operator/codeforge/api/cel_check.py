@@ -1,14 +1,18 @@
 """CEL expressions are checked in two passes around the compiler of the `common-expression-language` package.
 
-Before: a linear tokenizer bounds length, token count and bracket nesting (`limits.MAX_CEL_*`). The
-package's parser recurses once per term and overflows the native stack (a segfault that kills the operator,
-not an exception) at about 25,000 terms, so no expression may reach it unchecked.
+Before: a linear tokenizer bounds length, token count, bracket nesting and comprehension nesting
+(`limits.MAX_CEL_*`). The package's parser recurses once per term and overflows the native stack (a segfault
+that kills the operator, not an exception) at about 25,000 terms, so no expression may reach it unchecked;
+its evaluator has no cost limit and holds the GIL (a long evaluation stops the operator's event loop), and
+each nested comprehension multiplies the work: six levels over 30-item lists in 450 characters ran for
+minutes (and `map` filled memory), so comprehensions nest at most `MAX_CEL_COMPREHENSIONS` deep.
 
 After: the package has no type checker (only `Program.variables()` / `functions()`), so a small static
 check stands in for one: every variable must be one the field provides (or a comprehension's own), every
 function one the package implements, an operator between two literals must be defined for their types
 (`1 + "a"`), and an expression without variables is evaluated once (linear: without variables there is no
-comprehension), so `when: 'null'` or `1 / 0` is refused at validation instead of misrouting at run time.
+comprehension over data; over literal lists the comprehension bound keeps it small), so `when: 'null'` or
+`1 / 0` is refused at validation instead of misrouting at run time.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from typing import Final
 
 import cel
 
-from codeforge.api.limits import MAX_CEL_DEPTH, MAX_CEL_LENGTH, MAX_CEL_TOKENS, clip, clip_text
+from codeforge.api.limits import (
+    MAX_CEL_COMPREHENSIONS,
+    MAX_CEL_DEPTH,
+    MAX_CEL_LENGTH,
+    MAX_CEL_TOKENS,
+    clip,
+    clip_text,
+)
 
 #: Named functions the package implements (receiver or global style).
 FUNCTIONS: Final = frozenset(
@@ -97,14 +108,25 @@ def check_size(expression: str) -> list[Token]:
             f"CEL expression has {len(tokens)} tokens, over the limit of {MAX_CEL_TOKENS}: simplify it"
         )
     depth = 0
-    for token in tokens:
+    comprehensions: list[int] = []  # the bracket depth each open comprehension's arguments are at
+    for i, token in enumerate(tokens):
         if token.text in _OPEN and token.kind == "op":
             depth += 1
             if depth > MAX_CEL_DEPTH:
                 raise CelCheckError(
                     f"CEL expression nests brackets more than {MAX_CEL_DEPTH} deep: simplify it"
                 )
+            if token.text == "(" and i >= 2 and tokens[i - 2].text == "." and tokens[i - 1].text in _MACROS:
+                if len(comprehensions) >= MAX_CEL_COMPREHENSIONS:
+                    raise CelCheckError(
+                        f"CEL expression nests comprehensions ({', '.join(sorted(_MACROS))}) more than "
+                        f"{MAX_CEL_COMPREHENSIONS} deep: each level multiplies the work, so compute it in "
+                        "the agent and route on a field of its result"
+                    )
+                comprehensions.append(depth)
         elif token.text in _CLOSE and token.kind == "op":
+            if comprehensions and comprehensions[-1] == depth:
+                comprehensions.pop()
             depth = max(0, depth - 1)
     return tokens
 
@@ -114,8 +136,13 @@ def compile_error(exc: Exception) -> str:
     text = str(exc)
     found = re.search(r"ERROR: <input>:(\d+:\d+): ([^\n]*)", text)
     if found:
-        return f"{clip_text(found.group(2), 160)} (at {found.group(1)})"
-    return clip_text(text.split("\n", 1)[0], 160)
+        return f"{clip_text(_printable(found.group(2)), 160)} (at {found.group(1)})"
+    return clip_text(_printable(text.split("\n", 1)[0]), 160)
+
+
+def _printable(text: str) -> str:
+    """The compiler echoes the expression's characters: escape control ones (no terminal sequences)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def check_program(

@@ -20,6 +20,9 @@ MAX_PAYLOAD_BYTES: Final = 512 * 1024
 MAX_CEL_LENGTH: Final = 4096
 MAX_CEL_TOKENS: Final = 512
 MAX_CEL_DEPTH: Final = 32
+#: Comprehensions (all, exists, exists_one, map, filter) inside one another: each level multiplies the
+#: evaluation's work, which the package neither bounds nor interrupts.
+MAX_CEL_COMPREHENSIONS: Final = 2
 #: Nesting of a YAML manifest (mappings and sequences); PyYAML's composer recursed until RecursionError.
 MAX_YAML_DEPTH: Final = 64
 #: A `codeforge run` manifest file.
@@ -51,6 +54,8 @@ MAX_LIST_ITEMS: Final = 256
 MAX_IMAGE_LENGTH: Final = 1024
 #: A free JSON value (input, params, settings) may nest this deep (the same as YAML).
 MAX_JSON_DEPTH: Final = MAX_YAML_DEPTH
+#: A whole Workflow document: its own few levels (metadata, spec, steps[i], params) around free JSON.
+MAX_DOCUMENT_DEPTH: Final = MAX_JSON_DEPTH + 8
 #: Fair share (README, "Fair share"): a fairness key's length (a `concurrencyKey` value or a Workflow id), the
 #: keys one pool tracks (tasks of further keys share one overflow key), a key's weight and maxConcurrency.
 MAX_FAIR_KEY: Final = 256
@@ -105,3 +110,21 @@ def json_depth(value: Any) -> int:
                 return depth  # deep enough to refuse; no need to walk further
             todo.extend((child, depth) for child in _items(node))
     return deepest
+
+
+def too_deep(value: Any, limit: int) -> str | None:
+    """The path (`.key`, `[index]`) of the first container nested more than `limit` deep, or None; walked
+    without recursion. Checked before pydantic sees a document: its error for a bad enum value formats the
+    value's repr, which overflows the stack on a deep one (RecursionError instead of a message)."""
+    todo: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while todo:
+        node, depth, path = todo.pop()
+        if not isinstance(node, dict | list | tuple):
+            continue
+        if depth >= limit:
+            return path
+        if isinstance(node, dict):
+            todo.extend((child, depth + 1, f"{path}.{key}") for key, child in node.items())
+        else:
+            todo.extend((child, depth + 1, f"{path}[{index}]") for index, child in enumerate(node))
+    return None

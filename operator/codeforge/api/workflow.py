@@ -68,6 +68,8 @@ CONCURRENCY_KEY_VARIABLES: Final = frozenset({"workflow", "input"})
 #: The pseudo-step an edge names to end the workflow.
 END: Final = "END"
 STEP_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAMESPACE_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+OBJECT_NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _RESERVED: Final = frozenset({"end", "start", "__start__", "__end__"})
 
 
@@ -573,6 +575,28 @@ class ObjectMeta(SpecModel):
     labels: dict[MetaKey, LabelValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
     annotations: dict[MetaKey, AnnotationValue] = Field(default_factory=dict, max_length=limits.MAX_MAP_KEYS)
 
+    # The API server's rules (a DNS subdomain, a DNS label), so `codeforge run` refuses what `kubectl apply`
+    # would, and no name carries control characters or a path into logs, terminals or Redis keys.
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not OBJECT_NAME_RE.match(value):
+            raise ValueError(
+                f"{clip(value)} is not a Kubernetes object name: use lowercase letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not NAMESPACE_RE.match(value):
+            raise ValueError(
+                f"{clip(value)} is not a namespace name: use lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
 
 class WorkflowManifest(SpecModel):
     """A whole Workflow document, as in `kubectl apply -f workflow.yaml`."""
@@ -588,6 +612,7 @@ class WorkflowManifest(SpecModel):
     @classmethod
     def parse(cls, data: Any) -> WorkflowManifest:
         """Validate a document as written in a file: camelCase field names only."""
+        _check_depth(data, "")
         return cls.model_validate(data, by_alias=True, by_name=False)
 
 
@@ -640,10 +665,19 @@ def _spelling_hint(key: str) -> str:
 def parse_workflow_spec(data: Any, prefix: str = "spec") -> WorkflowSpec:
     """Validate a spec, raising WorkflowSpecError whose lines name each bad field. Only the camelCase
     spelling of a field is accepted, as the CRD's schema accepts only that one."""
+    _check_depth(data, prefix)
     try:
         return WorkflowSpec.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise WorkflowSpecError(_as_problems(exc, prefix)) from None
+
+
+def _check_depth(data: Any, prefix: str) -> None:
+    deep = limits.too_deep(data, limits.MAX_DOCUMENT_DEPTH)
+    if deep is not None:
+        where = clip_text(f"{prefix}{deep}" if prefix else deep.lstrip(".") or "document", 200)
+        message = f"nests more than {limits.MAX_DOCUMENT_DEPTH} levels deep: a Workflow is far shallower"
+        raise WorkflowSpecError([(where, message)])
 
 
 def _as_problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:

@@ -160,6 +160,8 @@ def _with_input(loaded: Manifest, text: str) -> Manifest:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"--input is not JSON: {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ManifestError(f"--input is not JSON this accepts: {str(exc).split(';', 1)[0]}") from None
     except RecursionError:
         raise ManifestError("--input nests too deeply: flatten it") from None
     try:

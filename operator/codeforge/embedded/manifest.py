@@ -93,6 +93,23 @@ class Manifest:
     source: str = ""  # "FILE (document N, Workflow)": where the Workflow's errors point
 
 
+_CONSTRUCTOR_FAILURES = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
+
+
+def _unreadable(node: yaml.Node, exc: Exception) -> yaml.constructor.ConstructorError:
+    value = node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__[:-4].lower()
+    return yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"cannot read {clip(value)} as {node.tag.rsplit(':', 1)[-1]} ({_reason(exc)})",
+        node.start_mark,
+    )
+
+
+def _reason(exc: Exception) -> str:
+    return clip_text(str(exc).split("\n", 1)[0].split(";", 1)[0], 120) or type(exc).__name__
+
+
 class BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader with bounds: nesting (its composer recurses once per level, so a deep file
     raised RecursionError), nodes after alias expansion, and no duplicate keys (as kubectl refuses them)."""
@@ -130,6 +147,26 @@ class BoundedLoader(yaml.SafeLoader):
                     node.start_mark,
                 )
         return node
+
+    # PyYAML's constructors raise plain exceptions for values they cannot build (`!!bool abc`, the date
+    # 2001-13-45, an integer of 5,000 digits): a YAML error with its line, like any other. Mappings and sets
+    # are filled after the document's other values, so both steps are covered.
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except _CONSTRUCTOR_FAILURES as exc:
+            raise _unreadable(node, exc) from None
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_document(node)
+        except _CONSTRUCTOR_FAILURES as exc:  # filling a set or map: which one is not known here
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot fill a collection ({_reason(exc)}): check its !!set, !!map or !!omap tags",
+                node.start_mark,
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()

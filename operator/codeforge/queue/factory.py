@@ -16,6 +16,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from codeforge.api.limits import clip
 from codeforge.queue.base import MAX_DEAD_LETTER_RETENTION_SECONDS, TaskQueue, check_retention
 from codeforge.queue.errors import QueueConfigError, queue_errors
 from codeforge.redis import url as redis_url
@@ -40,13 +41,13 @@ def check_url(url: str) -> str:
     """Return the scheme of a valid queue URL, or raise QueueConfigError saying what to fix."""
     if not isinstance(url, str) or "://" not in url:
         raise QueueConfigError(
-            f"queue URL {url!r} is not a URL: use memory://, redis://host:6379/0, rediss://host:6380/0 "
-            "or redis+cluster://host:6379"
+            f"queue URL {clip(url, 200)} is not a URL: use memory://, redis://host:6379/0, "
+            "rediss://host:6380/0 or redis+cluster://host:6379"
         )
     scheme = urlsplit(url).scheme.lower()
     if scheme not in SCHEMES:
         raise QueueConfigError(
-            f"queue URL scheme {scheme!r} is not supported: use one of {', '.join(SCHEMES)}"
+            f"queue URL scheme {clip(scheme, 60)} is not supported: use one of {', '.join(SCHEMES)}"
         )
     if scheme != "memory":
         with queue_errors():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+from codeforge.api.limits import clip
 from codeforge.redis.errors import RedisConfigError
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
@@ -70,17 +71,17 @@ def check_url(url: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise RedisConfigError(
-            f"Redis URL scheme {scheme!r} is not supported: use one of {', '.join(SCHEMES)}"
+            f"Redis URL scheme {clip(scheme, 60)} is not supported: use one of {', '.join(SCHEMES)}"
         )
-    try:
-        hosts = parts.netloc.rsplit("@", 1)[-1]
-        for host in hosts.split(","):
-            if ":" in host:
-                int(host.rsplit(":", 1)[1])
-    except ValueError:
-        raise RedisConfigError(f"queue URL {url!r} has a port that is not a number") from None
+    shown = clip(redact(url), 200)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    for host in hosts.split(","):
+        if ":" in host:
+            port = host.rsplit(":", 1)[1]
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise RedisConfigError(f"queue URL {shown} has a port that is not a number from 1 to 65535")
     if not parts.hostname:
-        raise RedisConfigError(f"queue URL {url!r} names no host: use e.g. redis://localhost:6379/0")
+        raise RedisConfigError(f"queue URL {shown} names no host: use e.g. redis://localhost:6379/0")
     durability_of(url)
     return scheme
 
