@@ -40,6 +40,8 @@ def test_valid_urls(url: str, scheme: str) -> None:
         ("redis://localhost:port/0", ["has a port that is not a number"]),
         ("redis://localhost:99999999/0", ["has a port that is not a number from 1 to 65535"]),
         ("redis://localhost:0/0", ["not a number from 1 to 65535"]),
+        ("redis://localhost:" + "9" * 5000 + "/0", ["not a number from 1 to 65535"]),
+        ("redis://localhost:\u00b2/0", ["not a number from 1 to 65535"]),
         ("redis://u:hunter2@localhost:x/0", ["'redis://***@localhost:x/0' has a port"]),
         ("redis://" + "x" * 100_000 + ":1:x/0", ["(100014 characters) has a port"]),
         ("x" * 100_000, ["(100000 characters) is not a URL"]),

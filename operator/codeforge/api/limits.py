@@ -116,15 +116,19 @@ def too_deep(value: Any, limit: int) -> str | None:
     """The path (`.key`, `[index]`) of the first container nested more than `limit` deep, or None; walked
     without recursion. Checked before pydantic sees a document: its error for a bad enum value formats the
     value's repr, which overflows the stack on a deep one (RecursionError instead of a message)."""
-    todo: list[tuple[Any, int, str]] = [(value, 0, "")]
+    steps: list[tuple[int, str]] = []  # (parent index, path segment): the path is built only if found
+    todo: list[tuple[Any, int, int]] = [(value, 0, -1)] if isinstance(value, dict | list | tuple) else []
     while todo:
-        node, depth, path = todo.pop()
-        if not isinstance(node, dict | list | tuple):
-            continue
+        node, depth, at = todo.pop()
         if depth >= limit:
-            return path
-        if isinstance(node, dict):
-            todo.extend((child, depth + 1, f"{path}.{key}") for key, child in node.items())
-        else:
-            todo.extend((child, depth + 1, f"{path}[{index}]") for index, child in enumerate(node))
+            segments = []
+            while at >= 0:
+                at, segment = steps[at]
+                segments.append(segment)
+            return "".join(reversed(segments))
+        keyed = isinstance(node, dict)
+        for key, child in node.items() if keyed else enumerate(node):
+            if isinstance(child, dict | list | tuple):
+                steps.append((at, f".{key}" if keyed else f"[{key}]"))
+                todo.append((child, depth + 1, len(steps) - 1))
     return None

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -577,22 +578,14 @@ class ObjectMeta(SpecModel):
 
     # The API server's rules (a DNS subdomain, a DNS label), so `codeforge run` refuses what `kubectl apply`
     # would, and no name carries control characters or a path into logs, terminals or Redis keys.
-    @field_validator("name")
+    @field_validator("name", "namespace")
     @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not OBJECT_NAME_RE.match(value):
+    def _check_names(cls, value: str, info: ValidationInfo) -> str:
+        namespace = info.field_name == "namespace"
+        if not (NAMESPACE_RE if namespace else OBJECT_NAME_RE).match(value):
+            what, allowed = ("a namespace", "'-'") if namespace else ("a Kubernetes object", "'-' and '.'")
             raise ValueError(
-                f"{clip(value)} is not a Kubernetes object name: use lowercase letters, digits, '-' and '.', "
-                "starting and ending with a letter or digit"
-            )
-        return value
-
-    @field_validator("namespace")
-    @classmethod
-    def _check_namespace(cls, value: str) -> str:
-        if not NAMESPACE_RE.match(value):
-            raise ValueError(
-                f"{clip(value)} is not a namespace name: use lowercase letters, digits and '-', "
+                f"{clip(value)} is not {what} name: use lowercase letters, digits and {allowed}, "
                 "starting and ending with a letter or digit"
             )
         return value

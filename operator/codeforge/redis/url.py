@@ -78,7 +78,7 @@ def check_url(url: str) -> str:
     for host in hosts.split(","):
         if ":" in host:
             port = host.rsplit(":", 1)[1]
-            if not port.isdigit() or not 0 < int(port) < 65536:
+            if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
                 raise RedisConfigError(f"queue URL {shown} has a port that is not a number from 1 to 65535")
     if not parts.hostname:
         raise RedisConfigError(f"queue URL {shown} names no host: use e.g. redis://localhost:6379/0")
