@@ -97,25 +97,10 @@ def _shallow(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> str:
     return f"of {len(value)} items"
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of a JSON value (a scalar is 0), computed without recursion."""
-    deepest = 0
-    todo: list[tuple[Any, int]] = [(value, 0)]
-    while todo:
-        node, depth = todo.pop()
-        if isinstance(node, dict | list | tuple):
-            depth += 1
-            deepest = max(deepest, depth)
-            if depth > MAX_JSON_DEPTH:
-                return depth  # deep enough to refuse; no need to walk further
-            todo.extend((child, depth) for child in _items(node))
-    return deepest
-
-
 def too_deep(value: Any, limit: int) -> str | None:
-    """The path (`.key`, `[index]`) of the first container nested more than `limit` deep, or None; walked
-    without recursion. Checked before pydantic sees a document: its error for a bad enum value formats the
-    value's repr, which overflows the stack on a deep one (RecursionError instead of a message)."""
+    """The path (`.key`, `[index]`) of the first container nested more than `limit` deep (a scalar is 0
+    deep), or None; walked without recursion, which is the point: a deep value's repr or encoding recurses
+    (pydantic's error for a bad enum value formats the value, and overflowed the stack on a deep one)."""
     steps: list[tuple[int, str]] = []  # (parent index, path segment): the path is built only if found
     todo: list[tuple[Any, int, int]] = [(value, 0, -1)] if isinstance(value, dict | list | tuple) else []
     while todo:

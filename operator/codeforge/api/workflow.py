@@ -130,8 +130,7 @@ def check_input(value: Any, what: str = "input") -> Any:
 
 def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     """A free JSON value: bounded depth (checked first, without recursion) and encoded size."""
-    depth = limits.json_depth(value)
-    if depth > limits.MAX_JSON_DEPTH:
+    if limits.too_deep(value, limits.MAX_JSON_DEPTH) is not None:
         raise ValueError(f"{what} nests more than {limits.MAX_JSON_DEPTH} levels deep: flatten it")
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())

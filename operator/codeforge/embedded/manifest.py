@@ -28,7 +28,7 @@ from codeforge.api.limits import (
     MAX_YAML_DEPTH,
     clip,
     clip_text,
-    json_depth,
+    too_deep,
 )
 from codeforge.api.task import POOL_NAME_RE
 from codeforge.api.usage import RateLimitSpec
@@ -323,7 +323,7 @@ def _pool(doc: dict[str, Any], where: str) -> PoolSpec:
         if "settings" in detail and "dictionary" in detail:
             detail = "spec.handler.settings must be a mapping, e.g. {pythonFunction: mod:fn}"
         raise ManifestError(f"{where}: {detail}") from None
-    if json_depth(parsed.settings) > MAX_JSON_DEPTH:
+    if too_deep(parsed.settings, MAX_JSON_DEPTH) is not None:
         raise ManifestError(f"{where}: spec.handler.settings nests more than {MAX_JSON_DEPTH} levels deep")
     concurrency = spec.get("concurrency", 4)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
