@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import yaml
 
+from codeforge.api import cel_sandbox
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
@@ -184,6 +185,35 @@ async def test_an_edge_can_route_a_failure(queue: TaskQueue) -> None:
     )
     assert outcome.status == "succeeded", outcome.error
     assert [h["step"] for h in outcome.history] == ["a", "recover"]
+
+
+async def test_a_condition_over_the_runs_data_is_stopped_at_its_limit_and_other_runs_go_on(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `when` quadratic in the run's own input (60,000 items: minutes in CEL, which holds the GIL) fails its
+    Workflow naming the edge; a Workflow started alongside it finishes meanwhile."""
+    monkeypatch.setattr(cel_sandbox._worker, "seconds", 3.0)
+    hostile = spec(
+        """
+        steps: [{name: a, pool: tag}, {name: b, pool: tag}]
+        edges: [{from: a, to: b, when: 'state.input.xs.exists(x, state.input.xs.exists(y, x == y + 100))'}]
+        """
+    ).model_copy(update={"input": {"xs": [i % 10 for i in range(60_000)]}})
+    chain = """
+        steps: [{name: a, pool: tag}, {name: b, pool: tag}, {name: c, pool: tag}]
+        edges: [{from: a, to: b}, {from: b, to: c}]
+    """
+    runner = WorkflowRunner(queue)
+    bad = asyncio.create_task(runner.run("wf-hostile", hostile, emit=lambda _: None))
+    await asyncio.sleep(0.2)  # the hostile run reaches its edge first
+    good = await asyncio.wait_for(runner.run("wf-good", spec(chain), emit=lambda _: None), 30)
+    assert good.status == "succeeded", good.error
+    assert not bad.done()  # still at its limit: the loop was not held by the evaluation
+    outcome = await asyncio.wait_for(bad, 30)
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.startswith("spec.edges[0].when: condition 'state.input.xs.exists(x, ")
+    assert outcome.error.endswith("was not evaluated: it ran longer than 3 s and was stopped")
 
 
 async def test_step_timeout_fails_the_attempt_and_cancels_its_task(queue: TaskQueue) -> None:

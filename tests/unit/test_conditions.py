@@ -21,22 +21,30 @@ VARIABLES: dict[str, Any] = {
     "expression",
     ["state.input", "input.n", "input.tags", "state . results . a . result . type", "result.ok", "result"],
 )
-def test_a_field_path_has_the_value_cel_gives(expression: str) -> None:
-    assert evaluate(expression, VARIABLES) == compile_cel(expression).execute(VARIABLES)
+async def test_a_field_path_has_the_value_cel_gives(expression: str) -> None:
+    assert await evaluate(expression, VARIABLES) == compile_cel(expression).execute(VARIABLES)
 
 
-def test_a_field_path_is_the_value_itself_not_a_copy() -> None:
-    assert evaluate("state.input", VARIABLES) is VARIABLES["state"]["input"]
+async def test_a_field_path_is_the_value_itself_not_a_copy() -> None:
+    assert await evaluate("state.input", VARIABLES) is VARIABLES["state"]["input"]
 
 
 @pytest.mark.parametrize("expression", ["result.count + 1", "size(input.tags)", "true", "input.n == 1"])
-def test_other_expressions_are_cels(expression: str) -> None:
-    assert evaluate(expression, VARIABLES) == compile_cel(expression).execute(VARIABLES)
+async def test_other_expressions_are_cels(expression: str) -> None:
+    assert await evaluate(expression, VARIABLES) == compile_cel(expression).execute(VARIABLES)
 
 
-def test_a_missing_field_is_cels_error() -> None:
+async def test_a_missing_field_is_cels_error() -> None:
     with pytest.raises(ConditionError, match="cannot be evaluated"):
-        select_input("state.results.zz", VARIABLES, "spec.steps[0].input")
-    assert edge_matches("result.missing", VARIABLES, "spec.edges[0].when") is False
+        await select_input("state.results.zz", VARIABLES, "spec.steps[0].input")
+    assert await edge_matches("result.missing", VARIABLES, "spec.edges[0].when") is False
     with pytest.raises(ConditionError, match="not true or false"):
-        edge_matches("result.count", VARIABLES, "spec.edges[0].when")
+        await edge_matches("result.count", VARIABLES, "spec.edges[0].when")
+
+
+async def test_an_arithmetic_error_on_an_edge_is_false_and_in_an_input_names_the_field() -> None:
+    # 3 / (3 - 3): ZeroDivisionError, an ArithmeticError rather than one of CEL's usual errors
+    when = "result.count / (result.count - 3) > 1"
+    assert await edge_matches(when, VARIABLES, "spec.edges[0].when") is False
+    with pytest.raises(ConditionError, match=r"steps\[0\]\.input: .* cannot be evaluated: division by zero"):
+        await select_input("result.count / (result.count - 3)", VARIABLES, "spec.steps[0].input")

@@ -32,36 +32,38 @@ def test_bad_fair_share_is_refused_naming_the_field(fair_share: dict[str, object
     assert message in str(err.value)
 
 
-def test_without_fair_share_each_workflow_is_its_own_key() -> None:
+async def test_without_fair_share_each_workflow_is_its_own_key() -> None:
     spec = parse_workflow_spec({"steps": STEPS})
-    assert fair_share_of(spec, "uid-1", name="w", namespace="team-a") == FairShare()
+    assert await fair_share_of(spec, "uid-1", name="w", namespace="team-a") == FairShare()
 
 
-def test_the_key_is_evaluated_over_workflow_and_input_and_scoped_to_the_namespace() -> None:
+async def test_the_key_is_evaluated_over_workflow_and_input_and_scoped_to_the_namespace() -> None:
     spec = spec_with(
         {"concurrencyKey": "workflow.labels.team + '/' + input.repo", "weight": 3, "maxConcurrency": 5},
         input={"repo": "api"},
     )
-    fair = fair_share_of(spec, "uid-1", name="w", namespace="team-a", labels={"team": "payments"})
+    fair = await fair_share_of(spec, "uid-1", name="w", namespace="team-a", labels={"team": "payments"})
     assert fair == FairShare(key="team-a/payments/api", weight=3, max_concurrency=5)
     # The same value in another namespace is another key: no joining (or starving) another tenant's key.
-    other = fair_share_of(spec, "uid-2", name="w", namespace="team-b", labels={"team": "payments"})
+    other = await fair_share_of(spec, "uid-2", name="w", namespace="team-b", labels={"team": "payments"})
     assert other.key == "team-b/payments/api"
 
 
-def test_a_key_that_cannot_be_evaluated_falls_back_to_the_workflow(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_key_that_cannot_be_evaluated_falls_back_to_the_workflow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     spec = spec_with({"concurrencyKey": "workflow.labels.team", "maxConcurrency": 2})
-    fair = fair_share_of(spec, "uid-1", namespace="team-a", labels={})
+    fair = await fair_share_of(spec, "uid-1", namespace="team-a", labels={})
     assert fair == FairShare(key="", weight=1, max_concurrency=2)
     assert "the Workflow is its own key" in caplog.text
     listed = spec_with({"concurrencyKey": "[1, 2]"})
-    assert fair_share_of(listed, "uid-1", namespace="team-a").key == ""
+    assert (await fair_share_of(listed, "uid-1", namespace="team-a")).key == ""
 
 
-def test_a_long_or_odd_value_becomes_a_bounded_digest() -> None:
+async def test_a_long_or_odd_value_becomes_a_bounded_digest() -> None:
     spec = spec_with({"concurrencyKey": "input.team"}, input={"team": "t\n" * 400})
-    key = fair_share_of(spec, "uid-1", namespace="team-a").key
-    again = fair_share_of(spec, "uid-2", namespace="team-a").key
+    key = (await fair_share_of(spec, "uid-1", namespace="team-a")).key
+    again = (await fair_share_of(spec, "uid-2", namespace="team-a")).key
     assert key == again
     assert key.startswith("team-a/sha256:")
     assert len(key) <= MAX_FAIR_KEY

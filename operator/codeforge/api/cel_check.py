@@ -24,6 +24,7 @@ from typing import Final
 import cel
 
 from codeforge.api.limits import (
+    CEL_INLINE_CONCATENATIONS,
     MAX_CEL_COMPREHENSIONS,
     MAX_CEL_DEPTH,
     MAX_CEL_LENGTH,
@@ -129,6 +130,21 @@ def check_size(expression: str) -> list[Token]:
                 comprehensions.pop()
             depth = max(0, depth - 1)
     return tokens
+
+
+def data_driven(tokens: list[Token]) -> bool:
+    """Whether the data can decide the evaluation's cost beyond a linear pass: a comprehension (its work is
+    the product of the lists it walks) or more `+` than `CEL_INLINE_CONCATENATIONS`. Such expressions are
+    evaluated by `codeforge.api.cel_sandbox`."""
+    plus = 0
+    for i, token in enumerate(tokens):
+        if token.kind != "op":
+            continue
+        if token.text == "+":
+            plus += 1
+        elif token.text == "(" and i >= 2 and tokens[i - 2].text == "." and tokens[i - 1].text in _MACROS:
+            return True
+    return plus > CEL_INLINE_CONCATENATIONS
 
 
 def compile_error(exc: Exception) -> str:

@@ -23,6 +23,15 @@ MAX_CEL_DEPTH: Final = 32
 #: Comprehensions (all, exists, exists_one, map, filter) inside one another: each level multiplies the
 #: evaluation's work, which the package neither bounds nor interrupts.
 MAX_CEL_COMPREHENSIONS: Final = 2
+#: An expression whose work the data decides (a comprehension, or many concatenations) is evaluated in a
+#: worker process (`codeforge.api.cel_sandbox`) with these limits: wall-clock seconds and address space.
+CEL_SANDBOX_SECONDS: Final = 2.0
+CEL_SANDBOX_MEMORY: Final = 1024 * 1024 * 1024
+#: The largest value such an evaluation may return (pickled).
+CEL_SANDBOX_RESULT_BYTES: Final = 8 * 1024 * 1024
+#: `+` operators an expression may hold and still be evaluated in process: a value built with k of them is at
+#: most k + 1 times its largest operand, so up to 255 could build one hundreds of times the run's data.
+CEL_INLINE_CONCATENATIONS: Final = 8
 #: Nesting of a YAML manifest (mappings and sequences); PyYAML's composer recursed until RecursionError.
 MAX_YAML_DEPTH: Final = 64
 #: A `codeforge run` manifest file.

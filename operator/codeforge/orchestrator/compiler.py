@@ -98,13 +98,13 @@ class GraphCompiler:
         after = {k: update[k] if k in update else state.get(k) for k in ("route", "error", "workspace")}
         return Command(update=update, goto=self.destinations(after))
 
-    def first_route(self, ctx: DispatchContext, state: RunState) -> dict[str, Any]:
+    async def first_route(self, ctx: DispatchContext, state: RunState) -> dict[str, Any]:
         """What `_begin` would write, decided before the graph runs, for the run's input: the entry step's
         route. Empty with spec.workspace, whose ref `_begin` resolves first (a task). Saves a run a LangGraph
         superstep and a checkpoint."""
         if self.spec.workspace is not None:
             return {}
-        return {"error": None} | self._route_to(ctx, self.spec.entry_step, state, {})
+        return {"error": None} | await self._route_to(ctx, self.spec.entry_step, state, {})
 
     async def _start(self, state: RunState) -> list[Send] | str:
         # async: LangGraph runs a sync router in a thread pool (a hand-off and the GIL's switch interval
@@ -122,7 +122,7 @@ class GraphCompiler:
             update["workspace"] = resolved
             state = {**state, "workspace": resolved}
         return self.routed(
-            state, update | self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
+            state, update | await self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
         )
 
     async def _resolve(self, dispatcher: StepDispatcher) -> dict[str, Any] | str:
@@ -319,7 +319,7 @@ class GraphCompiler:
         if info is not None:
             variables["workspace"] = info
         try:
-            target = self._next(step, joined.status, variables)
+            target = await self._next(step, joined.status, variables)
         except ConditionError as exc:
             return update | self._fail(str(exc))
         if target is None:
@@ -330,7 +330,7 @@ class GraphCompiler:
         later = {**state, "results": results, "visits": visits}
         if "workspace" in update:
             later["workspace"] = update["workspace"]
-        return update | self._route_to(ctx, target, later, variables)
+        return update | await self._route_to(ctx, target, later, variables)
 
     async def _step_workspace(
         self,
@@ -396,19 +396,19 @@ class GraphCompiler:
 
     # -- routing -------------------------------------------------------------------------------------
 
-    def _next(self, step: Step, status: str, variables: dict[str, Any]) -> str | None:
+    async def _next(self, step: Step, status: str, variables: dict[str, Any]) -> str | None:
         """The next step, END, or None when a failed step has no edge that routes its failure."""
         default: str | None = None
         for edge in self.spec.edges_from(step.name):
             if edge.when is None:
                 default = edge.to
-            elif edge_matches(edge.when, variables, f"spec.edges[{self._edge_index[id(edge)]}].when"):
+            elif await edge_matches(edge.when, variables, f"spec.edges[{self._edge_index[id(edge)]}].when"):
                 return edge.to
         if status == Outcome.FAILED:
             return None
         return default or END
 
-    def _route_to(
+    async def _route_to(
         self, ctx: DispatchContext, target: str, state: RunState | dict[str, Any], variables: dict[str, Any]
     ) -> dict[str, Any]:
         """Decide the target's visit and its parts' payloads, evaluated now and checkpointed with the node."""
@@ -426,11 +426,12 @@ class GraphCompiler:
             if step.is_approval:
                 items = [None]
             elif step.for_each is not None:
-                items = for_each_items(step.for_each, {**variables, "state": public}, f"{where}.forEach")
+                each = {**variables, "state": public}
+                items = await for_each_items(step.for_each, each, f"{where}.forEach")
             else:
                 items = [None] * (step.parallel or 1)
             payloads = [
-                {} if step.is_approval else self._payload(ctx, step, public, i, item, f"{where}.input")
+                {} if step.is_approval else await self._payload(ctx, step, public, i, item, f"{where}.input")
                 for i, item in enumerate(items)
             ]
         except ConditionError as exc:
@@ -447,12 +448,12 @@ class GraphCompiler:
             route["base"] = head  # every part starts from the commit the previous step reported
         return {"route": route}
 
-    def _payload(
+    async def _payload(
         self, ctx: DispatchContext, step: Step, public: dict[str, Any], index: int, item: Any, where: str
     ) -> Any:
         variables = {"state": public, "input": public["input"], "item": item, "index": index}
         payload: dict[str, Any] = dict(step.params)
-        payload["input"] = select_input(step.input, variables, where)
+        payload["input"] = await select_input(step.input, variables, where)
         if step.fans_out:
             payload["index"] = index
             payload["item"] = item

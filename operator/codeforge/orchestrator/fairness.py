@@ -14,10 +14,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from codeforge.api.cel_sandbox import EvaluationLimit
 from codeforge.api.limits import MAX_FAIR_KEY, clip, clip_text
 from codeforge.api.task import validate_fair_key
 from codeforge.api.workflow import WorkflowSpec
-from codeforge.orchestrator.conditions import evaluate
+from codeforge.orchestrator.conditions import EVALUATION_ERRORS, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class FairShare:
     max_concurrency: int = 0
 
 
-def fair_share_of(
+async def fair_share_of(
     spec: WorkflowSpec,
     run_id: str,
     *,
@@ -44,14 +45,15 @@ def fair_share_of(
     if share.concurrency_key is not None:
         labels = dict(labels or {})
         workflow = {"name": name or run_id, "namespace": namespace, "uid": run_id, "labels": labels}
-        key = _evaluated_key(share.concurrency_key, {"workflow": workflow, "input": spec.input}, namespace)
+        variables = {"workflow": workflow, "input": spec.input}
+        key = await _evaluated_key(share.concurrency_key, variables, namespace)
     return FairShare(key=key, weight=share.weight, max_concurrency=share.max_concurrency or 0)
 
 
-def _evaluated_key(expression: str, variables: dict[str, object], namespace: str) -> str:
+async def _evaluated_key(expression: str, variables: dict[str, object], namespace: str) -> str:
     try:
-        value = evaluate(expression, variables)
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        value = await evaluate(expression, variables)
+    except (*EVALUATION_ERRORS, EvaluationLimit) as exc:
         log.warning(
             "spec.fairShare.concurrencyKey %s cannot be evaluated (%s): the Workflow is its own key",
             clip(expression),

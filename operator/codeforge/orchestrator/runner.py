@@ -244,7 +244,7 @@ class WorkflowRunner:
             first=self._first.setdefault(workflow_id, {}),
             name=name or workflow_id,
             approvals=control.approvals,
-            fair=fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
+            fair=await fair_share_of(spec, workflow_id, name=name or "", namespace=namespace, labels=labels),
             stop=control.gate,
         )
         dispatcher = StepDispatcher(self.queue, ctx)
@@ -280,7 +280,7 @@ class WorkflowRunner:
         graph_input: RunState | None = None
         if not resumed:
             graph_input = {"input": spec.input, "started_at": started_at}
-            graph_input.update(compiler.first_route(ctx, graph_input))  # type: ignore[typeddict-item]
+            graph_input.update(await compiler.first_route(ctx, graph_input))  # type: ignore[typeddict-item]
         stop = asyncio.ensure_future(control.cancelled.wait())
         over_budget: Crossing | None = None
         settled = False
