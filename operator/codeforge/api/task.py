@@ -235,7 +235,8 @@ class Priority(enum.IntEnum):
                 return cls[value.strip().upper()]
             except KeyError:
                 pass
-            if value.strip().isdigit():
+            # ASCII digits only, and few: int() also reads '٣' as 3, and refuses 5,000 digits (ValueError).
+            if value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 3:
                 value = int(value.strip())
         if isinstance(value, int) and not isinstance(value, bool):
             try:
@@ -243,7 +244,7 @@ class Priority(enum.IntEnum):
             except ValueError:
                 pass
         names = ", ".join(f"{p.name} ({p.value})" for p in cls)
-        raise ValueError(f"unknown priority {clip(value)}: use one of {names}")
+        raise ValueError(f"unknown priority {clip_value(value)}: use one of {names}")
 
 
 class TaskState(enum.StrEnum):
@@ -260,6 +261,14 @@ class TaskState(enum.StrEnum):
 
 
 _TERMINAL: Final = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+def clip_value(value: object) -> str:
+    """`clip(value)`, also for an integer too long for repr (past 4,300 digits it raises ValueError, whose
+    message suggests sys.set_int_max_str_digits()): such an integer is shown by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return clip(value)
 
 
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
