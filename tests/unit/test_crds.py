@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from codeforge.api import crd, limits
 from codeforge.api.agentpool import AgentPoolSpec
+from codeforge.api.workflow import WorkflowSpecError, parse_workflow_spec
 from codeforge.cli import _register, app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,6 +280,39 @@ def test_invalid_manifests_are_refused_by_schema_and_model_alike(change: JSON, m
     assert any(message in e for e in errors), errors
     with pytest.raises(ValidationError):
         AgentPoolSpec.model_validate({**MINIMAL, **change})
+
+
+def workflow_schema() -> JSON:
+    manifest = yaml.safe_load((REPO / "crds" / crd.file_name(crd.WORKFLOW)).read_text())
+    schema: JSON = manifest["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"timeoutSeconds": True}, "timeoutSeconds"),
+        ({"timeoutSeconds": "30"}, "timeoutSeconds"),
+        ({"suspend": "yes"}, "suspend"),
+        ({"suspend": 1}, "suspend"),
+        ({"maxStepRuns": "5"}, "maxStepRuns"),
+        ({"maxTasksInFlight": 5.0}, "maxTasksInFlight"),
+        ({"steps": [{"name": "a", "pool": "p", "parallel": "3"}]}, "steps[0].parallel"),
+        ({"steps": [{"name": "a", "pool": "p", "retries": {"max": True}}]}, "steps[0].retries.max"),
+        ({"fairShare": {"weight": True}}, "fairShare.weight"),
+        ({"budget": {"maxCost": "1.5"}}, "budget.maxCost"),
+    ],
+)
+def test_wrong_types_are_refused_by_the_workflow_schema_and_model_alike(change: JSON, field: str) -> None:
+    """`codeforge run` (the model) refuses what `kubectl apply` (the schema) does: pydantic's lax mode took
+    `true` as 1 and "3" as 3."""
+    spec = {"steps": [{"name": "a", "pool": "p"}], **change}
+    schema = workflow_schema()
+    manifest = {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Workflow", "metadata": {"name": "w"}}
+    errors = admit(schema, defaulted(schema, {**manifest, "spec": spec}))
+    assert any(e.startswith(f".spec.{field}: expected") for e in errors), errors
+    with pytest.raises(WorkflowSpecError, match=re.escape(f"spec.{field}: Input should be a valid")):
+        parse_workflow_spec(spec)
 
 
 def test_long_names_are_refused() -> None:

@@ -24,6 +24,18 @@ def spec_with(fair_share: dict[str, object], **extra: object) -> WorkflowSpec:
         ({"maxConcurrency": 0}, "spec.fairShare.maxConcurrency: Input should be greater than or equal to 1"),
         ({"weight": 101}, "spec.fairShare.weight: Input should be less than or equal to 100"),
         ({"max_concurrency": 2}, "write 'maxConcurrency'"),
+        # A constant key groups every Workflow of the namespace: only a string constant is meant.
+        (
+            {"concurrencyKey": "1"},
+            "concurrencyKey: the key must be a non-empty string; this one always gives 1",
+        ),
+        (
+            {"concurrencyKey": "null"},
+            "concurrencyKey: the key must be a non-empty string; this one always gives null",
+        ),
+        ({"concurrencyKey": "true"}, "always gives true: use a field of `workflow` or `input`"),
+        ({"concurrencyKey": "''"}, "always gives ''"),
+        ({"concurrencyKey": "[1, 2]"}, "always gives [1, 2]"),
     ],
 )
 def test_bad_fair_share_is_refused_naming_the_field(fair_share: dict[str, object], message: str) -> None:
@@ -56,7 +68,7 @@ async def test_a_key_that_cannot_be_evaluated_falls_back_to_the_workflow(
     fair = await fair_share_of(spec, "uid-1", namespace="team-a", labels={})
     assert fair == FairShare(key="", weight=1, max_concurrency=2)
     assert "the Workflow is its own key" in caplog.text
-    listed = spec_with({"concurrencyKey": "[1, 2]"})
+    listed = spec_with({"concurrencyKey": "input.xs"}, input={"xs": [1, 2]})
     assert (await fair_share_of(listed, "uid-1", namespace="team-a")).key == ""
 
 
@@ -67,3 +79,7 @@ async def test_a_long_or_odd_value_becomes_a_bounded_digest() -> None:
     assert key == again
     assert key.startswith("team-a/sha256:")
     assert len(key) <= MAX_FAIR_KEY
+
+
+def test_a_constant_string_key_is_one_key_for_the_namespace() -> None:
+    assert spec_with({"concurrencyKey": "'nightly'"}).fair_share.concurrency_key == "'nightly'"

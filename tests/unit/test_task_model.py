@@ -145,6 +145,24 @@ def test_unknown_priority_is_refused_with_the_valid_choices(priority: object) ->
     assert "use one of CRITICAL (1), HIGH (2), MEDIUM (3), LOW (4)" in message
 
 
+@pytest.mark.parametrize(
+    ("priority", "shown"),
+    [
+        (10**5000, "an integer of about 5001 digits"),  # repr raised ValueError (int_max_str_digits)
+        ("9" * 5000, "'9999"),  # int() raised it
+        ("\u0663", "'\u0663'"),  # an Arabic-Indic 3: int() reads it, the CRD's schema does not
+    ],
+    ids=["huge-int", "huge-digits", "arabic-indic-3"],  # pytest's own id for the int raises
+)
+def test_a_huge_or_non_ascii_number_is_an_unknown_priority(priority: object, shown: str) -> None:
+    with pytest.raises(ValueError, match="unknown priority") as info:
+        Priority.parse(priority)
+    message = str(info.value)
+    assert message.startswith(f"unknown priority {shown}"), message
+    assert "set_int_max_str_digits" not in message
+    assert len(message) < 200
+
+
 def test_priority_parse_is_the_same_check_outside_the_model() -> None:
     with pytest.raises(ValueError, match=r"unknown priority 'urgent': use one of CRITICAL \(1\)"):
         Priority.parse("urgent")

@@ -419,3 +419,160 @@ def test_manifests_accepted_before_are_refused(change: dict[str, Any], expected:
     with pytest.raises(ValidationError) as info:
         WorkflowManifest.parse(document | change)
     assert expected in format_validation_error(info.value, prefix="")
+
+
+# --- a second fuzzing pass: lax types, odd keys, and messages that did not say the fix ---------------------
+
+
+def with_step(**fields: Any) -> dict[str, Any]:
+    return {"steps": [{"name": "a", "pool": "p", **fields}]}
+
+
+def with_top(**fields: Any) -> dict[str, Any]:
+    return {"steps": [{"name": "a", "pool": "p"}], **fields}
+
+
+#: Values pydantic's lax mode turned into numbers or booleans (`true` -> 1, "3" -> 3, "yes" -> True), which
+#: the CRD's `type: integer|number|boolean` refuses: `codeforge run` accepted what `kubectl apply` would not.
+LAX_VALUES = [
+    (with_top(timeoutSeconds=True), "spec.timeoutSeconds: Input should be a valid number: write a number"),
+    (with_top(timeoutSeconds="30"), "spec.timeoutSeconds: Input should be a valid number"),
+    (with_top(maxStepRuns="5"), "spec.maxStepRuns: Input should be a valid integer: write a whole number"),
+    (with_top(maxTasksInFlight=True), "spec.maxTasksInFlight: Input should be a valid integer"),
+    (with_top(ttlSecondsAfterFinished="60"), "spec.ttlSecondsAfterFinished: Input should be a valid integer"),
+    (with_top(suspend="yes"), "spec.suspend: Input should be a valid boolean: write true or false"),
+    (with_top(suspend=1), "spec.suspend: Input should be a valid boolean"),
+    (with_top(ttlDeletesWorkflow="true"), "spec.ttlDeletesWorkflow: Input should be a valid boolean"),
+    (with_top(fairShare={"weight": "2"}), "spec.fairShare.weight: Input should be a valid integer"),
+    (with_top(fairShare={"maxConcurrency": True}), "spec.fairShare.maxConcurrency: Input should be a valid"),
+    (with_top(budget={"maxTokens": "10"}), "spec.budget.maxTokens: Input should be a valid integer"),
+    (with_top(budget={"maxCost": "1.5"}), "spec.budget.maxCost: Input should be a valid number"),
+    (with_step(parallel="3"), "spec.steps[0].parallel: Input should be a valid integer"),
+    (with_step(parallel=True), "spec.steps[0].parallel: Input should be a valid integer"),
+    (with_step(timeoutSeconds="5"), "spec.steps[0].timeoutSeconds: Input should be a valid number"),
+    (with_step(retries={"max": "2"}), "spec.steps[0].retries.max: Input should be a valid integer"),
+    (with_step(retries={"backoffSeconds": True}), "spec.steps[0].retries.backoffSeconds: Input should be"),
+    (with_step(parallel=2, workspace={"merge": "true"}), "spec.steps[0].workspace.merge: Input should be a"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), LAX_VALUES)
+def test_numbers_and_booleans_are_typed_as_the_crd_types_them(data: dict[str, Any], expected: str) -> None:
+    assert expected in problems(data)
+
+
+def test_a_number_field_takes_an_integer() -> None:
+    parsed = parse_workflow_spec(
+        with_top(
+            timeoutSeconds=60, budget={"maxCost": 5}, steps=[{"name": "a", "pool": "p", "timeoutSeconds": 5}]
+        )
+    )
+    assert (parsed.timeout_seconds, parsed.steps[0].timeout_seconds) == (60, 5)
+    assert parsed.budget is not None
+    assert parsed.budget.max_cost == 5
+
+
+@pytest.mark.parametrize("vote", ["a\x1b[31m", "choice\n", "\tchoice", " choice", "choice ", "\u202echoice"])
+def test_vote_field_is_a_printable_field_name(vote: str) -> None:
+    text = problems(with_step(parallel=3, join="majority", voteField=vote))
+    assert text.startswith("spec.steps[0].voteField: "), text
+    assert "is not a result field name: use printable characters" in text
+    assert text.isprintable(), text  # no escape sequence, newline or direction override
+
+
+def test_vote_field_takes_any_printable_name() -> None:
+    for vote in ("decision", "my choice", "décision", "a.b"):
+        assert (
+            parse_workflow_spec(with_step(parallel=3, join="majority", voteField=vote)).steps[0].vote_field
+            == vote
+        )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            with_step(params={1: "x"}),
+            'spec.steps[0].params[1]: keys must be strings: quote this one ("1": ...)',
+        ),
+        (
+            with_step(params={None: "x"}),
+            'spec.steps[0].params[null]: keys must be strings: quote this one ("null"',
+        ),
+        (with_step(params={True: 1}), "spec.steps[0].params[true]: keys must be strings"),
+        (
+            with_step(params={10**5000: 1}),
+            "spec.steps[0].params[an integer of about 5001 digits]: keys must be",
+        ),
+        (
+            {"steps": [{"name": "a", "pool": "p"}], 1: 2},
+            "spec[1]: the key 1 is not a field name: remove it or check its spelling",
+        ),
+        ({"steps": [{"name": "a", "pool": "p"}], None: 2}, "spec[null]: the key null is not a field name"),
+        (
+            {"steps": [{"name": "a", "pool": "p", 1.5: 1}]},
+            "spec.steps[0][1.5]: the key 1.5 is not a field name",
+        ),
+    ],
+)
+def test_a_key_that_is_no_string_shows_as_written(data: dict[Any, Any], expected: str) -> None:
+    text = problems(data)
+    assert text.startswith(expected), text
+    assert "[key]" not in text
+
+
+def test_a_deep_value_under_an_odd_key_shows_no_control_characters() -> None:
+    text = problems(with_top(input={"\x1b[31m": _nested(100)}))
+    assert text.startswith("spec.input.\\x1b[31m[0][0]"), text[:100]
+    assert "\x1b" not in text
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [(None, "[null]"), (True, "[true]"), (1, "[1]"), (10**5000, "[an integer")],
+    ids=["null", "true", "1", "huge"],
+)
+def test_a_deep_value_under_a_key_that_is_no_string_shows_it_as_yaml_writes_it(
+    key: object, shown: str
+) -> None:
+    text = problems(with_top(input={key: _nested(100)}))
+    assert text.startswith(f"spec.input{shown}"), text[:100]
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ('duration("99999999999h")', 'this one always gives duration("9223372036.854775s")'),
+        ('duration("-1.5s")', 'this one always gives duration("-1.5s")'),
+        ('timestamp("2020-01-01T00:00:00Z")', 'always gives timestamp("2020-01-01T00:00:00Z")'),
+        ('duration("5x") > duration("1s")', 'duration() takes a string such as "1h30m", "90s" or "1.5s"'),
+        ('timestamp("bad") < timestamp("2020-01-01T00:00:00Z")', "timestamp() takes an RFC 3339 string"),
+        ('"a".matches("(")', "'(' is not a valid regular expression: unclosed group"),
+        (
+            '"a".matches("a{1000}{1000}")',
+            "is not a valid regular expression: Compiled regex exceeds size limit",
+        ),
+        ("[].all()", "all() takes a variable and an expression, e.g. list.all(x, x > 0)"),
+        ("result.xs.exists(x)", "exists() takes a variable and an expression"),
+        ("result.xs.map(x, y, z, w) == []", "map() takes a variable and an expression"),
+        ("size(1, 2) == 1", "size() does not take these arguments: check their number and types"),
+    ],
+)
+def test_cel_failures_say_what_to_write(expression: str, expected: str) -> None:
+    text = problems(edge_when(expression))
+    assert expected in text, text
+    assert "timedelta" not in text
+    assert "unknown function" not in text
+    assert not text.endswith(":")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [with_top(priority=10**5000), with_step(priority=-(10**5000)), with_top(priority="9" * 5000)],
+)
+def test_a_huge_priority_is_a_short_message(data: dict[str, Any]) -> None:
+    text = problems(data)
+    assert "unknown priority" in text, text
+    assert "use one of CRITICAL (1)" in text, text
+    assert "set_int_max_str_digits" not in text
+    assert len(text) < 300

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 import cel
@@ -169,6 +170,14 @@ def check_program(
     unknown_functions = sorted(
         name for name in references["functions"] if not _is_operator(name) and name not in FUNCTIONS
     )
+    # The parser expands a macro called right (`xs.all(x, x > 0)`) and leaves any other call of it
+    # (`[].all()`, `xs.map(x)`) as a function call, which no function implements.
+    macros = [name for name in unknown_functions if name in _MACROS]
+    if macros:
+        raise CelCheckError(
+            f"{macros[0]}() takes a variable and an expression, e.g. list.{macros[0]}(x, x > 0)"
+            + (" (or a variable, a condition and an expression)" if macros[0] == "map" else "")
+        )
     if unknown_functions:
         raise CelCheckError(
             f"unknown function {clip(unknown_functions[0], 40)}: CEL here has {', '.join(sorted(FUNCTIONS))} "
@@ -231,18 +240,68 @@ def _check_constant(program: cel.Program, what: str) -> None:
     try:
         value = program.execute({})
     except Exception as exc:  # as above
-        raise CelCheckError(f"CEL expression always fails: {_first_sentence(exc)}") from None
+        raise CelCheckError(f"CEL expression always fails: {_failure(exc)}") from None
     if what == "bool" and not isinstance(value, bool):
         raise CelCheckError(f"a condition must give true or false; this one always gives {_shown(value)}")
     if what == "list" and not isinstance(value, list | tuple):
         raise CelCheckError(f"forEach must give a list; this one always gives {_shown(value)}")
+    # A constant key puts every Workflow of the namespace under one key: only a deliberate string makes sense
+    # (a number, null, a list is a mistake, and at run time anything but a string falls back to the Workflow).
+    if what == "key" and not (isinstance(value, str) and value):
+        raise CelCheckError(
+            f"the key must be a non-empty string; this one always gives {_shown(value)}: use a field of "
+            "`workflow` or `input` (e.g. workflow.labels.team) or a quoted constant ('team-a')"
+        )
 
 
 def _shown(value: object) -> str:
-    # As CEL writes it: null, true, false.
+    # As CEL writes it: null, true, false, duration("90s"), timestamp("2024-01-01T00:00:00Z").
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, timedelta):
+        micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+        seconds = f"{abs(micros) // 1_000_000}.{abs(micros) % 1_000_000:06d}".rstrip("0").rstrip(".")
+        return f'duration("{"-" if micros < 0 else ""}{seconds}s")'
+    if isinstance(value, datetime):
+        return f'timestamp("{value.isoformat().replace("+00:00", "Z")}")'
     return clip(value)
+
+
+#: What the package's function errors say (`Function 'matches' error: ...`) rewritten as the fix: its own
+#: words are a Rust parser's debug output (duration) or end before the reason (matches).
+_FUNCTION_ERROR: Final = re.compile(r"Function '(\w+)' error: (.*)", re.DOTALL)
+_REGEX_ERROR: Final = re.compile(r"('.*') not a valid regex:\s*(.*)", re.DOTALL)
+#: The package's error for a known function called with arguments it has no overload for (`size(1, 2)`).
+_UNDEFINED: Final = re.compile(r"Undefined variable or function: '(\w+)'")
+_USAGE: Final = {
+    "duration": 'duration() takes a string such as "1h30m", "90s" or "1.5s" (units h, m, s, ms, us, ns)',
+    "timestamp": 'timestamp() takes an RFC 3339 string such as "2024-01-01T00:00:00Z"',
+}
+
+
+def _failure(exc: Exception) -> str:
+    """Why an evaluation failed, in one line that says what to write instead where the package's does not."""
+    undefined = _UNDEFINED.match(str(exc))
+    if undefined is not None and undefined.group(1) in FUNCTIONS:
+        return f"{undefined.group(1)}() does not take these arguments: check their number and types"
+    found = _FUNCTION_ERROR.match(str(exc))
+    if found is None:
+        return _first_sentence(exc)
+    function, detail = found.groups()
+    regex = _REGEX_ERROR.match(detail) if function == "matches" else None
+    if regex is not None:
+        pattern, reason = regex.groups()
+        # The regex crate's reason: an `error: ...` line under a caret diagram, or one sentence.
+        lines = [line.strip() for line in reason.splitlines() if line.strip()]
+        why = next((line.removeprefix("error: ") for line in lines if line.startswith("error: ")), None)
+        why = why or (lines[0] if lines else "")
+        why = why.split(". Check function arguments", 1)[0].rstrip(".")
+        return clip_text(
+            _printable(f"{clip(pattern[1:-1], 40)} is not a valid regular expression: {why}"), 160
+        )
+    if function in _USAGE:
+        return _USAGE[function]
+    return _first_sentence(exc)
 
 
 def _first_sentence(exc: Exception) -> str:

@@ -82,6 +82,9 @@ def clip(value: Any, limit: int = SHOWN_PREFIX) -> str:
         if len(value) <= limit:
             return repr(value)
         return f"{value[:limit]!r}... ({len(value)} characters)"
+    if isinstance(value, int) and value.bit_length() > 256:
+        # repr of an int past 4,300 digits raises (its message suggests sys.set_int_max_str_digits())
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     text = repr(value) if not isinstance(value, dict | list | tuple) or _small(value) else None
     if text is not None and len(text) <= limit:
         return text
@@ -106,10 +109,18 @@ def _shallow(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> str:
     return f"of {len(value)} items"
 
 
+def yaml_scalar(value: Any) -> str:
+    """A value as YAML spells it (null, true, 1.5), clipped: for keys that are no string in paths."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return clip(value, 40)
+
+
 def too_deep(value: Any, limit: int) -> str | None:
-    """The path (`.key`, `[index]`) of the first container nested more than `limit` deep (a scalar is 0
-    deep), or None; walked without recursion, which is the point: a deep value's repr or encoding recurses
-    (pydantic's error for a bad enum value formats the value, and overflowed the stack on a deep one)."""
+    """The path (`.key`, `[index]`, `[null]` for a key that is no string) of the first container nested more
+    than `limit` deep (a scalar is 0 deep), or None; walked without recursion, which is the point: a deep
+    value's repr or encoding recurses (pydantic's error for a bad enum value formats the value, and overflowed
+    the stack on a deep one)."""
     steps: list[tuple[int, str]] = []  # (parent index, path segment): the path is built only if found
     todo: list[tuple[Any, int, int]] = [(value, 0, -1)] if isinstance(value, dict | list | tuple) else []
     while todo:
@@ -123,6 +134,7 @@ def too_deep(value: Any, limit: int) -> str | None:
         keyed = isinstance(node, dict)
         for key, child in node.items() if keyed else enumerate(node):
             if isinstance(child, dict | list | tuple):
-                steps.append((at, f".{key}" if keyed else f"[{key}]"))
+                keyed_text = f".{key}" if isinstance(key, str) else f"[{yaml_scalar(key)}]"
+                steps.append((at, keyed_text if keyed else f"[{key}]"))
                 todo.append((child, depth + 1, len(steps) - 1))
     return None

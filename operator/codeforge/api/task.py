@@ -235,7 +235,8 @@ class Priority(enum.IntEnum):
                 return cls[value.strip().upper()]
             except KeyError:
                 pass
-            if value.strip().isdigit():
+            # ASCII digits only, and few: int() also reads '٣' as 3, and refuses 5,000 digits (ValueError).
+            if value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 3:
                 value = int(value.strip())
         if isinstance(value, int) and not isinstance(value, bool):
             try:

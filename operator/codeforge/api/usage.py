@@ -123,10 +123,18 @@ class Budget(BaseModel):
     )
 
     max_tokens: int | None = Field(
-        default=None, ge=1, le=MAX_TOKENS, description="Tokens in and out of all tasks, as handlers report."
+        default=None,
+        ge=1,
+        le=MAX_TOKENS,
+        strict=True,
+        description="Tokens in and out of all tasks, as handlers report.",
     )
     max_cost: float | None = Field(
-        default=None, gt=0, le=MAX_COST, description="Cost of all tasks, in the unit handlers report."
+        default=None,
+        gt=0,
+        le=MAX_COST,
+        strict=True,
+        description="Cost of all tasks, in the unit handlers report.",
     )
     on_exceed: BudgetAction = Field(
         default=BudgetAction.FAIL,

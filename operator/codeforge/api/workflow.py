@@ -3,8 +3,10 @@
 Field names are camelCase in YAML (`timeoutSeconds`, `forEach`) like every Kubernetes API, and only that
 spelling is accepted from a manifest; Python code uses snake_case attributes. Validation covers what a graph
 needs to run: step names, reachability, a way out of every cycle, and CEL expressions that pass
-`codeforge.api.cel_check`. Every string, list and map is bounded (`codeforge.api.limits`). Each error names
-the field (`spec.edges[2].when`) and the fix, and repeats at most a short prefix of a bad value.
+`codeforge.api.cel_check`. Every string, list and map is bounded (`codeforge.api.limits`). Numbers and
+booleans are `strict=True`, typed as the CRD's `type: integer|number|boolean` type them: `true` is no 1 and
+"3" no 3 (an integer field takes no float; a number field takes an integer). Each error names the field
+(`spec.edges[2].when`) and the fix, and repeats at most a short prefix of a bad value.
 """
 
 from __future__ import annotations
@@ -161,10 +163,14 @@ class StepKind(enum.StrEnum):
 class RetryPolicy(SpecModel):
     """Retries of a step after its task failed: `max` extra attempts, waiting backoff * multiplier^n."""
 
-    max: int = Field(default=0, ge=0, le=100, description="Extra attempts after the first failure.")
-    backoff_seconds: float = Field(default=1.0, ge=0, le=3600, description="Wait before the first retry.")
-    backoff_multiplier: float = Field(default=2.0, ge=1, le=10)
-    max_backoff_seconds: float = Field(default=300.0, ge=0, le=86400)
+    max: int = Field(
+        default=0, ge=0, le=100, strict=True, description="Extra attempts after the first failure."
+    )
+    backoff_seconds: float = Field(
+        default=1.0, ge=0, le=3600, strict=True, description="Wait before the first retry."
+    )
+    backoff_multiplier: float = Field(default=2.0, ge=1, le=10, strict=True)
+    max_backoff_seconds: float = Field(default=300.0, ge=0, le=86400, strict=True)
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
@@ -188,19 +194,21 @@ class FairShare(SpecModel):
         default=1,
         ge=1,
         le=limits.MAX_FAIR_WEIGHT,
+        strict=True,
         description="Turns per round against weight-1 keys (the key's latest task sets it).",
     )
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
         le=limits.MAX_CONCURRENCY,
+        strict=True,
         description="At most this many tasks of the key run at once in each pool (default: no cap).",
     )
 
     @field_validator("concurrency_key")
     @classmethod
     def _check_key(cls, value: str | None) -> str | None:
-        return _check_cel(value, CONCURRENCY_KEY_VARIABLES, "value")
+        return _check_cel(value, CONCURRENCY_KEY_VARIABLES, "key")
 
 
 class Step(SpecModel):
@@ -242,9 +250,10 @@ class Step(SpecModel):
         default=None,
         gt=0,
         le=7 * 86400,
+        strict=True,
         description="Per attempt; for an approval step, how long it waits for a decision (then it fails).",
     )
-    parallel: int | None = Field(default=None, ge=1, le=1000, description="Fan out to N agents.")
+    parallel: int | None = Field(default=None, ge=1, le=1000, strict=True, description="Fan out to N agents.")
     for_each: CelText | None = Field(
         default=None, description="CEL over `state` giving a list: one task per item."
     )
@@ -276,6 +285,18 @@ class Step(SpecModel):
     @classmethod
     def _check_pool(cls, value: str) -> str:
         return validate_pool_name(value) if value else value
+
+    # A key of the parts' results, repeated in the status and the step's failure message: no control
+    # characters (terminal sequences, newlines in logs), no padding that no handler writes.
+    @field_validator("vote_field")
+    @classmethod
+    def _check_vote_field(cls, value: str) -> str:
+        if not value.isprintable() or value != value.strip():
+            raise ValueError(
+                f"{clip(value)} is not a result field name: use printable characters without leading or "
+                "trailing spaces, e.g. choice"
+            )
+        return value
 
     @field_validator("input")
     @classmethod
@@ -381,17 +402,27 @@ class WorkflowSpec(SpecModel):
         f"(at most {limits.MAX_INPUT_BYTES} bytes of JSON, like a task's payload).",
     )
     priority: PriorityField = Field(default=Priority.MEDIUM, description="Priority of the workflow's tasks.")
-    timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86400, description="Whole workflow.")
-    suspend: bool = Field(default=False, description="Pause dispatching new tasks; running ones finish.")
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=30 * 86400, strict=True, description="Whole workflow."
+    )
+    suspend: bool = Field(
+        default=False, strict=True, description="Pause dispatching new tasks; running ones finish."
+    )
     shutdown: Shutdown | None = Field(
         default=None,
         description="End the run early: Stop (nothing new is dispatched, queued tasks no agent took are "
         "withdrawn, running tasks finish) or Terminate (running tasks are cancelled). The Workflow ends "
         "Cancelled, reason Stopped or Terminated. Once set it can only go from Stop to Terminate.",
     )
-    max_tasks_in_flight: int = Field(default=100, ge=1, le=10000, description="Tasks dispatched at once.")
+    max_tasks_in_flight: int = Field(
+        default=100, ge=1, le=10000, strict=True, description="Tasks dispatched at once."
+    )
     max_step_runs: int = Field(
-        default=100, ge=1, le=10000, description="Bound on step executions, so a loop always ends."
+        default=100,
+        ge=1,
+        le=10000,
+        strict=True,
+        description="Bound on step executions, so a loop always ends.",
     )
     entry: str | None = Field(
         default=None, max_length=limits.MAX_NAME, description="First step (default: the first in `steps`)."
@@ -412,11 +443,13 @@ class WorkflowSpec(SpecModel):
         default=None,
         ge=0,
         le=limits.MAX_TTL_SECONDS,
+        strict=True,
         description="Seconds after the run finished when its checkpoints, result copy and step refs are "
         "removed (default: the operator's CODEFORGE_WORKFLOW_TTL_SECONDS; unset there too: kept).",
     )
     ttl_deletes_workflow: bool = Field(
         default=False,
+        strict=True,
         description="When the TTL passes, delete the Workflow object as well (like a Job's TTL).",
     )
     budget: Budget | None = Field(
@@ -613,26 +646,57 @@ def format_validation_error(exc: ValidationError | WorkflowSpecError, prefix: st
     if isinstance(exc, WorkflowSpecError):
         return str(exc)
     lines: list[str] = []
-    errors = exc.errors(include_url=False, include_input=False)
+    errors = exc.errors(include_url=False)
     for err in errors[:MAX_PROBLEMS]:
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, WorkflowSpecError):
             lines.extend(f"{prefix}{path.removeprefix('spec')}: {msg}" for path, msg in ctx_error.problems)
             continue
+        loc = err["loc"]
+        # A key that is no string (YAML `1:`, `null:`): pydantic's loc holds str(key) or an int, which reads
+        # as `.None` or a list index; the error's input is the key itself.
+        bad_key = err["type"] == "invalid_key" or loc[-1:] == ("[key]",)
+        if loc[-1:] == ("[key]",):
+            loc = loc[:-1]
         path = prefix
-        for part in err["loc"]:
+        for i, part in enumerate(loc):
             # A field name is user input too (an unknown key may be a megabyte long).
-            if isinstance(part, int):
+            if bad_key and i == len(loc) - 1:
+                path += f"[{limits.yaml_scalar(err['input'])}]"
+            elif isinstance(part, int):
                 path += f"[{part}]"
             else:
                 path += key_in_path(str(part))
         message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and err["loc"]:
+        if bad_key:
+            key = limits.yaml_scalar(err["input"])
+            quoted = f' ("{key}": ...)' if _YAML_SCALAR.fullmatch(key) else ""
+            message = (
+                f"the key {key} is not a field name: remove it or check its spelling"
+                if err["type"] == "invalid_key"
+                else f"keys must be strings: quote this one{quoted}"
+            )
+        elif err["type"] == "extra_forbidden" and err["loc"]:
             message += _spelling_hint(str(err["loc"][-1]))
+        elif err["type"] in _TYPE_HINTS:
+            message += _TYPE_HINTS[err["type"]]
         lines.append(clip_text(f"{path}: {message}", MAX_LINE))
     if len(errors) > MAX_PROBLEMS:
         lines.append(f"{prefix}: ... and {len(errors) - MAX_PROBLEMS} more problems")
     return "\n".join(lines)
+
+
+#: The fix for a value of the wrong type (numbers and booleans are strict, as in the CRD: a quoted "3" or
+#: "true" is a string).
+_TYPE_HINTS: Final = {
+    "int_type": ": write a whole number without quotes, e.g. 3",
+    "float_type": ": write a number without quotes, e.g. 1.5",
+    "bool_type": ": write true or false without quotes",
+}
+
+
+#: A key YAML reads as no string but that quoted would be one: null, true, false, a short number.
+_YAML_SCALAR: Final = re.compile(r"null|true|false|[-+.\w]{1,40}")
 
 
 def key_in_path(key: str) -> str:
@@ -667,7 +731,9 @@ def parse_workflow_spec(data: Any, prefix: str = "spec") -> WorkflowSpec:
 def _check_depth(data: Any, prefix: str) -> None:
     deep = limits.too_deep(data, limits.MAX_DOCUMENT_DEPTH)
     if deep is not None:
-        where = clip_text(f"{prefix}{deep}" if prefix else deep.lstrip(".") or "document", 200)
+        where = f"{prefix}{deep}" if prefix else deep.lstrip(".") or "document"
+        # The path holds the keys as written: escape control characters (no terminal sequences).
+        where = clip_text("".join(c if c.isprintable() else repr(c)[1:-1] for c in where[:400]), 200)
         message = f"nests more than {limits.MAX_DOCUMENT_DEPTH} levels deep: a Workflow is far shallower"
         raise WorkflowSpecError([(where, message)])
 

@@ -87,6 +87,7 @@ class StepWorkspace(SpecModel):
 
     merge: bool = Field(
         default=False,
+        strict=True,
         description="For a fan-out joined with `all`: merge the parts' commits into the step's output "
         "(the step fails, naming the files, when they conflict). Default: the step passes its input on.",
     )
