@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from codeforge.api.task import Task
+from codeforge.api.task import Task, encode_result
 from codeforge.api.usage import Usage, parse_usage
 from codeforge.queue import Lease, LeaseLostError, QueueError, TaskCancelledError
 from codeforge_agent.handlers import HandlerError, RateLimitedError, TaskContext
@@ -139,9 +138,9 @@ class TaskExecution:
 
     async def _complete(self, log: ContextAdapter, result: Any, started: float, finished: float) -> None:
         try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            message = f"{self.agent.handler.kind} handler returned a value that is not JSON: {exc}"
+            encode_result(result)
+        except ValueError as exc:  # the queue would refuse it: the task fails, saying why (not retried)
+            message = f"{self.agent.handler.kind} handler returned a result the queue refuses: {exc}"
             await self._fail(log, message, False, 0.0, "error", started, finished)
             return
         try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
+from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import Priority, TaskState
 from codeforge.queue import (
     HANDLER_BUDGET_SPENT,
@@ -366,6 +368,28 @@ async def test_a_result_is_recorded_once(queue: TaskQueue, pool: str) -> None:
     outcome = await queue.get(pool, "once")
     assert outcome is not None
     assert (outcome.state, outcome.result) == (TaskState.SUCCEEDED, "first")
+
+
+@pytest.mark.parametrize(
+    ("result", "why"),
+    [
+        ({"diff": "x" * MAX_RESULT_BYTES}, "over the limit of 524,288"),
+        (json.loads("[" * 65 + "]" * 65), "nests more than 64 levels deep"),
+        ({"when": float("nan")}, "the result is not JSON"),
+    ],
+    ids=["large", "deep", "nan"],
+)
+async def test_a_result_out_of_bounds_is_refused_and_the_lease_kept(
+    queue: TaskQueue, pool: str, result: object, why: str
+) -> None:
+    await queue.enqueue(make_task(pool, "big"))
+    lease = await claim_one(queue, pool)
+    with pytest.raises(ValueError, match=why):
+        await queue.complete(lease, result)
+    await queue.complete(lease, {"diff": "x" * (MAX_RESULT_BYTES - 20)})  # the bound itself fits
+    outcome = await queue.get(pool, "big")
+    assert outcome is not None
+    assert outcome.state is TaskState.SUCCEEDED
 
 
 async def test_a_retried_complete_is_not_a_second_recording(queue: TaskQueue, pool: str) -> None:

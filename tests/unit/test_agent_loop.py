@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
+from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import Task, TaskState
 from codeforge.queue import TaskQueue, open_queue
 from codeforge_agent import (
@@ -100,12 +104,21 @@ async def test_unexpected_exception_is_retryable_and_names_the_error() -> None:
     assert outcome.error.startswith("python handler raised RuntimeError: model exploded")
 
 
-async def test_result_that_is_not_json_fails_the_task() -> None:
+@pytest.mark.parametrize(
+    ("result", "why"),
+    [
+        ({1, 2}, "the result is not JSON"),
+        ({"diff": "x" * (MAX_RESULT_BYTES + 1)}, "bytes of JSON, over the limit of 524,288"),
+        (json.loads("[" * 100 + "]" * 100), "nests more than 64 levels deep"),
+    ],
+    ids=["set", "large", "deep"],
+)
+async def test_a_result_the_queue_refuses_fails_the_task_saying_why(result: Any, why: str) -> None:
     class Bad:
         kind = "custom"
 
         async def __call__(self, t: Task, context: TaskContext) -> Any:
-            return {1, 2}
+            return result
 
         async def aclose(self) -> None:
             return None
@@ -115,7 +128,8 @@ async def test_result_that_is_not_json_fails_the_task() -> None:
         outcome = await queue.wait_result(POOL, "j1", timeout=10)
     assert outcome.state is TaskState.FAILED
     assert outcome.error is not None
-    assert "custom handler returned a value that is not JSON" in outcome.error
+    assert outcome.error.startswith("custom handler returned a result the queue refuses: ")
+    assert why in outcome.error
 
 
 async def test_cancelled_task_stops_the_handler_and_records_nothing() -> None:

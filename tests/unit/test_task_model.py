@@ -123,6 +123,13 @@ def test_malformed_payload_is_refused(payload: object) -> None:
     assert "dicts, lists, strings, numbers, bools, null" in message
 
 
+def test_a_payload_nested_past_the_json_encoders_recursion_is_refused_with_a_message() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert "payload nests too deep for JSON: flatten it" in str(error_of(payload={"x": deep}))
+
+
 def test_malformed_task_json_is_refused() -> None:
     with pytest.raises(ValidationError) as info:
         Task.model_validate_json('{"id": "t-1", "pool": "research", "payload": {"unterminated": ')

@@ -14,6 +14,9 @@ from typing import Any, Final
 
 #: A task's payload as JSON (`codeforge.api.task`); anything larger belongs in object storage.
 MAX_PAYLOAD_BYTES: Final = 512 * 1024
+#: A task's result as JSON: it feeds later steps' payloads (the same cap), the run's checkpoints and CEL. The
+#: queue's Lua scripts hold it too (lib.lua), so a client that is not codeforge's cannot store a larger one.
+MAX_RESULT_BYTES: Final = MAX_PAYLOAD_BYTES
 #: A CEL expression (`when`, `input`, `forEach`): characters, tokens and bracket nesting. The compiler
 #: crashed at about 20,000 terms (80-100 KB) on the main thread's 8 MiB stack and refuses nesting beyond ~95
 #: levels; 512 tokens (at most ~256 terms) compile and evaluate even on a 256 KiB thread stack (measured).

@@ -13,7 +13,16 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 #: Payloads are JSON; anything larger than this belongs in object storage, referenced from the payload.
-from codeforge.api.limits import MAX_CONCURRENCY, MAX_FAIR_KEY, MAX_FAIR_WEIGHT, clip
+from codeforge.api.limits import (
+    MAX_CONCURRENCY,
+    MAX_FAIR_KEY,
+    MAX_FAIR_WEIGHT,
+    MAX_JSON_DEPTH,
+    MAX_RESULT_BYTES,
+    clip,
+    clip_text,
+    too_deep,
+)
 from codeforge.api.limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
 
 #: Pool names become Redis hash tags (`{pool}`), so braces are excluded; `namespace/name` is allowed.
@@ -399,12 +408,56 @@ class Task(BaseModel):
             raise ValueError(
                 f"payload must be JSON-serialisable (dicts, lists, strings, numbers, bools, null): {exc}"
             ) from None
+        except RecursionError:  # about a thousand levels (the encoder's recursion): surely no one's intent
+            raise ValueError("payload nests too deep for JSON: flatten it") from None
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload is {len(encoded)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit: "
                 "store large inputs elsewhere (object storage, a volume) and pass a reference"
             )
         return self
+
+
+def encode_result(result: Any) -> str:
+    """A handler's result as the queue stores it (compact JSON), or ValueError naming the bound it breaks:
+    JSON only, `MAX_JSON_DEPTH` levels, `MAX_RESULT_BYTES`."""
+    deep = too_deep(result, MAX_JSON_DEPTH)
+    if deep is not None:
+        raise ValueError(
+            f"the result nests more than {MAX_JSON_DEPTH} levels deep (at {clip_text(deep, 80)}): flatten it"
+        )
+    try:
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the result is not JSON: {exc}") from None
+    if len(text) > MAX_RESULT_BYTES:  # ASCII: json.dumps escapes the rest
+        raise ValueError(result_too_large(len(text)))
+    return text
+
+
+def result_too_large(size: int) -> str:
+    return (
+        f"the result is {size:,} bytes of JSON, over the limit of {MAX_RESULT_BYTES:,}: keep large outputs "
+        "in the workspace or object storage and return a reference"
+    )
+
+
+def decode_result(text: str) -> tuple[Any, str | None]:
+    """A stored result's value, or (None, why) for one no codeforge agent stores: over `MAX_RESULT_BYTES`, not
+    JSON, or nested past `MAX_JSON_DEPTH` (a client that is not codeforge's may store anything; reading it
+    must neither fail the reader nor hand the run a value that breaks CEL or the checkpoints)."""
+    if not text:
+        return None, None
+    if len(text) > MAX_RESULT_BYTES:  # characters <= the bytes the scripts bound
+        return None, result_too_large(len(text))
+    deep = f"the result stored for it nests more than {MAX_JSON_DEPTH} levels deep"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, f"the result stored for it is not JSON (it starts {clip(text[:40])})"
+    except RecursionError:  # thousands of levels
+        return None, deep
+    return (None, deep) if too_deep(value, MAX_JSON_DEPTH) is not None else (value, None)
 
 
 class TaskOutcome(BaseModel):

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.api.task import (
+    DeadLetter,
+    QueueStats,
+    Task,
+    TaskOutcome,
+    TaskState,
+    encode_result,
+    validate_pool_name,
+)
 from codeforge.queue.base import (
     DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     Lease,
@@ -361,6 +369,7 @@ class MemoryTaskQueue:
         done = self._pool(lease.pool).records.get(lease.id)
         if done and done.state is TaskState.SUCCEEDED and done.fence == lease.fence and done.result == result:
             return  # the same call again (a retry): already recorded, not a second recording
+        encode_result(result)  # the Redis backend's bounds (JSON, depth, size), with its message
         pool, record = self._held(lease)
         self._end_lease(pool, record)
         record.state = TaskState.SUCCEEDED

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
 import time
@@ -26,7 +25,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from codeforge.api.task import DeadLetter, QueueStats, Task, TaskOutcome, TaskState, validate_pool_name
+from codeforge.api.task import (
+    DeadLetter,
+    QueueStats,
+    Task,
+    TaskOutcome,
+    TaskState,
+    encode_result,
+    validate_pool_name,
+)
 from codeforge.queue.base import (
     DEFAULT_DEAD_LETTER_RETENTION_SECONDS,
     DEFAULT_RESULT_TTL_SECONDS,
@@ -372,7 +379,7 @@ class RedisTaskQueue:
                 chunk = pool_items[start : start + BATCH]
                 args: list[Any] = [self.result_ttl, len(chunk)]
                 for lease, result in chunk:
-                    args += [lease.id, lease.fence, _encode_result(result)]
+                    args += [lease.id, lease.fence, encode_result(result)]
                 codes = await self._script("complete", pool, *args)
                 for (lease, _), code in zip(chunk, codes, strict=True):
                     refusals[(pool, lease.id, lease.fence)] = (
@@ -523,10 +530,3 @@ class RedisTaskQueue:
         await self._watcher.close()
         await self._replicated.close()
         await self._r.aclose()
-
-
-def _encode_result(result: Any) -> str:
-    try:
-        return json.dumps(result, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"task result must be JSON-serialisable: {exc}") from exc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -13,7 +12,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from codeforge.api.task import DeadLetter, Task, TaskOutcome, TaskState
+from codeforge.api.task import DeadLetter, Task, TaskOutcome, TaskState, decode_result
 from codeforge.queue.keys import done_channel, pool_from_channel
 
 log = logging.getLogger(__name__)
@@ -38,13 +37,18 @@ def outcome_of(
     run_ms: str | None = None,
     notified: bool = False,
 ) -> TaskOutcome:
-    """A TaskOutcome from a task's fields as Redis stores (and publishes) them; times in ms."""
+    """A TaskOutcome from a task's fields as Redis stores (and publishes) them; times in ms. A result no
+    codeforge agent stores (not JSON, too deep, too large: `decode_result`) makes a succeeded task failed,
+    with why, rather than failing the reader (the listener serves every waiter)."""
     terminal = TaskState(state).terminal
+    value, refused = decode_result(result)
+    if refused is not None and state == TaskState.SUCCEEDED:
+        state, error = TaskState.FAILED, refused
     return TaskOutcome(
         id=task_id,
         pool=pool,
         state=TaskState(state),
-        result=json.loads(result) if result else None,
+        result=value,
         error=error or None,
         attempts=int(attempts or 0),
         consumer=consumer or None,

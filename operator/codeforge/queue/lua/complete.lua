@@ -18,7 +18,16 @@ for i = 0, n - 1 do
     out[#out + 1] = refused == 'dup' and 'ok' or refused
   else
     if end_lease(tk, id, st[4] or '') then unblocked = true end
-    finish(tk, id, 'succeeded', nil, ARGV[b + 2], ttl, now, {st[5], st[6], st[7], st[8]})
+    local result = ARGV[b + 2]
+    if #result > MAX_RESULT then
+      -- Only a client that is not codeforge's sends one (encode_result refuses it first): the task ends
+      -- failed, saying why, and the result is not kept (a later step, a checkpoint or CEL would carry it).
+      local why = 'the result is ' .. #result .. ' bytes of JSON, over the limit of ' .. MAX_RESULT ..
+        ': keep large outputs in the workspace or object storage and return a reference'
+      finish(tk, id, 'failed', why, nil, ttl, now, {st[5], st[6], st[7], st[8]})
+    else
+      finish(tk, id, 'succeeded', nil, result, ttl, now, {st[5], st[6], st[7], st[8]})
+    end
     out[#out + 1] = 'ok'
   end
 end

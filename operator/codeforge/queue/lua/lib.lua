@@ -23,6 +23,7 @@ local P = KEYS[1]
 local PRIO_UNIT = 1099511627776  -- a ready score is priority * 2^40 + seq
 local MAX_KEYS = 10000  -- codeforge.api.limits.MAX_FAIR_KEYS
 local OVERFLOW = '\1overflow'  -- codeforge.queue.base.OVERFLOW_KEY: keys past MAX_KEYS share it
+local MAX_RESULT = 524288  -- codeforge.api.limits.MAX_RESULT_BYTES: complete.lua stores no larger result
 
 local function num(v) return tonumber(v or '0') or 0 end
 

@@ -1,0 +1,73 @@
+"""Results stored by a client that is not codeforge's (it calls the queue's scripts itself, with any string):
+the queue keeps none over `MAX_RESULT_BYTES`, and the reader turns one it cannot use (not JSON, nested past
+`MAX_JSON_DEPTH`) into a failed outcome saying why, never an exception in the listener that wakes every
+waiter. Real redis-server and 6-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from codeforge.api.limits import MAX_RESULT_BYTES
+from codeforge.api.task import TaskState
+from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue.redis_backend import RedisTaskQueue
+from support.tasks import make_task, unique_pool
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
+        pytest.param("cluster_url", marks=pytest.mark.cluster, id="cluster"),
+    ]
+)
+async def queue(request: pytest.FixtureRequest) -> AsyncIterator[RedisTaskQueue]:
+    q = await open_queue(str(request.getfixturevalue(request.param)))
+    assert isinstance(q, RedisTaskQueue)
+    yield q
+    await q.close()
+
+
+async def store_raw(queue: RedisTaskQueue, pool: str, task_id: str, raw: str) -> None:
+    """Complete a task the way a foreign client would: the complete script, called with a raw result."""
+    lease = await queue.claim(pool, "foreign", timeout=2)
+    assert lease is not None
+    assert lease.id == task_id
+    assert await queue._script("complete", pool, 3600, 1, lease.id, lease.fence, raw) == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests more than 64 levels deep"),
+        ("[" * 65 + "]" * 65, "nests more than 64 levels deep"),
+        ("{not json", "is not JSON (it starts '{not json')"),
+        ('"' + "x" * MAX_RESULT_BYTES + '"', "the result is 524,290 bytes"),
+    ],
+    ids=["deep-for-json", "deep", "not-json", "large"],
+)
+async def test_a_foreign_result_fails_its_task_and_every_other_waiter_is_still_woken(
+    queue: TaskQueue, raw: str, why: str
+) -> None:
+    assert isinstance(queue, RedisTaskQueue)
+    pool = unique_pool()
+    for task_id in ("bad", "good"):
+        await queue.enqueue(make_task(pool, task_id))
+    waits = [asyncio.create_task(queue.wait_result(pool, t, timeout=10)) for t in ("bad", "good")]
+    await asyncio.sleep(0.1)  # both waiting on the listener
+    await store_raw(queue, pool, "bad", raw)
+    lease = await queue.claim(pool, "agent", timeout=2)
+    assert lease is not None
+    await queue.complete(lease, {"ok": True})
+    bad, good = await asyncio.gather(*waits)
+    assert (good.state, good.result) == (TaskState.SUCCEEDED, {"ok": True})
+    assert bad.state is TaskState.FAILED
+    assert bad.result is None
+    assert bad.error is not None
+    assert why.replace(",", "") in bad.error.replace(",", "")
+    # Read back later (not from the notification): the same outcome.
+    again = await queue.get(pool, "bad")
+    assert again is not None
+    assert (again.state, again.error) == (bad.state, bad.error)
