@@ -1,7 +1,7 @@
 """Results stored by a client that is not codeforge's (it calls the queue's scripts itself, with any string):
 the queue keeps none over `MAX_RESULT_BYTES`, and the reader turns one it cannot use (not JSON, nested past
 `MAX_JSON_DEPTH`) into a failed outcome saying why, never an exception in the listener that wakes every
-waiter. Real redis-server and 6-node cluster."""
+waiter; nor does a malformed message on a pool's done channel. Real redis-server and 6-node cluster."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import TaskState
 from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue.keys import done_channel
 from codeforge.queue.redis_backend import RedisTaskQueue
 from support.tasks import make_task, unique_pool
 
@@ -71,3 +72,30 @@ async def test_a_foreign_result_fails_its_task_and_every_other_waiter_is_still_w
     again = await queue.get(pool, "bad")
     assert again is not None
     assert (again.state, again.error) == (bad.state, bad.error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["garbage", "a\0b", "good\0notastate\0x\0c\0\0boom", "good\0succeeded\0NaN\0c\0\0\0"],
+    ids=["one-field", "two-fields", "bad-state", "bad-attempts"],
+)
+async def test_a_malformed_done_message_is_ignored_and_the_listener_goes_on(
+    queue: TaskQueue, message: str
+) -> None:
+    assert isinstance(queue, RedisTaskQueue)
+    pool = unique_pool()
+    await queue.enqueue(make_task(pool, "good"))
+    wait = asyncio.create_task(queue.wait_result(pool, "good", timeout=10))
+    await asyncio.sleep(0.1)
+    client = await queue._watcher._connect()
+    try:
+        await client.publish(done_channel(pool), message)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.1)
+    lease = await queue.claim(pool, "agent", timeout=2)
+    assert lease is not None
+    await queue.complete(lease, {"ok": True})
+    outcome = await wait
+    assert outcome.notified  # woken by the listener, not read back after it died
+    assert (outcome.state, outcome.result) == (TaskState.SUCCEEDED, {"ok": True})

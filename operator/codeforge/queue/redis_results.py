@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
+from codeforge.api.limits import clip
 from codeforge.api.task import DeadLetter, Task, TaskOutcome, TaskState, decode_result
 from codeforge.queue.keys import done_channel, pool_from_channel
 
@@ -195,7 +196,10 @@ class ResultWatcher:
                 if event:
                     event.set()
             elif kind == "message":
-                self._deliver(pool_from_channel(channel), message["data"])
+                try:
+                    self._deliver(pool_from_channel(channel), message["data"])
+                except Exception:  # a message no script of ours published: this listener serves every waiter
+                    log.warning("ignored a malformed message on %s: %s", channel, clip(message["data"]))
 
     async def _reconnect(self) -> None:
         self._expected.clear()  # their messages may be lost while away: their waits read the task
