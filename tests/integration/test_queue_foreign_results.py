@@ -1,7 +1,8 @@
 """Results stored by a client that is not codeforge's (it calls the queue's scripts itself, with any string):
 the queue keeps none over `MAX_RESULT_BYTES`, and the reader turns one it cannot use (not JSON, nested past
 `MAX_JSON_DEPTH`) into a failed outcome saying why, never an exception in the listener that wakes every
-waiter; nor does a malformed message on a pool's done channel. Real redis-server and 6-node cluster."""
+waiter; nor does a malformed message on a pool's done channel, and a task record that is no Task is failed at
+its claim (the claim delivers the rest). Real redis-server and 6-node cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import TaskState
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.keys import done_channel
+from codeforge.queue.keys import done_channel, pool_prefix
 from codeforge.queue.redis_backend import RedisTaskQueue
 from support.tasks import make_task, unique_pool
 
@@ -99,3 +100,27 @@ async def test_a_malformed_done_message_is_ignored_and_the_listener_goes_on(
     outcome = await wait
     assert outcome.notified  # woken by the listener, not read back after it died
     assert (outcome.state, outcome.result) == (TaskState.SUCCEEDED, {"ok": True})
+
+
+@pytest.mark.parametrize(
+    "data", ["{not json", '{"id": 1}', "[" * 10_000 + "]" * 10_000], ids=["json", "task", "deep"]
+)
+async def test_a_task_record_no_codeforge_client_wrote_is_failed_at_its_claim_and_the_rest_delivered(
+    queue: TaskQueue, data: str
+) -> None:
+    assert isinstance(queue, RedisTaskQueue)
+    pool = unique_pool()
+    for task_id in ("bad", "good"):
+        await queue.enqueue(make_task(pool, task_id))
+    await queue._r.hset(pool_prefix(pool) + "t:bad", "data", data)  # as a foreign client could
+    leases = await queue.claim_many(pool, "agent", 10, timeout=1)
+    assert [lease.id for lease in leases] == ["good"]
+    bad = await queue.wait_result(pool, "bad", timeout=5)
+    assert bad.state is TaskState.FAILED
+    assert bad.error is not None
+    assert bad.error.startswith("the task's record is not a valid codeforge task")
+    # Alone in a claim, it is failed the same way and the claim goes on waiting for a task it can deliver.
+    await queue.enqueue(make_task(pool, "bad2"))
+    await queue._r.hset(pool_prefix(pool) + "t:bad2", "data", data)
+    assert await queue.claim(pool, "agent", timeout=0.5) is None
+    assert (await queue.wait_result(pool, "bad2", timeout=5)).state is TaskState.FAILED

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from codeforge.api.limits import clip, clip_text
 from codeforge.api.task import (
     DeadLetter,
     QueueStats,
@@ -289,7 +290,10 @@ class RedisTaskQueue:
                 reply = await self._script("claim", pool, consumer, max_tasks, lease_ms, idle_ms, member)
                 if len(reply) > 2:
                     member = ""
-                    return self._leases(pool, consumer, reply)
+                    leases = await self._leases(pool, consumer, reply)
+                    if leases:
+                        return leases
+                    continue  # only tasks no codeforge client wrote, failed now: claim again
                 if idle_ms <= 0:
                     member = ""
                     return []
@@ -300,7 +304,9 @@ class RedisTaskQueue:
                 handed = await self._pop_handed(pool, consumer, max(wait, 0.01))
                 if handed is not None:
                     member = ""  # the handover took the registration
-                    return self._leases(pool, consumer, [now_ms, -1, *handed.split("\0")])
+                    leases = await self._leases(pool, consumer, [now_ms, -1, *handed.split("\0")])
+                    if leases:
+                        return leases
         except BaseException:
             if member:  # cancelled or failed while registered: give back what may be handed over meanwhile
                 self._withdraw(pool, consumer, lease_ms, member)
@@ -327,14 +333,18 @@ class RedisTaskQueue:
         self._withdrawals.add(job)
         job.add_done_callback(self._withdrawals.discard)
 
-    @staticmethod
-    def _leases(pool: str, consumer: str, reply: list[Any]) -> list[Lease]:
+    async def _leases(self, pool: str, consumer: str, reply: list[Any]) -> list[Lease]:
         leases = []
         for i in range(2, len(reply) - 5, 6):
             # Validated again (any client of the pool may have written it), by pydantic's own JSON parser:
             # about 40 % less CPU per delivery than json.loads then model_validate; the queue's count of
             # deliveries replaces the enqueued one (a copy with an update skips a second validation).
-            task = Task.model_validate_json(reply[i + 1]).model_copy(update={"attempts": int(reply[i + 2])})
+            try:
+                task = Task.model_validate_json(reply[i + 1])
+            except ValueError as exc:  # ValidationError: a record no codeforge client wrote
+                await self._fail_unreadable(pool, str(reply[i]), str(reply[i + 3]), exc)
+                continue
+            task = task.model_copy(update={"attempts": int(reply[i + 2])})
             leases.append(
                 Lease(
                     task=task,
@@ -345,6 +355,15 @@ class RedisTaskQueue:
                 )
             )
         return leases
+
+    async def _fail_unreadable(self, pool: str, task_id: str, fence: str, exc: ValueError) -> None:
+        """Fail, not retried, a claimed task whose record is no valid Task: raising would lose every lease of
+        the claim and deliver the record again and again until its lease budget ran out."""
+        why = clip_text(" ".join(str(exc).split()), 300)
+        error = f"the task's record is not a valid codeforge task (a client not codeforge's wrote it): {why}"
+        log.warning("pool %s: failed task %s at its claim: %s", pool, clip(task_id), why)
+        with contextlib.suppress(Exception):  # its lease runs out, and the reaper takes it, as any lease's
+            await self._script("fail", pool, task_id, fence, error, 0, 0, self.result_ttl)
 
     @staticmethod
     def _refusal(code: str, lease: Lease) -> LeaseLostError:
