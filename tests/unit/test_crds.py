@@ -315,6 +315,79 @@ def test_wrong_types_are_refused_by_the_workflow_schema_and_model_alike(change: 
         parse_workflow_spec(spec)
 
 
+#: Every integer, number and boolean of the AgentPool spec, as `_walk` names it
+#: (`.tolerations[].tolerationSeconds`).
+POOL_TYPED_FIELDS: list[tuple[str, str]] = [
+    (path, node["type"])
+    for path, node in _walk(agentpool_schema()["properties"]["spec"])
+    if node.get("type") in ("integer", "number", "boolean")
+]
+#: Required siblings of an object on the way to a field (`[]`: the one item of a list).
+POOL_REQUIRED: dict[str, JSON] = {
+    ".imagePullSecrets[]": {"name": "pull"},
+    ".envFrom[].secretRef": {"name": "keys"},
+    ".envFrom[].configMapRef": {"name": "settings"},
+    ".rateLimit": {"key": "openai/gpt-4.1"},
+}
+#: Values of another type: the CRD refuses each, and pydantic's lax mode took most (true as 1, "3" as 3).
+WRONG_TYPED: dict[str, list[Any]] = {
+    "integer": [True, "3", 1.5, 3.0],
+    "number": [True, "1.5"],
+    "boolean": ["true", "yes", 1],
+}
+RIGHT_TYPED: dict[str, list[Any]] = {"integer": [3], "number": [2, 2.5], "boolean": [True, False]}
+
+
+def pool_with(path: str, value: Any) -> JSON:
+    """MINIMAL with the field at `path` (as `_walk` names it) set to `value`."""
+    spec: JSON = {**MINIMAL}
+    node: Any = spec
+    at = ""
+    parts = re.findall(r"\.\w+|\[\]", path)
+    for i, part in enumerate(parts):
+        at += part
+        last = i == len(parts) - 1
+        child: Any = value if last else ([] if parts[i + 1] == "[]" else {**POOL_REQUIRED.get(at, {})})
+        if part == "[]":
+            node.append(child)
+        else:
+            node[part[1:]] = child
+        node = child
+    return spec
+
+
+def test_the_typed_fields_of_the_agentpool_spec_are_found() -> None:
+    assert len(POOL_TYPED_FIELDS) >= 19
+    assert (".tolerations[].tolerationSeconds", "integer") in POOL_TYPED_FIELDS
+    assert (".envFrom[].secretRef.optional", "boolean") in POOL_TYPED_FIELDS
+    assert (".rateLimit.burstSeconds", "number") in POOL_TYPED_FIELDS
+
+
+@pytest.mark.parametrize(("path", "kind"), POOL_TYPED_FIELDS, ids=[p for p, _ in POOL_TYPED_FIELDS])
+def test_wrong_types_are_refused_by_the_agentpool_schema_and_model_alike(path: str, kind: str) -> None:
+    """Every integer, number and boolean of the AgentPool spec is typed in the model as the CRD types it:
+    the operator refuses (InvalidSpec, naming the field and the fix) what `kubectl apply` would."""
+    from codeforge.controller.agentpool.reconcile import spec_error_message
+
+    schema = agentpool_schema()
+    field = path.lstrip(".").replace("[]", "[0]")
+    for value in RIGHT_TYPED[kind]:
+        spec = pool_with(path, value)
+        assert admit(schema, defaulted(schema, pool(spec))) == [], (path, value)
+        AgentPoolSpec.model_validate(spec)
+    hint = {"integer": "write a whole number", "number": "write a number", "boolean": "write true or false"}
+    for value in WRONG_TYPED[kind]:
+        spec = pool_with(path, value)
+        errors = admit(schema, defaulted(schema, pool(spec)))
+        assert any(e.startswith(f".spec.{field}: expected {kind}") for e in errors), (value, errors)
+        with pytest.raises(ValidationError) as caught:
+            AgentPoolSpec.model_validate(spec)
+        message = spec_error_message(caught.value)
+        assert message.startswith(f"spec.{field}: Input should be a valid"), (value, message)
+        assert f": {hint[kind]} without quotes" in message, message
+        assert "\n" not in message
+
+
 def test_long_names_are_refused() -> None:
     schema = agentpool_schema()
     errors = admit(schema, defaulted(schema, pool(MINIMAL, name="a" * 56)))

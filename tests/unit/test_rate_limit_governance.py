@@ -155,6 +155,9 @@ def test_the_platforms_limits_from_the_operators_environment() -> None:
         ('[{"key": "a"}]', r"\[0\]: rateLimit 'a': set requestsPerMinute"),
         ('[{"key": "{x}", "requestsPerMinute": 1}]', r"\[0\]\.key"),
         ('[{"key": "a", "rpm": 1}]', r"\[0\]\.rpm"),
+        # Typed as the chart's values schema types them (Helm renders numbers unquoted): "500" is no 500.
+        ('[{"key": "a", "requestsPerMinute": "500"}]', r"\[0\]\.requestsPerMinute: .*write a whole number"),
+        ('[{"key": "a", "requestsPerMinute": 1, "burstSeconds": true}]', r"\[0\]\.burstSeconds: .*a number"),
         ('[{"key": "a", "requestsPerMinute": 1}, {"key": "a", "requestsPerMinute": 2}]', "declared twice"),
     ):
         with pytest.raises(ConfigError, match=message):

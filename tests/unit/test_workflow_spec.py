@@ -299,6 +299,13 @@ def test_cel_is_type_checked_where_it_can_be(expression: str, expected: str) -> 
         "step.attempts >= 3 ? false : true",
         "1 + 2 == 3",
         "true",
+        'result.x.matches("^[a-z]+(-[0-9]+)?$") && result.y.matches(r"\\d+")',
+        "size(result.xs) == result.xs.size() && [1, 2].exists(x, x == size([3, 4]))",
+        'result.x.contains("a, b") && !result.x.startsWith("(") && result.x.endsWith(")")',
+        'timestamp(result.at).getHours() > 1 && duration("90s") > duration(result.d)',
+        "result.n > -9223372036854775807 - 1 && result.n - 1 > 0 && result.n * -1 + 2 > 0",
+        "result.u < 18446744073709551614u + 1u",
+        'int("42") == result.n',
     ],
 )
 def test_valid_conditions_pass_the_checks(expression: str) -> None:
@@ -555,12 +562,39 @@ def test_a_deep_value_under_a_key_that_is_no_string_shows_it_as_yaml_writes_it(
         ("[].all()", "all() takes a variable and an expression, e.g. list.all(x, x > 0)"),
         ("result.xs.exists(x)", "exists() takes a variable and an expression"),
         ("result.xs.map(x, y, z, w) == []", "map() takes a variable and an expression"),
-        ("size(1, 2) == 1", "size() does not take these arguments: check their number and types"),
+        ("size(1, 2) == 1", "size() takes 1 argument, not 2: write size(x) or x.size()"),
+        # On data too (they passed validation and failed every run): a regex literal is compiled now, and a
+        # known function is called as the package calls it.
+        ('result.x.matches("(")', "when: '(' is not a valid regular expression: unclosed group"),
+        ("result.x.matches('(?=x)')", "'(?=x)' is not a valid regular expression: look-around"),
+        ('result.x.matches("""a{2,1}""")', "'a{2,1}' is not a valid regular expression: invalid repetition"),
+        ("size(result, 2) > 0", "when: size() takes 1 argument, not 2: write size(x) or x.size()"),
+        ("result.xs.size(2) > 0", ".size() takes no argument, not 1: write size(x) or x.size()"),
+        ('result.x.contains() || result.x.contains("a")', ".contains() takes 1 argument, not 0"),
+        ('contains(result.x, "a")', "contains() is a method, called on a value: write s.contains(substring)"),
+        ("result.n.int() > 0", "int() is a function, not a method: write int(x)"),
+        ('timestamp(result.at).getHours("UTC") > 1', "write t.getHours() (timestamps are UTC: no time zone"),
+        ('result.d > duration("5x")', 'duration("5x") is an error: duration() takes a string such as'),
+        # Overflows say the range, not the package's words (`on Timestamp(...) and Duration(TimeDelta {...`).
+        ("9223372036854775807 + 1 > 0", "9223372036854775807 + 1 is an error: integer overflow: CEL"),
+        ("result.n < -9223372036854775808 - 1", "-9223372036854775808 - 1 is an error: integer overflow"),
+        ("-9223372036854775808 / -1 < 0", "always fails: integer overflow: CEL integers are 64-bit, from -9"),
+        ("0u - 1u > result.u", "0u - 1u is an error: unsigned integer overflow: CEL unsigned"),
+        ("result.n > int('99999999999999999999')", "int() overflows: CEL integers are 64-bit"),
+        (
+            'timestamp("9999-12-31T23:59:59Z") + duration("1s") > timestamp("2024-01-01T00:00:00Z")',
+            "always fails: timestamp overflow: CEL timestamps are between 0001-01-01T00:00:00Z and 9999",
+        ),
+        ("double('abc') > result.n", "double('abc') is an error: double(): string parse error"),
     ],
 )
 def test_cel_failures_say_what_to_write(expression: str, expected: str) -> None:
     text = problems(edge_when(expression))
     assert expected in text, text
+    assert "\n" not in text
+    assert "TimeDelta" not in text
+    assert "Arithmetic overflow" not in text
+    assert "Function '" not in text
     assert "timedelta" not in text
     assert "unknown function" not in text
     assert not text.endswith(":")

@@ -4,7 +4,10 @@ The models are the single source of the CRD schema (`codeforge.api.crd` renders 
 its description, default and bounds here. Field names are snake_case in Python and camelCase in Kubernetes.
 Rules that span fields are CEL rules (`x-kubernetes-validations`), checked by the API server itself, and
 mirrored by pydantic validators so `AgentPoolSpec.model_validate` refuses the same manifests. Every string,
-list and map a user writes is bounded (`codeforge.api.limits`), in the schema and in the model alike.
+list and map a user writes is bounded (`codeforge.api.limits`), in the schema and in the model alike. Numbers
+and booleans are `strict=True`, typed as the CRD's `type: integer|number|boolean` type them: `true` is no 1
+and "3" no 3 (an integer field takes no float; a number field takes an integer). Quantities and
+int-or-string fields (`IntOrString`) take a string or an integer, as in Kubernetes.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ class EnvVar(CamelModel):
 
 class LocalObjectReference(CamelModel):
     name: str = Field(min_length=1, max_length=253)
-    optional: bool | None = None
+    optional: bool | None = Field(default=None, strict=True)
 
 
 class EnvFromSource(CamelModel):
@@ -145,7 +148,7 @@ class Toleration(CamelModel):
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = Field(default=None, max_length=limits.MAX_LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(default=None, ge=0, le=10**9)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=10**9, strict=True)
 
 
 class QueueSettings(CamelModel):
@@ -155,6 +158,7 @@ class QueueSettings(CamelModel):
         default=30.0,
         gt=0,
         le=86400,
+        strict=True,
         description="Longest lease between heartbeats; a task whose agent stops heartbeating is requeued "
         "after it. Agents heartbeat every third of it.",
     )
@@ -162,6 +166,7 @@ class QueueSettings(CamelModel):
         default=None,
         gt=0,
         le=7 * 86400,
+        strict=True,
         description="Per-task time limit (default: only the task's deadline).",
     )
 
@@ -174,14 +179,18 @@ class ScalingPolicy(CamelModel):
     `stabilizationWindowSeconds` before it is acted on, which damps flapping.
     """
 
-    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600)
+    stabilization_window_seconds: int = Field(default=0, ge=0, le=3600, strict=True)
     max_step: int | None = Field(
-        default=None, ge=1, le=10000, description="Most pods added or removed per period."
+        default=None, ge=1, le=10000, strict=True, description="Most pods added or removed per period."
     )
     max_step_percent: int | None = Field(
-        default=None, ge=1, le=1000, description="Most pods added or removed per period, in percent."
+        default=None,
+        ge=1,
+        le=1000,
+        strict=True,
+        description="Most pods added or removed per period, in percent.",
     )
-    period_seconds: int = Field(default=15, ge=1, le=1800)
+    period_seconds: int = Field(default=15, ge=1, le=1800, strict=True)
 
 
 def _default_scale_down() -> ScalingPolicy:
@@ -210,10 +219,14 @@ class Autoscaling(CamelModel):
         description="queue: the operator sets replicas from queue depth; external: spec.replicas "
         "(set by an HPA or KEDA through the scale subresource) is followed and never overridden.",
     )
-    min_replicas: int = Field(default=1, ge=0, le=10000)
-    max_replicas: int = Field(default=10, ge=1, le=10000)
+    min_replicas: int = Field(default=1, ge=0, le=10000, strict=True)
+    max_replicas: int = Field(default=10, ge=1, le=10000, strict=True)
     target_tasks_per_agent: int = Field(
-        default=1, ge=1, le=1000, description="Queued plus in-flight tasks one agent is meant to carry."
+        default=1,
+        ge=1,
+        le=1000,
+        strict=True,
+        description="Queued plus in-flight tasks one agent is meant to carry.",
     )
     scale_up: ScalingPolicy = Field(default_factory=ScalingPolicy)
     scale_down: ScalingPolicy = Field(default_factory=_default_scale_down)
@@ -228,7 +241,7 @@ class Autoscaling(CamelModel):
 
 
 class PodDisruptionBudgetSpec(CamelModel):
-    enabled: bool = True
+    enabled: bool = Field(default=True, strict=True)
     max_unavailable: IntOrString = Field(
         default="10%", description="Pods a voluntary disruption (drain) may take down at once."
     )
@@ -288,11 +301,14 @@ class AgentPoolSpec(CamelModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=64)
     handler: HandlerSpec
-    concurrency: int = Field(default=1, ge=1, le=256, description="Tasks one agent runs at once.")
+    concurrency: int = Field(
+        default=1, ge=1, le=256, strict=True, description="Tasks one agent runs at once."
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,
         le=10000,
+        strict=True,
         description="Replicas wanted by an external autoscaler (scale subresource); "
         "used only in autoscaling mode external.",
     )
@@ -320,10 +336,18 @@ class AgentPoolSpec(CamelModel):
         default_factory=dict, max_length=limits.MAX_MAP_KEYS, description="Extra pod annotations."
     )
     termination_grace_period_seconds: int = Field(
-        default=120, ge=0, le=86400, description="Time an agent gets to finish its tasks when stopped."
+        default=120,
+        ge=0,
+        le=86400,
+        strict=True,
+        description="Time an agent gets to finish its tasks when stopped.",
     )
     metrics_port: int = Field(
-        default=8080, ge=1, le=65535, description="Agent port serving /healthz, /readyz and /metrics."
+        default=8080,
+        ge=1,
+        le=65535,
+        strict=True,
+        description="Agent port serving /healthz, /readyz and /metrics.",
     )
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(default_factory=PodDisruptionBudgetSpec)
     workspace: PoolWorkspace | None = Field(

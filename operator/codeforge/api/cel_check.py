@@ -12,7 +12,10 @@ check stands in for one: every variable must be one the field provides (or a com
 function one the package implements, an operator between two literals must be defined for their types
 (`1 + "a"`), and an expression without variables is evaluated once (linear: without variables there is no
 comprehension over data; over literal lists the comprehension bound keeps it small), so `when: 'null'` or
-`1 / 0` is refused at validation instead of misrouting at run time.
+`1 / 0` is refused at validation instead of misrouting at run time. On data too, a known function must be
+called as the package has it (`size(x)` or `x.size()`, `s.matches(re)`, `int(x)`, `t.getHours()`), a regex
+literal given to `matches` must compile (Rust's regex syntax) and a conversion of a literal must succeed
+(`duration("5x")`); an overflow says the 64-bit range instead of the package's words.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def check_program(
     unknown = sorted(set(references["variables"]) - variables - bound - TYPE_NAMES)
     if unknown:
         raise CelCheckError(f"unknown variable {clip(unknown[0], 40)}: use {', '.join(sorted(variables))}")
+    _check_calls(tokens)
     _check_literal_operations(tokens)
     if not references["variables"]:
         _check_constant(program, what)
@@ -211,6 +215,111 @@ def _comprehension_variables(tokens: list[Token]) -> set[str]:
     return found
 
 
+#: How the package calls each function: (receiver style, number of arguments) pairs it has an overload for
+#: (`size(x)` and `x.size()`; `s.contains(t)`; `int(x)`; `t.getHours()`: no time zone argument), and how to
+#: write a call. Any other call fails at run time ("Undefined variable or function").
+_CALLS: Final[dict[str, tuple[frozenset[tuple[bool, int]], str]]] = {
+    "size": (frozenset({(False, 1), (True, 0)}), "size(x) or x.size()"),
+    **{
+        name: (frozenset({(True, 1)}), f"s.{name}({arg})")
+        for name, arg in (
+            ("contains", "substring"),
+            ("startsWith", "prefix"),
+            ("endsWith", "suffix"),
+            ("matches", "regex"),
+        )
+    },
+    **{
+        name: (frozenset({(False, 1)}), f"{name}(x)")
+        for name in ("int", "uint", "double", "string", "bytes", "dyn", "type")
+    },
+    "duration": (frozenset({(False, 1)}), 'duration("90s")'),
+    "timestamp": (frozenset({(False, 1)}), 'timestamp("2024-01-01T00:00:00Z")'),
+    **{
+        name: (frozenset({(True, 0)}), f"t.{name}() (timestamps are UTC: no time zone argument)")
+        for name in FUNCTIONS
+        if name.startswith("get")
+    },
+}
+
+
+def _check_calls(tokens: list[Token]) -> None:
+    """A known function called in a way the package has no overload for (`size(result, 2)`,
+    `contains(s, "a")`, `t.getHours("UTC")`), and a regex literal `matches` cannot compile: refused now,
+    not failing each run. Only calls the tokens show for certain (`name(`) are looked at."""
+    regexes: set[str] = set()
+    for i in range(len(tokens) - 1):
+        name = tokens[i]
+        if name.kind != "ident" or name.text not in _CALLS or tokens[i + 1].text != "(":
+            continue
+        receiver = i >= 1 and tokens[i - 1].text == "." and tokens[i - 1].kind == "op"
+        arguments, close = _call_arguments(tokens, i + 1)
+        overloads, usage = _CALLS[name.text]
+        if (receiver, arguments) not in overloads:
+            styles = {style for style, _ in overloads}
+            if receiver not in styles:
+                kind = "a method, called on a value" if receiver is False else "a function, not a method"
+                raise CelCheckError(f"{name.text}() is {kind}: write {usage}")
+            expected = next(count for style, count in overloads if style == receiver)
+            shown = f"{'.' if receiver else ''}{name.text}()"
+            raise CelCheckError(f"{shown} takes {_arguments(expected)}, not {arguments}: write {usage}")
+        if close == i + 3 and tokens[i + 2].literal:
+            literal = tokens[i + 2].text
+            if name.text == "matches" and tokens[i + 2].kind == "string":
+                # Compiling a large regex takes up to ~0.1 s: at most a few distinct ones per expression.
+                if literal not in regexes and len(regexes) < MAX_CHECKED_REGEXES:
+                    regexes.add(literal)
+                    _check_regex(literal)
+            elif name.text in _CONVERSIONS and not receiver:
+                _check_conversion(f"{name.text}({literal})")
+
+
+def _call_arguments(tokens: list[Token], open_index: int) -> tuple[int, int]:
+    """The number of arguments of the call whose `(` is at `open_index`, and the index of its `)`."""
+    depth, commas = 0, 0
+    for j in range(open_index, len(tokens)):
+        token = tokens[j]
+        if token.kind != "op":
+            continue
+        if token.text in _OPEN:
+            depth += 1
+        elif token.text in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return (0 if j == open_index + 1 else commas + 1), j
+        elif token.text == "," and depth == 1:
+            commas += 1
+    return commas + 1, len(tokens)  # unbalanced: the compiler has refused it already
+
+
+def _arguments(count: int) -> str:
+    return {0: "no argument", 1: "1 argument"}.get(count, f"{count} arguments")
+
+
+#: Distinct regex literals of one expression compiled at validation (the rest fail at run time if bad).
+MAX_CHECKED_REGEXES: Final = 8
+#: Conversions whose literal argument is converted alone at validation (`duration("5x")`, `int("1e3")`).
+_CONVERSIONS: Final = frozenset({"int", "uint", "double", "string", "bytes", "duration", "timestamp"})
+
+
+def _check_conversion(call: str) -> None:
+    try:
+        cel.evaluate(call)
+    except Exception as exc:  # as below
+        raise CelCheckError(f"{clip_text(call, 60)} is an error: {_failure(exc)}") from None
+
+
+def _check_regex(literal: str) -> None:
+    """A string literal given to `matches`: compiled now (the package's regex syntax is Rust's), so a bad one
+    is refused at validation instead of failing every run that reaches it."""
+    if "b" in literal[: len(literal) - len(literal.lstrip("rRbB"))].lower():
+        return  # bytes: no overload, which the run reports
+    try:
+        cel.evaluate(f'"".matches({literal})')
+    except Exception as exc:  # the package raises ValueError, TypeError or RuntimeError
+        raise CelCheckError(_failure(exc)) from None
+
+
 def _check_literal_operations(tokens: list[Token]) -> None:
     """`1 + "a"`, `"a" < 1`, `true * 2`: an operator whose operands are both literals, evaluated alone."""
     for i in range(1, len(tokens) - 1):
@@ -219,6 +328,10 @@ def _check_literal_operations(tokens: list[Token]) -> None:
             continue
         before = tokens[i - 2].text if i >= 2 else None
         after = tokens[i + 2].text if i + 2 < len(tokens) else None
+        left_text = left.text
+        if before == "-" and left.kind == "number" and not (i >= 3 and _ends_operand(tokens[i - 3])):
+            # A negative literal (`-9223372036854775808 - 1`): unary minus binds tighter than any operator.
+            left_text, before = f"-{left.text}", tokens[i - 3].text if i >= 3 else None
         # Only where the literals really are the operands: nothing binding tighter on either side.
         before_ok = before in _BOUNDARY or _PRECEDENCE.get(before or "", 99) < _PRECEDENCE[op.text]
         after_ok = after in _CLOSING_BOUNDARY or _PRECEDENCE.get(after or "", 99) <= _PRECEDENCE[op.text]
@@ -226,14 +339,19 @@ def _check_literal_operations(tokens: list[Token]) -> None:
             before_ok = False
         if not (before_ok and after_ok):
             continue
-        part = f"{left.text} {op.text} {right.text}"
+        part = f"{left_text} {op.text} {right.text}"
         try:
             cel.evaluate(part)
         except Exception as exc:  # the package raises ValueError, TypeError or RuntimeError
-            detail = _first_sentence(exc)
+            detail = _overflow(str(exc)) or _first_sentence(exc)
             mixed = "overload" in detail.lower() or "unsupported" in detail.lower()
             hint = "; convert one side (int(), double(), string())" if mixed else ""
             raise CelCheckError(f"{clip_text(part, 60)} is an error: {detail}{hint}") from None
+
+
+def _ends_operand(token: Token) -> bool:
+    """Whether an operand can end at `token` (then a `-` after it is binary, not a sign)."""
+    return token.kind in ("string", "number", "ident") or token.text in _CLOSE
 
 
 def _check_constant(program: cel.Program, what: str) -> None:
@@ -279,8 +397,63 @@ _USAGE: Final = {
 }
 
 
+#: The package's arithmetic overflow: `Arithmetic overflow in 'add' on 9223372036854775807 and 1.`, with the
+#: operands in Rust's debug notation (`Duration(TimeDelta { secs: 1, nanos: 0 })`).
+_OVERFLOW: Final = re.compile(r"Arithmetic overflow in '(\w+)' on (.*) and (.*?)\.?", re.DOTALL)
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
+UINT_MAX: Final = 2**64 - 1
+_INT_RANGE: Final = f"CEL integers are 64-bit, from {INT_MIN} to {INT_MAX}"
+_UINT_RANGE: Final = f"CEL unsigned integers are 64-bit, from 0 to {UINT_MAX}"
+_TIMESTAMP_RANGE: Final = "CEL timestamps are between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+
+
+def _overflow(text: str) -> str | None:
+    """The package's overflow error (an operator's, or int()/uint()'s) as one line saying the range."""
+    found = _OVERFLOW.fullmatch(text.strip())
+    if found is None:
+        function = _FUNCTION_ERROR.match(text)
+        if function is None or function.group(1) not in ("int", "uint"):
+            return None
+        detail = function.group(2)
+        if "overflow" not in detail and "to fit in target type" not in detail:
+            return None
+        return f"{function.group(1)}() overflows: " + (
+            _INT_RANGE if function.group(1) == "int" else _UINT_RANGE
+        )
+    operation, left, right = found.groups()
+    if "Timestamp(" in text:
+        return f"timestamp overflow: {_TIMESTAMP_RANGE}"
+    if "Duration(" in text:
+        return "duration overflow: CEL durations are 64-bit nanoseconds, at most about 292 years"
+    try:
+        a, b = int(left), int(right)
+    except ValueError:
+        return f"arithmetic overflow ({operation})"
+    signed = _overflows(operation, a, b, INT_MIN, INT_MAX)
+    unsigned = _overflows(operation, a, b, 0, UINT_MAX)
+    if unsigned and not signed:
+        return f"unsigned integer overflow: {_UINT_RANGE}"
+    if signed and not unsigned:
+        return f"integer overflow: {_INT_RANGE}"
+    return f"integer overflow: {_INT_RANGE} (unsigned: 0 to {UINT_MAX})"
+
+
+def _overflows(operation: str, a: int, b: int, low: int, high: int) -> bool:
+    """Whether `a <operation> b` overflows integers of [low, high] (false when a or b is not one)."""
+    if not (low <= a <= high and low <= b <= high):
+        return False
+    if operation in ("div", "rem"):
+        return low < 0 and a == low and b == -1
+    result = {"add": a + b, "sub": a - b, "mul": a * b}.get(operation)
+    return result is not None and not low <= result <= high
+
+
 def _failure(exc: Exception) -> str:
     """Why an evaluation failed, in one line that says what to write instead where the package's does not."""
+    overflow = _overflow(str(exc))
+    if overflow is not None:
+        return overflow
     undefined = _UNDEFINED.match(str(exc))
     if undefined is not None and undefined.group(1) in FUNCTIONS:
         return f"{undefined.group(1)}() does not take these arguments: check their number and types"
@@ -301,7 +474,9 @@ def _failure(exc: Exception) -> str:
         )
     if function in _USAGE:
         return _USAGE[function]
-    return _first_sentence(exc)
+    # `Function 'double' error: string parse error: invalid float literal. Check function arguments...`
+    reason = detail.split("\n", 1)[0].split(". ", 1)[0].rstrip(".")
+    return f"{function}(): {clip_text(_printable(reason), 120)}"
 
 
 def _first_sentence(exc: Exception) -> str:

@@ -187,15 +187,24 @@ class RateLimitSpec(BaseModel):
         "else a key of this namespace.",
     )
     requests_per_minute: int = Field(
-        default=0, ge=0, le=10**9, description="0: no request limit. Omit both for a fleet-wide key."
+        default=0,
+        ge=0,
+        le=10**9,
+        strict=True,
+        description="0: no request limit. Omit both for a fleet-wide key.",
     )
     tokens_per_minute: int = Field(
-        default=0, ge=0, le=MAX_TOKENS, description="0: no token limit. Tokens as handlers report them."
+        default=0,
+        ge=0,
+        le=MAX_TOKENS,
+        strict=True,
+        description="0: no token limit. Tokens as handlers report them.",
     )
     burst_seconds: float = Field(
         default=1.0,
         ge=0.001,
         le=60,
+        strict=True,
         description="How many seconds' worth of the limits may be used at once (in any W seconds at most "
         "rate * (W + burstSeconds)).",
     )

@@ -24,6 +24,7 @@ from typing import Final
 from pydantic import ValidationError
 
 from codeforge.api.usage import RateLimitSpec
+from codeforge.api.workflow import format_validation_error
 
 #: Where the platform declares fleet-wide limits (the chart's `rateLimits.fleet`, as JSON).
 FLEET_ENV: Final = "CODEFORGE_FLEET_RATE_LIMITS"
@@ -71,9 +72,9 @@ def parse_fleet(raw: str) -> dict[str, RateLimitSpec]:
             spec = RateLimitSpec.model_validate(item, by_alias=True, by_name=False)
             spec.require_numbers("a fleet-wide limit needs numbers")
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"])
-            raise ValueError(f"{FLEET_ENV}[{i}]{'.' + where if where else ''}: {error['msg']}") from None
+            raise ValueError(
+                format_validation_error(exc, prefix=f"{FLEET_ENV}[{i}]").splitlines()[0]
+            ) from None
         except ValueError as exc:
             raise ValueError(f"{FLEET_ENV}[{i}]: {exc}") from None
         if spec.key in fleet:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from codeforge.api.agentpool import AgentPoolSpec, AgentPoolStatus, AutoscalingMode, Condition
 from codeforge.api.task import QueueStats
+from codeforge.api.workflow import format_validation_error
 from codeforge.controller import ratelimits
 from codeforge.controller.agentpool import builders, conditions, identity
 from codeforge.controller.agentpool.autoscaler import (
@@ -92,12 +93,17 @@ class SpecError(ValueError):
     """The spec cannot become a Deployment; the message names the field."""
 
 
+#: Problems a condition's message names (the rest are counted).
+MAX_SPEC_PROBLEMS: Final = 5
+
+
 def spec_error_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in ("spec", *error["loc"]))
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+    """The spec's first problems on one line, each `spec.field.path: what is wrong` with the fix, written as
+    for a Workflow (`spec.tolerations[0].tolerationSeconds: ...: write a whole number without quotes`)."""
+    problems = format_validation_error(exc, prefix="spec").splitlines()
+    shown = [p for p in problems if not p.startswith("spec: ... and ")][:MAX_SPEC_PROBLEMS]
+    more = exc.error_count() - len(shown)
+    return "; ".join(shown + ([f"... and {more} more problems"] if more > 0 else []))
 
 
 def parse_spec(raw: Mapping[str, Any], ref: builders.PoolRef, agents: AgentDefaults) -> AgentPoolSpec:
