@@ -1,4 +1,6 @@
-"""Session-wide fixtures: private real Redis servers (single, 6-node cluster, TLS) on free local ports."""
+"""Session-wide fixtures: private real Redis servers (single, 6-node cluster, TLS) on free local ports; each
+test starts with validation's regex budget full (`cel_check._regex_budget`: process-wide, so tests that
+compile many regexes would otherwise change what later ones check)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from codeforge.api import cel_check
 from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster
 from support.tls import TLS_PASSWORD, make_server_tls
+
+
+@pytest.fixture(autouse=True)
+def full_regex_budget() -> None:
+    budget = cel_check._regex_budget
+    budget.left = budget.burst
 
 
 @pytest.fixture(scope="session")

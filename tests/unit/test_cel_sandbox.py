@@ -42,6 +42,7 @@ def worker() -> Iterator[cel_sandbox._Worker]:
         (" + ".join(["s"] * 9), False),
         ("result.type == 'exists' && size(xs) > 2", False),
         ("'a.map(x, x)' == s", False),  # a macro's name inside a string is text
+        ("result.branch.matches('^fix/')", True),  # the package compiles the regex on every call
     ],
 )
 def test_data_driven_means_a_comprehension_or_many_concatenations(expression: str, driven: bool) -> None:

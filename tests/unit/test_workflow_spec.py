@@ -7,10 +7,12 @@ import sys
 import textwrap
 from typing import Any
 
+import cel
 import pytest
 import yaml
 from pydantic import ValidationError
 
+from codeforge.api import cel_check
 from codeforge.api.limits import clip
 from codeforge.api.task import Priority
 from codeforge.api.workflow import (
@@ -610,3 +612,28 @@ def test_a_huge_priority_is_a_short_message(data: dict[str, Any]) -> None:
     assert "use one of CRITICAL (1)" in text, text
     assert "set_int_max_str_digits" not in text
     assert len(text) < 300
+
+
+def test_validation_compiles_regex_literals_within_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short regex can take ~70 ms to compile (`\\w{200}`) and validation runs on the operator's loop: past
+    the budget (0.2 s, then 50 ms a second) literals are left to the run, where the sandbox evaluates them."""
+    compiled: list[str] = []
+    real = cel.evaluate
+
+    def counting(expression: str) -> object:
+        compiled.append(expression)
+        return real(expression)
+
+    monkeypatch.setattr(cel, "evaluate", counting)
+    steps = [{"name": f"s{i}", "pool": "p"} for i in range(41)]
+    edges = [
+        {"from": "s0", "to": f"s{i}", "when": f'result.x.matches("\\\\w{{{150 + i}}}")'} for i in range(1, 41)
+    ]
+    parse_workflow_spec({"steps": steps, "edges": edges})
+    regexes = [e for e in compiled if e.startswith('"".matches(')]
+    assert 1 <= len(regexes) < 20  # ~60 ms each: the 0.2 s burst holds a few, not 40
+    # A budget left full checks a bad literal again.
+    cel_check._regex_budget.left = cel_check._regex_budget.burst
+    assert "is not a valid regular expression" in problems(
+        {"steps": steps[:2], "edges": [{"from": "s0", "to": "s1", "when": 'result.x.matches("(")'}]}
+    )

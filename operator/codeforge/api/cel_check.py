@@ -21,6 +21,8 @@ literal given to `matches` must compile (Rust's regex syntax) and a conversion o
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -138,10 +140,13 @@ def check_size(expression: str) -> list[Token]:
 
 def data_driven(tokens: list[Token]) -> bool:
     """Whether the data can decide the evaluation's cost beyond a linear pass: a comprehension (its work is
-    the product of the lists it walks) or more `+` than `CEL_INLINE_CONCATENATIONS`. Such expressions are
-    evaluated by `codeforge.api.cel_sandbox`."""
+    the product of the lists it walks), `matches` (the package compiles the regex on every call: up to ~70 ms
+    for a short one) or more `+` than `CEL_INLINE_CONCATENATIONS`. Such expressions are evaluated by
+    `codeforge.api.cel_sandbox`."""
     plus = 0
     for i, token in enumerate(tokens):
+        if token.kind == "ident" and token.text == "matches":
+            return True
         if token.kind != "op":
             continue
         if token.text == "+":
@@ -193,7 +198,7 @@ def check_program(
     _check_calls(tokens)
     _check_literal_operations(tokens)
     if not references["variables"]:
-        _check_constant(program, what)
+        _check_constant(program, tokens, what)
 
 
 def _is_operator(name: str) -> bool:
@@ -309,15 +314,45 @@ def _check_conversion(call: str) -> None:
         raise CelCheckError(f"{clip_text(call, 60)} is an error: {_failure(exc)}") from None
 
 
+class _RegexBudget:
+    """Wall time validation may spend compiling regex literals, process-wide: a short regex can take ~70 ms
+    (`\\w{200}`), a Workflow may hold hundreds, and validation runs on the operator's loop. Past the budget a
+    literal is not compiled now; a bad one then fails where it is evaluated (in the CEL sandbox)."""
+
+    def __init__(self, per_second: float, burst: float) -> None:
+        self.per_second, self.burst = per_second, burst
+        self.left, self.at = burst, time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.left = min(self.burst, self.left + (now - self.at) * self.per_second)
+            self.at = now
+            return self.left > 0
+
+    def spend(self, seconds: float) -> None:
+        with self.lock:
+            self.left -= seconds
+
+
+_regex_budget = _RegexBudget(per_second=0.05, burst=0.2)
+
+
 def _check_regex(literal: str) -> None:
     """A string literal given to `matches`: compiled now (the package's regex syntax is Rust's), so a bad one
-    is refused at validation instead of failing every run that reaches it."""
+    is refused at validation instead of failing every run that reaches it (within `_regex_budget`)."""
     if "b" in literal[: len(literal) - len(literal.lstrip("rRbB"))].lower():
         return  # bytes: no overload, which the run reports
+    if not _regex_budget.take():
+        return
+    started = time.monotonic()
     try:
         cel.evaluate(f'"".matches({literal})')
     except Exception as exc:  # the package raises ValueError, TypeError or RuntimeError
         raise CelCheckError(_failure(exc)) from None
+    finally:
+        _regex_budget.spend(time.monotonic() - started)
 
 
 def _check_literal_operations(tokens: list[Token]) -> None:
@@ -354,11 +389,19 @@ def _ends_operand(token: Token) -> bool:
     return token.kind in ("string", "number", "ident") or token.text in _CLOSE
 
 
-def _check_constant(program: cel.Program, what: str) -> None:
+def _check_constant(program: cel.Program, tokens: list[Token], what: str) -> None:
+    # Regexes are compiled on each `matches` call: such a constant is evaluated within the regex budget.
+    compiles = any(t.kind == "ident" and t.text == "matches" for t in tokens)
+    if compiles and not _regex_budget.take():
+        return
+    started = time.monotonic()
     try:
         value = program.execute({})
     except Exception as exc:  # as above
         raise CelCheckError(f"CEL expression always fails: {_failure(exc)}") from None
+    finally:
+        if compiles:
+            _regex_budget.spend(time.monotonic() - started)
     if what == "bool" and not isinstance(value, bool):
         raise CelCheckError(f"a condition must give true or false; this one always gives {_shown(value)}")
     if what == "list" and not isinstance(value, list | tuple):
