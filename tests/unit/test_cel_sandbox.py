@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -168,3 +169,11 @@ async def test_only_the_variables_the_expression_reads_are_sent(monkeypatch: pyt
     variables = {"result": {"files": ["src/a.py"]}, "state": {"input": "x" * 100_000}, "input": "x"}
     assert await evaluate("result.files.exists(f, f.startsWith('src/'))", variables) is True
     assert sent == [{"result": {"files": ["src/a.py"]}}]
+
+
+def test_a_worker_that_cannot_start_is_an_evaluation_limit(
+    worker: cel_sandbox._Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(EvaluationLimit, match="the CEL worker process could not start"):
+        worker.evaluate("xs.map(x, x)", {"xs": [1]})

@@ -87,7 +87,10 @@ class _Worker:
         request = pickle.dumps((expression, variables))
         if self._to is None or self._from is None or self._proc is None or self._proc.poll() is not None:
             self.stop()  # never started, stopped, or ended while idle (killed from outside)
-            to, from_ = self._start()
+            try:
+                to, from_ = self._start()
+            except OSError as exc:  # no process to be had (fork refused, interpreter gone): not a value
+                raise EvaluationLimit(f"the CEL worker process could not start: {exc}") from None
         else:
             to, from_ = self._to, self._from
         try:

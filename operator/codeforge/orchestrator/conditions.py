@@ -2,9 +2,9 @@
 
 Expressions are compiled once (at spec validation, cached, always behind the size check of
 `codeforge.api.cel_check`); one evaluation costs about 40 us. One whose cost the data decides (a
-comprehension: `cel_check.data_driven`) runs in `codeforge.api.cel_sandbox`'s worker process under a time and
-memory limit; overrunning it fails the run with a message naming the field. Messages repeat at most a prefix
-of an expression or a value (`clip`): both come from users.
+comprehension, `matches`, many `+`: `cel_check.data_driven`) runs in `codeforge.api.cel_sandbox`'s worker
+process under a time and memory limit; overrunning it fails the run with a message naming the field.
+Messages repeat at most a prefix of an expression or a value (`clip`): both come from users.
 The variables are plain JSON: `state` ({input, results}), `input` (= state.input), and on edges `result`
 (the finished step's result) and `step` ({name, status, error, attempts}).
 """
