@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,9 @@ def test_a_worker_that_cannot_start_is_an_evaluation_limit(
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with pytest.raises(EvaluationLimit, match="the CEL worker process could not start"):
         worker.evaluate("xs.map(x, x)", {"xs": [1]})
+
+
+def test_the_worker_is_the_first_the_kernel_kills_when_memory_runs_out(worker: cel_sandbox._Worker) -> None:
+    assert worker.evaluate("xs.map(x, x)", {"xs": [1]}) == [1]
+    assert worker._proc is not None
+    assert Path(f"/proc/{worker._proc.pid}/oom_score_adj").read_text().strip() == "1000"
