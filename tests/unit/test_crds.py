@@ -388,6 +388,20 @@ def test_wrong_types_are_refused_by_the_agentpool_schema_and_model_alike(path: s
         assert "\n" not in message
 
 
+@pytest.mark.parametrize("path", [".resources.requests.cpu", ".podDisruptionBudget.maxUnavailable"])
+def test_an_int_or_string_field_takes_an_integer_or_a_string_only(path: str) -> None:
+    schema = agentpool_schema()
+    right: list[Any] = [2, "500m"]
+    wrong: list[Any] = [True, 1.5]
+    for value in right:
+        spec = pool_with(path, value)
+        assert admit(schema, defaulted(schema, pool(spec))) == [], (path, value)
+        AgentPoolSpec.model_validate(spec)
+    for value in wrong:
+        with pytest.raises(ValidationError):
+            AgentPoolSpec.model_validate(pool_with(path, value))
+
+
 def test_long_names_are_refused() -> None:
     schema = agentpool_schema()
     errors = admit(schema, defaulted(schema, pool(MINIMAL, name="a" * 56)))

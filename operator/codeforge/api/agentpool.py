@@ -15,7 +15,15 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from codeforge.api import limits
@@ -29,7 +37,7 @@ PLURAL: Final = "agentpools"
 
 #: Kubernetes quantities ("500m", "2Gi", 4) and int-or-string fields ("25%", 3).
 IntOrString = Annotated[
-    int | Annotated[str, StringConstraints(max_length=64)],
+    Annotated[int, Strict()] | Annotated[str, StringConstraints(max_length=64)],  # `true` is no 1
     WithJsonSchema({"x-kubernetes-int-or-string": True, "maxLength": 64}),
 ]
 #: Opaque Kubernetes structures we pass through untouched (affinity, valueFrom): the API server checks them
