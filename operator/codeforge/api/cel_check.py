@@ -123,7 +123,7 @@ def check_size(expression: str) -> list[Token]:
                 raise CelCheckError(
                     f"CEL expression nests brackets more than {MAX_CEL_DEPTH} deep: simplify it"
                 )
-            if token.text == "(" and i >= 2 and tokens[i - 2].text == "." and tokens[i - 1].text in _MACROS:
+            if _opens_comprehension(tokens, i):
                 if len(comprehensions) >= MAX_CEL_COMPREHENSIONS:
                     raise CelCheckError(
                         f"CEL expression nests comprehensions ({', '.join(sorted(_MACROS))}) more than "
@@ -143,17 +143,25 @@ def data_driven(tokens: list[Token]) -> bool:
     the product of the lists it walks), `matches` (the package compiles the regex on every call: up to ~70 ms
     for a short one) or more `+` than `CEL_INLINE_CONCATENATIONS`. Such expressions are evaluated by
     `codeforge.api.cel_sandbox`."""
-    plus = 0
-    for i, token in enumerate(tokens):
-        if token.kind == "ident" and token.text == "matches":
-            return True
-        if token.kind != "op":
-            continue
-        if token.text == "+":
-            plus += 1
-        elif token.text == "(" and i >= 2 and tokens[i - 2].text == "." and tokens[i - 1].text in _MACROS:
-            return True
-    return plus > CEL_INLINE_CONCATENATIONS
+    if _calls_matches(tokens) or any(_opens_comprehension(tokens, i) for i in range(len(tokens))):
+        return True
+    return sum(t.kind == "op" and t.text == "+" for t in tokens) > CEL_INLINE_CONCATENATIONS
+
+
+def _opens_comprehension(tokens: list[Token], i: int) -> bool:
+    """Whether tokens[i] is the `(` of a macro call (`xs.exists(`)."""
+    token = tokens[i]
+    return (
+        token.kind == "op"
+        and token.text == "("
+        and i >= 2
+        and tokens[i - 2].text == "."
+        and tokens[i - 1].text in _MACROS
+    )
+
+
+def _calls_matches(tokens: list[Token]) -> bool:
+    return any(t.kind == "ident" and t.text == "matches" for t in tokens)
 
 
 def compile_error(exc: Exception) -> str:
@@ -391,7 +399,7 @@ def _ends_operand(token: Token) -> bool:
 
 def _check_constant(program: cel.Program, tokens: list[Token], what: str) -> None:
     # Regexes are compiled on each `matches` call: such a constant is evaluated within the regex budget.
-    compiles = any(t.kind == "ident" and t.text == "matches" for t in tokens)
+    compiles = _calls_matches(tokens)
     if compiles and not _regex_budget.take():
         return
     started = time.monotonic()
