@@ -37,6 +37,7 @@ from codeforge.api.limits import (
     MAX_CEL_TOKENS,
     clip,
     clip_text,
+    printable,
 )
 
 #: Named functions the package implements (receiver or global style).
@@ -169,13 +170,8 @@ def compile_error(exc: Exception) -> str:
     text = str(exc)
     found = re.search(r"ERROR: <input>:(\d+:\d+): ([^\n]*)", text)
     if found:
-        return f"{clip_text(_printable(found.group(2)), 160)} (at {found.group(1)})"
-    return clip_text(_printable(text.split("\n", 1)[0]), 160)
-
-
-def _printable(text: str) -> str:
-    """The compiler echoes the expression's characters: escape control ones (no terminal sequences)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return f"{clip_text(printable(found.group(2)), 160)} (at {found.group(1)})"
+    return clip_text(printable(text.split("\n", 1)[0]), 160)
 
 
 def check_program(
@@ -521,13 +517,13 @@ def _failure(exc: Exception) -> str:
         why = why or (lines[0] if lines else "")
         why = why.split(". Check function arguments", 1)[0].rstrip(".")
         return clip_text(
-            _printable(f"{clip(pattern[1:-1], 40)} is not a valid regular expression: {why}"), 160
+            printable(f"{clip(pattern[1:-1], 40)} is not a valid regular expression: {why}"), 160
         )
     if function in _USAGE:
         return _USAGE[function]
     # `Function 'double' error: string parse error: invalid float literal. Check function arguments...`
     reason = detail.split("\n", 1)[0].split(". ", 1)[0].rstrip(".")
-    return f"{function}(): {clip_text(_printable(reason), 120)}"
+    return f"{function}(): {clip_text(printable(reason), 120)}"
 
 
 def _first_sentence(exc: Exception) -> str:

@@ -94,6 +94,12 @@ def clip(value: Any, limit: int = SHOWN_PREFIX) -> str:
     return f"{type(value).__name__} {(text or _shallow(value))[:limit]}..."
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\x1b`): user text echoed in a message carries no terminal
+    sequences or line breaks."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def clip_text(text: str, limit: int) -> str:
     """A message (not a value) cut to `limit` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

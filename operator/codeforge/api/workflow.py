@@ -733,7 +733,7 @@ def _check_depth(data: Any, prefix: str) -> None:
     if deep is not None:
         where = f"{prefix}{deep}" if prefix else deep.lstrip(".") or "document"
         # The path holds the keys as written: escape control characters (no terminal sequences).
-        where = clip_text("".join(c if c.isprintable() else repr(c)[1:-1] for c in where[:400]), 200)
+        where = clip_text(limits.printable(where[:400]), 200)
         message = f"nests more than {limits.MAX_DOCUMENT_DEPTH} levels deep: a Workflow is far shallower"
         raise WorkflowSpecError([(where, message)])
 
