@@ -33,7 +33,7 @@ def context(first: dict[str, Any]) -> DispatchContext:
         workflow="wf-first",
         priority=Priority.MEDIUM,
         emit=lambda _: None,
-        in_flight=asyncio.Semaphore(4),
+        max_in_flight=4,
         deadline=None,
         first=first,
     )

@@ -278,11 +278,13 @@ async def test_progress_events_describe_the_run(queue: TaskQueue) -> None:
     ]
     finished = [e for e in events if e.kind is EventKind.STEP_FINISHED]
     assert all(e.status == "succeeded" and e.duration is not None and e.duration >= 0 for e in finished)
-    # One per task, for the metrics: how long an agent held it, and end -> this run woken.
+    # One per task, for the metrics: how long an agent held it, and end -> this run woken (none for a
+    # task that ended before its node waited on it: enqueued as its step was routed to, the in-process
+    # agent may finish it first).
     tasks = [e for e in events if e.kind is EventKind.TASK_FINISHED]
     assert [(e.step, e.status) for e in tasks] == [("assign", "succeeded"), ("implement", "succeeded")]
     assert all(e.duration is not None and 0 <= e.duration < 5 for e in tasks)
-    assert all(e.latency is not None and 0 <= e.latency < 1 for e in tasks)
+    assert all(e.latency is None or 0 <= e.latency < 1 for e in tasks)
     # And per dispatch: the step became ready (the run began, the previous step joined) -> enqueued.
     dispatched = [e for e in events if e.kind is EventKind.TASK_DISPATCHED]
     assert [e.step for e in dispatched] == ["assign", "implement"]

@@ -121,9 +121,9 @@ class GraphCompiler:
                 return self.routed(state, update | self._fail(resolved))
             update["workspace"] = resolved
             state = {**state, "workspace": resolved}
-        return self.routed(
-            state, update | await self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
-        )
+        update |= await self._route_to(runtime.context.ctx, self.spec.entry_step, state, {})
+        self.dispatch_early(runtime.context, update)
+        return self.routed(state, update)
 
     async def _resolve(self, dispatcher: StepDispatcher) -> dict[str, Any] | str:
         """Resolve the workspace's ref to the run's base commit (checkpointed with the begin node, so a
@@ -215,20 +215,28 @@ class GraphCompiler:
         if step.is_approval:
             since = float(arg.get("since") or time.time())
             return await dispatcher.run_approval(step, arg["visit"], since)
+        return await dispatcher.run_part(self._request(step, arg, dispatcher.ctx.workflow))
+
+    def _request(self, step: Step, arg: dict[str, Any], workflow: str) -> PartRequest:
+        """A task part's request, from its argument (`_part_args`)."""
         checkout = None
         if self.spec.workspace is not None and arg.get("base"):
             checkout = ws.checkout_request(
-                self.spec.workspace,
-                arg["base"],
-                dispatcher.ctx.workflow,
-                step.name,
-                arg["visit"],
-                arg["index"],
+                self.spec.workspace, arg["base"], workflow, step.name, arg["visit"], arg["index"]
             )
         first_success = step.fans_out and step.join is JoinPolicy.FIRST_SUCCESS
-        return await dispatcher.run_part(
-            PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
-        )
+        return PartRequest(step, arg["visit"], arg["index"], arg["payload"], first_success, checkout)
+
+    def dispatch_early(self, dispatcher: StepDispatcher, update: dict[str, Any]) -> None:
+        """A routing node's update routes to a task step: enqueue its parts now, not once LangGraph has
+        ended this superstep and started the step's nodes (`StepDispatcher.dispatch_early`)."""
+        route = update.get("route")
+        if not route or route["to"] == END:
+            return
+        step = self.spec.step(route["to"])
+        if not step.is_approval:
+            workflow = dispatcher.ctx.workflow
+            dispatcher.dispatch_early([self._request(step, arg, workflow) for arg in _part_args(route)])
 
     def _join_node(self, step: Step) -> Any:
         async def join_step(state: RunState, runtime: Runtime[StepDispatcher]) -> Command[str]:
@@ -239,16 +247,15 @@ class GraphCompiler:
                 # A single part runs here, in its join's superstep: half the supersteps and checkpoints. A
                 # crash before the join loses nothing: the node runs again and re-attaches to the task by
                 # its id (dispatch.py). (Parts present: a run checkpointed before this ran its part node.)
-                arg = {"visit": route["visit"], "index": 0, "payload": route["payloads"][0]}
-                outcome = await self._run_part(
-                    step, arg | {k: route[k] for k in ("base", "since") if k in route}, dispatcher
-                )
+                outcome = await self._run_part(step, _part_args(route)[0], dispatcher)
                 update = await self._join(step, state, dispatcher, {"0": outcome})
                 if outcome.get("usage"):
                     update["usage"] = {step.name: outcome["usage"]}
-                return self.routed(state, update)
-            update = await self._join(step, state, dispatcher, parts or {})
-            return self.routed(state, {"parts": {key: None}} | update)  # merged: drop them from the state
+            else:
+                update = await self._join(step, state, dispatcher, parts or {})
+                update = {"parts": {key: None}} | update  # merged: drop them from the state
+            self.dispatch_early(dispatcher, update)
+            return self.routed(state, update)
 
         join_step.__name__ = join_node(step.name)
         return join_step
@@ -476,13 +483,15 @@ class GraphCompiler:
         if not step.fans_out:
             return join_node(step.name)  # one part: the step's node reads its route from the state
         node = run_node(step.name)
-        payloads = route["payloads"]
-        if not payloads:  # forEach over an empty list: one no-op part so the join still runs
+        if not route["payloads"]:  # forEach over an empty list: one no-op part so the join still runs
             return [Send(node, {"visit": route["visit"], "empty": True})]
-        base = {"base": route["base"]} if route.get("base") else {}
-        if "since" in route:
-            base["since"] = route["since"]
-        return [
-            Send(node, {"visit": route["visit"], "index": i, "payload": p, **base})
-            for i, p in enumerate(payloads)
-        ]
+        return [Send(node, arg) for arg in _part_args(route)]
+
+
+def _part_args(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The argument of each part of a routed visit: a fan-out part node's Send, a single part's run in its
+    step's node, an early dispatch."""
+    common = {k: route[k] for k in ("base", "since") if route.get(k)}
+    return [
+        {"visit": route["visit"], "index": i, "payload": p, **common} for i, p in enumerate(route["payloads"])
+    ]

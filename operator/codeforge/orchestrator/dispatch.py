@@ -68,6 +68,11 @@ class Waiting:
 _LOST_RACE: Final = {"status": Outcome.CANCELLED.value, "error": "another part succeeded first"}
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # read, so asyncio does not log it: the node that takes it over raises it
+
+
 def _set(event: Flag) -> Flag:
     event.set()
     return event
@@ -80,7 +85,7 @@ class DispatchContext:
     workflow: str
     priority: Priority
     emit: EventSink
-    in_flight: asyncio.Semaphore
+    max_in_flight: int  # spec.maxTasksInFlight: `in_flight`'s slots
     deadline: float | None  # Unix time the whole workflow must end by
     running: Flag = field(default_factory=lambda: _set(Flag()))  # cleared while suspended
     #: "step#visit" -> set once a part succeeded, so firstSuccess can cancel the other parts
@@ -117,9 +122,15 @@ class DispatchContext:
     part_started: dict[str, float] = field(default_factory=dict)
     #: task id -> monotonic time its step's timeoutSeconds ends (dispatched tasks of steps with one)
     timeouts: dict[str, float] = field(default_factory=dict)
+    #: task id -> its enqueue, started as its step was routed to, before the step's node runs
+    #: (`StepDispatcher.dispatch_early`); the node takes it over
+    early: dict[str, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
+    #: a slot per dispatched task until its part ends (`max_in_flight` of them)
+    in_flight: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.workflow
+        self.in_flight = asyncio.Semaphore(self.max_in_flight)
 
     def parkable(self) -> bool:
         """Every node of the running superstep waits on a task: nothing else would happen before one ends."""
@@ -159,6 +170,13 @@ class DispatchContext:
         finally:
             self.waiting.pop(tid, None)
             self._idle_changed()
+
+    async def settle_early(self) -> None:
+        """Wait for early enqueues no node took over (the run ends): their tasks are then in the queue
+        and in `outstanding`, where the runner cancels them."""
+        pending, self.early = list(self.early.values()), {}
+        if pending:
+            await asyncio.wait(pending)
 
     def winner(self, key: str) -> Flag:
         return self.winners.setdefault(key, Flag())
@@ -234,20 +252,27 @@ class StepDispatcher:
         if recorded is not None:  # resumed in this process: neither ask the queue again nor re-dispatch
             return await self._ended_part(req, recorded)
         step = req.step
+        # Enqueued as the step was routed to (`dispatch_early`): this node takes its enqueue over.
+        early = self.ctx.early.pop(tid, None)
         # Dispatched by this run and not ended: the node runs again (the run was parked). It runs already:
         # neither dispatched again nor reported again.
-        again = tid in self.ctx.outstanding
+        again = early is None and tid in self.ctx.outstanding
         # Under Stop a task dispatched before (a resumed run) is re-attached: it runs already, it is not new.
-        known = again or (self.ctx.stop.requested and await self.queue.get(step.pool, tid) is not None)
+        known = (
+            again
+            or early is not None
+            or (self.ctx.stop.requested and await self.queue.get(step.pool, tid) is not None)
+        )
         if not known:  # suspended workflows (spec.suspend, spec.budget, Stop) dispatch nothing new
             await self._may_dispatch()
         async with self.ctx.in_flight:
             if not known:  # again: a sibling's result may have reached the budget meanwhile
                 await self._may_dispatch()
             if not again:
-                failed = await self._dispatch(req, tid, attempt)
+                failed = await (early if early is not None else self._dispatch(req, tid, attempt))
                 if failed is not None:
                     return failed
+                self.ctx.give_back_turn()  # dispatched (a fan-out's parts are enqueued in one turn)
             if self.ctx.stop.requested:
                 # Stop came during the enqueue, or the node runs again (parked, or resumed after a restart)
                 # under Stop: a task no agent took yet does not start. The runner withdraws those that
@@ -299,6 +324,31 @@ class StepDispatcher:
                 await asyncio.Future()  # until the runner ends the run (it is settled now or soon)
         return dict(_LOST_RACE)
 
+    def dispatch_early(self, reqs: list[PartRequest]) -> None:
+        """Start enqueueing the first attempts of a visit's parts as the visit is routed to, so the tasks
+        reach the agents while LangGraph ends the routing superstep and starts the step's nodes (a few
+        loop turns, each as long as everything else ready in it); each part's node then takes its
+        enqueue over (`_attempt`). Only what the node would dispatch at once: not while the run is
+        suspended or stopping, and only when every part has an in-flight slot free (the slots are taken
+        by the nodes, so more parts than free slots would run more tasks than maxTasksInFlight).
+
+        A crash before the route is checkpointed loses nothing and adds nothing: the routing node runs
+        again, routes the same way (its inputs are the checkpointed state and the queue's first outcome)
+        and enqueues the same ids, which the queue finds existing. Checkpoints already trail their
+        supersteps (LangGraph's async durability), so a node's own enqueue could precede them too."""
+        ctx = self.ctx
+        if not reqs or not ctx.running.is_set() or ctx.stop.requested:
+            return
+        if len(ctx.outstanding) + len(ctx.early) + len(reqs) > ctx.max_in_flight:
+            return
+        for req in reqs:
+            tid = task_id(ctx.workflow, req.step.name, req.visit, req.index, 0)
+            if tid in ctx.first or tid in ctx.outstanding or tid in ctx.early:
+                continue  # ended or dispatched before (a run resumed in this process)
+            early = asyncio.ensure_future(self._dispatch(req, tid, 0))
+            early.add_done_callback(_retrieved)  # a node that never runs (the run ended) never reads it
+            ctx.early[tid] = early
+
     async def _dispatch(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any] | None:
         """Enqueue the attempt's task (idempotent on its id); a failed part's record when it cannot be
         built."""
@@ -328,7 +378,6 @@ class StepDispatcher:
         if step.timeout_seconds is not None:
             self.ctx.timeouts[tid] = time.monotonic() + step.timeout_seconds
         created = await self.queue.enqueue(task)
-        self.ctx.give_back_turn()  # dispatched (a fan-out's parts are enqueued in one turn)
         ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
         self.ctx.emit(
             ProgressEvent(

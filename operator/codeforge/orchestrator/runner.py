@@ -238,7 +238,7 @@ class WorkflowRunner:
             workflow=workflow_id,
             priority=spec.priority,
             emit=emit,
-            in_flight=asyncio.Semaphore(spec.max_tasks_in_flight),
+            max_in_flight=spec.max_tasks_in_flight,
             deadline=None,
             running=control.running,
             first=self._first.setdefault(workflow_id, {}),
@@ -281,6 +281,7 @@ class WorkflowRunner:
         if not resumed:
             graph_input = {"input": spec.input, "started_at": started_at}
             graph_input.update(await compiler.first_route(ctx, graph_input))  # type: ignore[typeddict-item]
+            compiler.dispatch_early(dispatcher, dict(graph_input))
         stop = asyncio.ensure_future(control.cancelled.wait())
         over_budget: Crossing | None = None
         settled = False
@@ -527,6 +528,7 @@ class WorkflowRunner:
         return RefCleanup("failed", prefix, message=outcome.error or outcome.state.value)
 
     async def _cancel_outstanding(self, ctx: DispatchContext) -> None:
+        await ctx.settle_early()
         for tid, pool in list(ctx.outstanding.items()):
             with contextlib.suppress(Exception):  # best effort: the task may have just finished
                 await self.queue.cancel(pool, tid, "workflow ended")
