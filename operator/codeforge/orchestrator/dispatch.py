@@ -40,6 +40,8 @@ from codeforge.queue import HANDLER_BUDGET_SPENT, LOST_LEASE_BUDGET_SPENT, TaskN
 #: runs for handler failures. Agent deaths spend the task's own lost-lease budget (redelivered in the queue,
 #: same attempt) and a drain spends nothing: neither says anything about the step, so neither spends a retry.
 HANDLER_RUNS_PER_ATTEMPT: Final = 1
+#: How long a run that ends waits for its early enqueues to return before it cancels their tasks
+EARLY_SETTLE_SECONDS: Final = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,9 @@ class DispatchContext:
         and in `outstanding`, where the runner cancels them."""
         pending, self.early = list(self.early.values()), {}
         if pending:
-            await asyncio.wait(pending)
+            _, stuck = await asyncio.wait(pending, timeout=EARLY_SETTLE_SECONDS)
+            for early in stuck:  # the queue does not answer: its cancel would not be served either
+                early.cancel()
 
     def winner(self, key: str) -> Flag:
         return self.winners.setdefault(key, Flag())
