@@ -1,14 +1,16 @@
-"""The operator's garbage-collector settings (`controller/gc_tuning.py`): applied once per process, and the
-time of the collections counted."""
+"""The garbage-collector settings of a process that runs Workflows (`orchestrator/gc_tuning.py`): applied once
+per process (the operator, `codeforge run`) or for a block (the benchmark harness), and the time of the
+collections counted."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from codeforge.controller import gc_tuning
+from codeforge.orchestrator import gc_tuning
 
 
 @pytest.fixture
@@ -65,3 +67,33 @@ def test_the_collections_time_is_counted(tuning: str) -> None:
     del cycle
     gc.collect()
     assert seconds(2) > before
+
+
+@pytest.mark.usefixtures("untuned")
+def test_a_block_gets_the_settings_and_python_gets_its_own_back() -> None:
+    threshold = gc.get_threshold()
+    with gc_tuning.gc_tuned():
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, *threshold[1:])
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
+
+
+@pytest.mark.usefixtures("untuned")
+@pytest.mark.parametrize("tuning", ["", "off"])
+def test_codeforge_run_tunes_its_process(tuning: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from codeforge.cli import _register, app
+
+    _register()
+    monkeypatch.setenv(gc_tuning.TUNING_ENV, tuning)
+    threshold = gc.get_threshold()
+    hello = Path(__file__).resolve().parents[2] / "examples/workflows/hello-world.yaml"
+    result = CliRunner().invoke(app, ["run", str(hello), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    if tuning == "off":
+        assert gc.get_threshold() == threshold
+    else:
+        assert gc.get_threshold() == (gc_tuning.GEN0_THRESHOLD, *threshold[1:])
+        assert gc.get_freeze_count() > 1000

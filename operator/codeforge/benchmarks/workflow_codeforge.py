@@ -1,4 +1,5 @@
-"""codeforge under `codeforge bench workflow`, deployed as `codeforge run` deploys it.
+"""codeforge under `codeforge bench workflow`, deployed as `codeforge run` deploys it (its collector tuned as
+`codeforge run` tunes it, while codeforge runs).
 
 - `codeforge-embedded`: the memory queue, LangGraph's in-memory checkpointer and an in-process `echo` agent,
   all in the harness's event loop (`codeforge run WORKFLOW.yaml`);
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -21,6 +23,7 @@ from codeforge.benchmarks.system import WorkerGroup
 from codeforge.benchmarks.workflow_engine import EngineContext, Unavailable, WorkflowEngine, package_version
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.orchestrator.checkpoint import open_checkpointer
+from codeforge.orchestrator.gc_tuning import gc_tuned
 from codeforge.queue import TaskQueue, open_queue
 from codeforge_agent import AgentConfig, HandlerConfig
 from codeforge_agent.loop import run_agent
@@ -56,6 +59,12 @@ class _Codeforge(WorkflowEngine):
         self.specs = specs(self.pool)
         self._queue: TaskQueue | None = None
         self._runner: WorkflowRunner | None = None
+        self._collector = contextlib.ExitStack()
+
+    def _started(self) -> None:
+        """Set up: the harness's collector from here on as `codeforge run` sets its process's (tuned after
+        start-up, `orchestrator/gc_tuning.py`); Python's own is back at `stop`, for the next engine."""
+        self._collector.enter_context(gc_tuned())
 
     def version(self) -> str:
         return package_version("codeforge")
@@ -103,8 +112,10 @@ class CodeforgeEmbedded(_Codeforge):
         )
         self._stop = asyncio.Event()
         self._agent = asyncio.create_task(run_agent(self._queue, config, self._stop))
+        self._started()
 
     async def stop(self) -> None:
+        self._collector.close()
         self._stop.set()
         await self._agent
         if self._queue is not None:
@@ -144,12 +155,14 @@ class CodeforgeRedis(_Codeforge):
             self._workers.check_alive()
             try:
                 await self._queue.wait_result(self.pool, probe, 1)
+                self._started()
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"the codeforge-agent ran no task in {READY_TIMEOUT_S:g}s") from None
 
     async def stop(self) -> None:
+        self._collector.close()
         await asyncio.to_thread(self._workers.stop)
         await self._saver.aclose()
         if self._queue is not None:

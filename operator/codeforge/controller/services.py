@@ -22,11 +22,11 @@ import prometheus_client
 
 from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
-from codeforge.controller.gc_tuning import tune_gc
 from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
 from codeforge.controller.ratelimits import Declarations
 from codeforge.controller.standby import liveness_endpoint
+from codeforge.orchestrator.gc_tuning import tune_gc
 from codeforge.queue import TaskQueue, open_queue
 from codeforge.redis.connect import Connection, connect
 
