@@ -140,7 +140,7 @@ def run_command(
     )
     from codeforge.orchestrator.gc_tuning import tune_gc  # loads the orchestrator (LangGraph) first
 
-    tune_gc()  # start-up is over (orchestrator/gc_tuning: 1.5x the runs per second at 500 at once)
+    tune_gc()  # start-up is over (orchestrator/gc_tuning: ~1.5x the runs per second at 500 at once)
     try:
         outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts, decisions))
     except (QueueError, ManifestError) as exc:

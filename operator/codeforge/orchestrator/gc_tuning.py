@@ -14,7 +14,7 @@ start-up's: a third of the CPU of starting runs (bench/README, "Operator scale")
   were still alive at a young collection, were promoted, and made the full collections come sooner. Garbage
   in cycles waits a little longer (at most that many objects, a few MiB).
 
-`codeforge run` gains the same way: with 500 runs at once on Redis it started 1.5-1.7x the workflows per
+`codeforge run` gains the same way: with 500 runs at once on Redis it ran 1.4-1.6x the workflows per
 second with these settings (bench/README, "The collector in `codeforge run`").
 
 `codeforge_operator_gc_seconds_total{generation}` counts the time the collections take, to see what this
