@@ -303,7 +303,7 @@ async def test_a_short_outage_is_ridden_out(fresh_redis: LocalRedis) -> None:
     try:
         await queue.ping()
         fresh_redis.kill()
-        pending = asyncio.create_task(queue.enqueue(make_task(pool, "during-outage")))
+        pending = asyncio.ensure_future(queue.enqueue(make_task(pool, "during-outage")))
         await asyncio.sleep(0.7)
         assert not pending.done(), "the enqueue gave up while Redis was down instead of retrying"
         await asyncio.to_thread(fresh_redis.start)

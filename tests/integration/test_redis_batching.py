@@ -40,6 +40,20 @@ async def test_enqueues_of_one_turn_are_one_script_call(fresh_redis: LocalRedis)
         await queue.close()
 
 
+async def test_a_task_joins_the_batch_when_enqueue_is_called(fresh_redis: LocalRedis) -> None:
+    """The orchestrator hands a routed step's task over as the route is decided and awaits the answer
+    later: it goes out with that turn's batch, not once someone awaits it."""
+    pool = unique_pool()
+    queue = await open_queue(fresh_redis.url)
+    try:
+        handed = queue.enqueue(make_task(pool, "early"))  # not awaited yet
+        await asyncio.sleep(0.2)
+        assert await queue.get(pool, "early") is not None
+        assert await handed is True
+    finally:
+        await queue.close()
+
+
 async def test_a_pool_whose_enqueue_fails_fails_only_its_own_callers(fresh_redis: LocalRedis) -> None:
     """Enqueues of one turn for two pools: one pool's script fails (here its sequence counter is not a
     number); the other pool's callers are answered as if alone."""

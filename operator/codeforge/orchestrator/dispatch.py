@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -349,13 +349,25 @@ class StepDispatcher:
             tid = task_id(ctx.workflow, req.step.name, req.visit, req.index, 0)
             if tid in ctx.first or tid in ctx.outstanding or tid in ctx.early:
                 continue  # ended or dispatched before (a run resumed in this process)
-            early = asyncio.ensure_future(self._dispatch(req, tid, 0))
-            early.add_done_callback(_retrieved)  # a node that never runs (the run ended) never reads it
+            sent = self._send(req, tid)  # handed to the queue in this turn (Redis: this turn's batch)
+            early: asyncio.Future[dict[str, Any] | None]
+            if isinstance(sent, dict):  # the task cannot be built: its node returns the failed record
+                early = asyncio.get_running_loop().create_future()
+                early.set_result(sent)
+            else:
+                early = asyncio.ensure_future(self._sent(req, tid, 0, sent))
+                early.add_done_callback(_retrieved)  # a node that never runs (the run ended) never reads it
             ctx.early[tid] = early
 
     async def _dispatch(self, req: PartRequest, tid: str, attempt: int) -> dict[str, Any] | None:
         """Enqueue the attempt's task (idempotent on its id); a failed part's record when it cannot be
         built."""
+        sent = self._send(req, tid)
+        return sent if isinstance(sent, dict) else await self._sent(req, tid, attempt, sent)
+
+    def _send(self, req: PartRequest, tid: str) -> Awaitable[bool] | dict[str, Any]:
+        """Build the task and hand it to the queue (in this turn: `TaskQueue.enqueue`); its enqueue to
+        await, or the failed part's record when the task cannot be built."""
         step = req.step
         try:
             task = Task(
@@ -381,7 +393,14 @@ class StepDispatcher:
         self.ctx.outstanding[tid] = step.pool
         if step.timeout_seconds is not None:
             self.ctx.timeouts[tid] = time.monotonic() + step.timeout_seconds
-        created = await self.queue.enqueue(task)
+        return self.queue.enqueue(task)
+
+    async def _sent(
+        self, req: PartRequest, tid: str, attempt: int, enqueue: Awaitable[bool]
+    ) -> dict[str, Any] | None:
+        """Await the task's enqueue and report it dispatched; None (a dispatched part has no record yet)."""
+        step = req.step
+        created = await enqueue
         ready = self.ctx.ready.pop(f"{step.name}#{req.visit}/{req.index}", None)
         self.ctx.emit(
             ProgressEvent(

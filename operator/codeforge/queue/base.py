@@ -22,7 +22,7 @@ Semantics every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -143,8 +143,10 @@ class Lease:
 class TaskQueue(Protocol):
     """An async task queue with per-pool priority queues, leases and a dead-letter queue."""
 
-    async def enqueue(self, task: Task) -> bool:
-        """Queue a task; returns False (and changes nothing) when a task with this id already exists."""
+    def enqueue(self, task: Task) -> Awaitable[bool]:
+        """Queue a task; returns False (and changes nothing) when a task with this id already exists. A
+        backend may take the task on at the call, before the result is awaited (Redis: into the batch that
+        goes out next turn)."""
         ...
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[bool]:

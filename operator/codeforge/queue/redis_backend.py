@@ -178,9 +178,10 @@ class RedisTaskQueue:
 
     # -- producing ---------------------------------------------------------------------------------
 
-    async def enqueue(self, task: Task) -> bool:
+    def enqueue(self, task: Task) -> asyncio.Future[bool]:
         """Enqueues made in one turn of the event loop (a fan-out's parts, many runs' next steps) go out
-        together, one script call per pool, at the start of the next turn."""
+        together, one script call per pool, at the start of the next turn. The task joins the batch at the
+        call, so a caller that awaits later (an early dispatch) loses no turn."""
         loop = asyncio.get_running_loop()
         added: asyncio.Future[bool] = loop.create_future()
         if not self._enqueues:
@@ -190,7 +191,7 @@ class RedisTaskQueue:
             self._sending.add(job)
             job.add_done_callback(self._sending.discard)
         self._enqueues.append((task, added))
-        return await added
+        return added
 
     async def _send_enqueues(self) -> None:
         """Each pool's share is sent on its own (in parallel: on a cluster, pools live on different nodes),
