@@ -343,7 +343,7 @@ class StepDispatcher:
         ctx = self.ctx
         if not reqs or not ctx.running.is_set() or ctx.stop.requested:
             return
-        if len(ctx.outstanding) + len(ctx.early) + len(reqs) > ctx.max_in_flight:
+        if len(ctx.outstanding) + len(reqs) > ctx.max_in_flight:  # an early task is outstanding once sent
             return
         for req in reqs:
             tid = task_id(ctx.workflow, req.step.name, req.visit, req.index, 0)
