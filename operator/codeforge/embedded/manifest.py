@@ -168,6 +168,13 @@ class BoundedLoader(yaml.SafeLoader):
                 node.start_mark,
             ) from None
 
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float | int:
+        """A whole number written as a float (`3.0`, `1.0e3`) is an int, as the API server stores it (its JSON
+        round trip writes float64 3 as `3`): `maxTasksInFlight: 3.0` is 3 here as in a cluster, and `3.5` is
+        refused by an integer field in both."""
+        value: float = super().construct_yaml_float(node)
+        return int(value) if value.is_integer() else value
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
         for key_node, _ in node.value:
@@ -178,6 +185,9 @@ class BoundedLoader(yaml.SafeLoader):
                     )
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:float", BoundedLoader.construct_yaml_float)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
