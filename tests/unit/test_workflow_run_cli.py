@@ -71,13 +71,17 @@ def test_a_failed_workflow_exits_1(tmp_path: Path) -> None:
 def test_whole_floats_are_integers_as_the_api_server_stores_them(tmp_path: Path) -> None:
     # The API server accepts `3.0` in an integer field and stores 3 (its JSON round trip writes float64 3 as
     # `3`, in free-form fields too); `3.5` it refuses, and so does `codeforge run`, naming the field.
-    text = GOOD.replace("input: {x: 1}", "input: {x: 2.0, y: 2.5}\n  maxTasksInFlight: 3.0")
+    text = GOOD.replace("input: {x: 1}", "input: {x: 2.0, y: 2.5, z: 1.0e+21}\n  maxTasksInFlight: 3.0")
     pools = "---\nkind: AgentPool\nmetadata: {name: echo}\nspec: {concurrency: 2.0}\n"
     code, out, err = invoke(write(tmp_path, text + pools), "-o", "json")
     assert code == 0, err
     echoed = json.loads(out)["results"]["a"]["input"]
     assert echoed == 2
     assert isinstance(echoed, int)
+    whole = text.replace("state.input.x", "state.input")
+    code, out, err = invoke(write(tmp_path, whole + pools), "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["results"]["a"]["input"] == {"x": 2, "y": 2.5, "z": 1e21}  # Go writes 1e+21
     half = text.replace("maxTasksInFlight: 3.0", "maxTasksInFlight: 3.5")
     code, _, err = invoke(write(tmp_path, half + pools))
     assert code == 2

@@ -169,11 +169,12 @@ class BoundedLoader(yaml.SafeLoader):
             ) from None
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float | int:
-        """A whole number written as a float (`3.0`, `1.0e3`) is an int, as the API server stores it (its JSON
-        round trip writes float64 3 as `3`): `maxTasksInFlight: 3.0` is 3 here as in a cluster, and `3.5` is
-        refused by an integer field in both."""
+        """A whole number written as a float (`3.0`, `1.0e3`) is an int, as the API server stores it (Go's
+        JSON writes float64 3 as `3`, and from 1e21 on in exponent form, read back as a float): so
+        `maxTasksInFlight: 3.0` is 3 here as in a cluster, and `3.5` is refused by an integer field in
+        both (checked on the local control plane)."""
         value: float = super().construct_yaml_float(node)
-        return int(value) if value.is_integer() else value
+        return int(value) if value.is_integer() and abs(value) < 1e21 else value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
