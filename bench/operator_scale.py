@@ -21,7 +21,8 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
    `codeforge_result_notification_latency_seconds`) and a woken or new run's wait for its turn to go on
    (`codeforge_workflow_admission_wait_seconds`, `orchestrator/admission.py`): together most of a later
    step's wait after its predecessor's task ended (the resume between a run's turn and its next step
-   becoming ready is in none of them);
+   becoming ready is in none of them); and how late the operator's event loop runs a timer due
+   (`codeforge_operator_event_loop_lag_seconds`, `controller/loop_lag.py`), while starting and while running;
 4. then, up to `--status-timeout` more seconds, until the operator counts every Workflow Succeeded in the
    statuses it wrote (`codeforge_workflows`): status writes are capped at 20/s, so at 10,000 Workflows this
    trails the runs by minutes by design.
@@ -80,6 +81,7 @@ STEPS = ["s0", "s1", "s2"]
 DISPATCH = "codeforge_workflow_step_dispatch_latency_seconds"
 NOTIFIED = "codeforge_result_notification_latency_seconds"
 ADMITTED = "codeforge_workflow_admission_wait_seconds"  # absent from operators before admission: no figure
+LAG = "codeforge_operator_event_loop_lag_seconds"  # absent from operators before s11: no figure
 ENDED = "codeforge_workflow_duration_seconds"
 GC = "codeforge_operator_gc_seconds"  # a counter (`_total`); absent from operators before gc_tuning: 0
 WORKFLOWS = Kind(API_VERSION, PLURAL)
@@ -248,7 +250,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 sampler.start()
                 api_before = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
                 cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
-                gc_before = gc_seconds(scrape(metrics_url))
+                before_text = scrape(metrics_url)
+                gc_before = gc_seconds(before_text)
+                lag_before = histogram_buckets(before_text, LAG)
                 wait_before = waiting_seconds(operator.pid)
                 progress(f"{count}: creating Workflows")
                 create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.create_concurrency)
@@ -262,6 +266,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 rss_started = rss_mib(operator.pid)
                 started_text = scrape(metrics_url)
                 start_dispatch = histogram_buckets(started_text, DISPATCH)
+                start_lag = histogram_buckets(started_text, LAG)
                 gc_start = gc_delta(gc_seconds(started_text), gc_before)
                 progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
                 agents = [
@@ -300,6 +305,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 dispatch = histogram_buckets(done_text, DISPATCH)
                 notified = histogram_buckets(done_text, NOTIFIED)
                 admitted = histogram_buckets(done_text, ADMITTED)
+                lag = histogram_buckets(done_text, LAG)
                 gc_all = gc_delta(gc_seconds(done_text), gc_before)
                 rss_peak = sampler.peak
 
@@ -320,6 +326,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 sampler.halt.set()
                 sampler.join()
                 running = bucket_delta(start_dispatch, dispatch)
+                lag_starting, lag_running = bucket_delta(lag_before, start_lag), bucket_delta(start_lag, lag)
                 rates = rate_by_key(api_before, api_after, window)
                 status_key = "PATCH workflows/status"
 
@@ -365,6 +372,10 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "notification_p99_ms": ms(quantile(notified, 0.99)),
                     "admission_wait_p50_ms": ms(quantile(admitted, 0.5)),
                     "admission_wait_p99_ms": ms(quantile(admitted, 0.99)),
+                    "loop_lag_p50_ms_start": ms(quantile(lag_starting, 0.5)),
+                    "loop_lag_p99_ms_start": ms(quantile(lag_starting, 0.99)),
+                    "loop_lag_p50_ms_running": ms(quantile(lag_running, 0.5)),
+                    "loop_lag_p99_ms_running": ms(quantile(lag_running, 0.99)),
                     "api_requests_per_s": round(sum(rates.values()), 1),
                     "status_patches_per_s": round(rates.get(status_key, 0.0), 1),
                     "api_requests_per_s_by_kind": {k: round(v, 2) for k, v in rates.items() if v >= 0.05},
@@ -452,6 +463,16 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "a run's wait for its turn to start or go on, p50 / p99 (ms)",
             lambda r: f"{fmt(r.get('admission_wait_p50_ms'))} / {fmt(r.get('admission_wait_p99_ms'))}",
+            "",
+        ),
+        (
+            "the operator's event loop late, p50 / p99, while starting (ms)",
+            lambda r: f"{fmt(r.get('loop_lag_p50_ms_start'))} / {fmt(r.get('loop_lag_p99_ms_start'))}",
+            "",
+        ),
+        (
+            "  while running (ms)",
+            lambda r: f"{fmt(r.get('loop_lag_p50_ms_running'))} / {fmt(r.get('loop_lag_p99_ms_running'))}",
             "",
         ),
         (

@@ -1,7 +1,7 @@
 """The operator's issue-13 metrics, scraped from `codeforge operator` as its own process (against kmock's
 Kubernetes emulator), running a Workflow on a real redis-server with a real `codeforge-agent` process:
-workflow duration by phase, result-notification latency, agent busy time and coordination efficiency, and the
-pool's busy/idle agents, utilisation and max replicas."""
+workflow duration by phase, result-notification latency, agent busy time and coordination efficiency, the
+pool's busy/idle agents, utilisation and max replicas, and the event loop's lag."""
 
 from __future__ import annotations
 
@@ -122,3 +122,8 @@ async def test_workflow_and_pool_metrics_of_the_operator_process(
     efficiency = value(done, "codeforge_workflow_coordination_efficiency_ratio_sum")
     assert 0.3 < efficiency <= 1.0, "one agent at a time: busy time cannot exceed wall time"
     assert efficiency == pytest.approx(busy_seconds / took, rel=0.05)
+
+    # The event loop's lag, a timer every 0.5 s over the whole run: an idle operator's loop is seldom late.
+    timers = value(done, "codeforge_operator_event_loop_lag_seconds_count")
+    assert timers >= work / 0.5 - 1
+    assert 0 <= value(done, "codeforge_operator_event_loop_lag_seconds_sum") < 0.1 * timers

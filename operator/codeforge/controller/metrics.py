@@ -1,5 +1,5 @@
-"""The operator's Prometheus metrics, served on CODEFORGE_METRICS_PORT (`/metrics`): AgentPools, and
-`codeforge_leader` (1 on the replica that acts, 0 on a standby). The chart's README lists every metric.
+"""The operator's Prometheus metrics, served on CODEFORGE_METRICS_PORT (`/metrics`): AgentPools,
+`codeforge_leader` (1 on the replica that acts, 0 on a standby) and the event loop's lag (`loop_lag`). The chart's README lists every metric.
 
 Pool series are labelled `pool="namespace/name"`; they are removed when a pool is deleted, so 20 pools keep
 a few dozen series, not an ever-growing set.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from codeforge.api.agentpool import Autoscaling
 
@@ -45,6 +45,11 @@ SCALE_DECISIONS: Final = Counter(
 )
 LEADER: Final = Gauge(
     "codeforge_leader", "1 while this operator replica acts (holds the leader Lease), 0 while it stands by."
+)
+EVENT_LOOP_LAG: Final = Histogram(
+    "codeforge_operator_event_loop_lag_seconds",
+    "How late a timer fires on the operator's event loop (every 0.5 s): what any ready work waits first.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS: Final = Counter(
     "codeforge_reconcile_errors_total", "AgentPool reconciles that failed and will be retried.", ["pool"]

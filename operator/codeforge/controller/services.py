@@ -9,6 +9,8 @@ this replica holds the leader Lease (`controller/leader.py`); a standby never ge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -24,6 +26,8 @@ from codeforge.controller import leader
 from codeforge.controller.config import OperatorConfig
 from codeforge.controller.kopf_settings import configure
 from codeforge.controller.kube import KubeApi
+from codeforge.controller.loop_lag import watch_loop_lag
+from codeforge.controller.metrics import EVENT_LOOP_LAG
 from codeforge.controller.ratelimits import Declarations
 from codeforge.controller.standby import liveness_endpoint
 from codeforge.orchestrator.gc_tuning import tune_gc
@@ -56,6 +60,8 @@ class OperatorServices:
     #: Run first by `close` (e.g. the Workflow runs writing their last statuses): Kopf runs cleanup handlers
     #: in registration order, and this module's registers before any handler module that imports it.
     before_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Observes the event loop's lag while metrics are served (controller/loop_lag).
+    loop_lag: asyncio.Task[None] | None = None
 
     def api(self) -> KubeApi:
         # Created on first use: Kopf's login (which configures the client) runs after the startup handlers.
@@ -95,6 +101,10 @@ class OperatorServices:
                 await hook()
             except Exception:  # shutting down either way; the connections below must still close
                 logging.getLogger(__name__).exception("a shutdown step failed")
+        if self.loop_lag is not None:
+            self.loop_lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loop_lag
         if self.redis is not None:
             await self.redis.aclose()
         if self.kube is not None:
@@ -111,6 +121,7 @@ async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, *
     memo.services = OperatorServices(config=CONFIG)
     if CONFIG.metrics_port is not None:
         prometheus_client.start_http_server(CONFIG.metrics_port)  # a daemon thread; exits with the process
+        memo.services.loop_lag = asyncio.create_task(watch_loop_lag(EVENT_LOOP_LAG.observe))
     # A standby waits here (serving liveness and metrics): Kopf starts no watcher before this returns.
     probe = liveness_endpoint(os.environ, sys.argv)
     memo.services.leadership = await leader.lead(ELECTION, probe_endpoint=probe)
