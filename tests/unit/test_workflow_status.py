@@ -267,7 +267,7 @@ def test_settings_from_the_environment() -> None:
     assert settings.writes_per_second == 20.0
     with pytest.raises(ValueError, match="CODEFORGE_STATUS_WRITES_PER_SECOND"):
         WorkflowSettings.from_env({"CODEFORGE_STATUS_WRITES_PER_SECOND": "0"})
-    assert settings.busy_runs == 128
+    assert settings.busy_runs == 32
     assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_BUSY_RUNS": "64"}).busy_runs == 64
     for bad in ("0", "0.5", "-3", "many"):
         with pytest.raises(ValueError, match=r"CODEFORGE_WORKFLOW_BUSY_RUNS.*whole number"):

@@ -4,7 +4,7 @@ Every Workflow run, watch event, status write and reconcile shares the operator'
 timer waits past its due time is what any ready step waits before its own work starts: the part of
 dispatch latency no code path of its own explains (bench/README.md, issue 15 point 2). Seen in
 `codeforge_operator_event_loop_lag_seconds`: a p99 near a second says the operator needs a CPU to itself, or
-fewer Workflows (its limits: CODEFORGE_WORKFLOW_BUSY_RUNS), before its steps are slow.
+fewer runs busy at once (CODEFORGE_WORKFLOW_BUSY_RUNS: each busy run's ready work shares a turn).
 """
 
 from __future__ import annotations

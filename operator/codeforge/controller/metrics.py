@@ -1,5 +1,6 @@
 """The operator's Prometheus metrics, served on CODEFORGE_METRICS_PORT (`/metrics`): AgentPools,
-`codeforge_leader` (1 on the replica that acts, 0 on a standby) and the event loop's lag (`loop_lag`). The chart's README lists every metric.
+`codeforge_leader` (1 on the replica that acts, 0 on a standby) and the event loop's lag (`loop_lag`). The
+chart's README lists every metric.
 
 Pool series are labelled `pool="namespace/name"`; they are removed when a pool is deleted, so 20 pools keep
 a few dozen series, not an ever-growing set.

@@ -169,7 +169,7 @@ class BoundedLoader(yaml.SafeLoader):
             ) from None
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float | int:
-        """A whole number written as a float (`3.0`, `1.0e3`) is an int, as the API server stores it (Go's
+        """A whole number written as a float (`3.0`, `1.0e+3`) is an int, as the API server stores it (Go's
         JSON writes float64 3 as `3`, and from 1e21 on in exponent form, read back as a float): so
         `maxTasksInFlight: 3.0` is 3 here as in a cluster, and `3.5` is refused by an integer field in
         both (checked on the local control plane)."""

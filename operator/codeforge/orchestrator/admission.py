@@ -21,10 +21,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-#: The operator's runs busy at once (CODEFORGE_WORKFLOW_BUSY_RUNS): measured at 10,000 Workflows against
-#: 64 and 512 (bench/README.md, "s7"). A runner made without an `Admission` has no limit (`codeforge run`:
-#: a burst of short fan-outs in one process lost a third of its throughput to the turns).
-DEFAULT_LIMIT: Final = 128
+#: The operator's runs busy at once (CODEFORGE_WORKFLOW_BUSY_RUNS). Every busy run's ready work shares one
+#: loop turn, so this bounds how long a turn is: 32 against 128 (bench/README.md, "s11") cut dispatch p50
+#: 2-4x and p99 2-6x while running, at 1,000 and 10,000, with the same throughput and memory; 512 was as
+#: no limit ("s7"). A runner made without an `Admission` has no limit (`codeforge run`: a burst of short
+#: fan-outs in one process lost a third of its throughput to the turns).
+DEFAULT_LIMIT: Final = 32
 #: The longest a run keeps its turn.
 HOLD_SECONDS: Final = 1.0
 
