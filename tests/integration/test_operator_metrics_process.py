@@ -126,4 +126,4 @@ async def test_workflow_and_pool_metrics_of_the_operator_process(
     # The event loop's lag, a timer every 0.5 s over the whole run: an idle operator's loop is seldom late.
     timers = value(done, "codeforge_operator_event_loop_lag_seconds_count")
     assert timers >= work / 0.5 - 1
-    assert 0 <= value(done, "codeforge_operator_event_loop_lag_seconds_sum") < 0.1 * timers
+    assert 0 <= value(done, "codeforge_operator_event_loop_lag_seconds_sum") < 0.25 * timers
