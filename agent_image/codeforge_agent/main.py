@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from codeforge import event_loop
 from codeforge.queue import QueueConfigError, QueueUnavailableError, TaskQueue, open_queue
 from codeforge.queue.ratelimit import RateLimiter, open_rate_limiter
 from codeforge_agent.config import AgentConfig, ConfigError
@@ -113,12 +114,13 @@ async def serve(config: AgentConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = AgentConfig.from_sources(argv)
-    except (ConfigError, QueueConfigError) as exc:
+        loop_factory = event_loop.choose()
+    except (ConfigError, QueueConfigError, event_loop.EventLoopError) as exc:
         print(f"codeforge-agent: configuration error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     configure(config.log_format, config.log_level)
     try:
-        code = asyncio.run(serve(config))
+        code = event_loop.run(serve(config), loop_factory)
     except (ConfigError, QueueConfigError) as exc:  # e.g. a wrong password or TLS file found at connect
         print(f"codeforge-agent: configuration error: {exc}", file=sys.stderr)
         code = EXIT_CONFIG

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+
+from codeforge import event_loop
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,12 +27,23 @@ JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the resul
 RedisUrlOption = Annotated[
     str | None, typer.Option(help="Use this Redis instead of starting a private redis-server.")
 ]
+T = TypeVar("T")
 ALL_SYSTEMS = "codeforge,codeforge-fast,codeforge-fsync,codeforge-replicated,raw,celery,arq,rq,dramatiq"
 
 
 @app.callback()
 def _bench() -> None:
     """Benchmarks: queue and workflow-engine latency and throughput against peers."""
+
+
+def _on_product_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the harness on the loop codeforge's processes run on (`codeforge.event_loop`), so the figures are
+    the product's; the peers' clients in the harness share it."""
+    try:
+        factory = event_loop.choose()
+    except event_loop.EventLoopError as exc:
+        raise typer.BadParameter(str(exc), param_hint=event_loop.ENV) from None
+    return event_loop.run(main(), factory)
 
 
 def _names(value: str) -> list[str]:
@@ -150,7 +162,7 @@ def _run(cfg: object, json_path: Path | None, redis_url: str | None, command: st
         url, machine, owns_server = found
         with tempfile.TemporaryDirectory(prefix="codeforge-bench-") as logdir:
             runner = Runner(cfg, url, owns_server=owns_server, logdir=Path(logdir), progress=progress)
-            rows = asyncio.run(runner.run())
+            rows = _on_product_loop(runner.run)
         report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 150))
         if json_path is not None:
             settings = {k: v for k, v in dataclasses.asdict(cfg).items()}
@@ -215,7 +227,7 @@ def _run_fairness(cfg: object, json_path: Path | None, redis_url: str | None, co
             return 2
         url, machine, _ = found
         urls = {"memory": "memory://", "redis": url}
-        rows, every = asyncio.run(run_all(urls, cfg, lambda line: err.print(line, markup=False)))
+        rows, every = _on_product_loop(lambda: run_all(urls, cfg, lambda line: err.print(line, markup=False)))
     title = f"Fair share: {cfg.agents} agents, tasks of {cfg.duration_ms:g} ms, median of {cfg.runs} runs"
     table = Table(title=title)
     for column in ("backend", "mode", "big p50 ms", "big p99 ms", "small p50 ms", "small p99 ms",
@@ -308,7 +320,7 @@ def _run_workflow(cfg: object, json_path: Path | None, redis_url: str | None, co
             )
             # the machine is shared: how busy it was says how far the figures are from a quiet machine's
             machine["load_average_1m_start"] = round(os.getloadavg()[0], 1)
-            rows = asyncio.run(runner.run())
+            rows = _on_product_loop(runner.run)
             machine["load_average_1m_end"] = round(os.getloadavg()[0], 1)
         workflow_report.print_table(rows, machine, Console(width=None if sys.stdout.isatty() else 170))
         if json_path is not None:

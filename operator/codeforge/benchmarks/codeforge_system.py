@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import ClassVar
 
+from codeforge import event_loop
 from codeforge.api.task import Task
 from codeforge.benchmarks.durable_server import DurableServer
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--durability", default=None)
     args = parser.parse_args()
-    asyncio.run(_main(args.consumers, args.batch, args.durability))
+    event_loop.run(_main(args.consumers, args.batch, args.durability), event_loop.choose())  # as the agent's
 
 
 if __name__ == "__main__":

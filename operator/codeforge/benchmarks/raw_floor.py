@@ -16,6 +16,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from codeforge import event_loop
 from codeforge.benchmarks.durable_server import DurableServer
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
 from codeforge.benchmarks.system import System, split_consumers
@@ -131,7 +132,9 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--confirm", action="store_true", help="WAIT for a replica after each pop")
     args = parser.parse_args()
-    asyncio.run(_main(args.consumers, args.confirm))
+    event_loop.run(
+        _main(args.consumers, args.confirm), event_loop.choose()
+    )  # the product's loop, as codeforge's
 
 
 if __name__ == "__main__":

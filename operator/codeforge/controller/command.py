@@ -6,6 +6,7 @@ environment the Helm chart sets (flags win over variables):
 - CODEFORGE_LOG_FORMAT: full (lines name their object, as `kopf run` logs), text (without it) or json;
   default full
 - CODEFORGE_LIVENESS_ENDPOINT: the liveness probe URL; default http://0.0.0.0:8080/healthz ("off": none)
+- CODEFORGE_EVENT_LOOP: uvloop (default) or asyncio (`codeforge.event_loop`)
 - CODEFORGE_QUEUE_URL, CODEFORGE_LEADER_ELECTION, ...: read by `codeforge.controller.config` and `.leader`
 
 With leader election on, a standby serves the liveness endpoint itself until it leads (then Kopf does).
@@ -13,6 +14,7 @@ With leader election on, a standby serves the liveness endpoint itself until it 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Annotated, Final
 
@@ -51,6 +53,12 @@ def operator_command(
     """Run the CodeForge operator (AgentPool and Workflow controllers) against the current cluster."""
     import kopf
 
+    from codeforge import event_loop
+
+    try:
+        loop_factory = event_loop.choose()
+    except event_loop.EventLoopError as exc:
+        raise typer.BadParameter(str(exc), param_hint=event_loop.ENV) from None
     if log_format not in LOG_FORMATS:
         raise typer.BadParameter(
             f"{log_format!r}: use one of {', '.join(LOG_FORMATS)}", param_hint="--log-format"
@@ -65,4 +73,7 @@ def operator_command(
     import codeforge.controller  # noqa: F401  (registers every handler in Kopf's default registry)
 
     watched = watched_namespaces(namespaces)
-    kopf.run(clusterwide=not watched, namespaces=watched, liveness_endpoint=endpoint)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:  # closed as asyncio.run closes its loop
+        kopf.run(
+            clusterwide=not watched, namespaces=watched, liveness_endpoint=endpoint, loop=runner.get_loop()
+        )

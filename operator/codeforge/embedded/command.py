@@ -105,12 +105,14 @@ def run_command(
     ] = "",
 ) -> None:
     """Run a Workflow manifest locally and print its final state; exit 1 when it fails."""
+    from codeforge import event_loop
     from codeforge.embedded.manifest import ManifestError, load_manifest
     from codeforge.queue import QueueConfigError, QueueError
     from codeforge.queue.factory import check_url
 
     console = Console(stderr=True, highlight=False)
     try:
+        loop_factory = event_loop.choose()
         check_url(queue)
         loaded = load_manifest(manifest)
         if input_json is not None:
@@ -122,7 +124,7 @@ def run_command(
         decisions = decide_flags(
             loaded, approve or [], reject or [], auto_approve, message, interactive=sys.stdin.isatty()
         )
-    except (ManifestError, QueueConfigError) as exc:
+    except (ManifestError, QueueConfigError, event_loop.EventLoopError) as exc:
         console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     if dry_run:
@@ -142,7 +144,8 @@ def run_command(
 
     tune_gc()  # start-up is over (orchestrator/gc_tuning: ~1.5x the runs per second at 500 at once)
     try:
-        outcome = asyncio.run(_run(loaded, queue, run_id, output, agents, agent_restarts, decisions))
+        main = _run(loaded, queue, run_id, output, agents, agent_restarts, decisions)
+        outcome = event_loop.run(main, loop_factory)
     except (QueueError, ManifestError) as exc:
         console.print(f"[red]codeforge run: {escape(str(exc))}[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
