@@ -56,6 +56,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import Cluster, LocalControlPlane
 from cluster.metrics import (
@@ -83,7 +84,7 @@ NOTIFIED = "codeforge_result_notification_latency_seconds"
 ADMITTED = "codeforge_workflow_admission_wait_seconds"  # absent from operators before admission: no figure
 LAG = "codeforge_operator_event_loop_lag_seconds"  # absent from operators before s11: no figure
 ENDED = "codeforge_workflow_duration_seconds"
-GC = "codeforge_operator_gc_seconds"  # a counter (`_total`); absent from operators before gc_tuning: 0
+GC = "codeforge_operator_gc_pause_seconds"  # absent from operators before s12 (a counter then): 0, no pauses
 WORKFLOWS = Kind(API_VERSION, PLURAL)
 GOAL_RSS_MIB = 1024.0
 GOAL_P99_MS = 50.0
@@ -205,7 +206,12 @@ def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
 
 def gc_seconds(text: str) -> dict[str, float]:
     """The operator's time in the cyclic garbage collector so far, by generation ("all": their sum)."""
-    by_generation = gauge_values(text, GC, "generation")
+    by_generation: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == GC:
+            for sample in family.samples:
+                if sample.name == f"{GC}_sum":
+                    by_generation[sample.labels["generation"]] = sample.value
     return {**by_generation, "all": sum(by_generation.values())}
 
 
@@ -252,6 +258,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
                 before_text = scrape(metrics_url)
                 gc_before = gc_seconds(before_text)
+                pauses_before = histogram_buckets(before_text, GC)
                 lag_before = histogram_buckets(before_text, LAG)
                 wait_before = waiting_seconds(operator.pid)
                 progress(f"{count}: creating Workflows")
@@ -307,6 +314,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 admitted = histogram_buckets(done_text, ADMITTED)
                 lag = histogram_buckets(done_text, LAG)
                 gc_all = gc_delta(gc_seconds(done_text), gc_before)
+                pauses = bucket_delta(pauses_before, histogram_buckets(done_text, GC))
                 rss_peak = sampler.peak
 
                 def written() -> bool:
@@ -353,6 +361,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "gc_percent_of_cpu_overall": round(gc_all["all"] / cpu * 100, 1) if cpu else None,
                     "gc_seconds_by_generation_start": gc_start,
                     "gc_seconds_by_generation_overall": gc_all,
+                    "gc_pauses": int(pauses[-1][1]) if pauses else None,
+                    "gc_pause_p50_ms": ms(quantile(pauses, 0.5)),
+                    "gc_pause_p99_ms": ms(quantile(pauses, 0.99)),
                     "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
                     "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
                     "create_seconds": round(created_at - t0, 1),
@@ -411,6 +422,10 @@ def fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def pair(row: dict[str, Any], first: str, second: str) -> str:
+    return f"{fmt(row.get(first))} / {fmt(row.get(second))}"
+
+
 def print_table(results: list[dict[str, Any]], command: str) -> None:
     rows: list[tuple[str, Callable[[dict[str, Any]], str], str]] = [
         (
@@ -431,6 +446,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "of which garbage collection, start / overall (%)",
             lambda r: f"{fmt(r.get('gc_percent_of_cpu_start'))} / {fmt(r.get('gc_percent_of_cpu_overall'))}",
+            "",
+        ),
+        (
+            "GC pauses: count, p50 / p99 (ms)",
+            lambda r: f"{fmt(r.get('gc_pauses'))}, {pair(r, 'gc_pause_p50_ms', 'gc_pause_p99_ms')}",
             "",
         ),
         (

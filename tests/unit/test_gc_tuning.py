@@ -1,6 +1,6 @@
 """The garbage-collector settings of a process that runs Workflows (`orchestrator/gc_tuning.py`): applied once
 per process (the operator, `codeforge run`) or for a block (the benchmark harness), and the time of the
-collections counted."""
+collections' pauses measured."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from codeforge.orchestrator import gc_tuning
 
@@ -28,8 +29,11 @@ def untuned(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         gc.callbacks[:] = callbacks
 
 
-def seconds(generation: int) -> float:
-    return float(gc_tuning.GC_SECONDS.labels(generation=str(generation))._value.get())
+def pauses(generation: int) -> tuple[float, float]:
+    """How many collections of the generation were measured, and their total seconds."""
+    name, labels = "codeforge_operator_gc_pause_seconds", {"generation": str(generation)}
+    count = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0
 
 
 @pytest.mark.usefixtures("untuned")
@@ -59,14 +63,17 @@ def test_python_defaults_on_request() -> None:
 
 @pytest.mark.usefixtures("untuned")
 @pytest.mark.parametrize("tuning", ["", "off"])
-def test_the_collections_time_is_counted(tuning: str) -> None:
+def test_each_collections_pause_is_measured(tuning: str) -> None:
     gc_tuning.tune_gc({gc_tuning.TUNING_ENV: tuning})
-    before = seconds(2)
+    count, total = pauses(2)
     cycle: list[object] = []
     cycle.append(cycle)
     del cycle
     gc.collect()
-    assert seconds(2) > before
+    gc.collect()
+    after_count, after_total = pauses(2)
+    assert after_count == count + 2
+    assert after_total > total
 
 
 @pytest.mark.usefixtures("untuned")

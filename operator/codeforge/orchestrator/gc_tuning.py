@@ -17,9 +17,10 @@ start-up's: a third of the CPU of starting runs (bench/README, "Operator scale")
 `codeforge run` gains the same way: with 500 runs at once on Redis it ran 1.4-1.6x the workflows per
 second with these settings (bench/README, "The collector in `codeforge run`").
 
-`codeforge_operator_gc_seconds_total{generation}` counts the time the collections take, to see what this
-buys at scale. CODEFORGE_GC_TUNING=off keeps Python's defaults (the time is still counted): for comparing,
-or if these settings are ever suspected.
+`codeforge_operator_gc_pause_seconds{generation}` is how long each collection held the process (every
+coroutine of the event loop waits it out): its sum is the collector's share of the time, its tail the pauses
+a step's dispatch may sit through. CODEFORGE_GC_TUNING=off keeps Python's defaults (the pauses are still
+measured): for comparing, or if these settings are ever suspected.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from prometheus_client import Counter
+from prometheus_client import Histogram
 
 TUNING_ENV: Final = "CODEFORGE_GC_TUNING"
 #: Net allocations of container objects between young collections (CPython's default: 700).
 GEN0_THRESHOLD: Final = 50_000
-GC_SECONDS: Final = Counter(
-    "codeforge_operator_gc_seconds_total",
-    "Time spent in Python's cyclic garbage collector, by the generation collected.",
+GC_PAUSE_SECONDS: Final = Histogram(
+    "codeforge_operator_gc_pause_seconds",
+    "Each run of Python's cyclic garbage collector (the process's event loop waits it out), by the "
+    "generation collected.",
     ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
 _started: list[float] = []  # when the collection in progress began (the callbacks run on one thread)
@@ -48,14 +51,16 @@ _tuned = False
 
 def _time_collection(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _started[:] = [time.thread_time()]
+        _started[:] = [time.perf_counter()]
     elif _started:
-        GC_SECONDS.labels(generation=str(info["generation"])).inc(time.thread_time() - _started.pop())
+        GC_PAUSE_SECONDS.labels(generation=str(info["generation"])).observe(
+            time.perf_counter() - _started.pop()
+        )
 
 
 def tune_gc(env: Mapping[str, str] | None = None) -> bool:
     """Freeze what start-up made and raise the young generation's threshold (not with
-    CODEFORGE_GC_TUNING=off), and count the collections' time; once per process (tests start several
+    CODEFORGE_GC_TUNING=off), and measure the collections' pauses; once per process (tests start several
     operators in one process). False when nothing was changed."""
     global _tuned
     if _tuned:
