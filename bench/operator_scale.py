@@ -204,13 +204,14 @@ def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
     return time.monotonic()
 
 
-def gc_seconds(text: str) -> dict[str, float]:
-    """The operator's time in the cyclic garbage collector so far, by generation ("all": their sum)."""
+def gc_seconds(text: str, of: str = "sum") -> dict[str, float]:
+    """The operator's time in the cyclic garbage collector so far (or, of="count", its collections), by
+    generation ("all": their sum)."""
     by_generation: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == GC:
             for sample in family.samples:
-                if sample.name == f"{GC}_sum":
+                if sample.name == f"{GC}_{of}":
                     by_generation[sample.labels["generation"]] = sample.value
     return {**by_generation, "all": sum(by_generation.values())}
 
@@ -259,6 +260,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 before_text = scrape(metrics_url)
                 gc_before = gc_seconds(before_text)
                 pauses_before = histogram_buckets(before_text, GC)
+                collections_before = gc_seconds(before_text, "count")
                 lag_before = histogram_buckets(before_text, LAG)
                 wait_before = waiting_seconds(operator.pid)
                 progress(f"{count}: creating Workflows")
@@ -362,6 +364,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "gc_seconds_by_generation_start": gc_start,
                     "gc_seconds_by_generation_overall": gc_all,
                     "gc_pauses": int(pauses[-1][1]) if pauses else None,
+                    "gc_pauses_by_generation": gc_delta(gc_seconds(done_text, "count"), collections_before),
                     "gc_pause_p50_ms": ms(quantile(pauses, 0.5)),
                     "gc_pause_p99_ms": ms(quantile(pauses, 0.99)),
                     "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
