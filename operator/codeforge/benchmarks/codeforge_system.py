@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--durability", default=None)
     args = parser.parse_args()
-    event_loop.run(_main(args.consumers, args.batch, args.durability), event_loop.choose())  # as the agent's
+    event_loop.run(_main(args.consumers, args.batch, args.durability), event_loop.choose())  # as the agent
 
 
 if __name__ == "__main__":

@@ -132,9 +132,8 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--confirm", action="store_true", help="WAIT for a replica after each pop")
     args = parser.parse_args()
-    event_loop.run(
-        _main(args.consumers, args.confirm), event_loop.choose()
-    )  # the product's loop, as codeforge's
+    # the product's loop, as codeforge's workers run on
+    event_loop.run(_main(args.consumers, args.confirm), event_loop.choose())
 
 
 if __name__ == "__main__":
