@@ -49,3 +49,31 @@ def run(main: Coroutine[Any, Any, T], factory: LoopFactory | None) -> T:
     and the default executor, as asyncio.run does)."""
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+async def communicate(process: asyncio.subprocess.Process, data: bytes | None) -> tuple[bytes, bytes]:
+    """`process.communicate(data)` for a program started with stdout and stderr piped, on either loop. A
+    program may exit, or close its stdin, without reading all of `data`: asyncio's loop reports that as a
+    broken pipe, which `communicate` ignores, but uvloop raises RuntimeError once the exited program's pipe is
+    closed, which would hide the program's own exit code and stderr."""
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    if data is None or stdin is None:
+        return await process.communicate()
+    if stdout is None or stderr is None:
+        raise ValueError("communicate: start the program with stdout=PIPE and stderr=PIPE")
+
+    async def feed() -> None:
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except RuntimeError:
+            if not stdin.is_closing():  # only uvloop's "unable to perform operation on <...closed=True>"
+                raise
+        finally:
+            stdin.close()
+
+    _, out, err = await asyncio.gather(feed(), stdout.read(), stderr.read())
+    await process.wait()
+    return out, err

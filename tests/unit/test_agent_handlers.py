@@ -7,11 +7,13 @@ import os
 import sys
 import textwrap
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from codeforge import event_loop
 from codeforge.api.task import Task
 from codeforge_agent.config import HandlerConfig
 from codeforge_agent.handlers import (
@@ -168,6 +170,39 @@ async def test_command_output_that_is_not_json_fails_permanently(tmp_path: Path)
     assert "not JSON" in info.value.message
     assert "Done! all good" in info.value.message
     assert info.value.retryable is False
+
+
+@pytest.mark.parametrize("loop", event_loop.CHOICES)
+def test_a_program_gone_before_its_stdin_is_written_reports_its_own_outcome(loop: str) -> None:
+    """On either event loop: uvloop raised RuntimeError writing to the exited program's closed pipe (where
+    asyncio's `communicate` ignores the broken pipe), and the task failed with that instead of the
+    program's exit code and stderr."""
+
+    async def gone_first(script: str) -> tuple[int | None, bytes, bytes]:
+        process = await asyncio.create_subprocess_exec(PY, "-c", script, stdin=PIPE, stdout=PIPE, stderr=PIPE)
+        await process.wait()  # the program is gone before anything is written to it
+        await asyncio.sleep(0.05)
+        stdout, stderr = await event_loop.communicate(process, b'{"id": "t1"}' * 1000)
+        return process.returncode, stdout, stderr
+
+    factory = event_loop.choose({event_loop.ENV: loop})
+    failed = "import sys; print('the linter found 3 errors', file=sys.stderr); sys.exit(1)"
+    assert event_loop.run(gone_first(failed), factory) == (1, b"", b"the linter found 3 errors\n")
+    assert event_loop.run(gone_first("print('{}')"), factory) == (0, b"{}\n", b"")
+
+
+@pytest.mark.parametrize("loop", event_loop.CHOICES)
+def test_a_command_that_exits_without_reading_its_stdin_reports_its_own_outcome(
+    tmp_path: Path, loop: str
+) -> None:
+    argv = script(tmp_path, "import sys\nprint('the linter found 3 errors', file=sys.stderr)\nsys.exit(1)")
+    big = task({"text": "x" * 500_000})  # more than a pipe holds: the write is still going when it exits
+    factory = event_loop.choose({event_loop.ENV: loop})
+    with pytest.raises(HandlerError) as info:
+        event_loop.run(CommandHandler(argv)(big, ctx()), factory)
+    assert "exited with code 1" in info.value.message
+    assert "the linter found 3 errors" in info.value.message
+    assert event_loop.run(CommandHandler([PY, "-c", "print('[1]')"])(big, ctx()), factory) == [1]
 
 
 async def test_command_empty_stdout_is_a_null_result(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from codeforge import event_loop
 from codeforge.api.task import Task
 from codeforge_agent.handlers.base import HandlerError, TaskContext, ensure_json, tail, task_json
 
@@ -96,7 +97,7 @@ class CommandHandler:
                 retryable=False,
             ) from None
         try:
-            stdout, stderr = await process.communicate(stdin)
+            stdout, stderr = await event_loop.communicate(process, stdin)
         finally:
             # Timeout or shutdown cancels us mid-communicate: take the whole group down with us.
             kill_group(process)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from codeforge import event_loop
 from codeforge.workspace.errors import ErrorKind, WorkspaceError, redact
 
 #: A credential helper that reads the mounted Secret's files when git asks (`get`), so the password never
@@ -134,7 +135,7 @@ class Git:
                 raise WorkspaceError(ErrorKind.FULL, f"cannot start git: {exc}") from None
             raise WorkspaceError(ErrorKind.GIT, f"cannot start git: {exc}") from None
         try:
-            out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+            out, err = await asyncio.wait_for(event_loop.communicate(process, stdin), timeout)
         except BaseException:
             # Cancelled (lease lost, task timeout, shutdown) or timed out: git and its helpers go too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
