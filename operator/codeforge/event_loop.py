@@ -10,7 +10,8 @@ step dispatch p99 on uvloop in 4 of 4 rounds at 1,000 Workflows (162-197 against
 asyncio.
 
 CODEFORGE_EVENT_LOOP=uvloop or =asyncio overrides the default of any of them: for comparing, or if a loop is
-ever suspected.
+ever suspected. `communicate` covers the one behaviour the two loops were found to differ in (a program that
+exits without reading its stdin).
 """
 
 from __future__ import annotations
