@@ -77,6 +77,14 @@ def agent_env(pool: str, queue_url: str, **settings: str) -> dict[str, str]:
     return env
 
 
+def agent_config_error(env: Mapping[str, str]) -> str:
+    """Run the agent with a configuration it must refuse: it exits 2 without a traceback; its stderr."""
+    out = subprocess.run([str(AGENT_BIN)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr, out.stderr
+    return out.stderr
+
+
 def start_agent(env: Mapping[str, str], *args: str) -> AgentProcess:
     fd, name = tempfile.mkstemp(prefix="codeforge-agent-", suffix=".log")
     with os.fdopen(fd, "wb") as sink:
