@@ -81,7 +81,7 @@ def queue(
     ] = None,
     tasks: Annotated[int | None, typer.Option(min=1, help="Tasks per throughput run [20000].")] = None,
     samples: Annotated[
-        int | None, typer.Option(min=1, help="Latency samples per consumer count [300].")
+        int | None, typer.Option(min=1, max=100_000, help="Latency samples per consumer count [2000].")
     ] = None,
     quick: QuickOption = False,
     json_path: JsonOption = None,

@@ -29,6 +29,7 @@ from codeforge.controller.kube import KubeApi
 from codeforge.controller.loop_lag import watch_loop_lag
 from codeforge.controller.metrics import EVENT_LOOP_LAG
 from codeforge.controller.ratelimits import Declarations
+from codeforge.controller.shared_opening import SharedOpening
 from codeforge.controller.standby import liveness_endpoint
 from codeforge.orchestrator.gc_tuning import tune_gc
 from codeforge.queue import TaskQueue, open_queue
@@ -55,6 +56,9 @@ class OperatorServices:
     leadership: leader.Leadership | None = None
     redis: Connection | None = None  # the admin connection for the pools' ACL users (redis_acl)
     redis_retry_at: float = 0.0
+    #: each connection opened once for everything that asks while it opens (controller/shared_opening)
+    queue_opening: SharedOpening[None] = field(default_factory=SharedOpening, repr=False)
+    redis_opening: SharedOpening[None] = field(default_factory=SharedOpening, repr=False)
     #: Which pool declared which namespace rate limit, to report conflicting numbers (controller/ratelimits).
     rate_limits: Declarations = field(default_factory=Declarations)
     #: Run first by `close` (e.g. the Workflow runs writing their last statuses): Kopf runs cleanup handlers
@@ -71,29 +75,32 @@ class OperatorServices:
 
     async def connected_queue(self, logger: Logger) -> TaskQueue | None:
         if self.queue is None and time.monotonic() >= self.queue_retry_at:
-            try:
-                self.queue = await open_queue(self.config.queue_url)
-            except Exception as exc:  # any backend failure: retry later, report QueueUnreachable meanwhile
-                self.queue_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
-                self.queue_error = f"queue unreachable: {exc}"
-                logger.warning(
-                    "queue %s unreachable, retrying in %ss: %s",
-                    self.config.queue_url,
-                    QUEUE_RETRY_SECONDS,
-                    exc,
-                )
+            await self.queue_opening.join(lambda: self._open_queue(logger))
         return self.queue
+
+    async def _open_queue(self, logger: Logger) -> None:
+        try:
+            self.queue = await open_queue(self.config.queue_url)
+        except Exception as exc:  # any backend failure: retry later, report QueueUnreachable meanwhile
+            self.queue_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
+            self.queue_error = f"queue unreachable: {exc}"
+            logger.warning(
+                "queue %s unreachable, retrying in %ss: %s", self.config.queue_url, QUEUE_RETRY_SECONDS, exc
+            )
 
     async def admin_redis(self, logger: Logger) -> Connection | None:
         """The operator's own Redis connection (its admin credentials), for ACL commands; None while down."""
         if self.redis is None and time.monotonic() >= self.redis_retry_at:
-            try:
-                self.redis = await connect(self.config.queue_url)
-            except Exception as exc:  # retried later; the pools report it meanwhile
-                self.redis_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
-                self.queue_error = f"Redis unreachable: {exc}"
-                logger.warning("Redis unreachable for the pools' ACL users, retrying: %s", exc)
+            await self.redis_opening.join(lambda: self._open_redis(logger))
         return self.redis
+
+    async def _open_redis(self, logger: Logger) -> None:
+        try:
+            self.redis = await connect(self.config.queue_url)
+        except Exception as exc:  # retried later; the pools report it meanwhile
+            self.redis_retry_at = time.monotonic() + QUEUE_RETRY_SECONDS
+            self.queue_error = f"Redis unreachable: {exc}"
+            logger.warning("Redis unreachable for the pools' ACL users, retrying: %s", exc)
 
     async def close(self) -> None:
         for hook in self.before_close:

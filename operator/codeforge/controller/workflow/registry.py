@@ -19,6 +19,7 @@ from codeforge.api.approval import decisions_from_annotations
 from codeforge.api.usage import Budget
 from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.shared_opening import SharedOpening
 from codeforge.controller.workflow import metrics as workflow_metrics
 from codeforge.controller.workflow.pools import PoolLookup
 from codeforge.controller.workflow.results import ResultStore
@@ -91,27 +92,34 @@ class WorkflowRegistry:
     expiries: dict[str, Expiry] = field(default_factory=dict)
     writer_task: asyncio.Task[None] | None = None
     probe_task: asyncio.Task[None] | None = None
+    #: the runs that start together share one opening of the runner (controller/shared_opening)
+    opening: SharedOpening[WorkflowRunner] = field(default_factory=SharedOpening, repr=False)
 
     async def connect(self, services: OperatorServices, log: Logger) -> WorkflowRunner:
         """The runner on the operator's queue, with its checkpointer (opened once); Unavailable if down."""
         queue: TaskQueue | None = await services.connected_queue(log)
         if queue is None:
             raise Unavailable(services.queue_error)
-        if self.runner is None or self.runner.queue is not queue:
-            url = services.config.queue_url
-            checkpointer: BaseCheckpointSaver[Any]
-            if url.startswith("memory://"):
-                checkpointer, self.results = InMemorySaver(), ResultStore()
-            else:
-                try:
-                    saver = await open_checkpointer(url)
-                except QueueError as exc:
-                    raise Unavailable(f"checkpoint store unreachable: {exc}") from None
-                checkpointer, self.results = saver, ResultStore.beside(saver)
-            admission = Admission(
-                self.settings.busy_runs, observe=workflow_metrics.ADMISSION_WAIT_SECONDS.observe
-            )
-            self.runner = WorkflowRunner(queue, checkpointer, admission=admission)
+        runner = self.runner
+        while runner is None or runner.queue is not queue:  # an opening for an earlier queue: open again
+            runner = await self.opening.join(lambda: self._open_runner(services, queue))
+        return runner
+
+    async def _open_runner(self, services: OperatorServices, queue: TaskQueue) -> WorkflowRunner:
+        url = services.config.queue_url
+        checkpointer: BaseCheckpointSaver[Any]
+        if url.startswith("memory://"):
+            checkpointer, self.results = InMemorySaver(), ResultStore()
+        else:
+            try:
+                saver = await open_checkpointer(url)
+            except QueueError as exc:
+                raise Unavailable(f"checkpoint store unreachable: {exc}") from None
+            checkpointer, self.results = saver, ResultStore.beside(saver)
+        admission = Admission(
+            self.settings.busy_runs, observe=workflow_metrics.ADMISSION_WAIT_SECONDS.observe
+        )
+        self.runner = WorkflowRunner(queue, checkpointer, admission=admission)
         return self.runner
 
     def start_writer(self) -> None:
