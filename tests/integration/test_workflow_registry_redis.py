@@ -5,7 +5,9 @@ of each (and their connections) per run (`controller/shared_opening.py`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,8 +31,16 @@ async def _no_patch(*_: Any) -> None:
     return None
 
 
-def _registry() -> WorkflowRegistry:
-    return WorkflowRegistry(settings=WorkflowSettings(), writer=StatusWriter(_no_patch))
+@contextlib.asynccontextmanager
+async def _operator(redis_url: str) -> AsyncIterator[tuple[OperatorServices, WorkflowRegistry]]:
+    """An operator's services and Workflow registry on `redis_url`, closed as the operator closes them."""
+    services = OperatorServices(OperatorConfig(queue_url=redis_url))
+    workflows = WorkflowRegistry(settings=WorkflowSettings(), writer=StatusWriter(_no_patch))
+    try:
+        yield services, workflows
+    finally:
+        await workflows.close()
+        await services.close()
 
 
 async def test_runs_that_ask_at_once_share_one_runner_and_one_checkpoint_store(
@@ -52,8 +62,7 @@ async def test_runs_that_ask_at_once_share_one_runner_and_one_checkpoint_store(
 
     monkeypatch.setattr(registry_module, "open_checkpointer", counted)
     monkeypatch.setattr(services_module, "open_queue", counted_queue)
-    services, workflows = OperatorServices(OperatorConfig(queue_url=redis_url)), _registry()
-    try:
+    async with _operator(redis_url) as (services, workflows):
         runners = await asyncio.gather(*(workflows.connect(services, LOG) for _ in range(50)))
         assert len(queues) == 1, f"{len(queues)} queue clients opened for 50 runs starting together"
         assert len(opened) == 1, f"{len(opened)} checkpoint stores opened for 50 runs starting together"
@@ -62,9 +71,6 @@ async def test_runs_that_ask_at_once_share_one_runner_and_one_checkpoint_store(
         assert runners[0].checkpointer is opened[0]
         assert await workflows.connect(services, LOG) is runners[0]  # later runs: no opening at all
         assert len(opened) == 1
-    finally:
-        await workflows.close()
-        await services.close()
 
 
 async def test_a_run_cancelled_while_the_store_opens_leaves_the_opening_to_the_others(
@@ -78,8 +84,7 @@ async def test_a_run_cancelled_while_the_store_opens_leaves_the_opening_to_the_o
         return await real_open(url)
 
     monkeypatch.setattr(registry_module, "open_checkpointer", slow)
-    services, workflows = OperatorServices(OperatorConfig(queue_url=redis_url)), _registry()
-    try:
+    async with _operator(redis_url) as (services, workflows):
         first = asyncio.ensure_future(workflows.connect(services, LOG))
         second = asyncio.ensure_future(workflows.connect(services, LOG))
         await asyncio.sleep(0.05)
@@ -88,9 +93,6 @@ async def test_a_run_cancelled_while_the_store_opens_leaves_the_opening_to_the_o
         runner = await asyncio.wait_for(second, 10)
         assert first.cancelled()
         assert isinstance(runner.checkpointer, RedisCheckpointSaver)
-    finally:
-        await workflows.close()
-        await services.close()
 
 
 async def test_a_failed_opening_is_tried_again_by_the_next_run(
@@ -107,8 +109,7 @@ async def test_a_failed_opening_is_tried_again_by_the_next_run(
         return await real_open(url)
 
     monkeypatch.setattr(registry_module, "open_checkpointer", flaky)
-    services, workflows = OperatorServices(OperatorConfig(queue_url=redis_url)), _registry()
-    try:
+    async with _operator(redis_url) as (services, workflows):
         results = await asyncio.gather(
             *(workflows.connect(services, LOG) for _ in range(3)), return_exceptions=True
         )
@@ -116,16 +117,10 @@ async def test_a_failed_opening_is_tried_again_by_the_next_run(
         runner = await workflows.connect(services, LOG)
         assert isinstance(runner.checkpointer, RedisCheckpointSaver)
         assert calls == 2
-    finally:
-        await workflows.close()
-        await services.close()
 
 
 async def test_the_admin_connection_is_opened_once_for_callers_that_ask_at_once(redis_url: str) -> None:
-    services = OperatorServices(OperatorConfig(queue_url=redis_url))
-    try:
+    async with _operator(redis_url) as (services, _):
         connections = await asyncio.gather(*(services.admin_redis(LOG) for _ in range(20)))
         assert connections[0] is not None
         assert all(connection is connections[0] for connection in connections)
-    finally:
-        await services.close()
