@@ -233,6 +233,8 @@ start etcd etcd \
 wait_for etcd "etcd" curl -fsS "http://127.0.0.1:${ETCD_PORT}/health"
 
 # --- kube-apiserver ----------------------------------------------------------------------------------------------
+# ShardedListAndWatch (alpha since 1.36): the operator's Workflow shards list and watch their own hash range
+# only (operator/codeforge/controller/sharding.py); a server without it sends everything and they filter.
 log "kube-apiserver ${KUBERNETES_VERSION} on ${API_SERVER}"
 start kube-apiserver kube-apiserver \
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
@@ -254,6 +256,7 @@ start kube-apiserver kube-apiserver \
   --authorization-mode=Node,RBAC \
   --allow-privileged=true \
   --profiling=false \
+  --feature-gates=ShardedListAndWatch=true \
   --v=1
 wait_for kube-apiserver "kube-apiserver /readyz" kubectl_admin get --raw /readyz
 

@@ -249,6 +249,42 @@ def test_the_operator_accepts_the_environment_the_chart_gives_it() -> None:
 
 
 @needs_helm
+def test_sharded_operators_are_one_deployment_per_shard_each_with_its_lease() -> None:
+    """operator.shards=3: three Deployments (and PDBs) whose selectors do not overlap, each telling the
+    operator its shard; the leader-election Role names each shard's Lease; the metrics Service selects all."""
+    from codeforge.controller.leader import ElectionConfig
+
+    objs = render("operator.shards=3")
+    deployments = find(objs, "Deployment")
+    operators = [d for d in deployments if d["metadata"]["name"].startswith("codeforge-operator")]
+    assert [d["metadata"]["name"] for d in operators] == [f"codeforge-operator-{i}" for i in range(3)]
+    leases = []
+    for index, deploy in enumerate(operators):
+        selector = deploy["spec"]["selector"]["matchLabels"]
+        assert selector["codeforge.ai/shard"] == str(index)
+        assert deploy["spec"]["template"]["metadata"]["labels"]["codeforge.ai/shard"] == str(index)
+        assert deploy["spec"]["replicas"] == 2
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        config = OperatorConfig.from_env(env)
+        assert (config.shard.index, config.shard.count) == (index, 3)
+        election = ElectionConfig.from_env({**env, "CODEFORGE_NAMESPACE": NAMESPACE}).for_shard(config.shard)
+        leases.append(election.lease_name)
+        pdb = one(objs, "PodDisruptionBudget", f"codeforge-operator-{index}")
+        assert pdb["spec"]["selector"]["matchLabels"] == selector
+    assert leases == [f"codeforge-operator-{i}" for i in range(3)]
+    role = one(objs, "Role", "codeforge-operator-leader-election")
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert [r["resourceNames"] for r in named] == [leases]
+    service = one(objs, "Service", "codeforge-operator-metrics")
+    assert "codeforge.ai/shard" not in service["spec"]["selector"]
+    # Unsharded (the default): one Deployment under the operator's own name, no shard in its environment.
+    env = operator_env(render())
+    assert "CODEFORGE_SHARDS" not in env
+    assert "CODEFORGE_SHARD" not in env
+
+
+@needs_helm
 def test_the_operator_wide_workflow_ttl_is_a_value_the_operator_reads() -> None:
     from codeforge.controller.workflow.expiry import TTL_ENV, default_ttl
 
@@ -598,6 +634,8 @@ def test_service_monitor_is_optional() -> None:
         (("operator.leaderElection.renewDeadline=15",), "renewDeadline must be less than leaseDuration"),
         (("operator.leaderElection.retryPeriod=9",), "renewDeadline must be more than 1.2 x retryPeriod"),
         (("operator.leaderElection.leaseDuration=1.5",), "at '/operator/leaderElection/leaseDuration'"),
+        (("operator.shards=0",), "at '/operator/shards': minimum: got 0, want 1"),
+        (("operator.shards=65",), "at '/operator/shards': maximum: got 65, want 64"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(sets: tuple[str, ...], message: str) -> None:

@@ -43,6 +43,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-operator" (include "codeforge.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* A shard's Deployment (and PDB): the operator's name, suffixed by the shard's index when operator.shards > 1;
+pass (dict "ctx" $ "shard" N). */}}
+{{- define "codeforge.operator.shardName" -}}
+{{- $name := include "codeforge.operator.fullname" .ctx -}}
+{{- if gt (int .ctx.Values.operator.shards) 1 -}}
+{{- printf "%s-%d" ($name | trunc 60 | trimSuffix "-") (int .shard) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The leader Leases: one, or one per shard (the operator suffixes the name with the shard's index). */}}
+{{- define "codeforge.leaseNames" -}}
+{{- $name := include "codeforge.leaseName" . -}}
+{{- $shards := int .Values.operator.shards -}}
+{{- if gt $shards 1 -}}
+{{- range $shard := until $shards }}{{ if $shard }}, {{ end }}{{ printf "%s-%d" $name $shard | quote }}{{ end -}}
+{{- else -}}
+{{- $name | quote -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "codeforge.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "codeforge.operator.fullname" .) .Values.serviceAccount.name -}}

@@ -15,6 +15,8 @@
 - CODEFORGE_AUTOSCALE_INTERVAL: seconds between autoscaling reconciles of each pool; default 1
 - CODEFORGE_METRICS_PORT: port of the operator's Prometheus /metrics; unset: not served
 - CODEFORGE_STATUS_INTERVAL: seconds between status writes that only refresh queue gauges; default 5
+- CODEFORGE_SHARDS, CODEFORGE_SHARD: the Workflows split over this many operator processes, and which share
+  this one runs (0 to CODEFORGE_SHARDS - 1); default 1 and 0 (controller/sharding.py)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Final
 from codeforge.api.usage import RateLimitSpec
 from codeforge.controller.env import ConfigError, flag, port, seconds
 from codeforge.controller.ratelimits import FLEET_ENV, parse_fleet
+from codeforge.controller.sharding import Shard
 
 DEFAULT_AGENT_IMAGE: Final = "ghcr.io/codeforge/agent:latest"
 
@@ -65,6 +68,7 @@ class OperatorConfig:
     autoscale_interval: float = 1.0
     status_interval: float = 5.0
     metrics_port: int | None = None
+    shard: Shard = field(default_factory=Shard)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -99,4 +103,5 @@ class OperatorConfig:
             autoscale_interval=seconds(env, "CODEFORGE_AUTOSCALE_INTERVAL", 1.0),
             status_interval=seconds(env, "CODEFORGE_STATUS_INTERVAL", 5.0),
             metrics_port=port(env, "CODEFORGE_METRICS_PORT"),
+            shard=Shard.from_env(env),
         )

@@ -23,6 +23,8 @@ import kopf
 
 from codeforge.api.agentpool import GROUP
 from codeforge.api.workflow import KIND as WORKFLOW_KIND
+from codeforge.api.workflow import PLURAL as WORKFLOW_PLURAL
+from codeforge.controller.sharding import Shard
 
 ANNOTATIONS_PREFIX: Final = "codeforge.ai"
 FINALIZER: Final = "codeforge.ai/finalizer"
@@ -71,7 +73,7 @@ class QuietHandlers(logging.Filter):
 _QUIET: Final = QuietHandlers(QUIET_HANDLERS)
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, shard: Shard | None = None) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
     settings.persistence.diffbase_storage = KindDiffBaseStorage(
         prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration", stateless=[(GROUP, WORKFLOW_KIND)]
@@ -86,6 +88,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30)
+    if shard is not None and shard.sharded:
+        # Only this shard's Workflows, where the API server filters (ShardedListAndWatch); the handlers'
+        # filter takes the same range where it does not (controller/sharding.py).
+        settings.watching.shard_selectors[GROUP, WORKFLOW_PLURAL] = shard.selector()
     objects = logging.getLogger("kopf.objects")
     if _QUIET not in objects.filters:  # idempotent: tests start several operators in one process
         objects.addFilter(_QUIET)

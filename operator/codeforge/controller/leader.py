@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +46,7 @@ from codeforge.controller.env import ConfigError, flag, seconds
 from codeforge.controller.kstatus import EventType, micro_time, now_rfc3339
 from codeforge.controller.kube import JSON, LEASES, KubeApi, KubeApiError
 from codeforge.controller.metrics import LEADER
+from codeforge.controller.sharding import Shard
 from codeforge.controller.standby import StandbyProbe
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class ElectionConfig:
                 f"CODEFORGE_LEASE_RENEW_DEADLINE={self.renew_deadline} must be greater than "
                 f"{JITTER_FACTOR} x CODEFORGE_LEASE_RETRY_PERIOD={self.retry_period}: leave room for retries"
             )
+
+    def for_shard(self, shard: Shard) -> ElectionConfig:
+        """The Lease of this process's shard: the configured name, suffixed by the shard's index when the
+        Workflows are sharded, so each shard has its own leader and standbys."""
+        return replace(self, lease_name=shard.lease_name(self.lease_name))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ElectionConfig:

@@ -37,8 +37,9 @@ from codeforge.redis.connect import Connection, connect
 
 #: Read once at import: Kopf timers take their interval when the handlers are declared.
 CONFIG = OperatorConfig.from_env()
-#: Read at import too, so a bad lease setting stops the operator at once with its message.
-ELECTION = leader.ElectionConfig.from_env()
+#: Read at import too, so a bad lease setting stops the operator at once with its message; each shard
+#: elects its own leader (controller/sharding.py).
+ELECTION = leader.ElectionConfig.from_env().for_shard(CONFIG.shard)
 #: Wait between attempts to (re)connect to the queue.
 QUEUE_RETRY_SECONDS = 5.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -122,7 +123,9 @@ class OperatorServices:
 
 @kopf.on.startup()
 async def start(*, settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
-    configure(settings)
+    configure(settings, CONFIG.shard)
+    if CONFIG.shard.sharded:
+        logger.info("running the Workflows of %s (hash range of their uid)", CONFIG.shard.describe())
     if CONFIG.queue_url.startswith("memory://"):
         logger.warning("CODEFORGE_QUEUE_URL is unset: using an in-process queue that no agent pod can reach")
     memo.services = OperatorServices(config=CONFIG)

@@ -34,7 +34,7 @@ from codeforge.controller.kstatus import (
     ObjectRef,
 )
 from codeforge.controller.kube import Kind
-from codeforge.controller.services import Logger, OperatorServices
+from codeforge.controller.services import CONFIG, Logger, OperatorServices
 from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
 from codeforge.controller.workflow.expiry import default_ttl, schedule_expiry
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
@@ -45,6 +45,12 @@ from codeforge.controller.workflow.supervisor import cleanup
 WORKFLOWS = Kind(API_VERSION, PLURAL)
 #: CODEFORGE_WORKFLOW_TTL_SECONDS, read once: every watch event looks at the expiry.
 DEFAULT_TTL = default_ttl()
+
+
+def owned(meta: kopf.Meta, **_: Any) -> bool:
+    """This shard's Workflows (all of them unsharded): the API server may not have filtered
+    (controller/sharding.py)."""
+    return CONFIG.shard.owns(meta.uid or "")
 
 
 def _ref(meta: kopf.Meta) -> ObjectRef:
@@ -95,7 +101,7 @@ async def stop_workflows(*, memo: Any, **_: Any) -> None:
         await workflows.close()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL, when=owned)
 async def watch_workflow(
     *,
     type: str | None,  # noqa: A002  (Kopf's name for the watch event's type)
@@ -131,7 +137,7 @@ async def watch_workflow(
         patch.status.update(reaction.status)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=owned)
 async def delete_workflow(
     *, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, memo: Any, logger: Logger, **_: Any
 ) -> None:

@@ -1,0 +1,129 @@
+"""The Workflow shards (`controller/sharding.py`): the API server's hash, ranges that cover the hash space
+once, the configuration's errors, one Lease per shard, and the handlers' filters.
+
+That the API server splits real uids the same way is tests/e2e/test_operator_shards.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import uuid
+from typing import Any
+
+import kopf
+import pytest
+
+from codeforge.controller import kopf_settings, services
+from codeforge.controller.agentpool import handlers as pool_handlers
+from codeforge.controller.env import ConfigError
+from codeforge.controller.leader import ElectionConfig
+from codeforge.controller.sharding import MAX_SHARDS, SPACE, Shard, fnv1a64
+from codeforge.controller.workflow import handlers as workflow_handlers
+
+
+@pytest.mark.parametrize(
+    ("value", "digest"),
+    [  # Go's hash/fnv New64a, printed by a Go program (what the API server's shard selector hashes with)
+        ("", 0xCBF29CE484222325),
+        ("a", 0xAF63DC4C8601EC8C),
+        ("0b6c2f4e-8a1d-4c1e-9f3a-2d5e7b9c1a3f", 0x3B8A865A7C0C073D),
+        ("ünï", 0x8406649DFD5E4E56),  # UTF-8 bytes, not code points
+    ],
+)
+def test_the_hash_is_fnv1a_64_as_the_api_server_computes_it(value: str, digest: int) -> None:
+    assert fnv1a64(value) == digest
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, MAX_SHARDS])
+def test_the_ranges_cover_the_hash_space_once(count: int) -> None:
+    shards = [Shard(index=i, count=count) for i in range(count)]
+    assert shards[0].bounds[0] == 0
+    assert shards[-1].bounds[1] == SPACE
+    for left, right in itertools.pairwise(shards):
+        assert left.bounds[1] == right.bounds[0]
+    for uid in [str(uuid.uuid4()) for _ in range(500)]:
+        assert sum(shard.owns(uid) for shard in shards) == 1
+
+
+def test_a_single_shard_owns_everything_and_selects_nothing_special() -> None:
+    shard = Shard()
+    assert not shard.sharded
+    assert shard.runs_pools
+    assert shard.owns(str(uuid.uuid4()))
+
+
+def test_selectors_use_the_api_servers_16_digit_bounds() -> None:
+    assert [Shard(index=i, count=2).selector() for i in range(2)] == [
+        "shardRange(object.metadata.uid, '0x0000000000000000', '0x8000000000000000')",
+        "shardRange(object.metadata.uid, '0x8000000000000000', '0x10000000000000000')",
+    ]
+    assert Shard(index=1, count=3).selector() == (
+        "shardRange(object.metadata.uid, '0x5555555555555555', '0xaaaaaaaaaaaaaaaa')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CODEFORGE_SHARDS": "0"}, "CODEFORGE_SHARDS='0': expected a whole number of at least 1"),
+        ({"CODEFORGE_SHARDS": "two"}, "CODEFORGE_SHARDS='two'"),
+        ({"CODEFORGE_SHARDS": "65"}, "CODEFORGE_SHARDS=65: expected 1 to 64"),
+        ({"CODEFORGE_SHARDS": "2", "CODEFORGE_SHARD": "2"}, "CODEFORGE_SHARD=2: expected 0 to 1"),
+        (
+            {"CODEFORGE_SHARDS": "2", "CODEFORGE_SHARD": "-1"},
+            "CODEFORGE_SHARD='-1': expected the shard's index",
+        ),
+        ({"CODEFORGE_SHARD": "1"}, "CODEFORGE_SHARD=1: expected 0 to 0 (CODEFORGE_SHARDS=1)"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Shard.from_env(env)
+    assert message in str(caught.value)
+
+
+def test_settings_from_the_environment() -> None:
+    assert Shard.from_env({}) == Shard(index=0, count=1)
+    assert Shard.from_env({"CODEFORGE_SHARDS": " 4 ", "CODEFORGE_SHARD": "3"}) == Shard(index=3, count=4)
+
+
+def test_each_shard_elects_on_its_own_lease() -> None:
+    election = ElectionConfig.from_env({"CODEFORGE_LEASE_NAME": "ops", "CODEFORGE_NAMESPACE": "cf"})
+    assert election.for_shard(Shard()).lease_name == "ops"
+    assert election.for_shard(Shard(index=2, count=3)).lease_name == "ops-2"
+
+
+def test_kopf_asks_the_api_server_for_the_shards_workflows_only() -> None:
+    settings = kopf.OperatorSettings()
+    kopf_settings.configure(settings, Shard())
+    assert dict(settings.watching.shard_selectors) == {}
+    shard = Shard(index=1, count=2)
+    kopf_settings.configure(settings, shard)
+    workflows = kopf.Resource("codeforge.ai", "v1alpha1", "workflows", kind="Workflow", namespaced=True)
+    pools = kopf.Resource("codeforge.ai", "v1alpha1", "agentpools", kind="AgentPool", namespaced=True)
+    assert settings.watching.shard_selectors.collect(workflows) == [shard.selector()]
+    assert settings.watching.shard_selectors.collect(pools) == []
+
+
+def _meta(uid: str) -> Any:
+    return kopf.Meta(kopf.Body({"metadata": {"uid": uid, "name": "w", "namespace": "n"}}))
+
+
+def test_the_handlers_take_their_shards_workflows_and_shard_0_the_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uids = [str(uuid.uuid4()) for _ in range(64)]
+    config = services.CONFIG
+    assert all(workflow_handlers.owned(meta=_meta(uid)) for uid in uids)  # unsharded: everything
+    assert pool_handlers.pools_here()
+    taken: list[str] = []
+    for index in range(3):
+        shard = Shard(index=index, count=3)
+        sharded = dataclasses.replace(config, shard=shard)
+        monkeypatch.setattr(workflow_handlers, "CONFIG", sharded)
+        monkeypatch.setattr(pool_handlers, "CONFIG", sharded)
+        mine = [uid for uid in uids if workflow_handlers.owned(meta=_meta(uid))]
+        assert mine == [uid for uid in uids if shard.owns(uid)]
+        taken += mine
+        assert pool_handlers.pools_here() is (index == 0)
+    assert sorted(taken) == sorted(uids)
