@@ -1,4 +1,5 @@
-"""Operator scale: 1,000 / 3,000 / 10,000 running Workflows of three steps on one `codeforge operator`.
+"""Operator scale: 1,000 / 3,000 / 10,000 running Workflows of three steps on one `codeforge operator`
+(or on `--shards N` of them, the Workflows split by uid: `controller/sharding.py`).
 
 What runs, all on this machine: the local control plane of hack/cluster/ (a real etcd and kube-apiserver, plus
 the controllers, scheduler and kwok, which this benchmark does not use); a private redis-server; the operator
@@ -23,6 +24,9 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
    step's wait after its predecessor's task ended (the resume between a run's turn and its next step
    becoming ready is in none of them); and how late the operator's event loop runs a timer due
    (`codeforge_operator_event_loop_lag_seconds`, `controller/loop_lag.py`), while starting and while running;
+With `--shards N`, the operator figures are the shards' together: RSS and CPU summed, histograms and gauges
+merged (the API server has ShardedListAndWatch on, so each shard receives its own Workflows only), plus
+each shard's share of the CPU.
 4. then, up to `--status-timeout` more seconds, until the operator counts every Workflow Succeeded in the
    statuses it wrote (`codeforge_workflows`): status writes are capped at 20/s, so at 10,000 Workflows this
    trails the runs by minutes by design.
@@ -95,25 +99,33 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def waiting_seconds(pid: int) -> float:
-    """Time the operator's main thread (its event loop) was runnable but waiting for a CPU
+def waiting_seconds(pids: list[int]) -> float:
+    """Time the operators' main threads (their event loops) were runnable but waiting for a CPU
     (/proc/PID/schedstat): on a loaded machine, how much of the window the machine, not the operator,
     decided."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9 for pid in pids)
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def rss_of(pids: list[int]) -> float:
+    return sum(rss_mib(pid) for pid in pids)
 
 
 class RssSampler(threading.Thread):
-    """The peak RSS of a process, sampled every `every` seconds until stopped."""
+    """The peak RSS of the operator processes together, sampled every `every` seconds until stopped."""
 
-    def __init__(self, pid: int, every: float = 0.5) -> None:
+    def __init__(self, pids: list[int], every: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak = pid, every, 0.0
+        self.pids, self.every, self.peak = pids, every, 0.0
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
             try:
-                self.peak = max(self.peak, rss_mib(self.pid))
+                self.peak = max(self.peak, rss_of(self.pids))
             except OSError:
                 return
             self.halt.wait(self.every)
@@ -190,9 +202,14 @@ def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, con
     asyncio.run(run())
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return str(response.read().decode())
+def scrape(urls: list[str]) -> str:
+    """The operators' /metrics pages, one after the other: the readers here sum a metric's samples, so
+    the shards' figures add up (histograms' buckets, gauges, GC seconds)."""
+    texts = []
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            texts.append(response.read().decode())
+    return "\n".join(texts)
 
 
 def wait(probe: Any, timeout: float, what: str, every: float = 1.0) -> float:
@@ -212,7 +229,8 @@ def gc_seconds(text: str, of: str = "sum") -> dict[str, float]:
         if family.name == GC:
             for sample in family.samples:
                 if sample.name == f"{GC}_{of}":
-                    by_generation[sample.labels["generation"]] = sample.value
+                    generation = sample.labels["generation"]
+                    by_generation[generation] = by_generation.get(generation, 0.0) + sample.value
     return {**by_generation, "all": sum(by_generation.values())}
 
 
@@ -222,47 +240,58 @@ def gc_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, flo
 
 def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     redis = LocalRedis().start()
-    metrics_port = free_port()
+    metrics_ports = [free_port() for _ in range(args.shards)]
     try:
         with temporary_namespace(cluster, f"scale-{count}") as namespace:
-            operator = OperatorProcess(
-                kubeconfig=cluster.kubeconfig,
-                queue_url=redis.url,
-                namespaces=[namespace],
-                log_path=log_dir / f"operator-{count}.log",
-                entrypoint="codeforge",
-                env={
-                    "CODEFORGE_METRICS_PORT": str(metrics_port),
-                    # the defaults, not the e2e suite's short intervals
-                    "CODEFORGE_WORKFLOW_STATUS_INTERVAL": "2",
-                    "CODEFORGE_AUTOSCALE_INTERVAL": "1",
-                    "CODEFORGE_STATUS_INTERVAL": "5",
-                    "CODEFORGE_LOG_FORMAT": "json",
-                    # another checkout's operator (`--operator-source`), for a before/after on one machine
-                    **({"PYTHONPATH": str(args.operator_source)} if args.operator_source else {}),
-                    # e.g. CODEFORGE_GC_TUNING=off: Python's collector defaults, for a before/after
-                    **dict(item.split("=", 1) for item in args.operator_env),
-                },
-            )
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            operators = [
+                OperatorProcess(
+                    kubeconfig=cluster.kubeconfig,
+                    queue_url=redis.url,
+                    namespaces=[namespace],
+                    log_path=log_dir / f"operator-{count}{f'-{shard}' if args.shards > 1 else ''}.log",
+                    entrypoint="codeforge",
+                    env={
+                        "CODEFORGE_METRICS_PORT": str(metrics_ports[shard]),
+                        **(
+                            {"CODEFORGE_SHARDS": str(args.shards), "CODEFORGE_SHARD": str(shard)}
+                            if args.shards > 1
+                            else {}
+                        ),
+                        # the defaults, not the e2e suite's short intervals
+                        "CODEFORGE_WORKFLOW_STATUS_INTERVAL": "2",
+                        "CODEFORGE_AUTOSCALE_INTERVAL": "1",
+                        "CODEFORGE_STATUS_INTERVAL": "5",
+                        "CODEFORGE_LOG_FORMAT": "json",
+                        # another checkout's operator (`--operator-source`), for a before/after on one machine
+                        **({"PYTHONPATH": str(args.operator_source)} if args.operator_source else {}),
+                        # e.g. CODEFORGE_GC_TUNING=off: Python's collector defaults, for a before/after
+                        **dict(item.split("=", 1) for item in args.operator_env),
+                    },
+                )
+                for shard in range(args.shards)
+            ]
+            metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
             create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
-            operator.start(timeout=300)  # imports alone take long on a loaded machine
+            for operator in operators:
+                operator.start(timeout=300)  # imports alone take long on a loaded machine
+            pids = [operator.pid for operator in operators]
             profile = log_dir / f"profile-{count}.txt"
-            profiler = start_profiler(args.py_spy, args.py_spy_rate, operator.pid, profile)
+            profiler = start_profiler(args.py_spy, args.py_spy_rate, pids[0], profile)
             try:
                 time.sleep(2)
-                rss_idle = rss_mib(operator.pid)
-                sampler = RssSampler(operator.pid)
+                rss_idle = rss_of(pids)
+                sampler = RssSampler(pids)
                 sampler.start()
                 api_before = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
-                cpu_before, t0 = cpu_seconds(operator.pid), time.monotonic()
-                before_text = scrape(metrics_url)
+                cpu_each_before = [cpu_seconds(pid) for pid in pids]
+                cpu_before, t0 = sum(cpu_each_before), time.monotonic()
+                before_text = scrape(metrics_urls)
                 gc_before = gc_seconds(before_text)
                 pauses_before = histogram_buckets(before_text, GC)
                 collections_before = gc_seconds(before_text, "count")
                 lag_before = histogram_buckets(before_text, LAG)
-                wait_before = waiting_seconds(operator.pid)
+                wait_before = waiting_seconds(pids)
                 progress(f"{count}: creating Workflows")
                 create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.create_concurrency)
                 created_at = time.monotonic()
@@ -270,10 +299,10 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 started_at = wait(
                     lambda: queue_depth(redis.url, pool) >= count, args.timeout, "every Workflow started"
                 )
-                cpu_start = cpu_seconds(operator.pid) - cpu_before
-                waited_start = waiting_seconds(operator.pid) - wait_before
-                rss_started = rss_mib(operator.pid)
-                started_text = scrape(metrics_url)
+                cpu_start = cpu_of(pids) - cpu_before
+                waited_start = waiting_seconds(pids) - wait_before
+                rss_started = rss_of(pids)
+                started_text = scrape(metrics_urls)
                 start_dispatch = histogram_buckets(started_text, DISPATCH)
                 start_lag = histogram_buckets(started_text, LAG)
                 gc_start = gc_delta(gc_seconds(started_text), gc_before)
@@ -294,7 +323,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                         agent.launch()
 
                     def ended() -> bool:
-                        text = scrape(metrics_url)
+                        text = scrape(metrics_urls)
                         finished = histogram_buckets(text, ENDED)
                         dispatched = histogram_buckets(text, DISPATCH)
                         runs = int(finished[-1][1]) if finished else 0
@@ -307,10 +336,13 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     for agent in agents:
                         agent.stop(grace=10)
                 window = done_at - t0
-                cpu = cpu_seconds(operator.pid) - cpu_before
-                waited = waiting_seconds(operator.pid) - wait_before
+                cpu_each = [
+                    cpu_seconds(pid) - before for pid, before in zip(pids, cpu_each_before, strict=True)
+                ]
+                cpu = sum(cpu_each)
+                waited = waiting_seconds(pids) - wait_before
                 api_after = request_counts(cluster.kubectl("get", "--raw", "/metrics").stdout)
-                done_text = scrape(metrics_url)
+                done_text = scrape(metrics_urls)
                 dispatch = histogram_buckets(done_text, DISPATCH)
                 notified = histogram_buckets(done_text, NOTIFIED)
                 admitted = histogram_buckets(done_text, ADMITTED)
@@ -320,7 +352,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 rss_peak = sampler.peak
 
                 def written() -> bool:
-                    phases = gauge_values(scrape(metrics_url), "codeforge_workflows", "phase")
+                    phases = gauge_values(scrape(metrics_urls), "codeforge_workflows", "phase")
                     return phases.get("Succeeded", 0) >= count
 
                 statuses_seconds: float | None = None
@@ -331,7 +363,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 except TimeoutError:
                     pass
                 succeeded_written = int(
-                    gauge_values(scrape(metrics_url), "codeforge_workflows", "phase").get("Succeeded", 0)
+                    gauge_values(scrape(metrics_urls), "codeforge_workflows", "phase").get("Succeeded", 0)
                 )
                 sampler.halt.set()
                 sampler.join()
@@ -345,6 +377,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
 
                 return {
                     "workflows": count,
+                    "shards": args.shards,
                     "steps": len(STEPS),
                     "step_seconds": args.step_seconds,
                     "agents": args.agents,
@@ -355,6 +388,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "rss_peak_mib_incl_status_catch_up": round(sampler.peak, 1),
                     "cpu_percent_start": round(cpu_start / (started_at - t0) * 100, 1),
                     "cpu_percent_overall": round(cpu / window * 100, 1),
+                    "cpu_percent_overall_by_shard": [round(c / window * 100, 1) for c in cpu_each],
                     "cpu_ms_per_workflow_start": round(cpu_start / count * 1000, 1),
                     "cpu_ms_per_workflow_overall": round(cpu / count * 1000, 1),
                     "gc_percent_of_cpu_start": round(gc_start["all"] / cpu_start * 100, 1)
@@ -397,7 +431,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 }
             finally:
                 stop_profiler(profiler)
-                operator.stop(grace=60)
+                for operator in operators:
+                    operator.stop(grace=60)
     finally:
         redis.stop()
 
@@ -439,6 +474,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "operator CPU, start / overall (% of a core)",
             lambda r: f"{r['cpu_percent_start']} / {r['cpu_percent_overall']}",
+            "",
+        ),
+        (
+            "  each shard, overall (% of a core)",
+            lambda r: " / ".join(fmt(c) for c in r.get("cpu_percent_overall_by_shard", [])) or "-",
             "",
         ),
         (
@@ -515,7 +555,11 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         ("load average (1 min) at the end", lambda r: fmt(r["load_average_1m"]), ""),
     ]
     print(f"$ {command}")
-    print("| measure | " + " | ".join(f"{r['workflows']:,} Workflows" for r in results) + " | goal |")
+    columns = [
+        f"{r['workflows']:,} Workflows" + (f", {r['shards']} shards" if r.get("shards", 1) > 1 else "")
+        for r in results
+    ]
+    print("| measure | " + " | ".join(columns) + " | goal |")
     print("|---|" + "---|" * len(results) + "---|")
     for title, value, goal in rows:
         print(f"| {title} | " + " | ".join(value(r) for r in results) + f" | {goal} |")
@@ -527,6 +571,10 @@ def main() -> None:
         "--sizes", "--workflows", dest="sizes", default="1000,3000,10000", help="sizes, comma-separated"
     )
     parser.add_argument("--agents", type=int, default=4, help="agent processes")
+    parser.add_argument(
+        "--shards", type=int, choices=range(1, 9), default=1, metavar="1-8",
+        help="operator processes, the Workflows split between them by uid (CODEFORGE_SHARDS)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=100, help="tasks each agent runs at once")
     parser.add_argument("--step-seconds", type=float, default=1.0)
     parser.add_argument("--create-concurrency", type=int, default=64, help="creates in flight")

@@ -82,12 +82,14 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
 
 
 def gauge_values(text: str, name: str, label: str) -> dict[str, float]:
-    """A gauge's samples by one label's value (e.g. codeforge_workflows by phase)."""
+    """A gauge's samples by one label's value (e.g. codeforge_workflows by phase), summed over the other
+    labels and over the pages in `text` (several operators' scrapes, one after the other)."""
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == name:
             for sample in family.samples:
-                values[sample.labels.get(label, "")] = sample.value
+                key = sample.labels.get(label, "")
+                values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

@@ -79,3 +79,12 @@ def test_bucket_delta_keeps_only_the_observations_in_between() -> None:
 
 def test_gauge_by_label() -> None:
     assert gauge_values(OPERATOR, "codeforge_workflows", "phase") == {"Running": 3.0, "Succeeded": 7.0}
+
+
+def test_several_operators_pages_add_up() -> None:
+    """bench/operator_scale.py --shards reads the shards' /metrics pages one after the other."""
+    pages = OPERATOR + "\n" + OPERATOR
+    assert gauge_values(pages, "codeforge_workflows", "phase") == {"Running": 6.0, "Succeeded": 14.0}
+    buckets = histogram_buckets(pages, "codeforge_workflow_step_dispatch_latency_seconds")
+    assert buckets[-1] == (float("inf"), 200.0)
+    assert quantile(buckets, 0.5) == pytest.approx(0.01)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -14,10 +17,9 @@ import kopf
 import pytest
 
 from codeforge.controller import kopf_settings, services
-from codeforge.controller.agentpool import handlers as pool_handlers
 from codeforge.controller.env import ConfigError
 from codeforge.controller.leader import ElectionConfig
-from codeforge.controller.sharding import MAX_SHARDS, SPACE, Shard, fnv1a64
+from codeforge.controller.sharding import MAX_SHARDS, SPACE, Refusal, Shard, fnv1a64
 from codeforge.controller.workflow import handlers as workflow_handlers
 
 
@@ -109,21 +111,42 @@ def _meta(uid: str) -> Any:
     return kopf.Meta(kopf.Body({"metadata": {"uid": uid, "name": "w", "namespace": "n"}}))
 
 
-def test_the_handlers_take_their_shards_workflows_and_shard_0_the_pools(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_workflow_handlers_take_their_shards_workflows_and_stop_on_another_shards(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     uids = [str(uuid.uuid4()) for _ in range(64)]
-    config = services.CONFIG
     assert all(workflow_handlers.owned(meta=_meta(uid)) for uid in uids)  # unsharded: everything
-    assert pool_handlers.pools_here()
-    taken: list[str] = []
+    stops: list[bool] = []
     for index in range(3):
         shard = Shard(index=index, count=3)
-        sharded = dataclasses.replace(config, shard=shard)
-        monkeypatch.setattr(workflow_handlers, "CONFIG", sharded)
-        monkeypatch.setattr(pool_handlers, "CONFIG", sharded)
+        monkeypatch.setattr(workflow_handlers, "CONFIG", dataclasses.replace(services.CONFIG, shard=shard))
+        refuse = Refusal(stop=lambda: stops.append(True))
+        monkeypatch.setattr(workflow_handlers, "REFUSE", refuse)
         mine = [uid for uid in uids if workflow_handlers.owned(meta=_meta(uid))]
         assert mine == [uid for uid in uids if shard.owns(uid)]
-        taken += mine
-        assert pool_handlers.pools_here() is (index == 0)
-    assert sorted(taken) == sorted(uids)
+        # Any other shard's uid: the API server did not filter; the shard stops once, saying why.
+        assert refuse.stopped
+    assert stops == [True, True, True]
+    assert "Sharding needs Kubernetes 1.36+ with the ShardedListAndWatch feature gate" in caplog.text
+    assert "shard 2 of 3 received Workflow n/w, which is another shard's" in caplog.text
+
+
+SHOW_HANDLERS = """
+import kopf, codeforge.controller
+registry = kopf.get_default_registry()
+plurals = {h.selector.plural or h.selector.any_name for r in (registry._changing, registry._spawning,
+           registry._indexing, registry._watching) for h in r.get_all_handlers()}
+print(sorted(p for p in plurals if p))
+"""
+
+
+@pytest.mark.parametrize(
+    ("shard", "kinds"), [("0", ["agentpools", "deployments", "workflows"]), ("1", ["workflows"])]
+)
+def test_only_shard_0_registers_the_agentpool_handlers(shard: str, kinds: list[str]) -> None:
+    """A shard that registered them would watch the pools and take shard 0's finalizer off them."""
+    env = {**os.environ, "CODEFORGE_SHARDS": "2", "CODEFORGE_SHARD": shard}
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW_HANDLERS], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == repr(kinds)

@@ -7,15 +7,26 @@ Kopf runs startup and cleanup handlers in the order they were registered, so the
 (`OperatorServices.before_close`) to write their last statuses before it closes the API session;
 `leader_handlers` comes last: its cleanup handler (releasing the leader Lease) must
 run after the others.
+
+With the Workflows sharded (CODEFORGE_SHARDS), only shard 0 registers the AgentPool handlers: a shard that
+registered them with a filter would still watch the pools, and Kopf would take off the finalizer shard 0
+puts on them, on every event (controller/sharding.py).
 """
+
+import importlib
+from types import ModuleType
 
 from codeforge.controller.workflow import handlers as workflow_handlers
 
 # isort: split
 from codeforge.controller import services
-from codeforge.controller.agentpool import handlers as agentpool_handlers
+
+POOL_HANDLERS = "codeforge.controller.agentpool.handlers"
+agentpool_handlers: ModuleType | None = (
+    importlib.import_module(POOL_HANDLERS) if services.CONFIG.shard.runs_pools else None
+)
 
 # isort: split
-from codeforge.controller import leader_handlers
+from codeforge.controller import leader_handlers  # noqa: E402  (after the AgentPool handlers, see above)
 
 __all__ = ["agentpool_handlers", "leader_handlers", "services", "workflow_handlers"]

@@ -5,14 +5,17 @@ CODEFORGE_SHARDS=N (chart: `operator.shards`), N operator Deployments split the 
 uid, the way Kubernetes' server-side sharded list and watch does (KEP-5866, alpha since 1.36): FNV-1a 64
 of `metadata.uid`, shard i owning [i * 2^64 / N, (i + 1) * 2^64 / N).
 
-- Server side: each shard asks the API server for its range only (Kopf's `shardSelector`), so a shard
-  neither receives nor decodes the other shards' Workflows, where the `ShardedListAndWatch` feature gate is
-  on. A server without the gate ignores the selector and sends everything:
-- Client side: the Workflow handlers take only the uids in their range (`owns`), with the same hash, so the
-  split is the same whether or not the server filtered. A Workflow's uid never changes, so it stays with its
-  shard for its life (across its operator's restarts and failovers).
-- AgentPools (autoscaling, their Redis users, rate-limit declarations) stay with shard 0: pools are few,
-  and fleet-wide checks (conflicting rate limits) need to see them all.
+- The API server sends each shard its own range only (Kopf's `shardSelector`): Kubernetes 1.36+ with the
+  `ShardedListAndWatch` feature gate. A server without it ignores the selector and sends every Workflow,
+  and a shard cannot simply skip the others' (Kopf removes its finalizer from an object no handler of
+  this process takes, and the owner adds it again, and so on): the first Workflow of another range a shard
+  receives stops it with the reason in its log (`Shard.refuse`), so a misconfigured Deployment crash-loops
+  saying why instead of fighting. The handlers' filter (`owns`) uses the server's hash, so nothing of
+  another shard is handled meanwhile. A Workflow's uid never changes, so it stays with its shard for its life
+  (across its operator's restarts and failovers).
+- AgentPools (autoscaling, their Redis users, rate-limit declarations) stay with shard 0, whose handlers the
+  other shards do not even register (`controller/__init__.py`): pools are few, and fleet-wide checks
+  (conflicting rate limits) need to see them all.
 - Each shard elects its own leader (CODEFORGE_LEASE_NAME defaults to `codeforge-operator-<i>` with more than
   one shard), so a shard's standby takes over that shard only.
 
@@ -21,11 +24,16 @@ Shards share the queue and the agents: only the orchestration is split.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from codeforge.controller.env import ConfigError, count, text
+
+log = logging.getLogger(__name__)
 
 #: Upper bound of CODEFORGE_SHARDS: each shard is a Deployment; more than this is a configuration mistake.
 MAX_SHARDS: Final = 64
@@ -105,3 +113,29 @@ class Shard:
 
     def describe(self) -> str:
         return f"shard {self.index} of {self.count}" if self.sharded else "unsharded"
+
+
+def _terminate() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # Kopf's graceful stop: runs end, the Lease is released
+
+
+@dataclass
+class Refusal:
+    """Stops the operator, once, when the API server sent a Workflow of another shard (see the module doc)."""
+
+    stop: Callable[[], None] = _terminate
+    stopped: bool = False
+
+    def __call__(self, shard: Shard, workflow: str) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        log.error(
+            "%s received Workflow %s, which is another shard's: the API server ignores the shard selector. "
+            "Sharding needs Kubernetes 1.36+ with the ShardedListAndWatch feature gate on the API server "
+            "(--feature-gates=ShardedListAndWatch=true); without it, run one shard "
+            "(chart: operator.shards: 1, or unset CODEFORGE_SHARDS). Stopping.",
+            shard.describe(),
+            workflow,
+        )
+        self.stop()

@@ -5,8 +5,8 @@
   correction (the Deployment is read from an in-memory index, not from the API), status refresh;
 - an index of the Deployments the operator manages, kept up to date by Kopf's watch.
 
-With the Workflows sharded over several operator processes, pools are shard 0's alone (`pools_here`;
-controller/sharding.py).
+With the Workflows sharded over several operator processes, pools are shard 0's alone: the other shards do
+not import this module (controller/__init__.py, controller/sharding.py).
 
 Each reconcile ends in one status patch (through Kopf's `patch`) and posts Events for scale changes and
 health transitions. Timer ticks write the status only when it changed (queue gauges at most every
@@ -37,11 +37,6 @@ EXTRAS_CHECK_SECONDS = 60.0
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 
 
-def pools_here(**_: Any) -> bool:
-    """Whether this process runs the pools: every process but the Workflow shards other than 0."""
-    return CONFIG.shard.runs_pools
-
-
 @dataclass
 class PoolMemory:
     """Per-pool state kept between reconciles (lost on restart: the autoscaler then starts afresh)."""
@@ -54,7 +49,7 @@ class PoolMemory:
     identity_error: str | None = None  # last check of the pool's Redis user (redis_acl)
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED, when=pools_here)
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
 def agent_deployments(
     *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], Any]:
@@ -136,9 +131,9 @@ async def _reconcile_and_report(
     return outcome
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, when=pools_here)
-@kopf.on.create(GROUP, VERSION, PLURAL, when=pools_here)
-@kopf.on.update(GROUP, VERSION, PLURAL, when=pools_here)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
 async def reconcile_pool(
     *,
     body: kopf.Body,
@@ -156,12 +151,7 @@ async def reconcile_pool(
 
 
 @kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=CONFIG.autoscale_interval,
-    initial_delay=CONFIG.autoscale_interval,
-    when=pools_here,
+    GROUP, VERSION, PLURAL, interval=CONFIG.autoscale_interval, initial_delay=CONFIG.autoscale_interval
 )
 async def autoscale_pool(
     *,
@@ -183,7 +173,7 @@ async def autoscale_pool(
         pool.gauges_written_at = time.monotonic()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=not CONFIG.agents.redis_acl, retries=60, when=pools_here)
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=not CONFIG.agents.redis_acl, retries=60)
 async def forget_pool(*, meta: kopf.Meta, memo: Any, logger: Logger, **_: Any) -> None:
     """Owned objects (Deployment, Secret...) go with the pool (owner references); its metric series and,
     with per-pool Redis users, its ACL user are ours to remove: a finalizer holds the pool until Redis has

@@ -35,6 +35,7 @@ from codeforge.controller.kstatus import (
 )
 from codeforge.controller.kube import Kind
 from codeforge.controller.services import CONFIG, Logger, OperatorServices
+from codeforge.controller.sharding import Refusal
 from codeforge.controller.workflow.dispatcher import WatchedWorkflow, observe
 from codeforge.controller.workflow.expiry import default_ttl, schedule_expiry
 from codeforge.controller.workflow.registry import Unavailable, WorkflowRegistry
@@ -47,10 +48,17 @@ WORKFLOWS = Kind(API_VERSION, PLURAL)
 DEFAULT_TTL = default_ttl()
 
 
+#: Stops this shard when the API server sends another shard's Workflow (controller/sharding.py).
+REFUSE = Refusal()
+
+
 def owned(meta: kopf.Meta, **_: Any) -> bool:
-    """This shard's Workflows (all of them unsharded): the API server may not have filtered
-    (controller/sharding.py)."""
-    return CONFIG.shard.owns(meta.uid or "")
+    """This shard's Workflows (all of them unsharded). Another shard's means the API server does not
+    filter: the operator stops, saying so."""
+    if CONFIG.shard.owns(meta.uid or ""):
+        return True
+    REFUSE(CONFIG.shard, f"{meta.namespace}/{meta.name}")
+    return False
 
 
 def _ref(meta: kopf.Meta) -> ObjectRef:
