@@ -150,3 +150,17 @@ def test_only_shard_0_registers_the_agentpool_handlers(shard: str, kinds: list[s
         [sys.executable, "-c", SHOW_HANDLERS], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == repr(kinds)
+
+
+async def test_each_shard_writes_its_share_of_the_status_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CODEFORGE_STATUS_WRITES_PER_SECOND caps the API server's load from all shards together."""
+    monkeypatch.setenv("CODEFORGE_STATUS_WRITES_PER_SECOND", "20")
+    for count, rate in [(1, 20.0), (4, 5.0)]:
+        shard = Shard(index=0, count=count)
+        monkeypatch.setattr(workflow_handlers, "CONFIG", dataclasses.replace(services.CONFIG, shard=shard))
+        memo = kopf.Memo()
+        await workflow_handlers.start_workflows(memo=memo)
+        try:
+            assert memo.workflows.writer.bucket.rate == rate
+        finally:
+            await memo.workflows.close()

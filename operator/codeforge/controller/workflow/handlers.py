@@ -93,7 +93,8 @@ async def start_workflows(*, memo: Any, **_: Any) -> None:
         patch_status,
         post_event,
         interval=settings.status_interval,
-        writes_per_second=settings.writes_per_second,
+        # a cap on the API server's load from all shards together: each shard writes its share
+        writes_per_second=settings.writes_per_second / CONFIG.shard.count,
         step_events=settings.step_events,
     )
     memo.workflows = WorkflowRegistry(settings=settings, writer=writer)

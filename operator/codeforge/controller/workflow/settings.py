@@ -1,7 +1,8 @@
 """Settings of the Workflow controller, from the operator's environment.
 
 - CODEFORGE_WORKFLOW_STATUS_INTERVAL: seconds between status writes of one Workflow; default 2
-- CODEFORGE_STATUS_WRITES_PER_SECOND: status writes of all Workflows together; default 20
+- CODEFORGE_STATUS_WRITES_PER_SECOND: status writes of all Workflows together; default 20. With the
+  Workflows sharded (controller/sharding.py) it is the shards' total: each writes its share
 - CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT: how long a deletion waits for an agent to delete the run's step refs
   in its repository; default 30 (the cleanup task stays queued after that)
 - CODEFORGE_WORKFLOW_STEP_EVENTS: also post each step's start and success as Events (StepStarted,
@@ -9,7 +10,7 @@
   most of the operator's API requests with thousands of Workflows. Every other transition (failures,
   approvals, retries, the Workflow's end) is an Event either way.
 - CODEFORGE_WORKFLOW_BUSY_RUNS: runs that may start or resume at once, until they wait on their tasks
-  (`orchestrator/admission.py`); default 128. Under more load than the operator's loop serves, the others
+  (`orchestrator/admission.py`); default 32. Under more load than the operator's loop serves, the others
   wait their turn in order, rather than every step of every run going slow together.
 """
 
