@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -165,3 +166,21 @@ async def test_each_shard_writes_its_share_of_the_status_writes(monkeypatch: pyt
             assert memo.workflows.writer.bucket.rate == rate
         finally:
             await memo.workflows.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CODEFORGE_SHARDS": "2", "CODEFORGE_SHARD": "5"}, "CODEFORGE_SHARD=5: expected 0 to 1"),
+        ({"CODEFORGE_LEASE_DURATION": "x"}, "CODEFORGE_LEASE_DURATION='x': expected whole seconds"),
+    ],
+)
+def test_codeforge_operator_refuses_a_bad_setting_without_a_traceback(
+    env: dict[str, str], message: str
+) -> None:
+    command = [str(Path(sys.executable).with_name("codeforge")), "operator"]
+    out = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith("codeforge operator: ")
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
