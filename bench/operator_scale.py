@@ -73,7 +73,7 @@ from cluster.metrics import (
     request_counts,
     rss_mib,
 )
-from cluster.processes import AgentProcess, OperatorProcess
+from cluster.processes import AgentProcess, OperatorProcess, start_together
 from cluster.resources import install_crds, sleep_workflow, temporary_namespace
 from codeforge.api.agentpool import API_VERSION
 from codeforge.api.workflow import PLURAL
@@ -273,8 +273,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
             metrics_urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
             create_pool(cluster.kubeconfig, namespace)
             pool = f"{namespace}/{POOL}"
-            for operator in operators:
-                operator.start(timeout=300)  # imports alone take long on a loaded machine
+            start_together(operators, timeout=300)  # imports alone take long on a loaded machine
             pids = [operator.pid for operator in operators]
             profile = log_dir / f"profile-{count}.txt"
             profiler = start_profiler(args.py_spy, args.py_spy_rate, pids[0], profile)

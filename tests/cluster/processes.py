@@ -192,14 +192,7 @@ class OperatorProcess(LocalProcess):
 
     def start(self, timeout: float = 60.0) -> Self:
         """Launch it and wait until Kopf's liveness endpoint answers (startup handlers done, logged in)."""
-        self.launch()
-
-        def up() -> bool:
-            if not self.alive:
-                raise AssertionError(f"the operator exited during startup\n{self.tail()}")
-            return self.healthy()
-
-        wait_until(up, timeout=timeout, interval=0.2, what="operator liveness", detail=self.tail)
+        start_together([self], timeout)
         return self
 
     def __enter__(self) -> Self:
@@ -207,6 +200,24 @@ class OperatorProcess(LocalProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_together(operators: Sequence[OperatorProcess], timeout: float = 60.0) -> None:
+    """Launch the operators at once (replicas or shards starting together) and wait until each answers its
+    liveness probe (a standby answers too); one that exits meanwhile fails with its log."""
+    for operator in operators:
+        operator.launch()
+
+    def up() -> bool:
+        for operator in operators:
+            if not operator.alive:
+                raise AssertionError(f"an operator exited during startup\n{operator.tail()}")
+        return all(operator.healthy() for operator in operators)
+
+    wait_until(
+        up, timeout=timeout, interval=0.2, what="operator liveness",
+        detail=lambda: "\n".join(operator.tail(30) for operator in operators),
+    )  # fmt: skip
 
 
 #: What a local agent process changes in a pod's environment: each pod has its own network namespace, local

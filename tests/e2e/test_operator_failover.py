@@ -24,7 +24,14 @@ from typing import Any
 import pytest
 
 from cluster import Cluster
-from cluster.processes import AgentProcess, OperatorProcess, has_operator_command, running_agents, wait_until
+from cluster.processes import (
+    AgentProcess,
+    OperatorProcess,
+    has_operator_command,
+    running_agents,
+    start_together,
+    wait_until,
+)
 from cluster.resources import dump, install_crds, sleep_workflow, temporary_namespace
 from codeforge.orchestrator import task_id
 from codeforge.testing.redis_server import LocalRedis
@@ -109,16 +116,7 @@ def replicas(
         for pod, entrypoint in entrypoints.items()
     }
     try:
-        for process in processes.values():
-            process.launch()
-
-        def up() -> bool:
-            for process in processes.values():
-                if not process.alive:
-                    raise AssertionError(f"an operator exited during startup\n{process.tail()}")
-            return all(process.healthy() for process in processes.values())
-
-        wait_until(up, timeout=60, interval=0.2, what="both operators' liveness")
+        start_together(list(processes.values()))
         yield processes
     finally:
         for process in processes.values():

@@ -22,7 +22,7 @@ import pytest
 
 from cluster import Cluster
 from cluster.metrics import request_counts
-from cluster.processes import AgentProcess, OperatorProcess, running_agents, wait_until
+from cluster.processes import AgentProcess, OperatorProcess, running_agents, start_together, wait_until
 from cluster.resources import (
     apply_docs,
     get_workflow,
@@ -94,10 +94,7 @@ def shards(
         for index in range(SHARDS)
     ]
     try:
-        for process in processes:
-            process.launch()
-        for process in processes:
-            process.start()
+        start_together(processes)
         yield processes
     finally:
         for process in processes:
