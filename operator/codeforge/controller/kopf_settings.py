@@ -89,8 +89,8 @@ def configure(settings: kopf.OperatorSettings, shard: Shard | None = None) -> No
     settings.watching.client_timeout = 330
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30)
     if shard is not None and shard.sharded:
-        # Only this shard's Workflows, where the API server filters (ShardedListAndWatch); the handlers'
-        # filter takes the same range where it does not (controller/sharding.py).
+        # Only this shard's Workflows (the API server's ShardedListAndWatch); a server that sends others
+        # stops the shard (controller/sharding.py).
         settings.watching.shard_selectors[GROUP, WORKFLOW_PLURAL] = shard.selector()
     objects = logging.getLogger("kopf.objects")
     if _QUIET not in objects.filters:  # idempotent: tests start several operators in one process

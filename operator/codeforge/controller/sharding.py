@@ -9,15 +9,15 @@ of `metadata.uid`, shard i owning [i * 2^64 / N, (i + 1) * 2^64 / N).
   `ShardedListAndWatch` feature gate. A server without it ignores the selector and sends every Workflow,
   and a shard cannot simply skip the others' (Kopf removes its finalizer from an object no handler of
   this process takes, and the owner adds it again, and so on): the first Workflow of another range a shard
-  receives stops it with the reason in its log (`Shard.refuse`), so a misconfigured Deployment crash-loops
+  receives stops it with the reason in its log (`Refusal`), so a misconfigured Deployment crash-loops
   saying why instead of fighting. The handlers' filter (`owns`) uses the server's hash, so nothing of
   another shard is handled meanwhile. A Workflow's uid never changes, so it stays with its shard for its life
   (across its operator's restarts and failovers).
 - AgentPools (autoscaling, their Redis users, rate-limit declarations) stay with shard 0, whose handlers the
   other shards do not even register (`controller/__init__.py`): pools are few, and fleet-wide checks
   (conflicting rate limits) need to see them all.
-- Each shard elects its own leader (CODEFORGE_LEASE_NAME defaults to `codeforge-operator-<i>` with more than
-  one shard), so a shard's standby takes over that shard only.
+- Each shard elects its own leader on the Lease `<CODEFORGE_LEASE_NAME>-<i>` (`codeforge-operator-<i>` by
+  default), so a shard's standby takes over that shard only.
 
 Shards share the queue and the agents: only the orchestration is split.
 """
