@@ -48,11 +48,7 @@ def _run() -> None:
 
 
 def _operator() -> None:
-    try:  # the package declares the handlers, reading the operator's settings from the environment
-        from codeforge.controller.command import operator_command
-    except ValueError as exc:  # a bad setting (controller.env.ConfigError): its message names it
-        print(f"codeforge operator: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from codeforge.controller.command import operator_command  # a bad setting exits there (exit 2)
 
     app.command("operator")(operator_command)
 

@@ -11,22 +11,30 @@ run after the others.
 With the Workflows sharded (CODEFORGE_SHARDS), only shard 0 registers the AgentPool handlers: a shard that
 registered them with a filter would still watch the pools, and Kopf would take off the finalizer shard 0
 puts on them, on every event (controller/sharding.py).
+
+A bad setting stops the process here with one line naming it (exit 2), not a traceback.
 """
 
 import importlib
+import sys
 from types import ModuleType
 
-from codeforge.controller.workflow import handlers as workflow_handlers
+from codeforge.controller.env import ConfigError
 
-# isort: split
-from codeforge.controller import services
+try:  # the handlers read the operator's settings as they are declared
+    from codeforge.controller import services
+    from codeforge.controller.workflow import handlers as workflow_handlers
 
-POOL_HANDLERS = "codeforge.controller.agentpool.handlers"
-agentpool_handlers: ModuleType | None = (
-    importlib.import_module(POOL_HANDLERS) if services.CONFIG.shard.runs_pools else None
-)
+    POOL_HANDLERS = "codeforge.controller.agentpool.handlers"
+    agentpool_handlers: ModuleType | None = (
+        importlib.import_module(POOL_HANDLERS) if services.CONFIG.shard.runs_pools else None
+    )
 
-# isort: split
-from codeforge.controller import leader_handlers  # noqa: E402  (after the AgentPool handlers, see above)
+    # isort: split
+    from codeforge.controller import leader_handlers  # (after the AgentPool handlers, see above)
+except ConfigError as exc:
+    # One line naming the setting, for `codeforge operator` and the image's `kopf run -m` alike.
+    print(f"codeforge operator: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 __all__ = ["agentpool_handlers", "leader_handlers", "services", "workflow_handlers"]
