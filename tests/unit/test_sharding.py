@@ -175,10 +175,14 @@ async def test_each_shard_writes_its_share_of_the_status_writes(monkeypatch: pyt
         ({"CODEFORGE_LEASE_DURATION": "x"}, "CODEFORGE_LEASE_DURATION='x': expected whole seconds"),
     ],
 )
-def test_codeforge_operator_refuses_a_bad_setting_without_a_traceback(
-    env: dict[str, str], message: str
+@pytest.mark.parametrize(
+    "entrypoint", [("codeforge", "operator"), ("kopf", "run", "-m", "codeforge.controller")]
+)
+def test_the_operator_refuses_a_bad_setting_without_a_traceback(
+    env: dict[str, str], message: str, entrypoint: tuple[str, ...]
 ) -> None:
-    command = [str(Path(sys.executable).with_name("codeforge")), "operator"]
+    """`codeforge operator`, and `kopf run -m codeforge.controller` (the image's entrypoint)."""
+    command = [str(Path(sys.executable).with_name(entrypoint[0])), *entrypoint[1:]]
     out = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith("codeforge operator: ")
