@@ -234,7 +234,7 @@ wait_for etcd "etcd" curl -fsS "http://127.0.0.1:${ETCD_PORT}/health"
 
 # --- kube-apiserver ----------------------------------------------------------------------------------------------
 # ShardedListAndWatch (alpha since 1.36): the operator's Workflow shards list and watch their own hash range
-# only (operator/codeforge/controller/sharding.py); a server without it sends everything and they filter.
+# only (operator/codeforge/controller/sharding.py); a server without it sends them all, and a shard stops.
 log "kube-apiserver ${KUBERNETES_VERSION} on ${API_SERVER}"
 start kube-apiserver kube-apiserver \
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
