@@ -78,6 +78,7 @@ from cluster.resources import install_crds, sleep_workflow, temporary_namespace
 from codeforge.api.agentpool import API_VERSION
 from codeforge.api.workflow import PLURAL
 from codeforge.controller.kube import Kind, KubeApi
+from codeforge.controller.sharding import Shard
 from codeforge.queue import open_queue
 from codeforge.testing.redis_server import LocalRedis
 
@@ -252,11 +253,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     entrypoint="codeforge",
                     env={
                         "CODEFORGE_METRICS_PORT": str(metrics_ports[shard]),
-                        **(
-                            {"CODEFORGE_SHARDS": str(args.shards), "CODEFORGE_SHARD": str(shard)}
-                            if args.shards > 1
-                            else {}
-                        ),
+                        **Shard(index=shard, count=args.shards).environment(),
                         # the defaults, not the e2e suite's short intervals
                         "CODEFORGE_WORKFLOW_STATUS_INTERVAL": "2",
                         "CODEFORGE_AUTOSCALE_INTERVAL": "1",

@@ -82,8 +82,7 @@ def shards(
             namespaces=[namespace],
             log_path=log_dir / f"shard-{index}.log",
             env={
-                "CODEFORGE_SHARDS": str(SHARDS),
-                "CODEFORGE_SHARD": str(index),
+                **Shard(index=index, count=SHARDS).environment(),
                 "CODEFORGE_LEADER_ELECTION": "true",
                 "CODEFORGE_LEASE_NAME": LEASE,
                 "CODEFORGE_LEASE_NAMESPACE": namespace,

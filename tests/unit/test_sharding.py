@@ -88,6 +88,9 @@ def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> No
 def test_settings_from_the_environment() -> None:
     assert Shard.from_env({}) == Shard(index=0, count=1)
     assert Shard.from_env({"CODEFORGE_SHARDS": " 4 ", "CODEFORGE_SHARD": "3"}) == Shard(index=3, count=4)
+    # What a process is given to be a shard is what it reads back.
+    assert Shard().environment() == {}
+    assert Shard.from_env(Shard(index=2, count=5).environment()) == Shard(index=2, count=5)
 
 
 def test_each_shard_elects_on_its_own_lease() -> None:

@@ -42,6 +42,9 @@ SPACE: Final = 1 << 64
 _FNV_OFFSET: Final = 0xCBF29CE484222325
 _FNV_PRIME: Final = 0x100000001B3
 _MASK: Final = SPACE - 1
+#: The operator's settings of its shard (`Shard.from_env`, `Shard.environment`).
+SHARDS_ENV: Final = "CODEFORGE_SHARDS"
+SHARD_ENV: Final = "CODEFORGE_SHARD"
 
 
 def fnv1a64(value: str) -> int:
@@ -76,8 +79,8 @@ class Shard:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Shard:
-        shards = count(env, "CODEFORGE_SHARDS", 1)
-        raw = text(env, "CODEFORGE_SHARD", "0")
+        shards = count(env, SHARDS_ENV, 1)
+        raw = text(env, SHARD_ENV, "0")
         if not raw.isdigit():
             raise ConfigError(f"CODEFORGE_SHARD={raw!r}: expected the shard's index, 0 to {shards - 1}")
         return cls(index=int(raw), count=shards)
@@ -110,6 +113,10 @@ class Shard:
     def lease_name(self, base: str) -> str:
         """This shard's leader Lease: one per shard, so a standby takes over its own shard only."""
         return f"{base}-{self.index}" if self.sharded else base
+
+    def environment(self) -> dict[str, str]:
+        """The variables that make an operator process this shard (none unsharded): what `from_env` reads."""
+        return {SHARDS_ENV: str(self.count), SHARD_ENV: str(self.index)} if self.sharded else {}
 
     def describe(self) -> str:
         return f"shard {self.index} of {self.count}" if self.sharded else "unsharded"
