@@ -7,10 +7,11 @@ as its own process (`codeforge operator`, one namespace, default settings: statu
 Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1 s); the agents as their own
 `codeforge-agent` processes (`sleep` handler). Per size, in a fresh namespace:
 
-1. start: the Workflows (a chain s0 -> s1 -> s2, each sleeping `--step-seconds`) are created through the API,
-   `--create-concurrency` requests in flight (one aiohttp session, as a CI system submitting runs would). No
-   agent runs yet, so a Workflow has started once its first task is in the queue: start time = first create
-   -> the queue holds one task per Workflow (the queue's own count);
+1. start: the Workflows (a chain s0 -> s1 -> s2, each sleeping `--step-seconds`, or with `--step-jitter J` a
+   time drawn from [1 - J, 1 + J] times it; each Workflow's durations in its own input) are created through
+   the API, `--create-concurrency` requests in flight (one aiohttp session, as a CI system submitting runs
+   would). No agent runs yet, so a Workflow has started once its first task is in the queue: start time =
+   first create -> the queue holds one task per Workflow (the queue's own count);
 2. run: `--agents` agent processes start and work the 3 x N tasks; the window ends when every run has ended
    in the operator (`codeforge_workflow_duration_seconds_count`: observed when the run returns, before its
    final status is written);
@@ -44,6 +45,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -174,7 +176,31 @@ def create_pool(kubeconfig: Path, namespace: str) -> None:
         api_client.close()
 
 
-def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, concurrency: int) -> None:
+def step_durations(count: int, steps: int, seconds: float, jitter: float) -> list[list[float]]:
+    """Each Workflow's step durations: `seconds`, or with `jitter` each drawn uniformly from
+    [seconds * (1 - jitter), seconds * (1 + jitter)], seeded so runs of one size are alike. Without jitter
+    every run's steps end together (the agents start once all are started), one wave of `count` step ends
+    at a time; real agents' steps vary, and spread the same load over the step's length."""
+    if not jitter:
+        return [[seconds] * steps for _ in range(count)]
+    rng = random.Random(count)
+    low, high = seconds * (1 - jitter), seconds * (1 + jitter)
+    return [[round(rng.uniform(low, high), 3) for _ in range(steps)] for _ in range(count)]
+
+
+def timed_workflow(name: str, seconds: list[float]) -> dict[str, Any]:
+    """The chain s0 -> s1 -> s2 of the `sleep` handler, each step's duration in the run's own input (as a real
+    run's input differs from the next one's; the steps select theirs: `input.seconds[i]`), so every Workflow
+    has its own spec and all share one graph (`orchestrator/compiler.graph_spec`)."""
+    body = sleep_workflow(name, POOL, STEPS, 0)
+    body["spec"]["input"] = {"run": name, "seconds": seconds}
+    for index, step in enumerate(body["spec"]["steps"]):
+        step["params"] = {}
+        step["input"] = f"input.seconds[{index}]"
+    return body
+
+
+def create_all(kubeconfig: Path, namespace: str, durations: list[list[float]], concurrency: int) -> None:
     """Create `count` Workflows, `concurrency` requests in flight on one aiohttp session (the Python client's
     thread pool managed ~14 creates/s on this machine under load: it alone capped the start rate shown)."""
     configuration = k8s.Configuration()
@@ -182,13 +208,14 @@ def create_all(kubeconfig: Path, namespace: str, count: int, seconds: float, con
 
     async def run() -> None:
         api = KubeApi.from_kubernetes_config(configuration)
+        count = len(durations)
         names = iter(range(count))
         done = 0
 
         async def worker() -> None:
             nonlocal done
             for i in names:
-                body = sleep_workflow(f"wf-{i}", POOL, STEPS, seconds)
+                body = timed_workflow(f"wf-{i}", durations[i])
                 body["metadata"]["namespace"] = namespace
                 await api.create(body, WORKFLOWS)
                 done += 1
@@ -289,7 +316,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 lag_before = histogram_buckets(before_text, LAG)
                 wait_before = waiting_seconds(pids)
                 progress(f"{count}: creating Workflows")
-                create_all(cluster.kubeconfig, namespace, count, args.step_seconds, args.create_concurrency)
+                durations = step_durations(count, len(STEPS), args.step_seconds, args.step_jitter)
+                create_all(cluster.kubeconfig, namespace, durations, args.create_concurrency)
                 created_at = time.monotonic()
                 progress(f"{count}: created in {created_at - t0:.1f}s; waiting for every first task")
                 started_at = wait(
@@ -376,6 +404,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "shards": args.shards,
                     "steps": len(STEPS),
                     "step_seconds": args.step_seconds,
+                    "step_jitter": args.step_jitter,
                     "agents": args.agents,
                     "agent_concurrency": args.concurrency,
                     "rss_idle_mib": round(rss_idle, 1),
@@ -561,6 +590,13 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         print(f"| {title} | " + " | ".join(value(r) for r in results) + f" | {goal} |")
 
 
+def jitter_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 0.9:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 0.9")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -573,6 +609,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=100, help="tasks each agent runs at once")
     parser.add_argument("--step-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--step-jitter", type=jitter_fraction, default=0.0, metavar="0-0.9",
+        help="each step sleeps --step-seconds times a factor drawn from [1 - J, 1 + J] (0: all alike)",
+    )  # fmt: skip
     parser.add_argument("--create-concurrency", type=int, default=64, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase of a size")
     parser.add_argument(

@@ -4,6 +4,8 @@ each routing branch, each join policy, retries, timeouts, failure routing, loops
 from __future__ import annotations
 
 import asyncio
+import inspect
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +16,8 @@ from codeforge.api.workflow import WorkflowSpec, parse_workflow_spec
 from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import EventKind, ProgressEvent, WorkflowHandle, WorkflowOutcome, WorkflowRunner
+from codeforge.orchestrator import compiler as compiler_module
+from codeforge.orchestrator.compiler import GRAPH_FIELDS
 from codeforge.queue import TaskQueue, open_queue
 
 FUNCS = "support.workflow_agents"
@@ -81,6 +85,40 @@ async def test_conditional_routing_takes_each_branch(queue: TaskQueue, kind: str
     assert outcome.status == "succeeded", outcome.error
     assert [h["step"] for h in outcome.history] == path
     assert outcome.results["implement"]["step"] == "implement"
+
+
+async def test_runs_of_one_template_share_one_compiled_graph(queue: TaskQueue) -> None:
+    """Real runs differ in their input (and priority, budget...), not in their graph: they share one compiled
+    graph (compiling costs more than a step), and each still routes on its own input."""
+    runner = WorkflowRunner(queue)
+    research = spec(ROUTING % "research_needed" + "priority: high\nbudget: {maxTokens: 1000}\n")
+    debate = spec(ROUTING % "debate_needed")
+    assert runner.graph(research) is runner.graph(debate)
+    a, b = await asyncio.gather(runner.run("wf-a", research), runner.run("wf-b", debate))
+    assert [h["step"] for h in a.history] == ["assign", "research", "implement"]
+    assert [h["step"] for h in b.history] == ["assign", "debate", "implement"]
+    # a different graph (a step's input expression, params, an edge's condition) is compiled on its own
+    step = "{name: implement, pool: tag}"
+    other = spec((ROUTING % "direct").replace(step, step[:-1] + ", input: '\"own\"'}"))
+    assert runner.graph(other) is not runner.graph(research)
+    outcome = await runner.run("wf-c", other)
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.results["implement"]["input"] == "own"
+
+
+def test_the_compiler_reads_only_the_graph_fields_of_a_spec() -> None:
+    """`graph_spec` hands the compiler the graph's fields only, the rest at their defaults: a compiler that
+    read another field (a run's input, priority) would see the default, not the run's value."""
+    source = inspect.getsource(compiler_module)
+    read = set(re.findall(r"self\.spec\.([a-z_]+)", source))
+    derived = {
+        "entry_step",
+        "task_pools",
+        "step",
+        "edges_from",
+    }  # WorkflowSpec helpers over steps/edges/entry
+    assert read, "the pattern no longer finds the compiler's reads: update this test"
+    assert read <= GRAPH_FIELDS | derived, read - GRAPH_FIELDS - derived
 
 
 async def test_join_all_keeps_results_in_index_order(queue: TaskQueue) -> None:

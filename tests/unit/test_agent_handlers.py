@@ -52,6 +52,17 @@ async def test_sleep_waits_the_requested_seconds() -> None:
     assert time.monotonic() - started >= 0.05
 
 
+async def test_sleep_takes_its_seconds_from_the_steps_input_when_params_name_none() -> None:
+    """A step whose `input` selects a number from the run's input (`input: input.seconds[0]`): each run of
+    one template sleeps its own time. `payload.seconds` (the step's params) wins; other inputs are ignored."""
+    handler = build_handler(HandlerConfig(kind="sleep"))
+    assert (await handler(task({"input": 0.02, "step": "s0"}), ctx()))["slept"] == 0.02
+    assert (await handler(task({"seconds": 0.01, "input": 5}), ctx()))["slept"] == 0.01
+    assert (await handler(task({"input": {"n": 1}, "seconds": 0}), ctx()))["slept"] == 0.0
+    with pytest.raises(HandlerError, match="must be a number >= 0"):
+        await handler(task({"input": -1}), ctx())
+
+
 async def test_fail_raises_with_the_payload_message_and_retryability() -> None:
     handler = build_handler(HandlerConfig(kind="fail"))
     with pytest.raises(HandlerError) as info:

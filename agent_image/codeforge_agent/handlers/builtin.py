@@ -22,13 +22,17 @@ class EchoHandler:
 
 
 class SleepHandler:
-    """Sleeps `payload.seconds` (or a bare number payload), then returns the payload; simulates work."""
+    """Sleeps `payload.seconds` (or a bare number payload), else `payload.input` when the step's `input`
+    selects a number (each run's duration from its own input, as real steps vary), then returns the payload;
+    simulates work."""
 
     kind = "sleep"
 
     async def __call__(self, task: Task, context: TaskContext) -> Any:
         payload = task.payload
-        seconds = payload.get("seconds", 1.0) if isinstance(payload, dict) else payload
+        seconds = payload.get("seconds") if isinstance(payload, dict) else payload
+        if seconds is None and isinstance(payload, dict) and _is_number(payload.get("input")):
+            seconds = payload["input"]
         if seconds is None:
             seconds = 1.0
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
@@ -40,6 +44,10 @@ class SleepHandler:
 
     async def aclose(self) -> None:
         return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class FailHandler:

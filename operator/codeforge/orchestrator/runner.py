@@ -25,7 +25,7 @@ from codeforge.orchestrator import workspace as ws
 from codeforge.orchestrator.admission import Admission
 from codeforge.orchestrator.approvals import ApprovalBox
 from codeforge.orchestrator.budget import BUDGET_EXCEEDED, Crossing, Ledger
-from codeforge.orchestrator.compiler import GraphCompiler
+from codeforge.orchestrator.compiler import GraphCompiler, graph_key, graph_spec
 from codeforge.orchestrator.dispatch import DispatchContext, StepDispatcher, Waiting
 from codeforge.orchestrator.events import EventKind, EventSink, ProgressEvent, ignore_events
 from codeforge.orchestrator.fairness import fair_share_of
@@ -188,7 +188,8 @@ class WorkflowRunner:
         self.checkpointer = checkpointer if checkpointer is not None else InMemorySaver()
         #: workflow id -> task id -> first outcome received, kept while a run may still be resumed here
         self._first: dict[str, dict[str, TaskOutcome]] = {}
-        #: compiled graphs by spec: compiling costs more than running a step, and a graph is spec-only
+        #: compiled graphs by the spec's graph (`compiler.graph_key`): compiling costs more than running a
+        #: step, and runs of one template share one
         self._graphs: OrderedDict[str, tuple[GraphCompiler, CompiledStateGraph[RunState, StepDispatcher]]] = (
             OrderedDict()
         )
@@ -199,10 +200,10 @@ class WorkflowRunner:
     def _compiled(
         self, spec: WorkflowSpec
     ) -> tuple[GraphCompiler, CompiledStateGraph[RunState, StepDispatcher]]:
-        key = spec.model_dump_json()
+        key = graph_key(spec)
         compiled = self._graphs.get(key)
         if compiled is None:
-            compiler = GraphCompiler(spec)
+            compiler = GraphCompiler(graph_spec(spec))
             compiled = compiler, compiler.build().compile(checkpointer=self.checkpointer)
             self._graphs[key] = compiled
             if len(self._graphs) > GRAPH_CACHE_SIZE:
@@ -478,7 +479,8 @@ class WorkflowRunner:
         spec.timeoutSeconds, whose deadline restarts), so the next `run()` runs that step again with new task
         ids and continues. Returns the step's name; None when the run never started. Raises `RewindError`
         when there is no step to retry from (see `orchestrator.rewind`)."""
-        return await rewind(self.graph(spec), GraphCompiler(spec), workflow_id)
+        compiler, graph = self._compiled(spec)
+        return await rewind(graph, compiler, workflow_id)
 
     async def forget(
         self, workflow_id: str, *, ref_cleanup_timeout: float = REF_CLEANUP_WAIT_SECONDS
