@@ -46,8 +46,8 @@ GRAPH_FIELDS: Final = frozenset({"entry", "steps", "edges", "workspace", "max_st
 def graph_spec(spec: WorkflowSpec) -> WorkflowSpec:
     """The spec as far as its graph goes: `GRAPH_FIELDS`, every other field at its default. Runs of one
     template differ in their input (and priority, budget, ...), not in their graph: compiling from this, and
-    caching by it, gives them one compiled graph instead of one each (each start and each resume of a parked
-    run compiled again once the cache held more templates than it keeps)."""
+    caching by it, gives them one compiled graph (keyed by the whole spec, with more live runs of their own
+    input than the cache keeps, each start and each resume of a parked run compiled again)."""
     return WorkflowSpec.model_construct(**{name: getattr(spec, name) for name in GRAPH_FIELDS})
 
 
