@@ -399,7 +399,9 @@ class WorkflowSpec(SpecModel):
     input: FreeJSON = Field(
         default=None,
         description="Free JSON: the workflow's input, `state.input` in CEL "
-        f"(at most {limits.MAX_INPUT_BYTES} bytes of JSON, like a task's payload).",
+        f"(at most {limits.MAX_INPUT_BYTES} bytes of JSON, like a task's payload). Per-run values belong "
+        "here, not in steps' params: Workflows that differ only in input, priority, budget and the like "
+        "share one compiled graph.",
     )
     priority: PriorityField = Field(default=Priority.MEDIUM, description="Priority of the workflow's tasks.")
     timeout_seconds: float | None = Field(
