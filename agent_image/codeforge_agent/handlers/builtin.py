@@ -35,7 +35,7 @@ class SleepHandler:
             seconds = payload["input"]
         if seconds is None:
             seconds = 1.0
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        if not _is_number(seconds) or seconds < 0:
             raise HandlerError(
                 f"sleep handler: payload.seconds must be a number >= 0, got {seconds!r}", retryable=False
             )
