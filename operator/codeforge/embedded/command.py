@@ -140,9 +140,10 @@ def run_command(
         or loaded.workflow.metadata.uid
         or f"{loaded.workflow.metadata.name}-{uuid.uuid4().hex[:8]}"
     )
-    from codeforge.orchestrator.gc_tuning import tune_gc  # loads the orchestrator (LangGraph) first
+    from codeforge.orchestrator.gc_tuning import RUN_GC_THRESHOLDS, tune_gc  # loads LangGraph first
 
-    tune_gc()  # start-up is over (orchestrator/gc_tuning: ~1.5x the runs per second at 500 at once)
+    # start-up is over (orchestrator/gc_tuning: ~1.5x the runs per second at 500 at once)
+    tune_gc(thresholds=RUN_GC_THRESHOLDS)
     try:
         main = _run(loaded, queue, run_id, output, agents, agent_restarts, decisions)
         outcome = event_loop.run(main, loop_factory)

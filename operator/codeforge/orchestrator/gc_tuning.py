@@ -9,13 +9,22 @@ start-up's: a third of the CPU of starting runs (bench/README, "Operator scale")
 - `gc.freeze()` after start-up: what the imports and Kopf's set-up made (modules, classes, the kubernetes
   client, LangGraph, pydantic: most of an idle operator's objects) lives as long as the process, so it moves
   to the permanent generation, which no collection walks again;
-- generation 0's threshold from 700 to `GEN0_THRESHOLD`: a run's short-lived objects (a step's event, its
-  task's JSON, LangGraph's per-superstep state) mostly die by reference count within a step; with 700, many
-  were still alive at a young collection, were promoted, and made the full collections come sooner. Garbage
-  in cycles waits a little longer (at most that many objects, a few MiB).
+- the operator's `GC_THRESHOLDS` instead of Python's (700, 10, 10): a young collection every 20,000 net
+  allocations, a middle one after every second young one, a full one about every 6 million. A run's
+  short-lived objects (a step's event, its task's JSON, LangGraph's per-superstep state) mostly die by
+  reference count before a young collection, so while runs only go on (steps end, runs resume and park)
+  collections stay rare; at 5,000 they did not (a task's end -> its run woken went from 9 to 29-33 ms at p99
+  at 10,000). While thousands of runs start, each one's state is walked once young and once in the middle
+  generation whatever the thresholds, but a pause is as long as what it walks, and every step ready in it
+  waits it out: s4-s15's (50,000, 10, 10) held the loop 64-76 ms per young collection and 0.2-0.8 s per middle
+  one while 10,000 Workflows started (bench/README, "The collector's thresholds"). Generation 0 counts net
+  allocations, so a young generation also holds an object for each older one freed meanwhile: collections walk
+  more than the thresholds say.
 
-`codeforge run` gains the same way: with 500 runs at once on Redis it ran 1.4-1.6x the workflows per
-second with these settings (bench/README, "The collector in `codeforge run`").
+`codeforge run` freezes the same way but keeps s4-s15's thresholds, `RUN_GC_THRESHOLDS`: its runs
+are short and start together, and with `GC_THRESHOLDS` it ran 3-16 % fewer workflows per second with 500 at
+once on Redis (three rounds, bench/README, "The collector's thresholds"); with (50,000, 10, 10) instead of
+Python's defaults it had run 1.4-1.6x as many ("The collector in `codeforge run`").
 
 `codeforge_operator_gc_pause_seconds{generation}` is how long each collection held the process (every
 coroutine of the event loop waits it out): its sum is the collector's share of the time, its tail the pauses
@@ -35,8 +44,13 @@ from typing import Any, Final
 from prometheus_client import Histogram
 
 TUNING_ENV: Final = "CODEFORGE_GC_TUNING"
-#: Net allocations of container objects between young collections (CPython's default: 700).
-GEN0_THRESHOLD: Final = 50_000
+#: (young, middle, full): net allocations of container objects between young collections, young collections
+#: between middle ones, middle ones between full ones. Python's: (700, 10, 10). A full collection comes after
+#: about 20,001 x 2 x 151 = 6.0 million net allocations, as with s4-s15's (50,000, 10, 10).
+GC_THRESHOLDS: Final = (20_000, 1, 150)
+#: `codeforge run`'s thresholds (and the benchmark harness's, which runs codeforge as `codeforge run` does).
+RUN_GC_THRESHOLDS: Final = (50_000, 10, 10)
+Thresholds = tuple[int, int, int]
 GC_PAUSE_SECONDS: Final = Histogram(
     "codeforge_operator_gc_pause_seconds",
     "Each run of Python's cyclic garbage collector (the process's event loop waits it out), by the "
@@ -58,8 +72,8 @@ def _time_collection(phase: str, info: dict[str, Any]) -> None:
         )
 
 
-def tune_gc(env: Mapping[str, str] | None = None) -> bool:
-    """Freeze what start-up made and raise the young generation's threshold (not with
+def tune_gc(env: Mapping[str, str] | None = None, thresholds: Thresholds = GC_THRESHOLDS) -> bool:
+    """Freeze what start-up made and set `thresholds` (not with
     CODEFORGE_GC_TUNING=off), and measure the collections' pauses; once per process (tests start several
     operators in one process). False when nothing was changed."""
     global _tuned
@@ -69,17 +83,17 @@ def tune_gc(env: Mapping[str, str] | None = None) -> bool:
     gc.callbacks.append(_time_collection)
     if (os.environ if env is None else env).get(TUNING_ENV, "").strip().lower() == "off":
         return False
-    _apply()
+    _apply(thresholds)
     return True
 
 
 @contextlib.contextmanager
-def gc_tuned() -> Iterator[None]:
+def gc_tuned(thresholds: Thresholds = RUN_GC_THRESHOLDS) -> Iterator[None]:
     """`tune_gc`'s settings for a block, Python's own put back after it: `codeforge bench workflow` runs
     codeforge in its harness process as `codeforge run` runs it, and the peers' clients after it as they
     come."""
     before = gc.get_threshold()
-    _apply()
+    _apply(thresholds)
     try:
         yield
     finally:
@@ -87,8 +101,7 @@ def gc_tuned() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _apply() -> None:
+def _apply(thresholds: Thresholds) -> None:
     gc.collect()  # start-up's garbage is freed, not frozen
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GEN0_THRESHOLD, older, oldest)
+    gc.set_threshold(*thresholds)
