@@ -103,3 +103,16 @@ def test_codeforge_run_tunes_its_process(tuning: str, monkeypatch: pytest.Monkey
     else:
         assert gc.get_threshold() == gc_tuning.RUN_GC_THRESHOLDS
         assert gc.get_freeze_count() > 1000
+
+
+@pytest.mark.usefixtures("untuned")
+def test_the_operators_middle_collections_follow_every_second_young_one() -> None:
+    """What keeps the operator's middle-generation pauses short: it never gathers more than two young
+    collections' survivors (s4-s15's thresholds let it gather ten)."""
+    gc_tuning.tune_gc({})
+    young, middle = pauses(0)[0], pauses(1)[0]
+    kept: list[list[object]] = [[] for _ in range(gc_tuning.GC_THRESHOLDS[0] * 6)]  # they stay alive
+    young, middle = pauses(0)[0] - young, pauses(1)[0] - middle
+    assert len(kept) > 0
+    assert middle >= 1
+    assert young <= 2 * middle + 2  # (young, young, middle), repeated
