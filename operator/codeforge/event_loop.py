@@ -1,15 +1,16 @@
-"""The event loop codeforge's long-running processes run on: the agent (`codeforge-agent`) and `codeforge run`
-on uvloop by default, the operator (`codeforge operator`) on Python's asyncio loop by default.
+"""The event loop codeforge's long-running processes run on: uvloop, for the agent (`codeforge-agent`),
+`codeforge run` and the operator (`codeforge operator`).
 
 uvloop is libuv's loop, in C: its ready queue, selector and socket transports (what redis-py and aiohttp read
 from) cost less than asyncio's Python. Measured against asyncio, alternating on one machine (bench/README,
-"The collector's pauses, and uvloop"): a task's handover to an agent 13 % quicker at the median and the
-queue's throughput 7 % higher, `codeforge run` 15-38 % more chains per second. The operator, whose time goes
-to LangGraph and the garbage collector, showed the same CPU and median dispatch on either loop but a higher
-step dispatch p99 on uvloop in 4 of 4 rounds at 1,000 Workflows (162-197 against 81-139 ms), so it keeps
-asyncio.
+"The collector's pauses, and uvloop" and "The operator on uvloop"): a task's handover to an agent 13 %
+quicker at the median and the queue's throughput 7 % higher, `codeforge run` 15-38 % more chains per second,
+and at 10,000 Workflows the operator's step dispatch p99, CPU and memory lower in 4 of 4 rounds.
+`codeforge operator` ran on asyncio's loop from s12 (where its collector's middle-generation pauses were
+longer on uvloop) until s16's thresholds ended those pauses. The image's entrypoint, `kopf run`, picks uvloop
+itself whenever it is installed, and does not read the variable below.
 
-CODEFORGE_EVENT_LOOP=uvloop or =asyncio overrides the default of any of them: for comparing, or if a loop is
+CODEFORGE_EVENT_LOOP=asyncio (or =uvloop) overrides the default of any of them: for comparing, or if a loop is
 ever suspected. `communicate` covers the one behaviour the two loops were found to differ in (a program that
 exits without reading its stdin).
 """
@@ -25,6 +26,7 @@ import uvloop
 
 ENV: Final = "CODEFORGE_EVENT_LOOP"
 CHOICES: Final = ("uvloop", "asyncio")
+DEFAULT: Final = "uvloop"
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -34,14 +36,14 @@ class EventLoopError(ValueError):
     """CODEFORGE_EVENT_LOOP names no loop this build has."""
 
 
-def choose(env: Mapping[str, str] | None = None, *, default: str = "uvloop") -> LoopFactory | None:
-    """The configured loop's factory (`default` when CODEFORGE_EVENT_LOOP is unset): uvloop's, or None for
+def choose(env: Mapping[str, str] | None = None) -> LoopFactory | None:
+    """The configured loop's factory (uvloop's when CODEFORGE_EVENT_LOOP is unset), or None for
     asyncio's own (asyncio.Runner's convention). Called before anything starts, so a wrong value is a
     configuration error, not a traceback."""
     raw = (os.environ if env is None else env).get(ENV, "")
-    choice = raw.strip().lower() or default
+    choice = raw.strip().lower() or DEFAULT
     if choice not in CHOICES:
-        raise EventLoopError(f"{ENV}={raw!r}: use uvloop or asyncio (unset: {default})")
+        raise EventLoopError(f"{ENV}={raw!r}: use uvloop or asyncio (unset: {DEFAULT})")
     return uvloop.new_event_loop if choice == "uvloop" else None
 
 

@@ -1,6 +1,6 @@
-"""The event loop codeforge's processes run on (`codeforge/event_loop.py`): each process's default (uvloop for
-the agent and `codeforge run`, asyncio for the operator) unless CODEFORGE_EVENT_LOOP names one, and a wrong
-value is a configuration error of every entry point, never a traceback."""
+"""The event loop codeforge's processes run on (`codeforge/event_loop.py`): uvloop (the agent, `codeforge run`
+and the operator) unless CODEFORGE_EVENT_LOOP names one, and a wrong value is a configuration error of every
+entry point, never a traceback."""
 
 from __future__ import annotations
 
@@ -36,16 +36,6 @@ def test_asyncio_keeps_pythons_own_loop() -> None:
     assert type(loop).__module__.startswith("asyncio.")  # not uvloop.Loop
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"), [(None, None), ("asyncio", None), ("uvloop", uvloop.new_event_loop)]
-)
-def test_the_operators_default_is_asyncio_and_the_variable_overrides_it(
-    value: str | None, expected: object
-) -> None:
-    env = {} if value is None else {event_loop.ENV: value}
-    assert event_loop.choose(env, default="asyncio") is expected
-
-
 def test_the_loop_is_closed_after_the_run_as_asyncio_run_closes_it() -> None:
     async def leave_a_task() -> asyncio.AbstractEventLoop:
         asyncio.get_running_loop().create_task(asyncio.sleep(3600))  # cancelled when the run ends
@@ -70,7 +60,7 @@ def test_codeforge_run_reports_an_unknown_loop_as_invalid_input() -> None:
 def test_the_operator_reports_an_unknown_loop_before_it_starts() -> None:
     result = runner.invoke(app, ["operator"], env={**BAD, "COLUMNS": "300"})
     assert result.exit_code == 2
-    assert "CODEFORGE_EVENT_LOOP='trio': use uvloop or asyncio (unset: asyncio)" in result.stderr
+    assert "CODEFORGE_EVENT_LOOP='trio': use uvloop or asyncio (unset: uvloop)" in result.stderr
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
 
 

@@ -6,7 +6,7 @@ environment the Helm chart sets (flags win over variables):
 - CODEFORGE_LOG_FORMAT: full (lines name their object, as `kopf run` logs), text (without it) or json;
   default full
 - CODEFORGE_LIVENESS_ENDPOINT: the liveness probe URL; default http://0.0.0.0:8080/healthz ("off": none)
-- CODEFORGE_EVENT_LOOP: asyncio (default) or uvloop (`codeforge.event_loop` says why asyncio)
+- CODEFORGE_EVENT_LOOP: uvloop (default) or asyncio (`codeforge.event_loop`)
 - CODEFORGE_QUEUE_URL, CODEFORGE_LEADER_ELECTION, ...: read by `codeforge.controller.config` and `.leader`
 
 With leader election on, a standby serves the liveness endpoint itself until it leads (then Kopf does).
@@ -22,9 +22,6 @@ import typer
 
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8080/healthz"
 LOG_FORMATS: Final = ("text", "json", "full")
-#: The operator's event loop unless CODEFORGE_EVENT_LOOP says otherwise (`codeforge.event_loop`: its step
-#: dispatch p99 was lower on asyncio's than on uvloop's)
-OPERATOR_LOOP: Final = "asyncio"
 
 
 def watched_namespaces(raw: str) -> list[str]:
@@ -59,7 +56,7 @@ def operator_command(
     from codeforge import event_loop
 
     try:
-        loop_factory = event_loop.choose(default=OPERATOR_LOOP)
+        loop_factory = event_loop.choose()
     except event_loop.EventLoopError as exc:
         raise typer.BadParameter(str(exc), param_hint=event_loop.ENV) from None
     if log_format not in LOG_FORMATS:
