@@ -25,6 +25,11 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
    step's wait after its predecessor's task ended (the resume between a run's turn and its next step
    becoming ready is in none of them); and how late the operator's event loop runs a timer due
    (`codeforge_operator_event_loop_lag_seconds`, `controller/loop_lag.py`), while starting and while running;
+   and, from the task hashes once every run has ended (`task_timings`: the enqueue and finish scripts' server
+   clock against the creating client's and the operator's, one machine), what the agents' side sees: each
+   step ready -> its task in Redis (claimable: the dispatch without the operator's turns after the script's
+   reply), a Workflow's create returned -> its first task in Redis, and a step's task finished -> the next
+   step's task in Redis;
 With `--shards N`, the operator figures are the shards' together: RSS and CPU summed, histograms and gauges
 merged (the API server has ShardedListAndWatch on, so each shard receives its own Workflows only), plus
 each shard's share of the CPU.
@@ -60,6 +65,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis as redis_client
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from prometheus_client.parser import text_string_to_metric_families
@@ -82,6 +88,7 @@ from codeforge.api.workflow import PLURAL
 from codeforge.controller.kube import Kind, KubeApi
 from codeforge.controller.sharding import Shard
 from codeforge.queue import open_queue
+from codeforge.queue.keys import glob_escape, pool_prefix
 from codeforge.testing.redis_server import LocalRedis
 
 POOL = "scale"
@@ -200,11 +207,16 @@ def timed_workflow(name: str, seconds: list[float]) -> dict[str, Any]:
     return body
 
 
-def create_all(kubeconfig: Path, namespace: str, durations: list[list[float]], concurrency: int) -> None:
+def create_all(
+    kubeconfig: Path, namespace: str, durations: list[list[float]], concurrency: int
+) -> dict[str, float]:
     """Create `count` Workflows, `concurrency` requests in flight on one aiohttp session (the Python client's
-    thread pool managed ~14 creates/s on this machine under load: it alone capped the start rate shown)."""
+    thread pool managed ~14 creates/s on this machine under load: it alone capped the start rate shown).
+    Returns each Workflow's uid -> the Unix time its create returned (the Workflow existed)."""
     configuration = k8s.Configuration()
     k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+
+    created: dict[str, float] = {}
 
     async def run() -> None:
         api = KubeApi.from_kubernetes_config(configuration)
@@ -217,7 +229,8 @@ def create_all(kubeconfig: Path, namespace: str, durations: list[list[float]], c
             for i in names:
                 body = timed_workflow(f"wf-{i}", durations[i])
                 body["metadata"]["namespace"] = namespace
-                await api.create(body, WORKFLOWS)
+                made = await api.create(body, WORKFLOWS)
+                created[made["metadata"]["uid"]] = time.time()
                 done += 1
                 if done % 1000 == 0:
                     progress(f"created {done}/{count}")
@@ -228,6 +241,55 @@ def create_all(kubeconfig: Path, namespace: str, durations: list[list[float]], c
             await api.close()
 
     asyncio.run(run())
+    return created
+
+
+def exact_ms(samples: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of samples in seconds, in ms; None without any."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000, 1)
+
+
+def task_timings(url: str, pool: str, created: dict[str, float]) -> dict[str, list[float]]:
+    """What the agents' side sees, read from the task hashes once every run has ended (their results are
+    kept for hours): `enq` and `fin` are the enqueue and finish scripts' server clock (ms), the task's
+    `created_at` the operator's clock as it built the task, i.e. as its step became ready; one machine, one
+    clock. Per first attempt's task: start (the Workflow's create returned -> its first task in Redis),
+    in_redis (its step ready -> its task in Redis: the dispatch without the operator's own bookkeeping turns
+    after the script's reply) and next (the previous step's task finished -> this one in Redis: all the
+    operator adds between two steps, the notification, the run's turn and the dispatch together)."""
+    client = redis_client.Redis.from_url(url)
+    prefix = pool_prefix(pool) + "t:"
+    rows: dict[tuple[str, int], tuple[float, float | None, float]] = {}
+    try:
+        keys = [key.decode() for key in client.scan_iter(match=glob_escape(prefix) + "*", count=2000)]
+        for start in range(0, len(keys), 2000):
+            chunk = keys[start : start + 2000]
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.hmget(key, ["enq", "fin", "data"])
+            for key, (enq, fin, data) in zip(chunk, pipe.execute(), strict=True):
+                workflow, step, visit, part, attempt = key.removeprefix(prefix).rsplit("/", 4)
+                if enq is None or data is None or (visit, part, attempt) != ("v1", "p0", "a0"):
+                    continue
+                rows[(workflow, STEPS.index(step))] = (
+                    int(enq) / 1000,
+                    int(fin) / 1000 if fin else None,
+                    float(json.loads(data)["created_at"]),
+                )
+    finally:
+        client.close()
+    timings: dict[str, list[float]] = {"start": [], "in_redis_first": [], "in_redis_later": [], "next": []}
+    for (workflow, index), (enq, _, ready) in rows.items():
+        timings["in_redis_later" if index else "in_redis_first"].append(max(enq - ready, 0.0))
+        if not index and workflow in created:
+            timings["start"].append(enq - created[workflow])
+        before = rows.get((workflow, index - 1)) if index else None
+        if before is not None and before[1] is not None:
+            timings["next"].append(max(enq - before[1], 0.0))
+    return timings
 
 
 def scrape(urls: list[str]) -> str:
@@ -317,7 +379,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 wait_before = waiting_seconds(pids)
                 progress(f"{count}: creating Workflows")
                 durations = step_durations(count, len(STEPS), args.step_seconds, args.step_jitter)
-                create_all(cluster.kubeconfig, namespace, durations, args.create_concurrency)
+                created = create_all(cluster.kubeconfig, namespace, durations, args.create_concurrency)
                 created_at = time.monotonic()
                 progress(f"{count}: created in {created_at - t0:.1f}s; waiting for every first task")
                 started_at = wait(
@@ -391,6 +453,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 )
                 sampler.halt.set()
                 sampler.join()
+                timings = task_timings(redis.url, pool, created)
+                in_redis = timings["in_redis_first"] + timings["in_redis_later"]
                 running = bucket_delta(start_dispatch, dispatch)
                 lag_starting, lag_running = bucket_delta(lag_before, start_lag), bucket_delta(start_lag, lag)
                 rates = rate_by_key(api_before, api_after, window)
@@ -441,6 +505,15 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "dispatch_p50_ms_running": ms(quantile(running, 0.5)),
                     "dispatch_p99_ms_running": ms(quantile(running, 0.99)),
                     "dispatches": int(dispatch[-1][1]) if dispatch else 0,
+                    "created_to_first_task_p50_ms": exact_ms(timings["start"], 0.5),
+                    "created_to_first_task_p99_ms": exact_ms(timings["start"], 0.99),
+                    "in_redis_p50_ms": exact_ms(in_redis, 0.5),
+                    "in_redis_p99_ms": exact_ms(in_redis, 0.99),
+                    "in_redis_p99_ms_first": exact_ms(timings["in_redis_first"], 0.99),
+                    "in_redis_p99_ms_later": exact_ms(timings["in_redis_later"], 0.99),
+                    "step_end_to_next_task_p50_ms": exact_ms(timings["next"], 0.5),
+                    "step_end_to_next_task_p99_ms": exact_ms(timings["next"], 0.99),
+                    "tasks_timed": len(in_redis),
                     "notification_p50_ms": ms(quantile(notified, 0.5)),
                     "notification_p99_ms": ms(quantile(notified, 0.99)),
                     "admission_wait_p50_ms": ms(quantile(admitted, 0.5)),
@@ -541,6 +614,24 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "  while running (ms)",
             lambda r: f"{fmt(r['dispatch_p50_ms_running'])} / {fmt(r['dispatch_p99_ms_running'])}",
+            "",
+        ),
+        (
+            "  its task in Redis, p50 / p99 all, p99 first / later steps (ms)",
+            lambda r: (
+                f"{pair(r, 'in_redis_p50_ms', 'in_redis_p99_ms')}, "
+                f"{pair(r, 'in_redis_p99_ms_first', 'in_redis_p99_ms_later')}"
+            ),
+            "",
+        ),
+        (
+            "a Workflow created -> its first task in Redis, p50 / p99 (ms)",
+            lambda r: pair(r, "created_to_first_task_p50_ms", "created_to_first_task_p99_ms"),
+            "",
+        ),
+        (
+            "a step's task finished -> the next step's in Redis, p50 / p99 (ms)",
+            lambda r: pair(r, "step_end_to_next_task_p50_ms", "step_end_to_next_task_p99_ms"),
             "",
         ),
         (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import time
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -58,3 +60,34 @@ async def test_each_workflow_sleeps_the_durations_of_its_own_input(bench: Module
         assert outcome.status == "succeeded", outcome.error
         slept = [outcome.results[step]["slept"] for step in bench.STEPS]
         assert slept == doc["spec"]["input"]["seconds"]
+
+
+async def test_the_agents_side_timings_come_from_the_task_hashes(bench: ModuleType, redis_url: str) -> None:
+    """Each first attempt's task on a real redis-server gives its step's time to Redis, the first step's
+    time from its Workflow's creation and each later step's time from its predecessor's finish."""
+    pool = f"timings-{uuid.uuid4().hex[:8]}/{bench.POOL}"
+    docs = [bench.timed_workflow(f"wf-{i}", [0.05, 0.05, 0.05]) for i in range(3)]
+    queue = await open_queue(redis_url)
+    created: dict[str, float] = {}
+    try:
+        async with InProcessAgents(queue, [PoolSpec(pool, "sleep", concurrency=4)]):
+            runner = WorkflowRunner(queue)
+            for i, doc in enumerate(docs):
+                spec = parse_workflow_spec(
+                    {**doc["spec"], "steps": [{**s, "pool": pool} for s in doc["spec"]["steps"]]}
+                )
+                created[f"uid-{i}"] = time.time()
+                outcome = await runner.run(f"uid-{i}", spec)
+                assert outcome.status == "succeeded", outcome.error
+    finally:
+        await queue.close()
+    created["uid-0"] -= 2.0  # created two seconds before its first task: the start's figure shows it
+    timings = bench.task_timings(redis_url, pool, created)
+    assert len(timings["start"]) == len(timings["in_redis_first"]) == 3
+    assert len(timings["in_redis_later"]) == len(timings["next"]) == 6
+    assert 2.0 <= max(timings["start"]) < 3.0
+    steps = timings["in_redis_first"] + timings["in_redis_later"] + timings["next"]
+    assert all(0.0 <= t < 1.0 for t in steps)
+    assert bench.exact_ms([0.001, 0.002, 0.5], 0.5) == 2.0
+    assert bench.exact_ms([0.001, 0.002, 0.5], 0.99) == 500.0
+    assert bench.exact_ms([], 0.5) is None
