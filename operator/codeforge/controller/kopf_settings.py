@@ -91,9 +91,9 @@ def spawn_in_batches(per_turn: int = SPAWNS_PER_TURN) -> bool:
     once per `per_turn` calls instead of on every one. Kopf's own version queues the worker's coroutine for
     its spawner task, then sleeps 0: with a turn lasting 5-30 ms on a busy loop, the watcher read about one
     new object per turn, slower than 10,000 Workflows were created, and a created Workflow waited unread in
-    the watch stream 1.9-5.3 s (p50) before its handler saw it (bench/README.md, "Kopf's watcher", s18).
-    Idempotent; False (Kopf's own spawn kept, with a warning) when this Kopf's scheduler is not the one this
-    was written for (its pinned version in uv.lock, 1.45)."""
+    the watch stream 1.9-5.3 s (p50) before its handler saw it (bench/README.md, s18, "What the agents'
+    side sees"). Idempotent; False (Kopf's own spawn kept, with a warning) when this Kopf's scheduler is not
+    the one this was written for (its pinned version in uv.lock, 1.45)."""
     scheduler = aiotasks.Scheduler
     if getattr(scheduler.spawn, "codeforge_per_turn", None) == per_turn:
         return True
