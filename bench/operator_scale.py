@@ -253,13 +253,14 @@ def exact_ms(samples: list[float], q: float) -> float | None:
 
 
 def task_timings(url: str, pool: str, created: dict[str, float]) -> dict[str, list[float]]:
-    """What the agents' side sees, read from the task hashes once every run has ended (their results are
-    kept for hours): `enq` and `fin` are the enqueue and finish scripts' server clock (ms), the task's
-    `created_at` the operator's clock as it built the task, i.e. as its step became ready; one machine, one
-    clock. Per first attempt's task: start (the Workflow's create returned -> its first task in Redis),
-    in_redis (its step ready -> its task in Redis: the dispatch without the operator's own bookkeeping turns
-    after the script's reply) and next (the previous step's task finished -> this one in Redis: all the
-    operator adds between two steps, the notification, the run's turn and the dispatch together)."""
+    """What the agents' side sees, read from the task hashes once every run has ended (an ended task's hash
+    is kept for the queue's result TTL, a week by default): `enq` and `fin` are the enqueue and finish
+    scripts' server clock (ms), the task's `created_at` the operator's clock as it built the task, i.e. as
+    its step became ready; one machine, one clock. Per first attempt's task: start (the Workflow's create
+    returned -> its first task in Redis), in_redis (its step ready -> its task in Redis: the dispatch
+    without the operator's own bookkeeping turns after the script's reply) and next (the previous step's
+    task finished -> this one in Redis: all the operator adds between two steps, the notification, the
+    run's turn and the dispatch together)."""
     client = redis_client.Redis.from_url(url)
     prefix = pool_prefix(pool) + "t:"
     rows: dict[tuple[str, int], tuple[float, float | None, float]] = {}
