@@ -10,8 +10,9 @@ Workflow per 2 s and at most 20 patches per second in total, autoscaling every 1
 1. start: the Workflows (a chain s0 -> s1 -> s2, each sleeping `--step-seconds`, or with `--step-jitter J` a
    time drawn from [1 - J, 1 + J] times it; each Workflow's durations in its own input) are created through
    the API, `--create-concurrency` requests in flight (one aiohttp session, as a CI system submitting runs
-   would). No agent runs yet, so a Workflow has started once its first task is in the queue: start time =
-   first create -> the queue holds one task per Workflow (the queue's own count);
+   would), as fast as the API server takes them or, with `--create-rate R`, at most R per second. No agent
+   runs yet, so a Workflow has started once its first task is in the queue: start time = first create -> the
+   queue holds one task per Workflow (the queue's own count);
 2. run: `--agents` agent processes start and work the 3 x N tasks; the window ends when every run has ended
    in the operator (`codeforge_workflow_duration_seconds_count`: observed when the run returns, before its
    final status is written);
@@ -208,10 +209,12 @@ def timed_workflow(name: str, seconds: list[float]) -> dict[str, Any]:
 
 
 def create_all(
-    kubeconfig: Path, namespace: str, durations: list[list[float]], concurrency: int
+    kubeconfig: Path, namespace: str, durations: list[list[float]], concurrency: int, rate: float = 0.0
 ) -> dict[str, float]:
     """Create `count` Workflows, `concurrency` requests in flight on one aiohttp session (the Python client's
-    thread pool managed ~14 creates/s on this machine under load: it alone capped the start rate shown).
+    thread pool managed ~14 creates/s on this machine under load: it alone capped the start rate shown);
+    with `rate` > 0, the i-th create is not sent before i / rate seconds (an offered load below the
+    operator's capacity, rather than as fast as the API server takes them).
     Returns each Workflow's uid -> the Unix time its create returned (the Workflow existed)."""
     configuration = k8s.Configuration()
     k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -223,10 +226,14 @@ def create_all(
         count = len(durations)
         names = iter(range(count))
         done = 0
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
 
         async def worker() -> None:
             nonlocal done
             for i in names:
+                if rate > 0:
+                    await asyncio.sleep(max(begin + i / rate - loop.time(), 0.0))
                 body = timed_workflow(f"wf-{i}", durations[i])
                 body["metadata"]["namespace"] = namespace
                 made = await api.create(body, WORKFLOWS)
@@ -380,7 +387,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 wait_before = waiting_seconds(pids)
                 progress(f"{count}: creating Workflows")
                 durations = step_durations(count, len(STEPS), args.step_seconds, args.step_jitter)
-                created = create_all(cluster.kubeconfig, namespace, durations, args.create_concurrency)
+                created = create_all(
+                    cluster.kubeconfig, namespace, durations, args.create_concurrency, args.create_rate
+                )
                 created_at = time.monotonic()
                 progress(f"{count}: created in {created_at - t0:.1f}s; waiting for every first task")
                 started_at = wait(
@@ -470,6 +479,7 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "steps": len(STEPS),
                     "step_seconds": args.step_seconds,
                     "step_jitter": args.step_jitter,
+                    "create_rate": args.create_rate,
                     "agents": args.agents,
                     "agent_concurrency": args.concurrency,
                     "rss_idle_mib": round(rss_idle, 1),
@@ -706,6 +716,10 @@ def main() -> None:
         help="each step sleeps --step-seconds times a factor drawn from [1 - J, 1 + J] (0: all alike)",
     )  # fmt: skip
     parser.add_argument("--create-concurrency", type=int, default=64, help="creates in flight")
+    parser.add_argument(
+        "--create-rate", type=float, default=0.0,
+        help="creates per second at most (0: as fast as the API server takes them, the operator saturated)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase of a size")
     parser.add_argument(
         "--status-timeout", type=float, default=300.0, help="wait for every Succeeded status, after the run"

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 import uuid
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -17,18 +15,12 @@ from codeforge.embedded.agents import InProcessAgents
 from codeforge.embedded.manifest import PoolSpec
 from codeforge.orchestrator import WorkflowRunner
 from codeforge.queue import open_queue
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "operator_scale.py"
+from support.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("operator_scale", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("operator_scale")
 
 
 def test_durations_are_alike_without_jitter_and_spread_and_seeded_with_it(bench: ModuleType) -> None:
