@@ -699,6 +699,16 @@ def jitter_fraction(text: str) -> float:
     return value
 
 
+def create_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a rate: give creates per second, or 0 for unpaced")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -717,7 +727,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--create-concurrency", type=int, default=64, help="creates in flight")
     parser.add_argument(
-        "--create-rate", type=float, default=0.0,
+        "--create-rate", type=create_rate, default=0.0, metavar="R",
         help="creates per second at most (0: as fast as the API server takes them, the operator saturated)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase of a size")

@@ -35,6 +35,14 @@ def test_durations_are_alike_without_jitter_and_spread_and_seeded_with_it(bench:
         bench.jitter_fraction("1.5")
 
 
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "fast"])
+def test_a_create_rate_is_a_finite_non_negative_number(bench: ModuleType, text: str) -> None:
+    assert bench.create_rate("0") == 0.0
+    assert bench.create_rate("105") == 105.0
+    with pytest.raises(argparse.ArgumentTypeError, match="not a rate: give creates per second, or 0"):
+        bench.create_rate(text)
+
+
 async def test_each_workflow_sleeps_the_durations_of_its_own_input(bench: ModuleType) -> None:
     docs = [bench.timed_workflow("wf-0", [0.01, 0.05, 0.02]), bench.timed_workflow("wf-1", [0.03, 0.0, 0.04])]
     specs = [parse_workflow_spec(doc["spec"]) for doc in docs]
