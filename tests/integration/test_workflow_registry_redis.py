@@ -32,10 +32,12 @@ async def _no_patch(*_: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _operator(redis_url: str) -> AsyncIterator[tuple[OperatorServices, WorkflowRegistry]]:
+async def _operator(
+    redis_url: str, settings: WorkflowSettings | None = None
+) -> AsyncIterator[tuple[OperatorServices, WorkflowRegistry]]:
     """An operator's services and Workflow registry on `redis_url`, closed as the operator closes them."""
     services = OperatorServices(OperatorConfig(queue_url=redis_url))
-    workflows = WorkflowRegistry(settings=WorkflowSettings(), writer=StatusWriter(_no_patch))
+    workflows = WorkflowRegistry(settings=settings or WorkflowSettings(), writer=StatusWriter(_no_patch))
     try:
         yield services, workflows
     finally:
@@ -117,6 +119,13 @@ async def test_a_failed_opening_is_tried_again_by_the_next_run(
         runner = await workflows.connect(services, LOG)
         assert isinstance(runner.checkpointer, RedisCheckpointSaver)
         assert calls == 2
+
+
+async def test_the_runner_parks_runs_after_the_operators_setting(redis_url: str) -> None:
+    settings = WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_PARK_SECONDS": "3"})
+    async with _operator(redis_url, settings) as (services, workflows):
+        runner = await workflows.connect(services, LOG)
+        assert runner.park_after == 3.0
 
 
 async def test_the_admin_connection_is_opened_once_for_callers_that_ask_at_once(redis_url: str) -> None:

@@ -47,6 +47,8 @@ def test_agents_inherit_the_queue_url_and_get_the_password_secret() -> None:
         ("CODEFORGE_AGENT_REDIS_PASSWORD_SECRET", "no-key"),
         ("CODEFORGE_AUTOSCALE_INTERVAL", "0"),
         ("CODEFORGE_STATUS_INTERVAL", "soon"),
+        ("CODEFORGE_STATUS_INTERVAL", "nan"),
+        ("CODEFORGE_AUTOSCALE_INTERVAL", "inf"),
         ("CODEFORGE_METRICS_PORT", "70000"),
         ("CODEFORGE_AGENT_LOG_FORMAT", "xml"),
     ],

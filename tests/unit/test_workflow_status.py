@@ -265,13 +265,19 @@ def test_settings_from_the_environment() -> None:
     settings = WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_STATUS_INTERVAL": "0.5"})
     assert settings.status_interval == 0.5
     assert settings.writes_per_second == 20.0
-    with pytest.raises(ValueError, match="CODEFORGE_STATUS_WRITES_PER_SECOND"):
-        WorkflowSettings.from_env({"CODEFORGE_STATUS_WRITES_PER_SECOND": "0"})
+    for bad in ("0", "nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match="CODEFORGE_STATUS_WRITES_PER_SECOND"):
+            WorkflowSettings.from_env({"CODEFORGE_STATUS_WRITES_PER_SECOND": bad})
     assert settings.busy_runs == 32
     assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_BUSY_RUNS": "64"}).busy_runs == 64
     for bad in ("0", "0.5", "-3", "many"):
         with pytest.raises(ValueError, match=r"CODEFORGE_WORKFLOW_BUSY_RUNS.*whole number"):
             WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_BUSY_RUNS": bad})
+    assert settings.park_after == 0.1
+    assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_PARK_SECONDS": "2.5"}).park_after == 2.5
+    for bad in ("0", "-1", "soon", "3601", "1e300", "nan", "inf"):
+        with pytest.raises(ValueError, match="CODEFORGE_WORKFLOW_PARK_SECONDS"):
+            WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_PARK_SECONDS": bad})
 
 
 # -- writer ----------------------------------------------------------------------------------------------

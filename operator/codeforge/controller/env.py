@@ -7,6 +7,7 @@ stops the operator at startup with a line the user can act on (`config.py`, `lea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -28,6 +29,8 @@ def seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r}: expected a finite number of seconds")
     if value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be greater than 0")
     return value
@@ -40,6 +43,8 @@ def positive(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw) if raw else default
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r}: expected a finite number")
     if value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be greater than 0")
     return value

@@ -45,6 +45,7 @@ GRAPH_CACHE_SIZE = 256
 #: How long every running node of a run waits on a task before the run is parked: its graph is dropped
 #: and the runner waits for a task in its place (a few KiB instead of LangGraph's loop, ~60 KiB). Resuming
 #: costs a checkpoint read and the superstep's nodes run again, so a step that ends sooner never parks.
+#: `codeforge run`'s; the operator parks sooner (CODEFORGE_WORKFLOW_PARK_SECONDS, 0.1 s).
 PARK_AFTER_SECONDS = 1.0
 #: How long forget() waits for an agent to delete a run's step refs before it lets the run go anyway.
 REF_CLEANUP_WAIT_SECONDS = 30.0

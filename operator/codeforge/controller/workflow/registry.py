@@ -119,7 +119,9 @@ class WorkflowRegistry:
         admission = Admission(
             self.settings.busy_runs, observe=workflow_metrics.ADMISSION_WAIT_SECONDS.observe
         )
-        self.runner = WorkflowRunner(queue, checkpointer, admission=admission)
+        self.runner = WorkflowRunner(
+            queue, checkpointer, admission=admission, park_after=self.settings.park_after
+        )
         return self.runner
 
     def start_writer(self) -> None:
