@@ -15,7 +15,7 @@
 - CODEFORGE_WORKFLOW_PARK_SECONDS: how long every running step of a run waits on its task before the run
   is parked (its LangGraph loop dropped, `orchestrator/runner.py`); default 0.1, where `codeforge run`
   keeps the runner's 1 s. An agent's step takes seconds to hours, so the operator's runs park almost at
-  once either way; parked sooner, a starting run's loop is gone before the collector walks it: 25-45 %
+  once either way; parked sooner, a starting run's loop is gone before the collector walks it: 22-45 %
   less collection time while Workflows start (bench/README.md, s20). A step that ends sooner never parks.
 """
 
