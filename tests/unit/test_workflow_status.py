@@ -266,7 +266,7 @@ def test_settings_from_the_environment() -> None:
     assert settings.status_interval == 0.5
     assert settings.writes_per_second == 20.0
     for bad in ("0", "nan", "inf", "-inf"):
-        with pytest.raises(ValueError, match="CODEFORGE_STATUS_WRITES_PER_SECOND"):
+        with pytest.raises(ValueError, match=r"CODEFORGE_STATUS_WRITES_PER_SECOND=.*(greater than 0|finite)"):
             WorkflowSettings.from_env({"CODEFORGE_STATUS_WRITES_PER_SECOND": bad})
     assert settings.busy_runs == 32
     assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_BUSY_RUNS": "64"}).busy_runs == 64
@@ -275,8 +275,16 @@ def test_settings_from_the_environment() -> None:
             WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_BUSY_RUNS": bad})
     assert settings.park_after == 0.1
     assert WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_PARK_SECONDS": "2.5"}).park_after == 2.5
-    for bad in ("0", "-1", "soon", "3601", "1e300", "nan", "inf"):
-        with pytest.raises(ValueError, match="CODEFORGE_WORKFLOW_PARK_SECONDS"):
+    for bad, why in [
+        ("0", "greater than 0"),
+        ("-1", "greater than 0"),
+        ("soon", "expected a number of seconds"),
+        ("3601", "at most 3600"),
+        ("1e300", "at most 3600"),
+        ("nan", "finite"),
+        ("inf", "finite"),
+    ]:
+        with pytest.raises(ValueError, match=f"CODEFORGE_WORKFLOW_PARK_SECONDS={bad!r}: .*{why}"):
             WorkflowSettings.from_env({"CODEFORGE_WORKFLOW_PARK_SECONDS": bad})
 
 

@@ -20,33 +20,31 @@ def text(env: Mapping[str, str], name: str, default: str = "") -> str:
     return env.get(name, "").strip() or default
 
 
-def seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A positive number of seconds (or any positive rate): `default` when unset or blank."""
+def seconds(env: Mapping[str, str], name: str, default: float, *, maximum: float | None = None) -> float:
+    """A positive number of seconds (or any positive rate), at most `maximum`: `default` when unset or
+    blank."""
+    return _positive(env, name, default, "a number of seconds", maximum)
+
+
+def positive(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number (a rate, a count per second): `default` when unset or blank."""
+    return _positive(env, name, default, "a number", None)
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, what: str, maximum: float | None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}={raw!r}: expected a finite number of seconds")
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: must be greater than 0")
-    return value
-
-
-def positive(env: Mapping[str, str], name: str, default: float) -> float:
-    """A positive number (a rate, a count per second): `default` when unset or blank."""
-    raw = env.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+        raise ConfigError(f"{name}={raw!r}: expected {what}") from None
     if not math.isfinite(value):
         raise ConfigError(f"{name}={raw!r}: expected a finite number")
     if value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be greater than 0")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r}: must be at most {maximum:g}")
     return value
 
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from codeforge.controller.env import ConfigError, count, flag, positive, seconds
+from codeforge.controller.env import count, flag, positive, seconds
 from codeforge.orchestrator.admission import DEFAULT_LIMIT
 
 #: CODEFORGE_WORKFLOW_PARK_SECONDS's default, and its bound: an hour.
@@ -50,16 +50,13 @@ class WorkflowSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
         env = os.environ if env is None else env
-        park_after = seconds(env, "CODEFORGE_WORKFLOW_PARK_SECONDS", PARK_SECONDS)
-        if park_after > MAX_PARK_SECONDS:
-            raise ConfigError(
-                f"CODEFORGE_WORKFLOW_PARK_SECONDS={park_after:g}: at most {MAX_PARK_SECONDS:g} seconds"
-            )
         return cls(
             status_interval=positive(env, "CODEFORGE_WORKFLOW_STATUS_INTERVAL", 2.0),
             writes_per_second=positive(env, "CODEFORGE_STATUS_WRITES_PER_SECOND", 20.0),
             ref_cleanup_timeout=positive(env, "CODEFORGE_WORKSPACE_CLEANUP_TIMEOUT", 30.0),
             step_events=flag(env, "CODEFORGE_WORKFLOW_STEP_EVENTS"),
             busy_runs=count(env, "CODEFORGE_WORKFLOW_BUSY_RUNS", DEFAULT_LIMIT),
-            park_after=park_after,
+            park_after=seconds(
+                env, "CODEFORGE_WORKFLOW_PARK_SECONDS", PARK_SECONDS, maximum=MAX_PARK_SECONDS
+            ),
         )
