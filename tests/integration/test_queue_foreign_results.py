@@ -7,6 +7,7 @@ its claim (the claim delivers the rest). Real redis-server and 6-node cluster.""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import TaskState
 from codeforge.queue import TaskQueue, open_queue
-from codeforge.queue.keys import done_channel, pool_prefix
+from codeforge.queue.keys import done_channel, pool_prefix, task_key
 from codeforge.queue.redis_backend import RedisTaskQueue
 from support.tasks import make_task, unique_pool
 
@@ -124,3 +125,27 @@ async def test_a_task_record_no_codeforge_client_wrote_is_failed_at_its_claim_an
     await queue._r.hset(pool_prefix(pool) + "t:bad2", "data", data)
     assert await queue.claim(pool, "agent", timeout=0.5) is None
     assert (await queue.wait_result(pool, "bad2", timeout=5)).state is TaskState.FAILED
+
+
+async def test_a_task_stored_with_all_its_fields_reads_as_one_stored_without_its_defaults(
+    queue: RedisTaskQueue,
+) -> None:
+    """The queue stores a task without the fields at their defaults (`Task.stored_json`); records written
+    whole (by a client of an earlier version, or any other) read the same, under the queue's count."""
+    pool = unique_pool()
+    lean = make_task(pool, "lean", payload={"n": 1})
+    await queue.enqueue(lean)
+    stored = json.loads(await queue._r.hget(task_key(pool, "lean"), "data"))
+    assert set(stored) == {"id", "pool", "payload", "created_at"}
+    whole = make_task(pool, "whole", priority="high", max_attempts=5, workflow="ns/wf", attempts=7)
+    added = await queue._script(
+        "enqueue", pool, 1, whole.id, int(whole.priority), whole.max_attempts,
+        int(whole.lease_seconds * 1000), whole.model_dump_json(), whole.max_lost_leases,
+        int(whole.lost_lease_backoff_seconds * 1000), whole.fairness_key, whole.fair_weight,
+        whole.max_concurrency,
+    )  # fmt: skip
+    assert added == [1]
+    for expected in (whole, lean):  # priority order
+        lease = await queue.claim(pool, "reader", timeout=2)
+        assert lease is not None
+        assert lease.task == expected.model_copy(update={"attempts": 1})

@@ -19,6 +19,8 @@ from codeforge.api.task import (
     Priority,
     Task,
     TaskState,
+    TaskWorkspace,
+    WorkspaceAction,
     validate_pool_name,
 )
 
@@ -86,6 +88,87 @@ def test_a_task_survives_a_json_round_trip() -> None:
         deadline=2_000_000_000.0,
     )
     assert Task.model_validate_json(task.model_dump_json()) == task
+
+
+#: The defaults a stored task leaves out (`Task.stored_json`). A reader fills in its own, so changing one
+#: changes what every task already queued means, and agents of the old and the new version would read one
+#: record two ways: it needs a migration, not an edit.
+STORED_DEFAULTS: dict[str, Any] = {
+    "workflow": "",
+    "step": "",
+    "priority": Priority.MEDIUM,
+    "payload": None,
+    "attempts": 0,
+    "max_attempts": 3,
+    "max_lost_leases": 10,
+    "lost_lease_backoff_seconds": 1.0,
+    "lease_seconds": 30.0,
+    "deadline": None,
+    "workspace": None,
+    "fair_key": "",
+    "fair_weight": 1,
+    "max_concurrency": 0,
+}
+STORED_WORKSPACE_DEFAULTS: dict[str, Any] = {
+    "action": WorkspaceAction.CHECKOUT,
+    "ref": None,
+    "base": None,
+    "parts": [],
+    "push_ref": None,
+    "commit": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "pinned"), [(Task, STORED_DEFAULTS), (TaskWorkspace, STORED_WORKSPACE_DEFAULTS)]
+)
+def test_the_defaults_a_stored_task_leaves_out_are_pinned(model: type[Any], pinned: dict[str, Any]) -> None:
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if not field.is_required() and name != "created_at"  # the time of creation: always stored
+    }
+    assert defaults == pinned
+
+
+def test_a_stored_task_leaves_out_its_defaults_and_reads_back_the_same() -> None:
+    plain = build(payload={"i": 1})
+    assert set(json.loads(plain.stored_json())) == {"id", "pool", "payload", "created_at"}
+    assert len(plain.stored_json()) < len(plain.model_dump_json()) / 2
+    full = build(
+        workflow="ns/wf",
+        step="implement",
+        priority="critical",
+        payload={"prompt": "fix it"},
+        attempts=2,
+        max_attempts=5,
+        max_lost_leases=2,
+        lost_lease_backoff_seconds=0.5,
+        lease_seconds=60,
+        deadline=2_000_000_000.0,
+        workspace=TaskWorkspace(
+            url="https://git.example/repo.git", base="a" * 40, push_ref="refs/codeforge/r/s"
+        ),
+        fair_key="team-a",
+        fair_weight=3,
+        max_concurrency=4,
+    )
+    for task in (plain, full):
+        assert Task.model_validate_json(task.stored_json()) == task
+    stored_workspace = json.loads(full.stored_json())["workspace"]
+    assert set(stored_workspace) == {"url", "base", "push_ref"}
+
+
+def test_a_queue_reading_a_stored_task_sets_its_count_of_deliveries() -> None:
+    stored = build(payload={"i": 1}).stored_json()
+    assert Task.model_validate_json(stored).attempts == 0
+    assert Task.model_validate_json(stored, context={"attempts": 4}).attempts == 4
+    written_with_a_count = build(attempts=2).model_dump_json()
+    assert Task.model_validate_json(written_with_a_count).attempts == 2
+    assert Task.model_validate_json(written_with_a_count, context={"attempts": 5}).attempts == 5
+    assert build(attempts=1).attempts == 1  # no context: what the producer gave
+    with pytest.raises(ValidationError, match="attempts"):
+        Task.model_validate_json(stored, context={"attempts": -1})
 
 
 def test_a_payload_at_the_limit_is_accepted() -> None:
