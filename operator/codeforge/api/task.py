@@ -273,6 +273,9 @@ _TERMINAL: Final = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.D
 
 
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: What bounds a payload and stores a result: JSON without spaces, ASCII (the rest escaped), no NaN. One
+#: encoder for the process: `json.dumps` with these options builds one per call, on every task's validation.
+COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def validate_fair_key(value: str, field: str) -> str:
@@ -421,7 +424,7 @@ class Task(BaseModel):
     @model_validator(mode="after")
     def _check_payload(self) -> Task:
         try:
-            encoded = json.dumps(self.payload, separators=(",", ":"), allow_nan=False)
+            encoded = COMPACT_JSON.encode(self.payload)
         except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"payload must be JSON-serialisable (dicts, lists, strings, numbers, bools, null): {exc}"
@@ -445,7 +448,7 @@ def encode_result(result: Any) -> str:
             f"the result nests more than {MAX_JSON_DEPTH} levels deep (at {clip_text(deep, 80)}): flatten it"
         )
     try:
-        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        text = COMPACT_JSON.encode(result)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the result is not JSON: {exc}") from None
     if len(text) > MAX_RESULT_BYTES:  # ASCII: json.dumps escapes the rest
