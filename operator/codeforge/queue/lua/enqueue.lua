@@ -25,7 +25,8 @@ local function enqueue_handed(b, id, tk, prio, score, key, cap, w)
   local member, until_ms, consumer, _, hold_ms = next_idle(now)
   if not member then return false end
   local kw = math.max(w, 1)
-  local vt = math.max(st.last, vnow(prio))
+  local level = vnow(prio)
+  local vt = math.max(st.last, level)
   local hold = hold_ms
   if hold <= 0 then hold = tonumber(ARGV[b + 3]) end
   local exp, fence = now + hold, fence_after(nil)
@@ -38,7 +39,7 @@ local function enqueue_handed(b, id, tk, prio, score, key, cap, w)
   local h = st.h + 1
   redis.call('HSET', fs(key), 'h', h, 'cap', cap, 'w', kw, 'l' .. prio, vt + 1 / kw, 'blk',
     (cap > 0 and h >= cap) and 1 or 0)
-  redis.call('HSET', P .. 'fvt', prio, vt)
+  if vt ~= level then redis.call('HSET', P .. 'fvt', prio, vt) end  -- moved only if the key was ahead of it
   push_handed(consumer, {id, ARGV[b + 4], 1, fence, exp, 0}, until_ms, now)
   return true
 end
