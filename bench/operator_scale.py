@@ -402,6 +402,8 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                 start_dispatch = histogram_buckets(started_text, DISPATCH)
                 start_lag = histogram_buckets(started_text, LAG)
                 gc_start = gc_delta(gc_seconds(started_text), gc_before)
+                # What a first step's dispatch can sit through (the run's longest pauses come as runs end).
+                pauses_start = bucket_delta(pauses_before, histogram_buckets(started_text, GC))
                 progress(f"{count}: all started after {started_at - t0:.1f}s; starting {args.agents} agents")
                 agents = [
                     AgentProcess(
@@ -501,6 +503,9 @@ def one_size(cluster: Cluster, count: int, args: argparse.Namespace, log_dir: Pa
                     "gc_pauses_by_generation": gc_delta(gc_seconds(done_text, "count"), collections_before),
                     "gc_pause_p50_ms": ms(quantile(pauses, 0.5)),
                     "gc_pause_p99_ms": ms(quantile(pauses, 0.99)),
+                    "gc_pauses_start": int(pauses_start[-1][1]) if pauses_start else None,
+                    "gc_pause_p50_ms_start": ms(quantile(pauses_start, 0.5)),
+                    "gc_pause_p99_ms_start": ms(quantile(pauses_start, 0.99)),
                     "waiting_for_cpu_percent_start": round(waited_start / (started_at - t0) * 100, 1),
                     "waiting_for_cpu_percent_overall": round(waited / window * 100, 1),
                     "create_seconds": round(created_at - t0, 1),
@@ -603,6 +608,14 @@ def print_table(results: list[dict[str, Any]], command: str) -> None:
         (
             "GC pauses: count, p50 / p99 (ms)",
             lambda r: f"{fmt(r.get('gc_pauses'))}, {pair(r, 'gc_pause_p50_ms', 'gc_pause_p99_ms')}",
+            "",
+        ),
+        (
+            "  while starting",
+            lambda r: (
+                f"{fmt(r.get('gc_pauses_start'))}, "
+                + pair(r, "gc_pause_p50_ms_start", "gc_pause_p99_ms_start")
+            ),
             "",
         ),
         (
