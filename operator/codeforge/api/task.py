@@ -451,7 +451,7 @@ def encode_result(result: Any) -> str:
         text = COMPACT_JSON.encode(result)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the result is not JSON: {exc}") from None
-    if len(text) > MAX_RESULT_BYTES:  # ASCII: json.dumps escapes the rest
+    if len(text) > MAX_RESULT_BYTES:  # ASCII: the encoder escapes the rest
         raise ValueError(result_too_large(len(text)))
     return text
 

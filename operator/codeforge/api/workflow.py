@@ -12,7 +12,6 @@ booleans are `strict=True`, typed as the CRD's `type: integer|number|boolean` ty
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -35,7 +34,7 @@ from codeforge.api import limits
 from codeforge.api.cel_check import CelCheckError, check_program, check_size, compile_error
 from codeforge.api.limits import MAX_PARAMS_KEYS, clip, clip_text
 from codeforge.api.spec_model import SpecModel
-from codeforge.api.task import Priority, validate_pool_name
+from codeforge.api.task import COMPACT_JSON, Priority, validate_pool_name
 from codeforge.api.usage import Budget
 from codeforge.api.workspace import StepWorkspace, WorkspaceSpec
 
@@ -135,7 +134,7 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     if limits.too_deep(value, limits.MAX_JSON_DEPTH) is not None:
         raise ValueError(f"{what} nests more than {limits.MAX_JSON_DEPTH} levels deep: flatten it")
     try:
-        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+        size = len(COMPACT_JSON.encode(value).encode())
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be JSON (objects, lists, strings, numbers, booleans, null)") from None
     if size > max_bytes:
