@@ -289,8 +289,13 @@ async def _wait_for_hang(agent: AgentProcess, tmp_path: Path, timeout: float = 6
 
 
 def _hanging_pid(cache: Path) -> int | None:
-    for found in cache.rglob("feature.txt"):
-        text = found.read_text()
+    # Only the worktrees (cache/work/<id>/): the agent renames its temporary clones under cache/repos while
+    # this polls, and a recursive walk there can find a directory gone by the time it lists it.
+    for found in (cache / "work").glob("*/feature.txt"):
+        try:
+            text = found.read_text()
+        except FileNotFoundError:  # the worktree was released between the listing and the read
+            continue
         if text.startswith("written by pid "):
             return int(text.split()[3])
     return None
