@@ -242,7 +242,7 @@ class RepoCache:
 
     async def _evict(self, keep: Path | None = None) -> None:
         """Drop the cached repositories no task is using (all of them, oldest first: simple, and rare)."""
-        for repo in sorted(self.repos_dir.glob("*.git"), key=lambda p: p.stat().st_mtime):
+        for repo in sorted(self.repos_dir.glob("*.git"), key=_mtime):
             if repo == keep or self.state(repo).users:
                 continue
             log.warning("evicting the cache %s to free space", repo.name)
@@ -304,6 +304,14 @@ def _pid_alive(text: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _mtime(path: Path) -> float:
+    """A path's mtime, 0 when it is gone: another process on the volume may evict it as we list them."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _tree_size(path: Path) -> int:
