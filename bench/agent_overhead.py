@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from codeforge.api.task import Task
+from codeforge.benchmarks.stats import percentile
 from codeforge.queue import open_queue
 from codeforge.testing.redis_server import LocalRedis
 from codeforge_agent import Agent, AgentConfig, HandlerConfig, TaskTiming
@@ -32,11 +33,6 @@ class Result:
     seconds: float
     to_start: list[float]
     to_record: list[float]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(url: str, backend: str, tasks: int, concurrency: int) -> Result:
@@ -81,10 +77,11 @@ def table(results: list[Result]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in results:
+        to_start, to_record = sorted(r.to_start), sorted(r.to_record)
         rows.append(
             f"| {r.backend} | {r.concurrency} | {r.tasks / r.seconds:,.0f} "
-            f"| {percentile(r.to_start, 0.5):.0f} / {percentile(r.to_start, 0.99):.0f} "
-            f"| {percentile(r.to_record, 0.5):.0f} / {percentile(r.to_record, 0.99):.0f} |"
+            f"| {percentile(to_start, 50):.0f} / {percentile(to_start, 99):.0f} "
+            f"| {percentile(to_record, 50):.0f} / {percentile(to_record, 99):.0f} |"
         )
     return "\n".join(rows)
 

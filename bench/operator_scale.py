@@ -86,6 +86,7 @@ from cluster.processes import AgentProcess, OperatorProcess, start_together
 from cluster.resources import install_crds, sleep_workflow, temporary_namespace
 from codeforge.api.agentpool import API_VERSION
 from codeforge.api.workflow import PLURAL
+from codeforge.benchmarks.stats import percentile
 from codeforge.controller.kube import Kind, KubeApi
 from codeforge.controller.sharding import Shard
 from codeforge.queue import open_queue
@@ -252,11 +253,11 @@ def create_all(
 
 
 def exact_ms(samples: list[float], q: float) -> float | None:
-    """The q-quantile (nearest rank) of samples in seconds, in ms; None without any."""
+    """The q-quantile of samples in seconds (the samples themselves, not a histogram's buckets), in ms; None
+    without any."""
     if not samples:
         return None
-    ordered = sorted(samples)
-    return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000, 1)
+    return round(percentile(sorted(samples), q * 100) * 1000, 1)
 
 
 def task_timings(url: str, pool: str, created: dict[str, float]) -> dict[str, list[float]]:

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from codeforge.benchmarks.stats import percentile
 from codeforge.workspace import Workspaces, WorkspaceSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -78,7 +79,7 @@ def stats(values: list[float]) -> dict[str, float]:
     return {
         "runs": len(values),
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
-        "p95_ms": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] * 1000, 1),
+        "p95_ms": round(percentile(ordered, 95) * 1000, 1),
         "min_ms": round(ordered[0] * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
     }

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from codeforge.api.task import Task
-from codeforge.benchmarks.queue_bench import percentile
+from codeforge.benchmarks.stats import percentile
 from codeforge.queue import TaskQueue, open_queue
 
 BIG, SMALL = "big", "small"

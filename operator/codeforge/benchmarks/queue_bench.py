@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, Record
+from codeforge.benchmarks.stats import percentile
 from codeforge.benchmarks.system import BenchContext, System, WorkerGroup
 
 #: name -> (module, class, the pip distribution that must be installed for it, "" when built in)
@@ -121,14 +122,6 @@ class Row:
             "enqueue_per_s": self.enqueue_per_s,
             "notes": self.notes,
         }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of an already sorted, non-empty list."""
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def fill_latency(row: Row, latencies_ns: list[int]) -> Row:

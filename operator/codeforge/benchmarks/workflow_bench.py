@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codeforge.benchmarks.queue_bench import percentile
+from codeforge.benchmarks.stats import percentile
 from codeforge.benchmarks.workflow_engine import SHAPES, STEPS, EngineContext, Unavailable, WorkflowEngine
 
 #: name -> (module, class, the pip distribution it needs, "" when built in)
