@@ -55,8 +55,16 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
         if row["scenario"] == "throughput":
             assert row["throughput_per_s"] > 0, row
             assert "duplicate" not in row["notes"], row
+    # Issue 15's goal, per consumer count: codeforge's latency p99 over the floor's of the same run.
+    latency = {(r["system"], r["consumers"]): r for r in rows if r["scenario"] == "latency"}
+    for consumers in (1, 3):
+        ours, floor = latency["codeforge", consumers], latency["raw", consumers]
+        assert ours["p99_vs_floor"] == round(ours["p99_ms"] / floor["p99_ms"], 2), ours
+        assert floor["p99_vs_floor"] is None
+    assert all(r["p99_vs_floor"] is None for r in rows if r["scenario"] != "latency")
     # The table goes to stdout, progress to stderr.
     assert "Queue benchmark" in proc.stdout
+    assert "p99 / floor" in proc.stdout
     assert "[codeforge]" in proc.stderr
 
 
