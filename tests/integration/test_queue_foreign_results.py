@@ -2,7 +2,8 @@
 the queue keeps none over `MAX_RESULT_BYTES`, and the reader turns one it cannot use (not JSON, nested past
 `MAX_JSON_DEPTH`) into a failed outcome saying why, never an exception in the listener that wakes every
 waiter; nor does a malformed message on a pool's done channel, and a task record that is no Task is failed at
-its claim (the claim delivers the rest). Real redis-server and 6-node cluster."""
+its claim (the claim delivers the rest), and entries of the pool's sets no codeforge client wrote are dropped.
+Real redis-server and 6-node cluster."""
 
 from __future__ import annotations
 
@@ -149,3 +150,42 @@ async def test_a_task_stored_with_all_its_fields_reads_as_one_stored_without_its
         lease = await queue.claim(pool, "reader", timeout=2)
         assert lease is not None
         assert lease.task == expected.model_copy(update={"attempts": 1})
+
+
+async def test_entries_of_the_pools_sets_no_codeforge_client_filed_are_dropped_and_the_queue_goes_on(
+    queue: RedisTaskQueue,
+) -> None:
+    """A foreign client's members of `idle` (not "max|lease_ms|consumer"), and `inflight` and `delayed`
+    entries with no task behind them: each is dropped where a script meets it, not an error that fails
+    every enqueue or claim of the pool from then on."""
+    pool = unique_pool()
+    prefix = pool_prefix(pool)
+    seconds, micros = await queue._r.time()
+    soon = seconds * 1000 + micros // 1000 + 2_000  # ends before the agent's own wait: picked first
+    foreign = [
+        "garbage",
+        "x|y",
+        "0|100|agent",
+        "1|100|",
+        "1|-5|agent",
+        "a|b|agent",
+        "inf|100|agent",
+        "nan|1|agent",
+    ]
+    await queue._r.zadd(prefix + "idle", dict.fromkeys(foreign, soon))
+    await queue._r.zadd(prefix + "inflight", {"ghost-lease": 1})  # expired long ago
+    await queue._r.zadd(prefix + "delayed", {"ghost-retry": 1})  # due long ago
+    waiter = asyncio.create_task(queue.claim(pool, "agent", timeout=5))
+    await asyncio.sleep(0.3)  # the claim reaped, promoted and registered the agent as idle
+    assert await queue.enqueue(make_task(pool, "t1"))
+    lease = await asyncio.wait_for(waiter, 5)
+    assert lease is not None
+    assert lease.id == "t1"
+    await queue.complete(lease, None)
+    assert not set(foreign) & {m.decode() for m in await queue._r.zrange(prefix + "idle", 0, -1)}
+    assert await queue._r.zscore(prefix + "inflight", "ghost-lease") is None
+    assert await queue._r.zscore(prefix + "delayed", "ghost-retry") is None
+    for ghost in ("ghost-lease", "ghost-retry"):  # dropped, not turned into half a task
+        assert not await queue._r.exists(prefix + "t:" + ghost)
+    stats = await queue.stats(pool)
+    assert (stats.queued, stats.in_flight, stats.delayed) == (0, 0, 0)

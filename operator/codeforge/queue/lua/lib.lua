@@ -299,11 +299,16 @@ local function reap(now, limit)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     local tk = P .. 't:' .. id
-    end_lease(tk, id)
-    next_fence(tk)
-    local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts')
-    lose_lease(tk, id, 'lease expired after ' .. (tonumber(info[1] or info[2]) / 1000) .. 's without a heartbeat'
-      .. ' (delivery ' .. info[3] .. ')', now, true)
+    local info = redis.call('HMGET', tk, 'hold', 'lease', 'attempts', 'state')
+    if not info[4] then
+      -- No task behind the lease (no codeforge client files one without its hash): only the entry goes.
+      redis.call('ZREM', P .. 'inflight', id)
+    else
+      end_lease(tk, id)
+      next_fence(tk)
+      lose_lease(tk, id, 'lease expired after ' .. ((tonumber(info[1] or info[2]) or 0) / 1000)
+        .. 's without a heartbeat (delivery ' .. (info[3] or '?') .. ')', now, true)
+    end
   end
   return #ids
 end
@@ -312,7 +317,11 @@ local function promote(now, limit)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
   for i = 1, #due, 2 do
     redis.call('ZREM', P .. 'delayed', due[i])
-    to_ready(P .. 't:' .. due[i], due[i], due[i + 1])  -- claimable since it was due, not since this claim
+    local tk = P .. 't:' .. due[i]
+    -- Without its hash (no codeforge client delays a task it did not file) the entry only goes.
+    if redis.call('HEXISTS', tk, 'state') == 1 then
+      to_ready(tk, due[i], due[i + 1])  -- claimable since it was due, not since this claim
+    end
   end
   return #due / 2
 end
@@ -362,23 +371,30 @@ local HAND_MARGIN_MS = 100
 
 -- The registration to hand to next, taken out of `idle`: its member, wait end (ms), consumer, how many tasks
 -- it takes and its lease ms; nil when no consumer is waiting. Registrations whose wait has ended are dropped
--- when they would be picked (when no other is left), so a handover to a live one costs nothing more.
+-- when they would be picked (when no other is left), so a handover to a live one costs nothing more; so is
+-- a member no codeforge client wrote (not "max|lease_ms|consumer"), and the next one is tried.
 local function next_idle(now)
-  local top = redis.call('ZRANGEBYSCORE', P .. 'idle', now + HAND_MARGIN_MS, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if not top[1] then
-    top = redis.call('ZRANGE', P .. 'idle', -1, -1, 'WITHSCORES')
-    if not top[1] then return nil end
-    if tonumber(top[2]) <= now then  -- the latest wait has ended, so has every other
-      redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-      return nil
+  while true do
+    local top = redis.call('ZRANGEBYSCORE', P .. 'idle', now + HAND_MARGIN_MS, '+inf', 'WITHSCORES',
+      'LIMIT', 0, 1)
+    if not top[1] then
+      top = redis.call('ZRANGE', P .. 'idle', -1, -1, 'WITHSCORES')
+      if not top[1] then return nil end
+      if tonumber(top[2]) <= now then  -- the latest wait has ended, so has every other
+        redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
+        return nil
+      end
+    end
+    redis.call('ZREM', P .. 'idle', top[1])
+    local member = top[1]
+    local a = string.find(member, '|', 1, true)
+    local b = a and string.find(member, '|', a + 1, true)
+    local want = b and tonumber(string.sub(member, 1, a - 1))
+    local hold = want and tonumber(string.sub(member, a + 1, b - 1))
+    if hold and want >= 1 and want < math.huge and hold >= 0 and hold < math.huge and b < #member then
+      return member, tonumber(top[2]), string.sub(member, b + 1), want, hold
     end
   end
-  redis.call('ZREM', P .. 'idle', top[1])
-  local member = top[1]
-  local a = string.find(member, '|', 1, true)
-  local b = string.find(member, '|', a + 1, true)
-  return member, tonumber(top[2]), string.sub(member, b + 1), tonumber(string.sub(member, 1, a - 1)),
-    tonumber(string.sub(member, a + 1, b - 1))
 end
 
 -- Push leases (the claim reply's fields, `out`) to the consumer's list for its blocking pop.
