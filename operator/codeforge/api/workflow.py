@@ -134,7 +134,7 @@ def _check_json(value: Any, what: str, max_bytes: int) -> Any:
     if limits.too_deep(value, limits.MAX_JSON_DEPTH) is not None:
         raise ValueError(f"{what} nests more than {limits.MAX_JSON_DEPTH} levels deep: flatten it")
     try:
-        size = len(COMPACT_JSON.encode(value).encode())
+        size = len(COMPACT_JSON.encode(value))  # ASCII: the encoder escapes the rest, so chars are bytes
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be JSON (objects, lists, strings, numbers, booleans, null)") from None
     if size > max_bytes:
