@@ -61,7 +61,11 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
         ours, floor = latency["codeforge", consumers], latency["raw", consumers]
         assert ours["p99_vs_floor"] == round(ours["p99_ms"] / floor["p99_ms"], 2), ours
         assert floor["p99_vs_floor"] is None
+        # ... from samples taken in turns, so both saw the same moments of the machine
+        assert "samples in turns with raw's" in ours["notes"], ours
+        assert "samples in turns with codeforge's" in floor["notes"], floor
     assert all(r["p99_vs_floor"] is None for r in rows if r["scenario"] != "latency")
+    assert not any("in turns" in r["notes"] for r in rows if r["scenario"] != "latency")
     # The table goes to stdout, progress to stderr.
     assert "Queue benchmark" in proc.stdout
     assert "p99 / floor" in proc.stdout

@@ -3,7 +3,7 @@ same durability mode's LPUSH/BRPOP, at the same consumer count, from the same ru
 
 from __future__ import annotations
 
-from codeforge.benchmarks.queue_bench import Row, compare_to_floors
+from codeforge.benchmarks.queue_bench import Row, compare_to_floors, pair_up
 
 
 def _row(system: str, consumers: int, p99: float | None, scenario: str = "latency") -> Row:
@@ -41,3 +41,15 @@ def test_a_mode_without_a_floor_and_a_floor_without_samples_give_no_ratio() -> N
     rows = [_row("raw", 1, None), _row("codeforge", 1, 1.0), _row("codeforge-fast", 1, 1.0)]
     compare_to_floors(rows)
     assert [r.p99_vs_floor for r in rows] == [None, None, None]
+
+
+def test_a_system_is_paired_with_the_first_floor_of_its_mode_the_run_selected() -> None:
+    assert pair_up(["codeforge", "raw", "celery"]) == {"codeforge": "raw"}
+    assert pair_up(["raw-fsync", "codeforge-fsync", "codeforge", "codeforge-fast"]) == {
+        "codeforge-fsync": "raw-fsync"
+    }
+    both = ["codeforge-replicated", "raw-replicated", "raw-replicated-confirmed"]
+    assert pair_up(both) == {"codeforge-replicated": "raw-replicated-confirmed"}
+    assert pair_up(["codeforge-replicated", "raw-replicated"]) == {"codeforge-replicated": "raw-replicated"}
+    # a floor without its system, or a system whose floor another mode's, runs alone
+    assert pair_up(["raw", "codeforge-fsync", "dramatiq"]) == {}

@@ -70,6 +70,23 @@ FLOOR_OF = {
 }
 
 
+#: A system and its floor measured in one run have their latency samples taken in turns, this many at a time,
+#: the other's workers stopped meanwhile (bench/README.md, "Paired latency"): a durable mode's tail is the
+#: disk's, whose slow spells last about a second, so cells measured minutes apart compared the disk's moods.
+PAIRED_BLOCK = 20
+
+
+def pair_up(systems: list[str]) -> dict[str, str]:
+    """system -> the floor whose latency is measured in turns with it: the first of its FLOOR_OF the run
+    selected (each floor paired once)."""
+    pairs: dict[str, str] = {}
+    for name in systems:
+        floor = next((f for f in FLOOR_OF.get(name, ()) if f in systems and f not in pairs.values()), None)
+        if floor is not None:
+            pairs[name] = floor
+    return pairs
+
+
 @dataclass
 class BenchConfig:
     systems: list[str]
@@ -233,10 +250,11 @@ class Session:
         if not collector.wait_for(burst, STARTUP_TIMEOUT_S):
             raise TimeoutError("workers did not finish the warm-up burst")
         for _ in range(3):
-            await self._one(collector)
+            await self.one(collector)
         await asyncio.sleep(0.2)
 
-    async def _one(self, collector: Collector) -> int:
+    async def one(self, collector: Collector) -> int:
+        """Send one task and wait for it to start: its latency in ns."""
         seq = self.next_range(1)
         await self.system.send(seq[0])
         if not collector.wait_for(seq, SAMPLE_TIMEOUT_S):
@@ -248,7 +266,7 @@ class Session:
         samples: list[int] = []
         deadline = time.monotonic() + cfg.latency_budget_s
         while len(samples) < cfg.latency_samples and time.monotonic() < deadline:
-            samples.append(await self._one(collector))
+            samples.append(await self.one(collector))
             await asyncio.sleep(LATENCY_GAP_S)
         if len(samples) < cfg.latency_samples:
             row.notes = _join(row.notes, f"{len(samples)} samples in the {cfg.latency_budget_s:.0f} s budget")
@@ -258,7 +276,7 @@ class Session:
         samples: list[int] = []
         for _ in range(cfg.idle_samples):
             await asyncio.sleep(cfg.idle_quiet_s + random.uniform(0.0, cfg.idle_jitter_s))
-            samples.append(await self._one(collector))
+            samples.append(await self.one(collector))
         return fill_latency(row, samples)
 
     async def throughput(self, collector: Collector, cfg: BenchConfig, row: Row) -> Row:
@@ -297,9 +315,13 @@ class Runner:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     async def run(self) -> list[Row]:
+        pairs = pair_up(self.cfg.systems)
         rows: list[Row] = []
         for name in self.cfg.systems:
-            rows += await self.run_system(name)
+            if name in pairs:
+                rows += await self.run_pair(pairs[name], name)
+            elif name not in pairs.values():
+                rows += await self.run_system(name)
         compare_to_floors(rows)
         return rows
 
@@ -326,19 +348,26 @@ class Runner:
             owns_server=self.owns_server,
         )
 
-    async def run_system(self, name: str) -> list[Row]:
+    async def _open(self, name: str) -> System | list[Row]:
+        """The system, connected; or, when it cannot be, its rows saying why."""
         loaded = self._load(name, self._ctx(name, name))
         if isinstance(loaded, str):
             self.progress(f"[{name}] skipped: {loaded}")
             return [Row(name, "-", n, s, notes=loaded) for s, n in self._plan_flat()]
-        version = loaded.version()
-        seq = [0]
         try:
             await loaded.open()
         except Exception as exc:
             failure = f"failed: cannot connect the producer: {exc}"
             self.progress(f"[{name}] {failure}")
-            return [Row(name, version, n, s, notes=failure) for s, n in self._plan_flat()]
+            return [Row(name, loaded.version(), n, s, notes=failure) for s, n in self._plan_flat()]
+        return loaded
+
+    async def run_system(self, name: str) -> list[Row]:
+        loaded = await self._open(name)
+        if isinstance(loaded, list):
+            return loaded
+        version = loaded.version()
+        seq = [0]
         rows: list[Row] = []
         try:
             for consumers, scenarios in self._plan():
@@ -351,6 +380,35 @@ class Runner:
                 rows += await self._sessions(loaded, name, consumers, scenarios, seq, base)
         finally:
             await loaded.close()
+            self._clean_up()
+        return rows
+
+    async def run_pair(self, floor: str, name: str) -> list[Row]:
+        """A system and its floor: their latency in turns (PAIRED_BLOCK), the rest one after the other."""
+        first = await self._open(floor)
+        if isinstance(first, list):
+            return first + await self.run_system(name)
+        second = await self._open(name)
+        if isinstance(second, list):
+            await first.close()
+            self._clean_up()
+            return await self.run_system(floor) + second
+        pair = [Contender(floor, first), Contender(name, second)]
+        rows: list[Row] = []
+        try:
+            for consumers, scenarios in self._plan():
+                shared = [s for s in scenarios if s != "throughput"]
+                if shared:
+                    rows += await self._paired_session(pair, consumers, shared)
+                if "throughput" in scenarios:
+                    for one in pair:
+                        base = Row(one.name, one.version, consumers, "")
+                        rows += await self._sessions(
+                            one.system, one.name, consumers, ["throughput"], one.seq, base
+                        )
+        finally:
+            await second.close()  # in turn: the floor's server settings (and replica) were there first
+            await first.close()
             self._clean_up()
         return rows
 
@@ -455,6 +513,103 @@ class Runner:
             client.delete(system.ctx.record_key)
             client.close()
         return rows
+
+    async def _paired_session(self, pair: list[Contender], consumers: int, scenarios: list[str]) -> list[Row]:
+        """Both systems' workers up at once; each measured while the other's are paused."""
+        client = redis.Redis.from_url(self.url)
+        rows: list[Row] = []
+        done: set[str] = set()
+        for one in pair:
+            one.system.ctx = self._ctx(one.name, f"{one.name}-{consumers}-paired")
+            cmds = one.system.worker_commands(consumers)
+            one.group = WorkerGroup(cmds, one.system.env(consumers), self.logdir, one.system.ctx.queue)
+            one.collector = Collector(client, one.system.ctx.record_key, one.group)
+            one.session = Session(one.system, consumers, one.seq)
+        try:
+            for one in pair:
+                self.progress(
+                    f"[{one.name}] {consumers} consumers ({one.describe(consumers)}): starting workers"
+                )
+                one.group.start()
+                await one.session.warm_up(one.collector)
+                one.group.pause()
+            for scenario in scenarios:
+                if scenario == "latency":
+                    samples = await _in_turns(pair, self.cfg)
+                for i, one in enumerate(pair):
+                    other = pair[1 - i].name
+                    row = Row(one.name, one.version, consumers, scenario, notes=one.describe(consumers))
+                    if scenario == "latency":
+                        row.notes = _join(row.notes, f"samples in turns with {other}'s")
+                        if len(samples[i]) < self.cfg.latency_samples:
+                            row.notes = _join(row.notes, f"{len(samples[i])} samples in the budget")
+                        fill_latency(row, samples[i])
+                    else:
+                        one.group.resume()
+                        await one.session.idle(one.collector, self.cfg, row)
+                        one.group.pause()
+                    if one.collector.duplicates:
+                        row.notes = _join(row.notes, f"{one.collector.duplicates} duplicate deliveries")
+                    rows.append(row)
+                    self.progress(f"[{one.name}] {consumers} consumers: {scenario}: {_summary(row)}")
+                done.add(scenario)
+        except Exception as exc:  # one broken pair must not end the whole comparison
+            reason = f"failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            self.progress(
+                f"[{pair[0].name}, {pair[1].name}] {consumers} consumers: {reason}\n{str(exc)[-2000:]}"
+            )
+            rows += [
+                Row(one.name, one.version, consumers, s, notes=_join(one.describe(consumers), reason))
+                for one in pair
+                for s in scenarios
+                if s not in done
+            ]
+        finally:
+            for one in pair:
+                one.group.stop()
+                client.delete(one.collector.key)
+            if self.owns_server:
+                client.flushdb()
+            client.close()
+        return rows
+
+
+@dataclass
+class Contender:
+    """A system with its floor in a paired run, and its workers for the consumer count being measured."""
+
+    name: str
+    system: System
+    seq: list[int] = field(default_factory=lambda: [0])
+    group: WorkerGroup = field(init=False)
+    collector: Collector = field(init=False)
+    session: Session = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version = self.system.version()
+
+    def describe(self, consumers: int) -> str:
+        return self.system.describe(consumers)
+
+
+async def _in_turns(pair: list[Contender], cfg: BenchConfig) -> list[list[int]]:
+    """Latency samples of each, PAIRED_BLOCK at a time in turn, the other's workers paused."""
+    samples: list[list[int]] = [[] for _ in pair]
+    deadline = time.monotonic() + cfg.latency_budget_s * len(pair)
+    while time.monotonic() < deadline:
+        left = [i for i, got in enumerate(samples) if len(got) < cfg.latency_samples]
+        if not left:
+            break
+        for i in left:
+            one = pair[i]
+            one.group.resume()
+            try:
+                for _ in range(min(PAIRED_BLOCK, cfg.latency_samples - len(samples[i]))):
+                    samples[i].append(await one.session.one(one.collector))
+                    await asyncio.sleep(LATENCY_GAP_S)
+            finally:
+                one.group.pause()
+    return samples
 
 
 def _summary(row: Row) -> str:

@@ -123,7 +123,17 @@ class WorkerGroup:
                 tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                 raise RuntimeError(f"{self.label} worker exited with status {proc.returncode}:\n{tail}")
 
+    def pause(self) -> None:
+        """Stop the workers' processes (SIGSTOP), so another system is measured without them running."""
+        for proc in self.processes:
+            _signal_group(proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for proc in self.processes:
+            _signal_group(proc, signal.SIGCONT)
+
     def stop(self, grace: float = 5.0) -> None:
+        self.resume()  # a paused process would not see SIGTERM
         for proc in self.processes:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
