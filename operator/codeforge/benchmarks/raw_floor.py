@@ -20,9 +20,13 @@ from codeforge import event_loop
 from codeforge.benchmarks.durable_server import DurableServer
 from codeforge.benchmarks.recorder import ENV_QUEUE, ENV_URL, recorder
 from codeforge.benchmarks.system import System, split_consumers
+from codeforge.queue.redis_results import MAX_BLOCK_SECONDS
 
 #: Values per LPUSH when sending a burst: pipelining is fair for the floor too.
 BURST_CHUNK = 500
+#: An idle consumer's BRPOP lasts as long as codeforge's idle wait: with `--confirm` each one that times out
+#: also writes and WAITs, which with 500 consumers and 1 s was 500 fsynced writes a second of the floor's own.
+IDLE_BLOCK_S = int(MAX_BLOCK_SECONDS)
 
 
 class RawFloor(System):
@@ -91,9 +95,9 @@ class RawReplicatedConfirmed(RawReplicated):
 
 async def _pop(client: aioredis.Redis, key: str, confirm: bool) -> Any:
     if not confirm:
-        return await client.brpop([key], timeout=1)  # type: ignore[misc]
+        return await client.brpop([key], timeout=IDLE_BLOCK_S)  # type: ignore[misc]
     pipe = client.pipeline(transaction=False)
-    pipe.brpop([key], timeout=1)
+    pipe.brpop([key], timeout=IDLE_BLOCK_S)
     pipe.set(f"{key}:sync", "1")  # WAIT covers this connection's own writes: one after the pop
     pipe.execute_command("WAIT", 1, 1000)
     item, _, _ = await pipe.execute()
