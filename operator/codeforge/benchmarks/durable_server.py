@@ -59,7 +59,7 @@ class DurableServer(System):
                 raise RuntimeError("the AOF rewrite did not finish within 60s")
         finally:
             client.close()
-        # A system measured beside its floor (queue_bench, interleaved latency) shares the floor's replica.
+        # A system measured in turns with its floor (queue_bench.run_pair) shares the floor's replica.
         if self.durability == "replicated" and not _has_replica(self.ctx.url):
             port = urlsplit(self.ctx.url).port or 6379
             self._replica = start_replica_of(port, None, True, self.appendfsync)

@@ -70,9 +70,9 @@ FLOOR_OF = {
 }
 
 
-#: A system and its floor measured in one run have their latency samples taken in turns, this many at a time,
-#: the other's workers stopped meanwhile (bench/README.md, "Paired latency"): a durable mode's tail is the
-#: disk's, whose slow spells last about a second, so cells measured minutes apart compared the disk's moods.
+#: A system and its floor measured in one run take their latency samples in turns, this many at a time, the
+#: other's workers paused meanwhile (bench/README.md, "The floor and codeforge in turns"): a durable mode's
+#: tail is the disk's, whose slow spells come and go, so cells measured minutes apart compared its moods.
 PAIRED_BLOCK = 20
 
 
@@ -584,6 +584,7 @@ class Contender:
     group: WorkerGroup = field(init=False)
     collector: Collector = field(init=False)
     session: Session = field(init=False)
+    version: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.version = self.system.version()
