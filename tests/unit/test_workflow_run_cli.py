@@ -100,6 +100,10 @@ def test_whole_floats_are_integers_as_the_api_server_stores_them(tmp_path: Path)
             GOOD.replace("kind: Workflow", "kind: Workflo"),
             "(document 1): kind: 'Workflo' is not supported here: use Workflow or AgentPool",
         ),
+        (
+            GOOD.replace("kind: Workflow\n", ""),
+            "(document 1): kind: missing: add kind: Workflow or kind: AgentPool",
+        ),
         (GOOD.replace("metadata: {name: t}", "metadata: {}"), "metadata.name: Field required"),
         ("a: [", "not valid YAML"),
         (

@@ -293,6 +293,8 @@ def _check_document(doc: Any, opening: str) -> None:
             "write a mapping with apiVersion, kind, metadata and spec"
         )
     kind = doc.get("kind")
+    if kind is None:
+        raise ManifestError(f"{where}: kind: missing: add kind: Workflow or kind: AgentPool")
     if kind not in (WORKFLOW_KIND, AGENTPOOL_KIND):
         raise ManifestError(f"{where}: kind: {clip(kind)} is not supported here: use Workflow or AgentPool")
     where = f"{opening}, {kind})"
