@@ -257,6 +257,9 @@ async def test_sigkill_of_the_implementation_agent_keeps_no_trace_of_its_work(
         await _wait_for_hang(first, tmp_path)
         killed_pid = _hanging_pid(tmp_path / "cache-impl-1")
         first.process.kill()  # SIGKILL: no goodbye, the lease runs out
+        # ... and its program, in a session of its own, dies with it instead of working on unseen
+        assert killed_pid is not None
+        assert await _ends(killed_pid), f"pid {killed_pid} outlived its agent"
         agents.start(pool, "impl-2", handler="command", command=EDIT)
         outcome = await run
     finally:
@@ -286,6 +289,24 @@ async def _wait_for_hang(agent: AgentProcess, tmp_path: Path, timeout: float = 6
         assert agent.alive, agent.log
         await asyncio.sleep(0.05)
     raise AssertionError(f"the first attempt never started its work:\n{agent.log[-3000:]}")
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def _ends(pid: int, timeout: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if not _running(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def _hanging_pid(cache: Path) -> int | None:

@@ -3,7 +3,10 @@
 - exit 0: stdout is the result (empty stdout means `null`); stdout that is not JSON fails the task;
 - non-zero exit or death by signal: the task fails (retryable) with the tail of stderr;
 - the program runs in its own process group, so on timeout, cancellation or agent shutdown the whole
-  group (the program and anything it spawned) is killed, not just the direct child.
+  group (the program and anything it spawned) is killed, not just the direct child;
+- on Linux the kernel also kills the program when the agent dies without a shutdown (SIGKILL, the OOM killer),
+  so it does not go on editing a worktree nobody will push, or spending tokens (in a pod the container's end
+  does this anyway; an agent run on a host or by `codeforge run` has no container around it).
 
 The program's environment is the agent's (minus the Redis and API-key secrets) plus the configured extra
 variables and `CODEFORGE_TASK_ID`, `CODEFORGE_TASK_POOL`, `CODEFORGE_TASK_ATTEMPT`,
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from codeforge import event_loop
@@ -38,6 +43,38 @@ SECRET_ENV = frozenset(
         "CODEFORGE_OPENAI_API_KEY_FILE",
     }
 )
+
+
+#: prctl(2) option: the signal a process gets when the thread that forked it exits.
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _load_prctl()  # looked up here, not in the forked child
+
+
+def die_with(agent_pid: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the kernel SIGKILL the program when the agent's process ends, or None where
+    prctl is missing. The spawning thread is the event loop's, which lives as long as the agent."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def arm() -> None:  # in the child, between fork and exec: no allocation-heavy work here
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != agent_pid:  # the agent died before the signal was armed
+            os._exit(137)
+
+    return arm
 
 
 def kill_group(process: asyncio.subprocess.Process) -> None:
@@ -89,6 +126,7 @@ class CommandHandler:
                 cwd=str(context.workspace) if context.workspace is not None else self.cwd,
                 env=self._environment(task, context),
                 start_new_session=True,  # own process group: a timeout kills its children too
+                preexec_fn=die_with(os.getpid()),
             )
         except OSError as exc:
             raise HandlerError(
