@@ -26,6 +26,7 @@ from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import open_queue
 from support.agent_procs import AgentProcess, agent_env, start_agent
 from support.git_server import GitServer, commit_files, git, make_bare_repo
+from support.procs import running
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -291,19 +292,10 @@ async def _wait_for_hang(agent: AgentProcess, tmp_path: Path, timeout: float = 6
     raise AssertionError(f"the first attempt never started its work:\n{agent.log[-3000:]}")
 
 
-def _running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie nobody has reaped yet."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 async def _ends(pid: int, timeout: float = 10.0) -> bool:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        if not _running(pid):
+        if not running(pid):
             return True
         await asyncio.sleep(0.05)
     return False

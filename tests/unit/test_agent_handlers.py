@@ -27,6 +27,7 @@ from codeforge_agent.handlers import (
 )
 from codeforge_agent.log_setup import get_logger
 from support.agent_servers import Recorded, fake_openai, serve, task_service
+from support.procs import running
 
 
 def ctx(timeout: float | None = None) -> TaskContext:
@@ -248,20 +249,12 @@ async def test_command_cancellation_kills_the_whole_process_group(tmp_path: Path
     with pytest.raises(asyncio.CancelledError):
         await job
     for _ in range(100):
-        if not alive(grandchild):
+        if not running(grandchild):
             break
         await asyncio.sleep(0.02)
     else:
         os.kill(grandchild, 9)
         pytest.fail("the command's child process survived the timeout")
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie (a killed orphan stays a zombie until init reaps it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 # ---- http ----

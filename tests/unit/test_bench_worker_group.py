@@ -6,19 +6,15 @@ import time
 from pathlib import Path
 
 from codeforge.benchmarks.system import WorkerGroup
+from support.procs import process_state
 
 
-def _state(pid: int) -> str:
-    # /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces, the state follows its closing parenthesis
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def _wait_state(pid: int, wanted: set[str], timeout: float = 5.0) -> str:
+def _wait_state(pid: int, wanted: set[str], timeout: float = 5.0) -> str | None:
     deadline = time.monotonic() + timeout
-    state = _state(pid)
+    state = process_state(pid)
     while state not in wanted and time.monotonic() < deadline:
         time.sleep(0.01)
-        state = _state(pid)
+        state = process_state(pid)
     return state
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from codeforge_agent.handlers.command import die_with
+from support.procs import running
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 
@@ -27,29 +28,21 @@ time.sleep(60)
 """
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 def test_the_program_ends_when_its_agent_is_sigkilled() -> None:
     middle = subprocess.Popen([sys.executable, "-c", MIDDLE], stdout=subprocess.PIPE, text=True)
     assert middle.stdout is not None
     child = int(middle.stdout.readline())
     try:
-        assert _running(child)
+        assert running(child)
         middle.send_signal(signal.SIGKILL)
         middle.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _running(child) and time.monotonic() < deadline:
+        while running(child) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _running(child), "the program outlived its agent"
+        assert not running(child), "the program outlived its agent"
     finally:
         middle.kill()
-        if _running(child):
+        if running(child):
             os.kill(child, signal.SIGKILL)
 
 
