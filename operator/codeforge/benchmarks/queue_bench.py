@@ -497,7 +497,7 @@ class Runner:
                 self.progress(f"[{name}] {consumers} consumers: {scenario}: {_summary(row)}")
         except Exception as exc:  # one broken system must not end the whole comparison
             dirty = True
-            reason = f"failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            reason = _failure(exc)
             # The log directory is temporary, so the worker's own output (in the message) is shown now.
             self.progress(f"[{name}] {consumers} consumers: {reason}\n{str(exc)[-2000:]}")
             done = {r.scenario for r in rows}
@@ -528,7 +528,7 @@ class Runner:
         try:
             for one in pair:
                 self.progress(
-                    f"[{one.name}] {consumers} consumers ({one.describe(consumers)}): starting workers"
+                    f"[{one.name}] {consumers} consumers ({one.system.describe(consumers)}): starting workers"
                 )
                 one.group.start()
                 await one.session.warm_up(one.collector)
@@ -538,7 +538,9 @@ class Runner:
                     samples = await _in_turns(pair, self.cfg)
                 for i, one in enumerate(pair):
                     other = pair[1 - i].name
-                    row = Row(one.name, one.version, consumers, scenario, notes=one.describe(consumers))
+                    row = Row(
+                        one.name, one.version, consumers, scenario, notes=one.system.describe(consumers)
+                    )
                     if scenario == "latency":
                         row.notes = _join(row.notes, f"samples in turns with {other}'s")
                         if len(samples[i]) < self.cfg.latency_samples:
@@ -554,12 +556,12 @@ class Runner:
                     self.progress(f"[{one.name}] {consumers} consumers: {scenario}: {_summary(row)}")
                 done.add(scenario)
         except Exception as exc:  # one broken pair must not end the whole comparison
-            reason = f"failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            reason = _failure(exc)
             self.progress(
                 f"[{pair[0].name}, {pair[1].name}] {consumers} consumers: {reason}\n{str(exc)[-2000:]}"
             )
             rows += [
-                Row(one.name, one.version, consumers, s, notes=_join(one.describe(consumers), reason))
+                Row(one.name, one.version, consumers, s, notes=_join(one.system.describe(consumers), reason))
                 for one in pair
                 for s in scenarios
                 if s not in done
@@ -589,9 +591,6 @@ class Contender:
     def __post_init__(self) -> None:
         self.version = self.system.version()
 
-    def describe(self, consumers: int) -> str:
-        return self.system.describe(consumers)
-
 
 async def _in_turns(pair: list[Contender], cfg: BenchConfig) -> list[list[int]]:
     """Latency samples of each, PAIRED_BLOCK at a time in turn, the other's workers paused."""
@@ -611,6 +610,12 @@ async def _in_turns(pair: list[Contender], cfg: BenchConfig) -> list[list[int]]:
             finally:
                 one.group.pause()
     return samples
+
+
+def _failure(exc: Exception) -> str:
+    """A row's note for a session that broke: the first line of what went wrong."""
+    text = str(exc).strip()
+    return f"failed: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def _summary(row: Row) -> str:
