@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import QueueConfigError, QueueUnavailableError
 from codeforge.redis import Script, connect
+from codeforge.redis.packing import HiredisPacking
 from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster, free_port
 
 pytestmark = pytest.mark.redis
@@ -39,6 +41,44 @@ async def test_a_script_runs_after_the_server_forgot_it(redis_url: str) -> None:
         assert await ECHO.run(r, ["k"], ["v"]) == ["k", "v"]  # NOSCRIPT -> EVAL
         assert await r.script_exists(ECHO.sha) == [True]  # EVAL cached it: the next call is an EVALSHA
         assert await ECHO.run(r, ["k2"], ["v2"]) == ["k2", "v2"]
+    finally:
+        await conn.aclose()
+
+
+async def test_a_plain_client_packs_with_hiredis_and_round_trips(redis_url: str) -> None:
+    conn = await connect(redis_url)
+    try:
+        r = conn.client
+        value = "é✓\x00" + "x" * 100_000
+        await r.set("packed", value)
+        pipe = r.pipeline(transaction=False)
+        pipe.get("packed")
+        pipe.set("n", 10**20)
+        pipe.get("n")
+        pipe.set("f", 0.1)
+        pipe.get("f")
+        assert await pipe.execute() == [value, True, str(10**20), True, "0.1"]
+        connections = r.connection_pool._available_connections
+        assert connections
+        assert all(isinstance(c, HiredisPacking) for c in connections)
+    finally:
+        await conn.aclose()
+
+
+@pytest.mark.cluster
+async def test_a_cluster_client_packs_with_hiredis_on_every_node(redis_cluster: LocalRedisCluster) -> None:
+    conn = await connect(redis_cluster.url)
+    try:
+        for i in range(20):  # keys on every master's slots
+            await conn.client.set(f"p{i}", f"é{i}")
+            assert await conn.client.get(f"p{i}") == f"é{i}"
+        assert isinstance(conn.client, RedisCluster)
+        nodes = conn.client.get_nodes()
+        assert len(nodes) >= redis_cluster.masters
+        assert all(issubclass(node.connection_class, HiredisPacking) for node in nodes)
+        opened = [c for node in nodes for c in node._connections]
+        assert opened
+        assert all(isinstance(c, HiredisPacking) for c in opened)
     finally:
         await conn.aclose()
 

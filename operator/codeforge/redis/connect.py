@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from codeforge.redis.errors import TRANSIENT, RedisStoreError, RedisUnavailableError, auth_problem, sentence
+from codeforge.redis.packing import hiredis_packed
 from codeforge.redis.pool import plain_client
 from codeforge.redis.url import RedisURL, parse_url
 
@@ -87,6 +88,7 @@ async def connect(url: str, *, durability: str | None = None, decode_responses: 
         require_full_coverage=True,
         **cluster_options,
     )
+    _pack_with_hiredis(client)
     try:
         await client.initialize()
     except (*TRANSIENT, redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
@@ -99,3 +101,14 @@ async def connect(url: str, *, durability: str | None = None, decode_responses: 
             "that the cluster is formed (redis-cli --cluster check)"
         ) from None
     return Connection(client, target)
+
+
+def _pack_with_hiredis(client: RedisCluster) -> None:
+    """Every node connection of `client` packs its commands with hiredis (`redis/packing.py`). redis-py's
+    cluster client takes no connection class: it sets its own in the options it shares with its nodes
+    manager, which builds every node it discovers from them. Set before `initialize`, so the node
+    connections opened from then on (discovered nodes, redirections) use it."""
+    options = client.connection_kwargs
+    options["connection_class"] = hiredis_packed(options["connection_class"])
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = options["connection_class"]

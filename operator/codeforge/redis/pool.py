@@ -29,6 +29,8 @@ from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 
+from codeforge.redis.packing import hiredis_packed
+
 #: New connections opened at once per pool (each is a TCP, maybe TLS, handshake and an AUTH round trip).
 CONNECTS_AT_ONCE: Final = 8
 
@@ -150,7 +152,8 @@ def _ready_to_send(connection: AbstractConnection) -> bool:
 
 def plain_client(host: str, port: int, **options: Any) -> Redis:
     """A client on one server with redis-py's options (as `Redis(host=..., port=..., **options)` takes
-    them), on a `HandoverPool`."""
+    them), on a `HandoverPool`, its commands packed by hiredis (`redis/packing.py`)."""
     template = Redis(host=host, port=port, **options).connection_pool  # redis-py's option handling
-    pool = HandoverPool(template.connection_class, template.max_connections, **template.connection_kwargs)
+    connection_class = hiredis_packed(template.connection_class)
+    pool = HandoverPool(connection_class, template.max_connections, **template.connection_kwargs)
     return Redis.from_pool(pool)
