@@ -15,7 +15,7 @@ import pytest
 
 from codeforge.api.limits import MAX_RESULT_BYTES
 from codeforge.api.task import TaskState
-from codeforge.queue import TaskQueue, open_queue
+from codeforge.queue import QueueError, TaskQueue, open_queue
 from codeforge.queue.keys import done_channel, pool_prefix, task_key
 from codeforge.queue.redis_backend import RedisTaskQueue
 from support.tasks import make_task, unique_pool
@@ -189,3 +189,60 @@ async def test_entries_of_the_pools_sets_no_codeforge_client_filed_are_dropped_a
         assert not await queue._r.exists(prefix + "t:" + ghost)
     stats = await queue.stats(pool)
     assert (stats.queued, stats.in_flight, stats.delayed) == (0, 0, 0)
+
+
+async def test_entries_of_a_key_no_codeforge_client_wrote_are_dropped_at_a_claim(
+    queue: RedisTaskQueue,
+) -> None:
+    pool = unique_pool()
+    prefix = pool_prefix(pool)
+    for task_id in ("gone", "bare", "t1", "t2"):
+        assert await queue.enqueue(make_task(pool, task_id, fair_key="team"))
+    fifo = prefix + "fq:3:team"  # MEDIUM
+    assert await queue._r.zcard(fifo) == 4
+    # What a foreign client may leave: a FIFO entry that is not ready (first in line), a ready task whose
+    # hash is gone, one whose hash holds no task (no lease length).
+    await queue._r.zadd(fifo, {"phantom": 0})
+    await queue._r.delete(prefix + "t:gone")
+    await queue._r.hdel(prefix + "t:bare", "lease")
+    leases = await queue.claim_many(pool, "agent", 5, timeout=1)
+    assert [lease.id for lease in leases] == ["t1", "t2"]
+    assert not await queue._r.exists(prefix + "t:phantom")  # not turned into half a task
+    assert not await queue._r.exists(prefix + "t:gone")
+    assert await queue._r.hget(prefix + "t:bare", "state") == "queued"  # left as it was, out of line
+    assert await queue._r.hget(prefix + "fs:team", "n3") == "0"
+    assert await queue._r.hget(prefix + "fs:team", "h") == "2"
+    for lease in leases:
+        await queue.complete(lease, None)
+    # The key's counts came out even: with nothing queued or held it is forgotten.
+    assert not await queue._r.exists(prefix + "fs:team")
+    assert await queue._r.get(prefix + "fkeys") == "0"
+    assert await queue._r.zcard(fifo) == 0
+    stats = await queue.stats(pool)
+    assert (stats.queued, stats.in_flight) == (0, 0)
+    assert await queue.enqueue(make_task(pool, "t3", fair_key="team"))  # the pool serves on
+    last = await queue.claim(pool, "agent", timeout=1)
+    assert last is not None
+    assert last.id == "t3"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [("seq", "not-a-number", "not an integer"), ("ready", "a string", "WRONGTYPE")],
+)
+async def test_a_key_of_the_wrong_kind_is_named_in_a_queue_error(
+    queue: RedisTaskQueue, key: str, value: str, said: str
+) -> None:
+    pool, other = unique_pool(), unique_pool()
+    prefix = pool_prefix(pool)
+    await queue._r.set(prefix + key, value)
+    with pytest.raises(QueueError) as refused:
+        await queue.enqueue(make_task(pool, "t1"))
+    message = str(refused.value)
+    assert message.startswith(f"pool {pool}: Redis refused the queue's enqueue script: ")
+    assert said in message
+    assert f"redis-cli --scan --pattern '{prefix}*'" in message
+    assert " script: " not in message.split("enqueue script: ", 1)[1]  # no SHA or Lua line
+    assert await queue.enqueue(make_task(other, "t1"))  # other pools are untouched
+    await queue._r.delete(prefix + key)  # the repair the message points to
+    assert await queue.enqueue(make_task(pool, "t1"))

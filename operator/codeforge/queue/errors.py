@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from redis import exceptions as redis_errors
+
+from codeforge.queue.keys import pool_prefix
 from codeforge.redis.errors import RedisConfigError, RedisStoreError, RedisUnavailableError
 
 
@@ -55,3 +58,22 @@ def queue_errors() -> Iterator[None]:
         raise QueueUnavailableError(str(exc)) from None
     except RedisStoreError as exc:
         raise QueueError(str(exc)) from None
+
+
+#: What Redis says when a script meets a key of the wrong type or a counter that is no number: values no
+#: codeforge client writes under a pool's prefix.
+_FOREIGN_VALUE = ("WRONGTYPE", "not an integer", "not a valid float")
+
+
+def script_refused(pool: str, script: str, exc: redis_errors.ResponseError) -> QueueError:
+    """A queue script Redis refused (not a moved slot or a lost master, which are retried): what it said,
+    without the script's SHA and line, and for a key no codeforge client wrote, how to find it."""
+    said = str(exc).split(" script: ", 1)[0]
+    error = f"pool {pool}: Redis refused the queue's {script} script: {said}"
+    if any(sign in said for sign in _FOREIGN_VALUE):
+        prefix = pool_prefix(pool)
+        error += (
+            f". A key under {prefix} holds a value no codeforge client writes (another client wrote it): "
+            f"find it with redis-cli --scan --pattern '{prefix}*' and TYPE, then delete or repair it"
+        )
+    return QueueError(error)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from redis import exceptions as redis_errors
+
 from codeforge.api.limits import clip, clip_text
 from codeforge.api.task import (
     DeadLetter,
@@ -53,6 +55,7 @@ from codeforge.queue.errors import (
     TaskCancelledError,
     TaskNotFoundError,
     queue_errors,
+    script_refused,
 )
 from codeforge.queue.keys import hand_key, pool_prefix, task_key
 from codeforge.queue.redis_replicated import WRITE_SCRIPTS, ReplicatedWrites, check_durability
@@ -64,6 +67,7 @@ from codeforge.queue.redis_results import (
     run_ms_of,
 )
 from codeforge.redis import TRANSIENT, Connection, Script, connect
+from codeforge.redis.errors import TOPOLOGY, topology_changed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,9 +176,14 @@ class RedisTaskQueue:
 
     async def _script(self, name: str, pool: str, *args: Any) -> Any:
         script = SCRIPTS[name]
-        if self.durability == "replicated" and name in WRITE_SCRIPTS:
-            return await self._retrying(functools.partial(self._replicated.run, script, pool, args))
-        return await self._retrying(functools.partial(script.run, self._r, [pool_prefix(pool)], args))
+        try:
+            if self.durability == "replicated" and name in WRITE_SCRIPTS:
+                return await self._retrying(functools.partial(self._replicated.run, script, pool, args))
+            return await self._retrying(functools.partial(script.run, self._r, [pool_prefix(pool)], args))
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, TOPOLOGY) or topology_changed(exc):
+                raise
+            raise script_refused(pool, name, exc) from None
 
     # -- producing ---------------------------------------------------------------------------------
 

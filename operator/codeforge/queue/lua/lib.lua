@@ -197,18 +197,33 @@ pick = function(want)
       local count = math.min(want, st.n[p])
       if top[3] then count = math.min(count, math.max(1, math.ceil((tonumber(top[4]) - vt) * w - 1e-9))) end
       if st.cap > 0 then count = math.min(count, st.cap - st.h) end
-      local ids = {}
-      for i, v in ipairs(redis.call('ZPOPMIN', fq(p, key), math.max(count, 1))) do
-        if i % 2 == 1 then ids[#ids + 1] = v end
+      -- Only what add_ready filed counts (in `ready` too), and only a task behind it is leased: entries no
+      -- codeforge client wrote (a FIFO entry not ready, a ready one whose hash is gone or is no task's) are
+      -- dropped here, so they neither skew the key's counts nor turn into half a task.
+      local popped = redis.call('ZPOPMIN', fq(p, key), math.max(count, 1))
+      local ids, infos, filed = {}, {}, 0
+      for i = 1, #popped, 2 do
+        local id = popped[i]
+        if redis.call('ZREM', P .. 'ready', id) == 1 then
+          filed = filed + 1
+          local info = redis.call('HMGET', P .. 't:' .. id, 'lease', 'data', 'rdy', 'enq', 'attempts', 'fence')
+          if info[2] and tonumber(info[1]) then
+            ids[#ids + 1], infos[#infos + 1] = id, info
+          end
+        end
       end
       count = #ids
-      if count == 0 then  -- listed without tasks (cannot happen): unlist it and look again
-        redis.call('ZREM', P .. 'fk:' .. p, key)
+      if count == 0 then
+        -- The FIFO was empty (listed without tasks: cannot happen) or held only such entries: its count
+        -- follows, and the next key is looked at.
+        st.n[p] = #popped == 0 and 0 or math.max(st.n[p] - filed, 0)
+        redis.call('HSET', fs(key), 'n' .. p, st.n[p])
+        if st.n[p] == 0 then redis.call('ZREM', P .. 'fk:' .. p, key) end
+        settle_key(key, st)
         return pick(want)
       end
-      redis.call('ZREM', P .. 'ready', unpack(ids))
       local nxt = vt + count / w
-      st.n[p], st.h = st.n[p] - count, st.h + count
+      st.n[p], st.h = math.max(st.n[p] - filed, 0), st.h + count
       redis.call('HSET', fs(key), 'l' .. p, nxt, 'h', st.h, 'n' .. p, st.n[p])
       redis.call('HSET', P .. 'fvt', p, nxt - 1 / w)
       if st.n[p] > 0 then
@@ -217,12 +232,12 @@ pick = function(want)
         redis.call('ZREM', P .. 'fk:' .. p, key)
       end
       settle_key(key, st)
-      return ids
+      return ids, infos
     end
   end
   -- Ready tasks but no key to serve: keys at their cap, or tasks from before fair share (filed now).
   if migrate() then return pick(want) end
-  return {}
+  return {}, {}
 end
 
 -- A lease ended (completed, failed, released, cancelled, expired): one slot of its key frees. True when
@@ -326,12 +341,11 @@ local function promote(now, limit)
   return #due / 2
 end
 
--- Lease one picked task to `consumer` for `hold_ms` (0: the task's own lease). Returns the claim reply's six
--- fields: id, data, attempts, fence, expiry ms, ms it waited ready (tasks queued before 'rdy' existed count
--- from their enqueue).
-local function lease(id, consumer, hold_ms, now)
+-- Lease one picked task to `consumer` for `hold_ms` (0: the task's own lease); `info`: its lease, data, rdy,
+-- enq, attempts and fence fields, as pick read them. Returns the claim reply's six fields: id, data,
+-- attempts, fence, expiry ms, ms it waited ready (tasks queued before 'rdy' existed count from their enqueue).
+local function lease(id, info, consumer, hold_ms, now)
   local tk = P .. 't:' .. id
-  local info = redis.call('HMGET', tk, 'lease', 'data', 'rdy', 'enq', 'attempts', 'fence')
   local attempts = num(info[5]) + 1
   local fence = fence_after(info[6])
   local hold = hold_ms
@@ -347,11 +361,11 @@ end
 local function take(out, want, consumer, hold_ms, now)
   local got = 0
   while got < want do
-    local ids = pick(want - got)
+    local ids, infos = pick(want - got)
     if #ids == 0 then break end
     got = got + #ids
-    for _, id in ipairs(ids) do
-      for _, v in ipairs(lease(id, consumer, hold_ms, now)) do out[#out + 1] = v end
+    for i, id in ipairs(ids) do
+      for _, v in ipairs(lease(id, infos[i], consumer, hold_ms, now)) do out[#out + 1] = v end
     end
   end
   return got
