@@ -246,3 +246,42 @@ async def test_a_key_of_the_wrong_kind_is_named_in_a_queue_error(
     assert await queue.enqueue(make_task(other, "t1"))  # other pools are untouched
     await queue._r.delete(prefix + key)  # the repair the message points to
     assert await queue.enqueue(make_task(pool, "t1"))
+
+
+async def test_ready_entries_filed_under_no_key_are_dropped_when_they_head_the_line(
+    queue: RedisTaskQueue,
+) -> None:
+    pool = unique_pool()
+    prefix = pool_prefix(pool)
+    assert await queue.enqueue(make_task(pool, "t1"))
+    lease = await queue.claim(pool, "agent", timeout=1)  # the pool is set up (its fair-share state filed)
+    assert lease is not None
+    await queue.complete(lease, None)
+    # A foreign ZADD to ready: one id without a task, one whose task is filed under no key's line.
+    await queue._r.zadd(prefix + "ready", {"phantom": 0, "stray": 1})
+    await queue._r.hset(prefix + "t:stray", mapping={"state": "queued", "score": "3298534883329"})
+    assert (await queue.stats(pool)).queued == 2
+    assert await queue.claim(pool, "agent", timeout=0) is None
+    assert await queue._r.zcard(prefix + "ready") == 0
+    assert (await queue.stats(pool)).queued == 0
+    assert await queue.enqueue(make_task(pool, "t2"))  # the pool serves on
+    last = await queue.claim(pool, "agent", timeout=1)
+    assert last is not None
+    assert last.id == "t2"
+
+
+async def test_ready_entries_filed_under_no_key_are_dropped_a_bounded_number_per_call(
+    queue: RedisTaskQueue,
+) -> None:
+    pool = unique_pool()
+    prefix = pool_prefix(pool)
+    assert await queue.enqueue(make_task(pool, "t1"))
+    lease = await queue.claim(pool, "agent", timeout=1)
+    assert lease is not None
+    await queue.complete(lease, None)
+    await queue._r.zadd(prefix + "ready", {f"phantom-{i}": i for i in range(250)})
+    assert await queue.claim(pool, "agent", timeout=0) is None
+    assert await queue._r.zcard(prefix + "ready") == 150  # 100 per script call
+    for _ in range(2):
+        assert await queue.claim(pool, "agent", timeout=0) is None
+    assert await queue._r.zcard(prefix + "ready") == 0

@@ -183,6 +183,22 @@ local function migrate()
   return #ids > 0
 end
 
+-- A ready entry no codeforge client filed: no task behind it, or filed under no key's line (a foreign ZADD).
+-- Such entries are taken out when one heads `ready` and no key can be served, at most UNFILED_PER_CALL per
+-- script call so that any number of them costs a bounded time; until then they count as ready.
+local UNFILED_PER_CALL = 100
+local unfiled_dropped = 0
+
+local function drop_unfiled(id)
+  if unfiled_dropped >= UNFILED_PER_CALL then return false end
+  local t = redis.call('HMGET', P .. 't:' .. id, 'score', 'fk')
+  local score = tonumber(t[1] or '')
+  if score and redis.call('ZSCORE', fq(math.floor(score / PRIO_UNIT), t[2] or ''), id) then return false end
+  redis.call('ZREM', P .. 'ready', id)
+  unfiled_dropped = unfiled_dropped + 1
+  return true
+end
+
 local pick
 pick = function(want)
   -- The most urgent ready task's level: no level above it has tasks, so none is looked at.
@@ -235,8 +251,9 @@ pick = function(want)
       return ids, infos
     end
   end
-  -- Ready tasks but no key to serve: keys at their cap, or tasks from before fair share (filed now).
-  if migrate() then return pick(want) end
+  -- Ready tasks but no key to serve: keys at their cap, tasks from before fair share (filed now), or an
+  -- entry no codeforge client filed at the head (dropped).
+  if migrate() or drop_unfiled(head[1]) then return pick(want) end
   return {}, {}
 end
 
