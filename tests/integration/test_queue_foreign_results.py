@@ -248,15 +248,21 @@ async def test_a_key_of_the_wrong_kind_is_named_in_a_queue_error(
     assert await queue.enqueue(make_task(pool, "t1"))
 
 
+async def served_once(queue: RedisTaskQueue) -> str:
+    """A new pool that has served one task (its fair-share state filed), empty again."""
+    pool = unique_pool()
+    assert await queue.enqueue(make_task(pool, "t1"))
+    lease = await queue.claim(pool, "agent", timeout=1)
+    assert lease is not None
+    await queue.complete(lease, None)
+    return pool
+
+
 async def test_ready_entries_filed_under_no_key_are_dropped_when_they_head_the_line(
     queue: RedisTaskQueue,
 ) -> None:
-    pool = unique_pool()
+    pool = await served_once(queue)
     prefix = pool_prefix(pool)
-    assert await queue.enqueue(make_task(pool, "t1"))
-    lease = await queue.claim(pool, "agent", timeout=1)  # the pool is set up (its fair-share state filed)
-    assert lease is not None
-    await queue.complete(lease, None)
     # A foreign ZADD to ready: one id without a task, one whose task is filed under no key's line.
     await queue._r.zadd(prefix + "ready", {"phantom": 0, "stray": 1})
     await queue._r.hset(prefix + "t:stray", mapping={"state": "queued", "score": "3298534883329"})
@@ -273,12 +279,8 @@ async def test_ready_entries_filed_under_no_key_are_dropped_when_they_head_the_l
 async def test_ready_entries_filed_under_no_key_are_dropped_a_bounded_number_per_call(
     queue: RedisTaskQueue,
 ) -> None:
-    pool = unique_pool()
+    pool = await served_once(queue)
     prefix = pool_prefix(pool)
-    assert await queue.enqueue(make_task(pool, "t1"))
-    lease = await queue.claim(pool, "agent", timeout=1)
-    assert lease is not None
-    await queue.complete(lease, None)
     await queue._r.zadd(prefix + "ready", {f"phantom-{i}": i for i in range(250)})
     assert await queue.claim(pool, "agent", timeout=0) is None
     assert await queue._r.zcard(prefix + "ready") == 150  # 100 per script call
