@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import stat
@@ -192,3 +193,42 @@ def test_an_event_loop_closing_mid_spare_does_not_hang(tmp_path: Path) -> None:
         check=False,
     )
     assert done.stdout.strip() == "closed", done.stderr
+
+
+async def test_a_worktree_add_meeting_one_half_written_by_a_concurrent_add_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    bare = tmp_path / "r.git"
+    base = make_bare_repo(bare, {"a.txt": "a\n"})
+    url = f"file://{bare}"
+    ws = workspaces(tmp_path / "cache", spare_worktrees=False)
+
+    async def nothing(path: Path) -> tuple[object, str | None]:
+        return None, None
+
+    await ws.run(TaskWorkspace(url=url, base=base), handler=nothing)  # the cache's repository exists
+    await ws.settle()
+    (repo,) = (tmp_path / "cache" / "repos").glob("*.git")
+    # Another task's `git worktree add` caught midway: its admin directory made, commondir still empty. git
+    # dies on it ("failed to read .../commondir: Success") until that add writes the file.
+    half = repo / "worktrees" / "half"
+    half.mkdir(parents=True)
+    (half / "gitdir").write_text(str(tmp_path / "elsewhere" / ".git") + "\n")
+    (half / "HEAD").write_text(base + "\n")
+    (half / "commondir").write_text("")
+
+    async def the_other_add_finishes() -> None:
+        await asyncio.sleep(0.03)
+        (half / "commondir").write_text("../..\n")
+
+    seen: dict[str, list[str]] = {}
+
+    async def look(path: Path) -> tuple[object, str | None]:
+        seen["files"] = listing(path)
+        return None, None
+
+    finishing = asyncio.create_task(the_other_add_finishes())
+    await ws.run(TaskWorkspace(url=url, base=base), handler=look)
+    await finishing
+    assert seen["files"] == ["a.txt"]
+    await ws.aclose()

@@ -18,8 +18,12 @@ from typing import Any, Final
 from codeforge.workspace.cache import RepoCache, WorkspaceSettings
 from codeforge.workspace.errors import WorkspaceError
 
-#: `git worktree add` tries when it races with the removal of the empty worktrees/ directory.
+#: `git worktree add` tries when it races with another task's add or removal in the same repository.
 WORKTREE_ADD_TRIES: Final = 3
+#: What git says then: an add racing with the removal of the empty worktrees/ directory (the last worktree
+#: gone), or meeting a worktree another add has not finished writing (its commondir still empty: "fatal:
+#: failed to read .../worktrees/<name>/commondir: Success"). Each fails once and succeeds when tried again.
+WORKTREE_ADD_RACES: Final = ("could not create directory of", "failed to read ")
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,11 @@ class Worktrees:
                 )
                 return
             except WorkspaceError as exc:
-                # git removes the empty worktrees/ directory when the last worktree goes: an add racing with
-                # that removal (another task's cleanup) fails once and succeeds when tried again.
-                if "could not create directory of" not in str(exc) or attempt + 1 == WORKTREE_ADD_TRIES:
+                raced = any(race in str(exc) for race in WORKTREE_ADD_RACES)
+                if not raced or attempt + 1 == WORKTREE_ADD_TRIES:
                     raise
                 await self._remove_path(repo, path)
+                await asyncio.sleep(0.05 * (attempt + 1))  # the other add writes its files meanwhile
 
     async def _take_spare(self, repo: Path, base: str) -> Path | None:
         job = self._spares.pop(repo, None)
