@@ -10,7 +10,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from codeforge.orchestrator.checkpoint import open_checkpointer
 from codeforge.queue import QueueConfigError, QueueUnavailableError
-from codeforge.redis import Script, connect
+from codeforge.redis import Connection, Script, connect
 from codeforge.redis.packing import HiredisPacking
 from codeforge.testing.redis_server import LocalRedis, LocalRedisCluster, free_port
 
@@ -65,13 +65,17 @@ async def test_a_plain_client_packs_with_hiredis_and_round_trips(redis_url: str)
         await conn.aclose()
 
 
+async def round_trip_on_every_master(conn: Connection, key: str, value: str) -> None:
+    for i in range(20):  # keys on every master's slots
+        await conn.client.set(f"{key}{i}", f"{value}{i}")
+        assert await conn.client.get(f"{key}{i}") == f"{value}{i}"
+
+
 @pytest.mark.cluster
 async def test_a_cluster_client_packs_with_hiredis_on_every_node(redis_cluster: LocalRedisCluster) -> None:
     conn = await connect(redis_cluster.url)
     try:
-        for i in range(20):  # keys on every master's slots
-            await conn.client.set(f"p{i}", f"é{i}")
-            assert await conn.client.get(f"p{i}") == f"é{i}"
+        await round_trip_on_every_master(conn, "p", "é")
         assert isinstance(conn.client, RedisCluster)
         nodes = conn.client.get_nodes()
         assert len(nodes) >= redis_cluster.masters
@@ -89,9 +93,7 @@ async def test_a_plain_url_to_a_cluster_node_means_the_cluster(redis_cluster: Lo
     conn = await connect(f"redis://127.0.0.1:{node.port}/0")
     try:
         assert conn.cluster
-        for i in range(20):  # keys on every master's slots
-            await conn.client.set(f"k{i}", "v")
-            assert await conn.client.get(f"k{i}") == "v"
+        await round_trip_on_every_master(conn, "k", "v")
         pubsub_node = await conn.any_node()
         assert await pubsub_node.ping()
         await pubsub_node.aclose()
